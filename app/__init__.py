@@ -1,0 +1,1 @@
+"""streamrec wiring layer: settings, the Faust app, topics, tables, web views, CLI, dev services."""

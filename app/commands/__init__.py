@@ -1,0 +1,1 @@
+"""Click command groups of the ``streamrec`` CLI, one module per concern."""

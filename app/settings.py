@@ -1,0 +1,81 @@
+"""The one typed settings object. Every knob is an env var named ``STREAMREC_<FIELD>``.
+
+Defaults match the dev services started by ``streamrec dev up`` so that a fresh
+checkout works with no configuration. Deployment files (compose, k8s) must only
+set variables that exist here; a test checks that.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    app_id: str = Field("streamrec", description="Faust app id (consumer group prefix)")
+    topic_partitions: int = Field(4, ge=1, description="Partitions of every streamrec topic")
+    topic_replication: int = Field(1, ge=1, description="Replication factor of created topics")
+    ratings_topic: str = "ratings"
+    requests_topic: str = "rec-requests"
+    responses_topic: str = "rec-responses"
+    model_updates_topic: str = "model-updates"
+    ratings_dlq_topic: str = "ratings-dlq"
+    requests_dlq_topic: str = "rec-requests-dlq"
+    max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
+
+    # --- S3 / model store --------------------------------------------------------------
+    model_store: str = Field(
+        "file://var/models",
+        description="Snapshot store URL: file:///abs/dir, file://rel/dir or s3://bucket/prefix",
+    )
+    s3_endpoint: str | None = Field("http://127.0.0.1:8333", description="S3 endpoint URL")
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "streamrec"
+    s3_secret_key: SecretStr = SecretStr("streamrec-dev-secret")
+    s3_max_attempts: int = Field(5, ge=1, description="botocore retry attempts")
+
+    # --- Model -------------------------------------------------------------------------
+    loss: str = Field("warp", pattern="^(warp|bpr|logistic|warp-kos)$")
+    no_components: int = Field(32, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    epochs_per_batch: int = Field(2, ge=1)
+    positive_threshold: float = Field(4.0, description="Ratings >= this are positives")
+    num_threads: int = Field(1, ge=1)
+    seed: int = 42
+
+    # --- Agents ------------------------------------------------------------------------
+    batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
+    batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
+    snapshot_every_batches: int = Field(20, ge=1)
+    snapshot_every_seconds: float = Field(60.0, gt=0)
+    seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")
+    default_k: int = Field(10, ge=1, le=1000)
+
+    # --- Worker / web ------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+    datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
+    log_level: str = "info"
+
+    # --- Dev services (streamrec dev up) -------------------------------------------------
+    dev_dir: Path = Field(PROJECT_ROOT / "var" / "dev", description="Dev services' data and logs")
+    dev_cache: Path = Field(PROJECT_ROOT / ".cache", description="Maven and binary cache")
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    s3_port: int = 8333
+    kafka_version: str = "4.1.1"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
