@@ -1,8 +1,153 @@
-"""``streamrec models ...``: inspect and manage snapshots in the model store."""
+"""``streamrec models ...``: inspect and manage snapshots in the model store.
+
+Every command takes ``--store URL`` (default: ``STREAMREC_MODEL_STORE``). Storage errors
+become one ``Error: ...`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from storage import SnapshotInfo, SnapshotStore
+
+T = TypeVar("T")
+
+store_option = click.option(
+    "--store",
+    "url",
+    metavar="URL",
+    default=None,
+    help="Store URL (file:///abs, file://rel or s3://bucket/prefix); "
+    "default STREAMREC_MODEL_STORE.",
+)
+VERSION = click.IntRange(min=0)
+
+
+def _run(url: str | None, action: Callable[[SnapshotStore], Awaitable[T]]) -> T:
+    """Open the store, run one async action on it, close it; StorageError → one clear line."""
+    from app.stores import store_from_settings, store_from_url
+    from storage.errors import StorageError
+
+    async def main() -> T:
+        async with store_from_url(url) if url else store_from_settings() as store:
+            return await action(store)
+
+    try:
+        return asyncio.run(main())
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _info_json(info: SnapshotInfo, current: int | None) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "uri": info.uri,
+        "complete": info.complete,
+        "current": info.version == current,
+        "size": info.size,
+        "modified": info.modified.isoformat() if info.modified else None,
+    }
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 @click.group()
 def models() -> None:
     """List, show, promote, roll back and prune model snapshots."""
+
+
+@models.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def list_(url: str | None, as_json: bool) -> None:
+    """List the snapshots; * marks the current one, incomplete ones are never loaded."""
+
+    async def action(store: SnapshotStore) -> tuple[list[SnapshotInfo], int | None]:
+        return await store.list(), await store.current()
+
+    infos, current = _run(url, action)
+    if as_json:
+        doc = {"current": current, "snapshots": [_info_json(i, current) for i in infos]}
+        click.echo(json.dumps(doc, indent=2))
+        return
+    if not infos:
+        click.echo("no snapshots")
+        return
+    click.echo(f"  {'VERSION':>12}  {'STATE':<10}  {'SIZE':>10}  MODIFIED (UTC)")
+    for info in infos:
+        mark = "*" if info.version == current else " "
+        state = "complete" if info.complete else "incomplete"
+        when = info.modified.strftime("%Y-%m-%d %H:%M:%S") if info.modified else "-"
+        click.echo(f"{mark} {info.version:>12}  {state:<10}  {_size(info.size):>10}  {when}")
+
+
+@models.command()
+@store_option
+@click.argument("version", type=VERSION)
+def show(url: str | None, version: int) -> None:
+    """Verify a snapshot's checksum and print its manifest as JSON."""
+
+    async def action(store: SnapshotStore) -> tuple[bytes, dict[str, Any]]:
+        return await store.get(version)
+
+    payload, manifest = _run(url, action)
+    click.echo(f"version {version}: {len(payload)} bytes, sha256 verified", err=True)
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+@models.command()
+@store_option
+@click.argument("version", type=VERSION)
+def promote(url: str | None, version: int) -> None:
+    """Make VERSION the current snapshot that scorers load."""
+
+    async def action(store: SnapshotStore) -> int | None:
+        before = await store.current()
+        await store.promote(version)
+        return before
+
+    before = _run(url, action)
+    click.echo(f"current: {version} (was {before if before is not None else 'none'})")
+
+
+@models.command()
+@store_option
+@click.option("--to", "to", type=VERSION, default=None, help="Roll back to this version.")
+def rollback(url: str | None, to: int | None) -> None:
+    """Point current back at the previously promoted snapshot (or --to VERSION)."""
+
+    async def action(store: SnapshotStore) -> tuple[int | None, int]:
+        before = await store.current()
+        return before, await store.rollback(to)
+
+    before, now = _run(url, action)
+    click.echo(f"current: {now} (was {before})")
+
+
+@models.command()
+@store_option
+@click.option(
+    "--keep", type=click.IntRange(min=1), required=True, help="Newest complete versions to keep."
+)
+def prune(url: str | None, keep: int) -> None:
+    """Delete all but the KEEP newest complete snapshots and the current one."""
+
+    async def action(store: SnapshotStore) -> list[int]:
+        return await store.prune(keep)
+
+    deleted = _run(url, action)
+    click.echo(f"deleted {len(deleted)}: {', '.join(map(str, deleted)) or '-'}")
