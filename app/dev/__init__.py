@@ -1,0 +1,31 @@
+"""Launchers for the real dev services: Apache Kafka (KRaft) and SeaweedFS S3.
+
+Used by ``streamrec dev up|down|status`` and by tests that need their own instance
+(e.g. to stop S3 in the middle of an upload)::
+
+    from app.dev import KafkaBroker, SeaweedServer
+    s3 = SeaweedServer(Settings(dev_dir=tmp_path, s3_port=21333))
+    s3.start()          # waits until a signed ListBuckets answers
+    ...
+    s3.stop()           # SIGTERM, SIGKILL after the timeout; idempotent
+"""
+
+from app.dev.kafka import KafkaBroker, metadata_ready
+from app.dev.process import DevServiceError, ManagedProcess
+from app.dev.seaweed import SeaweedServer, s3_problem
+from app.settings import Settings
+
+__all__ = [
+    "DevServiceError",
+    "KafkaBroker",
+    "ManagedProcess",
+    "SeaweedServer",
+    "metadata_ready",
+    "s3_problem",
+    "services",
+]
+
+
+def services(settings: Settings) -> dict[str, ManagedProcess]:
+    """Both dev services by name, in start order."""
+    return {"kafka": KafkaBroker(settings), "s3": SeaweedServer(settings)}
