@@ -1,8 +1,118 @@
-"""``streamrec dev up|down|status``: the real Kafka broker and S3 server for dev and tests."""
+"""``streamrec dev up|down|status``: the real Kafka broker and S3 server for dev and tests.
+
+The services run detached (their own session), so ``up`` returns once both are ready and
+``down`` may come from another shell. Ports, data folder and credentials come from the
+settings (``STREAMREC_KAFKA_PORT``, ``STREAMREC_S3_PORT``, ``STREAMREC_DEV_DIR``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
 
 import click
+
+ONLY = click.Choice(["kafka", "s3"])
+
+
+def _selected(only: str | None) -> dict:
+    from app.dev import services
+    from app.settings import Settings
+
+    chosen = services(Settings())
+    return {name: svc for name, svc in chosen.items() if only in (None, name)}
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 @click.group()
 def dev() -> None:
     """Start, stop and inspect the local Kafka broker and S3 server."""
+
+
+@dev.command()
+@click.option("--only", type=ONLY, help="Start just this service.")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for readiness.")
+def up(only: str | None, timeout: float) -> None:
+    """Start the services (a no-op for those already running) and wait until they answer."""
+    from app.dev import DevServiceError
+    from app.settings import Settings
+
+    _logging()
+    chosen = _selected(only)
+    started = []
+    try:
+        for svc in chosen.values():  # start all, then wait: Kafka's JVM and weed boot in parallel
+            if svc.start(wait=False):
+                started.append(svc)
+        for svc in chosen.values():
+            svc.wait_ready(timeout)
+    except DevServiceError as exc:
+        for svc in started:
+            svc.stop()
+        raise click.ClickException(str(exc)) from None
+    _warn_mismatch(Settings(), chosen)
+
+
+def _warn_mismatch(settings, chosen: dict) -> None:
+    """Point out settings that would make clients miss the services just started."""
+    kafka, s3 = chosen.get("kafka"), chosen.get("s3")
+    if kafka is not None and settings.kafka_bootstrap != kafka.bootstrap:
+        logging.getLogger("streamrec.dev").warning(
+            "note: STREAMREC_KAFKA_BOOTSTRAP=%s, but the dev broker is at %s",
+            settings.kafka_bootstrap,
+            kafka.bootstrap,
+        )
+    if s3 is not None and (settings.s3_endpoint or "").rstrip("/") != s3.endpoint:
+        logging.getLogger("streamrec.dev").warning(
+            "note: STREAMREC_S3_ENDPOINT=%s, but the dev S3 server is at %s",
+            settings.s3_endpoint,
+            s3.endpoint,
+        )
+
+
+@dev.command()
+@click.option("--only", type=ONLY, help="Stop just this service.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds before SIGKILL.")
+def down(only: str | None, timeout: float) -> None:
+    """Stop the services (SIGTERM, then SIGKILL after the timeout). Safe to repeat."""
+    from app.dev import DevServiceError
+
+    _logging()
+    chosen = _selected(only)
+    try:
+        stopped = [svc.stop(timeout) for svc in chosen.values()]
+    except DevServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not any(stopped):
+        click.echo(f"nothing to stop: {' and '.join(chosen)} not running")
+
+
+@dev.command()
+@click.option("--only", type=ONLY, help="Report just this service.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (connection settings)."
+)
+def status(only: str | None, as_json: bool) -> None:
+    """Show whether the services run and answer, and how to connect.
+
+    Exit status 0 if every selected service is running and ready, 3 otherwise.
+    """
+    report = {name: svc.status() for name, svc in _selected(only).items()}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        for name, info in report.items():
+            state = (
+                "ready" if info["ready"] else "running, not ready" if info["running"] else "stopped"
+            )
+            where = info.get("bootstrap") or info.get("endpoint")
+            pid = f" pid {info['pid']}" if info["pid"] else ""
+            click.echo(f"{name}: {state}{pid} at {where} (log {info['log']})")
+    if not all(info["ready"] for info in report.values()):
+        sys.exit(3)
