@@ -1,0 +1,212 @@
+"""Offline metrics (precision/recall/NDCG/hit-rate@k, AUC) and prequential evaluation.
+
+Conventions (the same as LightFM's ``lightfm.evaluation`` unless said otherwise):
+
+* metrics are averaged over users with at least one test positive;
+* precision@k divides by k; recall@k by the user's number of test positives;
+* NDCG@k uses binary relevance, ideal DCG over min(k, positives) hits;
+* ``exclude_train=True`` removes each user's training items from the ranking (and from
+  AUC's negatives), as LightFM does when given ``train_interactions``; the result says
+  which was used;
+* users the model cannot score (unknown, or no trained positives) are ranked by popularity,
+  exactly as in serving; test items the model has never seen count as misses and as
+  ranked below every known item in AUC.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models.events import Rating
+from models.incremental import IncrementalModel
+from models.scoring import ScoringView, top_k_rows
+
+_CHUNK_CELLS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Metrics:
+    k: int
+    exclude_train: bool
+    users: int  # users evaluated (with >= 1 test positive)
+    popularity_users: int  # of which ranked by popularity (cold start)
+    precision: float
+    recall: float
+    ndcg: float
+    hit_rate: float
+    auc: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def positives_by_user(ratings: Iterable[Rating], threshold: float = 0.0) -> dict[str, set[str]]:
+    """user -> items they rated >= threshold (0 keeps every rating)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for r in ratings:
+        if r.rating >= threshold:
+            out[r.user].add(r.item)
+    return dict(out)
+
+
+def evaluate(
+    view: ScoringView,
+    test: Mapping[str, Collection[str]],
+    *,
+    train: Mapping[str, Collection[str]] | None = None,
+    k: int = 10,
+    exclude_train: bool = True,
+    popularity: bool = False,
+) -> Metrics:
+    """Rank every known item for each test user and score the top ``k`` against ``test``.
+
+    ``train``: each user's training items, excluded when ``exclude_train``.
+    ``popularity=True`` ranks every user by popularity (the baseline).
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    users = [u for u, items in test.items() if items]
+    rows = [None if popularity else view.model_row(u) for u in users]
+    n_items = view.n_items
+    sums = np.zeros(5)  # precision, recall, ndcg, hit, auc
+    chunk = max(1, _CHUNK_CELLS // max(1, n_items))
+    pop = view.popularity_scores()
+    for start in range(0, len(users), chunk):
+        part = range(start, min(start + chunk, len(users)))
+        scores = np.empty((len(part), n_items), dtype=np.float64)
+        warm = [(j, rows[i]) for j, i in enumerate(part) if rows[i] is not None]
+        scores[:] = pop
+        if warm:
+            positions, model_rows = zip(*warm, strict=True)
+            scores[list(positions)] = view.score_rows(np.asarray(model_rows, dtype=np.int64))
+        positives = []
+        for j, i in enumerate(part):
+            user_test = test[users[i]]
+            wanted = view.item_rows(user_test)
+            positives.append((wanted, len(user_test)))
+            if exclude_train and train is not None and users[i] in train:
+                drop = view.item_rows(set(train[users[i]]) - set(user_test))
+                scores[j, drop] = -np.inf
+        sums[4] += sum(
+            _auc(scores[j], wanted, total) for j, (wanted, total) in enumerate(positives)
+        )
+        for j, (idx, _) in enumerate(top_k_rows(scores, k)):
+            wanted, total = positives[j]
+            hit_ranks = np.flatnonzero(np.isin(idx, wanted))
+            hits = len(hit_ranks)
+            ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, total)))
+            sums[0] += hits / k
+            sums[1] += hits / total
+            sums[2] += float(np.sum(1.0 / np.log2(hit_ranks + 2))) / ideal
+            sums[3] += hits > 0
+    n = max(1, len(users))
+    return Metrics(
+        k=k,
+        exclude_train=exclude_train,
+        users=len(users),
+        popularity_users=sum(r is None for r in rows),
+        precision=float(sums[0] / n),
+        recall=float(sums[1] / n),
+        ndcg=float(sums[2] / n),
+        hit_rate=float(sums[3] / n),
+        auc=float(sums[4] / n),
+    )
+
+
+def _auc(scores: np.ndarray, wanted: np.ndarray, total: int) -> float:
+    """P(a test positive outscores a negative); ties count half; unknown positives lose."""
+    is_pos = np.zeros(len(scores), dtype=bool)
+    is_pos[wanted] = True
+    negatives = np.sort(scores[~is_pos & np.isfinite(scores)])
+    if len(negatives) == 0:
+        return 1.0
+    pos = scores[wanted]
+    below = np.searchsorted(negatives, pos, side="left")
+    ties = np.searchsorted(negatives, pos, side="right") - below
+    return float(np.sum(below + 0.5 * ties) / len(negatives)) / total
+
+
+@dataclass(frozen=True)
+class PrequentialResult:
+    """Test-then-train hit-rate@k. ``curve`` rows: (events replayed so far, trials and hits
+    in that batch); a trial is one positive event, a hit if its item was in the user's
+    top k (seen items excluded) just before the batch was trained."""
+
+    k: int
+    trials: int
+    hits: int
+    frozen_after: int | None
+    curve: list[tuple[int, int, int]]
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.trials if self.trials else 0.0
+
+    def hit_rate_between(self, start: int, stop: int | None = None) -> float:
+        """Hit-rate over the batches that end in (start, stop] events."""
+        rows = [(t, h) for end, t, h in self.curve if start < end and (stop is None or end <= stop)]
+        trials = sum(t for t, _ in rows)
+        return sum(h for _, h in rows) / trials if trials else 0.0
+
+
+def prequential(
+    events: Sequence[Rating],
+    model: IncrementalModel,
+    *,
+    batch_size: int = 1000,
+    k: int = 10,
+    freeze_after: int | None = None,
+    exclude_seen: bool = True,
+    popularity: bool = False,
+) -> PrequentialResult:
+    """Replay ``events`` in time order in micro-batches: score each batch's positives with
+    the current model, then train on the batch. ``freeze_after=N`` stops training after
+    the first N events (the frozen baseline); scoring and seen-item tracking go on.
+    ``popularity=True`` recommends the current popularity ranking to everyone (baseline)."""
+    ordered = sorted(events, key=lambda e: e.ts)
+    threshold = model.config.positive_threshold
+    bounds = sorted(
+        {*range(0, len(ordered), batch_size), len(ordered)} | _cut(freeze_after, ordered)
+    )
+    seen: dict[str, set[str]] = defaultdict(set)
+    curve = []
+    view = model.view()
+    for start, stop in itertools.pairwise(bounds):
+        batch = ordered[start:stop]
+        if view.version != model.version:
+            view = model.view()
+        trials = [e for e in batch if e.rating >= threshold]
+        users = sorted({e.user for e in trials})
+        excludes = [seen[u] for u in users] if exclude_seen else None
+        if popularity:
+            top = {
+                u: {s.item for s in view.popular(k, seen[u] if exclude_seen else ())} for u in users
+            }
+        else:
+            recs = view.recommend_many(users, k, excludes)
+            top = {r.user: {s.item for s in r.items} for r in recs}
+        hits = sum(e.item in top[e.user] for e in trials)
+        curve.append((stop, len(trials), hits))
+        for e in batch:
+            seen[e.user].add(e.item)
+        if freeze_after is None or stop <= freeze_after:
+            model.train_batch(batch)
+    return PrequentialResult(
+        k=k,
+        trials=sum(t for _, t, _ in curve),
+        hits=sum(h for _, _, h in curve),
+        frozen_after=freeze_after,
+        curve=curve,
+    )
+
+
+def _cut(freeze_after: int | None, ordered: Sequence[Rating]) -> set[int]:
+    if freeze_after is None or not 0 < freeze_after < len(ordered):
+        return set()
+    return {freeze_after}

@@ -1,0 +1,148 @@
+"""The rating event, the recommendation request, and their validation rules.
+
+This module is the only place the rules live: the ingest agent (JSON from Kafka), the
+request agent and the file readers (models.datasets) all call :func:`parse_rating` /
+:func:`parse_request`, so a rule changed here changes everywhere at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MAX_ID_LENGTH = 256
+"""Longest user, item, event or request id (characters, after canonicalisation)."""
+
+MIN_RATING = 0.0
+MAX_RATING = 5.0
+MAX_K = 1000
+
+# Kafka's own rule for topic names (kafka.common.internals.Topic): legal characters, at
+# most 249 of them, and not "." or "..".
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+class InvalidEvent(ValueError):
+    """An event or request that breaks a validation rule; ``reason`` is human-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """One explicit rating: ``user`` rated ``item`` with ``rating`` (0..5) at unix time ``ts``."""
+
+    event_id: str
+    user: str
+    item: str
+    rating: float
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecRequest:
+    """A request for ``k`` recommendations for ``user``; the reply goes to ``reply_to``."""
+
+    request_id: str
+    user: str
+    k: int
+    exclude_seen: bool = True
+    reply_to: str | None = None
+
+
+def canonical_id(value: Any, field: str) -> str:
+    """Canonicalise an id to ``str`` (``1`` and ``"1"`` are the same id) or raise InvalidEvent.
+
+    Ints are accepted because JSON producers and file readers send them; bools and
+    floats are not ids (``True`` or ``1.0`` would silently become another id).
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidEvent(f"{field} must be a string or an integer, got {_type_name(value)}")
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        raise InvalidEvent(f"{field} must not be empty")
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"{field} is longer than {MAX_ID_LENGTH} characters ({len(text)})")
+    return text
+
+
+def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None) -> Rating:
+    """Validate a decoded rating event and return it as a :class:`Rating`.
+
+    ``default_event_id`` is used when the event carries no ``event_id`` (e.g. the ingest
+    agent passes ``"topic:partition:offset"``), so every event has a stable id to dedupe on.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidEvent(f"a rating must be a JSON object, got {_type_name(obj)}")
+    missing = [f for f in ("user", "item", "rating", "ts") if f not in obj]
+    if "event_id" not in obj and default_event_id is None:
+        missing.insert(0, "event_id")
+    if missing:
+        raise InvalidEvent(f"missing field(s): {', '.join(missing)}")
+    event_id = canonical_id(obj.get("event_id", default_event_id), "event_id")
+    user = canonical_id(obj["user"], "user")
+    item = canonical_id(obj["item"], "item")
+    rating = _finite_number(obj["rating"], "rating")
+    if not MIN_RATING <= rating <= MAX_RATING:
+        raise InvalidEvent(
+            f"rating must be between {MIN_RATING:g} and {MAX_RATING:g}, got {rating:g}"
+        )
+    ts = _finite_number(obj["ts"], "ts")
+    if ts < 0:
+        raise InvalidEvent(f"ts must be >= 0, got {ts:g}")
+    return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+
+
+def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
+    """Validate a decoded recommendation request (``k`` defaults to ``default_k``)."""
+    if not isinstance(obj, Mapping):
+        raise InvalidEvent(f"a request must be a JSON object, got {_type_name(obj)}")
+    missing = [f for f in ("request_id", "user") if f not in obj]
+    if missing:
+        raise InvalidEvent(f"missing field(s): {', '.join(missing)}")
+    request_id = canonical_id(obj["request_id"], "request_id")
+    user = canonical_id(obj["user"], "user")
+    k = obj.get("k", default_k)
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InvalidEvent(f"k must be an integer, got {_type_name(k)}")
+    if not 1 <= k <= MAX_K:
+        raise InvalidEvent(f"k must be between 1 and {MAX_K}, got {k}")
+    exclude_seen = obj.get("exclude_seen", True)
+    if not isinstance(exclude_seen, bool):
+        raise InvalidEvent(f"exclude_seen must be true or false, got {_type_name(exclude_seen)}")
+    reply_to = obj.get("reply_to")
+    if reply_to is not None and not is_topic_name(reply_to):
+        raise InvalidEvent(f"reply_to is not a valid Kafka topic name: {str(reply_to)[:60]!r}")
+    return RecRequest(
+        request_id=request_id, user=user, k=k, exclude_seen=exclude_seen, reply_to=reply_to
+    )
+
+
+def is_topic_name(value: Any) -> bool:
+    """True if ``value`` is a legal Kafka topic name."""
+    return (
+        isinstance(value, str)
+        and value not in (".", "..")
+        and _TOPIC_NAME.fullmatch(value) is not None
+    )
+
+
+def _finite_number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"{field} must be a number, got {_type_name(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidEvent(f"{field} is out of range") from None
+    if not math.isfinite(number):
+        raise InvalidEvent(f"{field} must be finite, got {number}")
+    return number
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,103 @@
+"""External string ids <-> dense row indices, append-only, serialisable without pickle."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+
+class IdMap:
+    """Maps ids (``str``) to dense indices 0..n-1 in order of first appearance.
+
+    Indices are never reused or reordered, so an index is valid for the model's whole
+    life; :meth:`truncate` only exists to undo the additions of a failed batch.
+    """
+
+    __slots__ = ("_ids", "_index")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._ids: list[str] = []
+        self._index: dict[str, int] = {}
+        for value in ids:
+            if value in self._index:
+                raise ValueError(f"duplicate id {value!r}")
+            self.add(value)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def get(self, value: str) -> int | None:
+        """The index of ``value``, or None if it was never added."""
+        return self._index.get(value)
+
+    def add(self, value: str) -> int:
+        """The index of ``value``, adding it at the end if it is new."""
+        index = self._index.get(value)
+        if index is None:
+            if not isinstance(value, str):
+                raise TypeError(f"ids are strings, got {type(value).__name__}")
+            index = len(self._ids)
+            self._ids.append(value)
+            self._index[value] = index
+        return index
+
+    def id_of(self, index: int) -> str:
+        return self._ids[index]
+
+    def ids(self) -> list[str]:
+        """A copy of the ids in index order."""
+        return list(self._ids)
+
+    def index_copy(self) -> dict[str, int]:
+        """A copy of the id -> index dict (for immutable scoring views)."""
+        return dict(self._index)
+
+    def truncate(self, n: int) -> None:
+        """Forget every id with index >= n (rolls back a failed batch)."""
+        for value in self._ids[n:]:
+            del self._index[value]
+        del self._ids[n:]
+
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(blob, offsets)``: UTF-8 bytes of all ids concatenated (uint8) and n+1 int64
+        offsets. Compact for long ids, unlike a fixed-width unicode array, and loadable
+        with ``allow_pickle=False``."""
+        return encode_strings(self._ids)
+
+    @classmethod
+    def from_arrays(cls, blob: np.ndarray, offsets: np.ndarray) -> IdMap:
+        """Inverse of :meth:`to_arrays`; raises ValueError on malformed or duplicate ids."""
+        return cls(decode_strings(blob, offsets))
+
+
+def encode_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pack strings as (uint8 UTF-8 blob, int64 offsets of length n+1)."""
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return blob, offsets
+
+
+def decode_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """Unpack :func:`encode_strings`; raises ValueError if the arrays are inconsistent."""
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError("id blob must be a 1-d uint8 array")
+    if offsets.dtype != np.int64 or offsets.ndim != 1 or len(offsets) < 1:
+        raise ValueError("id offsets must be a non-empty 1-d int64 array")
+    if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
+        raise ValueError("id offsets do not describe the blob")
+    data = blob.tobytes()
+    bounds = offsets.tolist()
+    try:
+        return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"id blob is not valid UTF-8: {exc}") from None

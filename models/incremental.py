@@ -1,0 +1,472 @@
+"""A LightFM model that takes new users and items at any time, trained in micro-batches.
+
+LightFM fixes its id space at the first fit (lightfm issues 322, 667). We own the twelve
+state arrays instead and hand them to a LightFM instance whose ``fit_partial`` only ever
+sees identity feature matrices ``I[:n, :capacity]``:
+
+* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous), so the C
+  code's unchecked indexing always stays inside them;
+* the interaction matrix and the features have exactly ``n`` rows, so WARP/BPR sample
+  negatives only among items that exist (``item_features.rows``), and WARP's rank
+  estimate uses the real item count — a capacity-shaped matrix would sample unused rows;
+* rows are initialised when they become used, from a random stream derived from
+  ``(seed, version)``, so capacity never changes results and a model restored from a
+  snapshot continues exactly as if it had never stopped (one thread).
+
+Training semantics of :meth:`IncrementalModel.train_batch`:
+
+* events whose ``event_id`` was seen in this batch or in the last ``dedupe_memory``
+  applied events are dropped as duplicates (Kafka redelivery);
+* every new event registers its user and item and counts towards popularity, whatever
+  its rating;
+* if a user rated the same item twice in one batch, the latest rating (by ``ts``) counts;
+* ratings >= ``positive_threshold`` are trained as positives. For the ranking losses
+  (warp, bpr, warp-kos) only positives are trained; for ``logistic`` the others are
+  trained as negatives (label -1), which is what that loss is for;
+* a batch that makes any parameter non-finite is rolled back completely (arrays, ids)
+  and raises :class:`NonFiniteModel`; nothing non-finite is ever published.
+
+Known limitation: WARP/BPR only know this batch's positives when sampling negatives, so an
+item a user liked in an earlier batch can be drawn as a negative for them (rarely: about
+positives/items per sample).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from lightfm import LightFM
+
+from models.config import ModelConfig
+from models.events import Rating
+from models.idmap import IdMap
+from models.scoring import ScoringView
+from models.snapshot import PARTS, STATE_ARRAYS, SnapshotState, decode, encode
+
+# Random streams derived from (seed, version, stream).
+_FIT_STREAM, _USER_INIT_STREAM, _ITEM_INIT_STREAM = 0, 1, 2
+
+
+class NonFiniteModel(RuntimeError):
+    """Training made a parameter NaN/inf; the batch was rolled back."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one :meth:`IncrementalModel.train_batch` call did."""
+
+    version: int  # model version after the batch (unchanged if nothing new arrived)
+    events: int  # events passed in
+    duplicates: int  # dropped: event_id already seen
+    applied: int  # new events (registered ids, counted in popularity)
+    positives: int  # interactions trained as positives
+    negatives: int  # interactions trained as negatives (logistic loss only)
+    new_users: int
+    new_items: int
+    n_users: int
+    n_items: int
+    seconds: float
+
+
+def derive_random_state(seed: int, version: int, stream: int) -> np.random.RandomState:
+    """A RandomState that depends only on (seed, version, stream) — never on history."""
+    (state,) = np.random.SeedSequence([seed, version, stream]).generate_state(1)
+    return np.random.RandomState(int(state))
+
+
+class IncrementalModel:
+    """Growable LightFM with micro-batch training, snapshots and immutable scoring views.
+
+    Not thread-safe: one trainer thread calls :meth:`train_batch`; other threads score
+    with views obtained from :meth:`view`.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.users = IdMap()
+        self.items = IdMap()
+        self.version = 0
+        """Bumped by every batch that applied at least one new event. Only ever increase
+        it by hand (e.g. to follow the latest version in a store)."""
+        self.trained_events = 0
+        """New (non-duplicate) events applied so far, positives or not."""
+        self.offsets: dict[str, int] = {}
+        """Next Kafka offset per ``"topic:partition"`` covered by this state (set by agents)."""
+        self._recent: deque[str] = deque()
+        self._recent_set: set[str] = set()
+        self._popularity = np.zeros(0, dtype=np.float64)
+        self._popularity_ts: float | None = None
+        self._user_positives = np.zeros(0, dtype=np.int64)
+        self._lfm = LightFM(
+            no_components=config.no_components,
+            k=config.kos_k,
+            n=config.kos_n,
+            learning_schedule=config.learning_schedule,
+            loss=config.loss,
+            learning_rate=config.learning_rate,
+            rho=config.rho,
+            epsilon=config.epsilon,
+            item_alpha=config.item_alpha,
+            user_alpha=config.user_alpha,
+            max_sampled=config.max_sampled,
+            random_state=config.seed,
+        )
+        for name in STATE_ARRAYS:
+            rows = (0, config.no_components) if "embedding" in name else (0,)
+            setattr(self._lfm, name, np.zeros(rows, dtype=np.float32))
+
+    # --- sizes -------------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """Allocated (user rows, item rows)."""
+        return len(self._lfm.user_biases), len(self._lfm.item_biases)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Read-only views of the used rows of the twelve arrays (tests, snapshots)."""
+        out = {}
+        for name in STATE_ARRAYS:
+            view = getattr(self._lfm, name)[: self.n_users if name[0] == "u" else self.n_items]
+            view = view.view()
+            view.flags.writeable = False
+            out[name] = view
+        return out
+
+    # --- training ----------------------------------------------------------------------
+    def train_batch(
+        self,
+        events: Sequence[Rating],
+        *,
+        epochs: int | None = None,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> BatchResult:
+        """Apply one micro-batch (see the module docstring). Blocking and CPU-bound;
+        ``fit_partial`` releases the GIL, so call it via ``asyncio.to_thread``.
+
+        ``epochs`` overrides ``config.epochs_per_batch`` (the offline job trains one big
+        batch for N epochs); ``on_epoch(done)`` is called after each epoch (progress bars).
+        """
+        started = time.perf_counter()
+        epochs = self.config.epochs_per_batch if epochs is None else epochs
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        fresh, duplicates = self._drop_duplicates(events)
+        if not fresh:
+            return self._result(events, duplicates, fresh, 0, 0, 0, 0, started)
+
+        version = self.version + 1
+        n_users0, n_items0 = self.n_users, self.n_items
+        user_idx = np.fromiter((self.users.add(e.user) for e in fresh), np.int64, len(fresh))
+        item_idx = np.fromiter((self.items.add(e.item) for e in fresh), np.int64, len(fresh))
+        ratings = np.fromiter((e.rating for e in fresh), np.float64, len(fresh))
+        stamps = np.fromiter((e.ts for e in fresh), np.float64, len(fresh))
+        try:
+            self._grow(version, n_users0, n_items0)
+            rows, cols, labels, weights = self._interactions(user_idx, item_idx, ratings, stamps)
+            if len(rows):
+                self._fit(version, rows, cols, labels, weights, epochs, on_epoch, n_users0)
+        except BaseException:
+            self.users.truncate(n_users0)
+            self.items.truncate(n_items0)
+            raise
+
+        positive = labels > 0
+        np.add.at(self._user_positives, rows[positive], 1)
+        self._count_popularity(item_idx, stamps)
+        self._remember(fresh)
+        self.version = version
+        self.trained_events += len(fresh)
+        return self._result(
+            events,
+            duplicates,
+            fresh,
+            int(positive.sum()),
+            int((~positive).sum()),
+            self.n_users - n_users0,
+            self.n_items - n_items0,
+            started,
+        )
+
+    def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
+        seen = self._recent_set
+        batch: set[str] = set()
+        fresh = []
+        for event in events:
+            if event.event_id in seen or event.event_id in batch:
+                continue
+            batch.add(event.event_id)
+            fresh.append(event)
+        return fresh, len(events) - len(fresh)
+
+    def _remember(self, fresh: list[Rating]) -> None:
+        limit = self.config.dedupe_memory
+        for event in fresh[-limit:]:
+            self._recent.append(event.event_id)
+            self._recent_set.add(event.event_id)
+        while len(self._recent) > limit:
+            self._recent_set.discard(self._recent.popleft())
+
+    def _interactions(
+        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, stamps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The (user, item) pairs to train, their labels (+1/-1) and optional weights."""
+        key = users * max(1, self.n_items) + items
+        order = np.lexsort((np.arange(len(key)), stamps, key))
+        sorted_key = key[order]
+        last = order[np.append(sorted_key[1:] != sorted_key[:-1], True)]
+        last.sort()  # back to arrival order: deterministic input to LightFM's shuffle
+        positive = ratings[last] >= self.config.positive_threshold
+        if self.config.loss != "logistic":
+            last = last[positive]
+            positive = np.ones(len(last), dtype=bool)
+        labels = np.where(positive, 1.0, -1.0).astype(np.float32)
+        weights = None
+        if self.config.use_weights:
+            r = ratings[last] / 5.0
+            weights = np.where(positive, r, 1.0 - r).astype(np.float32)
+        return users[last].astype(np.int32), items[last].astype(np.int32), labels, weights
+
+    def _fit(
+        self,
+        version: int,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray | None,
+        epochs: int,
+        on_epoch: Callable[[int], None] | None,
+        n_users0: int,
+    ) -> None:
+        n_users, n_items = self.n_users, self.n_items
+        cap_users, cap_items = self.capacity
+        interactions = sp.coo_matrix((labels, (rows, cols)), shape=(n_users, n_items))
+        sample_weight = None
+        if weights is not None:
+            sample_weight = sp.coo_matrix((weights, (rows, cols)), shape=(n_users, n_items))
+        user_features = _identity(n_users, cap_users)
+        item_features = _identity(n_items, cap_items)
+        backup = self._backup(rows, n_users0)
+        lfm = self._lfm
+        lfm.random_state = derive_random_state(self.config.seed, version, _FIT_STREAM)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
+                for done in range(1, epochs + 1):
+                    lfm.fit_partial(
+                        interactions,
+                        user_features=user_features,
+                        item_features=item_features,
+                        sample_weight=sample_weight,
+                        epochs=1,
+                        num_threads=self.config.num_threads,
+                    )
+                    if on_epoch is not None:
+                        on_epoch(done)
+                bad = self._non_finite()
+            if bad:
+                raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
+        except BaseException as exc:
+            self._restore(backup)
+            if isinstance(exc, ValueError) and "finite" in str(exc):
+                raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
+            raise
+
+    def _backup(self, rows: np.ndarray, n_users0: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Copies of everything a fit can change, to roll back a non-finite batch.
+
+        Item rows: any existing item can be sampled as a negative, so all of them. User
+        rows: only this batch's users, unless user_alpha > 0 (regularisation rescales all).
+        """
+        if self.config.user_alpha > 0:
+            user_rows = np.arange(n_users0)
+        else:
+            user_rows = np.unique(rows[rows < n_users0]).astype(np.int64)
+        item_rows = np.arange(self.n_items)
+        backup = {}
+        for name in STATE_ARRAYS:
+            which = user_rows if name[0] == "u" else item_rows
+            backup[name] = (which, getattr(self._lfm, name)[which])  # fancy index = copy
+        return backup
+
+    def _restore(self, backup: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        for name, (which, values) in backup.items():
+            getattr(self._lfm, name)[which] = values
+
+    def _non_finite(self) -> str | None:
+        for name in STATE_ARRAYS:
+            used = getattr(self._lfm, name)[: self.n_users if name[0] == "u" else self.n_items]
+            if not np.isfinite(np.sum(used, dtype=np.float64)):
+                return name
+        return None
+
+    def _grow(self, version: int, n_users0: int, n_items0: int) -> None:
+        """Make room for new users/items (capacity doubling) and initialise their rows."""
+        for side, old, new, stream in (
+            ("user", n_users0, self.n_users, _USER_INIT_STREAM),
+            ("item", n_items0, self.n_items, _ITEM_INIT_STREAM),
+        ):
+            if new == old:
+                continue
+            capacity = len(getattr(self._lfm, f"{side}_biases"))
+            if new > capacity:
+                capacity = max(capacity, self.config.initial_capacity)
+                while capacity < new:
+                    capacity *= 2
+                self._reallocate(side, old, capacity)
+            self._init_rows(side, old, new, derive_random_state(self.config.seed, version, stream))
+        self._user_positives = _resized(self._user_positives, n_users0, self.capacity[0])
+        self._popularity = _resized(self._popularity, n_items0, self.capacity[1])
+
+    def _reallocate(self, side: str, used: int, capacity: int) -> None:
+        for part in PARTS:
+            name = f"{side}_{part}"
+            old = getattr(self._lfm, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=np.float32)
+            new[:used] = old[:used]
+            setattr(self._lfm, name, new)
+
+    def _init_rows(self, side: str, start: int, stop: int, rng: np.random.RandomState) -> None:
+        """LightFM's own initialisation (``LightFM._initialize``) for rows start..stop."""
+        k = self.config.no_components
+        lfm = self._lfm
+        accumulator = 1.0 if self.config.learning_schedule == "adagrad" else 0.0
+        getattr(lfm, f"{side}_embeddings")[start:stop] = (rng.rand(stop - start, k) - 0.5) / k
+        getattr(lfm, f"{side}_embedding_gradients")[start:stop] = accumulator
+        getattr(lfm, f"{side}_embedding_momentum")[start:stop] = 0.0
+        getattr(lfm, f"{side}_biases")[start:stop] = 0.0
+        getattr(lfm, f"{side}_bias_gradients")[start:stop] = accumulator
+        getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
+
+    def _count_popularity(self, items: np.ndarray, stamps: np.ndarray) -> None:
+        """Add events to the recency-decayed counts, kept as of the newest event time."""
+        half_life = self.config.popularity_half_life_seconds
+        newest = float(stamps.max())
+        ref = self._popularity_ts
+        if ref is None or newest > ref:
+            if ref is not None:
+                self._popularity[: self.n_items] *= 2.0 ** (-(newest - ref) / half_life)
+            ref = newest
+        np.add.at(self._popularity, items, 2.0 ** (-(ref - stamps) / half_life))
+        self._popularity_ts = ref
+
+    def _result(
+        self,
+        events: Sequence[Rating],
+        duplicates: int,
+        fresh: list[Rating],
+        positives: int,
+        negatives: int,
+        new_users: int,
+        new_items: int,
+        started: float,
+    ) -> BatchResult:
+        return BatchResult(
+            version=self.version,
+            events=len(events),
+            duplicates=duplicates,
+            applied=len(fresh),
+            positives=positives,
+            negatives=negatives,
+            new_users=new_users,
+            new_items=new_items,
+            n_users=self.n_users,
+            n_items=self.n_items,
+            seconds=time.perf_counter() - started,
+        )
+
+    # --- scoring -----------------------------------------------------------------------
+    def view(self) -> ScoringView:
+        """An immutable copy of the scoring state; safe to use while training continues."""
+        n_users, n_items = self.n_users, self.n_items
+        lfm = self._lfm
+        return ScoringView(
+            version=self.version,
+            user_ids=self.users.ids(),
+            user_index=self.users.index_copy(),
+            item_ids=self.items.ids(),
+            item_index=self.items.index_copy(),
+            user_embeddings=lfm.user_embeddings[:n_users].copy(),
+            user_biases=lfm.user_biases[:n_users].copy(),
+            item_embeddings=lfm.item_embeddings[:n_items].copy(),
+            item_biases=lfm.item_biases[:n_items].copy(),
+            popularity=self._popularity[:n_items].copy(),
+            user_positives=self._user_positives[:n_users].copy(),
+        )
+
+    # --- snapshots ---------------------------------------------------------------------
+    def to_bytes(self) -> tuple[bytes, dict]:
+        """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
+        arrays = dict(self.state_arrays())
+        arrays["popularity"] = self._popularity[: self.n_items]
+        arrays["user_positives"] = self._user_positives[: self.n_users]
+        return encode(
+            SnapshotState(
+                config=self.config,
+                version=self.version,
+                trained_events=self.trained_events,
+                offsets=dict(self.offsets),
+                popularity_ts=self._popularity_ts,
+                user_ids=self.users.ids(),
+                item_ids=self.items.ids(),
+                recent_event_ids=list(self._recent),
+                arrays=arrays,
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, payload: bytes, manifest: dict) -> IncrementalModel:
+        """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong."""
+        state = decode(payload, manifest)
+        model = cls(state.config)
+        model.users = IdMap(state.user_ids)
+        model.items = IdMap(state.item_ids)
+        model.version = state.version
+        model.trained_events = state.trained_events
+        model.offsets = dict(state.offsets)
+        model._popularity_ts = state.popularity_ts
+        model._recent = deque(state.recent_event_ids)
+        model._recent_set = set(state.recent_event_ids)
+        for side, n in (("user", model.n_users), ("item", model.n_items)):
+            capacity = max(model.config.initial_capacity, 1)
+            while capacity < n:
+                capacity *= 2
+            model._reallocate(side, 0, capacity)
+            for part in PARTS:
+                getattr(model._lfm, f"{side}_{part}")[:n] = state.arrays[f"{side}_{part}"]
+        model._popularity = np.zeros(len(model._lfm.item_biases), dtype=np.float64)
+        model._popularity[: model.n_items] = state.arrays["popularity"]
+        model._user_positives = np.zeros(len(model._lfm.user_biases), dtype=np.int64)
+        model._user_positives[: model.n_users] = state.arrays["user_positives"]
+        return model
+
+
+def _resized(counts: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    """``counts`` with ``capacity`` entries: the first ``used`` kept, the rest zero."""
+    if len(counts) == capacity:
+        return counts
+    grown = np.zeros(capacity, dtype=counts.dtype)
+    grown[:used] = counts[:used]
+    return grown
+
+
+def _identity(n: int, capacity: int) -> sp.csr_matrix:
+    """Rows 0..n-1 of the capacity x capacity identity, as float32 CSR (built in O(n))."""
+    return sp.csr_matrix(
+        (
+            np.ones(n, dtype=np.float32),
+            np.arange(n, dtype=np.int32),
+            np.arange(n + 1, dtype=np.int32),
+        ),
+        shape=(n, capacity),
+    )

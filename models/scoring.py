@@ -1,0 +1,265 @@
+"""Immutable, lock-free scoring of a trained model: numpy matmul + argpartition top-k.
+
+A :class:`ScoringView` owns read-only copies of the embeddings, biases, id maps and
+popularity of one model version, so any number of threads can score with it while the
+trainer keeps mutating its own arrays, and the agent swaps in a newer view by assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+_CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """Top items for ``user`` from model ``version``; ``source`` says how they were chosen:
+    ``"model"`` (the user has trained positives) or ``"popularity"`` (cold start)."""
+
+    user: str
+    items: list[ScoredItem]
+    version: int
+    source: Literal["model", "popularity"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for reply messages."""
+        return {
+            "user": self.user,
+            "items": [{"item": s.item, "score": s.score} for s in self.items],
+            "version": self.version,
+            "source": self.source,
+        }
+
+
+class ScoringView:
+    """Scores for one model version. Never mutated after construction.
+
+    Users who are unknown or have no trained positives get the popularity ranking
+    (recency-decayed rating counts), because their embedding is still the random init.
+    """
+
+    __slots__ = (
+        "_item_biases",
+        "_item_embeddings",
+        "_item_ids",
+        "_item_index",
+        "_pop_order",
+        "_popularity",
+        "_user_biases",
+        "_user_embeddings",
+        "_user_ids",
+        "_user_index",
+        "_user_positives",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        version: int,
+        user_ids: list[str],
+        user_index: Mapping[str, int],
+        item_ids: list[str],
+        item_index: Mapping[str, int],
+        user_embeddings: np.ndarray,
+        user_biases: np.ndarray,
+        item_embeddings: np.ndarray,
+        item_biases: np.ndarray,
+        popularity: np.ndarray,
+        user_positives: np.ndarray,
+    ) -> None:
+        n_users, n_items = len(user_ids), len(item_ids)
+        shapes = {
+            "user_embeddings": (user_embeddings, n_users, 2),
+            "user_biases": (user_biases, n_users, 1),
+            "item_embeddings": (item_embeddings, n_items, 2),
+            "item_biases": (item_biases, n_items, 1),
+            "popularity": (popularity, n_items, 1),
+            "user_positives": (user_positives, n_users, 1),
+        }
+        for name, (array, rows, ndim) in shapes.items():
+            if array.ndim != ndim or array.shape[0] != rows:
+                raise ValueError(f"{name} has shape {array.shape}, expected {rows} rows")
+        self.version = version
+        self._user_ids = user_ids
+        self._user_index = user_index
+        self._item_ids = item_ids
+        self._item_index = item_index
+        self._user_embeddings = _frozen(user_embeddings)
+        self._user_biases = _frozen(user_biases)
+        self._item_embeddings = _frozen(item_embeddings)
+        self._item_biases = _frozen(item_biases)
+        self._popularity = _frozen(popularity)
+        self._user_positives = _frozen(user_positives)
+        # Most popular first; ties by first appearance, so the order is deterministic.
+        self._pop_order = _frozen(np.argsort(-popularity, kind="stable"))
+
+    # --- inspection --------------------------------------------------------------------
+    @property
+    def n_users(self) -> int:
+        return len(self._user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self._item_ids)
+
+    def has_user(self, user: str) -> bool:
+        return user in self._user_index
+
+    def has_item(self, item: str) -> bool:
+        return item in self._item_index
+
+    def item_ids(self) -> list[str]:
+        return list(self._item_ids)
+
+    def model_row(self, user: str) -> int | None:
+        """The embedding row used for ``user``, or None if the user gets popularity."""
+        row = self._user_index.get(user)
+        if row is None or self._user_positives[row] == 0:
+            return None
+        return row
+
+    def item_rows(self, items: Iterable[str]) -> np.ndarray:
+        """Dense indices of the known items among ``items`` (unknown ones are dropped)."""
+        index = self._item_index
+        return np.fromiter(
+            (i for i in (index.get(item) for item in items) if i is not None), dtype=np.int64
+        )
+
+    def score_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Model scores (len(rows) x n_items, float32) for embedding rows from :meth:`model_row`.
+
+        Equal to ``LightFM.predict`` for the same pairs, computed as one matmul.
+        """
+        scores = self._user_embeddings[rows] @ self._item_embeddings.T
+        scores += self._item_biases
+        scores += self._user_biases[rows, None]
+        return scores
+
+    def popularity_scores(self) -> np.ndarray:
+        """Recency-decayed counts per item (read-only, float64)."""
+        return self._popularity
+
+    # --- recommendations ---------------------------------------------------------------
+    def recommend(self, user: str, k: int = 10, exclude: Iterable[str] = ()) -> Recommendation:
+        """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users."""
+        _check_k(k)
+        row = self.model_row(user)
+        excluded = self.item_rows(exclude)
+        if row is None:
+            return Recommendation(user, self._popular(k, excluded), self.version, "popularity")
+        scores = self._item_embeddings @ self._user_embeddings[row]
+        scores += self._item_biases
+        scores += self._user_biases[row]
+        return Recommendation(user, self._top_k(scores, k, excluded), self.version, "model")
+
+    def recommend_many(
+        self,
+        users: Sequence[str],
+        k: int = 10,
+        excludes: Sequence[Iterable[str]] | None = None,
+    ) -> list[Recommendation]:
+        """:meth:`recommend` for many users with one matmul per chunk of users."""
+        _check_k(k)
+        if excludes is not None and len(excludes) != len(users):
+            raise ValueError(f"{len(excludes)} exclude sets for {len(users)} users")
+        excluded = [self.item_rows(e) for e in excludes] if excludes else None
+        results: list[Recommendation | None] = [None] * len(users)
+        warm: list[int] = []
+        rows: list[int] = []
+        for pos, user in enumerate(users):
+            row = self.model_row(user)
+            if row is None:
+                ex = excluded[pos] if excluded else _EMPTY
+                results[pos] = Recommendation(
+                    user, self._popular(k, ex), self.version, "popularity"
+                )
+            else:
+                warm.append(pos)
+                rows.append(row)
+        chunk = max(1, _CHUNK_CELLS // max(1, self.n_items))
+        for start in range(0, len(warm), chunk):
+            positions = warm[start : start + chunk]
+            scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
+            if excluded:
+                for r, pos in enumerate(positions):
+                    scores[r, excluded[pos]] = -np.inf
+            for r, (idx, vals) in enumerate(top_k_rows(scores, k)):
+                pos = positions[r]
+                items = self._scored(idx, vals)
+                results[pos] = Recommendation(users[pos], items, self.version, "model")
+        return results  # type: ignore[return-value]
+
+    def popular(self, k: int = 10, exclude: Iterable[str] = ()) -> list[ScoredItem]:
+        """The ``k`` most popular items (recency-decayed counts), skipping ``exclude``."""
+        _check_k(k)
+        return self._popular(k, self.item_rows(exclude))
+
+    def _popular(self, k: int, excluded: np.ndarray) -> list[ScoredItem]:
+        skip = set(excluded.tolist())
+        out: list[ScoredItem] = []
+        for i in self._pop_order[: k + len(skip)].tolist():
+            if i not in skip:
+                out.append(ScoredItem(self._item_ids[i], float(self._popularity[i])))
+                if len(out) == k:
+                    break
+        return out
+
+    def _top_k(self, scores: np.ndarray, k: int, excluded: np.ndarray) -> list[ScoredItem]:
+        if len(excluded):
+            scores[excluded] = -np.inf
+        ((idx, vals),) = top_k_rows(scores[None, :], k)
+        return self._scored(idx, vals)
+
+    def _scored(self, idx: list[int], vals: list[float]) -> list[ScoredItem]:
+        ids = self._item_ids
+        return [ScoredItem(ids[i], float(v)) for i, v in zip(idx, vals, strict=True)]
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
+    """Per row: the indices and scores of the k largest scores, best first, leaving out
+    ``-inf`` (the mark of an excluded item). argpartition, then a sort of only k values."""
+    n = scores.shape[1]
+    kk = min(k, n)
+    if kk == 0:
+        return [([], []) for _ in range(scores.shape[0])]
+    if kk < n:
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape)
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    top = np.take_along_axis(part, order, axis=1)
+    top_scores = np.take_along_axis(part_scores, order, axis=1)
+    out = []
+    for idx, vals in zip(top.tolist(), top_scores.tolist(), strict=True):
+        keep = [j for j, v in enumerate(vals) if v != -np.inf]
+        if len(keep) < len(vals):
+            idx = [idx[j] for j in keep]
+            vals = [vals[j] for j in keep]
+        out.append((idx, vals))
+    return out
+
+
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array

@@ -1,0 +1,285 @@
+"""Model snapshots as ``.npz`` bytes + a JSON manifest, with no pickle anywhere.
+
+The payload is a zip of ``.npy`` arrays written with fixed timestamps (the same state
+gives the same bytes). It holds every array of the training state plus a ``meta`` entry
+(UTF-8 JSON) with the config, version, offsets and counters, so the sha256 in the manifest
+covers all of it. Loading refuses anything that is not exactly what :func:`encode` writes:
+wrong checksum, a compressed or unexpected zip entry, an object (pickle) array, a wrong
+dtype or shape, a non-finite value, a zero adagrad accumulator, duplicate ids, or a
+manifest that disagrees with the payload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import platform
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from models.config import ModelConfig
+from models.idmap import decode_strings, encode_strings
+
+FORMAT = "streamrec-lightfm-npz/1"
+SIDES = ("user", "item")
+PARTS = (
+    "embeddings",
+    "embedding_gradients",
+    "embedding_momentum",
+    "biases",
+    "bias_gradients",
+    "bias_momentum",
+)
+STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
+"""The twelve LightFM arrays: the training state that must always grow together."""
+_ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "sha256": str,
+    "created_at": str,
+    "offsets": dict,
+    "trained_events": int,
+    "n_users": int,
+    "n_items": int,
+    "config": dict,
+    "library_versions": dict,
+}
+# Manifest fields that must equal the checksummed copy inside the payload.
+_MIRRORED = ("format", "version", "offsets", "trained_events", "n_users", "n_items", "config")
+
+
+class SnapshotError(ValueError):
+    """A snapshot was refused; the message says why."""
+
+
+@dataclass
+class SnapshotState:
+    """Everything a model needs to continue training exactly where it stopped."""
+
+    config: ModelConfig
+    version: int
+    trained_events: int
+    offsets: dict[str, int]
+    popularity_ts: float | None
+    user_ids: list[str]
+    item_ids: list[str]
+    recent_event_ids: list[str]
+    arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("lightfm-next", "numpy", "scipy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
+
+
+def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
+    """Serialise ``state`` to ``(payload, manifest)``."""
+    meta = {
+        "format": FORMAT,
+        "version": state.version,
+        "offsets": dict(state.offsets),
+        "trained_events": state.trained_events,
+        "n_users": len(state.user_ids),
+        "n_items": len(state.item_ids),
+        "config": state.config.to_dict(),
+        "popularity_ts": state.popularity_ts,
+    }
+    entries = dict(state.arrays)
+    for name in _ID_LISTS:
+        blob, offsets = encode_strings(getattr(state, name))
+        entries[f"{name}_blob"] = blob
+        entries[f"{name}_offsets"] = offsets
+    entries["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(
+                    f, np.ascontiguousarray(entries[name]), allow_pickle=False
+                )
+    payload = buffer.getvalue()
+    manifest = {
+        **{k: v for k, v in meta.items() if k != "popularity_ts"},
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "library_versions": library_versions(),
+        "payload_bytes": len(payload),
+    }
+    return payload, manifest
+
+
+def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
+    """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason."""
+    _check_manifest(manifest)
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != manifest["sha256"]:
+        raise SnapshotError(
+            f"checksum mismatch: payload sha256 {digest}, manifest {manifest['sha256']}"
+        )
+    entries = _read_entries(payload)
+    meta = _read_meta(entries.pop("meta"))
+    for key in _MIRRORED:
+        if meta.get(key) != manifest[key]:
+            raise SnapshotError(f"manifest {key} {manifest[key]!r} != payload {meta.get(key)!r}")
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise SnapshotError(f"bad model config: {exc}") from None
+    popularity_ts = meta.get("popularity_ts")
+    if popularity_ts is not None and not (
+        isinstance(popularity_ts, int | float) and math.isfinite(popularity_ts)
+    ):
+        raise SnapshotError("popularity_ts must be a finite number or null")
+
+    ids = {}
+    for name in _ID_LISTS:
+        try:
+            ids[name] = decode_strings(entries[f"{name}_blob"], entries[f"{name}_offsets"])
+        except ValueError as exc:
+            raise SnapshotError(f"{name}: {exc}") from None
+        if len(set(ids[name])) != len(ids[name]):
+            raise SnapshotError(f"{name} contains duplicates")
+    n = {"user": meta["n_users"], "item": meta["n_items"]}
+    for side in SIDES:
+        if len(ids[f"{side}_ids"]) != n[side]:
+            raise SnapshotError(f"{side}_ids has {len(ids[f'{side}_ids'])} ids, expected {n[side]}")
+
+    k = config.no_components
+    expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    for side in SIDES:
+        for part in PARTS:
+            shape = (n[side], k) if part.startswith("embedding") else (n[side],)
+            expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
+    expected["popularity"] = (np.dtype(np.float64), (n["item"],))
+    expected["user_positives"] = (np.dtype(np.int64), (n["user"],))
+    arrays = {}
+    for name, (dtype, shape) in expected.items():
+        array = entries[name]
+        if array.dtype != dtype:
+            raise SnapshotError(f"{name} has dtype {array.dtype}, expected {dtype}")
+        if array.shape != shape:
+            raise SnapshotError(f"{name} has shape {array.shape}, expected {shape}")
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise SnapshotError(f"{name} contains NaN or infinite values")
+        arrays[name] = array
+    for side in SIDES:
+        for part in ("embedding_gradients", "bias_gradients"):
+            name = f"{side}_{part}"
+            if config.learning_schedule == "adagrad" and (arrays[name] <= 0).any():
+                raise SnapshotError(f"{name} has adagrad accumulators <= 0 (would turn NaN)")
+            if (arrays[name] < 0).any():
+                raise SnapshotError(f"{name} has negative accumulators")
+    if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
+        raise SnapshotError("popularity and user_positives must be >= 0")
+
+    return SnapshotState(
+        config=config,
+        version=meta["version"],
+        trained_events=meta["trained_events"],
+        offsets=dict(meta["offsets"]),
+        popularity_ts=None if popularity_ts is None else float(popularity_ts),
+        user_ids=ids["user_ids"],
+        item_ids=ids["item_ids"],
+        recent_event_ids=ids["recent_event_ids"],
+        arrays=arrays,
+    )
+
+
+def _check_manifest(manifest: Any) -> None:
+    if not isinstance(manifest, dict):
+        raise SnapshotError(f"manifest must be a JSON object, got {type(manifest).__name__}")
+    for key, kind in _MANIFEST_TYPES.items():
+        if key not in manifest:
+            raise SnapshotError(f"manifest is missing {key!r}")
+        value = manifest[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise SnapshotError(f"manifest {key!r} must be {kind.__name__}")
+    if manifest["format"] != FORMAT:
+        raise SnapshotError(f"unknown snapshot format {manifest['format']!r} (expected {FORMAT})")
+    for key in ("version", "trained_events", "n_users", "n_items"):
+        if manifest[key] < 0:
+            raise SnapshotError(f"manifest {key!r} must be >= 0")
+    sha = manifest["sha256"]
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise SnapshotError("manifest 'sha256' must be 64 lowercase hex digits")
+    for key, value in manifest["offsets"].items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+            raise SnapshotError("manifest 'offsets' must map 'topic:partition' to an int offset")
+
+
+def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
+    expected = {"meta", "popularity", "user_positives"}
+    expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
+    expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as archive:
+            infos = archive.infolist()
+            names = [info.filename.removesuffix(".npy") for info in infos]
+            if len(set(names)) != len(names):
+                raise SnapshotError("payload has duplicate entries")
+            if set(names) != expected:
+                missing = sorted(expected - set(names))
+                extra = sorted(set(names) - expected)
+                raise SnapshotError(
+                    f"payload entries differ: missing {missing}, unexpected {extra}"
+                )
+            entries = {}
+            for info, name in zip(infos, names, strict=True):
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise SnapshotError(
+                        f"{name} is compressed; snapshots store arrays uncompressed"
+                    )
+                entries[name] = _read_npy(archive, info, name)
+            return entries
+    except SnapshotError:
+        raise
+    except ValueError as exc:  # includes numpy's refusal of object (pickle) arrays
+        raise SnapshotError(f"unreadable array in payload: {exc}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise SnapshotError(f"payload is not a valid npz archive: {exc}") from None
+
+
+def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
+    """Read one .npy entry after checking its header: no object dtype, and a declared size
+    that fits the stored bytes (so a forged header cannot make us allocate gigabytes)."""
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise SnapshotError(f"{name}: unsupported .npy version {version}")
+        if dtype.hasobject:
+            raise SnapshotError(f"{name} is an object array (pickle); refused")
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise SnapshotError(f"{name}: header declares more data than is stored")
+    with archive.open(info) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_meta(array: np.ndarray) -> dict[str, Any]:
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise SnapshotError("meta must be a 1-d uint8 array of JSON")
+    try:
+        meta = json.loads(array.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"meta is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise SnapshotError("meta must be a JSON object")
+    return meta

@@ -1,0 +1,50 @@
+"""Shared fixtures for the models/ unit tests (no services, no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.scoring import ScoringView
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def data_dir() -> Path:
+    """MovieLens lives outside the project (it may not be redistributed)."""
+    env = os.environ.get("STREAMREC_DATA_DIR")
+    return Path(env) if env else (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def movielens() -> Path:
+    """The shared MovieLens directory; skips the test if the data is not there."""
+    root = data_dir()
+    if not (root / "ml-100k" / "u.data").is_file():
+        pytest.skip(f"MovieLens not found in {root} (set STREAMREC_DATA_DIR)")
+    return root
+
+
+ITEMS = ["a", "b", "c", "d"]
+
+
+@pytest.fixture
+def tiny_view() -> ScoringView:
+    """Two warm users, one cold user, four items with hand-picked scores:
+    alice: a=3, b=2, c=1, d=0   bob: d=4, c=3, b=2, a=1   (user bias 10 shifts all)."""
+    return ScoringView(
+        version=7,
+        user_ids=["alice", "bob", "carol"],
+        user_index={"alice": 0, "bob": 1, "carol": 2},
+        item_ids=list(ITEMS),
+        item_index={i: n for n, i in enumerate(ITEMS)},
+        user_embeddings=np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32),
+        user_biases=np.array([10, 0, 0], dtype=np.float32),
+        item_embeddings=np.array([[3, 1], [2, 2], [1, 3], [0, 4]], dtype=np.float32),
+        item_biases=np.zeros(4, dtype=np.float32),
+        popularity=np.array([1.0, 5.0, 5.0, 2.0]),
+        user_positives=np.array([3, 2, 0], dtype=np.int64),
+    )
