@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC
 from typing import Any
 
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -63,6 +64,13 @@ _NOT_FOUND = {"NoSuchKey", "NotFound", "404"}
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 _EXISTS = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 _TRANSIENT = (BotoConnectionError, HTTPClientError, IncompleteReadError)
+
+
+@functools.cache
+def _session() -> AioSession:
+    """One botocore session per process: it caches the parsed service model, which makes
+    creating a client ~0.01 s instead of ~0.3 s."""
+    return get_session()
 
 
 class S3SnapshotStore(BaseStore):
@@ -113,7 +121,7 @@ class S3SnapshotStore(BaseStore):
                         read_timeout=cfg.read_timeout,
                         max_pool_connections=max(10, cfg.max_concurrency * 2),
                     )
-                    client = get_session().create_client(
+                    client = _session().create_client(
                         "s3",
                         endpoint_url=cfg.endpoint_url,
                         region_name=cfg.region,
