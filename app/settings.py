@@ -59,9 +59,17 @@ class Settings(BaseSettings):
     snapshot_every_seconds: float = Field(60.0, gt=0)
     seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")
     default_k: int = Field(10, ge=1, le=1000)
+    session_timeout: float = Field(
+        20.0,
+        ge=6,
+        description="Kafka group session timeout (s): how fast a dead worker's "
+        "partitions move to the others",
+    )
 
     # --- Worker / web ------------------------------------------------------------------
-    web_host: str = "127.0.0.1"
+    role: str = Field("all", pattern="^(trainer|scorer|all)$", description="Worker role")
+    web_host: str = Field("127.0.0.1", description="Host other workers reach this one at")
+    web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
     log_level: str = "info"

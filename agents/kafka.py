@@ -1,0 +1,50 @@
+"""Small cluster-metadata helpers the agents and clients share (public aiokafka admin API)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def list_topics(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition ids of ``topic``; empty if it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"]:
+        return []
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+class KnownTopics:
+    """Which topics exist, for validating ``reply_to``; refreshed at most every few seconds."""
+
+    def __init__(self, bootstrap: str, refresh_seconds: float = 5.0) -> None:
+        self._bootstrap = bootstrap
+        self._refresh = refresh_seconds
+        self._names: set[str] = set()
+        self._checked = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def exists(self, name: str) -> bool:
+        if name in self._names:
+            return True
+        async with self._lock:
+            if time.monotonic() - self._checked >= self._refresh:
+                self._names = await list_topics(self._bootstrap)
+                self._checked = time.monotonic()
+        return name in self._names

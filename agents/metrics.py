@@ -1,0 +1,59 @@
+"""Prometheus metrics of the agents. One registry per process; ``/metrics`` renders it."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_IN = Counter(
+    "streamrec_events_in_total", "Messages consumed, by topic", ["topic"], registry=REGISTRY
+)
+DEAD_LETTERS = Counter(
+    "streamrec_dead_letters_total",
+    "Messages sent to a dead-letter topic, by source topic and reason kind",
+    ["topic", "kind"],
+    registry=REGISTRY,
+)
+TRAINED_EVENTS = Counter(
+    "streamrec_trained_events_total", "Rating events trained by this process", registry=REGISTRY
+)
+SKIPPED_EVENTS = Counter(
+    "streamrec_trainer_skipped_total",
+    "Rating events the trainer did not train, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+BATCH_SECONDS = Histogram(
+    "streamrec_batch_seconds",
+    "Wall time of one micro-batch fit",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+BATCH_SIZE = Histogram(
+    "streamrec_batch_events",
+    "Events per micro-batch",
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+    registry=REGISTRY,
+)
+REQUEST_SECONDS = Histogram(
+    "streamrec_request_seconds",
+    "Time from a request's Kafka timestamp to its reply being sent",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+REPLIES = Counter(
+    "streamrec_replies_total", "Replies sent, by source", ["source"], registry=REGISTRY
+)
+MODEL_VERSION = Gauge(
+    "streamrec_model_version", "Version of the model this process serves", registry=REGISTRY
+)
+SNAPSHOTS = Counter(
+    "streamrec_snapshots_total", "Snapshots written by the trainer", registry=REGISTRY
+)
+MODEL_LOADS = Counter(
+    "streamrec_model_loads_total",
+    "Model snapshots loaded, by outcome",
+    ["outcome"],
+    registry=REGISTRY,
+)

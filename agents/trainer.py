@@ -1,0 +1,239 @@
+"""The trainer agent: micro-batches of ratings → ``fit_partial`` off the loop → views, snapshots.
+
+Exactly-once training without Kafka transactions: the snapshot is the commit.
+
+* Events are consumed with ``noack_take``: Faust does not ack (and so never commits) a rating
+  until a snapshot that covers it has been written. The committed offset of the trainer's
+  group therefore never runs ahead of the newest snapshot.
+* Every snapshot records the next offset per ``ratings`` partition it covers. A restarted
+  trainer restores the newest snapshot; redelivered events below those offsets are acked and
+  skipped, so a SIGKILL loses no training and trains nothing twice.
+* Duplicate ``event_id`` s (a producer retry) are dropped by the model itself.
+
+There is exactly one trainer per deployment (LightFM trains on one node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents import metrics
+from agents.codec import Undecodable, decode_rating, encode
+from agents.state import ModelHolder
+from models.config import ModelConfig
+from models.events import Rating
+from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
+from models.scoring import ScoringView
+
+log = logging.getLogger(__name__)
+
+MODEL_UPDATE_KEY = b"model"
+
+
+def hit_rate_before_training(
+    view: ScoringView | None, ratings: list[Rating], config: ModelConfig, k: int
+) -> float | None:
+    """Prequential (test-then-train) hit-rate@k of this batch's positives under ``view``."""
+    positives = [r for r in ratings if r.rating >= config.positive_threshold]
+    if view is None or not positives:
+        return None
+    users = sorted({r.user for r in positives})
+    tops = view.recommend_many(users, k)
+    top = {rec.user: {s.item for s in rec.items} for rec in tops}
+    return sum(r.item in top[r.user] for r in positives) / len(positives)
+
+
+def offset_key(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+async def restore_model(store: Any, config: ModelConfig) -> IncrementalModel:
+    """The newest complete snapshot in ``store``, or a fresh model when there is none."""
+    version = await store.latest()
+    if version is None:
+        log.info("No snapshot in the store: starting a fresh model")
+        return IncrementalModel(config)
+    payload, manifest = await store.get(version)
+    model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+    log.info(
+        "Restored snapshot v%d: %d users, %d items, %d trained events, offsets %s",
+        model.version,
+        model.n_users,
+        model.n_items,
+        model.trained_events,
+        model.offsets,
+    )
+    return model
+
+
+@dataclass
+class Trainer:
+    """State and dependencies of the one trainer (Faust objects are passed in by ``app/``)."""
+
+    model: IncrementalModel
+    holder: ModelHolder
+    store: Any  # storage.SnapshotStore
+    updates: Any  # faust.TopicT for model-updates, raw serializers
+    max_bytes: int
+    snapshot_every_batches: int
+    snapshot_every_seconds: float
+    eval_k: int = 10
+    _pending: list[Any] = field(default_factory=list)  # events awaiting a covering snapshot
+    _stream: Any = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _batches_since_snapshot: int = 0
+    _last_snapshot_at: float = field(default_factory=time.monotonic)
+    _snapshot_version: int = -1
+
+    def __post_init__(self) -> None:
+        self._snapshot_version = self.model.version
+        if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
+            self.holder.publish(self.model.view(), **self._info())
+
+    async def run(self, stream: Any, *, max_batch: int, within: float) -> None:
+        self._stream = stream
+        try:
+            async for events in stream.noack_take(max_batch, within=within):
+                async with self._lock:
+                    await self._train(events)
+                    if self._snapshot_due():
+                        await self._snapshot()
+        finally:
+            # On a clean shutdown, persist what was trained since the last snapshot.
+            await asyncio.shield(self.snapshot_now("shutdown"))
+
+    async def tick(self) -> None:
+        """Called by a timer: snapshot when training is pending and the interval has passed."""
+        if self._lock.locked() or not self._snapshot_due():
+            return
+        async with self._lock:
+            await self._snapshot()
+
+    async def snapshot_now(self, reason: str) -> None:
+        async with self._lock:
+            if self.model.version != self._snapshot_version or self._pending:
+                log.info("Writing a snapshot (%s)", reason)
+                await self._snapshot()
+
+    def _snapshot_due(self) -> bool:
+        if self.model.version == self._snapshot_version and not self._pending:
+            return False
+        return (
+            self._batches_since_snapshot >= self.snapshot_every_batches
+            or time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
+        )
+
+    async def _train(self, events: list[Any]) -> None:
+        covered = self.model.offsets
+        ratings: list[Rating] = []
+        fresh: list[Any] = []
+        next_offsets: dict[str, int] = {}
+        for event in events:
+            message = event.message
+            key = offset_key(message.topic, message.partition)
+            if message.offset < covered.get(key, 0):
+                metrics.SKIPPED_EVENTS.labels("already_trained").inc()
+                await self._stream.ack(event)  # covered by the restored snapshot
+                continue
+            fresh.append(event)
+            next_offsets[key] = max(next_offsets.get(key, 0), message.offset + 1)
+            try:
+                ratings.append(decode_rating(message.key, message.value, max_bytes=self.max_bytes))
+            except Undecodable:
+                metrics.SKIPPED_EVENTS.labels("invalid").inc()  # the ingest agent dead-letters it
+        if not fresh:
+            return
+        metrics.EVENTS_IN.labels("ratings").inc(len(fresh))
+        started = time.perf_counter()
+        try:
+            result, hit_rate, view = await asyncio.to_thread(self._fit, ratings)
+        except NonFiniteModel as exc:
+            # The model restored its pre-batch state; the events stay accounted for so a
+            # poisoned batch is not retried forever. Nothing non-finite is ever published.
+            log.error(
+                "Batch of %d events made the model non-finite; dropped: %s", len(ratings), exc
+            )
+            metrics.SKIPPED_EVENTS.labels("non_finite").inc(len(ratings))
+            result, hit_rate, view = None, None, None
+        self.model.offsets.update(next_offsets)
+        self._pending.extend(fresh)
+        if result is None:
+            return
+        seconds = time.perf_counter() - started
+        self._batches_since_snapshot += 1
+        metrics.BATCH_SECONDS.observe(seconds)
+        metrics.BATCH_SIZE.observe(len(ratings))
+        metrics.TRAINED_EVENTS.inc(result.applied)
+        metrics.MODEL_VERSION.set(self.model.version)
+        self.holder.publish(
+            view,
+            **self._info(),
+            last_batch={
+                "events": len(fresh),
+                "applied": result.applied,
+                "positives": result.positives,
+                "duplicates": result.duplicates,
+                "new_users": result.new_users,
+                "new_items": result.new_items,
+                "seconds": round(seconds, 4),
+                "at": time.time(),
+            },
+            **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
+        )
+
+    def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, Any]:
+        """Runs in a worker thread: score-then-train, then copy out an immutable view."""
+        hit_rate = hit_rate_before_training(
+            self.holder.view, ratings, self.model.config, self.eval_k
+        )
+        result = self.model.train_batch(ratings)
+        return result, hit_rate, self.model.view()
+
+    async def _snapshot(self) -> None:
+        payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+        version = manifest["version"]
+        uri = await self.store.put(version, payload, manifest)
+        await self.store.promote(version)
+        info = self._info()
+        update = {
+            "version": version,
+            "uri": uri,
+            "sha256": manifest["sha256"],
+            "trained_events": manifest["trained_events"],
+            "metrics": {
+                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
+                "last_batch": self.holder.info.get("last_batch"),
+                "n_users": info["n_users"],
+                "n_items": info["n_items"],
+                "created_at": manifest["created_at"],
+            },
+        }
+        await self.updates.send(key=MODEL_UPDATE_KEY, value=encode(update))
+        acked = len(self._pending)
+        for event in self._pending:
+            await self._stream.ack(event)
+        self._pending.clear()
+        self._snapshot_version = self.model.version
+        self._batches_since_snapshot = 0
+        self._last_snapshot_at = time.monotonic()
+        self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
+        metrics.SNAPSHOTS.inc()
+        log.info(
+            "Snapshot v%d written (%d bytes, %d events acked, offsets %s)",
+            version,
+            len(payload),
+            acked,
+            manifest["offsets"],
+        )
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "trained_events": self.model.trained_events,
+            "n_users": self.model.n_users,
+            "n_items": self.model.n_items,
+            "offsets": dict(self.model.offsets),
+        }

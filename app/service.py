@@ -1,0 +1,203 @@
+"""The Faust app: one factory wires settings, topics, tables, agents and web views for a role.
+
+Roles are separate consumer groups, because a consumer group splits partitions between its
+members and the trainer must see every rating:
+
+* ``trainer`` (group ``<app_id>-trainer``, exactly one worker): the trainer agent;
+* ``scorer`` (group ``<app_id>-scorer``, N workers): the ingest and scorer agents, the
+  ``seen-items`` table, and a model follower per worker;
+* ``all`` (group ``<app_id>-all``, one worker): everything in one process, for development.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from agents.follower import ModelFollower
+from agents.ingest import Ingest
+from agents.kafka import KnownTopics
+from agents.scorer import Scorer
+from agents.state import ModelHolder
+from agents.trainer import Trainer, restore_model
+from app import web
+from app.settings import Settings
+from app.stores import store_from_settings
+from app.topics import DLQ_MAX_MESSAGE_BYTES, TopicSpec, topic_specs
+from models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ROLES = ("trainer", "scorer", "all")
+
+
+def model_config(settings: Settings) -> ModelConfig:
+    """The model hyperparameters the settings choose."""
+    return ModelConfig(
+        no_components=settings.no_components,
+        loss=settings.loss,
+        learning_rate=settings.learning_rate,
+        epochs_per_batch=settings.epochs_per_batch,
+        positive_threshold=settings.positive_threshold,
+        num_threads=settings.num_threads,
+        seed=settings.seed,
+    )
+
+
+@dataclass
+class Runtime:
+    """What the agents and views of one worker share."""
+
+    settings: Settings
+    role: str
+    holder: ModelHolder = field(default_factory=ModelHolder)
+    trainer: Trainer | None = None
+    seen: Any = None  # the seen-items table (scorer/all roles)
+    topics: dict[str, Any] = field(default_factory=dict)
+
+
+def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
+    """A topic of raw bytes (agents decode and validate themselves); declared as ``spec`` says."""
+    declared = {} if spec is None else {"partitions": spec.partitions, "config": spec.config}
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        **declared,
+    )
+
+
+def create_app(settings: Settings, role: str | None = None) -> faust.App:
+    role = role or settings.role
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    datadir = settings.datadir / f"{role}-{settings.web_port}"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.app_id}-{role}",
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        datadir=str(datadir),
+        store="memory://",
+        # Keys are the raw utf-8 user ids producers use, so the table router hashes a user
+        # to the same partition as the ratings and requests keyed by that user.
+        key_serializer="raw",
+        value_serializer="json",
+        autodiscover=False,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_bind=settings.web_bind,
+        web_port=settings.web_port,
+        canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        topic_allow_declare=True,
+        producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+        consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+        producer_acks=-1,
+        stream_wait_empty=False,
+        table_standby_replicas=1,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 10),
+        logging_config=None,
+    )
+    runtime = Runtime(settings=settings, role=role)
+    app.streamrec = runtime  # type: ignore[attr-defined]  # read by the web views
+    specs = {spec.name: spec for spec in topic_specs(settings)}
+    topics = {name: raw_topic(app, name, spec) for name, spec in specs.items()}
+    runtime.topics = topics
+    ratings = topics[settings.ratings_topic]
+    model_updates = topics[settings.model_updates_topic]
+
+    if role in ("trainer", "all"):
+        _add_trainer(app, runtime, ratings, model_updates)
+    if role in ("scorer", "all"):
+        _add_scorer(app, runtime, ratings, follow_updates=(role == "scorer"))
+    web.register(app, runtime)
+    return app
+
+
+def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -> None:
+    s = runtime.settings
+
+    @app.agent(ratings, name="trainer")
+    async def trainer(stream: Any) -> None:
+        async with store_from_settings(s) as store:
+            model = await restore_model(store, model_config(s))
+            runtime.trainer = Trainer(
+                model=model,
+                holder=runtime.holder,
+                store=store,
+                updates=updates,
+                max_bytes=s.max_message_bytes,
+                snapshot_every_batches=s.snapshot_every_batches,
+                snapshot_every_seconds=s.snapshot_every_seconds,
+            )
+            try:
+                await runtime.trainer.run(stream, max_batch=s.batch_max, within=s.batch_seconds)
+            finally:
+                runtime.trainer = None
+
+    @app.timer(interval=max(0.5, min(5.0, s.snapshot_every_seconds / 4)), name="snapshot-timer")
+    async def snapshot_timer() -> None:
+        if runtime.trainer is not None:
+            await runtime.trainer.tick()
+
+
+def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_updates: bool) -> None:
+    s = runtime.settings
+    seen = app.Table(
+        "seen-items",
+        default=list,
+        key_type=str,
+        partitions=s.topic_partitions,
+    )
+    runtime.seen = seen
+    requests = runtime.topics[s.requests_topic]
+    responses = runtime.topics[s.responses_topic]
+    ratings_dlq = runtime.topics[s.ratings_dlq_topic]
+    requests_dlq = runtime.topics[s.requests_dlq_topic]
+    reply_topics: dict[str, Any] = {}
+
+    def reply_topic(name: str) -> Any:
+        if name not in reply_topics:
+            reply_topics[name] = raw_topic(app, name)
+        return reply_topics[name]
+
+    ingest = Ingest(
+        seen=seen, dlq=ratings_dlq, max_bytes=s.max_message_bytes, seen_limit=s.seen_items_max
+    )
+    scorer = Scorer(
+        holder=runtime.holder,
+        seen=seen,
+        default_reply=responses,
+        dlq=requests_dlq,
+        reply_topic=reply_topic,
+        topic_exists=KnownTopics(s.kafka_bootstrap).exists,
+        forbidden_replies=frozenset(
+            {
+                s.ratings_topic,
+                s.requests_topic,
+                s.model_updates_topic,
+                s.ratings_dlq_topic,
+                s.requests_dlq_topic,
+            }
+        ),
+        max_bytes=s.max_message_bytes,
+    )
+    app.agent(ratings, name="ingest")(ingest.run)
+    app.agent(requests, name="scorer")(scorer.run)
+
+    if follow_updates:
+
+        @app.task
+        async def follow_model_updates() -> None:
+            async with store_from_settings(s) as store:
+                follower = ModelFollower(
+                    runtime.holder, store, s.kafka_bootstrap, s.model_updates_topic
+                )
+                await follower.run()

@@ -1,0 +1,200 @@
+"""A real streamrec deployment for the end-to-end tests: one trainer and two scorers as
+subprocesses, on the real Kafka broker and the real S3 server, with topics, consumer groups
+and an S3 prefix unique to this test module (so reruns and other tests never collide)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiobotocore.session import get_session
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.dev.workers import WorkerProcess, free_port
+from app.settings import Settings
+from app.topics import ensure_topics
+
+
+@dataclass
+class Deployment:
+    settings: Settings
+    env: dict[str, str]
+    trainer: WorkerProcess
+    scorers: list[WorkerProcess]
+    tmp: Path
+
+    def topic(self, name: str) -> str:
+        return getattr(self.settings, f"{name}_topic")
+
+    def restart_trainer(self) -> WorkerProcess:
+        self.trainer = WorkerProcess(
+            "trainer", self.trainer.web_port, self.tmp / "trainer-2.log", self.env
+        ).start()
+        return self.trainer
+
+
+def env_for(run: str, base: Settings, tmp: Path, bucket: str) -> dict[str, str]:
+    return {
+        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "STREAMREC_APP_ID": f"e2e-{run}",
+        "STREAMREC_RATINGS_TOPIC": f"{run}-ratings",
+        "STREAMREC_REQUESTS_TOPIC": f"{run}-rec-requests",
+        "STREAMREC_RESPONSES_TOPIC": f"{run}-rec-responses",
+        "STREAMREC_MODEL_UPDATES_TOPIC": f"{run}-model-updates",
+        "STREAMREC_RATINGS_DLQ_TOPIC": f"{run}-ratings-dlq",
+        "STREAMREC_REQUESTS_DLQ_TOPIC": f"{run}-rec-requests-dlq",
+        "STREAMREC_TOPIC_PARTITIONS": "4",
+        "STREAMREC_MODEL_STORE": f"s3://{bucket}/{run}",
+        "STREAMREC_DATADIR": str(tmp / "faust"),
+        "STREAMREC_BATCH_SECONDS": "0.3",
+        "STREAMREC_BATCH_MAX": "500",
+        "STREAMREC_SNAPSHOT_EVERY_SECONDS": "1",
+        "STREAMREC_SNAPSHOT_EVERY_BATCHES": "4",
+        "STREAMREC_EPOCHS_PER_BATCH": "10",
+        "STREAMREC_NO_COMPONENTS": "16",
+        "STREAMREC_SESSION_TIMEOUT": "8",
+        "STREAMREC_LOG_LEVEL": "info",
+    }
+
+
+async def create_bucket(settings: Settings, bucket: str) -> None:
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+    ) as s3:
+        await s3.create_bucket(Bucket=bucket)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    run = uuid.uuid4().hex[:10]
+    tmp = tmp_path_factory.mktemp(f"e2e-{run}")
+    base = Settings()
+    bucket = f"e2e-{run}"
+    asyncio.run(create_bucket(base, bucket))
+    env = env_for(run, base, tmp, bucket)
+    settings = Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})
+    asyncio.run(ensure_topics(settings))
+    trainer = WorkerProcess("trainer", free_port(), tmp / "trainer.log", env).start()
+    scorers = [
+        WorkerProcess("scorer", free_port(), tmp / f"scorer-{i}.log", env).start() for i in (1, 2)
+    ]
+    deployment = Deployment(settings, env, trainer, scorers, tmp)
+    try:
+        for worker in [trainer, *scorers]:
+            worker.wait_ready(model=False)
+        wait_for(
+            lambda: scorer_group_settled(deployment),
+            timeout=60,
+            what="the scorers to share the request partitions",
+        )
+        yield deployment
+    finally:
+        for worker in [deployment.trainer, *deployment.scorers]:
+            worker.stop()
+
+
+def scorer_group_settled(deployment: Deployment) -> bool:
+    """True once every live scorer owns some request partitions and together they own all."""
+    topic = deployment.settings.requests_topic
+    owned: list[str] = []
+    for scorer in deployment.scorers:
+        _, body = scorer.get("/health/")
+        mine = [p for p in body.get("partitions", []) if p.startswith(f"{topic}:")]
+        if not mine:
+            return False
+        owned += mine
+    return sorted(owned) == sorted(
+        f"{topic}:{p}" for p in range(deployment.settings.topic_partitions)
+    )
+
+
+class KafkaClient:
+    """Plain aiokafka, as any producer or consumer of streamrec's topics would use it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def produce(
+        self, topic: str, messages: list[tuple[bytes | None, bytes | None]], **kwargs: Any
+    ) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", **kwargs
+        )
+        await producer.start()
+        try:
+            for key, value in messages:
+                await producer.send(topic, key=key, value=value)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def produce_json(self, topic: str, items: list[dict[str, Any]], key_field: str) -> None:
+        await self.produce(
+            topic, [(str(m[key_field]).encode(), json.dumps(m).encode()) for m in items]
+        )
+
+    async def read_all(
+        self, topic: str, *, until: int | None = None, wait: float = 20.0
+    ) -> list[Any]:
+        """Every message of ``topic`` from the beginning; waits until ``until`` have arrived."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=32 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + wait
+            parts: set[int] = set()
+            while not parts and time.monotonic() < deadline:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+                await asyncio.sleep(0.1)
+            consumer.assign([TopicPartition(topic, p) for p in parts])
+            out: list[Any] = []
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=300)
+                for messages in batch.values():
+                    out.extend(messages)
+                if until is not None and len(out) >= until:
+                    break
+                if until is None and not batch:
+                    break
+            return out
+        finally:
+            await consumer.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka(deployment: Deployment) -> KafkaClient:
+    return KafkaClient(deployment.settings)
+
+
+def wait_for(predicate: Any, *, timeout: float, interval: float = 0.25, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except OSError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
