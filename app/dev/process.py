@@ -303,8 +303,10 @@ class ManagedProcess:
 
     # --- helpers -----------------------------------------------------------------------
     def _clear_stale_pidfile(self) -> None:
+        """Our process died without ``stop()`` (killed, crashed): drop what it left."""
         if self.pidfile.exists():
             self.pidfile.unlink(missing_ok=True)
+            self.cleanup()
             log.info("%s: removed stale pidfile %s", self.name, self.pidfile)
 
     def _log_tail(self, lines: int = 3) -> str:
