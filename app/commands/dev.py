@@ -116,3 +116,28 @@ def status(only: str | None, as_json: bool) -> None:
             click.echo(f"{name}: {state}{pid} at {where} (log {info['log']})")
     if not all(info["ready"] for info in report.values()):
         sys.exit(3)
+
+
+@dev.command()
+def ping() -> None:
+    """Check that Kafka and S3 answer at the configured addresses, whoever started them.
+
+    Uses STREAMREC_KAFKA_BOOTSTRAP and STREAMREC_S3_ENDPOINT (not the dev pidfiles); prints
+    one line and exits 0 if both answer, 1 otherwise. dev/with-services.sh reuses such services.
+    """
+    from app.dev import metadata_ready, s3_problem
+    from app.settings import Settings
+
+    settings = Settings()
+    kafka = "ok" if metadata_ready(settings.kafka_bootstrap) else "not reachable"
+    s3 = s3_problem(
+        settings.s3_endpoint or "",
+        settings.s3_access_key,
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_region,
+    )
+    click.echo(
+        f"kafka at {settings.kafka_bootstrap}: {kafka}; s3 at {settings.s3_endpoint}: {s3 or 'ok'}"
+    )
+    if kafka != "ok" or s3 is not None:
+        sys.exit(1)

@@ -124,6 +124,12 @@ def test_status_json_when_stopped_is_one_object_and_exit_3(idle: DevEnv):
     assert report["s3"]["endpoint"] == idle.settings.s3_endpoint
 
 
+def test_ping_fails_with_one_line_when_nothing_answers(idle: DevEnv):
+    done = idle.cli("ping")
+    assert done.returncode == 1
+    assert done.stdout.count("not reachable") == 1 and len(done.stdout.splitlines()) == 1
+
+
 def test_stale_pidfile_is_cleaned(idle: DevEnv):
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -171,6 +177,12 @@ def test_status_json_gives_working_connection_settings(stack: DevEnv):
         s3["endpoint"], s3["access_key"], s3["secret_key"], s3["region"], [DEV_BUCKET]
     )
     assert problem is None
+
+
+def test_ping_succeeds_when_both_answer(stack: DevEnv):
+    done = stack.cli("ping")
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.count(": ok") == 2
 
 
 def test_services_listen_on_loopback_and_their_own_ports_only(stack: DevEnv):
