@@ -55,6 +55,36 @@ def positives_by_user(ratings: Iterable[Rating], threshold: float = 0.0) -> dict
     return dict(out)
 
 
+def split_latest_per_user(
+    ratings: Sequence[Rating], holdout: int
+) -> tuple[list[Rating], list[Rating]]:
+    """(train, test): each user's ``holdout`` latest ratings (by ts, then input order) are
+    test — like MovieLens' ua/ub splits, but by time. Users with <= ``holdout`` ratings stay
+    wholly in train (they would have nothing to learn from)."""
+    by_user: dict[str, list[int]] = defaultdict(list)
+    for position, r in enumerate(ratings):
+        by_user[r.user].append(position)
+    held: set[int] = set()
+    if holdout > 0:
+        for positions in by_user.values():
+            if len(positions) > holdout:
+                positions.sort(key=lambda p: ratings[p].ts)  # stable: input order breaks ties
+                held.update(positions[-holdout:])
+    train = [r for p, r in enumerate(ratings) if p not in held]
+    return train, [r for p, r in enumerate(ratings) if p in held]
+
+
+def split_random(
+    ratings: Sequence[Rating], fraction: float, seed: int = 0
+) -> tuple[list[Rating], list[Rating]]:
+    """(train, test) with a seeded random ``fraction`` of the ratings as test."""
+    if not 0 <= fraction < 1:
+        raise ValueError("the test fraction must be in [0, 1)")
+    is_test = np.random.default_rng(seed).random(len(ratings)) < fraction
+    train = [r for r, t in zip(ratings, is_test, strict=True) if not t]
+    return train, [r for r, t in zip(ratings, is_test, strict=True) if t]
+
+
 def evaluate(
     view: ScoringView,
     test: Mapping[str, Collection[str]],

@@ -43,8 +43,10 @@ def generate_ratings(
 ) -> list[Rating]:
     """``n_ratings`` distinct (user, item) ratings in time order; raises ValueError if the
     arguments are impossible (e.g. more ratings than user-item pairs can hold)."""
-    if n_users < 1 or n_clusters < 1 or n_items < n_clusters or n_ratings < 0:
-        raise ValueError("need n_users >= 1, n_items >= n_clusters >= 1 and n_ratings >= 0")
+    if n_users < 1 or n_clusters < 1 or n_ratings < 0:
+        raise ValueError("need at least 1 user and 1 cluster, and a non-negative rating count")
+    if n_items < n_clusters:
+        raise ValueError(f"{n_items} items cannot fill {n_clusters} clusters")
     if n_ratings > n_users * n_items // 2:
         raise ValueError(
             f"{n_ratings} ratings is more than half of the {n_users * n_items} user-item pairs"

@@ -1,15 +1,314 @@
-"""``streamrec train`` and ``streamrec generate``: the offline bootstrap job and synthetic data."""
+"""``streamrec train`` and ``streamrec generate``: the offline bootstrap job and synthetic data.
+
+This is the only place ratings *files* are opened (models/ parses text lines): the encoding
+is UTF-8, falling back to latin-1 (MovieLens 100K's own files are latin-1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from models.datasets import FORMATS
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from models.evaluation import Metrics
+    from models.events import Rating
+    from models.incremental import IncrementalModel
+
+_CHUNK = 1 << 20
+
+
+def file_encoding(path: Path) -> str:
+    """``utf-8`` if the whole file decodes as UTF-8, else ``latin-1`` (which never fails)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "latin-1"
+    return "utf-8"
+
+
+def read_ratings(path: Path, fmt: str = "auto") -> list[Rating]:
+    """Every rating in ``path``; a bad line or an unreadable file is a one-line ClickException."""
+    from models.datasets import DatasetError, iter_ratings
+
+    if fmt != "auto" and fmt not in FORMATS:
+        raise click.BadParameter(
+            f"{fmt!r} is not one of auto, {', '.join(FORMATS)}", param_hint="--format"
+        )
+    try:
+        encoding = file_encoding(path)
+        with path.open(encoding=encoding, newline="") as f:
+            return list(iter_ratings(f, fmt, source=path.name))
+    except DatasetError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+
 
 @click.command()
-def train() -> None:
-    """Train a model offline from a ratings file and write a snapshot."""
-    raise click.ClickException("not yet implemented")
+@click.argument("ratings_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="File format (auto detects it from the first line).",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--loss",
+    type=click.Choice(["warp", "bpr", "logistic", "warp-kos"]),
+    default=None,
+    help="Default: STREAMREC_LOSS.",
+)
+@click.option("--components", type=click.IntRange(min=1), default=None, help="Latent dimensions.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 5),
+    default=None,
+    help="Ratings >= this are positives (0: all). Default: STREAMREC_POSITIVE_THRESHOLD.",
+)
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option(
+    "--holdout-per-user",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Evaluate on each user's N latest ratings (default 10; 0: no evaluation).",
+)
+@click.option(
+    "--test-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Evaluate on a random fraction of the ratings instead.",
+)
+@click.option("--k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--out", "store_url", default=None, help="Store URL. Default: STREAMREC_MODEL_STORE.")
+def train(
+    ratings_file: Path,
+    fmt: str,
+    epochs: int,
+    loss: str | None,
+    components: int | None,
+    threshold: float | None,
+    learning_rate: float | None,
+    holdout_per_user: int | None,
+    test_fraction: float | None,
+    k: int,
+    as_json: bool,
+    store_url: str | None,
+) -> None:
+    """Train a model offline from a ratings file, evaluate it and write a snapshot.
+
+    The held-out ratings are not trained (the snapshot is the model that was evaluated);
+    use --holdout-per-user 0 to train on everything. The snapshot becomes the store's
+    current version, so workers start from it.
+    """
+    from tqdm import tqdm
+
+    from app.settings import get_settings
+    from models.evaluation import split_latest_per_user, split_random
+    from models.incremental import IncrementalModel
+
+    if holdout_per_user is not None and test_fraction is not None:
+        raise click.UsageError("use either --holdout-per-user or --test-fraction, not both")
+    settings = get_settings()
+    url = store_url or settings.model_store
+    config = _model_config(settings, loss, components, threshold, learning_rate)
+    asyncio.run(_check_store(url, settings))  # fail before training, not after
+
+    ratings = read_ratings(ratings_file, fmt)
+    if not ratings:
+        raise click.ClickException(f"{ratings_file}: no ratings")
+    if test_fraction is not None:
+        train_set, test_set = split_random(ratings, test_fraction, seed=config.seed)
+        split = {"kind": "random", "test_fraction": test_fraction}
+    else:
+        holdout = 10 if holdout_per_user is None else holdout_per_user
+        train_set, test_set = split_latest_per_user(ratings, holdout)
+        split = {"kind": "latest_per_user", "holdout_per_user": holdout}
+
+    model = IncrementalModel(config)
+    started = time.perf_counter()
+    with tqdm(total=epochs, unit="epoch", desc="training", file=sys.stderr) as bar:
+        model.train_batch(train_set, epochs=epochs, on_epoch=lambda _: bar.update())
+    seconds = time.perf_counter() - started
+
+    metrics = _evaluate(model, train_set, test_set, config.positive_threshold, k)
+    uri = asyncio.run(_write_snapshot(url, settings, model))
+    report = {
+        "file": str(ratings_file),
+        "ratings": len(ratings),
+        "users": model.n_users,
+        "items": model.n_items,
+        "split": {**split, "train": len(train_set), "test": len(test_set)},
+        "config": config.to_dict(),
+        "epochs": epochs,
+        "train_seconds": round(seconds, 3),
+        "metrics": {name: m.as_dict() for name, m in metrics.items()},
+        "snapshot": {"uri": uri, "version": model.version},
+    }
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        click.echo(_table(report, metrics, k))
+
+
+def _model_config(
+    settings: Settings,
+    loss: str | None,
+    components: int | None,
+    threshold: float | None,
+    learning_rate: float | None,
+):
+    from models.config import ModelConfig
+
+    try:
+        return ModelConfig(
+            loss=loss or settings.loss,
+            no_components=components or settings.no_components,
+            learning_rate=learning_rate or settings.learning_rate,
+            positive_threshold=settings.positive_threshold if threshold is None else threshold,
+            epochs_per_batch=settings.epochs_per_batch,
+            num_threads=settings.num_threads,
+            seed=settings.seed,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _evaluate(
+    model: IncrementalModel,
+    train_set: list[Rating],
+    test_set: list[Rating],
+    threshold: float,
+    k: int,
+) -> dict[str, Metrics]:
+    from models.evaluation import evaluate, positives_by_user
+
+    if not test_set:
+        return {}
+    view = model.view()
+    test = positives_by_user(test_set, threshold)
+    seen = positives_by_user(train_set)  # every rated item counts as seen, as in serving
+    return {
+        "model": evaluate(view, test, train=seen, k=k, exclude_train=True),
+        "model_including_train": evaluate(view, test, train=seen, k=k, exclude_train=False),
+        "popularity": evaluate(view, test, train=seen, k=k, exclude_train=True, popularity=True),
+    }
+
+
+async def _check_store(url: str, settings: Settings) -> None:
+    from app.stores import store_from_url
+    from storage.errors import StorageError
+
+    try:
+        async with store_from_url(url, settings) as store:
+            await store.latest()
+    except StorageError as exc:
+        raise click.ClickException(f"model store {url}: {exc}") from None
+
+
+async def _write_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
+    """Write the snapshot as the next version of the store and promote it to current."""
+    from app.stores import store_from_url
+    from storage.errors import StorageError
+
+    try:
+        async with store_from_url(url, settings) as store:
+            latest = await store.latest()
+            if latest is not None and latest >= model.version:
+                model.version = latest + 1  # versions only grow; the store is write-once
+            payload, manifest = await asyncio.to_thread(model.to_bytes)
+            uri = await store.put(model.version, payload, manifest)
+            await store.promote(model.version)
+            return uri
+    except StorageError as exc:
+        raise click.ClickException(f"writing the snapshot to {url}: {exc}") from None
+
+
+def _table(report: dict[str, Any], metrics: dict[str, Metrics], k: int) -> str:
+    config, split = report["config"], report["split"]
+    lines = [
+        f"{report['file']}: {report['ratings']} ratings, {report['users']} users, "
+        f"{report['items']} items",
+        f"split {split['kind']}: {split['train']} train / {split['test']} test; "
+        f"{config['loss']}, {config['no_components']} components, positives >= "
+        f"{config['positive_threshold']:g}, {report['epochs']} epochs in "
+        f"{report['train_seconds']:.1f} s",
+    ]
+    if metrics:
+        lines.append("")
+        lines.append(
+            f"{'ranking':<34}{'P@' + str(k):>8}{'R@' + str(k):>8}{'NDCG@' + str(k):>9}"
+            f"{'HR@' + str(k):>8}{'AUC':>8}{'users':>7}"
+        )
+        labels = {
+            "model": "model, train items excluded",
+            "model_including_train": "model, train items included",
+            "popularity": "popularity, train items excluded",
+        }
+        for name, m in metrics.items():
+            lines.append(
+                f"{labels[name]:<34}{m.precision:>8.4f}{m.recall:>8.4f}{m.ndcg:>9.4f}"
+                f"{m.hit_rate:>8.4f}{m.auc:>8.4f}{m.users:>7}"
+            )
+    else:
+        lines.append("no test ratings: nothing evaluated")
+    lines.append("")
+    lines.append(
+        f"snapshot v{report['snapshot']['version']} -> {report['snapshot']['uri']} (current)"
+    )
+    return "\n".join(lines)
 
 
 @click.command()
-def generate() -> None:
-    """Write synthetic power-law ratings for the demo."""
-    raise click.ClickException("not yet implemented")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--items", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--ratings", type=click.IntRange(min=1), default=50_000, show_default=True)
+@click.option("--clusters", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def generate(
+    out: Path, users: int, items: int, ratings: int, clusters: int, seed: int, force: bool
+) -> None:
+    """Write synthetic power-law ratings as CSV (user,item,rating,timestamp).
+
+    Items are named by genre (g3-m17), so a demo can show recommendations following a
+    user into a new genre. The file is readable by `streamrec train` and `streamrec publish`.
+    """
+    from models.synthetic import generate_ratings
+
+    if out.exists() and not force:
+        raise click.ClickException(f"{out} exists (use --force to overwrite)")
+    try:
+        events = generate_ratings(users, items, ratings, clusters, seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        with out.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["user", "item", "rating", "timestamp"])
+            for e in events:
+                writer.writerow([e.user, e.item, f"{e.rating:g}", f"{e.ts:.0f}"])
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+    click.echo(
+        f"wrote {len(events)} ratings ({users} users, {items} items, {clusters} genres) to {out}"
+    )

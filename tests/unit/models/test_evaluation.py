@@ -4,7 +4,13 @@ import random
 import pytest
 
 from models.config import ModelConfig
-from models.evaluation import evaluate, positives_by_user, prequential
+from models.evaluation import (
+    evaluate,
+    positives_by_user,
+    prequential,
+    split_latest_per_user,
+    split_random,
+)
 from models.events import Rating
 from models.incremental import IncrementalModel
 
@@ -92,3 +98,21 @@ def test_prequential_popularity_baseline_uses_recency():
     # batch 1: empty model, e1 misses.  batch 2: one count each, y (ts 2) is more recent
     # than x (ts 1), so the top 1 is y: e3 (x) misses, e4 (y) hits.
     assert result.curve == [(2, 1, 0), (4, 2, 1)]
+
+
+def test_split_latest_per_user_holds_out_the_newest_ratings():
+    events = [Rating(f"e{i}", "u", f"i{i}", 5, ts) for i, ts in enumerate([5, 1, 4, 2, 3])]
+    events += [Rating("f0", "v", "x", 5, 1), Rating("f1", "v", "y", 5, 2)]
+    train, test = split_latest_per_user(events, 2)
+    assert sorted(r.event_id for r in test) == ["e0", "e2"]  # u's two newest (ts 5 and 4)
+    assert len(train) == 5  # v has only 2 ratings: all stay in train
+    assert split_latest_per_user(events, 0) == (events, [])
+
+
+def test_split_random_is_seeded():
+    events = [Rating(f"e{i}", "u", f"i{i}", 5, i) for i in range(1000)]
+    train, test = split_random(events, 0.2, seed=1)
+    assert 150 < len(test) < 250 and len(train) + len(test) == 1000
+    assert split_random(events, 0.2, seed=1) == (train, test)
+    with pytest.raises(ValueError):
+        split_random(events, 1.0)

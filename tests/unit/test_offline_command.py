@@ -1,0 +1,94 @@
+"""`streamrec generate` and `streamrec train` end to end on a local file:// store."""
+
+import asyncio
+import json
+
+from click.testing import CliRunner
+
+from app.cli import main
+from app.commands.offline import file_encoding, read_ratings
+from app.stores import store_from_url
+from models.incremental import IncrementalModel
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_generate_then_train_writes_a_current_snapshot(tmp_path):
+    data = tmp_path / "demo.csv"
+    store = f"file://{tmp_path / 'store'}"
+    result = run("generate", str(data), "--users", "300", "--items", "120", "--ratings", "8000")
+    assert result.exit_code == 0, result.output
+    assert data.read_text().startswith("user,item,rating,timestamp\n")
+
+    result = run("train", str(data), "--epochs", "5", "--components", "8", "--json", "--out", store)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ratings"] == 8000
+    assert report["split"]["kind"] == "latest_per_user"
+    assert report["split"]["test"] > 0
+    model, popularity = report["metrics"]["model"], report["metrics"]["popularity"]
+    assert model["exclude_train"] is True
+    assert model["precision"] > 2 * popularity["precision"]  # clustered data: clearly learnt
+    assert report["snapshot"]["version"] == 1
+
+    async def current():
+        async with store_from_url(store) as s:
+            version = await s.current()
+            return version, await s.get(version)
+
+    version, (payload, manifest) = asyncio.run(current())
+    assert version == 1
+    restored = IncrementalModel.from_bytes(payload, manifest)
+    assert restored.n_users == report["users"]
+    assert restored.config.no_components == 8
+
+    table = run("train", str(data), "--epochs", "1", "--test-fraction", "0.1", "--out", store)
+    assert table.exit_code == 0, table.output
+    assert "model, train items excluded" in table.stdout
+    assert "snapshot v2" in table.stdout  # the next version, now current
+    assert asyncio.run(current())[0] == 2
+
+
+def test_bad_line_is_one_clear_error_with_its_line_number(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,rating,timestamp\na,b,5,1\na,c,seven,2\n")
+    result = run("train", str(bad), "--out", f"file://{tmp_path / 'store'}")
+    assert result.exit_code == 1
+    assert "bad.csv: line 3: rating 'seven' is not a number" in result.output
+    assert not (tmp_path / "store" / "models").exists() or not any(
+        (tmp_path / "store" / "models").iterdir()
+    )
+
+
+def test_latin1_files_are_read(tmp_path):
+    path = tmp_path / "u.data"
+    path.write_bytes("Zoë\tMisérables, Les (1995)\t5\t1\r\n".encode("latin-1"))
+    assert file_encoding(path) == "latin-1"
+    (rating,) = read_ratings(path)
+    assert (rating.user, rating.item, rating.event_id) == (
+        "Zoë",
+        "Misérables, Les (1995)",
+        "u.data:1",
+    )
+    utf8 = tmp_path / "utf8.csv"
+    utf8.write_text("Zoë,東京,5,1\n", encoding="utf-8")
+    assert file_encoding(utf8) == "utf-8"
+    assert read_ratings(utf8)[0].item == "東京"
+
+
+def test_bad_arguments_exit_non_zero(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("a,b,5,1\n")
+    both = run("train", str(data), "--holdout-per-user", "1", "--test-fraction", "0.2")
+    assert both.exit_code == 2 and "not both" in both.output
+    assert run("train", str(data), "--format", "xlsx").exit_code == 2
+    assert run("train", str(tmp_path / "missing.csv")).exit_code == 2
+    assert run("generate", str(data)).exit_code == 1  # exists, no --force
+    impossible = run("generate", str(tmp_path / "x.csv"), "--users", "2", "--items", "2")
+    assert impossible.exit_code == 2 and "2 items cannot fill 8 clusters" in impossible.output
+    too_many = run(
+        "generate", str(tmp_path / "x.csv"), "--users", "2", "--items", "2", "--clusters", "1"
+    )
+    assert too_many.exit_code == 2 and "more than half" in too_many.output
