@@ -12,8 +12,12 @@ import warnings
 
 import pytest
 from aiobotocore.session import get_session
+from click.testing import CliRunner, Result
 
+from app.cli import main
 from app.dev.seaweed import DEV_BUCKET, SeaweedServer
+from app.settings import Settings
+from app.stores import s3_config_from_settings, store_from_settings
 from storage import S3Config, SnapshotInfo, SnapshotStore, open_store
 from storage.errors import (
     AccessDenied,
@@ -427,3 +431,89 @@ async def test_server_killed_mid_upload_then_restarted(own_s3: SeaweedServer) ->
         assert await store.get(2) == (payload, manifest)
         assert await store.latest() == 2
         await store.get(1)
+
+
+# --- the CLI --------------------------------------------------------------------------------
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, ["models", *args])
+
+
+def test_cli_manages_snapshots(store_url: str, store_config: S3Config) -> None:
+    async def setup() -> dict[int, bytes]:
+        async with open_store(store_url, store_config) as store:
+            return await put(store, 1, 2, 3)
+
+    asyncio.run(setup())
+    listed = cli("list", "--store", store_url)
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [
+        ["1", "complete"],
+        ["2", "complete"],
+        ["3", "complete"],
+    ]
+
+    assert cli("promote", "2", "--store", store_url).stdout == "current: 2 (was none)\n"
+    assert cli("promote", "3", "--store", store_url).stdout == "current: 3 (was 2)\n"
+    assert cli("rollback", "--store", store_url).stdout == "current: 2 (was 3)\n"
+    assert cli("rollback", "--to", "1", "--store", store_url).stdout == "current: 1 (was 2)\n"
+    assert cli("rollback", "--store", store_url).stdout == "current: 2 (was 1)\n"
+
+    shown = cli("show", "2", "--store", store_url)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["version"] == 2
+    assert "sha256 verified" in shown.stderr
+
+    assert cli("prune", "--keep", "1", "--store", store_url).stdout == "deleted 1: 1\n"
+    doc = json.loads(cli("list", "--json", "--store", store_url).stdout)
+    assert doc["current"] == 2
+    assert [(s["version"], s["current"]) for s in doc["snapshots"]] == [(2, True), (3, False)]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["show", "9"], 1, "Error: no snapshot version 9: "),
+        (["promote", "9"], 1, "Error: cannot promote version 9: no complete snapshot"),
+        (["rollback"], 1, "Error: nothing to roll back: no current pointer"),
+        (["promote", "x"], 2, "'x' is not a valid integer"),
+        (["prune"], 2, "Missing option '--keep'"),
+        (["prune", "--keep", "0"], 2, "0 is not in the range x>=1"),
+    ],
+)
+def test_cli_errors_are_one_clear_line(
+    store_url: str, args: list[str], code: int, message: str
+) -> None:
+    result = cli(*args, "--store", store_url)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+    if code == 1:
+        assert result.output.count("\n") == 1
+
+
+def test_cli_bad_store_url() -> None:
+    result = cli("list", "--store", "ftp://models")
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: store URL 'ftp://models' has unsupported scheme")
+
+
+# --- settings → store (app.stores) ----------------------------------------------------------
+
+
+async def test_store_from_settings_uses_model_store(store_url: str, settings: Settings) -> None:
+    configured = settings.model_copy(update={"model_store": store_url})
+    async with store_from_settings(configured) as store:
+        await put(store, 4)
+    async with open_store(store_url, s3_config_from_settings(settings)) as store:
+        assert await store.latest() == 4
+
+
+def test_empty_s3_settings_mean_botocore_defaults() -> None:
+    config = s3_config_from_settings(
+        Settings(s3_endpoint="", s3_access_key="", s3_secret_key="", s3_max_attempts=7)
+    )
+    assert (config.endpoint_url, config.access_key, config.secret_key) == (None, None, None)
+    assert config.max_attempts == 7
+    assert "secret" not in repr(s3_config_from_settings(Settings()))
