@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands import dev, offline, service, store
+from app.commands import demo, dev, offline, service, store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,8 +21,9 @@ main.add_command(dev.dev)  # dev up|down|status            (issue: infrastructur
 main.add_command(offline.train)  # train RATINGS_FILE      (issue: models)
 main.add_command(offline.generate)  # generate OUT         (issue: models)
 main.add_command(store.models)  # models list|show|...     (issue: storage)
-for command in service.COMMANDS:  # worker, publish, recommend, demo (issue: service)
+for command in service.COMMANDS:  # worker, publish, recommend   (issue: service)
     main.add_command(command)
+main.add_command(demo.demo)  # the README's main command
 
 
 if __name__ == "__main__":

@@ -207,10 +207,4 @@ def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_j
     click.echo(json.dumps(reply) if as_json else format_reply(reply))
 
 
-@click.command()
-def demo() -> None:
-    """Run the end-to-end demo on the embedded default."""
-    raise click.ClickException("not yet: the service issue lands the demo")
-
-
-COMMANDS = [worker, publish, recommend, demo]
+COMMANDS = [worker, publish, recommend]

@@ -1,0 +1,234 @@
+"""``streamrec demo``: the whole service, end to end, on one machine, in about a minute.
+
+Kafka is the real broker (started with the dev launcher if it is not running); the model
+store is the embedded default, local files. Nothing here is simulated: the demo runs the
+same ``streamrec worker`` processes a deployment runs and talks to them over Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import click
+
+from app.settings import PROJECT_ROOT, Settings, get_settings
+
+
+def _say(text: str = "") -> None:
+    click.echo(text)
+
+
+def _genre(item: str) -> str:
+    return item.split("-", 1)[0]  # synthetic ids: g3-m17 is movie 17 of genre 3
+
+
+def _genre_mix(reply: dict[str, Any]) -> str:
+    counts = Counter(_genre(e["item"]) for e in reply["items"])
+    return ", ".join(f"{g}:{n}" for g, n in counts.most_common())
+
+
+def _show(title: str, reply: dict[str, Any]) -> None:
+    items = " ".join(e["item"] for e in reply["items"])
+    _say(f"  {title}: [{reply['source']}, model v{reply['model_version']}] {items}")
+    _say(f"  {' ' * len(title)}  genres: {_genre_mix(reply)}")
+
+
+@click.command()
+@click.option("--users", type=click.IntRange(min=10), default=600, show_default=True)
+@click.option("--items", type=click.IntRange(min=20), default=300, show_default=True)
+@click.option("--ratings", type=click.IntRange(min=1000), default=30_000, show_default=True)
+@click.option("--genres", type=click.IntRange(min=2), default=6, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=1),
+    default=3000,
+    show_default=True,
+    help="Events per second when streaming the live part of the data.",
+)
+@click.option("--keep", is_flag=True, help="Keep the workers running until Ctrl-C.")
+@click.option("--seed", type=int, default=1, show_default=True)
+def demo(
+    users: int, items: int, ratings: int, genres: int, rate: float, keep: bool, seed: int
+) -> None:
+    """Run the end-to-end demo on the embedded default (local model store).
+
+    Starts Kafka if needed, bootstraps a model offline from synthetic ratings, starts a
+    trainer and a scorer worker, streams more ratings through Kafka and shows
+    recommendations changing as a user discovers a new genre.
+    """
+    from app.dev import DevServiceError, KafkaBroker, metadata_ready
+
+    base = get_settings()
+    broker = None
+    if not metadata_ready(base.kafka_bootstrap):
+        _say(f"Kafka is not running at {base.kafka_bootstrap}: starting the dev broker ...")
+        broker = KafkaBroker(base)
+        try:
+            broker.start(wait=True)
+        except DevServiceError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        _run(base, users, items, ratings, genres, rate, keep, seed)
+    finally:
+        if broker is not None:
+            _say("Stopping the dev broker the demo started ...")
+            broker.stop()
+
+
+def _run(
+    base: Settings,
+    users: int,
+    items: int,
+    ratings: int,
+    genres: int,
+    rate: float,
+    keep: bool,
+    seed: int,
+) -> None:
+    from tqdm import tqdm
+
+    from app.commands.offline import _write_snapshot
+    from app.commands.service import publish_ratings, request_recommendation
+    from app.dev.workers import WorkerProcess, free_port
+    from app.service import model_config
+    from app.topics import ensure_topics
+    from models.events import Rating
+    from models.incremental import IncrementalModel
+    from models.synthetic import generate_ratings
+
+    run = time.strftime("%Y%m%d-%H%M%S")
+    home = PROJECT_ROOT / "var" / "demo" / run
+    env = {
+        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "STREAMREC_APP_ID": f"demo-{run}",
+        "STREAMREC_MODEL_STORE": f"file://{home / 'models'}",
+        "STREAMREC_DATADIR": str(home / "faust"),
+        "STREAMREC_BATCH_SECONDS": "0.5",
+        "STREAMREC_SNAPSHOT_EVERY_SECONDS": "2",
+        "STREAMREC_SESSION_TIMEOUT": "10",
+        "STREAMREC_EPOCHS_PER_BATCH": "5",
+        **{
+            f"STREAMREC_{name.upper()}_TOPIC": f"demo-{run}-{getattr(base, name + '_topic')}"
+            for name in (
+                "ratings",
+                "requests",
+                "responses",
+                "model_updates",
+                "ratings_dlq",
+                "requests_dlq",
+            )
+        },
+    }
+    settings = Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})
+    asyncio.run(ensure_topics(settings))
+
+    _say(
+        f"1. Synthetic data: {ratings} ratings by {users} users of {items} movies in "
+        f"{genres} genres (power-law popularity)."
+    )
+    data = generate_ratings(users, items, ratings, genres, seed=seed)
+    cut = int(len(data) * 0.8)
+    history, live = data[:cut], data[cut:]
+
+    _say(f"2. Offline bootstrap: training on the first {len(history)} ratings ...")
+    model = IncrementalModel(model_config(settings))
+    epochs = 10
+    with tqdm(total=epochs, unit="epoch", desc="   training", file=sys.stderr) as bar:
+        model.train_batch(history, epochs=epochs, on_epoch=lambda _: bar.update())
+    uri = asyncio.run(_write_snapshot(settings.model_store, settings, model))
+    _say(f"   snapshot v{model.version} -> {uri}")
+
+    _say("3. Starting a trainer and a scorer worker (real Faust processes) ...")
+    logs = home / "logs"
+    trainer = WorkerProcess("trainer", free_port(), logs / "trainer.log", env)
+    scorer = WorkerProcess("scorer", free_port(), logs / "scorer.log", env)
+    workers = [trainer.start(), scorer.start()]
+    try:
+        for worker in workers:
+            worker.wait_ready(timeout=120)
+        _say(f"   trainer {trainer.url}/model/   scorer {scorer.url}/users/<id>/  (logs: {logs})")
+
+        _say(f"4. Streaming the other {len(live)} ratings through Kafka at {rate:g}/s ...")
+        asyncio.run(publish_ratings(settings, live, rate=rate, progress=True))
+
+        def ask(user: str, k: int = 8) -> dict[str, Any]:
+            return asyncio.run(request_recommendation(settings, user, k, wait=20))
+
+        per_user = Counter(r.user for r in data)
+        user = min(per_user, key=lambda u: (abs(per_user[u] - 15), u))  # a light user
+        before = ask(user)
+        rated = Counter(_genre(r.item) for r in data if r.user == user)
+        new_genre = (
+            next(f"g{g}" for g in range(genres) if rated[f"g{g}"] == 0)
+            if any(rated[f"g{g}"] == 0 for g in range(genres))
+            else min(rated, key=rated.get)
+        )
+        _say(
+            f"5. User {user} has rated genres {dict(rated.most_common())}; "
+            f"now they binge {new_genre}:"
+        )
+        _show("before", before)
+        seen = {r.item for r in data if r.user == user}
+        binge = [
+            it
+            for it, _ in Counter(r.item for r in data if _genre(r.item) == new_genre).most_common()
+            if it not in seen
+        ][:12]
+        now = time.time()
+        events = [
+            Rating(f"demo-{run}-{user}-{i}", user, it, 5.0, now + i) for i, it in enumerate(binge)
+        ]
+        asyncio.run(publish_ratings(settings, events))
+        after = before
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = ask(user)
+            if sum(_genre(e["item"]) == new_genre for e in after["items"]) > sum(
+                _genre(e["item"]) == new_genre for e in before["items"]
+            ):
+                break
+            time.sleep(0.5)
+        _show("after ", after)
+
+        newcomer = f"newcomer-{run}"
+        _say(f"6. A brand-new user {newcomer} (no restart needed):")
+        _show("cold  ", ask(newcomer))
+        asyncio.run(
+            publish_ratings(
+                settings,
+                [
+                    Rating(f"demo-{run}-{newcomer}-{i}", newcomer, it, 5.0, now + 100 + i)
+                    for i, it in enumerate(binge[:6])
+                ],
+            )
+        )
+        deadline = time.monotonic() + 30
+        warm = ask(newcomer)
+        while warm["source"] != "model" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            warm = ask(newcomer)
+        _show("warm  ", warm)
+
+        _, info = trainer.get("/model/")
+        _say(
+            f"7. Trainer: model v{info.get('version')}, {info.get('trained_events')} events "
+            f"trained, prequential hit-rate@10 {info.get('prequential_hit_rate', 0):.3f}"
+        )
+        _say(
+            f"   Try: curl {scorer.url}/users/{user}/   curl {scorer.url}/items/popular/   "
+            f"curl {scorer.url}/metrics"
+        )
+        if keep:
+            _say("   Workers keep running; Ctrl-C stops them.")
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(w.running() for w in workers):
+                    time.sleep(1)
+    finally:
+        for worker in workers:
+            worker.stop()
+    _say(f"Done. Everything the demo wrote is under {home.relative_to(PROJECT_ROOT)}/.")
