@@ -52,16 +52,25 @@ def offset_key(topic: str, partition: int) -> str:
 
 
 async def restore_model(store: Any, config: ModelConfig) -> IncrementalModel:
-    """The newest complete snapshot in ``store``, or a fresh model when there is none."""
-    version = await store.latest()
+    """The store's current snapshot (the newest if none is promoted), or a fresh model.
+
+    Restoring *current* makes ``streamrec models rollback`` + a trainer restart roll training
+    back too: state and covered offsets move together, so the events after the rolled-back
+    snapshot are trained again, once. New versions continue after the newest in the store,
+    which is write-once.
+    """
+    latest = await store.latest()
+    version = await store.current()
+    version = latest if version is None else version
     if version is None:
         log.info("No snapshot in the store: starting a fresh model")
         return IncrementalModel(config)
     payload, manifest = await store.get(version)
     model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+    model.version = max(model.version, latest or 0)
     log.info(
         "Restored snapshot v%d: %d users, %d items, %d trained events, offsets %s",
-        model.version,
+        version,
         model.n_users,
         model.n_items,
         model.trained_events,
