@@ -135,36 +135,40 @@ def _write_atomic(path: Path, data: bytes, overwrite: bool) -> bool:
     return True
 
 
-def _files(directory: Path) -> VersionFiles:
+def _files(directory: Path) -> VersionFiles | None:
+    """What exists of one version; None if its directory does not exist. A directory with
+    only leftovers (temp files of a crashed write) is an incomplete version prune can remove."""
+    try:
+        newest = directory.stat()
+    except FileNotFoundError:
+        return None
     stats = {}
     for name in (PAYLOAD_NAME, MANIFEST_NAME):
         with contextlib.suppress(FileNotFoundError):
             stats[name] = (directory / name).stat()
     payload, manifest = stats.get(PAYLOAD_NAME), stats.get(MANIFEST_NAME)
-    newest = manifest or payload
+    newest = manifest or payload or newest
     return VersionFiles(
         has_payload=payload is not None,
         has_manifest=manifest is not None,
         size=payload.st_size if payload else None,
-        modified=datetime.fromtimestamp(newest.st_mtime, UTC) if newest else None,
+        modified=datetime.fromtimestamp(newest.st_mtime, UTC),
     )
 
 
 def _scan_sync(models: Path, version: int | None) -> dict[int, VersionFiles]:
-    if version is not None:
-        found = _files(models.parent / version_dir(version))
-        return {version: found} if found.has_payload or found.has_manifest else {}
-    try:
-        names = os.listdir(models)
-    except FileNotFoundError:
-        return {}
+    names = [version_dir(version).rpartition("/")[2]] if version is not None else []
+    if version is None:
+        try:
+            names = os.listdir(models)
+        except FileNotFoundError:
+            return {}
     result = {}
     for name in names:
         v = parse_version_dir(name)
-        if v is not None:
-            found = _files(models / name)
-            if found.has_payload or found.has_manifest:
-                result[v] = found
+        found = _files(models / name) if v is not None else None
+        if v is not None and found is not None:
+            result[v] = found
     return result
 
 

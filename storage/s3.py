@@ -274,23 +274,24 @@ class S3SnapshotStore(BaseStore):
         return objects
 
     async def _scan(self, version: int | None = None) -> dict[int, VersionFiles]:
+        # Any object under a version's directory makes it listed (a claim alone is an
+        # abandoned write that prune must be able to remove); only payload + manifest complete it.
         where = MODELS_DIR if version is None else version_dir(version)
         found: dict[int, dict[str, dict[str, Any]]] = {}
         for key, obj in (await self._list(where)).items():
             parts = key.split("/")
             v = parse_version_dir(parts[1]) if len(parts) == 3 else None
-            name = parts[-1]
-            if v is not None and name in (PAYLOAD_NAME, MANIFEST_NAME):
-                found.setdefault(v, {})[name] = obj
+            if v is not None:
+                found.setdefault(v, {})[parts[2]] = obj
         result = {}
         for v, objs in found.items():
             payload, manifest = objs.get(PAYLOAD_NAME), objs.get(MANIFEST_NAME)
-            newest = manifest or payload
+            newest = manifest or payload or max(objs.values(), key=lambda o: o["LastModified"])
             result[v] = VersionFiles(
                 has_payload=payload is not None,
                 has_manifest=manifest is not None,
                 size=payload["Size"] if payload else None,
-                modified=newest["LastModified"].astimezone(UTC) if newest else None,
+                modified=newest["LastModified"].astimezone(UTC),
             )
         return result
 
