@@ -25,7 +25,7 @@ import numpy as np
 
 from models.events import Rating
 from models.incremental import IncrementalModel
-from models.scoring import ScoringView, top_k_rows
+from models.scoring import Recommendation, ScoringView, top_k_rows
 
 _CHUNK_CELLS = 1 << 22
 
@@ -164,25 +164,42 @@ def _auc(scores: np.ndarray, wanted: np.ndarray, total: int) -> float:
 
 @dataclass(frozen=True)
 class PrequentialResult:
-    """Test-then-train hit-rate@k. ``curve`` rows: (events replayed so far, trials and hits
-    in that batch); a trial is one positive event, a hit if its item was in the user's
-    top k (seen items excluded) just before the batch was trained."""
+    """Test-then-train hit-rate@k. A trial is one positive event, a hit if its item was in
+    the user's top k (seen items excluded) just before its batch was trained. ``curve``
+    rows, one per batch: (events replayed so far, trials, hits, trials the model scored,
+    hits among those) — the rest were cold-start users served by popularity."""
 
     k: int
-    trials: int
-    hits: int
     frozen_after: int | None
-    curve: list[tuple[int, int, int]]
+    curve: list[tuple[int, int, int, int, int]]
+
+    @property
+    def trials(self) -> int:
+        return sum(row[1] for row in self.curve)
+
+    @property
+    def hits(self) -> int:
+        return sum(row[2] for row in self.curve)
 
     @property
     def hit_rate(self) -> float:
-        return self.hits / self.trials if self.trials else 0.0
+        return self.hit_rate_between(0)
 
-    def hit_rate_between(self, start: int, stop: int | None = None) -> float:
-        """Hit-rate over the batches that end in (start, stop] events."""
-        rows = [(t, h) for end, t, h in self.curve if start < end and (stop is None or end <= stop)]
-        trials = sum(t for t, _ in rows)
-        return sum(h for _, h in rows) / trials if trials else 0.0
+    def hit_rate_between(
+        self, start: int, stop: int | None = None, *, model_only: bool = False
+    ) -> float:
+        """Hit-rate over the batches that end in (start, stop] events; ``model_only``:
+        only the trials of users the model scored (not popularity)."""
+        rows = [r for r in self.curve if start < r[0] and (stop is None or r[0] <= stop)]
+        trials = sum(r[3] if model_only else r[1] for r in rows)
+        hits = sum(r[4] if model_only else r[2] for r in rows)
+        return hits / trials if trials else 0.0
+
+    def model_share(self, start: int = 0, stop: int | None = None) -> float:
+        """Fraction of the trials in (start, stop] that the model (not popularity) scored."""
+        rows = [r for r in self.curve if start < r[0] and (stop is None or r[0] <= stop)]
+        trials = sum(r[1] for r in rows)
+        return sum(r[3] for r in rows) / trials if trials else 0.0
 
 
 def prequential(
@@ -213,27 +230,32 @@ def prequential(
             view = model.view()
         trials = [e for e in batch if e.rating >= threshold]
         users = sorted({e.user for e in trials})
-        excludes = [seen[u] for u in users] if exclude_seen else None
         if popularity:
-            top = {
-                u: {s.item for s in view.popular(k, seen[u] if exclude_seen else ())} for u in users
-            }
+            recs = [
+                Recommendation(
+                    u, view.popular(k, seen[u] if exclude_seen else ()), view.version, "popularity"
+                )
+                for u in users
+            ]
         else:
-            recs = view.recommend_many(users, k, excludes)
-            top = {r.user: {s.item for s in r.items} for r in recs}
-        hits = sum(e.item in top[e.user] for e in trials)
-        curve.append((stop, len(trials), hits))
+            recs = view.recommend_many(users, k, [seen[u] for u in users] if exclude_seen else None)
+        top = {r.user: ({s.item for s in r.items}, r.source == "model") for r in recs}
+        hit = [e.item in top[e.user][0] for e in trials]
+        by_model = [top[e.user][1] for e in trials]
+        curve.append(
+            (
+                stop,
+                len(trials),
+                sum(hit),
+                sum(by_model),
+                sum(h and m for h, m in zip(hit, by_model, strict=True)),
+            )
+        )
         for e in batch:
             seen[e.user].add(e.item)
         if freeze_after is None or stop <= freeze_after:
             model.train_batch(batch)
-    return PrequentialResult(
-        k=k,
-        trials=sum(t for _, t, _ in curve),
-        hits=sum(h for _, _, h in curve),
-        frozen_after=freeze_after,
-        curve=curve,
-    )
+    return PrequentialResult(k=k, frozen_after=freeze_after, curve=curve)
 
 
 def _cut(freeze_after: int | None, ordered: Sequence[Rating]) -> set[int]:

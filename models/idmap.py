@@ -49,6 +49,14 @@ class IdMap:
             self._index[value] = index
         return index
 
+    def add_many(self, values: list[str]) -> np.ndarray:
+        """:meth:`add` for each value (int64 indices); one C-speed dict pass when all are known."""
+        get = self._index.get
+        found = [get(v) for v in values]
+        if None in found:
+            found = [self.add(v) if i is None else i for v, i in zip(values, found, strict=True)]
+        return np.array(found, dtype=np.int64)
+
     def id_of(self, index: int) -> str:
         return self._ids[index]
 

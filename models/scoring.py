@@ -7,7 +7,7 @@ trainer keeps mutating its own arrays, and the agent swaps in a newer view by as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -156,7 +156,9 @@ class ScoringView:
         """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users."""
         _check_k(k)
         row = self.model_row(user)
-        excluded = self.item_rows(exclude)
+        excluded = (
+            _EMPTY if isinstance(exclude, Sized) and not len(exclude) else self.item_rows(exclude)
+        )
         if row is None:
             return Recommendation(user, self._popular(k, excluded), self.version, "popularity")
         scores = self._item_embeddings @ self._user_embeddings[row]
@@ -217,9 +219,18 @@ class ScoringView:
         return out
 
     def _top_k(self, scores: np.ndarray, k: int, excluded: np.ndarray) -> list[ScoredItem]:
+        """1-d fast path of :func:`top_k_rows` (one user: no take_along_axis overhead)."""
         if len(excluded):
             scores[excluded] = -np.inf
-        ((idx, vals),) = top_k_rows(scores[None, :], k)
+        n = len(scores)
+        kk = min(k, n)
+        part = np.argpartition(scores, n - kk)[n - kk :] if kk < n else np.arange(n)
+        part_scores = scores[part]
+        order = np.argsort(-part_scores, kind="stable")
+        idx, vals = part[order].tolist(), part_scores[order].tolist()
+        if vals and vals[-1] == -np.inf:
+            keep = [j for j, v in enumerate(vals) if v != -np.inf]
+            idx, vals = [idx[j] for j in keep], [vals[j] for j in keep]
         return self._scored(idx, vals)
 
     def _scored(self, idx: list[int], vals: list[float]) -> list[ScoredItem]:
@@ -237,8 +248,8 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]
     kk = min(k, n)
     if kk == 0:
         return [([], []) for _ in range(scores.shape[0])]
-    if kk < n:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    if kk < n:  # the kk largest sit at the end; partitioning in place of -scores saves a copy
+        part = np.argpartition(scores, n - kk, axis=1)[:, n - kk :]
     else:
         part = np.broadcast_to(np.arange(n), scores.shape)
     part_scores = np.take_along_axis(scores, part, axis=1)

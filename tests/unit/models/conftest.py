@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.common import data_dir
 from models.scoring import ScoringView
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def data_dir() -> Path:
-    """MovieLens lives outside the project (it may not be redistributed)."""
-    env = os.environ.get("STREAMREC_DATA_DIR")
-    return Path(env) if env else (PROJECT_ROOT / ".." / "shared" / "data").resolve()
 
 
 @pytest.fixture

@@ -76,11 +76,13 @@ def test_prequential_tests_then_trains_in_time_order():
     shuffled = random.Random(1).sample(STREAM, len(STREAM))
     model = IncrementalModel(ModelConfig(no_components=4))
     result = prequential(shuffled, model, batch_size=1, k=10)
-    assert result.curve == [(1, 1, 0), (2, 0, 0), (3, 1, 1), (4, 1, 1)]
+    assert result.curve == [(1, 1, 0, 0, 0), (2, 0, 0, 0, 0), (3, 1, 1, 0, 0), (4, 1, 1, 1, 1)]
     assert (result.trials, result.hits) == (3, 2)
     assert result.hit_rate == pytest.approx(2 / 3)
     assert result.hit_rate_between(2) == 1.0
     assert result.hit_rate_between(0, 2) == 0.0
+    assert result.hit_rate_between(0, model_only=True) == 1.0  # only e4 was scored by the model
+    assert result.model_share() == pytest.approx(1 / 3)
     assert model.version == 4
 
 
@@ -88,7 +90,7 @@ def test_prequential_frozen_model_stops_learning():
     model = IncrementalModel(ModelConfig(no_components=4))
     result = prequential(STREAM, model, batch_size=1, k=10, freeze_after=1)
     # e4: u2 and y are unknown to the frozen model; popularity offers only x, already seen.
-    assert result.curve == [(1, 1, 0), (2, 0, 0), (3, 1, 1), (4, 1, 0)]
+    assert result.curve == [(1, 1, 0, 0, 0), (2, 0, 0, 0, 0), (3, 1, 1, 0, 0), (4, 1, 0, 0, 0)]
     assert model.version == 1 and result.frozen_after == 1
 
 
@@ -97,7 +99,7 @@ def test_prequential_popularity_baseline_uses_recency():
     result = prequential(STREAM, model, batch_size=2, k=1, popularity=True)
     # batch 1: empty model, e1 misses.  batch 2: one count each, y (ts 2) is more recent
     # than x (ts 1), so the top 1 is y: e3 (x) misses, e4 (y) hits.
-    assert result.curve == [(2, 1, 0), (4, 2, 1)]
+    assert result.curve == [(2, 1, 0, 0, 0), (4, 2, 1, 0, 0)]
 
 
 def test_split_latest_per_user_holds_out_the_newest_ratings():

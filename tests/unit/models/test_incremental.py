@@ -299,3 +299,22 @@ def test_synthetic_demo_user_follows_a_new_genre():
     g3 = genre_items("g3", 25)
     model.train_batch([Rating(f"x{j}", "demo", i, 5, ts + 99 + j) for j, i in enumerate(g3)])
     assert genres("demo").count("g3") >= 8
+
+
+def test_non_finite_accumulators_that_lightfm_does_not_check_are_caught(monkeypatch):
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(10, 10, 100))
+    before = {name: a.copy() for name, a in model.state_arrays().items()}
+    real_fit = model._lfm.fit_partial
+
+    def fit_then_corrupt(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        model._lfm.user_bias_gradients[model.users.get("u1")] = np.inf  # embeddings stay finite
+        return result
+
+    monkeypatch.setattr(model._lfm, "fit_partial", fit_then_corrupt)
+    with pytest.raises(NonFiniteModel, match="user_bias_gradients"):
+        model.train_batch([Rating("z", "u1", "i1", 5, 99)])
+    for name, array in model.state_arrays().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+    assert model.version == 1

@@ -1,0 +1,79 @@
+"""Shared helpers of the benchmarks: where MovieLens lives, timing, plain-text tables."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """MovieLens lives outside the project (it may not be redistributed):
+    ``$STREAMREC_DATA_DIR`` or ``../shared/data`` next to the project."""
+    env = os.environ.get("STREAMREC_DATA_DIR")
+    return Path(env) if env else (PROJECT_ROOT / ".." / "shared" / "data").resolve()
+
+
+def require(path: Path) -> Path:
+    """``path``, or exit with a clear reason if the data is not there."""
+    if not path.is_file():
+        sys.exit(f"skipped: {path} not found (MovieLens is not shipped; set STREAMREC_DATA_DIR)")
+    return path
+
+
+def compare(
+    ours: Callable[[], Any], baseline: Callable[[], Any], *, number: int, repeat: int = 7
+) -> tuple[float, float]:
+    """Seconds per call of ``ours`` and ``baseline``: the best of ``repeat`` rounds of
+    ``number`` calls, the two interleaved round by round so that load from other processes
+    hits both alike (the best round is the least disturbed one, as in ``timeit``)."""
+    ours()
+    baseline()
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        for i, fn in enumerate((ours, baseline)):
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - start) / number)
+    return best[0], best[1]
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (they are only comparable within one run)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_1m": load,
+        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+    }
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned first column, right-aligned others; floats with 4 decimals."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    lines = [
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
