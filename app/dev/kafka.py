@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -155,13 +156,23 @@ def metadata_ready(bootstrap: str, timeout: float = 5.0) -> bool:
         finally:
             await client.close()
 
+    def run() -> bool:
+        try:
+            return asyncio.run(ask())
+        except Exception:
+            return False
+
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # each failed probe would log a connection error
     try:
-        return asyncio.run(ask())
-    except Exception:
-        return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return run()
+        # called from async code (e.g. a test): asyncio.run needs a thread without a loop
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(run).result()
     finally:
         quiet.setLevel(level)
 

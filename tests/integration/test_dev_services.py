@@ -185,6 +185,12 @@ def test_ping_succeeds_when_both_answer(stack: DevEnv):
     assert done.stdout.count(": ok") == 2
 
 
+async def test_kafka_probe_works_from_async_code(stack: DevEnv):
+    """Tests restart brokers from async tests; the probe must not need a loop-free thread."""
+    assert metadata_ready(stack.settings.kafka_bootstrap) is True
+    assert metadata_ready("127.0.0.1:1", timeout=1) is False
+
+
 def test_services_listen_on_loopback_and_their_own_ports_only(stack: DevEnv):
     report = stack.status()
     for name, svc in (("kafka", KafkaBroker), ("s3", SeaweedServer)):
