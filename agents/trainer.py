@@ -104,16 +104,31 @@ class Trainer:
             self.holder.publish(self.model.view(), **self._info())
 
     async def run(self, stream: Any, *, max_batch: int, within: float) -> None:
+        """Train each micro-batch while Faust gathers the next one (at most one in flight).
+
+        ``take`` stalls the stream until the loop body returns, so training in the body
+        would serialise fetching and fitting; handing the batch to a task overlaps them.
+        """
         self._stream = stream
+        in_flight: asyncio.Task[None] | None = None
         try:
             async for events in stream.noack_take(max_batch, within=within):
-                async with self._lock:
-                    await self._train(events)
-                    if self._snapshot_due():
-                        await self._snapshot()
+                if in_flight is not None:
+                    await in_flight  # re-raises a failed batch: the agent crashes, loudly
+                in_flight = asyncio.create_task(self._step(events))
+            if in_flight is not None:
+                await in_flight
         finally:
+            if in_flight is not None and not in_flight.done():
+                await asyncio.shield(in_flight)
             # On a clean shutdown, persist what was trained since the last snapshot.
             await asyncio.shield(self.snapshot_now("shutdown"))
+
+    async def _step(self, events: list[Any]) -> None:
+        async with self._lock:
+            await self._train(events)
+            if self._snapshot_due():
+                await self._snapshot()
 
     async def tick(self) -> None:
         """Called by a timer: snapshot when training is pending and the interval has passed."""
@@ -202,7 +217,27 @@ class Trainer:
         result = self.model.train_batch(ratings)
         return result, hit_rate, self.model.view()
 
-    async def _snapshot(self) -> None:
+    async def _snapshot(self) -> bool:
+        """Write, promote and announce a snapshot, then ack what it covers.
+
+        A failure (the store is down, say) is logged and retried at the next chance: the
+        events it would cover stay unacked, so nothing is lost and the worker keeps training.
+        """
+        try:
+            await self._write_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
+            self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
+            return False
+        return True
+
+    async def _write_snapshot(self) -> None:
+        if self.model.version == self._snapshot_version:
+            # Only offsets moved (duplicates, invalid events): a new state, so a new version;
+            # snapshots are write-once.
+            self.model.version += 1
         payload, manifest = await asyncio.to_thread(self.model.to_bytes)
         version = manifest["version"]
         uri = await self.store.put(version, payload, manifest)

@@ -11,6 +11,6 @@ from app.service import create_app
 from app.settings import get_settings
 from app.topics import ensure_topics
 
-asyncio.run(ensure_topics(get_settings()))
+asyncio.run(ensure_topics(get_settings(), role=get_settings().role))
 asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs one
 app = create_app(get_settings())

@@ -26,7 +26,14 @@ from agents.trainer import Trainer, restore_model
 from app import web
 from app.settings import Settings
 from app.stores import store_from_settings
-from app.topics import DLQ_MAX_MESSAGE_BYTES, TopicSpec, topic_specs
+from app.topics import (
+    DLQ_MAX_MESSAGE_BYTES,
+    SEEN_TABLE,
+    TopicSpec,
+    faust_app_id,
+    seen_changelog,
+    topic_specs,
+)
 from models.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -79,7 +86,7 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     datadir = settings.datadir / f"{role}-{settings.web_port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"{settings.app_id}-{role}",
+        faust_app_id(settings, role),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         datadir=str(datadir),
         store="memory://",
@@ -100,7 +107,11 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
         stream_wait_empty=False,
-        table_standby_replicas=1,
+        # Room for the next micro-batch while one trains, so fetching never pauses on it.
+        stream_buffer_maxsize=max(4096, 4 * settings.batch_max),
+        # No standbys: the memory store drops standby rows after every recovery anyway, and
+        # with standbys Faust's router can send /users/{id}/ to a standby (empty) worker.
+        table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(1.0, settings.session_timeout / 10),
         logging_config=None,
@@ -150,11 +161,26 @@ def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -
 
 def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_updates: bool) -> None:
     s = runtime.settings
+    # Keys are raw utf-8 user ids, exactly as producers key ratings and requests: then the
+    # router (app.table_route) hashes a user to the partition whose rows this worker holds.
+    # (Faust's default JSON key would hash '"u1"', another partition: /users/ would 404.)
+    spec = next(
+        t for t in topic_specs(s, runtime.role) if t.name == seen_changelog(s, runtime.role)
+    )
+    changelog = app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=spec.partitions,
+        config=spec.config,
+    )
     seen = app.Table(
-        "seen-items",
+        SEEN_TABLE,
         default=list,
         key_type=str,
         partitions=s.topic_partitions,
+        changelog_topic=changelog,
     )
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]

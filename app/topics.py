@@ -7,6 +7,7 @@ creates them up front with :func:`ensure_topics` and refuses to run on a mismatc
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -28,14 +29,34 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
+SEEN_TABLE = "seen-items"
+"""The scorers' Faust table of per-user seen items (co-partitioned with ratings by user)."""
+
+
+def faust_app_id(settings: Settings, role: str) -> str:
+    """Each role is its own Faust app, hence its own consumer group."""
+    return f"{settings.app_id}-{role}"
+
+
+def seen_changelog(settings: Settings, role: str) -> str:
+    """The ``seen-items`` table's changelog topic, named as Faust would name it."""
+    return f"{faust_app_id(settings, role)}-{SEEN_TABLE}-changelog"
+
+
+def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
+    """streamrec's topics, plus the table changelogs of ``role`` (Faust's naming).
+
+    The changelog is created here rather than by Faust: two scorers starting together
+    race Faust's creation against the broker's auto-creation, which makes a one-partition
+    changelog that Faust then refuses (PartitionsMismatch).
+    """
     p = settings.topic_partitions
     # Input topics accept oversized events so that the agents can dead-letter them with a
     # reason (the size limit is STREAMREC_MAX_MESSAGE_BYTES), instead of producers getting
     # an opaque broker error; dead letters keep the original bytes, so DLQs accept as much.
     big = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
     dlq = {**big, "retention.ms": str(30 * 86400_000)}
-    return [
+    specs = [
         TopicSpec(settings.ratings_topic, p, big),
         TopicSpec(settings.requests_topic, p, big),
         TopicSpec(settings.responses_topic, p, {"retention.ms": str(86400_000)}),
@@ -43,15 +64,31 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
     ]
+    if role in ("scorer", "all"):
+        specs.append(TopicSpec(seen_changelog(settings, role), p, {"cleanup.policy": "compact"}))
+    return specs
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partition counts; a topic created a moment ago may briefly show none, so wait a bit."""
+    for _ in range(50):
+        described = await admin.describe_topics(names)
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        if all(counts.get(name) for name in names):
+            break
+        await asyncio.sleep(0.1)
+    return counts
 
 
 class TopicMismatch(RuntimeError):
     """A topic cannot be created, or exists with other partition counts than the settings."""
 
 
-async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+async def ensure_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, *, role: str | None = None
+) -> list[str]:
     """Create missing topics; verify partition counts of existing ones. Returns created names."""
-    specs = topic_specs(settings) if specs is None else specs
+    specs = topic_specs(settings, role) if specs is None else specs
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -78,8 +115,7 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
                 created.append(name)
             if created:
                 log.info("Created topics: %s", ", ".join(created))
-        described = await admin.describe_topics([s.name for s in specs])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = await _partition_counts(admin, [s.name for s in specs])
         for spec in specs:
             if counts.get(spec.name, spec.partitions) != spec.partitions:
                 raise TopicMismatch(

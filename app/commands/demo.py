@@ -94,7 +94,7 @@ def _run(
 
     from app.commands.offline import _write_snapshot
     from app.commands.service import publish_ratings, request_recommendation
-    from app.dev.workers import WorkerProcess, free_port
+    from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
     from app.service import model_config
     from app.topics import ensure_topics
     from models.events import Rating
@@ -103,28 +103,17 @@ def _run(
 
     run = time.strftime("%Y%m%d-%H%M%S")
     home = PROJECT_ROOT / "var" / "demo" / run
-    env = {
-        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
-        "STREAMREC_APP_ID": f"demo-{run}",
-        "STREAMREC_MODEL_STORE": f"file://{home / 'models'}",
-        "STREAMREC_DATADIR": str(home / "faust"),
-        "STREAMREC_BATCH_SECONDS": "0.5",
-        "STREAMREC_SNAPSHOT_EVERY_SECONDS": "2",
-        "STREAMREC_SESSION_TIMEOUT": "10",
-        "STREAMREC_EPOCHS_PER_BATCH": "5",
-        **{
-            f"STREAMREC_{name.upper()}_TOPIC": f"demo-{run}-{getattr(base, name + '_topic')}"
-            for name in (
-                "ratings",
-                "requests",
-                "responses",
-                "model_updates",
-                "ratings_dlq",
-                "requests_dlq",
-            )
-        },
-    }
-    settings = Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})
+    env = isolated_env(
+        f"demo-{run}",
+        base,
+        model_store=f"file://{home / 'models'}",
+        datadir=home / "faust",
+        batch_seconds=0.5,
+        snapshot_every_seconds=2,
+        session_timeout=10,
+        epochs_per_batch=5,
+    )
+    settings = settings_for(env)
     asyncio.run(ensure_topics(settings))
 
     _say(

@@ -49,7 +49,7 @@ def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None
 
     settings = _settings(role=role, web_port=web_port)
     try:
-        asyncio.run(ensure_topics(settings))
+        asyncio.run(ensure_topics(settings, role=settings.role))
     except TopicMismatch as exc:
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.settings import Settings
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -111,3 +113,33 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+TOPIC_FIELDS = ("ratings", "requests", "responses", "model_updates", "ratings_dlq", "requests_dlq")
+
+
+def isolated_env(
+    prefix: str, base: Settings, *, model_store: str, datadir: Path, **overrides: str
+) -> dict[str, str]:
+    """Env vars for workers whose topics, consumer groups and store are theirs alone.
+
+    The demo, the end-to-end tests and the benchmarks each run a deployment side by side
+    with whatever else uses the broker; ``prefix`` keeps them apart.
+    """
+    env = {
+        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        "STREAMREC_APP_ID": prefix,
+        "STREAMREC_MODEL_STORE": model_store,
+        "STREAMREC_DATADIR": str(datadir),
+        **{
+            f"STREAMREC_{name.upper()}_TOPIC": f"{prefix}-{getattr(base, name + '_topic')}"
+            for name in TOPIC_FIELDS
+        },
+    }
+    env.update({f"STREAMREC_{k.upper()}": str(v) for k, v in overrides.items()})
+    return env
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    """The Settings a worker started with ``env`` sees (ignoring the caller's own env)."""
+    return Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})

@@ -17,7 +17,7 @@ import pytest
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev.workers import WorkerProcess, free_port
+from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.settings import Settings
 from app.topics import ensure_topics
 
@@ -41,27 +41,21 @@ class Deployment:
 
 
 def env_for(run: str, base: Settings, tmp: Path, bucket: str) -> dict[str, str]:
-    return {
-        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
-        "STREAMREC_APP_ID": f"e2e-{run}",
-        "STREAMREC_RATINGS_TOPIC": f"{run}-ratings",
-        "STREAMREC_REQUESTS_TOPIC": f"{run}-rec-requests",
-        "STREAMREC_RESPONSES_TOPIC": f"{run}-rec-responses",
-        "STREAMREC_MODEL_UPDATES_TOPIC": f"{run}-model-updates",
-        "STREAMREC_RATINGS_DLQ_TOPIC": f"{run}-ratings-dlq",
-        "STREAMREC_REQUESTS_DLQ_TOPIC": f"{run}-rec-requests-dlq",
-        "STREAMREC_TOPIC_PARTITIONS": "4",
-        "STREAMREC_MODEL_STORE": f"s3://{bucket}/{run}",
-        "STREAMREC_DATADIR": str(tmp / "faust"),
-        "STREAMREC_BATCH_SECONDS": "0.3",
-        "STREAMREC_BATCH_MAX": "500",
-        "STREAMREC_SNAPSHOT_EVERY_SECONDS": "1",
-        "STREAMREC_SNAPSHOT_EVERY_BATCHES": "4",
-        "STREAMREC_EPOCHS_PER_BATCH": "10",
-        "STREAMREC_NO_COMPONENTS": "16",
-        "STREAMREC_SESSION_TIMEOUT": "8",
-        "STREAMREC_LOG_LEVEL": "info",
-    }
+    return isolated_env(
+        f"e2e-{run}",
+        base,
+        model_store=f"s3://{bucket}/{run}",
+        datadir=tmp / "faust",
+        topic_partitions=4,
+        batch_seconds=0.3,
+        batch_max=500,
+        snapshot_every_seconds=1,
+        snapshot_every_batches=4,
+        epochs_per_batch=10,
+        no_components=16,
+        session_timeout=8,
+        log_level="info",
+    )
 
 
 async def create_bucket(settings: Settings, bucket: str) -> None:
@@ -84,7 +78,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     bucket = f"e2e-{run}"
     asyncio.run(create_bucket(base, bucket))
     env = env_for(run, base, tmp, bucket)
-    settings = Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})
+    settings = settings_for(env)
     asyncio.run(ensure_topics(settings))
     trainer = WorkerProcess("trainer", free_port(), tmp / "trainer.log", env).start()
     scorers = [

@@ -215,12 +215,17 @@ def test_bad_input_goes_to_the_dead_letter_topics(
 
 
 def test_web_views_answer_from_any_worker(deployment: Deployment) -> None:
-    bodies = []
-    for scorer in deployment.scorers:
-        status, body = scorer.get("/users/u7/")
-        assert status == 200, body
-        bodies.append(body)
-    assert bodies[0]["seen"] == bodies[1]["seen"] and len(bodies[0]["seen"]) == 15
+    def users_view() -> list[dict[str, Any]] | None:
+        bodies = []
+        for scorer in deployment.scorers:
+            status, body = scorer.get("/users/u7/")
+            assert status == 200, body
+            bodies.append(body)
+        # Ingest is asynchronous: wait until u7's 15 ratings are in the table.
+        return bodies if all(len(b["seen"]) == 15 for b in bodies) else None
+
+    bodies = wait_for(users_view, timeout=30, what="u7's seen items from both scorers")
+    assert bodies[0]["seen"] == bodies[1]["seen"]
     assert bodies[0]["recommendation"]["items"]
     for worker in [deployment.trainer, *deployment.scorers]:
         status, popular = worker.get("/items/popular/?k=5")
