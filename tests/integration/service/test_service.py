@@ -222,9 +222,14 @@ def test_web_views_answer_from_any_worker(deployment: Deployment) -> None:
             assert status == 200, body
             bodies.append(body)
         # Ingest is asynchronous: wait until u7's 15 ratings are in the table.
+        last[:] = [b["seen"] for b in bodies]
         return bodies if all(len(b["seen"]) == 15 for b in bodies) else None
 
-    bodies = wait_for(users_view, timeout=30, what="u7's seen items from both scorers")
+    last: list[Any] = []
+    try:
+        bodies = wait_for(users_view, timeout=30, what="u7's 15 seen items from both scorers")
+    except pytest.fail.Exception:
+        pytest.fail(f"u7's seen items never reached 15 on both scorers; last: {last}")
     assert bodies[0]["seen"] == bodies[1]["seen"]
     assert bodies[0]["recommendation"]["items"]
     for worker in [deployment.trainer, *deployment.scorers]:
