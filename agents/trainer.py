@@ -25,6 +25,7 @@ from agents import metrics
 from agents.codec import Undecodable, decode_rating, encode
 from agents.state import ModelHolder
 from models.config import ModelConfig
+from models.evaluation import positive_hits
 from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
@@ -37,14 +38,15 @@ MODEL_UPDATE_KEY = b"model"
 def hit_rate_before_training(
     view: ScoringView | None, ratings: list[Rating], config: ModelConfig, k: int
 ) -> float | None:
-    """Prequential (test-then-train) hit-rate@k of this batch's positives under ``view``."""
-    positives = [r for r in ratings if r.rating >= config.positive_threshold]
-    if view is None or not positives:
+    """Prequential (test-then-train) hit-rate@k of this batch's positives under ``view``.
+
+    Counted as the offline evaluator counts (:func:`models.evaluation.positive_hits`), except
+    that seen items are not excluded: the trainer keeps no per-user history.
+    """
+    if view is None:
         return None
-    users = sorted({r.user for r in positives})
-    tops = view.recommend_many(users, k)
-    top = {rec.user: {s.item for s in rec.items} for rec in tops}
-    return sum(r.item in top[r.user] for r in positives) / len(positives)
+    marks = positive_hits(view, ratings, threshold=config.positive_threshold, k=k)
+    return sum(hit for hit, _ in marks) / len(marks) if marks else None
 
 
 def offset_key(topic: str, partition: int) -> str:

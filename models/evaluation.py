@@ -202,6 +202,34 @@ class PrequentialResult:
         return sum(r[3] for r in rows) / trials if trials else 0.0
 
 
+def positive_hits(
+    view: ScoringView,
+    batch: Sequence[Rating],
+    *,
+    threshold: float,
+    k: int = 10,
+    seen: Mapping[str, Collection[str]] | None = None,
+    popularity: bool = False,
+) -> list[tuple[bool, bool]]:
+    """The test step of test-then-train: for each positive event of ``batch`` (rating >=
+    ``threshold``), whether its item is in the user's top ``k`` under ``view`` (``seen``
+    items excluded when given), and whether the model (not the popularity fallback) scored
+    it. The offline :func:`prequential` evaluator and the streaming trainer both count with
+    this, so their hit-rates mean the same thing."""
+    trials = [e for e in batch if e.rating >= threshold]
+    users = sorted({e.user for e in trials})
+    excluded = {u: seen.get(u, ()) for u in users} if seen is not None else {}
+    if popularity:
+        recs = [
+            Recommendation(u, view.popular(k, excluded.get(u, ())), view.version, "popularity")
+            for u in users
+        ]
+    else:
+        recs = view.recommend_many(users, k, [excluded[u] for u in users] if excluded else None)
+    top = {r.user: ({s.item for s in r.items}, r.source == "model") for r in recs}
+    return [(e.item in top[e.user][0], top[e.user][1]) for e in trials]
+
+
 def prequential(
     events: Sequence[Rating],
     model: IncrementalModel,
@@ -228,27 +256,21 @@ def prequential(
         batch = ordered[start:stop]
         if view.version != model.version:
             view = model.view()
-        trials = [e for e in batch if e.rating >= threshold]
-        users = sorted({e.user for e in trials})
-        if popularity:
-            recs = [
-                Recommendation(
-                    u, view.popular(k, seen[u] if exclude_seen else ()), view.version, "popularity"
-                )
-                for u in users
-            ]
-        else:
-            recs = view.recommend_many(users, k, [seen[u] for u in users] if exclude_seen else None)
-        top = {r.user: ({s.item for s in r.items}, r.source == "model") for r in recs}
-        hit = [e.item in top[e.user][0] for e in trials]
-        by_model = [top[e.user][1] for e in trials]
+        marks = positive_hits(
+            view,
+            batch,
+            threshold=threshold,
+            k=k,
+            seen=seen if exclude_seen else None,
+            popularity=popularity,
+        )
         curve.append(
             (
                 stop,
-                len(trials),
-                sum(hit),
-                sum(by_model),
-                sum(h and m for h, m in zip(hit, by_model, strict=True)),
+                len(marks),
+                sum(hit for hit, _ in marks),
+                sum(by_model for _, by_model in marks),
+                sum(hit and by_model for hit, by_model in marks),
             )
         )
         for e in batch:
