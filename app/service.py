@@ -106,9 +106,6 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
-        stream_wait_empty=False,
-        # Room for the next micro-batch while one trains, so fetching never pauses on it.
-        stream_buffer_maxsize=max(4096, 4 * settings.batch_max),
         # No standbys: the memory store drops standby rows after every recovery anyway, and
         # with standbys Faust's router can send /users/{id}/ to a standby (empty) worker.
         table_standby_replicas=0,

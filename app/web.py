@@ -52,6 +52,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 "status": "ok" if view is not None else "starting",
                 "role": runtime.role,
                 "model_version": None if view is None else view.version,
+                "rebalancing": bool(app.rebalancing),
                 "partitions": sorted(
                     f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment()
                 ),

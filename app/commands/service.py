@@ -121,6 +121,22 @@ async def publish_ratings(
     return len(ratings)
 
 
+async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
+    """Publish ``update`` on the model-updates topic (the key the trainer uses)."""
+    from aiokafka import AIOKafkaProducer
+
+    from agents.trainer import MODEL_UPDATE_KEY
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.model_updates_topic, key=MODEL_UPDATE_KEY, value=json.dumps(update).encode()
+        )
+    finally:
+        await producer.stop()
+
+
 async def request_recommendation(
     settings: Settings, user: str, k: int, *, exclude_seen: bool = True, wait: float = 10.0
 ) -> dict[str, Any]:

@@ -109,33 +109,85 @@ def show(url: str | None, version: int) -> None:
     click.echo(json.dumps(manifest, indent=2, sort_keys=True))
 
 
+announce_option = click.option(
+    "--announce/--no-announce",
+    default=True,
+    show_default=True,
+    help="Announce the new current version on the model-updates topic, so running scorers "
+    "swap it in now (they follow that topic, not the pointer).",
+)
+
+
+async def _announcement(store: SnapshotStore, version: int, reason: str) -> dict[str, Any]:
+    """The model-updates message for ``version`` (its manifest is read and verified)."""
+    _, manifest = await store.get(version)
+    uri = next((i.uri for i in await store.list() if i.version == version), None)
+    return {
+        "version": version,
+        "uri": uri,
+        "sha256": manifest["sha256"],
+        "trained_events": manifest.get("trained_events"),
+        "metrics": {"reason": reason},
+    }
+
+
+def _announce(update: dict[str, Any]) -> None:
+    from aiokafka.errors import KafkaError
+
+    from app.commands.service import announce_model
+    from app.settings import get_settings
+
+    settings = get_settings()
+    try:
+        asyncio.run(announce_model(settings, update))
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(
+            f"the pointer moved to {update['version']}, but announcing it on "
+            f"{settings.model_updates_topic!r} failed ({exc}); scorers load it when they "
+            "restart, or run the command again once Kafka answers"
+        ) from None
+    click.echo(f"announced v{update['version']} on {settings.model_updates_topic!r}")
+
+
 @models.command()
 @store_option
+@announce_option
 @click.argument("version", type=VERSION)
-def promote(url: str | None, version: int) -> None:
+def promote(url: str | None, announce: bool, version: int) -> None:
     """Make VERSION the current snapshot that scorers load."""
 
-    async def action(store: SnapshotStore) -> int | None:
+    async def action(store: SnapshotStore) -> tuple[int | None, dict[str, Any]]:
         before = await store.current()
         await store.promote(version)
-        return before
+        return before, await _announcement(store, version, "promote")
 
-    before = _run(url, action)
+    before, update = _run(url, action)
     click.echo(f"current: {version} (was {before if before is not None else 'none'})")
+    if announce:
+        _announce(update)
 
 
 @models.command()
 @store_option
+@announce_option
 @click.option("--to", "to", type=VERSION, default=None, help="Roll back to this version.")
-def rollback(url: str | None, to: int | None) -> None:
-    """Point current back at the previously promoted snapshot (or --to VERSION)."""
+def rollback(url: str | None, announce: bool, to: int | None) -> None:
+    """Point current back at the previously promoted snapshot (or --to VERSION).
 
-    async def action(store: SnapshotStore) -> tuple[int | None, int]:
+    Scorers swap the rolled-back model in at once (announced on model-updates). A running
+    trainer goes on from its own state; restart it to roll training back too (it restores
+    the current snapshot and retrains, once, the events after it).
+    """
+
+    async def action(store: SnapshotStore) -> tuple[int | None, int, dict[str, Any]]:
         before = await store.current()
-        return before, await store.rollback(to)
+        now = await store.rollback(to)
+        return before, now, await _announcement(store, now, "rollback")
 
-    before, now = _run(url, action)
+    before, now, update = _run(url, action)
     click.echo(f"current: {now} (was {before})")
+    if announce:
+        _announce(update)
 
 
 @models.command()

@@ -105,6 +105,8 @@ def scorer_group_settled(deployment: Deployment) -> bool:
     owned: list[str] = []
     for scorer in deployment.scorers:
         _, body = scorer.get("/health/")
+        if body.get("rebalancing", True):  # table recovery still running
+            return False
         mine = [p for p in body.get("partitions", []) if p.startswith(f"{topic}:")]
         if not mine:
             return False

@@ -493,11 +493,13 @@ def test_cli_manages_snapshots(store_url: str, store_config: S3Config) -> None:
         ["3", "complete"],
     ]
 
-    assert cli("promote", "2", "--store", store_url).stdout == "current: 2 (was none)\n"
-    assert cli("promote", "3", "--store", store_url).stdout == "current: 3 (was 2)\n"
-    assert cli("rollback", "--store", store_url).stdout == "current: 2 (was 3)\n"
-    assert cli("rollback", "--to", "1", "--store", store_url).stdout == "current: 1 (was 2)\n"
-    assert cli("rollback", "--store", store_url).stdout == "current: 2 (was 1)\n"
+    # (Announcing on Kafka is the service's business; tests/integration/service covers it.)
+    quiet = ("--store", store_url, "--no-announce")
+    assert cli("promote", "2", *quiet).stdout == "current: 2 (was none)\n"
+    assert cli("promote", "3", *quiet).stdout == "current: 3 (was 2)\n"
+    assert cli("rollback", *quiet).stdout == "current: 2 (was 3)\n"
+    assert cli("rollback", "--to", "1", *quiet).stdout == "current: 1 (was 2)\n"
+    assert cli("rollback", *quiet).stdout == "current: 2 (was 1)\n"
 
     shown = cli("show", "2", "--store", store_url)
     assert shown.exit_code == 0, shown.output
