@@ -106,6 +106,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
+        # The trainer holds its events unacked until a snapshot covers them, so a stop that
+        # waits for empty streams would wait for ever; scorers drain before a rebalance.
+        stream_wait_empty=(role == "scorer"),
         # No standbys: the memory store drops standby rows after every recovery anyway, and
         # with standbys Faust's router can send /users/{id}/ to a standby (empty) worker.
         table_standby_replicas=0,
