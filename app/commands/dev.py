@@ -18,9 +18,9 @@ ONLY = click.Choice(["kafka", "s3"])
 
 def _selected(only: str | None) -> dict:
     from app.dev import services
-    from app.settings import Settings
+    from app.settings import load_settings
 
-    chosen = services(Settings())
+    chosen = services(load_settings())
     return {name: svc for name, svc in chosen.items() if only in (None, name)}
 
 
@@ -41,7 +41,7 @@ def dev() -> None:
 def up(only: str | None, timeout: float) -> None:
     """Start the services (a no-op for those already running) and wait until they answer."""
     from app.dev import DevServiceError
-    from app.settings import Settings
+    from app.settings import load_settings
 
     _logging()
     chosen = _selected(only)
@@ -56,7 +56,7 @@ def up(only: str | None, timeout: float) -> None:
         for svc in started:
             svc.stop()
         raise click.ClickException(str(exc)) from None
-    _warn_mismatch(Settings(), chosen)
+    _warn_mismatch(load_settings(), chosen)
 
 
 def _warn_mismatch(settings, chosen: dict) -> None:
@@ -126,9 +126,9 @@ def ping() -> None:
     one line and exits 0 if both answer, 1 otherwise. dev/with-services.sh reuses such services.
     """
     from app.dev import metadata_ready, s3_problem
-    from app.settings import Settings
+    from app.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     kafka = "ok" if metadata_ready(settings.kafka_bootstrap) else "not reachable"
     s3 = s3_problem(
         settings.s3_endpoint or "",

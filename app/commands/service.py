@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from aiokafka.errors import KafkaError
 
 from app.settings import Settings, get_settings
 
@@ -20,6 +22,11 @@ def _settings(**overrides: Any) -> Settings:
     base = get_settings()
     changes = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=changes) if changes else base
+
+
+def _quiet_kafka_logs() -> None:
+    """Client commands report Kafka trouble in one line of their own, not aiokafka's."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
@@ -41,7 +48,6 @@ def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
 @click.option("--loglevel", default=None, help="Log level (default: STREAMREC_LOG_LEVEL).")
 def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None:
     """Run a Faust worker for one role (same app as `faust -A app.main worker`)."""
-    from aiokafka.errors import KafkaError
     from faust.worker import Worker
 
     from app.service import create_app
@@ -76,12 +82,13 @@ def publish(ratings_file: Path, rate: float | None, limit: int | None, fmt: str)
     from app.commands.offline import read_ratings
 
     settings = _settings()
+    _quiet_kafka_logs()
     ratings = read_ratings(ratings_file, fmt)
     if limit is not None:
         ratings = ratings[:limit]
     try:
         sent = asyncio.run(publish_ratings(settings, ratings, rate=rate, progress=True))
-    except OSError as exc:
+    except (KafkaError, OSError) as exc:
         raise _kafka_down(settings, exc) from None
     click.echo(f"published {sent} ratings to {settings.ratings_topic!r}")
 
@@ -99,7 +106,7 @@ async def publish_ratings(
         enable_idempotence=True,
         linger_ms=5,
     )
-    await producer.start()
+    await _start(producer)
     started = time.monotonic()
     try:
         with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
@@ -128,13 +135,22 @@ async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
     from agents.trainer import MODEL_UPDATE_KEY
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
+    await _start(producer)
     try:
         await producer.send_and_wait(
             settings.model_updates_topic, key=MODEL_UPDATE_KEY, value=json.dumps(update).encode()
         )
     finally:
         await producer.stop()
+
+
+async def _start(client: Any) -> None:
+    """Start an aiokafka client; if it cannot connect, close it again (no 'Unclosed' noise)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
 
 
 async def request_recommendation(
@@ -149,9 +165,13 @@ async def request_recommendation(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
+    await _start(consumer)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await consumer.start()
-    await producer.start()
+    try:
+        await _start(producer)
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         parts = await partitions_of(settings.kafka_bootstrap, settings.responses_topic)
         if not parts:
@@ -206,6 +226,7 @@ def format_reply(reply: dict[str, Any]) -> str:
 def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_json: bool) -> None:
     """Ask the scorers for USER's recommendations over Kafka and print the reply."""
     settings = _settings()
+    _quiet_kafka_logs()
     try:
         reply = asyncio.run(
             request_recommendation(
@@ -213,12 +234,12 @@ def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_j
                 user,
                 k or settings.default_k,
                 exclude_seen=not include_seen,
-                timeout=timeout,
+                wait=timeout,
             )
         )
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    except OSError as exc:
+    except (KafkaError, OSError) as exc:
         raise _kafka_down(settings, exc) from None
     click.echo(json.dumps(reply) if as_json else format_reply(reply))
 

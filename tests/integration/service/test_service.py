@@ -251,6 +251,40 @@ def test_web_views_answer_from_any_worker(deployment: Deployment) -> None:
         assert status == 200 and "streamrec_model_version" in text
 
 
+def test_command_line_clients(deployment: Deployment, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def streamrec(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env={**os.environ, **deployment.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    csv = tmp_path / "more.csv"
+    csv.write_text("user,item,rating,timestamp\ncli-user,c2-i1,5,9500\ncli-user,c2-i2,5,9501\n")
+    before = trained(deployment)
+    published = streamrec("publish", str(csv))
+    assert published.returncode == 0 and "published 2 ratings" in published.stdout
+    wait_for(lambda: trained(deployment) >= before + 2, timeout=30, what="the CLI's ratings")
+
+    reply = streamrec("recommend", "u3", "-k", "4", "--json")
+    assert reply.returncode == 0, reply.stderr
+    body = json.loads(reply.stdout)
+    assert body["user"] == "u3" and len(body["items"]) == 4 and body["source"] == "model"
+
+    down = streamrec("recommend", "u3", STREAMREC_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    assert down.returncode == 1 and down.stderr.count("\n") == 1
+    assert "Kafka is not reachable at 127.0.0.1:1" in down.stderr
+    bad = streamrec("worker", STREAMREC_TOPIC_PARTITIONS="0")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "STREAMREC_TOPIC_PARTITIONS" in bad.stderr
+
+
 def test_killed_scorer_leaves_the_other_answering(deployment: Deployment) -> None:
     victim = deployment.scorers.pop()
     victim.kill()  # SIGKILL: its partitions move to the survivor after the session timeout
