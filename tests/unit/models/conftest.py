@@ -16,7 +16,10 @@ def movielens() -> Path:
     """The shared MovieLens directory; skips the test if the data is not there."""
     root = data_dir()
     if not (root / "ml-100k" / "u.data").is_file():
-        pytest.skip(f"MovieLens not found in {root} (set STREAMREC_DATA_DIR)")
+        pytest.skip(
+            f"MovieLens is not shipped (its terms forbid redistribution) and is not in "
+            f"{root}; set STREAMREC_DATA_DIR"
+        )
     return root
 
 

@@ -116,7 +116,7 @@ def test_movielens_100k(movielens):
 def test_movielens_latest_small_crlf_csv(movielens):
     path = movielens / "ml-latest-small" / "ratings.csv"
     if not path.is_file():
-        pytest.skip(f"{path} not found")
+        pytest.skip(f"{path} not found: MovieLens is not shipped with the project")
     with open(path, encoding="utf-8", newline="") as f:  # keep the CRLFs: the reader strips them
         ratings = list(iter_ratings(f))
     assert len(ratings) == 100_836
