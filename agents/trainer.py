@@ -155,7 +155,6 @@ class Trainer:
 
     async def _train(self, events: list[Any]) -> None:
         covered = self.model.offsets
-        ratings: list[Rating] = []
         fresh: list[Any] = []
         next_offsets: dict[str, int] = {}
         for event in events:
@@ -167,24 +166,19 @@ class Trainer:
                 continue
             fresh.append(event)
             next_offsets[key] = max(next_offsets.get(key, 0), message.offset + 1)
-            try:
-                ratings.append(decode_rating(message.key, message.value, max_bytes=self.max_bytes))
-            except Undecodable:
-                metrics.SKIPPED_EVENTS.labels("invalid").inc()  # the ingest agent dead-letters it
         if not fresh:
             return
-        metrics.EVENTS_IN.labels("ratings").inc(len(fresh))
+        metrics.EVENTS_IN.labels(fresh[0].message.topic).inc(len(fresh))
         started = time.perf_counter()
         try:
-            result, hit_rate, view = await asyncio.to_thread(self._fit, ratings)
+            raw = [(e.message.key, e.message.value) for e in fresh]
+            n_ratings, result, hit_rate, view = await asyncio.to_thread(self._fit, raw)
         except NonFiniteModel as exc:
             # The model restored its pre-batch state; the events stay accounted for so a
             # poisoned batch is not retried forever. Nothing non-finite is ever published.
-            log.error(
-                "Batch of %d events made the model non-finite; dropped: %s", len(ratings), exc
-            )
-            metrics.SKIPPED_EVENTS.labels("non_finite").inc(len(ratings))
-            result, hit_rate, view = None, None, None
+            log.error("Batch of %d events made the model non-finite; dropped: %s", len(fresh), exc)
+            metrics.SKIPPED_EVENTS.labels("non_finite").inc(len(fresh))
+            n_ratings, result, hit_rate, view = 0, None, None, None
         self.model.offsets.update(next_offsets)
         self._pending.extend(fresh)
         if result is None:
@@ -192,7 +186,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         self._batches_since_snapshot += 1
         metrics.BATCH_SECONDS.observe(seconds)
-        metrics.BATCH_SIZE.observe(len(ratings))
+        metrics.BATCH_SIZE.observe(n_ratings)
         metrics.TRAINED_EVENTS.inc(result.applied)
         metrics.MODEL_VERSION.set(self.model.version)
         self.holder.publish(
@@ -211,13 +205,21 @@ class Trainer:
             **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
         )
 
-    def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, Any]:
-        """Runs in a worker thread: score-then-train, then copy out an immutable view."""
+    def _fit(
+        self, raw: list[tuple[bytes | None, bytes | None]]
+    ) -> tuple[int, BatchResult, float | None, Any]:
+        """Runs in a worker thread: decode, score-then-train, copy out an immutable view."""
+        ratings: list[Rating] = []
+        for key, value in raw:
+            try:
+                ratings.append(decode_rating(key, value, max_bytes=self.max_bytes))
+            except Undecodable:
+                metrics.SKIPPED_EVENTS.labels("invalid").inc()  # the ingest agent dead-letters it
         hit_rate = hit_rate_before_training(
             self.holder.view, ratings, self.model.config, self.eval_k
         )
         result = self.model.train_batch(ratings)
-        return result, hit_rate, self.model.view()
+        return len(ratings), result, hit_rate, self.model.view()
 
     async def _snapshot(self) -> bool:
         """Write, promote and announce a snapshot, then ack what it covers.
