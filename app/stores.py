@@ -6,8 +6,14 @@ these, so a ``file://`` or ``s3://`` URL means the same thing everywhere.
 
 from __future__ import annotations
 
+import asyncio
+from typing import TYPE_CHECKING
+
 from app.settings import Settings, get_settings
 from storage import S3Config, SnapshotStore, open_store
+
+if TYPE_CHECKING:
+    from models.incremental import IncrementalModel
 
 
 def s3_config_from_settings(settings: Settings | None = None) -> S3Config:
@@ -35,3 +41,19 @@ def store_from_settings(settings: Settings | None = None) -> SnapshotStore:
     """The configured model store (``STREAMREC_MODEL_STORE``)."""
     settings = settings or get_settings()
     return store_from_url(settings.model_store, settings)
+
+
+async def write_current_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
+    """Write ``model`` as the next version of the store at ``url`` and promote it to current.
+
+    Used by the offline job, the demo and the benchmarks. Versions only grow (the store is
+    write-once), so ``model.version`` moves past the newest version already there.
+    """
+    async with store_from_url(url, settings) as store:
+        latest = await store.latest()
+        if latest is not None and latest >= model.version:
+            model.version = latest + 1
+        payload, manifest = await asyncio.to_thread(model.to_bytes)
+        uri = await store.put(model.version, payload, manifest)
+        await store.promote(model.version)
+        return uri

@@ -25,11 +25,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.commands.offline import _write_snapshot
 from app.commands.service import publish_ratings
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.service import model_config
 from app.settings import PROJECT_ROOT, Settings
+from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import table
 from models.incremental import IncrementalModel
@@ -162,7 +162,7 @@ def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
     data = generate_ratings(2000, 1000, n_ratings, 8, seed=3)
     model = IncrementalModel(model_config(settings))
     model.train_batch(data[: n_ratings // 2], epochs=5)
-    asyncio.run(_write_snapshot(settings.model_store, settings, model))
+    asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     users = sorted({r.user for r in data})
 
     workers = [

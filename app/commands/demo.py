@@ -92,10 +92,10 @@ def _run(
 ) -> None:
     from tqdm import tqdm
 
-    from app.commands.offline import _write_snapshot
     from app.commands.service import publish_ratings, request_recommendation
     from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
     from app.service import model_config
+    from app.stores import write_current_snapshot
     from app.topics import ensure_topics
     from models.events import Rating
     from models.incremental import IncrementalModel
@@ -129,7 +129,7 @@ def _run(
     epochs = 10
     with tqdm(total=epochs, unit="epoch", desc="   training", file=sys.stderr) as bar:
         model.train_batch(history, epochs=epochs, on_epoch=lambda _: bar.update())
-    uri = asyncio.run(_write_snapshot(settings.model_store, settings, model))
+    uri = asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     _say(f"   snapshot v{model.version} -> {uri}")
 
     _say("3. Starting a trainer and a scorer worker (real Faust processes) ...")

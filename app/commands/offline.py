@@ -225,19 +225,12 @@ async def _check_store(url: str, settings: Settings) -> None:
 
 
 async def _write_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
-    """Write the snapshot as the next version of the store and promote it to current."""
-    from app.stores import store_from_url
+    """:func:`app.stores.write_current_snapshot`, with storage errors as one clear line."""
+    from app.stores import write_current_snapshot
     from storage.errors import StorageError
 
     try:
-        async with store_from_url(url, settings) as store:
-            latest = await store.latest()
-            if latest is not None and latest >= model.version:
-                model.version = latest + 1  # versions only grow; the store is write-once
-            payload, manifest = await asyncio.to_thread(model.to_bytes)
-            uri = await store.put(model.version, payload, manifest)
-            await store.promote(model.version)
-            return uri
+        return await write_current_snapshot(url, settings, model)
     except StorageError as exc:
         raise click.ClickException(f"writing the snapshot to {url}: {exc}") from None
 
