@@ -25,6 +25,16 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 """SASL mechanisms (STREAMREC_KAFKA_SASL_MECHANISM) streamrec supports."""
 
+KAFKA_CREDENTIAL_FIELDS = (
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_ca_file",
+    "kafka_ssl_cert_file",
+    "kafka_ssl_key_file",
+    "kafka_ssl_key_password",
+)
+"""Optional Kafka credentials and TLS files (an empty value means unset)."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
@@ -115,6 +125,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator(*KAFKA_CREDENTIAL_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # e.g. an empty key in a ConfigMap
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:
