@@ -37,7 +37,11 @@ KAFKA_CREDENTIAL_FIELDS = (
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a raw ValidationError (e.g. from Settings() in a traceback) never
+    # prints the values given, which include the secrets; load_settings names them safely.
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")

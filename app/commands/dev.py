@@ -124,6 +124,8 @@ def status(only: str | None, as_json: bool) -> None:
                 "ready" if info["ready"] else "running, not ready" if info["running"] else "stopped"
             )
             where = info.get("bootstrap") or info.get("endpoint")
+            if info.get("secure"):
+                where = f"{where} and SASL_SSL at {info['secure']['bootstrap']}"
             pid = f" pid {info['pid']}" if info["pid"] else ""
             click.echo(f"{name}: {state}{pid} at {where} (log {info['log']})")
     if not all(info["ready"] for info in report.values()):

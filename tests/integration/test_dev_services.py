@@ -180,6 +180,13 @@ def test_status_json_gives_working_connection_settings(stack: DevEnv):
     assert problem is None
 
 
+def test_up_secure_on_a_plaintext_broker_says_to_stop_it_first(stack: DevEnv):
+    done = stack.cli("up", "--only", "kafka", "--secure")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "already running without the SASL_SSL listener" in done.stderr
+    assert "secure" not in stack.status()["kafka"]  # still the plaintext broker it was
+
+
 def test_ping_succeeds_when_both_answer(stack: DevEnv):
     done = stack.cli("ping")
     assert done.returncode == 0, done.stdout
