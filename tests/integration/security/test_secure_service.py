@@ -35,6 +35,9 @@ from tests.integration.storage.conftest import free_port_block
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(240)]
 
 USERS, ITEMS = 30, 12
+# streamrec's views, and Faust's own (index, table routes, stats)
+VIEWS = ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5", "/", "/router/",
+         "/stats/")  # fmt: skip
 
 
 @dataclass
@@ -177,7 +180,7 @@ def test_untrusted_broker_certificate_is_one_clear_line(deployment: SecureDeploy
 def test_secrets_never_appear_in_logs_views_or_outputs(deployment: SecureDeployment):
     shown = dict(deployment.shown)
     for worker in (deployment.trainer, deployment.scorer):
-        for path in ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5"):
+        for path in VIEWS:
             status, body = worker.get(path)
             assert status in (200, 404, 503), (worker.role, path, status)  # 404: trainer /users/
             shown[f"{worker.role} {path}"] = body if isinstance(body, str) else json.dumps(body)
