@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class ModelFollower:
     holder: ModelHolder
     store: SnapshotStore
-    kafka: KafkaOptions
+    kafka: KafkaOptions = field(repr=False)  # holds the SASL login
     topic: str
 
     async def run(self, retry_seconds: float = 5.0) -> None:

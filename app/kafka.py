@@ -33,10 +33,19 @@ def bootstrap_servers(settings: Settings) -> list[str]:
     return [host.strip() for host in settings.kafka_bootstrap.split(",") if host.strip()]
 
 
+class RedactedStr(str):
+    """A password aiokafka can use as the ``str`` it is, whose repr never shows it: the
+    options dict (or an object holding it) can end up in a log line or a traceback."""
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client (producer, consumer, admin).
 
-    The dict holds the SASL password in clear (aiokafka needs it so): pass it on, never log it.
+    aiokafka needs the SASL password as a plain ``str``; it is a :class:`RedactedStr`, so
+    printing the options shows no secret.
     """
     protocol = settings.kafka_security_protocol
     options: dict[str, Any] = {
@@ -108,7 +117,8 @@ def sasl_credentials(settings: Settings) -> tuple[str, str]:
             "invalid settings: SASL needs STREAMREC_KAFKA_SASL_USERNAME and "
             "STREAMREC_KAFKA_SASL_PASSWORD"
         )
-    return settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+    password = settings.kafka_sasl_password.get_secret_value()
+    return settings.kafka_sasl_username, RedactedStr(password)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:

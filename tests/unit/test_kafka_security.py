@@ -64,6 +64,8 @@ def test_client_options_follow_the_protocol(protocol: str):
             "alice",
             PASSWORD,
         )
+        assert PASSWORD not in repr(options) and PASSWORD not in str(options)
+        assert options["sasl_plain_password"].encode() == PASSWORD.encode()  # as aiokafka uses it
     else:
         assert not any(key.startswith("sasl_") for key in options)
 

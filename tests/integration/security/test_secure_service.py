@@ -61,7 +61,8 @@ class SecureDeployment:
             text=True,
             timeout=120,
         )
-        self.shown[f"streamrec {' '.join(args)} {env}"] = done.stdout + done.stderr
+        where = f"streamrec {' '.join(args)} (with {', '.join(env)})"  # names, not values
+        self.shown[where] = done.stdout + done.stderr
         return done
 
 
