@@ -53,7 +53,9 @@ WORKER_SETTINGS: dict[str, object] = {
 }
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.25) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.25
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -319,6 +321,18 @@ class Traffic:
     def unanswered(self) -> set[str]:
         return set(self.sent_at) - set(self.answered())
 
+    def wait_answered(self, timeout: float) -> None:
+        """Wait until every request sent so far has a reply; fail saying how many have none."""
+        deadline = time.monotonic() + timeout
+        while self.unanswered() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        missing = self.unanswered()
+        if missing:
+            pytest.fail(
+                f"{len(missing)} of {len(self.sent_at)} requests unanswered after {timeout:g}s, "
+                f"e.g. {sorted(missing)[:5]}"
+            )
+
     def check(self) -> None:
         if self.errors:
             raise self.errors[0]
@@ -346,7 +360,9 @@ class Traffic:
                 consumer = await self._reply_consumer()
             self._ready.set()
             tasks = [
-                asyncio.create_task(self._send_all(producer, self.settings.ratings_topic, "rating")),
+                asyncio.create_task(
+                    self._send_all(producer, self.settings.ratings_topic, "rating")
+                ),
                 asyncio.create_task(
                     self._send_all(producer, self.settings.requests_topic, "request")
                 ),
@@ -375,8 +391,7 @@ class Traffic:
         )
         await consumer.start()
         parts = [TopicPartition(self.reply_topic, p) for p in range(self.settings.topic_partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        consumer.assign(parts)  # a new topic, no committed offsets: reads from the earliest
         return consumer
 
     async def _read_replies(self, consumer: AIOKafkaConsumer) -> None:
@@ -433,4 +448,3 @@ class Traffic:
 
 async def _failed() -> None:
     raise KafkaError("not sent")
-
