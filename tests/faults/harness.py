@@ -30,6 +30,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from agents.follower import REFUSED
 from app.dev.process import port_free
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.settings import Settings
@@ -224,14 +225,18 @@ class Cluster:
         """The current snapshot once it covers ``n`` trained events (fails if it overshoots)."""
 
         def covered() -> IncrementalModel | None:
-            model = self.current_model()
+            try:
+                model = self.current_model()
+            except REFUSED:  # a corrupt current snapshot (planted by a test) is not it
+                return None
             if model is not None and model.trained_events > n:
                 pytest.fail(f"the snapshot trained {model.trained_events} events, sent {n}")
             return model if model is not None and model.trained_events == n else None
 
         return wait_for(covered, timeout=timeout, what=f"a snapshot covering {n} events", every=1)
 
-    def metric(self, worker: WorkerProcess, name: str) -> dict[str, float]:
+    @staticmethod
+    def metric(worker: WorkerProcess, name: str) -> dict[str, float]:
         """Samples of one Prometheus metric of ``worker``, by label string."""
         _, text = worker.get("/metrics")
         samples = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(name))
