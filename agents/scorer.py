@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from agents import metrics
@@ -17,9 +18,27 @@ from agents.ingest import send_dead_letter
 from agents.state import ModelHolder
 from models.events import RecRequest
 
+Catalog = Mapping[str, Mapping[str, Any]]
+"""Item id -> catalog entry (the Faust ``catalog`` GlobalTable: the items topic's messages)."""
 
-def reply_for(request: RecRequest, holder: ModelHolder, seen: list[str]) -> dict[str, Any]:
-    """The response message for ``request`` from whatever view ``holder`` serves now."""
+NO_CATALOG: Catalog = MappingProxyType({})
+
+
+def title_of(catalog: Catalog, item: str) -> str | None:
+    """The item's title if the catalog knows it."""
+    entry = catalog.get(item)
+    title = entry.get("title") if isinstance(entry, Mapping) else None
+    return title if isinstance(title, str) else None
+
+
+def reply_for(
+    request: RecRequest, holder: ModelHolder, seen: list[str], catalog: Catalog = NO_CATALOG
+) -> dict[str, Any]:
+    """The response message for ``request`` from whatever view ``holder`` serves now.
+
+    Items keep the contract (``item``, ``score``) and carry a ``title`` when the catalog
+    knows one.
+    """
     view = holder.view  # one read: the view cannot change under us
     exclude = seen if request.exclude_seen else ()
     if view is None:
@@ -27,7 +46,12 @@ def reply_for(request: RecRequest, holder: ModelHolder, seen: list[str]) -> dict
         version, source = None, "none"
     else:
         rec = view.recommend(request.user, request.k, exclude=exclude)
-        items = [{"item": s.item, "score": round(float(s.score), 6)} for s in rec.items]
+        items = []
+        for s in rec.items:
+            entry: dict[str, Any] = {"item": s.item, "score": round(float(s.score), 6)}
+            if (title := title_of(catalog, s.item)) is not None:
+                entry["title"] = title
+            items.append(entry)
         version, source = rec.version, rec.source
     return {
         "request_id": request.request_id,
@@ -50,6 +74,7 @@ class Scorer:
     topic_exists: Callable[[str], Awaitable[bool]]
     forbidden_replies: frozenset[str]
     max_bytes: int
+    catalog: Catalog = field(default_factory=dict)
     _replies: dict[str, Any] = field(default_factory=dict)
 
     async def run(self, stream: Any) -> None:
@@ -64,7 +89,9 @@ class Scorer:
             except Undecodable as exc:
                 await send_dead_letter(self.dlq, message, exc)
                 continue
-            reply = reply_for(request, self.holder, list(self.seen.get(request.user) or ()))
+            reply = reply_for(
+                request, self.holder, list(self.seen.get(request.user) or ()), self.catalog
+            )
             received = message.timestamp or time.time()
             reply["latency_ms"] = round(max(0.0, time.time() - received) * 1000, 3)
             await target.send(key=request.user.encode(), value=encode(reply))

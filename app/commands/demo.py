@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -90,10 +89,9 @@ def _run(
     keep: bool,
     seed: int,
 ) -> None:
-    from tqdm import tqdm
-
     from app.commands.service import publish_ratings, request_recommendation
     from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+    from app.progress import progress_bar
     from app.service import model_config
     from app.stores import write_current_snapshot
     from app.topics import ensure_topics
@@ -127,7 +125,7 @@ def _run(
     _say(f"2. Offline bootstrap: training on the first {len(history)} ratings ...")
     model = IncrementalModel(model_config(settings))
     epochs = 10
-    with tqdm(total=epochs, unit="epoch", desc="   training", file=sys.stderr) as bar:
+    with progress_bar(total=epochs, unit="epoch", desc="   training") as bar:
         model.train_batch(history, epochs=epochs, on_epoch=lambda _: bar.update())
     uri = asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     _say(f"   snapshot v{model.version} -> {uri}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
+import itertools
 import json
-import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +120,7 @@ def train(
     use --holdout-per-user 0 to train on everything. The snapshot becomes the store's
     current version, so workers start from it.
     """
-    from tqdm import tqdm
-
+    from app.progress import progress_bar
     from app.settings import get_settings
     from models.evaluation import split_latest_per_user, split_random
     from models.incremental import IncrementalModel
@@ -145,7 +145,7 @@ def train(
 
     model = IncrementalModel(config)
     started = time.perf_counter()
-    with tqdm(total=epochs, unit="epoch", desc="training", file=sys.stderr) as bar:
+    with progress_bar(total=epochs, unit="epoch", desc="training") as bar:
         model.train_batch(train_set, epochs=epochs, on_epoch=lambda _: bar.update())
     seconds = time.perf_counter() - started
 
@@ -270,6 +270,19 @@ def _table(report: dict[str, Any], metrics: dict[str, Metrics], k: int) -> str:
     return "\n".join(lines)
 
 
+def catalog_path(ratings: Path) -> Path:
+    """Where ``streamrec generate`` writes the catalog of the ratings file ``ratings``."""
+    return ratings.with_name(f"{ratings.stem}.items.csv")
+
+
+def _write_csv(path: Path, rows: Iterable[list[str]]) -> None:
+    try:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -277,31 +290,51 @@ def _table(report: dict[str, Any], metrics: dict[str, Metrics], k: int) -> str:
 @click.option("--ratings", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--clusters", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option(
+    "--catalog",
+    "catalog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the items' titles and genres (default: OUT's name + .items.csv).",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUT (and the catalog) if they exist.")
 def generate(
-    out: Path, users: int, items: int, ratings: int, clusters: int, seed: int, force: bool
+    out: Path,
+    users: int,
+    items: int,
+    ratings: int,
+    clusters: int,
+    seed: int,
+    catalog: Path | None,
+    force: bool,
 ) -> None:
-    """Write synthetic power-law ratings as CSV (user,item,rating,timestamp).
+    """Write synthetic power-law ratings as CSV (user,item,rating,timestamp) and their catalog.
 
     Items are named by genre (g3-m17), so a demo can show recommendations following a
-    user into a new genre. The file is readable by `streamrec train` and `streamrec publish`.
+    user into a new genre. The ratings file is readable by `streamrec train` and `streamrec
+    publish`; the catalog (item,title,genres) by `streamrec catalog load`.
     """
-    from models.synthetic import generate_ratings
+    from models.catalog import catalog_rows
+    from models.synthetic import generate_catalog, generate_ratings
 
-    if out.exists() and not force:
-        raise click.ClickException(f"{out} exists (use --force to overwrite)")
+    catalog = catalog or catalog_path(out)
+    for path in (out, catalog):
+        if path.exists() and not force:
+            raise click.ClickException(f"{path} exists (use --force to overwrite)")
     try:
         events = generate_ratings(users, items, ratings, clusters, seed)
+        entries = generate_catalog(items, clusters, seed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        with out.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["user", "item", "rating", "timestamp"])
-            for e in events:
-                writer.writerow([e.user, e.item, f"{e.rating:g}", f"{e.ts:.0f}"])
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+    _write_csv(
+        out,
+        itertools.chain(
+            [["user", "item", "rating", "timestamp"]],
+            ([e.user, e.item, f"{e.rating:g}", f"{e.ts:.0f}"] for e in events),
+        ),
+    )
+    _write_csv(catalog, catalog_rows(entries))
     click.echo(
         f"wrote {len(events)} ratings ({users} users, {items} items, {clusters} genres) to {out}"
+        f" and their catalog to {catalog}"
     )

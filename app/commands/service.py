@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 import uuid
 from dataclasses import asdict
@@ -24,12 +23,12 @@ def _settings(**overrides: Any) -> Settings:
     return base.model_copy(update=changes) if changes else base
 
 
-def _quiet_kafka_logs() -> None:
+def quiet_kafka_logs() -> None:
     """Client commands report Kafka trouble in one line of their own, not aiokafka's."""
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
-def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
+def kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
     return click.ClickException(
         f"Kafka is not reachable at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
         "start it with `streamrec dev up` or set STREAMREC_KAFKA_BOOTSTRAP"
@@ -59,7 +58,7 @@ def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None
     except TopicMismatch as exc:
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+        raise kafka_down(settings, exc) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
@@ -82,14 +81,14 @@ def publish(ratings_file: Path, rate: float | None, limit: int | None, fmt: str)
     from app.commands.offline import read_ratings
 
     settings = _settings()
-    _quiet_kafka_logs()
+    quiet_kafka_logs()
     ratings = read_ratings(ratings_file, fmt)
     if limit is not None:
         ratings = ratings[:limit]
     try:
         sent = asyncio.run(publish_ratings(settings, ratings, rate=rate, progress=True))
     except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+        raise kafka_down(settings, exc) from None
     click.echo(f"published {sent} ratings to {settings.ratings_topic!r}")
 
 
@@ -98,7 +97,8 @@ async def publish_ratings(
 ) -> int:
     """Produce ``ratings`` keyed by user (acks=all, idempotent); returns how many were sent."""
     from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
+
+    from app.progress import progress_bar
 
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -106,10 +106,10 @@ async def publish_ratings(
         enable_idempotence=True,
         linger_ms=5,
     )
-    await _start(producer)
+    await start_client(producer)
     started = time.monotonic()
     try:
-        with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=len(ratings), unit="ev", disable=not progress) as bar:
             for i, rating in enumerate(ratings, 1):
                 await producer.send(
                     settings.ratings_topic,
@@ -135,7 +135,7 @@ async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
     from agents.trainer import MODEL_UPDATE_KEY
 
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await _start(producer)
+    await start_client(producer)
     try:
         await producer.send_and_wait(
             settings.model_updates_topic, key=MODEL_UPDATE_KEY, value=json.dumps(update).encode()
@@ -144,7 +144,7 @@ async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
         await producer.stop()
 
 
-async def _start(client: Any) -> None:
+async def start_client(client: Any) -> None:
     """Start an aiokafka client; if it cannot connect, close it again (no 'Unclosed' noise)."""
     try:
         await client.start()
@@ -165,10 +165,10 @@ async def request_recommendation(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
     )
-    await _start(consumer)
+    await start_client(consumer)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     try:
-        await _start(producer)
+        await start_client(producer)
     except BaseException:
         await consumer.stop()
         raise
@@ -226,7 +226,7 @@ def format_reply(reply: dict[str, Any]) -> str:
 def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_json: bool) -> None:
     """Ask the scorers for USER's recommendations over Kafka and print the reply."""
     settings = _settings()
-    _quiet_kafka_logs()
+    quiet_kafka_logs()
     try:
         reply = asyncio.run(
             request_recommendation(
@@ -240,7 +240,7 @@ def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_j
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+        raise kafka_down(settings, exc) from None
     click.echo(json.dumps(reply) if as_json else format_reply(reply))
 
 
