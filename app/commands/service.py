@@ -211,7 +211,7 @@ def format_reply(reply: dict[str, Any]) -> str:
         f"(model v{reply['model_version']}, {reply.get('latency_ms', 0):.1f} ms)"
     )
     rows = [
-        f"  {i:>3}. {entry['item']:<20} {entry['score']:8.3f}"
+        f"  {i:>3}. {entry['item']:<20} {entry['score']:8.3f}  {entry.get('title', '')}".rstrip()
         for i, entry in enumerate(reply["items"], 1)
     ]
     return "\n".join([head, *rows])
