@@ -100,6 +100,17 @@ def read_ratings(path: Path, fmt: str = "auto") -> list[Rating]:
 @click.option("--k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--out", "store_url", default=None, help="Store URL. Default: STREAMREC_MODEL_STORE.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even over a current model that streaming trained (rolls it back).",
+)
+@click.option(
+    "--skip-if-streamed",
+    is_flag=True,
+    help="If streaming already trained the current model, say so and exit 0 without "
+    "training (for bootstrap jobs that run on every deploy).",
+)
 def train(
     ratings_file: Path,
     fmt: str,
@@ -113,12 +124,15 @@ def train(
     k: int,
     as_json: bool,
     store_url: str | None,
+    force: bool,
+    skip_if_streamed: bool,
 ) -> None:
     """Train a model offline from a ratings file, evaluate it and write a snapshot.
 
     The held-out ratings are not trained (the snapshot is the model that was evaluated);
     use --holdout-per-user 0 to train on everything. The snapshot becomes the store's
-    current version, so workers start from it.
+    current version, so workers start from it. If the current model was trained by
+    streaming (it covers Kafka offsets), training refuses to replace it unless --force.
     """
     from app.progress import progress_bar
     from app.settings import get_settings
@@ -130,7 +144,14 @@ def train(
     settings = get_settings()
     url = store_url or settings.model_store
     config = _model_config(settings, loss, components, threshold, learning_rate)
-    asyncio.run(_check_store(url, settings))  # fail before training, not after
+    if force and skip_if_streamed:
+        raise click.UsageError("use either --force or --skip-if-streamed, not both")
+    streamed = asyncio.run(_check_store(url, settings, inspect=not force))  # fail early
+    if streamed is not None and not force:
+        if skip_if_streamed:
+            click.echo(f"{streamed}; nothing to do (--skip-if-streamed)")
+            return
+        raise click.ClickException(f"{streamed}; not replacing it (use --force to roll it back)")
 
     ratings = read_ratings(ratings_file, fmt)
     if not ratings:
@@ -213,15 +234,30 @@ def _evaluate(
     }
 
 
-async def _check_store(url: str, settings: Settings) -> None:
+async def _check_store(url: str, settings: Settings, *, inspect: bool = True) -> str | None:
+    """Check the store answers; say so if its current model was trained by streaming.
+
+    A streamed model's manifest covers Kafka offsets (the trainer records the next offset
+    per ratings partition); an offline one covers none.
+    """
     from app.stores import store_from_url
     from storage.errors import StorageError
 
     try:
         async with store_from_url(url, settings) as store:
-            await store.latest()
+            current = await store.current()
+            if current is None or not inspect:
+                return None
+            _, manifest = await store.get(current)
     except StorageError as exc:
         raise click.ClickException(f"model store {url}: {exc}") from None
+    offsets = manifest.get("offsets") or {}
+    if not offsets:
+        return None
+    return (
+        f"model store {url}: current v{current} was trained by streaming "
+        f"({manifest.get('trained_events')} events, {sum(offsets.values())} Kafka offsets)"
+    )
 
 
 async def _write_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
