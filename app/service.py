@@ -84,6 +84,18 @@ def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust
     )
 
 
+def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
+    """A table's changelog: raw UTF-8 string keys (as producers key), JSON values."""
+    return app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=spec.partitions,
+        config=spec.config,
+    )
+
+
 def create_app(settings: Settings, role: str | None = None) -> faust.App:
     role = role or settings.role
     if role not in ROLES:
@@ -159,14 +171,7 @@ def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
     ``streamrec catalog load`` produces to that topic; every worker reads all of it (one
     partition, as Faust recommends for global tables) and keeps following it.
     """
-    items = app.topic(
-        spec.name,
-        key_type=str,
-        key_serializer="raw",
-        value_serializer="json",
-        partitions=spec.partitions,
-        config=spec.config,
-    )
+    items = table_topic(app, spec)
     runtime.catalog = app.tables.add(
         CatalogTable(
             app,
@@ -237,14 +242,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
     spec = next(
         t for t in topic_specs(s, runtime.role) if t.name == seen_changelog(s, runtime.role)
     )
-    changelog = app.topic(
-        spec.name,
-        key_type=str,
-        key_serializer="raw",
-        value_serializer="json",
-        partitions=spec.partitions,
-        config=spec.config,
-    )
+    changelog = table_topic(app, spec)
     seen = app.Table(
         SEEN_TABLE,
         default=list,

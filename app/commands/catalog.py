@@ -19,16 +19,10 @@ from models.catalog import CATALOG_FORMATS, CatalogError, CatalogItem
 
 def read_catalog(path: Path, fmt: str = "auto") -> list[CatalogItem]:
     """Every entry of a catalog file; a bad line or an unreadable file is one clear line."""
-    from app.commands.offline import file_encoding
+    from app.commands.offline import read_text_file
     from models.catalog import iter_catalog
 
-    try:
-        with path.open(encoding=file_encoding(path), newline="") as f:
-            return list(iter_catalog(f, fmt))
-    except CatalogError as exc:
-        raise click.ClickException(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
+    return read_text_file(path, lambda f: list(iter_catalog(f, fmt)), CatalogError)
 
 
 async def publish_catalog(settings, items: Iterable[CatalogItem], *, progress: bool = False) -> int:

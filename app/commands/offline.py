@@ -12,9 +12,9 @@ import csv
 import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from models.incremental import IncrementalModel
 
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def file_encoding(path: Path) -> str:
@@ -50,11 +51,19 @@ def read_ratings(path: Path, fmt: str = "auto") -> list[Rating]:
         raise click.BadParameter(
             f"{fmt!r} is not one of auto, {', '.join(FORMATS)}", param_hint="--format"
         )
+    return read_text_file(
+        path, lambda f: list(iter_ratings(f, fmt, source=path.name)), DatasetError
+    )
+
+
+def read_text_file(
+    path: Path, parse: Callable[[TextIO], list[T]], errors: type[ValueError]
+) -> list[T]:
+    """``parse`` the file (UTF-8, else latin-1); ``errors`` and I/O errors are one clear line."""
     try:
-        encoding = file_encoding(path)
-        with path.open(encoding=encoding, newline="") as f:
-            return list(iter_ratings(f, fmt, source=path.name))
-    except DatasetError as exc:
+        with path.open(encoding=file_encoding(path), newline="") as f:
+            return parse(f)
+    except errors as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None

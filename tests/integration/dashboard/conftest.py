@@ -5,9 +5,8 @@ ratings streamed in several micro-batches; topics and groups are this module's a
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from app.settings import Settings
 from app.topics import ensure_topics
 from models.catalog import CatalogItem
 from models.synthetic import generate_catalog, generate_ratings
+from tests.integration.service.conftest import wait_for
 
 USERS, ITEMS, RATINGS, GENRES = 150, 80, 4000, 4
 
@@ -31,21 +31,6 @@ class Served:
     worker: WorkerProcess
     catalog: list[CatalogItem]
     tmp: Path
-
-
-def wait_until(predicate, *, timeout: float, what: str | Callable[[], str]):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except OSError as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.25)
-    what = what() if callable(what) else what
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +58,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         ratings = generate_ratings(USERS, ITEMS, RATINGS, GENRES, seed=5)
         # A steady stream: the trainer fits many micro-batches, each one a hit-rate point.
         asyncio.run(publish_ratings(settings, ratings, rate=1000))
-        wait_until(
+        wait_for(
             lambda: worker.get("/model/")[1].get("trained_events", 0) >= RATINGS,
             timeout=90,
             what=lambda: f"every rating trained (/model/: {worker.get('/model/')})",

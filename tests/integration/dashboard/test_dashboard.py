@@ -17,7 +17,8 @@ from app.settings import PROJECT_ROOT
 from app.web import PAGE_MAX
 from models.catalog import CatalogItem
 from tests.integration.dashboard.browser import chromium_page, find_chromium
-from tests.integration.dashboard.conftest import RATINGS, Served, wait_until
+from tests.integration.dashboard.conftest import RATINGS, Served
+from tests.integration.service.conftest import wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -97,7 +98,7 @@ def test_catalog_table_follows_the_items_topic(served: Served) -> None:
     renamed = CatalogItem(item, "A Brand New Title (2026)", ("Drama",))
     newcomer = CatalogItem("catalog-only", "Not Rated Yet (2026)", ())
     asyncio.run(publish_catalog(served.settings, [renamed, newcomer]))
-    wait_until(
+    wait_for(
         lambda: served.worker.get(f"/items/{item}/")[1].get("title") == renamed.title,
         timeout=20,
         what="the running worker to see the new title",
