@@ -200,7 +200,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
         else:
             page = list(reversed(seen))[offset : offset + limit]
             body.update(seen=page, seen_total=len(seen), titles=_titles(catalog, page))
-        body["recommendation"] = reply_for(rec_request, holder, seen or [], catalog)
+        body["recommendation"] = reply_for(
+            rec_request, holder, seen or [], catalog=catalog
+        ).to_dict()
         return body
 
     if runtime.seen is None:

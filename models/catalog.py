@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,9 +178,3 @@ def catalog_rows(items: Iterable[CatalogItem]) -> Iterator[list[str]]:
     yield ["item", "title", "genres"]
     for entry in items:
         yield [entry.item, entry.title, "|".join(entry.genres)]
-
-
-def catalog_message(entry: CatalogItem) -> bytes:
-    """The items topic's message for ``entry`` (key: the item id), compact UTF-8 JSON."""
-    body = {"item": entry.item, "title": entry.title, "genres": list(entry.genres)}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()

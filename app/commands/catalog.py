@@ -7,14 +7,16 @@ popular list and the dashboard show titles. Files: MovieLens ``u.item`` (latin-1
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from aiokafka.errors import KafkaError
 
 from models.catalog import CATALOG_FORMATS, CatalogError, CatalogItem
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def read_catalog(path: Path, fmt: str = "auto") -> list[CatalogItem]:
@@ -25,27 +27,29 @@ def read_catalog(path: Path, fmt: str = "auto") -> list[CatalogItem]:
     return read_text_file(path, lambda f: list(iter_catalog(f, fmt)), CatalogError)
 
 
-async def publish_catalog(settings, items: Iterable[CatalogItem], *, progress: bool = False) -> int:
+async def publish_catalog(
+    settings: Settings, items: Iterable[CatalogItem], *, progress: bool = False
+) -> int:
     """Produce each item keyed by its id (acks=all); returns how many were sent."""
     from aiokafka import AIOKafkaProducer
 
     from app.commands.service import start_client
+    from app.kafka import kafka_client_options
     from app.progress import progress_bar
     from app.topics import ensure_topics
-    from models.catalog import catalog_message
+    from models.wire import encode_catalog_item
 
     items = list(items)
     await ensure_topics(settings)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+        **kafka_client_options(settings), acks="all", enable_idempotence=True
     )
     await start_client(producer)
     try:
         with progress_bar(total=len(items), unit="item", disable=not progress) as bar:
             for entry in items:
-                await producer.send(
-                    settings.items_topic, key=entry.item.encode(), value=catalog_message(entry)
-                )
+                key, value = encode_catalog_item(entry)
+                await producer.send(settings.items_topic, key=key, value=value)
                 bar.update()
             await producer.flush()
     finally:
@@ -70,14 +74,10 @@ def catalog() -> None:
 )
 def load(file: Path, fmt: str) -> None:
     """Publish FILE's items to the items topic (a compacted topic: the last entry wins)."""
-    from app.commands.service import kafka_down, quiet_kafka_logs
+    from app.commands.service import run_kafka
     from app.settings import get_settings
 
     settings = get_settings()
-    quiet_kafka_logs()
     items = read_catalog(file, fmt)
-    try:
-        sent = asyncio.run(publish_catalog(settings, items, progress=True))
-    except (KafkaError, OSError) as exc:
-        raise kafka_down(settings, exc) from None
+    sent = run_kafka(settings, publish_catalog(settings, items, progress=True))
     click.echo(f"published {sent} items to {settings.items_topic!r}")

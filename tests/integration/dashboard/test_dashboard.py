@@ -81,13 +81,13 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
 
 def test_replies_carry_titles_and_the_cli_prints_them(served: Served) -> None:
     reply = asyncio.run(request_recommendation(served.settings, "u2", 5, wait=20))
-    assert reply["source"] == "model" and len(reply["items"]) == 5
+    assert reply.source == "model" and len(reply.items) == 5
     known = titles(served)
-    for entry in reply["items"]:
-        assert set(entry) == {"item", "score", "title"}
-        assert entry["title"] == known[entry["item"]]
+    for entry in reply.items:
+        assert entry.title == known[entry.item]
+        assert set(entry.to_dict()) == {"item", "score", "title"}
     printed = format_reply(reply)
-    assert all(e["title"] in printed for e in reply["items"])
+    assert all(e.title in printed for e in reply.items)
 
 
 def test_catalog_table_follows_the_items_topic(served: Served) -> None:
