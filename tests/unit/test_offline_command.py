@@ -21,6 +21,10 @@ def test_generate_then_train_writes_a_current_snapshot(tmp_path):
     result = run("generate", str(data), "--users", "300", "--items", "120", "--ratings", "8000")
     assert result.exit_code == 0, result.output
     assert data.read_text().startswith("user,item,rating,timestamp\n")
+    catalog = tmp_path / "demo.items.csv"  # beside the ratings: every rated item has a title
+    assert catalog.read_text().startswith("item,title,genres\n")
+    titled = {line.split(",")[0] for line in catalog.read_text().splitlines()[1:]}
+    assert {r.item for r in read_ratings(data)} <= titled
 
     result = run("train", str(data), "--epochs", "5", "--components", "8", "--json", "--out", store)
     assert result.exit_code == 0, result.output

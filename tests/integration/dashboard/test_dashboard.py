@@ -217,3 +217,43 @@ def _non_loopback_address() -> str | None:
     except OSError:
         return None
     return None if address.startswith("127.") else address
+
+
+def test_catalog_load_command(served: Served, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.common import data_dir
+
+    def streamrec(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "catalog", "load", *args],
+            env={**os.environ, **served.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    bad = tmp_path / "movies.csv"
+    bad.write_text("movieId,title,genres\n1,Heat (1995),Crime\n2,,Drama\n")
+    refused = streamrec(str(bad))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "movies.csv: line 3: title must be a non-empty string" in refused.stderr
+    u_item = data_dir() / "ml-100k" / "u.item"
+    if not u_item.is_file():
+        pytest.skip(
+            f"MovieLens is not shipped and is not in {u_item.parent}; set STREAMREC_DATA_DIR"
+        )
+    loaded = streamrec(str(u_item))
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"published 1682 items to {served.settings.items_topic!r}" in loaded.stdout
+    wait_for(
+        lambda: (
+            served.worker.get("/items/1682/")[1].get("title")
+            == "Scream of Stone (Schrei aus Stein) (1991)"
+        ),
+        timeout=20,
+        what="MovieLens titles in the worker's catalog",
+    )
+    assert served.worker.get("/items/1/")[1]["genres"] == ["Animation", "Children's", "Comedy"]
