@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from app.commands import demo, dev, offline, service, store
+from app.commands import catalog, demo, dev, offline, service, store
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +23,7 @@ main.add_command(offline.generate)  # generate OUT         (issue: models)
 main.add_command(store.models)  # models list|show|...     (issue: storage)
 for command in service.COMMANDS:  # worker, publish, recommend   (issue: service)
     main.add_command(command)
+main.add_command(catalog.catalog)  # catalog load FILE        (issue: dashboard)
 main.add_command(demo.demo)  # the README's main command
 
 
