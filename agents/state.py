@@ -26,6 +26,13 @@ class ModelHolder:
         self.info = {**self.info, **info, "version": view.version}
         self.loaded_at = time.time()
 
+    def refuse(self, version: int, reason: str) -> None:
+        """Record a snapshot that was refused (corrupt, unreadable); ``/model/`` shows it."""
+        self.info = {
+            **self.info,
+            "last_refused": {"version": version, "reason": reason[:500], "at": time.time()},
+        }
+
     @property
     def ready(self) -> bool:
         return self.view is not None

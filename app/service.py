@@ -139,7 +139,7 @@ def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -
     @app.agent(ratings, name="trainer")
     async def trainer(stream: Any) -> None:
         async with store_from_settings(s) as store:
-            model = await restore_model(store, model_config(s))
+            model = await restore_model(store, model_config(s), runtime.holder)
             runtime.trainer = Trainer(
                 model=model,
                 holder=runtime.holder,
