@@ -269,9 +269,9 @@ class KafkaBroker(ManagedProcess):
     def _jvm_flags(self, tool: bool = False) -> list[str]:
         """The broker's JVM flags, or (``tool``) those of a short-lived Kafka tool: a small
         heap and the client compiler only start it ~40% faster (3-4 s instead of 5-9 s)."""
+        memory = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
         return [
-            *(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if tool else [HEAP]),
-            *([] if tool else ["-XX:+UseG1GC"]),
+            *(memory if tool else [HEAP, "-XX:+UseG1GC"]),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             "-cp",
