@@ -62,10 +62,11 @@ def demo(
     recommendations changing as a user discovers a new genre.
     """
     from app.dev import DevServiceError, KafkaBroker, metadata_ready
+    from app.kafka import kafka_client_options
 
     base = get_settings()
     broker = None
-    if not metadata_ready(base.kafka_bootstrap):
+    if not metadata_ready(kafka_client_options(base)):
         _say(f"Kafka is not running at {base.kafka_bootstrap}: starting the dev broker ...")
         broker = KafkaBroker(base)
         try:
@@ -146,7 +147,7 @@ def _run(
         asyncio.run(publish_ratings(settings, live, rate=rate, progress=True))
 
         def ask(user: str, k: int = 8) -> dict[str, Any]:
-            return asyncio.run(request_recommendation(settings, user, k, wait=20))
+            return asyncio.run(request_recommendation(settings, user, k, wait=20)).to_dict()
 
         per_user = Counter(r.user for r in data)
         user = min(per_user, key=lambda u: (abs(per_user[u] - 15), u))  # a light user

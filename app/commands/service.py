@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
 
+from app.kafka import connection_errors_explained, kafka_client_options, kafka_unavailable
 from app.settings import Settings, get_settings
+from models.events import RecRequest
+from models.wire import ModelUpdate, Reply, Undecodable, encode_rating, encode_request
+
+T = TypeVar("T")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -24,16 +28,16 @@ def _settings(**overrides: Any) -> Settings:
     return base.model_copy(update=changes) if changes else base
 
 
-def _quiet_kafka_logs() -> None:
-    """Client commands report Kafka trouble in one line of their own, not aiokafka's."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
-def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"Kafka is not reachable at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
-        "start it with `streamrec dev up` or set STREAMREC_KAFKA_BOOTSTRAP"
-    )
+def run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run a Kafka client coroutine; a Kafka that cannot be used (down, a refused login, an
+    untrusted certificate) is one clear line and exit 1 instead of aiokafka's log lines."""
+    with connection_errors_explained() as failures:
+        try:
+            return asyncio.run(work)
+        except TimeoutError:
+            raise  # the caller's own wait (e.g. no reply), not a connection problem
+        except (KafkaError, OSError) as exc:
+            raise click.ClickException(kafka_unavailable(settings, exc, failures)) from None
 
 
 @click.command()
@@ -55,11 +59,9 @@ def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None
 
     settings = _settings(role=role, web_port=web_port)
     try:
-        asyncio.run(ensure_topics(settings, role=settings.role))
+        run_kafka(settings, ensure_topics(settings, role=settings.role))
     except TopicMismatch as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
@@ -82,14 +84,10 @@ def publish(ratings_file: Path, rate: float | None, limit: int | None, fmt: str)
     from app.commands.offline import read_ratings
 
     settings = _settings()
-    _quiet_kafka_logs()
     ratings = read_ratings(ratings_file, fmt)
     if limit is not None:
         ratings = ratings[:limit]
-    try:
-        sent = asyncio.run(publish_ratings(settings, ratings, rate=rate, progress=True))
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+    sent = run_kafka(settings, publish_ratings(settings, ratings, rate=rate, progress=True))
     click.echo(f"published {sent} ratings to {settings.ratings_topic!r}")
 
 
@@ -101,7 +99,7 @@ async def publish_ratings(
     from tqdm import tqdm
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -111,11 +109,8 @@ async def publish_ratings(
     try:
         with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
             for i, rating in enumerate(ratings, 1):
-                await producer.send(
-                    settings.ratings_topic,
-                    key=rating.user.encode(),
-                    value=json.dumps(asdict(rating)).encode(),
-                )
+                key, value = encode_rating(rating)
+                await producer.send(settings.ratings_topic, key=key, value=value)
                 if rate is not None:
                     ahead = i / rate - (time.monotonic() - started)
                     if ahead > 0:
@@ -128,18 +123,15 @@ async def publish_ratings(
     return len(ratings)
 
 
-async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
-    """Publish ``update`` on the model-updates topic (the key the trainer uses)."""
+async def announce_model(settings: Settings, update: ModelUpdate) -> None:
+    """Publish ``update`` on the model-updates topic."""
     from aiokafka import AIOKafkaProducer
 
-    from agents.trainer import MODEL_UPDATE_KEY
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     await _start(producer)
     try:
-        await producer.send_and_wait(
-            settings.model_updates_topic, key=MODEL_UPDATE_KEY, value=json.dumps(update).encode()
-        )
+        key, value = update.encode()
+        await producer.send_and_wait(settings.model_updates_topic, key=key, value=value)
     finally:
         await producer.stop()
 
@@ -155,7 +147,7 @@ async def _start(client: Any) -> None:
 
 async def request_recommendation(
     settings: Settings, user: str, k: int, *, exclude_seen: bool = True, wait: float = 10.0
-) -> dict[str, Any]:
+) -> Reply:
     """Send one request on the requests topic and wait for its reply on the responses topic."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -163,17 +155,17 @@ async def request_recommendation(
 
     request_id = uuid.uuid4().hex
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
     await _start(consumer)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     try:
         await _start(producer)
     except BaseException:
         await consumer.stop()
         raise
     try:
-        parts = await partitions_of(settings.kafka_bootstrap, settings.responses_topic)
+        parts = await partitions_of(kafka_client_options(settings), settings.responses_topic)
         if not parts:
             raise click.ClickException(
                 f"topic {settings.responses_topic!r} does not exist: is a scorer running?"
@@ -183,20 +175,20 @@ async def request_recommendation(
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end positions before the request can be answered
             await consumer.position(tp)
-        body = {"request_id": request_id, "user": user, "k": k, "exclude_seen": exclude_seen}
-        await producer.send_and_wait(
-            settings.requests_topic, key=user.encode(), value=json.dumps(body).encode()
+        key, value = encode_request(
+            RecRequest(request_id=request_id, user=user, k=k, exclude_seen=exclude_seen)
         )
+        await producer.send_and_wait(settings.requests_topic, key=key, value=value)
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             batch = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
             for messages in batch.values():
                 for message in messages:
                     try:
-                        reply = json.loads(message.value)
-                    except ValueError:
+                        reply = Reply.parse(message.value)
+                    except Undecodable:
                         continue
-                    if isinstance(reply, dict) and reply.get("request_id") == request_id:
+                    if reply.request_id == request_id:
                         return reply
         raise TimeoutError(f"no reply for user {user!r} within {wait:g}s: is a scorer running?")
     finally:
@@ -204,15 +196,14 @@ async def request_recommendation(
         await consumer.stop()
 
 
-def format_reply(reply: dict[str, Any]) -> str:
+def format_reply(reply: Reply) -> str:
     """A reply as a small human-readable table."""
     head = (
-        f"user {reply['user']}: {len(reply['items'])} items from {reply['source']} "
-        f"(model v{reply['model_version']}, {reply.get('latency_ms', 0):.1f} ms)"
+        f"user {reply.user}: {len(reply.items)} items from {reply.source} "
+        f"(model v{reply.model_version}, {reply.latency_ms or 0:.1f} ms)"
     )
     rows = [
-        f"  {i:>3}. {entry['item']:<20} {entry['score']:8.3f}"
-        for i, entry in enumerate(reply["items"], 1)
+        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}" for i, entry in enumerate(reply.items, 1)
     ]
     return "\n".join([head, *rows])
 
@@ -226,22 +217,20 @@ def format_reply(reply: dict[str, Any]) -> str:
 def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_json: bool) -> None:
     """Ask the scorers for USER's recommendations over Kafka and print the reply."""
     settings = _settings()
-    _quiet_kafka_logs()
     try:
-        reply = asyncio.run(
+        reply = run_kafka(
+            settings,
             request_recommendation(
                 settings,
                 user,
                 k or settings.default_k,
                 exclude_seen=not include_seen,
                 wait=timeout,
-            )
+            ),
         )
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
-    click.echo(json.dumps(reply) if as_json else format_reply(reply))
+    click.echo(json.dumps(reply.to_dict()) if as_json else format_reply(reply))
 
 
 COMMANDS = [worker, publish, recommend]

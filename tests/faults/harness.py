@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 from agents.follower import REFUSED
 from app.dev.process import port_free
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.kafka import kafka_client_options
 from app.settings import Settings
 from app.stores import store_from_url
 from app.topics import TopicSpec, ensure_topics
@@ -352,7 +353,7 @@ class Traffic:
 
     async def _run(self) -> None:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_options(self.settings),
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=10_000,
@@ -389,7 +390,7 @@ class Traffic:
 
     async def _reply_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -21,6 +21,7 @@ from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 
 from app.dev.workers import WorkerProcess
+from app.kafka import kafka_client_options
 from storage.base import manifest_key, payload_key
 from tests.faults.harness import Cluster, Traffic, assert_counts_exact, ratings, wait_for
 
@@ -96,7 +97,7 @@ async def plant(cluster: Cluster, good: int, version: int, corrupt: Callable[...
         )
     async with cluster.store() as store:
         await store.promote(version)
-    producer = AIOKafkaProducer(bootstrap_servers=cluster.settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(cluster.settings), acks="all")
     await producer.start()
     try:
         update = {"version": version, "uri": "planted", "sha256": manifest["sha256"]}
