@@ -45,12 +45,12 @@ def own_s3(tmp_path: Path) -> Iterator[tuple[Settings, SeaweedServer]]:
 
 def s3_outage(tmp: Path, base: Settings, server: SeaweedServer, *, outage: float) -> None:
     with Cluster.run(tmp, scorers=1, base=base) as cluster:
-        n = int(300 * (outage + 15))
+        n = int(300 * (outage + 10))
         events = ratings(n, users=200, items=100, seed=11, prefix="so")
         reply_topic = cluster.reply_topic("s3")
         requests = [
             {"request_id": f"so-{j}", "user": f"sou{j % 200}", "k": 3, "reply_to": reply_topic}
-            for j in range(int(5 * (outage + 15)))
+            for j in range(int(5 * (outage + 10)))
         ]
         with Traffic(
             cluster.settings,
