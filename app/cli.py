@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from app.commands import demo, dev, offline, service, store
+from app.commands import catalog, demo, dev, offline, service, store
 
 
 class StreamrecGroup(click.Group):
@@ -66,6 +66,7 @@ main.add_command(offline.generate)  # generate OUT         (issue: models)
 main.add_command(store.models)  # models list|show|...     (issue: storage)
 for command in service.COMMANDS:  # worker, publish, recommend   (issue: service)
     main.add_command(command)
+main.add_command(catalog.catalog)  # catalog load FILE        (issue: dashboard)
 main.add_command(demo.demo)  # the README's main command
 
 

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     model_updates_topic: str = "model-updates"
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
+    items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
@@ -97,7 +98,23 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
     snapshot_every_batches: int = Field(20, ge=1)
     snapshot_every_seconds: float = Field(60.0, gt=0)
-    seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")
+    seen_items_max: int = Field(
+        10_000,
+        ge=1,
+        description="Seen items kept per user (8 bytes each), all excluded from replies",
+    )
+    request_batch_max: int = Field(
+        500, ge=1, description="Most requests a scorer answers together (one matmul)"
+    )
+    ingest_batch_max: int = Field(
+        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+    )
+    max_poll_records: int = Field(
+        500,
+        ge=1,
+        description="Records per Kafka fetch a worker hands on at once; small keeps a "
+        "request from queueing behind a large fetch of ratings",
+    )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
         20.0,
@@ -112,6 +129,12 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
+    dashboard_sample_seconds: float = Field(
+        5.0, gt=0, description="How often the dashboard's time series is sampled"
+    )
+    dashboard_points: int = Field(
+        360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
+    )
     log_level: str = "info"
 
     # --- Dev services (streamrec dev up) -------------------------------------------------

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.dev.workers import WorkerProcess
 from app.kafka import kafka_client_options
+from models.wire import ModelUpdate
 from storage.base import manifest_key, payload_key
 from tests.faults.harness import Cluster, Traffic, assert_counts_exact, ratings, wait_for
 
@@ -100,10 +101,8 @@ async def plant(cluster: Cluster, good: int, version: int, corrupt: Callable[...
     producer = AIOKafkaProducer(**kafka_client_options(cluster.settings), acks="all")
     await producer.start()
     try:
-        update = {"version": version, "uri": "planted", "sha256": manifest["sha256"]}
-        await producer.send_and_wait(
-            cluster.settings.model_updates_topic, key=b"model", value=json.dumps(update).encode()
-        )
+        key, value = ModelUpdate(version, "planted", manifest["sha256"], 0).encode()
+        await producer.send_and_wait(cluster.settings.model_updates_topic, key=key, value=value)
     finally:
         await producer.stop()
 
