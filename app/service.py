@@ -20,7 +20,7 @@ import faust
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.kafka import KnownTopics
-from agents.scorer import Scorer
+from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from app import web
@@ -70,6 +70,13 @@ class Runtime:
     catalog: Any = None  # the catalog GlobalTable (every role)
     series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def catalog_rows(self) -> Catalog:
+        """The catalog's rows as a Mapping: the table's store, which holds the same rows
+        without the Table's per-read hooks (measured 0.3-0.7 us a title instead of 2.4-3.3;
+        a reply reads ten)."""
+        return NO_CATALOG if self.catalog is None else self.catalog.data
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -277,7 +284,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
         - {s.responses_topic},
         max_bytes=s.max_message_bytes,
-        catalog=runtime.catalog,
+        catalog=runtime.catalog_rows,
     )
     app.agent(ratings, name="ingest")(ingest.run)
     app.agent(requests, name="scorer")(scorer.run)
