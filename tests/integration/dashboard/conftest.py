@@ -19,7 +19,7 @@ from app.settings import Settings
 from app.topics import ensure_topics
 from models.catalog import CatalogItem
 from models.synthetic import generate_catalog, generate_ratings
-from tests.integration.service.conftest import wait_for
+from tests.integration.service.conftest import KafkaClient, wait_for
 
 USERS, ITEMS, RATINGS, GENRES = 150, 80, 4000, 4
 
@@ -70,6 +70,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         ratings = generate_ratings(USERS, ITEMS, RATINGS, GENRES, seed=5)
         # A steady stream: the trainer fits many micro-batches, each one a hit-rate point.
         asyncio.run(publish_ratings(settings, ratings, rate=1000))
+        # Three bad ratings for the dead-letter panel: two malformed, one invalid.
+        bad = [(b"u1", b"{not json"), (b"u1", b"[1, 2]"), (b"u1", b'{"user": "u1"}')]
+        asyncio.run(KafkaClient(settings).produce(settings.ratings_topic, bad))
         wait_for(
             lambda: worker.get("/model/")[1].get("trained_events", 0) >= RATINGS,
             timeout=90,
