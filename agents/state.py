@@ -29,6 +29,13 @@ class ModelHolder:
         self.info = {**self.info, **info, "version": view.version}
         self.loaded_at = time.time()
 
+    def refuse(self, version: int, reason: str) -> None:
+        """Record a snapshot that was refused (corrupt, unreadable); ``/model/`` shows it."""
+        self.info = {
+            **self.info,
+            "last_refused": {"version": version, "reason": reason[:500], "at": time.time()},
+        }
+
     def item_index(self, view: ScoringView) -> ItemHashIndex:
         """Item hash → row of ``view`` (for excluding seen items); built once per view,
         only the new items hashed when ``view`` extends the previous one's catalogue."""

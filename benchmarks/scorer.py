@@ -39,7 +39,8 @@ from app.settings import PROJECT_ROOT, Settings
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import Figure, machine, table
-from benchmarks.service import echo, raw_consume_rate, round_trips, tail_consumer
+from benchmarks.service import echo, round_trips, tail_consumer
+from benchmarks.trainer import raw_consume_rate
 from models.config import ModelConfig
 from models.events import Rating
 from models.incremental import IncrementalModel
