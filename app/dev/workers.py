@@ -115,7 +115,15 @@ class WorkerProcess:
             return "(no log)"
 
 
-TOPIC_FIELDS = ("ratings", "requests", "responses", "model_updates", "ratings_dlq", "requests_dlq")
+TOPIC_FIELDS = (
+    "ratings",
+    "requests",
+    "responses",
+    "model_updates",
+    "model_deltas",
+    "ratings_dlq",
+    "requests_dlq",
+)
 
 
 def isolated_env(
