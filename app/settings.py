@@ -69,7 +69,12 @@ class Settings(BaseSettings):
 
     # --- Agents ------------------------------------------------------------------------
     batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
-    batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
+    batch_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest wait to fill a micro-batch (at low traffic, what a rating waits "
+        "before training: it dominates freshness)",
+    )
     # Snapshots are the durable checkpoint (and what the trainer acks ratings by); deltas
     # carry freshness to the scorers, so snapshots can be rare.
     snapshot_every_batches: int = Field(200, ge=1)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BLOCK_SHIFT = 6
+BLOCK_SHIFT = 5
 BLOCK_ROWS = 1 << BLOCK_SHIFT
-"""Rows per block (64): a batch of B users spread over many users copies at most B blocks
-(B x 64 rows), and the block list of 1M users is 16k references."""
+"""Rows per block (32): a batch of B users spread over many users copies at most B blocks
+(B x 32 rows), and the block list of 1M users is 31k references."""
 _MASK = BLOCK_ROWS - 1
 
 
@@ -41,15 +41,13 @@ class RowBlocks:
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> RowBlocks:
-        """Copy ``array`` (rows along axis 0) into blocks."""
+        """Copy ``array`` (rows along axis 0) into blocks (views of one new array)."""
         n = len(array)
-        blocks = []
-        for start in range(0, n, BLOCK_ROWS):
-            block = _new_block(array.shape[1:], array.dtype)
-            chunk = array[start : start + BLOCK_ROWS]
-            block[: len(chunk)] = chunk
-            block.flags.writeable = False
-            blocks.append(block)
+        n_blocks = (n + _MASK) >> BLOCK_SHIFT
+        whole = np.zeros((n_blocks * BLOCK_ROWS, *array.shape[1:]), dtype=array.dtype)
+        whole[:n] = array
+        whole.flags.writeable = False
+        blocks = list(whole.reshape(n_blocks, BLOCK_ROWS, *array.shape[1:]))
         return cls(blocks, n, tuple(array.shape[1:]), array.dtype)
 
     @classmethod
@@ -94,7 +92,8 @@ class RowBlocks:
     # --- copy-on-write update ----------------------------------------------------------
     def updated(self, rows: np.ndarray, values: np.ndarray, n: int | None = None) -> RowBlocks:
         """These rows with ``rows`` set to ``values``, grown to ``n`` rows (new rows that
-        ``rows`` does not set are zero). Copies only the blocks that ``rows`` touch."""
+        ``rows`` does not set are zero). Copies only the blocks that ``rows`` touch; when
+        they are most of the blocks, copies the whole array once instead."""
         n = self._n if n is None else n
         if n < self._n:
             raise ValueError(f"cannot shrink {self._n} rows to {n}")
@@ -104,28 +103,36 @@ class RowBlocks:
             raise ValueError(f"values have shape {values.shape}, expected {len(rows)} rows")
         if len(rows) and (rows.min() < 0 or rows.max() >= n):
             raise IndexError(f"rows out of range for {n} rows")
+        n_blocks = (n + _MASK) >> BLOCK_SHIFT
+        which = rows >> BLOCK_SHIFT
+        touched, position = np.unique(which, return_inverse=True)
+        new = np.arange(len(self._blocks), n_blocks)  # blocks that growth adds
+        if 2 * (len(touched) + len(new)) > n_blocks:
+            whole = np.zeros((n, *self.row_shape), dtype=self.dtype)
+            whole[: self._n] = self.to_array()
+            whole[rows] = values
+            return RowBlocks.from_array(whole)
         blocks = list(self._blocks)
-        blocks.extend([_ZERO] * (((n + _MASK) >> BLOCK_SHIFT) - len(blocks)))
-        if len(rows):
-            which = rows >> BLOCK_SHIFT
-            order = np.argsort(which, kind="stable")
-            which, rows, values = which[order], rows[order], values[order]
-            bounds = np.flatnonzero(np.diff(which)) + 1
-            starts = np.concatenate(([0], bounds)).tolist()
-            stops = np.concatenate((bounds, [len(rows)])).tolist()
-            for start, stop in zip(starts, stops, strict=True):
-                b = int(which[start])
-                old = blocks[b]
-                block = _new_block(self.row_shape, self.dtype) if old is _ZERO else old.copy()
-                block[rows[start:stop] & _MASK] = values[start:stop]
-                block.flags.writeable = False
-                blocks[b] = block
-        for b, block in enumerate(blocks):
-            if block is _ZERO:  # grown but not written: zeros
-                fresh = _new_block(self.row_shape, self.dtype)
-                fresh.flags.writeable = False
-                blocks[b] = fresh
+        blocks.extend([_ZERO] * len(new))
+        # One vectorised copy and assignment for all touched blocks, then one small copy
+        # per block so that no block keeps a large shared buffer alive.
+        stacked = np.stack([self._block_or_zeros(blocks[b]) for b in touched.tolist()])
+        stacked[position, rows & _MASK] = values
+        for b, block in zip(touched.tolist(), stacked, strict=True):
+            block = block.copy()
+            block.flags.writeable = False
+            blocks[b] = block
+        for b in new.tolist():
+            if blocks[b] is _ZERO:  # grown but not written: zeros
+                blocks[b] = self._block_or_zeros(_ZERO)
         return RowBlocks(blocks, n, self.row_shape, self.dtype)
+
+    def _block_or_zeros(self, block: np.ndarray) -> np.ndarray:
+        if block is _ZERO:
+            zeros = _new_block(self.row_shape, self.dtype)
+            zeros.flags.writeable = False
+            return zeros
+        return block
 
     def shared_blocks(self, other: RowBlocks) -> int:
         """How many blocks this and ``other`` share by reference (tests, benchmarks)."""

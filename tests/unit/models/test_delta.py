@@ -168,7 +168,7 @@ def test_check_applies_refuses_inconsistent_rows():
         check_applies(delta, **{**fits, "k": 4})
     rows = delta.user_rows.copy()
     rows[0] = rows[1]
-    with pytest.raises(DeltaError, match="repeat"):
+    with pytest.raises(DeltaError, match="strictly increasing"):
         check_applies(replace(delta, user_rows=rows), **fits)
     with pytest.raises(DeltaError, match="every new row"):
         check_applies(

@@ -333,7 +333,7 @@ def test_view_after_a_batch_shares_untouched_user_blocks():
         model.users.get("u3")
     ]
     blocks = (model.n_users + BLOCK_ROWS - 1) // BLOCK_ROWS
-    assert second._user_embeddings.shared_blocks(first._user_embeddings) == blocks - 1
+    assert second._user_rows.shared_blocks(first._user_rows) == blocks - 1
     assert first.version == second.version - 1  # the old view is untouched
     for name, array in model.full_view().scoring_arrays().items():
         np.testing.assert_array_equal(array, second.scoring_arrays()[name], err_msg=name)
