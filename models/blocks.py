@@ -116,12 +116,13 @@ class RowBlocks:
         blocks.extend([_ZERO] * len(new))
         # One vectorised copy and assignment for all touched blocks, then one small copy
         # per block so that no block keeps a large shared buffer alive.
-        stacked = np.stack([self._block_or_zeros(blocks[b]) for b in touched.tolist()])
-        stacked[position, rows & _MASK] = values
-        for b, block in zip(touched.tolist(), stacked, strict=True):
-            block = block.copy()
-            block.flags.writeable = False
-            blocks[b] = block
+        if len(touched):
+            stacked = np.stack([self._block_or_zeros(blocks[b]) for b in touched.tolist()])
+            stacked[position, rows & _MASK] = values
+            for b, block in zip(touched.tolist(), stacked, strict=True):
+                block = block.copy()
+                block.flags.writeable = False
+                blocks[b] = block
         for b in new.tolist():
             if blocks[b] is _ZERO:  # grown but not written: zeros
                 blocks[b] = self._block_or_zeros(_ZERO)

@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from lightfm import LightFM
 
 from models.config import ModelConfig
-from models.delta import FRESH, ModelDelta
+from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
@@ -520,7 +520,10 @@ class IncrementalModel:
         wanted = self._changed() and (previous is not None or self._rows_dirty())
         delta = self.take_delta() if wanted else None
         if previous is not None and delta is not None and previous.version == delta.base_version:
-            self._view = previous.with_delta(delta)
+            try:
+                self._view = previous.with_delta(delta)
+            except DeltaError:  # a bug, never expected: serve a whole view, publish nothing
+                self._view, delta = self.full_view(), None
         else:  # the first view (or one after take_delta was called directly): build whole
             self._view = self.full_view()
         self.last_delta = delta

@@ -113,6 +113,7 @@ def test_new_users_ratings_reach_both_scorers_without_a_snapshot(deployment: Dep
     assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
     trainer = info(deployment.trainer)
     assert "snapshot" not in trainer, "a snapshot was written: the deltas were not tested"
+    assert trainer["delta"]["offset"] >= 0 and not trainer["delta"]["snapshot_needed"]
     for scorer in deployment.scorers:
         chain = info(scorer)["deltas"]
         assert chain["applied"] > 0 and chain["resyncs"] == 0, chain

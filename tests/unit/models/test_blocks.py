@@ -65,3 +65,11 @@ def test_empty_grows_from_nothing():
     assert len(empty) == 0 and empty.to_array().shape == (0, 4)
     grown = empty.updated(np.array([0, 1]), np.ones((2, 4)), n=2)
     np.testing.assert_array_equal(grown.to_array(), np.ones((2, 4)))
+
+
+def test_an_update_of_no_rows_shares_everything():
+    before = RowBlocks.from_array(np.ones((10 * BLOCK_ROWS, 2), dtype=np.float32))
+    after = before.updated(np.zeros(0, dtype=np.int64), np.zeros((0, 2)))
+    assert after.shared_blocks(before) == 10 and len(after) == len(before)
+    grown = before.updated(np.zeros(0, dtype=np.int64), np.zeros((0, 2)), n=11 * BLOCK_ROWS)
+    np.testing.assert_array_equal(grown.to_array()[10 * BLOCK_ROWS :], 0.0)

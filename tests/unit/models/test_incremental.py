@@ -370,3 +370,13 @@ def test_snapshot_records_the_chain_only_when_every_change_went_into_a_delta():
     model.delta_offset = 17
     chain = model.to_bytes()[1]["delta_chain"]
     assert chain == {"lineage": model.lineage, "version": model.version, "offset": 17}
+
+
+def test_a_version_moved_by_hand_makes_a_delta_without_rows():
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(5, 5, 20))
+    view = model.view()
+    model.version += 1  # the trainer's snapshot of offset-only progress
+    bumped = model.view()
+    assert bumped.version == view.version + 1 and model.last_delta.rows_touched == 0
+    assert bumped.recommend("u1").items == view.recommend("u1").items
