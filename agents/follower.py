@@ -37,8 +37,12 @@ from agents.ports import Message, SnapshotStore
 from agents.state import ModelHolder
 from models.delta import FRESH, Chain, next_step
 from models.scoring import ScoringView
-from models.snapshot import load_scoring_view
+from models.snapshot import SnapshotError, load_scoring_view
 from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable
+from storage.errors import IntegrityError, SnapshotNotFound
+
+#: Why a snapshot is refused rather than retried: its bytes are wrong, not the connection.
+REFUSED = (IntegrityError, SnapshotError, SnapshotNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ _OFF_LOOP_BYTES = 1 << 20
 class ModelFollower:
     holder: ModelHolder
     store: SnapshotStore
-    kafka: KafkaOptions
+    kafka: KafkaOptions = field(repr=False)  # holds the SASL login
     topic: str  # model-updates
     deltas_topic: str | None = None  # model-deltas (None: follow snapshots only)
     max_delta_bytes: int = 16 * 1024 * 1024
@@ -189,7 +193,12 @@ class ModelFollower:
         try:
             payload, manifest = await self.store.get(version)
             view, chain = await asyncio.to_thread(load_scoring_view, payload, manifest)
-        except Exception as exc:  # any failure: keep serving the current view
+        except REFUSED as exc:  # corrupt or not a snapshot: refused, the current view stays
+            metrics.MODEL_LOADS.labels("refused").inc()
+            self.holder.refuse(version, f"{type(exc).__name__}: {exc}")
+            log.error("Refused snapshot v%s; still serving v%s: %s", version, self._version(), exc)
+            return False
+        except Exception as exc:  # any other failure (store down): keep serving the current view
             metrics.MODEL_LOADS.labels("failed").inc()
             log.error(
                 "Could not load snapshot v%s; still serving v%s: %s", version, self._version(), exc

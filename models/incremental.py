@@ -48,7 +48,7 @@ from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
-from models.snapshot import PARTS, STATE_ARRAYS, SnapshotState, decode, encode
+from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
 
 _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
 
@@ -106,6 +106,9 @@ class IncrementalModel:
         self._popularity = np.zeros(0, dtype=np.float64)
         self._popularity_ts: float | None = None
         self._user_positives = np.zeros(0, dtype=np.int64)
+        # Exact applied-event counts per user/item (any rating): what crash tests count.
+        self._user_events = np.zeros(0, dtype=np.int64)
+        self._item_events = np.zeros(0, dtype=np.int64)
         self.lineage = uuid.uuid4().hex
         """This run's delta lineage: every model object (fresh or restored) is a new one."""
         self.origin = FRESH
@@ -213,6 +216,8 @@ class IncrementalModel:
 
         positive = labels > 0
         np.add.at(self._user_positives, rows[positive], 1)
+        np.add.at(self._user_events, user_idx, 1)
+        np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
         self._dirty_users.append(self._trained_user_rows(rows, n_users0))
         self._dirty_items.append(changed_items)
@@ -390,6 +395,8 @@ class IncrementalModel:
             self._init_rows(side, old, new, self._random)
         self._user_positives = _resized(self._user_positives, n_users0, self.capacity[0])
         self._popularity = _resized(self._popularity, n_items0, self.capacity[1])
+        self._user_events = _resized(self._user_events, n_users0, self.capacity[0])
+        self._item_events = _resized(self._item_events, n_items0, self.capacity[1])
 
     def _reallocate(self, side: str, used: int, capacity: int) -> None:
         for part in PARTS:
@@ -449,6 +456,12 @@ class IncrementalModel:
             n_items=self.n_items,
             seconds=time.perf_counter() - started,
         )
+
+    def event_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Applied (non-duplicate) events so far per user id and per item id, exactly."""
+        users = dict(zip(self.users.ids(), self._user_events[: self.n_users].tolist(), strict=True))
+        items = dict(zip(self.items.ids(), self._item_events[: self.n_items].tolist(), strict=True))
+        return users, items
 
     # --- scoring and deltas -----------------------------------------------------------
     def take_delta(self) -> ModelDelta:
@@ -563,6 +576,8 @@ class IncrementalModel:
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity[: self.n_items]
         arrays["user_positives"] = self._user_positives[: self.n_users]
+        arrays["user_events"] = self._user_events[: self.n_users]
+        arrays["item_events"] = self._item_events[: self.n_items]
         return encode(
             SnapshotState(
                 config=self.config,
@@ -602,6 +617,12 @@ class IncrementalModel:
         model._popularity[: model.n_items] = state.arrays["popularity"]
         model._user_positives = np.zeros(len(model._lfm.user_biases), dtype=np.int64)
         model._user_positives[: model.n_users] = state.arrays["user_positives"]
+        for name in EVENT_COUNTS:  # absent in snapshots older than the counts: start at 0
+            side = name.partition("_")[0]
+            counts = np.zeros(len(getattr(model._lfm, f"{side}_biases")), dtype=np.int64)
+            if name in state.arrays:
+                counts[: len(state.arrays[name])] = state.arrays[name]
+            setattr(model, f"_{name}", counts)
         model.origin = state.version
         model._reset_changes()
         return model

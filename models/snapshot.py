@@ -41,6 +41,9 @@ PARTS = (
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 """The twelve LightFM arrays: the training state that must always grow together."""
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
+EVENT_COUNTS = ("user_events", "item_events")
+"""Exact applied-event counts per user and per item (int64). Optional on read: snapshots
+written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -74,7 +77,7 @@ SCORING_ARRAYS = (
     "user_positives",
 )
 """What a scorer loads from a snapshot (plus the id maps): a sixth of the training state."""
-_ALL_ARRAYS = (*STATE_ARRAYS, "popularity", "user_positives")
+_ALL_ARRAYS = (*STATE_ARRAYS, "popularity", "user_positives", *EVENT_COUNTS)
 
 
 class SnapshotError(ValueError):
@@ -94,6 +97,7 @@ class SnapshotState:
     item_ids: list[str]
     recent_event_ids: list[str]
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
+    # (and, when present, the EVENT_COUNTS)
     chain: dict[str, Any] | None = None
     """Where the state sits in the delta chain: ``{"lineage", "version", "offset"}`` (the
     lineage's last delta version and the delta topic's next offset), None if unknown."""
@@ -267,8 +271,13 @@ def _decode(
             expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
     expected["popularity"] = (np.dtype(np.float64), (n["item"],))
     expected["user_positives"] = (np.dtype(np.int64), (n["user"],))
+    for name in EVENT_COUNTS:
+        if name in entries:
+            expected[name] = (np.dtype(np.int64), (n[name.partition("_")[0]],))
     arrays = {}
     for name in names:
+        if name in EVENT_COUNTS and name not in entries:
+            continue  # optional: snapshots older than the counts have none
         dtype, shape = expected[name]
         array = entries[name]
         if array.dtype != dtype:
@@ -280,6 +289,8 @@ def _decode(
         arrays[name] = array
     if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
         raise SnapshotError("popularity and user_positives must be >= 0")
+    if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
+        raise SnapshotError("user_events and item_events must be >= 0")
     return meta, config, ids, arrays
 
 
@@ -331,9 +342,9 @@ def _read_entries(payload: bytes, wanted: set[str]) -> dict[str, np.ndarray]:
             names = [info.filename.removesuffix(".npy") for info in infos]
             if len(set(names)) != len(names):
                 raise SnapshotError("payload has duplicate entries")
-            if set(names) != expected:
+            if not expected <= set(names) <= expected | set(EVENT_COUNTS):
                 missing = sorted(expected - set(names))
-                extra = sorted(set(names) - expected)
+                extra = sorted(set(names) - expected - set(EVENT_COUNTS))
                 raise SnapshotError(
                     f"payload entries differ: missing {missing}, unexpected {extra}"
                 )

@@ -20,6 +20,7 @@ rec-requests      user          :class:`models.events.RecRequest`
 rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
 model-updates     ``b"model"``  :class:`ModelUpdate`
 model-deltas      lineage       :class:`ModelDelta` (binary, checksummed)
+items             item          :class:`models.catalog.CatalogItem` (compacted)
 ``*-dlq``         original      original bytes; :class:`DeadLetter` headers
 ================  ============  ===========================================
 
@@ -34,7 +35,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from models.delta import DeltaError, ModelDelta
+from models.catalog import CatalogItem, parse_catalog_item
+from models.delta import DeltaError as DeltaError  # re-exported: the delta message's owner
+from models.delta import ModelDelta as ModelDelta
 from models.events import (
     InvalidEvent,
     Rating,
@@ -43,27 +46,6 @@ from models.events import (
     parse_rating,
     parse_request,
 )
-
-__all__ = [
-    "DLQ_KINDS",
-    "REPLY_SOURCES",
-    "DeadLetter",
-    "DeltaError",
-    "ModelDelta",
-    "ModelUpdate",
-    "Reply",
-    "ReplyItem",
-    "Undecodable",
-    "check_user_key",
-    "decode_object",
-    "decode_rating",
-    "decode_request",
-    "delta_key",
-    "encode_json",
-    "encode_rating",
-    "encode_request",
-    "user_key",
-]
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
 DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
@@ -293,6 +275,28 @@ class ModelUpdate:
             lineage=lineage,
             chain_version=chain_version,
         )
+
+
+# --- catalog items ---------------------------------------------------------------------
+def catalog_item_body(entry: CatalogItem) -> dict[str, Any]:
+    """The JSON object of an ``items`` message (what every worker's catalog table holds)."""
+    return {"item": entry.item, "title": entry.title, "genres": list(entry.genres)}
+
+
+def encode_catalog_item(entry: CatalogItem) -> tuple[bytes, bytes]:
+    """Key (the item id, raw UTF-8) and value of the ``items`` message for ``entry``."""
+    return entry.item.encode(), encode_json(catalog_item_body(entry))
+
+
+def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+    try:
+        entry = parse_catalog_item(decode_object(value, max_bytes=max_bytes))
+    except InvalidEvent as exc:
+        raise Undecodable("invalid", str(exc)) from None
+    if key != entry.item.encode():
+        raise Undecodable("invalid", "items messages must be keyed by their item id")
+    return entry
 
 
 # --- model deltas ----------------------------------------------------------------------
