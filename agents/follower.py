@@ -149,6 +149,8 @@ class ModelFollower:
             return
         if self._reached(update):  # the deltas got here first: note the checkpoint only
             self._note_snapshot(update)
+        elif update.lineage is None:  # not a trainer's (e.g. an offline bootstrap): no
+            await self.load(update.version, update, seek=True)  # deltas will bring it
         else:
             self._announced = (update, time.monotonic())
 
