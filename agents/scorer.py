@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +30,19 @@ from models.events import RecRequest
 from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
 
+Catalog = Mapping[str, Mapping[str, Any]]
+"""Item id -> catalog entry (the Faust ``catalog`` GlobalTable: the items topic's messages)."""
+
+NO_CATALOG: Catalog = MappingProxyType({})
+
+
+def title_of(catalog: Catalog, item: str) -> str | None:
+    """The item's title if the catalog knows it."""
+    entry = catalog.get(item)
+    title = entry.get("title") if isinstance(entry, Mapping) else None
+    return title if isinstance(title, str) else None
+
+
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
@@ -36,10 +51,13 @@ def replies_for(
     holder: ModelHolder,
     seen: Sequence[np.ndarray],
     received: Sequence[float] | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
 ) -> list[Reply]:
     """The replies to ``requests`` from whatever view ``holder`` serves now: the one place a
     reply is built. ``seen[i]`` holds the item hashes of ``requests[i]``'s user
-    (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency)."""
+    (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency).
+    Items carry a ``title`` when the catalog knows one."""
     view = holder.view  # one read: the view cannot change under us
     if view is None:
         recs = None
@@ -58,7 +76,7 @@ def replies_for(
             replies.append(Reply(request.request_id, request.user, [], None, "none", latency))
             continue
         rec = recs[n]
-        items = [ReplyItem(s.item, float(s.score)) for s in rec.items]
+        items = [ReplyItem(s.item, float(s.score), title_of(catalog, s.item)) for s in rec.items]
         replies.append(
             Reply(request.request_id, request.user, items, rec.version, rec.source, latency)
         )
@@ -70,9 +88,12 @@ def reply_for(
     holder: ModelHolder,
     seen: np.ndarray,
     received: float | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
 ) -> Reply:
     """The reply to one request (:func:`replies_for` of one)."""
-    return replies_for([request], holder, [seen], None if received is None else [received])[0]
+    stamps = None if received is None else [received]
+    return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
 @dataclass
@@ -88,6 +109,7 @@ class Scorer:
     forbidden_replies: frozenset[str]
     max_bytes: int
     max_batch: int = 500
+    catalog: Catalog = field(default_factory=dict)
 
     async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
         """Answer ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
@@ -118,7 +140,7 @@ class Scorer:
         if not requests:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
-        replies = replies_for(requests, self.holder, seen, received)
+        replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         sources: Counter[str] = Counter()
         for reply, target in zip(replies, targets, strict=True):
             key, value = reply.encode()

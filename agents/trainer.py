@@ -31,6 +31,7 @@ from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.wire import ModelUpdate, Undecodable, decode_rating
+from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class Trainer:
     _batches_since_snapshot: int = 0
     _last_snapshot_at: float = field(default_factory=time.monotonic)
     _snapshot_version: int = -1
+    _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
 
     def __post_init__(self) -> None:
         self._snapshot_version = self.model.version
@@ -153,21 +155,27 @@ class Trainer:
     async def _step(self, events: list[Any]) -> None:
         async with self._lock:
             await self._train(events)
-            if self._snapshot_due():
-                await self._snapshot()
+        self._start_snapshot()
 
     async def tick(self) -> None:
         """Called by a timer: snapshot when training is pending and the interval has passed."""
-        if self._lock.locked() or not self._snapshot_due():
-            return
-        async with self._lock:
-            await self._snapshot()
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Write a snapshot in the background if one is due and none is being written.
+
+        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
+        seconds) must not stop the model from learning, only delay the acks.
+        """
+        if (self._writer is None or self._writer.done()) and self._snapshot_due():
+            self._writer = asyncio.create_task(self._snapshot())
 
     async def snapshot_now(self, reason: str) -> None:
-        async with self._lock:
-            if self.model.version != self._snapshot_version or self._pending:
-                log.info("Writing a snapshot (%s)", reason)
-                await self._snapshot()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self.model.version != self._snapshot_version or self._pending:
+            log.info("Writing a snapshot (%s)", reason)
+            await self._snapshot()
 
     def _snapshot_due(self) -> bool:
         if self.model.version == self._snapshot_version and not self._pending:
@@ -248,45 +256,39 @@ class Trainer:
     async def _snapshot(self) -> bool:
         """Write, promote and announce a snapshot, then ack what it covers.
 
-        A failure (the store is down, say) is logged and retried at the next chance: the
-        events it would cover stay unacked, so nothing is lost and the worker keeps training.
+        The state and the events it covers are cut under the lock (training waits only for
+        the serialisation); the write itself runs while training continues. A failure (the
+        store is down, say) is logged and retried at the next chance: the events it would
+        have covered go back to the pending ones, unacked, so nothing is lost.
         """
+        async with self._lock:
+            if self.model.version == self._snapshot_version:
+                # Only offsets moved (duplicates, invalid events): a new state, so a new
+                # version; snapshots are write-once.
+                self.model.version += 1
+            payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            covered, self._pending = self._pending, []
+            info = self._info()
+            batch_info = {
+                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
+                "last_batch": self.holder.info.get("last_batch"),
+            }
         try:
-            await self._write_snapshot()
+            uri = await self._write_snapshot(payload, manifest, info, batch_info)
         except asyncio.CancelledError:
+            self._pending[:0] = covered
             raise
         except Exception as exc:
+            self._pending[:0] = covered  # still unacked: a later snapshot covers them
+            if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
+                self.model.version = max(self.model.version, manifest["version"] + 1)
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
-        return True
-
-    async def _write_snapshot(self) -> None:
-        if self.model.version == self._snapshot_version:
-            # Only offsets moved (duplicates, invalid events): a new state, so a new version;
-            # snapshots are write-once.
-            self.model.version += 1
-        payload, manifest = await asyncio.to_thread(self.model.to_bytes)
-        version = manifest["version"]
-        uri = await self.store.put(version, payload, manifest)
-        await self.store.promote(version)
-        info = self._info()
-        update = ModelUpdate.from_manifest(
-            uri,
-            manifest,
-            prequential_hit_rate=self.holder.info.get("prequential_hit_rate"),
-            last_batch=self.holder.info.get("last_batch"),
-            n_users=info["n_users"],
-            n_items=info["n_items"],
-            created_at=manifest["created_at"],
-        )
-        key, value = update.encode()
-        await self.updates.send(key=key, value=value)
-        acked = len(self._pending)
-        for event in self._pending:
+        for event in covered:
             await self._stream.ack(event)
-        self._pending.clear()
-        self._snapshot_version = self.model.version
+        version = manifest["version"]
+        self._snapshot_version = version
         self._batches_since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
         self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
@@ -295,9 +297,33 @@ class Trainer:
             "Snapshot v%d written (%d bytes, %d events acked, offsets %s)",
             version,
             len(payload),
-            acked,
+            len(covered),
             manifest["offsets"],
         )
+        return True
+
+    async def _write_snapshot(
+        self,
+        payload: bytes,
+        manifest: dict[str, Any],
+        info: dict[str, Any],
+        batch_info: dict[str, Any],
+    ) -> str:
+        """Put (verified, write-once), promote, then announce: never announce before that."""
+        version = manifest["version"]
+        uri = await self.store.put(version, payload, manifest)
+        await self.store.promote(version)
+        update = ModelUpdate.from_manifest(
+            uri,
+            manifest,
+            **batch_info,
+            n_users=info["n_users"],
+            n_items=info["n_items"],
+            created_at=manifest["created_at"],
+        )
+        key, value = update.encode()
+        await self.updates.send(key=key, value=value)
+        return uri
 
     def _info(self) -> dict[str, Any]:
         return {

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     model_updates_topic: str = "model-updates"
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
+    items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
@@ -128,6 +129,12 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
+    dashboard_sample_seconds: float = Field(
+        5.0, gt=0, description="How often the dashboard's time series is sampled"
+    )
+    dashboard_points: int = Field(
+        360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
+    )
     log_level: str = "info"
 
     # --- Dev services (streamrec dev up) -------------------------------------------------

@@ -275,7 +275,7 @@ def test_no_rated_item_is_ever_recommended(deployment: Deployment, kafka: KafkaC
     wait_for(lambda: scorers_serve(deployment, version), timeout=60, what="scorers to catch up")
     wait_for(
         lambda: any(
-            s.get(f"/users/{user}/")[1].get("seen_count") == 1000 for s in deployment.scorers
+            s.get(f"/users/{user}/")[1].get("seen_total") == 1000 for s in deployment.scorers
         ),
         timeout=30,
         what="the 1,000 ratings in the seen-items table",
