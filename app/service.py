@@ -20,7 +20,7 @@ import faust
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.kafka import KnownTopics
-from agents.scorer import Scorer
+from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from app import web
@@ -70,6 +70,13 @@ class Runtime:
     catalog: Any = None  # the catalog GlobalTable (every role)
     series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def catalog_rows(self) -> Catalog:
+        """The catalog's rows as a Mapping: the table's store, which holds the same rows
+        without the Table's per-read hooks (measured 0.3-0.7 us a title instead of 2.4-3.3;
+        a reply reads ten)."""
+        return NO_CATALOG if self.catalog is None else self.catalog.data
 
 
 class FaustSeenTable:
@@ -316,7 +323,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         - {s.responses_topic},
         max_bytes=s.max_message_bytes,
         max_batch=s.request_batch_max,
-        catalog=runtime.catalog,
+        catalog=runtime.catalog_rows,
     )
 
     # Each agent takes what its stream has buffered (its channel's queue) as one batch.

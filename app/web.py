@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from agents import metrics
-from agents.scorer import NO_CATALOG, Catalog, reply_for, title_of
+from agents.scorer import Catalog, reply_for, title_of
 from app.dashboard import ASSETS, asset
 from models.events import MAX_K, InvalidEvent, parse_request
 from models.seen import decode_row
@@ -78,7 +78,7 @@ def _titles(catalog: Catalog, items: list[str]) -> dict[str, str]:
 
 def register(app: faust.App, runtime: Runtime) -> None:
     holder = runtime.holder
-    catalog: Catalog = runtime.catalog if runtime.catalog is not None else NO_CATALOG
+    catalog: Catalog = runtime.catalog_rows
 
     class Base(View):
         """Turns a :class:`BadQuery` into a 400 with its message."""

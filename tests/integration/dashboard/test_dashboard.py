@@ -48,6 +48,11 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
                 "document.getElementById('lookup').requestSubmit(); true"
             )
             await page.wait_for("window.streamrecDashboard.lookups >= 1")
+            dead = await page.wait_for(
+                "(() => { const rows = [...document.querySelectorAll('#dlq tr')]"
+                ".map(tr => [tr.children[0].textContent, tr.children[1].textContent]);"
+                " return rows.length >= 2 && rows; })()"
+            )
             facts = await page.evaluate(
                 """({
                   rateDots: document.querySelectorAll('#rate-chart circle').length,
@@ -62,6 +67,7 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
                 })"""
             )
             facts["circles"] = circles
+            facts["dead"] = dict(dead)
             await asyncio.sleep(2.5)  # one more refresh cycle: it must not error either
             await page.screenshot(SCREENSHOT)
             return facts, page.errors
@@ -76,6 +82,7 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
     assert len(facts["recs"]) == 10
     assert all(known[r["item"]] == r["title"] for r in facts["recs"]), facts["recs"]
     assert facts["seen"] >= 1
+    assert facts["dead"] == {"invalid": "1", "malformed": "2"}
     assert SCREENSHOT.stat().st_size > 10_000
 
 
