@@ -15,13 +15,14 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
 from agents.bulk import PartitionedReader
+from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.kafka import KnownTopics
@@ -39,6 +40,7 @@ from app.topics import (
     DLQ_MAX_MESSAGE_BYTES,
     SEEN_TABLE,
     TopicSpec,
+    delta_topic_max_bytes,
     faust_app_id,
     seen_changelog,
     topic_specs,
@@ -210,11 +212,34 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     _add_series(app, runtime)
 
     if role in ("trainer", "all"):
-        _add_trainer(app, runtime, ratings, model_updates)
+        deltas = None
+        if role == "trainer":  # in one process the scorer shares the trainer's own view
+            deltas = DeltaPublisher(
+                ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
+            )
+        _add_trainer(app, runtime, ratings, model_updates, deltas)
     if role in ("scorer", "all"):
         _add_scorer(app, runtime, follow_updates=(role == "scorer"))
     web.register(app, runtime)
     return app
+
+
+@dataclass(frozen=True)
+class ImmediateSink:
+    """A topic whose sends go out now. Faust attaches a send made while an event is being
+    processed to that event and delays it until the event is acked; the trainer acks only
+    at snapshots, so its deltas would wait for the next snapshot."""
+
+    topic: faust.TopicT
+
+    async def send(
+        self,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> Any:
+        return await self.topic.send(key=key, value=value, headers=headers, force=True)
 
 
 class CatalogTable(faust.GlobalTable):
@@ -271,7 +296,13 @@ def _add_series(app: faust.App, runtime: Runtime) -> None:
         runtime.series.sample()
 
 
-def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -> None:
+def _add_trainer(
+    app: faust.App,
+    runtime: Runtime,
+    ratings: Any,
+    updates: Any,
+    deltas: DeltaPublisher | None,
+) -> None:
     s = runtime.settings
 
     @app.agent(ratings, name="trainer")
@@ -286,6 +317,7 @@ def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -
                 max_bytes=s.max_message_bytes,
                 snapshot_every_batches=s.snapshot_every_batches,
                 snapshot_every_seconds=s.snapshot_every_seconds,
+                deltas=deltas,
             )
             try:
                 await runtime.trainer.run(stream, max_batch=s.batch_max, within=s.batch_seconds)
@@ -401,6 +433,11 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         async def follow_model_updates() -> None:
             async with store_from_settings(s) as store:
                 follower = ModelFollower(
-                    runtime.holder, store, kafka_client_options(s), s.model_updates_topic
+                    runtime.holder,
+                    store,
+                    kafka_client_options(s),
+                    s.model_updates_topic,
+                    deltas_topic=s.model_deltas_topic,
+                    max_delta_bytes=delta_topic_max_bytes(s),
                 )
                 await follower.run()
