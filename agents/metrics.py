@@ -27,10 +27,11 @@ SEEN_RATINGS = Counter(
     "Ratings recorded in the seen-items table by this process",
     registry=REGISTRY,
 )
-REQUEST_BATCH = Histogram(
-    "streamrec_request_batch",
-    "Requests scored together in one batch",
-    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
+AGENT_BATCH = Histogram(
+    "streamrec_agent_batch_events",
+    "Events an agent handled together in one batch, by agent",
+    ["agent"],
+    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
     registry=REGISTRY,
 )
 TRAINED_EVENTS = Counter(

@@ -128,13 +128,15 @@ class Settings(BaseSettings):
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
     ingest_batch_max: int = Field(
-        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+        1000,
+        ge=1,
+        description="Most ratings the ingest decodes and records in one slice (in a "
+        "worker thread) before requests get their turn",
     )
     max_poll_records: int = Field(
         500,
         ge=1,
-        description="Records per Kafka fetch a worker hands on at once; small keeps a "
-        "request from queueing behind a large fetch of ratings",
+        description="Records per Kafka fetch Faust hands a worker's streams at once",
     )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
