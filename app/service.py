@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -184,10 +185,11 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
         # aiokafka keeps one open batch per partition and one request in flight per broker:
-        # bigger batches carry a slice's changelog rows in a few requests, not hundreds.
+        # bigger batches carry a flush of changelog rows in a few requests, not hundreds.
         producer_max_batch_size=1024 * 1024,
-        # A scorer hands on at most this many fetched records at once, so a request never
-        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        # A scorer's Faust consumer hands on at most this many fetched records at once, so a
+        # request never queues behind a whole fetch of another topic (ratings, in the `all`
+        # role); the scorer's ingest reads ratings itself, the trainer its own way.
         broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
@@ -217,7 +219,7 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
             )
         _add_trainer(app, runtime, ratings, model_updates, deltas)
     if role in ("scorer", "all"):
-        _add_scorer(app, runtime, ratings, follow_updates=(role == "scorer"))
+        _add_scorer(app, runtime, follow_updates=(role == "scorer"))
     web.register(app, runtime)
     return app
 
@@ -328,7 +330,7 @@ def _add_trainer(
             await runtime.trainer.tick()
 
 
-def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_updates: bool) -> None:
+def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> None:
     s = runtime.settings
     # Keys are raw utf-8 user ids, exactly as producers key ratings and requests: then the
     # router (app.table_route) hashes a user to the partition whose rows this worker holds.
@@ -403,6 +405,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
 
     @app.task
     async def read_ratings() -> None:
+        # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
+        # at a time, and a request needs the loop several times on its way through.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         await reader.run()
 
     @app.on_rebalance_complete.connect
