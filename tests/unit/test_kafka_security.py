@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -237,3 +240,53 @@ def test_every_kafka_client_takes_its_connection_from_app_kafka():
                 problems.append(f"{where} sets {sorted(direct)} itself")
     assert seen >= 10, "too few Kafka clients found; is the scan right?"
     assert not problems, "\n".join(problems)
+
+
+# --- the CLI, misconfigured (no service needed: it stops before connecting) --------------
+
+CLI_SECRET = "pw-cli-5d0b2e"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (
+            ["recommend", "u1"],
+            {"STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "needs STREAMREC_KAFKA_SASL_USERNAME and STREAMREC_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            ["worker", "--role", "scorer"],
+            {"STREAMREC_KAFKA_SECURITY_PROTOCOL": "TLS"},
+            "STREAMREC_KAFKA_SECURITY_PROTOCOL='TLS'",
+        ),
+        (
+            ["publish", "{csv}"],
+            {
+                "STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "STREAMREC_KAFKA_SASL_USERNAME": "alice",
+                "STREAMREC_KAFKA_SASL_PASSWORD": CLI_SECRET,
+                "STREAMREC_KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem",
+            },
+            "STREAMREC_KAFKA_SSL_CA_FILE=/nonexistent/ca.pem): No such file",
+        ),
+    ],
+)
+def test_cli_misconfigured_security_is_one_line(
+    tmp_path: Path, argv: list[str], env: dict[str, str], expected: str
+):
+    csv = tmp_path / "r.csv"
+    csv.write_text("user,item,rating,timestamp\n1,10,5,100\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_KAFKA_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *(a.format(csv=csv) for a in argv)],
+        env={**clean, "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:1", **env},
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr and CLI_SECRET not in done.stdout + done.stderr
