@@ -20,7 +20,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
 from app.dev import KafkaBroker, SeaweedServer, port_clash
-from app.dev.kafka import SECURE_PORT_OFFSET
+from app.dev.kafka import DEV_SASL_PASSWORD, SECURE_LISTENERS
 from app.dev.tls import DevCertificates
 from app.dev.workers import isolated_env, settings_for
 from app.kafka import (
@@ -188,7 +188,8 @@ def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path)
         dev_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093, dev_kafka_secure=True
     )
     broker = KafkaBroker(settings)
-    assert broker.ports() == [29092, 29093, 29092 + SECURE_PORT_OFFSET]
+    assert broker.ports() == [29092, 29093, 29094, 29095, 29096]
+    assert SECURE_LISTENERS == {"SASL_SSL": 2, "SSL": 3, "SASL_PLAINTEXT": 4}
     assert port_clash([broker, SeaweedServer(settings)]) is None
     clashing = KafkaBroker(settings.model_copy(update={"kafka_controller_port": 29094}))
     assert "port 29094 is wanted by kafka and kafka" in (port_clash([clashing]) or "")
@@ -197,10 +198,13 @@ def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path)
 def test_client_settings_point_at_the_secure_listener(tmp_path: Path):
     broker = KafkaBroker(Settings(dev_dir=tmp_path, kafka_port=29092, dev_kafka_secure=True))
     client = broker.client_settings()
-    assert client.kafka_bootstrap == f"127.0.0.1:{29092 + SECURE_PORT_OFFSET}"
+    assert client.kafka_bootstrap == "127.0.0.1:29094"
     assert client.kafka_security_protocol == "SASL_SSL"
     assert client.kafka_ssl_ca_file == broker.tls.ca_file
-    assert "password" not in str(broker.connection()["secure"]).replace("password_env", "")
+    secure = broker.connection()["secure"]
+    assert isinstance(secure, dict) and not any(k.endswith("password") for k in secure)
+    assert DEV_SASL_PASSWORD not in str(secure)
+    assert set(secure["listeners"]) == {"SASL_SSL", "SSL", "SASL_PLAINTEXT"}
 
 
 # --- every Kafka client goes through app/kafka.py ---------------------------------------
