@@ -205,15 +205,15 @@ async def test_the_ingest_agent_records_or_dead_letters_every_message(
     pairs: list[tuple[bytes | None, bytes | None]], max_batch: int
 ) -> None:
     messages = messages_of(pairs, "ratings")
-    table, dlq, stream = FakeSeenTable(), FakeSink(), FakeStream.of(messages)
-    agent = Ingest(seen=table, dlq=dlq, max_bytes=LIMIT, seen_limit=10, max_batch=max_batch)
-    await agent.run(stream, stream.idle)  # nothing may escape
+    table, dlq = FakeSeenTable(), FakeSink()
+    agent = Ingest(seen=table, dlq=dlq, max_bytes=LIMIT, seen_limit=10)
+    for start in range(0, len(messages), max_batch):  # slices, as the bulk reader hands them
+        await agent.handle(messages[start : start + max_batch])  # nothing may escape
     bad = check_dead_letters(dlq.sent, messages)
     good = [m for m in messages if m.offset not in bad]
     for m in good:
         decode_rating(m.key, m.value, max_bytes=LIMIT)  # valid, so recorded...
         assert table.get(m.key.decode()) is not None  # ...in its user's row
-    assert stream.acked == messages
 
 
 @functools.cache
