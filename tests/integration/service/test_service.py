@@ -359,3 +359,35 @@ def test_rollback_reaches_the_scorers_at_once(deployment: Deployment) -> None:
         timeout=30,
         what=f"scorers to serve v{target}",
     )
+
+
+def test_every_role_keeps_the_catalog_and_serves_the_dashboard(deployment: Deployment) -> None:
+    from app.commands.catalog import publish_catalog
+    from models.catalog import CatalogItem
+
+    entries = [
+        CatalogItem(item(c, j), f"Cluster {c} film {j}", (f"genre-{c}",))
+        for c in range(CLUSTERS)
+        for j in range(ITEMS_PER_CLUSTER)
+    ]
+    asyncio.run(publish_catalog(deployment.settings, entries))
+    workers = [deployment.trainer, *deployment.scorers]
+
+    def titled() -> bool:
+        return all(
+            w.get(f"/items/{item(3, 7)}/")[1].get("title") == "Cluster 3 film 7" for w in workers
+        )
+
+    wait_for(titled, timeout=30, what="every worker's catalog table to hold the new titles")
+    reply = recommend(deployment, "u1", k=5)
+    catalogued = {e.item: e.title for e in entries}
+    assert any(e["item"] in catalogued for e in reply["items"]), reply
+    for entry in reply["items"]:
+        assert entry.get("title") == catalogued.get(entry["item"]), reply  # none if unknown
+    for worker in workers:
+        status, page = worker.get("/")
+        assert status == 200 and "/static/dashboard.js" in page
+        status, popular = worker.get("/items/popular/?limit=3")
+        assert status == 200 and all("title" in e for e in popular["items"] if "-i" in e["item"])
+    status, body = deployment.trainer.get("/users/u1/")  # a trainer holds no seen items
+    assert status == 200 and body["seen"] is None and body["recommendation"]["items"]
