@@ -19,7 +19,12 @@ from agents.kafka import KafkaOptions, partitions_of
 from agents.ports import SnapshotStore
 from agents.state import ModelHolder
 from models.incremental import IncrementalModel
+from models.snapshot import SnapshotError
 from models.wire import ModelUpdate, Undecodable
+from storage.errors import IntegrityError, SnapshotNotFound
+
+#: Why a snapshot is refused rather than retried: its bytes are wrong, not the connection.
+REFUSED = (IntegrityError, SnapshotError, SnapshotNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,12 @@ class ModelFollower:
         try:
             payload, manifest = await self.store.get(version)
             view = await asyncio.to_thread(_view_from_snapshot, payload, manifest)
-        except Exception as exc:  # any failure: keep serving the current view
+        except REFUSED as exc:  # corrupt or not a snapshot: refused, the current view stays
+            metrics.MODEL_LOADS.labels("refused").inc()
+            self.holder.refuse(version, f"{type(exc).__name__}: {exc}")
+            log.error("Refused snapshot v%s; still serving v%s: %s", version, self._version(), exc)
+            return
+        except Exception as exc:  # any other failure (store down): keep serving the current view
             metrics.MODEL_LOADS.labels("failed").inc()
             log.error(
                 "Could not load snapshot v%s; still serving v%s: %s", version, self._version(), exc

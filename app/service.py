@@ -66,7 +66,7 @@ class Runtime:
     role: str
     holder: ModelHolder = field(default_factory=ModelHolder)
     trainer: Trainer | None = None
-    seen: Any = None  # the seen-items table (scorer/all roles)
+    seen: FaustSeenTable | None = None  # the seen-items table (scorer/all roles)
     catalog: Any = None  # the catalog GlobalTable (every role)
     series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +77,26 @@ class Runtime:
         without the Table's per-read hooks (measured 0.3-0.7 us a title instead of 2.4-3.3;
         a reply reads ten)."""
         return NO_CATALOG if self.catalog is None else self.catalog.data
+
+
+class FaustSeenTable:
+    """The Faust ``seen-items`` table as :class:`agents.ports.SeenTable`.
+
+    ``put`` is what ``Table.__setitem__`` does, with the changelog partition given rather
+    than taken from the current event (one batch holds ratings of many partitions), and the
+    key written raw, as the changelog topic reads it back on recovery (the table's own key
+    serializer for ``str`` is JSON: recovered keys would be ``'"u7"'``, not ``'u7'``).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, user: str) -> bytes | None:
+        return self.table.get(user)
+
+    def put(self, user: str, row: bytes, partition: int) -> None:
+        self.table.data[user] = row
+        self.table.send_changelog(partition, user, row, key_serializer="raw")
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -133,6 +153,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
+        # A scorer hands on at most this many fetched records at once, so a request never
+        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
         stream_wait_empty=(role == "scorer"),
@@ -221,7 +244,7 @@ def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -
     @app.agent(ratings, name="trainer")
     async def trainer(stream: Any) -> None:
         async with store_from_settings(s) as store:
-            model = await restore_model(store, model_config(s))
+            model = await restore_model(store, model_config(s), runtime.holder)
             runtime.trainer = Trainer(
                 model=model,
                 holder=runtime.holder,
@@ -250,14 +273,25 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
     spec = next(
         t for t in topic_specs(s, runtime.role) if t.name == seen_changelog(s, runtime.role)
     )
-    changelog = table_topic(app, spec)
-    seen = app.Table(
-        SEEN_TABLE,
-        default=list,
+    changelog = app.topic(
+        spec.name,
         key_type=str,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+        config=spec.config,
+    )
+    # Rows are models.seen bytes; no default (a default would write an empty row, and a
+    # changelog record, on every read of an unknown user).
+    table = app.Table(
+        SEEN_TABLE,
+        key_type=str,
+        value_type=bytes,  # raw bytes, as the changelog topic says
         partitions=s.topic_partitions,
         changelog_topic=changelog,
     )
+    seen = FaustSeenTable(table)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -271,7 +305,11 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         return reply_topics[name]
 
     ingest = Ingest(
-        seen=seen, dlq=ratings_dlq, max_bytes=s.max_message_bytes, seen_limit=s.seen_items_max
+        seen=seen,
+        dlq=ratings_dlq,
+        max_bytes=s.max_message_bytes,
+        seen_limit=s.seen_items_max,
+        max_batch=s.ingest_batch_max,
     )
     scorer = Scorer(
         holder=runtime.holder,
@@ -284,10 +322,18 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
         - {s.responses_topic},
         max_bytes=s.max_message_bytes,
+        max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
     )
-    app.agent(ratings, name="ingest")(ingest.run)
-    app.agent(requests, name="scorer")(scorer.run)
+
+    # Each agent takes what its stream has buffered (its channel's queue) as one batch.
+    @app.agent(ratings, name="ingest")
+    async def ingest_agent(stream: Any) -> None:
+        await ingest.run(stream, idle=stream.channel.empty)
+
+    @app.agent(requests, name="scorer")
+    async def scorer_agent(stream: Any) -> None:
+        await scorer.run(stream, idle=stream.channel.empty)
 
     if follow_updates:
 

@@ -98,7 +98,23 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
     snapshot_every_batches: int = Field(20, ge=1)
     snapshot_every_seconds: float = Field(60.0, gt=0)
-    seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")
+    seen_items_max: int = Field(
+        10_000,
+        ge=1,
+        description="Seen items kept per user (8 bytes each), all excluded from replies",
+    )
+    request_batch_max: int = Field(
+        500, ge=1, description="Most requests a scorer answers together (one matmul)"
+    )
+    ingest_batch_max: int = Field(
+        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+    )
+    max_poll_records: int = Field(
+        500,
+        ge=1,
+        description="Records per Kafka fetch a worker hands on at once; small keeps a "
+        "request from queueing behind a large fetch of ratings",
+    )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
         20.0,

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
+import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -22,6 +23,7 @@ from agents import metrics
 from agents.scorer import Catalog, reply_for, title_of
 from app.dashboard import ASSETS, asset
 from models.events import MAX_K, InvalidEvent, parse_request
+from models.seen import decode_row
 
 if TYPE_CHECKING:
     from app.service import Runtime
@@ -181,28 +183,31 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 generate_latest(metrics.REGISTRY).decode(), content_type="text/plain; version=0.0.4"
             )
 
-    def user_body(request: Request, user_id: str, seen: list[str] | None) -> dict[str, Any]:
+    def user_body(request: Request, user_id: str, hashes: np.ndarray | None) -> dict[str, Any]:
         """The ``/users/{id}/`` answer: a page of seen items (newest first) and a fresh reply.
 
-        ``seen`` is None on a trainer (it holds no seen-items table): nothing is excluded.
+        ``hashes`` (the user's seen-items row, :mod:`models.seen`) is None on a trainer (it
+        holds no seen-items table): nothing is excluded. The table keeps hashes; the ids
+        shown are those the served model knows.
         """
         limit, offset = page_of(request)
         k = _k(request, runtime.settings.default_k)
         try:
             rec_request = parse_request(
-                {"request_id": "web", "user": user_id, "k": k, "exclude_seen": seen is not None}
+                {"request_id": "web", "user": user_id, "k": k, "exclude_seen": hashes is not None}
             )
         except InvalidEvent as exc:
             raise BadQuery(str(exc)) from None
         body: dict[str, Any] = {"user": user_id, "limit": limit, "offset": offset}
-        if seen is None:
+        if hashes is None:
             body.update(seen=None, seen_total=None, titles={})
+            hashes = decode_row(None)
         else:
-            page = list(reversed(seen))[offset : offset + limit]
-            body.update(seen=page, seen_total=len(seen), titles=_titles(catalog, page))
-        body["recommendation"] = reply_for(
-            rec_request, holder, seen or [], catalog=catalog
-        ).to_dict()
+            view = holder.view
+            newest_first = hashes[::-1][offset : offset + limit]
+            page = [] if view is None else holder.item_index(view).items(newest_first)
+            body.update(seen=page, seen_total=len(hashes), titles=_titles(catalog, page))
+        body["recommendation"] = reply_for(rec_request, holder, hashes, catalog=catalog).to_dict()
         return body
 
     if runtime.seen is None:
@@ -213,9 +218,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 return self.json(user_body(request, user_id, None))
 
         return
-    seen_table = runtime.seen
+    seen = runtime.seen
+    table = seen.table
 
-    changelog = seen_table.changelog_topic.get_topic_name()
+    changelog = table.changelog_topic.get_topic_name()
 
     @app.page("/users/{user_id}/")
     class User(Base):
@@ -226,6 +232,6 @@ def register(app: faust.App, runtime: Runtime) -> None:
             await app.producer._ensure_producer().partitions_for(changelog)
             return await self.routed(request, user_id=user_id)
 
-        @app.table_route(table=seen_table, match_info="user_id")
+        @app.table_route(table=table, match_info="user_id")
         async def routed(self, request: Request, user_id: str) -> Response:
-            return self.json(user_body(request, user_id, list(seen_table.get(user_id) or ())))
+            return self.json(user_body(request, user_id, decode_row(seen.get(user_id))))

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 from aiokafka.errors import KafkaError
 
+from agents.kafka import send_bulk
 from app.kafka import connection_errors_explained, kafka_client_options, kafka_unavailable
 from app.settings import Settings, get_settings
 from models.events import RecRequest
@@ -107,6 +108,8 @@ async def publish_ratings(
     await start_client(producer)
     started = time.monotonic()
     try:
+        if rate is None and not progress:  # as fast as the broker takes them: whole batches
+            return await send_bulk(producer, settings.ratings_topic, map(encode_rating, ratings))
         with progress_bar(total=len(ratings), unit="ev", disable=not progress) as bar:
             for i, rating in enumerate(ratings, 1):
                 key, value = encode_rating(rating)

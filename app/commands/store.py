@@ -152,8 +152,9 @@ def promote(url: str | None, announce: bool, version: int) -> None:
 
     async def action(store: SnapshotStore) -> tuple[int | None, dict[str, Any]]:
         before = await store.current()
+        update = await _announcement(store, version, "promote")  # verified before it is current
         await store.promote(version)
-        return before, await _announcement(store, version, "promote")
+        return before, update
 
     before, update = _run(url, action)
     click.echo(f"current: {version} (was {before if before is not None else 'none'})")

@@ -179,8 +179,11 @@ def test_a_refused_login_is_named_without_the_password():
     assert logging.getLogger("aiokafka").propagate  # restored on exit
 
 
-def test_secure_dev_port_is_derived_once_and_clashes_are_refused():
-    settings = Settings(kafka_port=29092, kafka_controller_port=29093, dev_kafka_secure=True)
+def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path):
+    # Its own dev dir: a (plaintext) dev broker running in the default one must not count.
+    settings = Settings(
+        dev_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093, dev_kafka_secure=True
+    )
     broker = KafkaBroker(settings)
     assert broker.ports() == [29092, 29093, 29092 + SECURE_PORT_OFFSET]
     assert port_clash([broker, SeaweedServer(settings)]) is None
