@@ -1,4 +1,5 @@
-"""The ingest agent: validate each rating, dead-letter the bad ones, keep per-user seen items.
+"""The ingest agent: keep per-user seen items of the valid ratings (the trainer dead-letters
+the invalid ones: every rating passes it, whatever roles run).
 
 Runs in the scorer group, so the ``seen-items`` table is co-partitioned (by user) with the
 recommendation requests the same worker answers.
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import metrics
-from agents.ports import Message, Sink
-from models.wire import DeadLetter, Undecodable, decode_rating
+from agents.ports import Message, Sink, dead_letter
+from models.wire import Undecodable, decode_rating
 
 
 def remember(seen: list[str], item: str, limit: int) -> list[str]:
@@ -24,14 +25,7 @@ def remember(seen: list[str], item: str, limit: int) -> list[str]:
 
 async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
     """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
-    letter = DeadLetter.of(
-        exc,
-        key=message.key,
-        value=message.value,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-    )
+    letter = dead_letter(message, exc)
     await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
     metrics.DEAD_LETTERS.labels(message.topic, exc.kind).inc()
 
@@ -41,7 +35,6 @@ class Ingest:
     """Dependencies of the ingest agent (Faust objects are passed in by ``app/``)."""
 
     seen: MutableMapping[str, list[str]]  # the Faust ``seen-items`` table
-    dlq: Sink  # ratings-dlq
     max_bytes: int
     seen_limit: int
 
@@ -51,9 +44,8 @@ class Ingest:
             metrics.EVENTS_IN.labels(message.topic).inc()
             try:
                 rating = decode_rating(message.key, message.value, max_bytes=self.max_bytes)
-            except Undecodable as exc:
-                await send_dead_letter(self.dlq, message, exc)
-                continue
+            except Undecodable:
+                continue  # dead-lettered by the trainer, exactly once (agents/trainer.py)
             self.seen[rating.user] = remember(
                 self.seen.get(rating.user) or [], rating.item, self.seen_limit
             )

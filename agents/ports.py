@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from models.wire import DeadLetter, Undecodable
 from storage import SnapshotStore
 
-__all__ = ["Message", "Sink", "SnapshotStore"]
+__all__ = ["Message", "Sink", "SnapshotStore", "dead_letter"]
 
 
 class Sink(Protocol):
@@ -35,3 +36,15 @@ class Message(Protocol):
     key: bytes | None
     value: bytes | None
     timestamp: float | int | None
+
+
+def dead_letter(message: Message, exc: Undecodable) -> DeadLetter:
+    """The dead letter of ``message`` (its original key and bytes), rejected with ``exc``."""
+    return DeadLetter.of(
+        exc,
+        key=message.key,
+        value=message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )

@@ -54,8 +54,15 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # --- Agents ------------------------------------------------------------------------
-    batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
-    batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
+    batch_max: int = Field(
+        10_000, ge=1, description="Largest micro-batch (batches are what is available, up to this)"
+    )
+    batch_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Longest a fetch waits when no rating is available (no batching "
+        "window: a fetch returns as soon as any rating arrives)",
+    )
     snapshot_every_batches: int = Field(20, ge=1)
     snapshot_every_seconds: float = Field(60.0, gt=0)
     seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")

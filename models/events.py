@@ -61,6 +61,8 @@ def canonical_id(value: Any, field: str) -> str:
     Ints are accepted because JSON producers and file readers send them; bools and
     floats are not ids (``True`` or ``1.0`` would silently become another id).
     """
+    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
+        return value  # the common case, checked first: the trainer decodes every rating
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidEvent(f"{field} must be a string or an integer, got {_type_name(value)}")
     text = value if isinstance(value, str) else str(value)
@@ -133,6 +135,8 @@ def is_topic_name(value: Any) -> bool:
 
 
 def _finite_number(value: Any, field: str) -> float:
+    if type(value) is float and math.isfinite(value):
+        return value  # the common case, checked first
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"{field} must be a number, got {_type_name(value)}")
     try:
