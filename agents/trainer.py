@@ -42,6 +42,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from agents import metrics
+from agents.follower import REFUSED
 from agents.ports import Message, Sink, SnapshotStore, dead_letter
 from agents.state import ModelHolder
 from models.config import ModelConfig
@@ -83,23 +84,47 @@ def offset_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-async def restore_model(store: SnapshotStore, config: ModelConfig) -> IncrementalModel:
+async def restore_model(
+    store: SnapshotStore, config: ModelConfig, holder: ModelHolder | None = None
+) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
     Restoring *current* makes ``streamrec models rollback`` + a trainer restart roll training
     back too: state and covered offsets move together, so the events after the rolled-back
     snapshot are trained again, once. New versions continue after the newest in the store,
     which is write-once.
+
+    A snapshot that is refused (corrupt payload, bad manifest, not a snapshot at all) is
+    logged, counted and recorded in ``holder`` (``/model/`` shows it), and the newest good
+    one is restored instead, so a bad write never makes the trainer crash-loop. If snapshots
+    exist but every one is refused, it stops with that error rather than start from nothing.
     """
     latest = await store.latest()
-    version = await store.current()
-    version = latest if version is None else version
-    if version is None:
+    current = await store.current()
+    if latest is None and current is None:
         log.info("No snapshot in the store: starting a fresh model")
         return IncrementalModel(config)
-    payload, manifest = await store.get(version)
-    model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
-    model.version = max(model.version, latest or 0)
+    complete = sorted((i.version for i in await store.list() if i.complete), reverse=True)
+    candidates = ([current] if current is not None else []) + [v for v in complete if v != current]
+    refused: list[str] = []
+    for version in candidates:
+        try:
+            payload, manifest = await store.get(version)
+            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+        except REFUSED as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            refused.append(f"v{version} ({reason})")
+            metrics.MODEL_LOADS.labels("refused").inc()
+            if holder is not None:
+                holder.refuse(version, reason)
+            log.error("Refused snapshot v%d on restore: %s", version, reason)
+            continue
+        break
+    else:
+        raise RuntimeError(f"every snapshot in the store was refused: {'; '.join(refused)}")
+    if refused:
+        log.warning("Falling back to snapshot v%d, the newest good one", version)
+    model.version = max(model.version, latest or 0, *complete)
     log.info(
         "Restored snapshot v%d: %d users, %d items, %d trained events, offsets %s",
         version,

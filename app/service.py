@@ -69,8 +69,28 @@ class Runtime:
     role: str
     holder: ModelHolder = field(default_factory=ModelHolder)
     trainer: Trainer | None = None
-    seen: Any = None  # the seen-items table (scorer/all roles)
+    seen: FaustSeenTable | None = None  # the seen-items table (scorer/all roles)
     topics: dict[str, Any] = field(default_factory=dict)
+
+
+class FaustSeenTable:
+    """The Faust ``seen-items`` table as :class:`agents.ports.SeenTable`.
+
+    ``put`` is what ``Table.__setitem__`` does, with the changelog partition given rather
+    than taken from the current event (one batch holds ratings of many partitions), and the
+    key written raw, as the changelog topic reads it back on recovery (the table's own key
+    serializer for ``str`` is JSON: recovered keys would be ``'"u7"'``, not ``'u7'``).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, user: str) -> bytes | None:
+        return self.table.get(user)
+
+    def put(self, user: str, row: bytes, partition: int) -> None:
+        self.table.data[user] = row
+        self.table.send_changelog(partition, user, row, key_serializer="raw")
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -113,6 +133,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
+        # A scorer hands on at most this many fetched records at once, so a request never
+        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
         stream_wait_empty=(role == "scorer"),
@@ -168,7 +191,7 @@ def trainer_service(runtime: Runtime, updates: Any) -> type[mode.Service]:
         async def on_start(self) -> None:
             self._stack = contextlib.AsyncExitStack()
             store = await self._stack.enter_async_context(store_from_settings(s))
-            model = await restore_model(store, model_config(s))
+            model = await restore_model(store, model_config(s), runtime.holder)
             marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
             producer = AIOKafkaProducer(
                 **options,
@@ -244,18 +267,22 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
     changelog = app.topic(
         spec.name,
         key_type=str,
+        value_type=bytes,
         key_serializer="raw",
-        value_serializer="json",
+        value_serializer="raw",
         partitions=spec.partitions,
         config=spec.config,
     )
-    seen = app.Table(
+    # Rows are models.seen bytes; no default (a default would write an empty row, and a
+    # changelog record, on every read of an unknown user).
+    table = app.Table(
         SEEN_TABLE,
-        default=list,
         key_type=str,
+        value_type=bytes,  # raw bytes, as the changelog topic says
         partitions=s.topic_partitions,
         changelog_topic=changelog,
     )
+    seen = FaustSeenTable(table)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -267,7 +294,12 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
             reply_topics[name] = raw_topic(app, name)
         return reply_topics[name]
 
-    ingest = Ingest(seen=seen, max_bytes=s.max_message_bytes, seen_limit=s.seen_items_max)
+    ingest = Ingest(
+        seen=seen,
+        max_bytes=s.max_message_bytes,
+        seen_limit=s.seen_items_max,
+        max_batch=s.ingest_batch_max,
+    )
     scorer = Scorer(
         holder=runtime.holder,
         seen=seen,
@@ -285,9 +317,17 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
             }
         ),
         max_bytes=s.max_message_bytes,
+        max_batch=s.request_batch_max,
     )
-    app.agent(ratings, name="ingest")(ingest.run)
-    app.agent(requests, name="scorer")(scorer.run)
+
+    # Each agent takes what its stream has buffered (its channel's queue) as one batch.
+    @app.agent(ratings, name="ingest")
+    async def ingest_agent(stream: Any) -> None:
+        await ingest.run(stream, idle=stream.channel.empty)
+
+    @app.agent(requests, name="scorer")
+    async def scorer_agent(stream: Any) -> None:
+        await scorer.run(stream, idle=stream.channel.empty)
 
     if follow_updates:
 

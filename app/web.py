@@ -18,6 +18,7 @@ from prometheus_client import generate_latest
 from agents import metrics
 from agents.scorer import reply_for
 from models.events import InvalidEvent, parse_request
+from models.seen import decode_row
 
 if TYPE_CHECKING:
     from app.service import Runtime
@@ -91,8 +92,9 @@ def register(app: faust.App, runtime: Runtime) -> None:
     if runtime.seen is None:
         return
     seen = runtime.seen
+    table = seen.table
 
-    changelog = seen.changelog_topic.get_topic_name()
+    changelog = table.changelog_topic.get_topic_name()
 
     @app.page("/users/{user_id}/")
     class User(View):
@@ -102,7 +104,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
             await app.producer._ensure_producer().partitions_for(changelog)
             return await self.routed(request, user_id=user_id)
 
-        @app.table_route(table=seen, match_info="user_id")
+        @app.table_route(table=table, match_info="user_id")
         async def routed(self, request: Request, user_id: str) -> Response:
             k = _k(request, runtime.settings.default_k)
             try:
@@ -111,7 +113,10 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 )
             except InvalidEvent as exc:
                 return self.json({"error": str(exc)}, status=400)
-            items = list(seen.get(user_id) or ())
-            body: dict[str, Any] = {"user": user_id, "seen": items}
-            body["recommendation"] = reply_for(rec_request, holder, items).to_dict()
+            hashes = decode_row(seen.get(user_id))
+            view = holder.view
+            # The table keeps hashes; the ids shown are those the served model knows.
+            items = [] if view is None else holder.item_index(view).items(hashes)
+            body: dict[str, Any] = {"user": user_id, "seen": items, "seen_count": len(hashes)}
+            body["recommendation"] = reply_for(rec_request, holder, hashes).to_dict()
             return self.json(body)

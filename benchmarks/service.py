@@ -37,7 +37,7 @@ from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
 
-async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
+async def tail_consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
@@ -50,9 +50,9 @@ async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     return consumer
 
 
-async def _echo(settings: Settings, source: str, target: str, ready: asyncio.Event) -> None:
+async def echo(settings: Settings, source: str, target: str, ready: asyncio.Event) -> None:
     """The raw baseline's 'scorer': consume each message and produce it straight back."""
-    consumer = await _consumer(settings, source)
+    consumer = await tail_consumer(settings, source)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
     ready.set()
@@ -67,7 +67,7 @@ async def _echo(settings: Settings, source: str, target: str, ready: asyncio.Eve
         await consumer.stop()
 
 
-async def _round_trips(
+async def round_trips(
     settings: Settings,
     send_to: str,
     reply_on: str,
@@ -77,7 +77,7 @@ async def _round_trips(
     pipelined: int,
 ) -> dict[str, float]:
     """Latency of ``sequential`` one-at-a-time requests; throughput of ``pipelined`` at once."""
-    consumer = await _consumer(settings, reply_on)
+    consumer = await tail_consumer(settings, reply_on)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
 
@@ -147,13 +147,13 @@ def run(n_requests: int, n_ratings: int, *, training: bool = True) -> dict[str, 
 
         async def service_and_echo() -> tuple[dict[str, float], dict[str, float]]:
             ready = asyncio.Event()
-            echo = asyncio.create_task(_echo(settings, echo_in, echo_out, ready))
+            echo_task = asyncio.create_task(echo(settings, echo_in, echo_out, ready))
             await ready.wait()
-            raw = await _round_trips(
+            raw = await round_trips(
                 settings, echo_in, echo_out, users, sequential=200, pipelined=n_requests
             )
-            echo.cancel()
-            svc = await _round_trips(
+            echo_task.cancel()
+            svc = await round_trips(
                 settings,
                 settings.requests_topic,
                 settings.responses_topic,

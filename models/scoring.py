@@ -176,30 +176,43 @@ class ScoringView:
         _check_k(k)
         if excludes is not None and len(excludes) != len(users):
             raise ValueError(f"{len(excludes)} exclude sets for {len(users)} users")
-        excluded = [self.item_rows(e) for e in excludes] if excludes else None
+        rows = [self.item_rows(e) for e in excludes] if excludes else [_EMPTY] * len(users)
+        return self.recommend_batch(users, [k] * len(users), rows)
+
+    def recommend_batch(
+        self, users: Sequence[str], ks: Sequence[int], exclude_rows: Sequence[np.ndarray]
+    ) -> list[Recommendation]:
+        """:meth:`recommend` for a batch of requests: one matmul per chunk of warm users,
+        each request with its own ``k`` and its own excluded item *rows* (dense indices of
+        this view, e.g. from :meth:`models.seen.ItemHashIndex.rows`)."""
+        if not len(users) == len(ks) == len(exclude_rows):
+            raise ValueError(f"{len(users)} users, {len(ks)} ks, {len(exclude_rows)} excludes")
+        for k in ks:
+            _check_k(k)
         results: list[Recommendation | None] = [None] * len(users)
         warm: list[int] = []
         rows: list[int] = []
         for pos, user in enumerate(users):
             row = self.model_row(user)
             if row is None:
-                ex = excluded[pos] if excluded else _EMPTY
-                results[pos] = Recommendation(
-                    user, self._popular(k, ex), self.version, "popularity"
-                )
+                items = self._popular(ks[pos], exclude_rows[pos])
+                results[pos] = Recommendation(user, items, self.version, "popularity")
             else:
                 warm.append(pos)
                 rows.append(row)
-        chunk = max(1, _CHUNK_CELLS // max(1, self.n_items))
+        n = self.n_items
+        chunk = max(1, _CHUNK_CELLS // max(1, n))
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
-            if excluded:
-                for r, pos in enumerate(positions):
-                    scores[r, excluded[pos]] = -np.inf
-            for r, (idx, vals) in enumerate(top_k_rows(scores, k)):
-                pos = positions[r]
-                items = self._scored(idx, vals)
+            masks = [exclude_rows[pos] for pos in positions]
+            if any(len(m) for m in masks):
+                flat = np.concatenate([m + r * n for r, m in enumerate(masks)])
+                scores.reshape(-1)[flat] = -np.inf
+            tops = top_k_rows(scores, max(ks[pos] for pos in positions))
+            for pos, (idx, vals) in zip(positions, tops, strict=True):
+                k = ks[pos]
+                items = self._scored(idx[:k], vals[:k])
                 results[pos] = Recommendation(users[pos], items, self.version, "model")
         return results  # type: ignore[return-value]
 

@@ -40,6 +40,9 @@ PARTS = (
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 """The twelve LightFM arrays: the training state that must always grow together."""
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
+EVENT_COUNTS = ("user_events", "item_events")
+"""Exact applied-event counts per user and per item (int64). Optional on read: snapshots
+written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -74,6 +77,7 @@ class SnapshotState:
     item_ids: list[str]
     recent_event_ids: list[str]
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
+    # (and, when present, the EVENT_COUNTS)
 
 
 def library_versions() -> dict[str, str]:
@@ -167,6 +171,9 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
             expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
     expected["popularity"] = (np.dtype(np.float64), (n["item"],))
     expected["user_positives"] = (np.dtype(np.int64), (n["user"],))
+    for name in EVENT_COUNTS:
+        if name in entries:
+            expected[name] = (np.dtype(np.int64), (n[name.partition("_")[0]],))
     arrays = {}
     for name, (dtype, shape) in expected.items():
         array = entries[name]
@@ -186,6 +193,8 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
                 raise SnapshotError(f"{name} has negative accumulators")
     if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
         raise SnapshotError("popularity and user_positives must be >= 0")
+    if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
+        raise SnapshotError("user_events and item_events must be >= 0")
 
     return SnapshotState(
         config=config,
@@ -232,9 +241,9 @@ def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
             names = [info.filename.removesuffix(".npy") for info in infos]
             if len(set(names)) != len(names):
                 raise SnapshotError("payload has duplicate entries")
-            if set(names) != expected:
+            if not expected <= set(names) <= expected | set(EVENT_COUNTS):
                 missing = sorted(expected - set(names))
-                extra = sorted(set(names) - expected)
+                extra = sorted(set(names) - expected - set(EVENT_COUNTS))
                 raise SnapshotError(
                     f"payload entries differ: missing {missing}, unexpected {extra}"
                 )

@@ -62,10 +62,11 @@ def demo(
     recommendations changing as a user discovers a new genre.
     """
     from app.dev import DevServiceError, KafkaBroker, metadata_ready
+    from app.kafka import kafka_client_options
 
     base = get_settings()
     broker = None
-    if not metadata_ready(base.kafka_bootstrap):
+    if not metadata_ready(kafka_client_options(base)):
         _say(f"Kafka is not running at {base.kafka_bootstrap}: starting the dev broker ...")
         broker = KafkaBroker(base)
         try:

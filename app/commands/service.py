@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
 
 from agents.kafka import send_bulk
-from app.kafka import kafka_client_options
+from app.kafka import connection_errors_explained, kafka_client_options, kafka_unavailable
 from app.settings import Settings, get_settings
 from models.events import RecRequest
 from models.wire import ModelUpdate, Reply, Undecodable, encode_rating, encode_request
+
+T = TypeVar("T")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -27,16 +29,16 @@ def _settings(**overrides: Any) -> Settings:
     return base.model_copy(update=changes) if changes else base
 
 
-def _quiet_kafka_logs() -> None:
-    """Client commands report Kafka trouble in one line of their own, not aiokafka's."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
-def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"Kafka is not reachable at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
-        "start it with `streamrec dev up` or set STREAMREC_KAFKA_BOOTSTRAP"
-    )
+def run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run a Kafka client coroutine; a Kafka that cannot be used (down, a refused login, an
+    untrusted certificate) is one clear line and exit 1 instead of aiokafka's log lines."""
+    with connection_errors_explained() as failures:
+        try:
+            return asyncio.run(work)
+        except TimeoutError:
+            raise  # the caller's own wait (e.g. no reply), not a connection problem
+        except (KafkaError, OSError) as exc:
+            raise click.ClickException(kafka_unavailable(settings, exc, failures)) from None
 
 
 @click.command()
@@ -58,11 +60,9 @@ def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None
 
     settings = _settings(role=role, web_port=web_port)
     try:
-        asyncio.run(ensure_topics(settings, role=settings.role))
+        run_kafka(settings, ensure_topics(settings, role=settings.role))
     except TopicMismatch as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
@@ -85,14 +85,10 @@ def publish(ratings_file: Path, rate: float | None, limit: int | None, fmt: str)
     from app.commands.offline import read_ratings
 
     settings = _settings()
-    _quiet_kafka_logs()
     ratings = read_ratings(ratings_file, fmt)
     if limit is not None:
         ratings = ratings[:limit]
-    try:
-        sent = asyncio.run(publish_ratings(settings, ratings, rate=rate, progress=True))
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+    sent = run_kafka(settings, publish_ratings(settings, ratings, rate=rate, progress=True))
     click.echo(f"published {sent} ratings to {settings.ratings_topic!r}")
 
 
@@ -224,21 +220,19 @@ def format_reply(reply: Reply) -> str:
 def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_json: bool) -> None:
     """Ask the scorers for USER's recommendations over Kafka and print the reply."""
     settings = _settings()
-    _quiet_kafka_logs()
     try:
-        reply = asyncio.run(
+        reply = run_kafka(
+            settings,
             request_recommendation(
                 settings,
                 user,
                 k or settings.default_k,
                 exclude_seen=not include_seen,
                 wait=timeout,
-            )
+            ),
         )
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
     click.echo(json.dumps(reply.to_dict()) if as_json else format_reply(reply))
 
 

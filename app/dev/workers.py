@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.kafka import connection_env
 from app.settings import Settings
 
 
@@ -127,7 +128,7 @@ def isolated_env(
     with whatever else uses the broker; ``prefix`` keeps them apart.
     """
     env = {
-        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        **connection_env(base),
         "STREAMREC_APP_ID": prefix,
         "STREAMREC_MODEL_STORE": model_store,
         "STREAMREC_DATADIR": str(datadir),

@@ -22,6 +22,7 @@ from models.config import ModelConfig
 from models.synthetic import generate_ratings
 from models.wire import DeadLetter, encode_rating
 from storage import SnapshotStore, open_store
+from tests.unit.agents.fakes import FakeMessage, FakeSink
 
 TOPIC = "ratings"
 PARTITIONS = 4
@@ -31,20 +32,10 @@ CONFIG = ModelConfig(no_components=8, epochs_per_batch=1, seed=1, dedupe_memory=
 
 
 @dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float | None = None
-
-
-@dataclass
 class FakeConsumer:
     """Four partitions of records; ``getmany`` returns what is there from each position."""
 
-    log: dict[int, list[Record]] = field(default_factory=lambda: {p: [] for p in range(4)})
+    log: dict[int, list[FakeMessage]] = field(default_factory=lambda: {p: [] for p in range(4)})
     positions: dict[int, int] = field(default_factory=dict)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
     batches: list[int] = field(default_factory=list)
@@ -52,7 +43,7 @@ class FakeConsumer:
 
     def produce(self, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
         p = partition if partition is not None else sum(key or b"") % PARTITIONS
-        self.log[p].append(Record(TOPIC, p, len(self.log[p]), key, value))
+        self.log[p].append(FakeMessage(TOPIC, p, len(self.log[p]), key, value))
 
     def produce_ratings(self, ratings: Sequence) -> None:
         for r in ratings:
@@ -60,8 +51,8 @@ class FakeConsumer:
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
-    ) -> Mapping[TopicPartition, Sequence[Record]]:
-        out: dict[TopicPartition, list[Record]] = {}
+    ) -> Mapping[TopicPartition, Sequence[FakeMessage]]:
+        out: dict[TopicPartition, list[FakeMessage]] = {}
         room = max_records or 1 << 30
         for p, records in self.log.items():
             if p not in self.positions:
@@ -108,14 +99,6 @@ class FakeDLQ:
         for d in self.letters:
             marks[d.partition] = max(marks.get(d.partition, -1), d.offset)
         return marks
-
-
-@dataclass
-class FakeSink:
-    sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
-
-    async def send(self, *, key=None, value=None, headers=None) -> None:
-        self.sent.append((key, value))
 
 
 async def start(
@@ -275,10 +258,10 @@ async def test_dead_letters_exactly_once_across_a_crash_before_the_snapshot(stor
 
 def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
     records = [
-        Record(TOPIC, 0, o, *encode_rating(r))
+        FakeMessage(TOPIC, 0, o, *encode_rating(r))
         for o, r in enumerate(generate_ratings(5, 5, 6, 1, seed=1))
     ]
-    records.insert(3, Record(TOPIC, 0, 99, b"u1", b"nope"))
+    records.insert(3, FakeMessage(TOPIC, 0, 99, b"u1", b"nope"))
     batch = DecodedBatch.of(records, max_bytes=4096)
     assert len(batch.ratings) == 6 and [d.offset for d in batch.dead_letters] == [99]
     assert batch.next_offsets == {f"{TOPIC}:0": 100} and batch.first_offsets[f"{TOPIC}:0"] == 0
