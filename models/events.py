@@ -61,8 +61,6 @@ def canonical_id(value: Any, field: str) -> str:
     Ints are accepted because JSON producers and file readers send them; bools and
     floats are not ids (``True`` or ``1.0`` would silently become another id).
     """
-    if type(value) is str and 0 < len(value) <= MAX_ID_LENGTH:
-        return value  # the common case, checked first: the trainer decodes every rating
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidEvent(f"{field} must be a string or an integer, got {_type_name(value)}")
     text = value if isinstance(value, str) else str(value)
@@ -79,6 +77,9 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
     ``default_event_id`` is used when the event carries no ``event_id`` (e.g. the ingest
     agent passes ``"topic:partition:offset"``), so every event has a stable id to dedupe on.
     """
+    fast = _well_formed_rating(obj)
+    if fast is not None:
+        return fast
     if not isinstance(obj, Mapping):
         raise InvalidEvent(f"a rating must be a JSON object, got {_type_name(obj)}")
     missing = [f for f in ("user", "item", "rating", "ts") if f not in obj]
@@ -98,6 +99,37 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
     if ts < 0:
         raise InvalidEvent(f"ts must be >= 0, got {ts:g}")
     return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+
+
+def _well_formed_rating(obj: Any) -> Rating | None:
+    """The rating if ``obj`` is the common case that passes every rule at a glance (string
+    ids within the length limit, float rating in range, finite float ts >= 0); otherwise
+    ``None``, and :func:`parse_rating` applies the rules one by one (and says which failed).
+    The trainer decodes every rating, so this is its hot path."""
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    event_id, user, item, rating, ts = (
+        get("event_id"),
+        get("user"),
+        get("item"),
+        get("rating"),
+        get("ts"),
+    )
+    if (
+        type(event_id) is str
+        and type(user) is str
+        and type(item) is str
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(user) <= MAX_ID_LENGTH
+        and 0 < len(item) <= MAX_ID_LENGTH
+        and type(rating) is float
+        and MIN_RATING <= rating <= MAX_RATING
+        and type(ts) is float
+        and 0.0 <= ts < math.inf
+    ):
+        return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+    return None
 
 
 def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
@@ -135,8 +167,6 @@ def is_topic_name(value: Any) -> bool:
 
 
 def _finite_number(value: Any, field: str) -> float:
-    if type(value) is float and math.isfinite(value):
-        return value  # the common case, checked first
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"{field} must be a number, got {_type_name(value)}")
     try:
