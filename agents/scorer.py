@@ -12,10 +12,13 @@ delivery (a send returns once the reply is queued in the producer).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,19 @@ from models.events import RecRequest
 from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
 
+Catalog = Mapping[str, Mapping[str, Any]]
+"""Item id -> catalog entry (the Faust ``catalog`` GlobalTable: the items topic's messages)."""
+
+NO_CATALOG: Catalog = MappingProxyType({})
+
+
+def title_of(catalog: Catalog, item: str) -> str | None:
+    """The item's title if the catalog knows it."""
+    entry = catalog.get(item)
+    title = entry.get("title") if isinstance(entry, Mapping) else None
+    return title if isinstance(title, str) else None
+
+
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 
 
@@ -36,10 +52,13 @@ def replies_for(
     holder: ModelHolder,
     seen: Sequence[np.ndarray],
     received: Sequence[float] | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
 ) -> list[Reply]:
     """The replies to ``requests`` from whatever view ``holder`` serves now: the one place a
     reply is built. ``seen[i]`` holds the item hashes of ``requests[i]``'s user
-    (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency)."""
+    (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency).
+    Items carry a ``title`` when the catalog knows one."""
     view = holder.view  # one read: the view cannot change under us
     if view is None:
         recs = None
@@ -58,7 +77,7 @@ def replies_for(
             replies.append(Reply(request.request_id, request.user, [], None, "none", latency))
             continue
         rec = recs[n]
-        items = [ReplyItem(s.item, float(s.score)) for s in rec.items]
+        items = [ReplyItem(s.item, float(s.score), title_of(catalog, s.item)) for s in rec.items]
         replies.append(
             Reply(request.request_id, request.user, items, rec.version, rec.source, latency)
         )
@@ -70,9 +89,12 @@ def reply_for(
     holder: ModelHolder,
     seen: np.ndarray,
     received: float | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
 ) -> Reply:
     """The reply to one request (:func:`replies_for` of one)."""
-    return replies_for([request], holder, [seen], None if received is None else [received])[0]
+    stamps = None if received is None else [received]
+    return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
 @dataclass
@@ -88,20 +110,44 @@ class Scorer:
     forbidden_replies: frozenset[str]
     max_bytes: int
     max_batch: int = 500
+    catalog: Catalog = field(default_factory=dict)
+    _idle: Callable[[], bool] = field(default=lambda: True, init=False, repr=False)
+    _answering: bool = field(default=False, init=False, repr=False)
+    _last_request: float = field(default=float("-inf"), init=False, repr=False)
 
     async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
         """Answer ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
+        self._idle = idle
         manual = stream.noack()
         async for events in buffered_batches(manual.events(), idle, self.max_batch):
-            await self.answer([event.message for event in events])
-            for event in events:  # acked once answered: a crash before that answers again
-                await manual.ack(event)
+            self._answering = True
+            try:
+                await self.answer([event.message for event in events])
+                for event in events:  # acked once answered: a crash before that answers again
+                    await manual.ack(event)
+            finally:
+                self._answering = False
+                self._last_request = time.monotonic()
+
+    async def make_way(self, recent: float = 0.1, step: float = 0.001) -> None:
+        """Give requests the event loop: bulk work (ingest) awaits this between slices.
+
+        Returns at once when no request came lately; otherwise waits while requests are
+        buffered or being answered, and then a moment more, so that a request still on its
+        way (fetch → queue → this agent) gets through before the next slice."""
+        await asyncio.sleep(0)
+        if time.monotonic() - self._last_request > recent and self._idle():
+            return
+        while self._answering or not self._idle():  # noqa: ASYNC110  (a queue: no event)
+            await asyncio.sleep(step)
+        await asyncio.sleep(step)
 
     async def answer(self, messages: Sequence[Message]) -> None:
         """Answer one batch of ``rec-requests`` messages (invalid ones are dead-lettered)."""
         if not messages:
             return
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
+        metrics.AGENT_BATCH.labels("scorer").observe(len(messages))
         requests: list[RecRequest] = []
         targets: list[Sink] = []
         received: list[float] = []
@@ -118,7 +164,7 @@ class Scorer:
         if not requests:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
-        replies = replies_for(requests, self.holder, seen, received)
+        replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         sources: Counter[str] = Counter()
         for reply, target in zip(replies, targets, strict=True):
             key, value = reply.encode()
@@ -127,7 +173,6 @@ class Scorer:
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
-        metrics.REQUEST_BATCH.observe(len(requests))
 
     async def _target(self, reply_to: str | None) -> Sink:
         if reply_to is None:

@@ -42,6 +42,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from agents import metrics
+from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
 from agents.ports import Message, Sink, SnapshotStore, dead_letter
 from agents.state import ModelHolder
@@ -51,6 +52,7 @@ from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
+from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,7 @@ class Trainer:
     #: The highest source offset per ratings partition already in the DLQ (read at start).
     dead_lettered: dict[int, int] = field(default_factory=dict)
     eval_k: int = 10
+    deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -253,6 +256,7 @@ class Trainer:
     _last_snapshot_at: float = field(default_factory=time.monotonic)
     _snapshot_version: int = -1
     _snapshot_offsets: dict[str, int] = field(default_factory=dict)
+    _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
 
     def __post_init__(self) -> None:
         self._snapshot_version = self.model.version
@@ -303,8 +307,7 @@ class Trainer:
             batch = decoded.after(self.model.offsets, self.dead_lettered)
             await self.send_dead_letters(batch)
             await self.train_batch(batch)
-            if self._snapshot_due():
-                await self._snapshot()
+        self._start_snapshot()
 
     # --- one batch -----------------------------------------------------------------------
     async def send_dead_letters(self, batch: DecodedBatch) -> None:
@@ -364,7 +367,20 @@ class Trainer:
             },
             **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
         )
+        await self._publish_delta(view)
         return result
+
+    async def _publish_delta(self, view: ScoringView) -> None:
+        """Send this batch's delta to the scorers (:mod:`agents.deltas`); one too large for
+        a message makes the next snapshot due at once."""
+        if self.deltas is None:
+            return
+        published = await self.deltas.publish(self.model, view)
+        if published is None:
+            return
+        self.holder.info["delta"] = published
+        if published["snapshot_needed"]:
+            self._batches_since_snapshot = self.snapshot_every_batches
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: score-then-train, copy out an immutable view."""
@@ -377,16 +393,23 @@ class Trainer:
     # --- snapshots and commits ---------------------------------------------------------
     async def tick(self) -> None:
         """Called by a timer: snapshot when training is pending and the interval has passed."""
-        if self._lock.locked() or not self._snapshot_due():
-            return
-        async with self._lock:
-            await self._snapshot()
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Write a snapshot in the background if one is due and none is being written.
+
+        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
+        seconds) must not stop the model from learning, only delay the commit.
+        """
+        if (self._writer is None or self._writer.done()) and self._snapshot_due():
+            self._writer = asyncio.create_task(self._snapshot())
 
     async def snapshot_now(self, reason: str) -> None:
-        async with self._lock:
-            if self._progress_unsaved():
-                log.info("Writing a snapshot (%s)", reason)
-                await self._snapshot()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._progress_unsaved():
+            log.info("Writing a snapshot (%s)", reason)
+            await self._snapshot()
         await self._commit_snapshot_offsets()
 
     def _progress_unsaved(self) -> bool:
@@ -406,44 +429,39 @@ class Trainer:
     async def _snapshot(self) -> bool:
         """Write, promote and announce a snapshot; its offsets are committed afterwards.
 
-        A failure (the store is down, say) is logged and retried at the next chance: nothing
-        is committed, so nothing is lost, and the worker keeps training.
+        The state and the offsets it covers are cut under the lock (training waits only for
+        the serialisation); the write itself runs while training continues. A failure (the
+        store is down, say) is logged and retried at the next chance: nothing is committed,
+        so nothing is lost, and the worker keeps training.
         """
+        async with self._lock:
+            if self.model.version == self._snapshot_version:
+                # Only offsets moved (duplicates, invalid events): a new state, so a new
+                # version; snapshots are write-once.
+                self.model.version += 1
+            payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            covered_batches = self._batches_since_snapshot
+            info = self._info()
+            batch_info = {
+                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
+                "last_batch": self.holder.info.get("last_batch"),
+            }
         try:
-            await self._write_snapshot()
+            uri = await self._write_snapshot(payload, manifest, info, batch_info)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
+                self.model.version = max(self.model.version, manifest["version"] + 1)
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
-        return True
-
-    async def _write_snapshot(self) -> None:
-        if self.model.version == self._snapshot_version:
-            # Only offsets moved (duplicates, invalid events): a new state, so a new version;
-            # snapshots are write-once.
-            self.model.version += 1
-        payload, manifest = await asyncio.to_thread(self.model.to_bytes)
         version = manifest["version"]
-        uri = await self.store.put(version, payload, manifest)
-        await self.store.promote(version)
-        info = self._info()
-        update = ModelUpdate.from_manifest(
-            uri,
-            manifest,
-            prequential_hit_rate=self.holder.info.get("prequential_hit_rate"),
-            last_batch=self.holder.info.get("last_batch"),
-            n_users=info["n_users"],
-            n_items=info["n_items"],
-            created_at=manifest["created_at"],
-        )
-        key, value = update.encode()
-        await self.updates.send(key=key, value=value)
-        self._snapshot_version = self.model.version
+        self._snapshot_version = version
         self._snapshot_offsets = dict(manifest["offsets"])
         self._uncommitted = self._snapshot_offsets
-        self._batches_since_snapshot = 0
+        # Batches trained while it was written are not in it: they count towards the next.
+        self._batches_since_snapshot = max(0, self._batches_since_snapshot - covered_batches)
         self._last_snapshot_at = time.monotonic()
         self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
         metrics.SNAPSHOTS.inc()
@@ -451,9 +469,33 @@ class Trainer:
             "Snapshot v%d written (%d bytes, %d trained events, offsets %s)",
             version,
             len(payload),
-            self.model.trained_events,
+            manifest["trained_events"],
             manifest["offsets"],
         )
+        return True
+
+    async def _write_snapshot(
+        self,
+        payload: bytes,
+        manifest: dict[str, Any],
+        info: dict[str, Any],
+        batch_info: dict[str, Any],
+    ) -> str:
+        """Put (verified, write-once), promote, then announce: never announce before that."""
+        version = manifest["version"]
+        uri = await self.store.put(version, payload, manifest)
+        await self.store.promote(version)
+        update = ModelUpdate.from_manifest(
+            uri,
+            manifest,
+            **batch_info,
+            n_users=info["n_users"],
+            n_items=info["n_items"],
+            created_at=manifest["created_at"],
+        )
+        key, value = update.encode()
+        await self.updates.send(key=key, value=value)
+        return uri
 
     async def _commit_snapshot_offsets(self) -> None:
         """Commit the newest snapshot's offsets for the assigned partitions (for lag

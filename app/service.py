@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,26 +24,33 @@ import faust
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from agents.bulk import PartitionedReader
+from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.kafka import DeadLetterQueue, KnownTopics, dead_letter_marks
-from agents.scorer import Scorer
+from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
+from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
 from app.settings import Settings
 from app.stores import store_from_settings
 from app.topics import (
+    CATALOG_PARTITIONS,
+    CATALOG_TABLE,
     DLQ_MAX_MESSAGE_BYTES,
     SEEN_TABLE,
     TopicSpec,
+    delta_topic_max_bytes,
     faust_app_id,
     seen_changelog,
     topic_specs,
     trainer_group,
 )
 from models.config import ModelConfig
+from models.wire import user_key
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +79,59 @@ class Runtime:
     holder: ModelHolder = field(default_factory=ModelHolder)
     trainer: Trainer | None = None
     seen: FaustSeenTable | None = None  # the seen-items table (scorer/all roles)
+    catalog: Any = None  # the catalog GlobalTable (every role)
+    series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def catalog_rows(self) -> Catalog:
+        """The catalog's rows as a Mapping: the table's store, which holds the same rows
+        without the Table's per-read hooks (measured 0.3-0.7 us a title instead of 2.4-3.3;
+        a reply reads ten)."""
+        return NO_CATALOG if self.catalog is None else self.catalog.data
 
 
 class FaustSeenTable:
     """The Faust ``seen-items`` table as :class:`agents.ports.SeenTable`.
 
-    ``put`` is what ``Table.__setitem__`` does, with the changelog partition given rather
-    than taken from the current event (one batch holds ratings of many partitions), and the
-    key written raw, as the changelog topic reads it back on recovery (the table's own key
-    serializer for ``str`` is JSON: recovered keys would be ``'"u7"'``, not ``'u7'``).
+    ``put`` does what ``Table.__setitem__`` does, differently in three ways: the changelog
+    partition is given, not taken from the current event (ingest reads outside Faust's
+    streams, and one slice holds ratings of many partitions); the key is written raw, as the
+    changelog topic reads it back on recovery (the table's own key serializer for ``str``
+    is JSON: keys would come back as ``'"u7"'``); and the record is sent at ``flush`` (once
+    per changed row per commit, by the producer directly: Faust's ``send_changelog`` queues
+    in its producer buffer, whose back-pressure stalls every stream of the worker).
     """
 
-    def __init__(self, table: Any) -> None:
+    def __init__(
+        self, app: faust.App, table: Any, make_way: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.app = app
         self.table = table
+        self.changelog = table.changelog_topic.get_topic_name()
+        self.make_way = make_way
+        self._dirty: dict[str, int] = {}
+        self._lock = threading.Lock()  # put runs in the ingest thread, flush on the loop
 
     def get(self, user: str) -> bytes | None:
         return self.table.get(user)
 
     def put(self, user: str, row: bytes, partition: int) -> None:
         self.table.data[user] = row
-        self.table.send_changelog(partition, user, row, key_serializer="raw")
+        with self._lock:
+            self._dirty[user] = partition
+
+    async def flush(self, chunk: int = 500) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        send, data = self.app.producer.send, self.table.data
+        for n, (user, partition) in enumerate(dirty.items(), 1):
+            row = data.get(user)
+            if row is not None:
+                await send(self.changelog, user_key(user), row, partition, None, None)
+            if n % chunk == 0 and self.make_way is not None:
+                await self.make_way()
+        await self.app.producer.flush()
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -103,6 +144,18 @@ def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust
         key_serializer="raw",
         value_serializer="raw",
         **declared,
+    )
+
+
+def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
+    """A table's changelog: raw UTF-8 string keys (as producers key), JSON values."""
+    return app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=spec.partitions,
+        config=spec.config,
     )
 
 
@@ -126,6 +179,8 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
+        # /table/ would expose whole table rows without paging; streamrec's own views page.
+        web_tables_enabled=False,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -133,6 +188,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
+        # aiokafka keeps one open batch per partition and one request in flight per broker:
+        # bigger batches carry a slice's changelog rows in a few requests, not hundreds.
+        producer_max_batch_size=1024 * 1024,
         # A scorer hands on at most this many fetched records at once, so a request never
         # queues behind a whole fetch of ratings (the trainer reads its own way).
         broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
@@ -153,18 +211,99 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     runtime.topics = topics
     ratings = topics[settings.ratings_topic]
     model_updates = topics[settings.model_updates_topic]
+    _add_catalog(app, runtime, specs[settings.items_topic])
+    _add_series(app, runtime)
 
     if role in ("trainer", "all"):
-        _add_trainer(app, runtime, model_updates)
+        deltas = None
+        if role == "trainer":  # in one process the scorer shares the trainer's own view
+            deltas = DeltaPublisher(
+                ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
+            )
+        _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
         _add_scorer(app, runtime, ratings, follow_updates=(role == "scorer"))
     web.register(app, runtime)
     return app
 
 
-def _add_trainer(app: faust.App, runtime: Runtime, updates: Any) -> None:
+@dataclass(frozen=True)
+class ImmediateSink:
+    """A topic whose sends go out now. Faust attaches a send made while an event is being
+    processed to that event and delays it until the event is acked; the trainer acks only
+    at snapshots, so its deltas would wait for the next snapshot."""
+
+    topic: faust.TopicT
+
+    async def send(
+        self,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: Mapping[str, bytes] | None = None,
+    ) -> Any:
+        return await self.topic.send(key=key, value=value, headers=headers, force=True)
+
+
+class CatalogTable(faust.GlobalTable):
+    """A GlobalTable whose changelog is a topic of our choosing.
+
+    Faust's assignor names a global table's changelog ``<app id>-<table>-changelog`` even
+    when ``changelog_topic`` says otherwise, and then fails the assignment (KeyError) and
+    hangs the group; the items topic is shared by every role's app id.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return self.changelog_topic.get_topic_name()
+
+
+def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
+    """The item catalog: a GlobalTable whose changelog *is* the compacted items topic.
+
+    ``streamrec catalog load`` produces to that topic; every worker reads all of it (one
+    partition, as Faust recommends for global tables) and keeps following it.
+    """
+    items = table_topic(app, spec)
+    runtime.catalog = app.tables.add(
+        CatalogTable(
+            app,
+            name=CATALOG_TABLE,
+            key_type=str,
+            partitions=CATALOG_PARTITIONS,
+            changelog_topic=items,
+            beacon=app.tables.beacon,
+            is_global=True,
+            # Apply changes as they come, and recover with a buffer of one (Faust's advice
+            # for global tables shared by several workers).
+            standby_buffer_size=1,
+            recovery_buffer_size=1,
+            # Nobody in the group writes the table (the CLI produces to the topic), so every
+            # worker must keep reading every partition, actives included (faust issue 283).
+            synchronize_all_active_partitions=True,
+        )
+    )
+
+
+def _add_series(app: faust.App, runtime: Runtime) -> None:
     s = runtime.settings
-    app.service(trainer_service(runtime, updates))
+    runtime.series = Series(
+        role=runtime.role,
+        holder=runtime.holder,
+        ratings_topic=s.ratings_topic,
+        interval=s.dashboard_sample_seconds,
+        max_points=s.dashboard_points,
+    )
+
+    @app.timer(interval=s.dashboard_sample_seconds, name="dashboard-sampler")
+    async def sample_dashboard() -> None:
+        runtime.series.sample()
+
+
+def _add_trainer(
+    app: faust.App, runtime: Runtime, updates: Any, deltas: DeltaPublisher | None
+) -> None:
+    s = runtime.settings
+    app.service(trainer_service(runtime, updates, deltas))
 
     @app.timer(interval=max(0.5, min(5.0, s.snapshot_every_seconds / 4)), name="snapshot-timer")
     async def snapshot_timer() -> None:
@@ -172,7 +311,9 @@ def _add_trainer(app: faust.App, runtime: Runtime, updates: Any) -> None:
             await runtime.trainer.tick()
 
 
-def trainer_service(runtime: Runtime, updates: Any) -> type[mode.Service]:
+def trainer_service(
+    runtime: Runtime, updates: Any, deltas: DeltaPublisher | None
+) -> type[mode.Service]:
     """The trainer as a service of the Faust app, reading ``ratings`` in bulk.
 
     Faust's per-event stream delivers a few thousand events/s (docs/benchmarks.md); the
@@ -221,6 +362,7 @@ def trainer_service(runtime: Runtime, updates: Any) -> type[mode.Service]:
                 max_bytes=s.max_message_bytes,
                 snapshot_every_batches=s.snapshot_every_batches,
                 snapshot_every_seconds=s.snapshot_every_seconds,
+                deltas=deltas,
                 consumer=consumer,
             )
             await consumer.start()
@@ -282,7 +424,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         partitions=s.topic_partitions,
         changelog_topic=changelog,
     )
-    seen = FaustSeenTable(table)
+    seen = FaustSeenTable(app, table)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -298,7 +440,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         seen=seen,
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
-        max_batch=s.ingest_batch_max,
     )
     scorer = Scorer(
         holder=runtime.holder,
@@ -307,24 +448,44 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         dlq=requests_dlq,
         reply_topic=reply_topic,
         topic_exists=KnownTopics(kafka_client_options(s)).exists,
-        forbidden_replies=frozenset(
-            {
-                s.ratings_topic,
-                s.requests_topic,
-                s.model_updates_topic,
-                s.ratings_dlq_topic,
-                s.requests_dlq_topic,
-            }
-        ),
+        # Every topic streamrec owns, except the default reply topic itself.
+        forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
+        - {s.responses_topic},
         max_bytes=s.max_message_bytes,
         max_batch=s.request_batch_max,
+        catalog=runtime.catalog_rows,
     )
 
-    # Each agent takes what its stream has buffered (its channel's queue) as one batch.
-    @app.agent(ratings, name="ingest")
-    async def ingest_agent(stream: Any) -> None:
-        await ingest.run(stream, idle=stream.channel.empty)
+    # Ratings are read in bulk, outside Faust's streams (agents/bulk.py), from the partitions
+    # Faust assigned this worker for requests and the table: the same numbers, co-partitioned.
+    reader = PartitionedReader(
+        kafka_client_options(s),
+        s.ratings_topic,
+        group_id=f"{faust_app_id(s, runtime.role)}-ingest",
+        handle=ingest.handle,
+        flush=seen.flush,
+        slice_records=s.ingest_batch_max,
+        make_way=scorer.make_way,
+    )
+    seen.make_way = scorer.make_way
 
+    @app.task
+    async def read_ratings() -> None:
+        await reader.run()
+
+    @app.on_rebalance_complete.connect
+    async def own_ratings(sender: Any, **kwargs: Any) -> None:  # after table recovery
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.requests_topic}
+        reader.own(mine)
+
+    @app.on_partitions_revoked.connect
+    async def release_ratings(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        try:
+            await asyncio.wait_for(reader.release(), timeout=s.session_timeout)
+        except TimeoutError:
+            log.error("Ingest did not release its partitions within %gs", s.session_timeout)
+
+    # The scorer takes what its stream has buffered (its channel's queue) as one batch.
     @app.agent(requests, name="scorer")
     async def scorer_agent(stream: Any) -> None:
         await scorer.run(stream, idle=stream.channel.empty)
@@ -335,6 +496,11 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         async def follow_model_updates() -> None:
             async with store_from_settings(s) as store:
                 follower = ModelFollower(
-                    runtime.holder, store, kafka_client_options(s), s.model_updates_topic
+                    runtime.holder,
+                    store,
+                    kafka_client_options(s),
+                    s.model_updates_topic,
+                    deltas_topic=s.model_deltas_topic,
+                    max_delta_bytes=delta_topic_max_bytes(s),
                 )
                 await follower.run()

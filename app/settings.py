@@ -52,8 +52,23 @@ class Settings(BaseSettings):
     requests_topic: str = "rec-requests"
     responses_topic: str = "rec-responses"
     model_updates_topic: str = "model-updates"
+    model_deltas_topic: str = Field(
+        "model-deltas", description="One partition: the trainer's per-batch model deltas"
+    )
+    delta_retention_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long the delta topic keeps deltas; must exceed the snapshot interval",
+    )
+    delta_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=15 * 1024 * 1024,
+        description="Largest delta message; a larger batch sends 'snapshot needed' instead",
+    )
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
+    items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
@@ -97,13 +112,15 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Largest micro-batch (batches are what is available, up to this)"
     )
     batch_seconds: float = Field(
-        2.0,
+        0.5,
         gt=0,
-        description="Longest a fetch waits when no rating is available (no batching "
-        "window: a fetch returns as soon as any rating arrives)",
+        description="Longest a trainer's fetch waits when no rating is available; not a "
+        "batching window (a fetch returns as soon as any rating arrives)",
     )
-    snapshot_every_batches: int = Field(20, ge=1)
-    snapshot_every_seconds: float = Field(60.0, gt=0)
+    # Snapshots are the durable checkpoint (and what the trainer commits offsets by); deltas
+    # carry freshness to the scorers, so snapshots can be rare.
+    snapshot_every_batches: int = Field(200, ge=1)
+    snapshot_every_seconds: float = Field(300.0, gt=0)
     seen_items_max: int = Field(
         10_000,
         ge=1,
@@ -113,13 +130,15 @@ class Settings(BaseSettings):
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
     ingest_batch_max: int = Field(
-        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+        1000,
+        ge=1,
+        description="Most ratings the ingest decodes and records in one slice (in a "
+        "worker thread) before requests get their turn",
     )
     max_poll_records: int = Field(
         500,
         ge=1,
-        description="Records per Kafka fetch a worker hands on at once; small keeps a "
-        "request from queueing behind a large fetch of ratings",
+        description="Records per Kafka fetch Faust hands a worker's streams at once",
     )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
@@ -135,6 +154,12 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
+    dashboard_sample_seconds: float = Field(
+        5.0, gt=0, description="How often the dashboard's time series is sampled"
+    )
+    dashboard_points: int = Field(
+        360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
+    )
     log_level: str = "info"
 
     # --- Dev services (streamrec dev up) -------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -97,7 +96,8 @@ async def publish_ratings(
 ) -> int:
     """Produce ``ratings`` keyed by user (acks=all, idempotent); returns how many were sent."""
     from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
+
+    from app.progress import progress_bar
 
     producer = AIOKafkaProducer(
         **kafka_client_options(settings),
@@ -105,12 +105,12 @@ async def publish_ratings(
         enable_idempotence=True,
         linger_ms=5,
     )
-    await _start(producer)
+    await start_client(producer)
     started = time.monotonic()
     try:
         if rate is None and not progress:  # as fast as the broker takes them: whole batches
             return await send_bulk(producer, settings.ratings_topic, map(encode_rating, ratings))
-        with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=len(ratings), unit="ev", disable=not progress) as bar:
             for i, rating in enumerate(ratings, 1):
                 key, value = encode_rating(rating)
                 await producer.send(settings.ratings_topic, key=key, value=value)
@@ -131,7 +131,7 @@ async def announce_model(settings: Settings, update: ModelUpdate) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
-    await _start(producer)
+    await start_client(producer)
     try:
         key, value = update.encode()
         await producer.send_and_wait(settings.model_updates_topic, key=key, value=value)
@@ -139,7 +139,7 @@ async def announce_model(settings: Settings, update: ModelUpdate) -> None:
         await producer.stop()
 
 
-async def _start(client: Any) -> None:
+async def start_client(client: Any) -> None:
     """Start an aiokafka client; if it cannot connect, close it again (no 'Unclosed' noise)."""
     try:
         await client.start()
@@ -160,10 +160,10 @@ async def request_recommendation(
     consumer = AIOKafkaConsumer(
         **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
-    await _start(consumer)
+    await start_client(consumer)
     producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     try:
-        await _start(producer)
+        await start_client(producer)
     except BaseException:
         await consumer.stop()
         raise
@@ -206,7 +206,8 @@ def format_reply(reply: Reply) -> str:
         f"(model v{reply.model_version}, {reply.latency_ms or 0:.1f} ms)"
     )
     rows = [
-        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}" for i, entry in enumerate(reply.items, 1)
+        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}  {entry.title or ''}".rstrip()
+        for i, entry in enumerate(reply.items, 1)
     ]
     return "\n".join([head, *rows])
 

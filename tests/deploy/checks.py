@@ -49,6 +49,7 @@ REQUIRED_BY_COMMAND: dict[str, set[str]] = {
     "worker": {"kafka_bootstrap", "web_host", "web_bind", "web_port", "datadir"} | _STORE,
     "train": set(_STORE),
     "publish": {"kafka_bootstrap"},
+    "catalog": {"kafka_bootstrap"},
     "generate": set(),
 }
 

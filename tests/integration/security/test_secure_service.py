@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import uuid
@@ -35,9 +36,9 @@ from tests.integration.storage.conftest import free_port_block
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(240)]
 
 USERS, ITEMS = 30, 12
-# streamrec's views, and Faust's own (index, table routes, stats)
-VIEWS = ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5", "/", "/router/",
-         "/stats/")  # fmt: skip
+# streamrec's views (the dashboard at / included), and Faust's own (table routes, stats)
+VIEWS = ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5", "/items/i1/",
+         "/", "/dashboard/series/", "/router/", "/stats/")  # fmt: skip
 
 
 @dataclass
@@ -74,7 +75,6 @@ def deployment(
     tmp = tmp_path_factory.mktemp(f"secure-{run}")
     sasl_user, sasl_password = f"e2e-{run}", f"sasl-{secrets.token_hex(12)}"
     s3_secret = f"s3-{secrets.token_hex(12)}"
-    secure_broker.add_scram_user(sasl_user, sasl_password)  # through the admin API
     s3 = SeaweedServer(
         Settings(
             dev_dir=tmp / "dev",
@@ -83,7 +83,9 @@ def deployment(
             s3_secret_key=s3_secret,
         )
     )
-    s3.start(timeout=60)
+    s3.start(wait=False)  # boots while Kafka's admin tool creates the user
+    secure_broker.add_scram_user(sasl_user, sasl_password)  # through the admin API
+    s3.wait_ready(timeout=60)
     base = Settings(
         **{
             **secure_broker.client_settings(
@@ -130,6 +132,9 @@ def deployment(
         scorer.wait_ready(model=False)
         yield deployment
     finally:
+        for worker in (trainer, scorer):  # both shut down at once
+            if worker.running():
+                worker.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         trainer.stop()
         scorer.stop()
         s3.stop(timeout=10)
@@ -185,10 +190,15 @@ def test_secrets_never_appear_in_logs_views_or_outputs(deployment: SecureDeploym
             status, body = worker.get(path)
             assert status in (200, 404, 503), (worker.role, path, status)  # 404: trainer /users/
             shown[f"{worker.role} {path}"] = body if isinstance(body, str) else json.dumps(body)
-    for args in (("dev", "status", "--json"), ("models", "list"), ("models", "show", "1")):
-        deployment.streamrec(*args)
+    deployment.streamrec("dev", "status", "--json")
+    deployment.streamrec("models", "list")
     deployment.streamrec("worker", STREAMREC_TOPIC_PARTITIONS="0")  # an invalid setting
-    deployment.streamrec("models", "list", STREAMREC_S3_SECRET_KEY="wrong-s3-secret-key")
+    deployment.streamrec(  # refused by S3 (403), at once
+        "models",
+        "list",
+        STREAMREC_S3_SECRET_KEY="wrong-s3-secret-key",
+        STREAMREC_S3_MAX_ATTEMPTS="1",
+    )
     shown.update(deployment.shown)
     logs = [
         deployment.trainer.log_path,

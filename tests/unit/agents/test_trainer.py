@@ -225,6 +225,7 @@ async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(stor
 
 
 def store_has_offsets(trainer: Trainer) -> bool:
+    trainer._start_snapshot()  # what the worker's snapshot timer does (Trainer.tick)
     return trainer._snapshot_offsets == trainer.model.offsets and bool(trainer.model.offsets)
 
 
