@@ -56,7 +56,25 @@ class PartitionedReader:
         self.own(())
         await self._released.wait()
 
-    async def run(self) -> None:
+    async def run(self, retry_seconds: float = 2.0) -> None:
+        """Read until cancelled; a Kafka failure (a broker restart) is logged and the reader
+        starts over from the committed offsets (rows are idempotent), never fatal."""
+        while True:
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "Bulk reader of %s failed (%s: %s); retrying in %gs",
+                    self.topic,
+                    type(exc).__name__,
+                    exc,
+                    retry_seconds,
+                )
+                await asyncio.sleep(retry_seconds)
+
+    async def _read(self) -> None:
         consumer = AIOKafkaConsumer(
             **self.kafka,
             group_id=self.group_id,
@@ -95,6 +113,8 @@ class PartitionedReader:
         finally:
             try:
                 await self._commit(consumer, assigned)
+            except Exception as exc:  # the broker is gone: the next owner re-reads a little
+                log.warning("Bulk reader of %s could not commit on stop: %s", self.topic, exc)
             finally:
                 await consumer.stop()
 
