@@ -98,13 +98,11 @@ class PartitionedReader:
                     await self._changed.wait()
                     continue
                 batch = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
-                if self._wanted != assigned:  # released meanwhile: leave it for the next owner
-                    for tp, records in batch.items():
-                        if records:
-                            consumer.seek(tp, records[0].offset)
-                    continue
                 messages = [m for tp in sorted(batch) for m in batch[tp]]
                 for start in range(0, len(messages), self.slice_records):
+                    if self._wanted != assigned:  # released: the rest is the next owner's
+                        _rewind(consumer, messages[start:])
+                        break
                     await self.handle(messages[start : start + self.slice_records])
                     await self.make_way()  # requests first: one slice at a time
                 if time.monotonic() - committed_at >= self.commit_seconds:
@@ -123,3 +121,13 @@ class PartitionedReader:
             return
         await self.flush()
         await consumer.commit()
+
+
+def _rewind(consumer: AIOKafkaConsumer, unhandled: Sequence[Message]) -> None:
+    """Seek each partition back to its first unhandled message (committed positions then
+    cover only what was handled)."""
+    first: dict[int, int] = {}
+    for m in unhandled:
+        first[m.partition] = min(first.get(m.partition, m.offset), m.offset)
+    for partition, offset in first.items():
+        consumer.seek(TopicPartition(unhandled[0].topic, partition), offset)

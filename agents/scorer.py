@@ -129,16 +129,19 @@ class Scorer:
                 self._answering = False
                 self._last_request = time.monotonic()
 
-    async def make_way(self, recent: float = 0.1, step: float = 0.001) -> None:
+    async def make_way(self, recent: float = 0.1, step: float = 0.001, most: float = 0.05) -> None:
         """Give requests the event loop: bulk work (ingest) awaits this between slices.
 
         Returns at once when no request came lately; otherwise waits while requests are
         buffered or being answered, and then a moment more, so that a request still on its
-        way (fetch → queue → this agent) gets through before the next slice."""
+        way (fetch → queue → this agent) gets through before the next slice. Never longer
+        than ``most`` (Faust pauses this agent during a rebalance, buffered requests and
+        all, while the ingest must go on to release its partitions)."""
         await asyncio.sleep(0)
         if time.monotonic() - self._last_request > recent and self._idle():
             return
-        while self._answering or not self._idle():  # noqa: ASYNC110  (a queue: no event)
+        deadline = time.monotonic() + most
+        while (self._answering or not self._idle()) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(step)
         await asyncio.sleep(step)
 
