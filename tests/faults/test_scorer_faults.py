@@ -132,12 +132,6 @@ def test_paused_scorer_rejoins_without_duplicating_table_rows(paused_run: Paused
         assert set(seen) <= set(paused_run.expected[user]), f"{user} has items never rated"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known loss (docs/guarantees.md): on SIGCONT the paused scorer still believes it "
-    "owns its partitions and writes stale seen-items rows to the changelog before it learns "
-    "of the rebalance; those rows overwrite the newer ones written by the scorer that took over",
-)
 def test_paused_scorer_loses_no_seen_items(paused_run: PausedRun) -> None:
     lost = {}
     for port, table in paused_run.observed.items():
