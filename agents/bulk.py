@@ -44,6 +44,7 @@ class PartitionedReader:
     _wanted: frozenset[int] = frozenset()
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
+    _holding: frozenset[int] = frozenset()  # the partitions assigned to the consumer now
 
     def own(self, partitions: Iterable[int]) -> None:
         """Read these partitions (of ``topic``) from now on."""
@@ -51,10 +52,12 @@ class PartitionedReader:
         self._changed.set()
 
     async def release(self) -> None:
-        """Stop reading every partition; returns once what was read is handled and committed."""
+        """Stop reading every partition; returns once what was read is handled and committed
+        (at once if the reader holds none yet, e.g. while its consumer is still starting)."""
         self._released.clear()
         self.own(())
-        await self._released.wait()
+        if self._holding:
+            await self._released.wait()
 
     async def run(self, retry_seconds: float = 2.0) -> None:
         """Read until cancelled; a Kafka failure (a broker restart) is logged and the reader
@@ -90,7 +93,7 @@ class PartitionedReader:
                 if wanted != assigned:
                     await self._commit(consumer, assigned)
                     consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
-                    assigned = wanted
+                    assigned = self._holding = wanted
                     log.info("Reading %s partitions %s in bulk", self.topic, sorted(assigned))
                 if not assigned:
                     self._released.set()
@@ -109,6 +112,7 @@ class PartitionedReader:
                     await self._commit(consumer, assigned)
                     committed_at = time.monotonic()
         finally:
+            self._holding = frozenset()
             try:
                 await self._commit(consumer, assigned)
             except Exception as exc:  # the broker is gone: the next owner re-reads a little

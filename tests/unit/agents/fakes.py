@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ class FakeStream:
     arrivals: list[list[FakeMessage]]
     acked: list[FakeMessage] = field(default_factory=list)
     _buffered: int = 0
+    _acks: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @classmethod
     def of(cls, messages: list[FakeMessage]) -> FakeStream:
@@ -45,14 +47,21 @@ class FakeStream:
         return self._buffered == 0
 
     async def events(self) -> AsyncIterator[FakeEvent]:
+        delivered = 0
         for group in self.arrivals:
+            # The next group arrives once the agent has answered (acked) the previous one.
+            async with self._acks:
+                await self._acks.wait_for(lambda n=delivered: len(self.acked) >= n)
             self._buffered = len(group)
             for message in group:
                 self._buffered -= 1
+                delivered += 1
                 yield FakeEvent(message)
 
     async def ack(self, event: FakeEvent) -> bool:
-        self.acked.append(event.message)
+        async with self._acks:
+            self.acked.append(event.message)
+            self._acks.notify_all()
         return True
 
 
