@@ -167,7 +167,7 @@ def start_profile(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
 
 
 def figures(quick: bool) -> list[Figure]:
-    r = run(100_000 if quick else 300_000)
+    r = run(50_000 if quick else 300_000)
     cases = (
         (
             "publish -> trained",
