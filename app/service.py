@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import faust
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.serializers import codecs
 
 from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
@@ -50,7 +52,13 @@ from app.topics import (
     trainer_group,
 )
 from models.config import ModelConfig
-from models.wire import user_key
+from models.wire import (
+    Undecodable,
+    catalog_item_body,
+    decode_catalog_value,
+    encode_json,
+    user_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +197,11 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
         # aiokafka keeps one open batch per partition and one request in flight per broker:
-        # bigger batches carry a slice's changelog rows in a few requests, not hundreds.
+        # bigger batches carry a flush of changelog rows in a few requests, not hundreds.
         producer_max_batch_size=1024 * 1024,
-        # A scorer hands on at most this many fetched records at once, so a request never
-        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        # A scorer's Faust consumer hands on at most this many fetched records at once, so a
+        # request never queues behind a whole fetch of another topic (ratings, in the `all`
+        # role); the scorer's ingest reads ratings itself, the trainer its own way.
         broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
@@ -209,7 +218,6 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     specs = {spec.name: spec for spec in topic_specs(settings)}
     topics = {name: raw_topic(app, name, spec) for name, spec in specs.items()}
     runtime.topics = topics
-    ratings = topics[settings.ratings_topic]
     model_updates = topics[settings.model_updates_topic]
     _add_catalog(app, runtime, specs[settings.items_topic])
     _add_series(app, runtime)
@@ -222,7 +230,7 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
             )
         _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
-        _add_scorer(app, runtime, ratings, follow_updates=(role == "scorer"))
+        _add_scorer(app, runtime, follow_updates=(role == "scorer"))
     web.register(app, runtime)
     return app
 
@@ -257,13 +265,55 @@ class CatalogTable(faust.GlobalTable):
         return self.changelog_topic.get_topic_name()
 
 
+class CatalogKeys(codecs.Codec):
+    """Item ids as the CLI keys them (raw UTF-8); bytes that are not UTF-8 become an id no
+    lookup asks for, instead of an exception in every worker's table recovery."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> str:
+        return s.decode("utf-8", errors="replace")
+
+
+class CatalogValues(codecs.Codec):
+    """The items topic's values, decoded by their wire owner (:mod:`models.wire`).
+
+    A malformed entry (not JSON, no title, ...) reads as an empty row, so the item has no
+    title; it is logged, and never fails the GlobalTable's recovery, which would keep every
+    worker rebalancing for ever (measured: one ``{not json`` did). Not ``None``: Faust's
+    memory store ignores a tombstone that follows a value in the same changelog batch.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes=max_bytes)
+        self.max_bytes = max_bytes
+
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_json(obj)
+
+    def _loads(self, s: bytes) -> dict[str, Any]:
+        try:
+            return catalog_item_body(decode_catalog_value(s, max_bytes=self.max_bytes))
+        except Undecodable as exc:
+            log.warning("Ignoring a malformed catalog entry (%s): %s", exc.kind, exc.reason)
+            return {}
+
+
 def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
     """The item catalog: a GlobalTable whose changelog *is* the compacted items topic.
 
     ``streamrec catalog load`` produces to that topic; every worker reads all of it (one
     partition, as Faust recommends for global tables) and keeps following it.
     """
-    items = table_topic(app, spec)
+    items = app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer=CatalogKeys(),
+        value_serializer=CatalogValues(runtime.settings.max_message_bytes),
+        partitions=spec.partitions,
+        config=spec.config,
+    )
     runtime.catalog = app.tables.add(
         CatalogTable(
             app,
@@ -398,7 +448,7 @@ def trainer_service(
     return TrainerService
 
 
-def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_updates: bool) -> None:
+def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> None:
     s = runtime.settings
     # Keys are raw utf-8 user ids, exactly as producers key ratings and requests: then the
     # router (app.table_route) hashes a user to the partition whose rows this worker holds.
@@ -471,6 +521,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
 
     @app.task
     async def read_ratings() -> None:
+        # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
+        # at a time, and a request needs the loop several times on its way through.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         await reader.run()
 
     @app.on_rebalance_complete.connect

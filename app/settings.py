@@ -170,7 +170,9 @@ class Settings(BaseSettings):
     s3_port: int = 8333
     kafka_version: str = "4.1.1"
     dev_kafka_secure: bool = Field(
-        False, description="`dev up` adds a SASL_SSL listener (port STREAMREC_KAFKA_PORT + 2)"
+        False,
+        description="`dev up` adds SASL_SSL, SSL and SASL_PLAINTEXT listeners "
+        "(ports STREAMREC_KAFKA_PORT + 2, + 3, + 4)",
     )
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
