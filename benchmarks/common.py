@@ -54,6 +54,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def isolated_deployment(kind: str, **overrides: Any) -> tuple[dict[str, str], Path]:
+    """Env vars for benchmark workers with topics, groups and a file store of their own
+    (:func:`app.dev.workers.isolated_env`), and the folder their store and logs live in."""
+    import uuid
+
+    from app.dev.workers import isolated_env
+    from app.settings import Settings
+
+    prefix = f"{kind}-{uuid.uuid4().hex[:8]}"
+    home = PROJECT_ROOT / "var" / "bench" / prefix
+    env = isolated_env(
+        prefix,
+        Settings(),
+        model_store=f"file://{home / 'models'}",
+        datadir=home / "faust",
+        **overrides,
+    )
+    return env, home
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned first column, right-aligned others; floats with 4 decimals."""
 

@@ -26,12 +26,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.commands.service import publish_ratings
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.dev.workers import WorkerProcess, free_port, settings_for
 from app.service import model_config
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
-from benchmarks.common import table
+from benchmarks.common import isolated_deployment, table
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
@@ -136,18 +136,9 @@ async def _raw_consume_rate(settings: Settings, topic: str, count: int) -> float
 
 
 def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
-    base = Settings()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    home = PROJECT_ROOT / "var" / "bench" / prefix
-    env = isolated_env(
-        prefix,
-        base,
-        model_store=f"file://{home / 'models'}",
-        datadir=home / "faust",
-        snapshot_every_seconds=5,
-    )
+    env, home = isolated_deployment("bench", snapshot_every_seconds=5)
     settings = settings_for(env)
-    echo_in, echo_out = f"{prefix}-echo-in", f"{prefix}-echo-out"
+    echo_in, echo_out = f"{settings.app_id}-echo-in", f"{settings.app_id}-echo-out"
     asyncio.run(ensure_topics(settings))
     asyncio.run(
         ensure_topics(

@@ -128,13 +128,7 @@ def evaluate(
         )
         for j, (idx, _) in enumerate(top_k_rows(scores, k)):
             wanted, total = positives[j]
-            hit_ranks = np.flatnonzero(np.isin(idx, wanted))
-            hits = len(hit_ranks)
-            ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, total)))
-            sums[0] += hits / k
-            sums[1] += hits / total
-            sums[2] += float(np.sum(1.0 / np.log2(hit_ranks + 2))) / ideal
-            sums[3] += hits > 0
+            sums[:4] += _at_k(np.flatnonzero(np.isin(idx, wanted)), total, k)
     n = max(1, len(users))
     return Metrics(
         k=k,
@@ -147,6 +141,40 @@ def evaluate(
         hit_rate=float(sums[3] / n),
         auc=float(sums[4] / n),
     )
+
+
+def _at_k(hit_ranks: np.ndarray, total: int, k: int) -> np.ndarray:
+    """(precision, recall, NDCG, hit) @k of one ranked list: ``hit_ranks`` are the 0-based
+    ranks of its hits, ``total`` the user's number of test positives."""
+    hits = len(hit_ranks)
+    ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, total)))
+    ndcg = float(np.sum(1.0 / np.log2(hit_ranks + 2))) / ideal
+    return np.array([hits / k, hits / total, ndcg, float(hits > 0)])
+
+
+def ranking_metrics(
+    recommended: Mapping[str, Sequence[str]],
+    test: Mapping[str, Collection[str]],
+    k: int = 10,
+) -> dict[str, float]:
+    """P@k, R@k, NDCG@k and HR@k of ranked item lists (e.g. the service's replies),
+    averaged over the users with a test positive, as :func:`evaluate` counts them; a user
+    with no list counts as all misses. Only the first ``k`` items of a list count."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    users = [u for u, items in test.items() if items]
+    sums = np.zeros(4)
+    for user in users:
+        wanted = test[user]
+        ranked = list(recommended.get(user, ()))[:k]
+        hit_ranks = np.array([r for r, item in enumerate(ranked) if item in wanted], dtype=int)
+        sums += _at_k(hit_ranks, len(wanted), k)
+    n = max(1, len(users))
+    names = ("precision", "recall", "ndcg", "hit_rate")
+    return {
+        "users": len(users),
+        **{name: float(v / n) for name, v in zip(names, sums, strict=True)},
+    }
 
 
 def _auc(scores: np.ndarray, wanted: np.ndarray, total: int) -> float:

@@ -24,11 +24,15 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   (warp, bpr, warp-kos) only positives are trained; for ``logistic`` the others are
   trained as negatives (label -1), which is what that loss is for;
 * a batch that makes any parameter non-finite is rolled back completely (arrays, ids)
-  and raises :class:`NonFiniteModel`; nothing non-finite is ever published.
+  and raises :class:`NonFiniteModel`; nothing non-finite is ever published;
+* every applied event joins the consolidation window (:mod:`models.consolidation`); a
+  streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
+  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`.
 
 Known limitation: WARP/BPR only know this batch's positives when sampling negatives, so an
 item a user liked in an earlier batch can be drawn as a negative for them (rarely: about
-positives/items per sample).
+positives/items per sample). Consolidation trains on the whole window at once, so there
+every positive of the window is known.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import scipy.sparse as sp
 from lightfm import LightFM
 
 from models.config import ModelConfig
+from models.consolidation import InteractionWindow
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
@@ -52,6 +57,7 @@ _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "mo
 
 # Random streams derived from (seed, version, stream).
 _FIT_STREAM, _USER_INIT_STREAM, _ITEM_INIT_STREAM = 0, 1, 2
+_CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
 
 
 class NonFiniteModel(RuntimeError):
@@ -73,6 +79,7 @@ class BatchResult:
     n_users: int
     n_items: int
     seconds: float
+    consolidated: bool = False  # the batch ended with a consolidation (retrain on the window)
 
 
 def derive_seed(seed: int, version: int, stream: int) -> int:
@@ -104,6 +111,9 @@ class IncrementalModel:
         self._popularity = np.zeros(0, dtype=np.float64)
         self._popularity_ts: float | None = None
         self._user_positives = np.zeros(0, dtype=np.int64)
+        self._window = InteractionWindow(config.consolidation_window)
+        self.since_consolidation = 0
+        """Events applied since the last consolidation (or since the start)."""
         # One RandomState, re-seeded from (seed, version, stream) before each use: creating
         # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
         self._random = np.random.RandomState(config.seed)
@@ -161,9 +171,11 @@ class IncrementalModel:
         ``fit_partial`` releases the GIL, so call it via ``asyncio.to_thread``.
 
         ``epochs`` overrides ``config.epochs_per_batch`` (the offline job trains one big
-        batch for N epochs); ``on_epoch(done)`` is called after each epoch (progress bars).
+        batch for N epochs, and such a batch never triggers a consolidation: it is one);
+        ``on_epoch(done)`` is called after each epoch (progress bars).
         """
         started = time.perf_counter()
+        streaming = epochs is None
         epochs = self.config.epochs_per_batch if epochs is None else epochs
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
@@ -191,8 +203,13 @@ class IncrementalModel:
         np.add.at(self._user_positives, rows[positive], 1)
         self._count_popularity(item_idx, stamps)
         self._remember(fresh)
+        self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
+        consolidated = False
+        if streaming:
+            self.since_consolidation += len(fresh)
+            consolidated = self.consolidation_due() and self.consolidate()
         return self._result(
             events,
             duplicates,
@@ -202,7 +219,69 @@ class IncrementalModel:
             self.n_users - n_users0,
             self.n_items - n_items0,
             started,
+            consolidated,
         )
+
+    # --- consolidation -------------------------------------------------------------------
+    @property
+    def window_size(self) -> int:
+        """Events in the consolidation window."""
+        return len(self._window)
+
+    def consolidation_due(self) -> bool:
+        """``consolidate_every`` streamed events since the last consolidation, and a window
+        that holds the whole history or is full. (A model restored from a snapshot without
+        a window must not be retrained on its few newest events alone.)"""
+        every, window = self.config.consolidate_every, self._window
+        return (
+            every > 0
+            and window.capacity > 0
+            and self.since_consolidation >= every
+            and len(window) >= min(window.capacity, self.trained_events)
+        )
+
+    def consolidate(self, epochs: int | None = None) -> bool:
+        """Retrain from scratch on the window for ``epochs`` (default ``consolidate_epochs``)
+        and swap the result in: every row is re-initialised (LightFM's init, a random stream
+        of its own) and trained on all the window's interactions at once, as one batch fit.
+        Users and items with no positive in the window keep fresh rows (and users go back to
+        popularity). Ids, popularity, dedupe memory and the version are unchanged.
+
+        Returns False, leaving the model as it was, if the window is empty or the retrain
+        went non-finite. Blocking and CPU-bound, like :meth:`train_batch`.
+        """
+        self.since_consolidation = 0
+        window = self._window.arrays()
+        if not len(window["users"]):
+            return False
+        rows, cols, labels, weights = self._interactions(
+            window["users"].astype(np.int64),
+            window["items"].astype(np.int64),
+            window["ratings"].astype(np.float64),
+            window["stamps"],
+        )
+        lfm = self._lfm
+        before = {name: getattr(lfm, name) for name in STATE_ARRAYS}
+        for side, n in (("user", self.n_users), ("item", self.n_items)):
+            self._reallocate(side, 0, len(getattr(lfm, f"{side}_biases")))
+            self._random.seed(derive_seed(self.config.seed, self.version, _CONSOLIDATE[side]))
+            self._init_rows(side, 0, n, self._random)
+        epochs = self.config.consolidate_epochs if epochs is None else epochs
+        try:
+            if len(rows):
+                self._fit(
+                    self.version, rows, cols, labels, weights, epochs, None, 0, _CONSOLIDATE["fit"]
+                )
+        except BaseException as exc:
+            for name, array in before.items():
+                setattr(lfm, name, array)
+            if isinstance(exc, NonFiniteModel):
+                return False
+            raise
+        positives = np.zeros(self.capacity[0], dtype=np.int64)
+        np.add.at(positives, rows[labels > 0], 1)
+        self._user_positives = positives
+        return True
 
     def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         seen = self._recent_set
@@ -258,6 +337,7 @@ class IncrementalModel:
         epochs: int,
         on_epoch: Callable[[int], None] | None,
         n_users0: int,
+        stream: int = _FIT_STREAM,
     ) -> None:
         n_users, n_items = self.n_users, self.n_items
         cap_users, cap_items = self.capacity
@@ -269,7 +349,7 @@ class IncrementalModel:
         item_features = _identity(n_items, cap_items)
         backup = self._backup(rows, n_users0)
         lfm = self._lfm
-        self._random.seed(derive_seed(self.config.seed, version, _FIT_STREAM))
+        self._random.seed(derive_seed(self.config.seed, version, stream))
         lfm.random_state = self._random
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
@@ -390,6 +470,7 @@ class IncrementalModel:
         new_users: int,
         new_items: int,
         started: float,
+        consolidated: bool = False,
     ) -> BatchResult:
         return BatchResult(
             version=self.version,
@@ -403,6 +484,7 @@ class IncrementalModel:
             n_users=self.n_users,
             n_items=self.n_items,
             seconds=time.perf_counter() - started,
+            consolidated=consolidated,
         )
 
     # --- scoring -----------------------------------------------------------------------
@@ -441,6 +523,8 @@ class IncrementalModel:
                 item_ids=self.items.ids(),
                 recent_event_ids=list(self._recent),
                 arrays=arrays,
+                window=self._window.arrays(),
+                since_consolidation=self.since_consolidation,
             )
         )
 
@@ -457,6 +541,10 @@ class IncrementalModel:
         model._popularity_ts = state.popularity_ts
         model._recent = deque(state.recent_event_ids)
         model._recent_set = set(state.recent_event_ids)
+        model._window = InteractionWindow.from_arrays(
+            model.config.consolidation_window, state.window
+        )
+        model.since_consolidation = state.since_consolidation
         for side, n in (("user", model.n_users), ("item", model.n_items)):
             capacity = max(model.config.initial_capacity, 1)
             while capacity < n:

@@ -18,13 +18,15 @@ import json
 import math
 import platform
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from models.config import ModelConfig
+from models.consolidation import DTYPES as WINDOW_DTYPES
+from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.idmap import decode_strings, encode_strings
 
 FORMAT = "streamrec-lightfm-npz/1"
@@ -40,6 +42,8 @@ PARTS = (
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 """The twelve LightFM arrays: the training state that must always grow together."""
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
+_WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
+"""The consolidation window's arrays; optional (snapshots written before it have none)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -74,6 +78,8 @@ class SnapshotState:
     item_ids: list[str]
     recent_event_ids: list[str]
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
+    window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
+    since_consolidation: int = 0
 
 
 def library_versions() -> dict[str, str]:
@@ -97,8 +103,11 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
         "n_items": len(state.item_ids),
         "config": state.config.to_dict(),
         "popularity_ts": state.popularity_ts,
+        "since_consolidation": state.since_consolidation,
     }
     entries = dict(state.arrays)
+    if state.window:  # {}: no window (as in snapshots written before consolidation)
+        entries.update({entry: state.window[name] for entry, name in _WINDOW_ENTRIES.items()})
     for name in _ID_LISTS:
         blob, offsets = encode_strings(getattr(state, name))
         entries[f"{name}_blob"] = blob
@@ -114,7 +123,7 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
                 )
     payload = buffer.getvalue()
     manifest = {
-        **{k: v for k, v in meta.items() if k != "popularity_ts"},
+        **{k: v for k, v in meta.items() if k not in ("popularity_ts", "since_consolidation")},
         "sha256": hashlib.sha256(payload).hexdigest(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "library_versions": library_versions(),
@@ -186,6 +195,10 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
                 raise SnapshotError(f"{name} has negative accumulators")
     if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
         raise SnapshotError("popularity and user_positives must be >= 0")
+    window = _check_window(entries, n)
+    since = meta.get("since_consolidation", 0)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise SnapshotError("since_consolidation must be an int >= 0")
 
     return SnapshotState(
         config=config,
@@ -197,7 +210,39 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         item_ids=ids["item_ids"],
         recent_event_ids=ids["recent_event_ids"],
         arrays=arrays,
+        window=window,
+        since_consolidation=since,
     )
+
+
+def _check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str, np.ndarray]:
+    """The consolidation window: all four arrays or none (an older snapshot: empty)."""
+    present = [entry for entry in _WINDOW_ENTRIES if entry in entries]
+    if not present:
+        return {name: np.zeros(0, dtype=WINDOW_DTYPES[name]) for name in WINDOW_FIELDS}
+    if len(present) != len(_WINDOW_ENTRIES):
+        raise SnapshotError(f"consolidation window incomplete: only {sorted(present)}")
+    window = {name: entries[entry] for entry, name in _WINDOW_ENTRIES.items()}
+    lengths = set()
+    for name, array in window.items():
+        if array.dtype != WINDOW_DTYPES[name] or array.ndim != 1:
+            raise SnapshotError(
+                f"window_{name} must be 1-d {np.dtype(WINDOW_DTYPES[name])}, got "
+                f"{array.ndim}-d {array.dtype}"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise SnapshotError(f"window_{name} contains NaN or infinite values")
+        lengths.add(len(array))
+    if len(lengths) != 1:
+        raise SnapshotError("window arrays differ in length")
+    for side in SIDES:
+        rows = window[f"{side}s"]
+        if len(rows) and (rows.min() < 0 or rows.max() >= n[side]):
+            raise SnapshotError(f"window_{side}s has a row outside 0..{n[side] - 1}")
+    ratings = window["ratings"]
+    if len(ratings) and (ratings.min() < 0 or ratings.max() > 5):
+        raise SnapshotError("window_ratings must be between 0 and 5")
+    return window
 
 
 def _check_manifest(manifest: Any) -> None:
@@ -226,15 +271,16 @@ def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
+    optional = set(_WINDOW_ENTRIES)
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             infos = archive.infolist()
             names = [info.filename.removesuffix(".npy") for info in infos]
             if len(set(names)) != len(names):
                 raise SnapshotError("payload has duplicate entries")
-            if set(names) != expected:
+            if not expected <= set(names) <= expected | optional:
                 missing = sorted(expected - set(names))
-                extra = sorted(set(names) - expected)
+                extra = sorted(set(names) - expected - optional)
                 raise SnapshotError(
                     f"payload entries differ: missing {missing}, unexpected {extra}"
                 )
