@@ -8,7 +8,6 @@ event loop; the swap is one reference assignment, so no request ever waits on a 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +15,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
-from agents.kafka import partitions_of
+from agents.kafka import KafkaOptions, partitions_of
+from agents.ports import SnapshotStore
 from agents.state import ModelHolder
 from models.incremental import IncrementalModel
+from models.wire import ModelUpdate, Undecodable
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ModelFollower:
     holder: ModelHolder
-    store: Any  # storage.SnapshotStore
-    bootstrap: str
+    store: SnapshotStore
+    kafka: KafkaOptions
     topic: str
 
     async def run(self, retry_seconds: float = 5.0) -> None:
@@ -48,7 +49,7 @@ class ModelFollower:
 
     async def follow(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.kafka,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -64,18 +65,19 @@ class ModelFollower:
                 # Nothing announced yet (e.g. only an offline bootstrap): serve the promoted one.
                 current = await self.store.current()
                 if current is not None:
-                    await self.load(current, {"source": "store pointer"})
+                    await self.load(current, None)
             else:
-                await self.load(latest["version"], latest)
+                await self.load(latest.version, latest)
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 update = _last_update([m for msgs in batch.values() for m in msgs])
-                if update is not None and update["version"] != self._version():
-                    await self.load(update["version"], update)
+                if update is not None and update.version != self._version():
+                    await self.load(update.version, update)
         finally:
             await consumer.stop()
 
-    async def load(self, version: int, update: dict[str, Any]) -> None:
+    async def load(self, version: int, update: ModelUpdate | None) -> None:
+        """Load, verify and serve snapshot ``version`` (``update`` announced it, if any)."""
         try:
             payload, manifest = await self.store.get(version)
             view = await asyncio.to_thread(_view_from_snapshot, payload, manifest)
@@ -85,7 +87,9 @@ class ModelFollower:
                 "Could not load snapshot v%s; still serving v%s: %s", version, self._version(), exc
             )
             return
-        info = {k: update[k] for k in ("uri", "sha256", "trained_events", "metrics") if k in update}
+        info: dict[str, Any] = {"source": "store pointer"}
+        if update is not None:
+            info = {k: v for k, v in update.to_dict().items() if k != "version"}
         self.holder.publish(view, **info, created_at=manifest.get("created_at"))
         metrics.MODEL_LOADS.labels("ok").inc()
         metrics.MODEL_VERSION.set(view.version)
@@ -97,7 +101,7 @@ class ModelFollower:
 
     async def _partitions(self) -> list[TopicPartition]:
         for _ in range(50):
-            parts = await partitions_of(self.bootstrap, self.topic)
+            parts = await partitions_of(self.kafka, self.topic)
             if parts:
                 return [TopicPartition(self.topic, p) for p in parts]
             await asyncio.sleep(0.2)
@@ -105,7 +109,7 @@ class ModelFollower:
 
     async def _read_until(
         self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
-    ) -> dict[str, Any] | None:
+    ) -> ModelUpdate | None:
         latest = None
         while await _behind(consumer, ends):
             batch = await consumer.getmany(timeout_ms=1000)
@@ -120,15 +124,12 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
     return False
 
 
-def _last_update(messages: list[Any]) -> dict[str, Any] | None:
+def _last_update(messages: list[Any]) -> ModelUpdate | None:
     for message in reversed(messages):
         try:
-            update = json.loads(message.value)
-            if isinstance(update, dict) and isinstance(update.get("version"), int):
-                return update
-        except (TypeError, ValueError):
-            pass
-        log.warning("Ignoring a malformed model update at offset %d", message.offset)
+            return ModelUpdate.parse(message.value)
+        except Undecodable as exc:
+            log.warning("Ignoring a malformed model update at offset %d: %s", message.offset, exc)
     return None
 
 

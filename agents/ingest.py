@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents import metrics
-from agents.codec import Undecodable, dead_letter, decode_rating
+from agents.ports import Message, Sink
+from models.wire import DeadLetter, Undecodable, decode_rating
 
 
 def remember(seen: list[str], item: str, limit: int) -> list[str]:
@@ -21,13 +22,12 @@ def remember(seen: list[str], item: str, limit: int) -> list[str]:
     return kept[-limit:]
 
 
-async def send_dead_letter(dlq: Any, message: Any, exc: Undecodable) -> None:
+async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
     """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
-    letter = dead_letter(
+    letter = DeadLetter.of(
+        exc,
         key=message.key,
         value=message.value,
-        kind=exc.kind,
-        reason=exc.reason,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
@@ -41,7 +41,7 @@ class Ingest:
     """Dependencies of the ingest agent (Faust objects are passed in by ``app/``)."""
 
     seen: MutableMapping[str, list[str]]  # the Faust ``seen-items`` table
-    dlq: Any  # faust.TopicT with raw serializers
+    dlq: Sink  # ratings-dlq
     max_bytes: int
     seen_limit: int
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+KafkaOptions = Mapping[str, Any]
+"""Connection keyword arguments for every aiokafka client (``bootstrap_servers``, security);
+built once by ``app.kafka.kafka_client_options`` and passed down to the agents."""
 
-async def list_topics(bootstrap: str) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+
+async def list_topics(options: KafkaOptions) -> set[str]:
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         return set(await admin.list_topics())
@@ -17,9 +23,9 @@ async def list_topics(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+async def partitions_of(options: KafkaOptions, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty if it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
@@ -33,8 +39,8 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
 class KnownTopics:
     """Which topics exist, for validating ``reply_to``; refreshed at most every few seconds."""
 
-    def __init__(self, bootstrap: str, refresh_seconds: float = 5.0) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, options: KafkaOptions, refresh_seconds: float = 5.0) -> None:
+        self._options = options
         self._refresh = refresh_seconds
         self._names: set[str] = set()
         self._checked = float("-inf")
@@ -45,6 +51,6 @@ class KnownTopics:
             return True
         async with self._lock:
             if time.monotonic() - self._checked >= self._refresh:
-                self._names = await list_topics(self._bootstrap)
+                self._names = await list_topics(self._options)
                 self._checked = time.monotonic()
         return name in self._names

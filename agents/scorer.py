@@ -12,30 +12,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
-from agents.codec import Undecodable, decode_request, encode
 from agents.ingest import send_dead_letter
+from agents.ports import Sink
 from agents.state import ModelHolder
 from models.events import RecRequest
+from models.wire import Reply, ReplyItem, Undecodable, decode_request
 
 
-def reply_for(request: RecRequest, holder: ModelHolder, seen: list[str]) -> dict[str, Any]:
-    """The response message for ``request`` from whatever view ``holder`` serves now."""
+def reply_for(
+    request: RecRequest, holder: ModelHolder, seen: list[str], latency_ms: float | None = None
+) -> Reply:
+    """The reply to ``request`` from whatever view ``holder`` serves now."""
     view = holder.view  # one read: the view cannot change under us
-    exclude = seen if request.exclude_seen else ()
     if view is None:
-        items: list[dict[str, Any]] = []
-        version, source = None, "none"
-    else:
-        rec = view.recommend(request.user, request.k, exclude=exclude)
-        items = [{"item": s.item, "score": round(float(s.score), 6)} for s in rec.items]
-        version, source = rec.version, rec.source
-    return {
-        "request_id": request.request_id,
-        "user": request.user,
-        "items": items,
-        "model_version": version,
-        "source": source,
-    }
+        return Reply(request.request_id, request.user, [], None, "none", latency_ms)
+    exclude = seen if request.exclude_seen else ()
+    rec = view.recommend(request.user, request.k, exclude=exclude)
+    items = [ReplyItem(s.item, float(s.score)) for s in rec.items]
+    return Reply(request.request_id, request.user, items, rec.version, rec.source, latency_ms)
 
 
 @dataclass
@@ -44,9 +38,9 @@ class Scorer:
 
     holder: ModelHolder
     seen: Mapping[str, list[str]]  # the Faust ``seen-items`` table
-    default_reply: Any  # faust.TopicT for rec-responses
-    dlq: Any  # faust.TopicT for rec-requests-dlq
-    reply_topic: Callable[[str], Any]  # name -> faust.TopicT (cached by the app)
+    default_reply: Sink  # rec-responses
+    dlq: Sink  # rec-requests-dlq
+    reply_topic: Callable[[str], Sink]  # name -> topic (cached by the app)
     topic_exists: Callable[[str], Awaitable[bool]]
     forbidden_replies: frozenset[str]
     max_bytes: int
@@ -57,21 +51,21 @@ class Scorer:
             message = event.message
             metrics.EVENTS_IN.labels(message.topic).inc()
             try:
-                request = decode_request(message.value, max_bytes=self.max_bytes)
-                if message.key != request.user.encode():
-                    raise Undecodable("invalid", "requests must be keyed by their user id")
+                request = decode_request(message.key, message.value, max_bytes=self.max_bytes)
                 target = await self._target(request.reply_to)
             except Undecodable as exc:
                 await send_dead_letter(self.dlq, message, exc)
                 continue
-            reply = reply_for(request, self.holder, list(self.seen.get(request.user) or ()))
             received = message.timestamp or time.time()
-            reply["latency_ms"] = round(max(0.0, time.time() - received) * 1000, 3)
-            await target.send(key=request.user.encode(), value=encode(reply))
-            metrics.REPLIES.labels(reply["source"]).inc()
-            metrics.REQUEST_SECONDS.observe(reply["latency_ms"] / 1000)
+            latency_ms = max(0.0, time.time() - received) * 1000
+            seen = list(self.seen.get(request.user) or ())
+            reply = reply_for(request, self.holder, seen, latency_ms)
+            key, value = reply.encode()
+            await target.send(key=key, value=value)
+            metrics.REPLIES.labels(reply.source).inc()
+            metrics.REQUEST_SECONDS.observe(latency_ms / 1000)
 
-    async def _target(self, reply_to: str | None) -> Any:
+    async def _target(self, reply_to: str | None) -> Sink:
         if reply_to is None:
             return self.default_reply
         if reply_to in self.forbidden_replies or reply_to.startswith("__"):

@@ -22,17 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
-from agents.codec import Undecodable, decode_rating, encode
+from agents.ports import Sink, SnapshotStore
 from agents.state import ModelHolder
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
+from models.wire import ModelUpdate, Undecodable, decode_rating
 
 log = logging.getLogger(__name__)
-
-MODEL_UPDATE_KEY = b"model"
 
 
 def hit_rate_before_training(
@@ -53,7 +52,7 @@ def offset_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-async def restore_model(store: Any, config: ModelConfig) -> IncrementalModel:
+async def restore_model(store: SnapshotStore, config: ModelConfig) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
     Restoring *current* makes ``streamrec models rollback`` + a trainer restart roll training
@@ -87,8 +86,8 @@ class Trainer:
 
     model: IncrementalModel
     holder: ModelHolder
-    store: Any  # storage.SnapshotStore
-    updates: Any  # faust.TopicT for model-updates, raw serializers
+    store: SnapshotStore
+    updates: Sink  # model-updates
     max_bytes: int
     snapshot_every_batches: int
     snapshot_every_seconds: float
@@ -247,20 +246,17 @@ class Trainer:
         uri = await self.store.put(version, payload, manifest)
         await self.store.promote(version)
         info = self._info()
-        update = {
-            "version": version,
-            "uri": uri,
-            "sha256": manifest["sha256"],
-            "trained_events": manifest["trained_events"],
-            "metrics": {
-                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
-                "last_batch": self.holder.info.get("last_batch"),
-                "n_users": info["n_users"],
-                "n_items": info["n_items"],
-                "created_at": manifest["created_at"],
-            },
-        }
-        await self.updates.send(key=MODEL_UPDATE_KEY, value=encode(update))
+        update = ModelUpdate.from_manifest(
+            uri,
+            manifest,
+            prequential_hit_rate=self.holder.info.get("prequential_hit_rate"),
+            last_batch=self.holder.info.get("last_batch"),
+            n_users=info["n_users"],
+            n_items=info["n_items"],
+            created_at=manifest["created_at"],
+        )
+        key, value = update.encode()
+        await self.updates.send(key=key, value=value)
         acked = len(self._pending)
         for event in self._pending:
             await self._stream.ack(event)

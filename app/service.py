@@ -24,6 +24,7 @@ from agents.scorer import Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from app import web
+from app.kafka import faust_broker_options, kafka_client_options
 from app.settings import Settings, model_config_of
 from app.stores import store_from_settings
 from app.topics import (
@@ -79,7 +80,7 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         faust_app_id(settings, role),
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        **faust_broker_options(settings),
         datadir=str(datadir),
         store="memory://",
         # Keys are the raw utf-8 user ids producers use, so the table router hashes a user
@@ -195,7 +196,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         default_reply=responses,
         dlq=requests_dlq,
         reply_topic=reply_topic,
-        topic_exists=KnownTopics(s.kafka_bootstrap).exists,
+        topic_exists=KnownTopics(kafka_client_options(s)).exists,
         forbidden_replies=frozenset(
             {
                 s.ratings_topic,
@@ -216,6 +217,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         async def follow_model_updates() -> None:
             async with store_from_settings(s) as store:
                 follower = ModelFollower(
-                    runtime.holder, store, s.kafka_bootstrap, s.model_updates_topic
+                    runtime.holder, store, kafka_client_options(s), s.model_updates_topic
                 )
                 await follower.run()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from app.kafka import kafka_client_options
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ async def ensure_topics(
 ) -> list[str]:
     """Create missing topics; verify partition counts of existing ones. Returns created names."""
     specs = topic_specs(settings, role) if specs is None else specs
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -113,5 +113,5 @@ def register(app: faust.App, runtime: Runtime) -> None:
                 return self.json({"error": str(exc)}, status=400)
             items = list(seen.get(user_id) or ())
             body: dict[str, Any] = {"user": user_id, "seen": items}
-            body["recommendation"] = reply_for(rec_request, holder, items)
+            body["recommendation"] = reply_for(rec_request, holder, items).to_dict()
             return self.json(body)

@@ -6,8 +6,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +98,51 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One benchmark figure: ``value`` of ours beside a raw ``baseline`` measured in the same
+    run, and their ratio checked against ``goal``.
+
+    ``better`` says which way is good: ``"higher"`` (throughput; passes when
+    ``ratio >= goal``) or ``"lower"`` (latency, memory; passes when ``ratio <= goal``).
+    A figure that could not be measured has ``value=None`` and a ``note`` saying why.
+    ``benchmarks.run_all`` collects the figures of every benchmark module's
+    ``figures(quick: bool) -> list[Figure]``.
+    """
+
+    figure: str
+    baseline: float | None
+    value: float | None
+    goal: float
+    better: Literal["higher", "lower"] = "higher"
+    unit: str = ""
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or self.baseline in (None, 0):
+            return None
+        return self.value / self.baseline
+
+    @property
+    def passed(self) -> bool:
+        ratio = self.ratio
+        if ratio is None:
+            return False
+        return ratio >= self.goal if self.better == "higher" else ratio <= self.goal
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``run_all --json`` prints for this figure."""
+        ratio = self.ratio
+        return {
+            "figure": self.figure,
+            "baseline": self.baseline,
+            "value": self.value,
+            "ratio": None if ratio is None else round(ratio, 4),
+            "goal": f"{'>=' if self.better == 'higher' else '<='} {self.goal:g}",
+            "pass": self.passed,
+            "unit": self.unit,
+            "note": self.note,
+        }

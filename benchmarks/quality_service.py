@@ -47,8 +47,9 @@ from benchmarks.common import data_dir, isolated_deployment, machine, table
 from models.config import ModelConfig
 from models.datasets import iter_ratings
 from models.evaluation import positives_by_user, prequential, ranking_metrics, split_latest_per_user
-from models.events import Rating
+from models.events import Rating, RecRequest
 from models.incremental import IncrementalModel
+from models.wire import Reply, encode_request
 
 DATASETS = {"ml-100k": ("u.data", "ml100k"), "ml-latest-small": ("ratings.csv", "mlcsv")}
 HOLDOUT = 10
@@ -261,10 +262,10 @@ def through_service(split: Split) -> dict[str, Any]:
     finally:
         for w in workers:
             w.stop()
-    lists = {u: [i["item"] for i in r["items"]] for u, r in replies.items()}
+    lists = {u: [i.item for i in r.items] for u, r in replies.items()}
     sources: dict[str, int] = defaultdict(int)
     for r in replies.values():
-        sources[r["source"]] += 1
+        sources[r.source] += 1
     return {
         **ranking_metrics(lists, split.test, K),
         "replies": len(replies),
@@ -276,14 +277,15 @@ def through_service(split: Split) -> dict[str, Any]:
     }
 
 
-async def _ask_everyone(settings: Any, users: list[str]) -> dict[str, dict[str, Any]]:
+async def _ask_everyone(settings: Any, users: list[str]) -> dict[str, Reply]:
     """One request per user over Kafka (exclude_seen), all in flight; replies by user."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    from app.kafka import kafka_client_options
+
+    options = kafka_client_options(settings)
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+    producer = AIOKafkaProducer(**options, acks="all")
     await consumer.start()
     await producer.start()
     try:
@@ -296,21 +298,19 @@ async def _ask_everyone(settings: Any, users: list[str]) -> dict[str, dict[str, 
             await consumer.position(tp)
         wanted = {}
         for user in users:
-            request_id = uuid.uuid4().hex
-            wanted[request_id] = user
-            body = {"request_id": request_id, "user": user, "k": K, "exclude_seen": True}
-            await producer.send(
-                settings.requests_topic, key=user.encode(), value=json.dumps(body).encode()
-            )
+            request = RecRequest(request_id=uuid.uuid4().hex, user=user, k=K, exclude_seen=True)
+            wanted[request.request_id] = user
+            key, value = encode_request(request)
+            await producer.send(settings.requests_topic, key=key, value=value)
         await producer.flush()
-        replies: dict[str, dict[str, Any]] = {}
+        replies: dict[str, Reply] = {}
         deadline = time.monotonic() + 300
         while len(replies) < len(users) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=1000)
             for messages in batch.values():
                 for m in messages:
-                    reply = json.loads(m.value)
-                    user = wanted.get(reply.get("request_id"))
+                    reply = Reply.parse(m.value)
+                    user = wanted.get(reply.request_id)
                     if user is not None:
                         replies[user] = reply
         if len(replies) < len(users):

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.commands.service import publish_ratings
 from app.dev.workers import WorkerProcess, free_port, settings_for
+from app.kafka import kafka_client_options
 from app.service import model_config
 from app.settings import Settings
 from app.stores import write_current_snapshot
@@ -38,7 +39,7 @@ from models.synthetic import generate_ratings
 
 async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
     await consumer.start()
     tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
@@ -52,7 +53,7 @@ async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
 async def _echo(settings: Settings, source: str, target: str, ready: asyncio.Event) -> None:
     """The raw baseline's 'scorer': consume each message and produce it straight back."""
     consumer = await _consumer(settings, source)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
     ready.set()
     try:
@@ -77,7 +78,7 @@ async def _round_trips(
 ) -> dict[str, float]:
     """Latency of ``sequential`` one-at-a-time requests; throughput of ``pipelined`` at once."""
     consumer = await _consumer(settings, reply_on)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
+    producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
 
     async def send(n: int) -> str:
@@ -118,7 +119,7 @@ async def _round_trips(
 
 async def _raw_consume_rate(settings: Settings, topic: str, count: int) -> float:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

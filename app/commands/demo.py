@@ -146,7 +146,7 @@ def _run(
         asyncio.run(publish_ratings(settings, live, rate=rate, progress=True))
 
         def ask(user: str, k: int = 8) -> dict[str, Any]:
-            return asyncio.run(request_recommendation(settings, user, k, wait=20))
+            return asyncio.run(request_recommendation(settings, user, k, wait=20)).to_dict()
 
         per_user = Counter(r.user for r in data)
         user = min(per_user, key=lambda u: (abs(per_user[u] - 15), u))  # a light user

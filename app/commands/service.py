@@ -8,14 +8,16 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 from aiokafka.errors import KafkaError
 
+from app.kafka import kafka_client_options
 from app.settings import Settings, get_settings
+from models.events import RecRequest
+from models.wire import ModelUpdate, Reply, Undecodable, encode_rating, encode_request
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -101,7 +103,7 @@ async def publish_ratings(
     from tqdm import tqdm
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_options(settings),
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -111,11 +113,8 @@ async def publish_ratings(
     try:
         with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
             for i, rating in enumerate(ratings, 1):
-                await producer.send(
-                    settings.ratings_topic,
-                    key=rating.user.encode(),
-                    value=json.dumps(asdict(rating)).encode(),
-                )
+                key, value = encode_rating(rating)
+                await producer.send(settings.ratings_topic, key=key, value=value)
                 if rate is not None:
                     ahead = i / rate - (time.monotonic() - started)
                     if ahead > 0:
@@ -128,18 +127,15 @@ async def publish_ratings(
     return len(ratings)
 
 
-async def announce_model(settings: Settings, update: dict[str, Any]) -> None:
-    """Publish ``update`` on the model-updates topic (the key the trainer uses)."""
+async def announce_model(settings: Settings, update: ModelUpdate) -> None:
+    """Publish ``update`` on the model-updates topic."""
     from aiokafka import AIOKafkaProducer
 
-    from agents.trainer import MODEL_UPDATE_KEY
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     await _start(producer)
     try:
-        await producer.send_and_wait(
-            settings.model_updates_topic, key=MODEL_UPDATE_KEY, value=json.dumps(update).encode()
-        )
+        key, value = update.encode()
+        await producer.send_and_wait(settings.model_updates_topic, key=key, value=value)
     finally:
         await producer.stop()
 
@@ -155,7 +151,7 @@ async def _start(client: Any) -> None:
 
 async def request_recommendation(
     settings: Settings, user: str, k: int, *, exclude_seen: bool = True, wait: float = 10.0
-) -> dict[str, Any]:
+) -> Reply:
     """Send one request on the requests topic and wait for its reply on the responses topic."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -163,17 +159,17 @@ async def request_recommendation(
 
     request_id = uuid.uuid4().hex
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+        **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
     await _start(consumer)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     try:
         await _start(producer)
     except BaseException:
         await consumer.stop()
         raise
     try:
-        parts = await partitions_of(settings.kafka_bootstrap, settings.responses_topic)
+        parts = await partitions_of(kafka_client_options(settings), settings.responses_topic)
         if not parts:
             raise click.ClickException(
                 f"topic {settings.responses_topic!r} does not exist: is a scorer running?"
@@ -183,20 +179,20 @@ async def request_recommendation(
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the end positions before the request can be answered
             await consumer.position(tp)
-        body = {"request_id": request_id, "user": user, "k": k, "exclude_seen": exclude_seen}
-        await producer.send_and_wait(
-            settings.requests_topic, key=user.encode(), value=json.dumps(body).encode()
+        key, value = encode_request(
+            RecRequest(request_id=request_id, user=user, k=k, exclude_seen=exclude_seen)
         )
+        await producer.send_and_wait(settings.requests_topic, key=key, value=value)
         deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             batch = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
             for messages in batch.values():
                 for message in messages:
                     try:
-                        reply = json.loads(message.value)
-                    except ValueError:
+                        reply = Reply.parse(message.value)
+                    except Undecodable:
                         continue
-                    if isinstance(reply, dict) and reply.get("request_id") == request_id:
+                    if reply.request_id == request_id:
                         return reply
         raise TimeoutError(f"no reply for user {user!r} within {wait:g}s: is a scorer running?")
     finally:
@@ -204,15 +200,14 @@ async def request_recommendation(
         await consumer.stop()
 
 
-def format_reply(reply: dict[str, Any]) -> str:
+def format_reply(reply: Reply) -> str:
     """A reply as a small human-readable table."""
     head = (
-        f"user {reply['user']}: {len(reply['items'])} items from {reply['source']} "
-        f"(model v{reply['model_version']}, {reply.get('latency_ms', 0):.1f} ms)"
+        f"user {reply.user}: {len(reply.items)} items from {reply.source} "
+        f"(model v{reply.model_version}, {reply.latency_ms or 0:.1f} ms)"
     )
     rows = [
-        f"  {i:>3}. {entry['item']:<20} {entry['score']:8.3f}"
-        for i, entry in enumerate(reply["items"], 1)
+        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}" for i, entry in enumerate(reply.items, 1)
     ]
     return "\n".join([head, *rows])
 
@@ -241,7 +236,7 @@ def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_j
         raise click.ClickException(str(exc)) from None
     except (KafkaError, OSError) as exc:
         raise _kafka_down(settings, exc) from None
-    click.echo(json.dumps(reply) if as_json else format_reply(reply))
+    click.echo(json.dumps(reply.to_dict()) if as_json else format_reply(reply))
 
 
 COMMANDS = [worker, publish, recommend]

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from models.wire import ModelUpdate
+
 if TYPE_CHECKING:
     from storage import SnapshotInfo, SnapshotStore
 
@@ -118,20 +120,14 @@ announce_option = click.option(
 )
 
 
-async def _announcement(store: SnapshotStore, version: int, reason: str) -> dict[str, Any]:
+async def _announcement(store: SnapshotStore, version: int, reason: str) -> ModelUpdate:
     """The model-updates message for ``version`` (its manifest is read and verified)."""
     _, manifest = await store.get(version)
-    uri = next((i.uri for i in await store.list() if i.version == version), None)
-    return {
-        "version": version,
-        "uri": uri,
-        "sha256": manifest["sha256"],
-        "trained_events": manifest.get("trained_events"),
-        "metrics": {"reason": reason},
-    }
+    uri = next((i.uri for i in await store.list() if i.version == version), "")
+    return ModelUpdate.from_manifest(uri, manifest, reason=reason)
 
 
-def _announce(update: dict[str, Any]) -> None:
+def _announce(update: ModelUpdate) -> None:
     from aiokafka.errors import KafkaError
 
     from app.commands.service import announce_model
@@ -142,11 +138,11 @@ def _announce(update: dict[str, Any]) -> None:
         asyncio.run(announce_model(settings, update))
     except (KafkaError, OSError) as exc:
         raise click.ClickException(
-            f"the pointer moved to {update['version']}, but announcing it on "
+            f"the pointer moved to {update.version}, but announcing it on "
             f"{settings.model_updates_topic!r} failed ({exc}); scorers load it when they "
             "restart, or run the command again once Kafka answers"
         ) from None
-    click.echo(f"announced v{update['version']} on {settings.model_updates_topic!r}")
+    click.echo(f"announced v{update.version} on {settings.model_updates_topic!r}")
 
 
 @models.command()

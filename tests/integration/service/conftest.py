@@ -18,6 +18,7 @@ from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.kafka import kafka_client_options
 from app.settings import Settings
 from app.topics import ensure_topics
 
@@ -125,9 +126,7 @@ class KafkaClient:
     async def produce(
         self, topic: str, messages: list[tuple[bytes | None, bytes | None]], **kwargs: Any
     ) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", **kwargs
-        )
+        producer = AIOKafkaProducer(**kafka_client_options(self.settings), acks="all", **kwargs)
         await producer.start()
         try:
             for key, value in messages:
@@ -146,7 +145,7 @@ class KafkaClient:
     ) -> list[Any]:
         """Every message of ``topic`` from the beginning; waits until ``until`` have arrived."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka_client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

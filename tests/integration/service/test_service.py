@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agents.codec import DLQ_KIND, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 from app.commands.service import request_recommendation
+from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 from tests.integration.service.conftest import Deployment, KafkaClient, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
@@ -64,7 +64,9 @@ def trained(deployment: Deployment) -> int:
 
 
 def recommend(deployment: Deployment, user: str, k: int = 10, **kw: Any) -> dict[str, Any]:
-    return asyncio.run(request_recommendation(deployment.settings, user, k, wait=20.0, **kw))
+    return asyncio.run(
+        request_recommendation(deployment.settings, user, k, wait=20.0, **kw)
+    ).to_dict()
 
 
 def snapshot_version(deployment: Deployment) -> int:

@@ -1,0 +1,310 @@
+"""The wire contract: every message on a streamrec topic, each with one typed owner.
+
+Each message type here owns both directions, its ``parse`` (bytes → typed value, or
+:class:`Undecodable` with a reason) and its ``encode`` (typed value → key and bytes), so the
+agents, the CLI, the web views, the benchmarks and the tests all read and write the same
+shape. The *content* rules of ratings and requests (id canonicalisation, ranges) live in
+:mod:`models.events`; this module adds what belongs to the transport:
+
+* every value is a compact JSON object of at most ``max_bytes``;
+* ratings and requests are **keyed by their user id** (raw UTF-8 bytes): ratings, requests
+  and the ``seen-items`` table are co-partitioned by user, and a mis-keyed event would land
+  on another worker's partition (:func:`user_key` and :func:`check_user_key` are the rule);
+* a dead letter keeps the original key and bytes, and says why in its headers.
+
+================  ============  ===========================================
+topic             key           value
+================  ============  ===========================================
+ratings           user          :class:`models.events.Rating`
+rec-requests      user          :class:`models.events.RecRequest`
+rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
+model-updates     ``b"model"``  :class:`ModelUpdate`
+``*-dlq``         original      original bytes; :class:`DeadLetter` headers
+================  ============  ===========================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from models.events import (
+    InvalidEvent,
+    Rating,
+    RecRequest,
+    canonical_id,
+    parse_rating,
+    parse_request,
+)
+
+#: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
+DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
+DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty"]
+
+#: Where a reply's items came from (see :class:`models.scoring.Recommendation`).
+REPLY_SOURCES = ("model", "popularity", "none")
+ReplySource = Literal["model", "popularity", "none"]
+
+
+class Undecodable(ValueError):
+    """A message that cannot be accepted; ``kind`` is one of :data:`DLQ_KINDS`."""
+
+    def __init__(self, kind: DlqKind, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def encode_json(obj: Mapping[str, Any]) -> bytes:
+    """Compact JSON bytes (the one JSON encoding of every outgoing value)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_object(raw: bytes | None, *, max_bytes: int) -> Mapping[str, Any]:
+    """Decode one message value into a JSON object, or raise :class:`Undecodable`."""
+    if raw is None:
+        raise Undecodable("empty", "message has no value (tombstone)")
+    if len(raw) > max_bytes:
+        raise Undecodable("too_large", f"message is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise Undecodable("malformed", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Undecodable("malformed", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+# --- the keyed-by-user rule ------------------------------------------------------------
+def user_key(user: str) -> bytes:
+    """The Kafka key of a message about ``user``: its id as raw UTF-8 bytes."""
+    return user.encode()
+
+
+def check_user_key(key: bytes | None, user: str, what: str) -> None:
+    """Raise :class:`Undecodable` unless ``key`` is :func:`user_key` of ``user``."""
+    if key is None:
+        raise Undecodable("invalid", f"message has no key; {what} must be keyed by user id")
+    if key != user_key(user):
+        raise Undecodable("invalid", f"message key {key[:64]!r} is not the {what[:-1]}'s user")
+
+
+# --- ratings ---------------------------------------------------------------------------
+def decode_rating(key: bytes | None, value: bytes | None, *, max_bytes: int) -> Rating:
+    """The rating in one ``ratings`` message, or :class:`Undecodable` saying why not."""
+    try:
+        rating = parse_rating(decode_object(value, max_bytes=max_bytes))
+    except InvalidEvent as exc:
+        raise Undecodable("invalid", str(exc)) from None
+    check_user_key(key, rating.user, "ratings")
+    return rating
+
+
+def encode_rating(rating: Rating) -> tuple[bytes, bytes]:
+    """Key and value of the ``ratings`` message for ``rating``."""
+    return user_key(rating.user), encode_json(asdict(rating))
+
+
+# --- requests --------------------------------------------------------------------------
+def decode_request(
+    key: bytes | None, value: bytes | None, *, max_bytes: int, default_k: int = 10
+) -> RecRequest:
+    """The request in one ``rec-requests`` message, or :class:`Undecodable` saying why not."""
+    try:
+        request = parse_request(decode_object(value, max_bytes=max_bytes), default_k=default_k)
+    except InvalidEvent as exc:
+        raise Undecodable("invalid", str(exc)) from None
+    check_user_key(key, request.user, "requests")
+    return request
+
+
+def encode_request(request: RecRequest) -> tuple[bytes, bytes]:
+    """Key and value of the ``rec-requests`` message for ``request`` (``None`` fields left out)."""
+    body = {k: v for k, v in asdict(request).items() if v is not None}
+    return user_key(request.user), encode_json(body)
+
+
+# --- replies ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReplyItem:
+    item: str
+    score: float
+    title: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"item": self.item, "score": round(float(self.score), 6)}
+        if self.title is not None:
+            body["title"] = self.title
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one request, sent to its ``reply_to`` (or ``rec-responses``)."""
+
+    request_id: str
+    user: str
+    items: list[ReplyItem]
+    model_version: int | None
+    source: ReplySource
+    latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "request_id": self.request_id,
+            "user": self.user,
+            "items": [i.to_dict() for i in self.items],
+            "model_version": self.model_version,
+            "source": self.source,
+        }
+        if self.latency_ms is not None:
+            body["latency_ms"] = round(self.latency_ms, 3)
+        return body
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return user_key(self.user), encode_json(self.to_dict())
+
+    @classmethod
+    def parse(cls, value: bytes | None, *, max_bytes: int = 16 << 20) -> Reply:
+        """A reply read back (clients, tests), or :class:`Undecodable`."""
+        obj = decode_object(value, max_bytes=max_bytes)
+        try:
+            items = [
+                ReplyItem(
+                    item=canonical_id(i["item"], "item"),
+                    score=float(i["score"]),
+                    title=i.get("title"),
+                )
+                for i in obj["items"]
+            ]
+            source = obj["source"]
+            if source not in REPLY_SOURCES:
+                raise InvalidEvent(f"unknown source {source!r}")
+            version = obj.get("model_version")
+            latency = obj.get("latency_ms")
+            return cls(
+                request_id=canonical_id(obj["request_id"], "request_id"),
+                user=canonical_id(obj["user"], "user"),
+                items=items,
+                model_version=None if version is None else int(version),
+                source=source,
+                latency_ms=None if latency is None else float(latency),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Undecodable("invalid", f"not a reply: {exc}") from None
+
+
+# --- model updates ---------------------------------------------------------------------
+MODEL_UPDATE_KEY = b"model"
+"""The one key of the compacted ``model-updates`` topic: the latest announcement wins."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate:
+    """An announcement that snapshot ``version`` at ``uri`` is the one to serve."""
+
+    version: int
+    uri: str
+    sha256: str
+    trained_events: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, uri: str, manifest: Mapping[str, Any], **metrics: Any) -> ModelUpdate:
+        """The announcement of a stored snapshot, from its manifest."""
+        return cls(
+            version=int(manifest["version"]),
+            uri=uri,
+            sha256=str(manifest["sha256"]),
+            trained_events=int(manifest.get("trained_events", 0)),
+            metrics=dict(metrics),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return MODEL_UPDATE_KEY, encode_json(self.to_dict())
+
+    @classmethod
+    def parse(cls, value: bytes | None, *, max_bytes: int = 1 << 20) -> ModelUpdate:
+        obj = decode_object(value, max_bytes=max_bytes)
+        version = obj.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise Undecodable("invalid", f"model update without a valid version: {version!r}")
+        metrics = obj.get("metrics") or {}
+        if not isinstance(metrics, dict):
+            raise Undecodable("invalid", "model update metrics must be an object")
+        return cls(
+            version=version,
+            uri=str(obj.get("uri", "")),
+            sha256=str(obj.get("sha256", "")),
+            trained_events=int(obj.get("trained_events") or 0),
+            metrics=metrics,
+        )
+
+
+# --- dead letters ----------------------------------------------------------------------
+#: Headers carried by every dead letter; the value is the original bytes, untouched.
+DLQ_REASON = "streamrec.dlq.reason"
+DLQ_KIND = "streamrec.dlq.kind"
+DLQ_TOPIC = "streamrec.dlq.topic"
+DLQ_PARTITION = "streamrec.dlq.partition"
+DLQ_OFFSET = "streamrec.dlq.offset"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that goes to a DLQ: the original key and bytes, the reason in headers."""
+
+    key: bytes | None
+    value: bytes | None
+    kind: str
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        return {
+            DLQ_KIND: self.kind.encode(),
+            DLQ_REASON: self.reason.encode(),
+            DLQ_TOPIC: self.topic.encode(),
+            DLQ_PARTITION: str(self.partition).encode(),
+            DLQ_OFFSET: str(self.offset).encode(),
+        }
+
+    @classmethod
+    def of(
+        cls,
+        exc: Undecodable,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> DeadLetter:
+        """The dead letter for a message that failed to decode with ``exc``."""
+        return cls(key, value, exc.kind, exc.reason, topic, partition, offset)
+
+    @classmethod
+    def parse(
+        cls, key: bytes | None, value: bytes | None, headers: Mapping[str, bytes]
+    ) -> DeadLetter:
+        """A dead letter read back from a DLQ (operators, tests)."""
+        try:
+            return cls(
+                key=key,
+                value=value,
+                kind=headers[DLQ_KIND].decode(),
+                reason=headers[DLQ_REASON].decode(),
+                topic=headers[DLQ_TOPIC].decode(),
+                partition=int(headers[DLQ_PARTITION]),
+                offset=int(headers[DLQ_OFFSET]),
+            )
+        except (KeyError, UnicodeDecodeError, ValueError) as exc:
+            raise Undecodable("invalid", f"not a dead letter: {exc}") from None
