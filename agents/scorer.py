@@ -27,7 +27,7 @@ def reply_for(
     if view is None:
         return Reply(request.request_id, request.user, [], None, "none", latency_ms)
     exclude = seen if request.exclude_seen else ()
-    rec = view.recommend(request.user, request.k, exclude=exclude)
+    rec = view.recommend(request.user, request.k, exclude=exclude, history=seen)
     items = [ReplyItem(s.item, float(s.score)) for s in rec.items]
     return Reply(request.request_id, request.user, items, rec.version, rec.source, latency_ms)
 

@@ -193,7 +193,8 @@ def offline_replay(split: Split, config: ModelConfig, batch_size: int) -> dict[s
         consolidations += model.train_batch(split.train[start : start + batch_size]).consolidated
     view = model.view()
     users = list(split.test)
-    recs = view.recommend_many(users, K, [split.seen.get(u, ()) for u in users])
+    seen = [split.seen.get(u, ()) for u in users]
+    recs = view.recommend_many(users, K, seen, histories=seen)  # as the scorer does
     lists = {r.user: [s.item for s in r.items] for r in recs}
     return {**_scored(lists, split, started), "consolidations": consolidations}
 

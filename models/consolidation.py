@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import scipy.sparse as sp
 
 FIELDS = ("users", "items", "ratings", "stamps")
 DTYPES = {"users": np.int32, "items": np.int32, "ratings": np.float32, "stamps": np.float64}
@@ -71,3 +72,55 @@ class InteractionWindow:
         window = cls(capacity)
         window.append(*(arrays[name] for name in FIELDS))
         return window
+
+
+def item_neighbours(
+    users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, neighbours: int
+) -> sp.csr_matrix:
+    """Item-item cosine similarity over the users who liked both, the ``neighbours``
+    largest per item (row), no self-similarity: a float32 ``n_items x n_items`` CSR.
+
+    ``users``/``items`` are the positive pairs. Built in blocks of rows so the full
+    item-item product is never held at once; ties at the cut are broken arbitrarily.
+    """
+    if neighbours < 1:
+        raise ValueError("neighbours must be >= 1")
+    x = sp.csr_matrix(
+        (np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items)
+    )
+    x.data[:] = 1.0  # a pair given twice is still one co-occurrence
+    norms = np.sqrt(np.asarray(x.sum(axis=0), dtype=np.float64).ravel())
+    norms[norms == 0] = 1.0
+    xn = (x @ sp.diags((1.0 / norms).astype(np.float32))).tocsr()
+    xt = xn.T.tocsr()
+    block = max(1, (1 << 22) // max(1, n_items))  # rows of similarities computed at a time
+    kept_cols: list[np.ndarray] = []
+    kept_vals: list[np.ndarray] = []
+    counts: list[int] = []
+    for start in range(0, n_items, block):
+        sims = (xt[start : start + block] @ xn).tocsr()
+        sims.setdiag(0.0)  # no self-similarity
+        sims.eliminate_zeros()
+        indptr, cols, vals = sims.indptr, sims.indices, sims.data
+        for row in range(sims.shape[0]):
+            lo, hi = indptr[row], indptr[row + 1]
+            if hi - lo > neighbours:
+                cut = hi - lo - neighbours
+                top = lo + np.argpartition(vals[lo:hi], cut)[cut:]
+                kept_cols.append(cols[top])
+                kept_vals.append(vals[top])
+            else:
+                kept_cols.append(cols[lo:hi])
+                kept_vals.append(vals[lo:hi])
+            counts.append(len(kept_cols[-1]))
+    empty = np.zeros(0, dtype=np.float32)
+    matrix = sp.csr_matrix(
+        (
+            np.concatenate([empty, *kept_vals]).astype(np.float32),
+            np.concatenate([empty.astype(np.int32), *kept_cols]).astype(np.int32),
+            np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]),
+        ),
+        shape=(n_items, n_items),
+    )
+    matrix.sort_indices()
+    return matrix

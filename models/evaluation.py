@@ -96,7 +96,8 @@ def evaluate(
 ) -> Metrics:
     """Rank every known item for each test user and score the top ``k`` against ``test``.
 
-    ``train``: each user's training items, excluded when ``exclude_train``.
+    ``train``: each user's training items, excluded when ``exclude_train``, and the
+    history the view blends with (as the scorer blends with the user's seen items).
     ``popularity=True`` ranks every user by popularity (the baseline).
     """
     if k < 1:
@@ -115,6 +116,9 @@ def evaluate(
         if warm:
             positions, model_rows = zip(*warm, strict=True)
             scores[list(positions)] = view.score_rows(np.asarray(model_rows, dtype=np.int64))
+            if train is not None:
+                for j in positions:
+                    view.blend(scores[j], view.item_rows(train.get(users[part[j]], ())))
         positives = []
         for j, i in enumerate(part):
             user_test = test[users[i]]
@@ -253,7 +257,8 @@ def positive_hits(
             for u in users
         ]
     else:
-        recs = view.recommend_many(users, k, [excluded[u] for u in users] if excluded else None)
+        lists = [excluded[u] for u in users] if excluded else None
+        recs = view.recommend_many(users, k, lists, histories=lists)
     top = {r.user: ({s.item for s in r.items}, r.source == "model") for r in recs}
     return [(e.item in top[e.user][0], top[e.user][1]) for e in trials]
 

@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from lightfm import LightFM
 
 from models.config import ModelConfig
-from models.consolidation import InteractionWindow
+from models.consolidation import InteractionWindow, item_neighbours
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
@@ -114,6 +114,7 @@ class IncrementalModel:
         self._window = InteractionWindow(config.consolidation_window)
         self.since_consolidation = 0
         """Events applied since the last consolidation (or since the start)."""
+        self._neighbours: sp.csr_matrix | None = None
         # One RandomState, re-seeded from (seed, version, stream) before each use: creating
         # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
         self._random = np.random.RandomState(config.seed)
@@ -210,6 +211,8 @@ class IncrementalModel:
         if streaming:
             self.since_consolidation += len(fresh)
             consolidated = self.consolidation_due() and self.consolidate()
+        else:
+            self._refresh_neighbours(*self._window_interactions()[:3])
         return self._result(
             events,
             duplicates,
@@ -251,15 +254,9 @@ class IncrementalModel:
         went non-finite. Blocking and CPU-bound, like :meth:`train_batch`.
         """
         self.since_consolidation = 0
-        window = self._window.arrays()
-        if not len(window["users"]):
+        if not len(self._window):
             return False
-        rows, cols, labels, weights = self._interactions(
-            window["users"].astype(np.int64),
-            window["items"].astype(np.int64),
-            window["ratings"].astype(np.float64),
-            window["stamps"],
-        )
+        rows, cols, labels, weights = self._window_interactions()
         lfm = self._lfm
         before = {name: getattr(lfm, name) for name in STATE_ARRAYS}
         for side, n in (("user", self.n_users), ("item", self.n_items)):
@@ -281,7 +278,32 @@ class IncrementalModel:
         positives = np.zeros(self.capacity[0], dtype=np.int64)
         np.add.at(positives, rows[labels > 0], 1)
         self._user_positives = positives
+        self._refresh_neighbours(rows, cols, labels)
         return True
+
+    def _window_interactions(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`_interactions` of the whole window (the latest rating of a pair counts)."""
+        window = self._window.arrays()
+        return self._interactions(
+            window["users"].astype(np.int64),
+            window["items"].astype(np.int64),
+            window["ratings"].astype(np.float64),
+            window["stamps"],
+        )
+
+    def _refresh_neighbours(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> None:
+        """Rebuild the item-kNN neighbours for blending from these interactions' positives."""
+        if self.config.blend_neighbours < 1:
+            return
+        positive = labels > 0
+        neighbours = item_neighbours(
+            rows[positive], cols[positive], self.n_users, self.n_items, self.config.blend_neighbours
+        )
+        for array in (neighbours.data, neighbours.indices, neighbours.indptr):
+            array.flags.writeable = False
+        self._neighbours = neighbours
 
     def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         seen = self._recent_set
@@ -504,6 +526,8 @@ class IncrementalModel:
             item_biases=lfm.item_biases[:n_items].copy(),
             popularity=self._popularity[:n_items].copy(),
             user_positives=self._user_positives[:n_users].copy(),
+            neighbours=self._neighbours,  # immutable, replaced whole: shared, not copied
+            blend_weight=self.config.blend_weight,
         )
 
     # --- snapshots ---------------------------------------------------------------------
@@ -525,6 +549,7 @@ class IncrementalModel:
                 arrays=arrays,
                 window=self._window.arrays(),
                 since_consolidation=self.since_consolidation,
+                neighbours=self._neighbours,
             )
         )
 
@@ -545,6 +570,7 @@ class IncrementalModel:
             model.config.consolidation_window, state.window
         )
         model.since_consolidation = state.since_consolidation
+        model._neighbours = state.neighbours
         for side, n in (("user", model.n_users), ("item", model.n_items)):
             capacity = max(model.config.initial_capacity, 1)
             while capacity < n:

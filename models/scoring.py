@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
 
@@ -47,13 +48,21 @@ class ScoringView:
 
     Users who are unknown or have no trained positives get the popularity ranking
     (recency-decayed rating counts), because their embedding is still the random init.
+
+    Blending (``neighbours``, from the last consolidation): when a request brings the
+    user's ``history`` (the items they rated), the model's scores and the item-kNN scores
+    of that history (the sum of each history item's neighbour similarities) are each
+    standardised over all items and added, the kNN side weighted by ``blend_weight``.
+    Items newer than the neighbour matrix have no neighbours (kNN score 0).
     """
 
     __slots__ = (
+        "_blend_weight",
         "_item_biases",
         "_item_embeddings",
         "_item_ids",
         "_item_index",
+        "_neighbours",
         "_pop_order",
         "_popularity",
         "_user_biases",
@@ -78,6 +87,8 @@ class ScoringView:
         item_biases: np.ndarray,
         popularity: np.ndarray,
         user_positives: np.ndarray,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
     ) -> None:
         n_users, n_items = len(user_ids), len(item_ids)
         shapes = {
@@ -104,6 +115,14 @@ class ScoringView:
         self._user_positives = _frozen(user_positives)
         # Most popular first; ties by first appearance, so the order is deterministic.
         self._pop_order = _frozen(np.argsort(-popularity, kind="stable"))
+        if neighbours is not None:
+            m = neighbours.shape[0]
+            if neighbours.shape != (m, m) or m > n_items:
+                raise ValueError(f"neighbours has shape {neighbours.shape}, expected <= {n_items}")
+            if blend_weight <= 0 or not neighbours.nnz:
+                neighbours = None
+        self._neighbours = neighbours  # shared between views: never mutated
+        self._blend_weight = float(blend_weight)
 
     # --- inspection --------------------------------------------------------------------
     @property
@@ -147,13 +166,37 @@ class ScoringView:
         scores += self._user_biases[rows, None]
         return scores
 
+    def blend(self, scores: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """``scores`` (one user's model scores over every item) blended in place with the
+        item-kNN scores of ``history`` (item rows, from :meth:`item_rows`); unchanged when
+        there is nothing to blend (no neighbours, or none for this history)."""
+        if self._neighbours is None or not len(history):
+            return scores
+        known = history[history < self._neighbours.shape[0]]
+        if not len(known):
+            return scores
+        knn = np.zeros(len(scores), dtype=np.float32)
+        knn[: self._neighbours.shape[0]] = np.asarray(self._neighbours[known].sum(axis=0)).ravel()
+        spread = float(knn.std())
+        if spread == 0.0:
+            return scores
+        scores -= scores.mean()
+        scores /= max(float(scores.std()), 1e-12)
+        knn -= knn.mean()
+        knn *= self._blend_weight / spread
+        scores += knn
+        return scores
+
     def popularity_scores(self) -> np.ndarray:
         """Recency-decayed counts per item (read-only, float64)."""
         return self._popularity
 
     # --- recommendations ---------------------------------------------------------------
-    def recommend(self, user: str, k: int = 10, exclude: Iterable[str] = ()) -> Recommendation:
-        """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users."""
+    def recommend(
+        self, user: str, k: int = 10, exclude: Iterable[str] = (), history: Iterable[str] = ()
+    ) -> Recommendation:
+        """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users.
+        ``history``: the items the user rated, for blending (see the class docstring)."""
         _check_k(k)
         row = self.model_row(user)
         excluded = (
@@ -164,6 +207,8 @@ class ScoringView:
         scores = self._item_embeddings @ self._user_embeddings[row]
         scores += self._item_biases
         scores += self._user_biases[row]
+        if self._neighbours is not None:
+            self.blend(scores, self.item_rows(history))
         return Recommendation(user, self._top_k(scores, k, excluded), self.version, "model")
 
     def recommend_many(
@@ -171,11 +216,15 @@ class ScoringView:
         users: Sequence[str],
         k: int = 10,
         excludes: Sequence[Iterable[str]] | None = None,
+        histories: Sequence[Iterable[str]] | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many users with one matmul per chunk of users."""
         _check_k(k)
         if excludes is not None and len(excludes) != len(users):
             raise ValueError(f"{len(excludes)} exclude sets for {len(users)} users")
+        if histories is not None and len(histories) != len(users):
+            raise ValueError(f"{len(histories)} histories for {len(users)} users")
+        blend = self._neighbours is not None and histories is not None
         excluded = [self.item_rows(e) for e in excludes] if excludes else None
         results: list[Recommendation | None] = [None] * len(users)
         warm: list[int] = []
@@ -194,6 +243,9 @@ class ScoringView:
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
+            if blend:
+                for r, pos in enumerate(positions):
+                    self.blend(scores[r], self.item_rows(histories[pos]))
             if excluded:
                 for r, pos in enumerate(positions):
                     scores[r, excluded[pos]] = -np.inf

@@ -23,6 +23,7 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.config import ModelConfig
 from models.consolidation import DTYPES as WINDOW_DTYPES
@@ -44,6 +45,12 @@ STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
 _WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
 """The consolidation window's arrays; optional (snapshots written before it have none)."""
+_NEIGHBOUR_ENTRIES = {
+    "neighbours_data": np.dtype(np.float32),
+    "neighbours_indices": np.dtype(np.int32),
+    "neighbours_indptr": np.dtype(np.int64),
+}
+"""The item-kNN neighbours for blending, as CSR arrays; optional, like the window."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -80,6 +87,7 @@ class SnapshotState:
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
     window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
     since_consolidation: int = 0
+    neighbours: sp.csr_matrix | None = None  # models.consolidation.item_neighbours
 
 
 def library_versions() -> dict[str, str]:
@@ -108,6 +116,10 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
     entries = dict(state.arrays)
     if state.window:  # {}: no window (as in snapshots written before consolidation)
         entries.update({entry: state.window[name] for entry, name in _WINDOW_ENTRIES.items()})
+    if state.neighbours is not None:
+        for entry, dtype in _NEIGHBOUR_ENTRIES.items():  # scipy may narrow indptr to int32
+            part = getattr(state.neighbours, entry.removeprefix("neighbours_"))
+            entries[entry] = np.asarray(part, dtype=dtype)
     for name in _ID_LISTS:
         blob, offsets = encode_strings(getattr(state, name))
         entries[f"{name}_blob"] = blob
@@ -196,6 +208,7 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
     if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
         raise SnapshotError("popularity and user_positives must be >= 0")
     window = _check_window(entries, n)
+    neighbours = _check_neighbours(entries, n["item"])
     since = meta.get("since_consolidation", 0)
     if isinstance(since, bool) or not isinstance(since, int) or since < 0:
         raise SnapshotError("since_consolidation must be an int >= 0")
@@ -212,7 +225,36 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         arrays=arrays,
         window=window,
         since_consolidation=since,
+        neighbours=neighbours,
     )
+
+
+def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
+    """The blending neighbours: all three CSR arrays or none (no neighbours)."""
+    present = [entry for entry in _NEIGHBOUR_ENTRIES if entry in entries]
+    if not present:
+        return None
+    if len(present) != len(_NEIGHBOUR_ENTRIES):
+        raise SnapshotError(f"neighbours incomplete: only {sorted(present)}")
+    for entry, dtype in _NEIGHBOUR_ENTRIES.items():
+        if entries[entry].dtype != dtype or entries[entry].ndim != 1:
+            raise SnapshotError(f"{entry} must be 1-d {dtype}, got {entries[entry].dtype}")
+    data, indices, indptr = (entries[entry] for entry in _NEIGHBOUR_ENTRIES)
+    m = len(indptr) - 1
+    if not 0 <= m <= n_items:
+        raise SnapshotError(f"neighbours has {m} rows, expected 0..{n_items}")
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        raise SnapshotError("neighbours_indptr is not a valid CSR row index")
+    if len(data) != len(indices):
+        raise SnapshotError("neighbours_data and neighbours_indices differ in length")
+    if len(indices) and (indices.min() < 0 or indices.max() >= m):
+        raise SnapshotError(f"neighbours_indices has a column outside 0..{m - 1}")
+    if not np.isfinite(data).all():
+        raise SnapshotError("neighbours_data contains NaN or infinite values")
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(m, m))
+    for array in (matrix.data, matrix.indices, matrix.indptr):
+        array.flags.writeable = False
+    return matrix
 
 
 def _check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str, np.ndarray]:
@@ -271,7 +313,7 @@ def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
-    optional = set(_WINDOW_ENTRIES)
+    optional = set(_WINDOW_ENTRIES) | set(_NEIGHBOUR_ENTRIES)
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             infos = archive.infolist()

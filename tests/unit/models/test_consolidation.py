@@ -2,14 +2,16 @@ import dataclasses
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from models import snapshot
 from models.config import ModelConfig
-from models.consolidation import InteractionWindow
+from models.consolidation import InteractionWindow, item_neighbours
 from models.evaluation import evaluate, positives_by_user, split_latest_per_user
 from models.incremental import IncrementalModel, NonFiniteModel
 from models.snapshot import SnapshotError
 from models.synthetic import generate_ratings
+from tests.unit.models.conftest import make_tiny_view
 from tests.unit.models.test_incremental import assert_same_state, check_arrays, ratings
 
 
@@ -81,17 +83,19 @@ def test_streaming_batches_consolidate_every_n_events_and_offline_batches_never(
 
 
 def test_consolidation_retrains_every_window_positive_and_beats_micro_batches():
-    events = generate_ratings(n_users=300, n_items=150, n_ratings=15_000, n_clusters=5, seed=2)
+    events = generate_ratings(n_users=200, n_items=100, n_ratings=8_000, n_clusters=5, seed=2)
     train, test = split_latest_per_user(events, 5)
     train.sort(key=lambda e: e.ts)
     truth, seen = positives_by_user(test, 4.0), positives_by_user(train)
     scores = {}
-    for every in (0, 3000):
-        model = IncrementalModel(config(consolidate_every=every, epochs_per_batch=1))
+    for every in (0, 2000):
+        model = IncrementalModel(
+            config(consolidate_every=every, epochs_per_batch=1, blend_neighbours=0)
+        )
         for start in range(0, len(train), 500):
             model.train_batch(train[start : start + 500])
         scores[every] = evaluate(model.view(), truth, train=seen).precision
-    assert scores[3000] > 1.2 * scores[0], scores
+    assert scores[2000] > 1.2 * scores[0], scores
 
 
 def test_users_whose_positives_left_the_window_go_back_to_popularity():
@@ -186,3 +190,105 @@ def test_a_partial_window_is_refused(good):
     payload = rezip(good[0], {"window_items": None})
     with pytest.raises(SnapshotError, match="window incomplete"):
         snapshot.decode(*with_checksum(payload, good[1]))
+
+
+# --- item neighbours and blending --------------------------------------------------------
+def test_item_neighbours_are_cosine_similarities_top_n_per_item_without_self():
+    # users 0,1 like items 0 and 1; user 2 likes 1 and 2; user 3 likes 3 only
+    users = np.array([0, 0, 1, 1, 2, 2, 3, 0])
+    items = np.array([0, 1, 0, 1, 1, 2, 3, 0])  # (0, 0) twice: still one co-occurrence
+    full = item_neighbours(users, items, 4, 4, neighbours=10).toarray()
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[0, 1] = expected[1, 0] = 2 / np.sqrt(2 * 3)
+    expected[1, 2] = expected[2, 1] = 1 / np.sqrt(3 * 1)
+    np.testing.assert_allclose(full, expected, rtol=1e-6)
+    top1 = item_neighbours(users, items, 4, 4, neighbours=1)
+    assert top1.dtype == np.float32
+    assert [list(top1[r].indices) for r in range(4)] == [[1], [0], [1], []]
+    with pytest.raises(ValueError, match="neighbours"):
+        item_neighbours(users, items, 4, 4, neighbours=0)
+
+
+def blend_view(weight=1.0):
+    neighbours = sp.csr_matrix(([1.0], ([1], [2])), shape=(3, 3), dtype=np.float32)
+    # b -> c; d is newer than the matrix, so it has no neighbours
+    return make_tiny_view(neighbours=neighbours, blend_weight=weight)
+
+
+def test_blending_moves_the_neighbours_of_the_history_up():
+    view = blend_view()
+    plain = [s.item for s in view.recommend("alice", k=4).items]
+    assert plain == ["a", "b", "c", "d"]  # no history: the model's order
+    blended = view.recommend("alice", k=4, history=["b"])
+    assert [s.item for s in blended.items][:2] == ["c", "a"]  # c is b's neighbour
+    assert blended.source == "model"
+    assert [s.item for s in view.recommend("alice", k=4, exclude=["b"], history=["b"]).items] == [
+        "c",
+        "a",
+        "d",
+    ]
+    many = view.recommend_many(["alice", "bob"], k=4, excludes=[["b"], []], histories=[["b"], []])
+    assert many[0].items == view.recommend("alice", k=4, exclude=["b"], history=["b"]).items
+    assert many[1].items == view.recommend("bob", k=4).items
+    assert view.recommend("carol", history=["b"]).source == "popularity"  # cold: unchanged
+    off = blend_view(weight=0.0)
+    assert [s.item for s in off.recommend("alice", k=4, history=["b"]).items] == plain
+    for history in (["d"], ["zzz"], ["a"]):  # no neighbours for these: nothing to blend
+        assert [s.item for s in view.recommend("alice", k=4, history=history).items] == plain
+
+
+def test_a_view_refuses_neighbours_larger_than_its_items():
+    with pytest.raises(ValueError, match="neighbours"):
+        make_tiny_view(neighbours=sp.identity(5, format="csr", dtype=np.float32), blend_weight=1)
+
+
+def test_consolidation_and_offline_batches_build_neighbours_that_snapshots_keep():
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    assert model.view().blend(np.ones(1, dtype=np.float32), np.array([0])).tolist() == [1.0]
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=2)
+    neighbours = model._neighbours
+    assert neighbours is not None and neighbours.shape == (12, 12)
+    assert (np.diff(neighbours.indptr) <= 3).all() and neighbours.nnz > 0
+    restored = IncrementalModel.from_bytes(*model.to_bytes())
+    np.testing.assert_array_equal(restored._neighbours.toarray(), neighbours.toarray())
+    history = ["i1", "i2"]
+    assert restored.view().recommend("u1", history=history) == model.view().recommend(
+        "u1", history=history
+    )
+    streaming = IncrementalModel(config(consolidate_every=300, blend_neighbours=3))
+    streaming.train_batch(ratings(30, 12, 200, rating=5.0))
+    assert streaming._neighbours is None  # streaming batches do not rebuild them ...
+    assert streaming.train_batch(ratings(30, 12, 200, prefix="b", rating=5.0)).consolidated
+    assert streaming._neighbours is not None  # ... consolidations do
+    none = IncrementalModel(config(blend_neighbours=0))
+    none.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    assert none._neighbours is None
+
+
+def _bad_indices(neighbours):
+    indices = neighbours.indices.copy()
+    indices[0] = 99
+    return indices
+
+
+@pytest.mark.parametrize(
+    ("entry", "bad", "message"),
+    [
+        ("neighbours_indices", _bad_indices, "column outside"),
+        ("neighbours_indptr", lambda n: n.indptr[::-1].astype(np.int64), "valid CSR"),
+        ("neighbours_data", lambda n: n.data.astype(np.float64), "1-d float32"),
+        ("neighbours_data", lambda n: np.full_like(n.data, np.inf), "NaN or infinite"),
+    ],
+)
+def test_bad_neighbours_are_refused(entry, bad, message):
+    from tests.unit.models.test_snapshot import npy, rezip, with_checksum
+
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    payload, manifest = model.to_bytes()
+    tampered = rezip(payload, {entry: npy(bad(model._neighbours))})
+    with pytest.raises(SnapshotError, match=message):
+        snapshot.decode(*with_checksum(tampered, manifest))
+    partial = rezip(payload, {"neighbours_data": None})
+    with pytest.raises(SnapshotError, match="neighbours incomplete"):
+        snapshot.decode(*with_checksum(partial, manifest))
