@@ -32,6 +32,8 @@ MODEL_FIELDS = (
     "consolidate_every",
     "consolidate_epochs",
     "consolidation_window",
+    "blend_neighbours",
+    "blend_weight",
 )
 """Settings that are ModelConfig fields (same name): STREAMREC_LOSS, ..."""
 
@@ -86,6 +88,12 @@ class Settings(BaseSettings):
     )
     consolidation_window: int = Field(
         _MODEL.consolidation_window, ge=0, description="Recent events a consolidation retrains on"
+    )
+    blend_neighbours: int = Field(
+        _MODEL.blend_neighbours, ge=0, description="Item-kNN neighbours kept per item (0: no blend)"
+    )
+    blend_weight: float = Field(
+        _MODEL.blend_weight, ge=0, description="Weight of item-kNN scores blended into the model's"
     )
 
     # --- Agents ------------------------------------------------------------------------

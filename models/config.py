@@ -54,7 +54,7 @@ class ModelConfig:
     consolidate_epochs: int = 20
     consolidation_window: int = 1_000_000
     blend_neighbours: int = 300
-    blend_weight: float = 0.25
+    blend_weight: float = 0.5
 
     def __post_init__(self) -> None:
         problems = list(self._problems())

@@ -175,8 +175,16 @@ class ScoringView:
         known = history[history < self._neighbours.shape[0]]
         if not len(known):
             return scores
-        knn = np.zeros(len(scores), dtype=np.float32)
-        knn[: self._neighbours.shape[0]] = np.asarray(self._neighbours[known].sum(axis=0)).ravel()
+        indptr = self._neighbours.indptr
+        lengths = indptr[known + 1] - indptr[known]
+        total = int(lengths.sum())
+        if not total:
+            return scores
+        # the positions of every neighbour entry of the history rows, gathered at once
+        at = np.repeat(indptr[known] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        knn = np.bincount(
+            self._neighbours.indices[at], self._neighbours.data[at], minlength=len(scores)
+        ).astype(np.float32)
         spread = float(knn.std())
         if spread == 0.0:
             return scores
