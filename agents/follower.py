@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,7 +19,12 @@ from agents.kafka import KafkaOptions, partitions_of
 from agents.ports import SnapshotStore
 from agents.state import ModelHolder
 from models.incremental import IncrementalModel
+from models.snapshot import SnapshotError
 from models.wire import ModelUpdate, Undecodable
+from storage.errors import IntegrityError, SnapshotNotFound
+
+#: Why a snapshot is refused rather than retried: its bytes are wrong, not the connection.
+REFUSED = (IntegrityError, SnapshotError, SnapshotNotFound)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ log = logging.getLogger(__name__)
 class ModelFollower:
     holder: ModelHolder
     store: SnapshotStore
-    kafka: KafkaOptions
+    kafka: KafkaOptions = field(repr=False)  # holds the SASL login
     topic: str
 
     async def run(self, retry_seconds: float = 5.0) -> None:
@@ -81,7 +86,12 @@ class ModelFollower:
         try:
             payload, manifest = await self.store.get(version)
             view = await asyncio.to_thread(_view_from_snapshot, payload, manifest)
-        except Exception as exc:  # any failure: keep serving the current view
+        except REFUSED as exc:  # corrupt or not a snapshot: refused, the current view stays
+            metrics.MODEL_LOADS.labels("refused").inc()
+            self.holder.refuse(version, f"{type(exc).__name__}: {exc}")
+            log.error("Refused snapshot v%s; still serving v%s: %s", version, self._version(), exc)
+            return
+        except Exception as exc:  # any other failure (store down): keep serving the current view
             metrics.MODEL_LOADS.labels("failed").inc()
             log.error(
                 "Could not load snapshot v%s; still serving v%s: %s", version, self._version(), exc

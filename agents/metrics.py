@@ -22,6 +22,17 @@ DEAD_LETTERS = Counter(
     ["topic", "kind"],
     registry=REGISTRY,
 )
+SEEN_RATINGS = Counter(
+    "streamrec_seen_ratings_total",
+    "Ratings recorded in the seen-items table by this process",
+    registry=REGISTRY,
+)
+REQUEST_BATCH = Histogram(
+    "streamrec_request_batch",
+    "Requests scored together in one batch",
+    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
+    registry=REGISTRY,
+)
 TRAINED_EVENTS = Counter(
     "streamrec_trained_events_total", "Rating events trained by this process", registry=REGISTRY
 )

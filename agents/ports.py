@@ -6,12 +6,12 @@ a list-backed fake. The snapshot store's port is :class:`storage.SnapshotStore`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from storage import SnapshotStore
 
-__all__ = ["Message", "Sink", "SnapshotStore"]
+__all__ = ["Event", "EventStream", "Message", "SeenTable", "Sink", "SnapshotStore"]
 
 
 class Sink(Protocol):
@@ -35,3 +35,32 @@ class Message(Protocol):
     key: bytes | None
     value: bytes | None
     timestamp: float | int | None
+
+
+class Event(Protocol):
+    """One event of a stream (Faust's ``EventT``): the consumed message."""
+
+    message: Message
+
+
+class EventStream(Protocol):
+    """A stream an agent iterates (Faust's ``StreamT``): events, acked by the agent."""
+
+    def noack(self) -> EventStream: ...
+
+    def events(self) -> AsyncIterator[Event]: ...
+
+    async def ack(self, event: Event) -> bool: ...
+
+
+class SeenTable(Protocol):
+    """The ``seen-items`` table: per user, a row of :mod:`models.seen` bytes.
+
+    ``put`` writes the local row and its changelog record to ``partition`` (the partition
+    the user's ratings came from), so a restarted worker recovers the same row into the
+    same partition; app/ adapts the Faust table.
+    """
+
+    def get(self, user: str) -> bytes | None: ...
+
+    def put(self, user: str, row: bytes, partition: int) -> None: ...

@@ -1,35 +1,102 @@
-"""The scorer agent: answer each recommendation request from the current view, lock-free.
+"""The scorer agent: answer recommendation requests from the current view, in batches.
 
 Scorers scale out as one consumer group: requests are keyed (and so partitioned) by user,
 like ratings, so the ``seen-items`` rows a scorer needs are in its own table partitions.
+
+The agent takes every request its stream has already buffered (at most ``max_batch``; a
+lone request is answered at once, there is no waiting window), scores them together with
+one matrix product per batch (:meth:`models.scoring.ScoringView.recommend_batch`), excludes
+each user's seen items by hash in numpy, and sends the replies without awaiting each
+delivery (a send returns once the reply is queued in the producer).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from agents import metrics
+from agents.batching import buffered_batches
 from agents.ingest import send_dead_letter
-from agents.ports import Sink
+from agents.ports import EventStream, Message, SeenTable, Sink
 from agents.state import ModelHolder
 from models.events import RecRequest
+from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
+
+Catalog = Mapping[str, Mapping[str, Any]]
+"""Item id -> catalog entry (the Faust ``catalog`` GlobalTable: the items topic's messages)."""
+
+NO_CATALOG: Catalog = MappingProxyType({})
+
+
+def title_of(catalog: Catalog, item: str) -> str | None:
+    """The item's title if the catalog knows it."""
+    entry = catalog.get(item)
+    title = entry.get("title") if isinstance(entry, Mapping) else None
+    return title if isinstance(title, str) else None
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def replies_for(
+    requests: Sequence[RecRequest],
+    holder: ModelHolder,
+    seen: Sequence[np.ndarray],
+    received: Sequence[float] | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
+) -> list[Reply]:
+    """The replies to ``requests`` from whatever view ``holder`` serves now: the one place a
+    reply is built. ``seen[i]`` holds the item hashes of ``requests[i]``'s user
+    (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency).
+    Items carry a ``title`` when the catalog knows one."""
+    view = holder.view  # one read: the view cannot change under us
+    if view is None:
+        recs = None
+    else:
+        index = holder.item_index(view)
+        seen_rows = [index.rows(hashes) for hashes in seen]  # also what the view blends with
+        rows = [
+            found if r.exclude_seen else _NO_ROWS
+            for r, found in zip(requests, seen_rows, strict=True)
+        ]
+        recs = view.recommend_batch(
+            [r.user for r in requests], [r.k for r in requests], rows, seen_rows
+        )
+    done = time.time()
+    replies = []
+    for n, request in enumerate(requests):
+        latency = None if received is None else max(0.0, done - received[n]) * 1000
+        if recs is None:
+            replies.append(Reply(request.request_id, request.user, [], None, "none", latency))
+            continue
+        rec = recs[n]
+        items = [ReplyItem(s.item, float(s.score), title_of(catalog, s.item)) for s in rec.items]
+        replies.append(
+            Reply(request.request_id, request.user, items, rec.version, rec.source, latency)
+        )
+    return replies
 
 
 def reply_for(
-    request: RecRequest, holder: ModelHolder, seen: list[str], latency_ms: float | None = None
+    request: RecRequest,
+    holder: ModelHolder,
+    seen: np.ndarray,
+    received: float | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
 ) -> Reply:
-    """The reply to ``request`` from whatever view ``holder`` serves now."""
-    view = holder.view  # one read: the view cannot change under us
-    if view is None:
-        return Reply(request.request_id, request.user, [], None, "none", latency_ms)
-    exclude = seen if request.exclude_seen else ()
-    rec = view.recommend(request.user, request.k, exclude=exclude, history=seen)
-    items = [ReplyItem(s.item, float(s.score)) for s in rec.items]
-    return Reply(request.request_id, request.user, items, rec.version, rec.source, latency_ms)
+    """The reply to one request (:func:`replies_for` of one)."""
+    stamps = None if received is None else [received]
+    return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
 @dataclass
@@ -37,33 +104,55 @@ class Scorer:
     """Dependencies of the scorer agent (Faust objects are passed in by ``app/``)."""
 
     holder: ModelHolder
-    seen: Mapping[str, list[str]]  # the Faust ``seen-items`` table
+    seen: SeenTable  # the seen-items table
     default_reply: Sink  # rec-responses
     dlq: Sink  # rec-requests-dlq
     reply_topic: Callable[[str], Sink]  # name -> topic (cached by the app)
     topic_exists: Callable[[str], Awaitable[bool]]
     forbidden_replies: frozenset[str]
     max_bytes: int
-    _replies: dict[str, Any] = field(default_factory=dict)
+    max_batch: int = 500
+    catalog: Catalog = field(default_factory=dict)
 
-    async def run(self, stream: Any) -> None:
-        async for event in stream.events():
-            message = event.message
-            metrics.EVENTS_IN.labels(message.topic).inc()
+    async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
+        """Answer ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
+        manual = stream.noack()
+        async for events in buffered_batches(manual.events(), idle, self.max_batch):
+            await self.answer([event.message for event in events])
+            for event in events:  # acked once answered: a crash before that answers again
+                await manual.ack(event)
+
+    async def answer(self, messages: Sequence[Message]) -> None:
+        """Answer one batch of ``rec-requests`` messages (invalid ones are dead-lettered)."""
+        if not messages:
+            return
+        metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
+        requests: list[RecRequest] = []
+        targets: list[Sink] = []
+        received: list[float] = []
+        for message in messages:
             try:
                 request = decode_request(message.key, message.value, max_bytes=self.max_bytes)
                 target = await self._target(request.reply_to)
             except Undecodable as exc:
                 await send_dead_letter(self.dlq, message, exc)
                 continue
-            received = message.timestamp or time.time()
-            latency_ms = max(0.0, time.time() - received) * 1000
-            seen = list(self.seen.get(request.user) or ())
-            reply = reply_for(request, self.holder, seen, latency_ms)
+            requests.append(request)
+            targets.append(target)
+            received.append(message.timestamp or time.time())
+        if not requests:
+            return
+        seen = [decode_row(self.seen.get(r.user)) for r in requests]
+        replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
+        sources: Counter[str] = Counter()
+        for reply, target in zip(replies, targets, strict=True):
             key, value = reply.encode()
-            await target.send(key=key, value=value)
-            metrics.REPLIES.labels(reply.source).inc()
-            metrics.REQUEST_SECONDS.observe(latency_ms / 1000)
+            await target.send(key=key, value=value)  # queued, not awaited until delivered
+            sources[reply.source] += 1
+            metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
+        for source, n in sources.items():
+            metrics.REPLIES.labels(source).inc(n)
+        metrics.REQUEST_BATCH.observe(len(requests))
 
     async def _target(self, reply_to: str | None) -> Sink:
         if reply_to is None:

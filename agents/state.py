@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.scoring import ScoringView
+from models.seen import ItemHashIndex
 
 
 @dataclass
@@ -20,11 +21,30 @@ class ModelHolder:
     view: ScoringView | None = None
     info: dict[str, Any] = field(default_factory=dict)
     loaded_at: float | None = None
+    _index: ItemHashIndex | None = field(default=None, repr=False)
+    _index_view: ScoringView | None = field(default=None, repr=False)
 
     def publish(self, view: ScoringView, **info: Any) -> None:
         self.view = view
         self.info = {**self.info, **info, "version": view.version}
         self.loaded_at = time.time()
+
+    def refuse(self, version: int, reason: str) -> None:
+        """Record a snapshot that was refused (corrupt, unreadable); ``/model/`` shows it."""
+        self.info = {
+            **self.info,
+            "last_refused": {"version": version, "reason": reason[:500], "at": time.time()},
+        }
+
+    def item_index(self, view: ScoringView) -> ItemHashIndex:
+        """Item hash → row of ``view`` (for excluding seen items); built once per view,
+        only the new items hashed when ``view`` extends the previous one's catalogue."""
+        if self._index_view is not view:
+            ids = view.item_ids()
+            index = self._index
+            self._index = ItemHashIndex(ids) if index is None else index.extended(ids)
+            self._index_view = view
+        return self._index
 
     @property
     def ready(self) -> bool:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
+from agents.follower import REFUSED
 from agents.ports import Sink, SnapshotStore
 from agents.state import ModelHolder
 from models.config import ModelConfig
@@ -30,6 +31,7 @@ from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.wire import ModelUpdate, Undecodable, decode_rating
+from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +54,47 @@ def offset_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-async def restore_model(store: SnapshotStore, config: ModelConfig) -> IncrementalModel:
+async def restore_model(
+    store: SnapshotStore, config: ModelConfig, holder: ModelHolder | None = None
+) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
     Restoring *current* makes ``streamrec models rollback`` + a trainer restart roll training
     back too: state and covered offsets move together, so the events after the rolled-back
     snapshot are trained again, once. New versions continue after the newest in the store,
     which is write-once.
+
+    A snapshot that is refused (corrupt payload, bad manifest, not a snapshot at all) is
+    logged, counted and recorded in ``holder`` (``/model/`` shows it), and the newest good
+    one is restored instead, so a bad write never makes the trainer crash-loop. If snapshots
+    exist but every one is refused, it stops with that error rather than start from nothing.
     """
     latest = await store.latest()
-    version = await store.current()
-    version = latest if version is None else version
-    if version is None:
+    current = await store.current()
+    if latest is None and current is None:
         log.info("No snapshot in the store: starting a fresh model")
         return IncrementalModel(config)
-    payload, manifest = await store.get(version)
-    model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
-    model.version = max(model.version, latest or 0)
+    complete = sorted((i.version for i in await store.list() if i.complete), reverse=True)
+    candidates = ([current] if current is not None else []) + [v for v in complete if v != current]
+    refused: list[str] = []
+    for version in candidates:
+        try:
+            payload, manifest = await store.get(version)
+            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+        except REFUSED as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            refused.append(f"v{version} ({reason})")
+            metrics.MODEL_LOADS.labels("refused").inc()
+            if holder is not None:
+                holder.refuse(version, reason)
+            log.error("Refused snapshot v%d on restore: %s", version, reason)
+            continue
+        break
+    else:
+        raise RuntimeError(f"every snapshot in the store was refused: {'; '.join(refused)}")
+    if refused:
+        log.warning("Falling back to snapshot v%d, the newest good one", version)
+    model.version = max(model.version, latest or 0, *complete)
     log.info(
         "Restored snapshot v%d: %d users, %d items, %d trained events, offsets %s",
         version,
@@ -98,6 +124,7 @@ class Trainer:
     _batches_since_snapshot: int = 0
     _last_snapshot_at: float = field(default_factory=time.monotonic)
     _snapshot_version: int = -1
+    _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
 
     def __post_init__(self) -> None:
         self._snapshot_version = self.model.version
@@ -128,21 +155,27 @@ class Trainer:
     async def _step(self, events: list[Any]) -> None:
         async with self._lock:
             await self._train(events)
-            if self._snapshot_due():
-                await self._snapshot()
+        self._start_snapshot()
 
     async def tick(self) -> None:
         """Called by a timer: snapshot when training is pending and the interval has passed."""
-        if self._lock.locked() or not self._snapshot_due():
-            return
-        async with self._lock:
-            await self._snapshot()
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Write a snapshot in the background if one is due and none is being written.
+
+        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
+        seconds) must not stop the model from learning, only delay the acks.
+        """
+        if (self._writer is None or self._writer.done()) and self._snapshot_due():
+            self._writer = asyncio.create_task(self._snapshot())
 
     async def snapshot_now(self, reason: str) -> None:
-        async with self._lock:
-            if self.model.version != self._snapshot_version or self._pending:
-                log.info("Writing a snapshot (%s)", reason)
-                await self._snapshot()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self.model.version != self._snapshot_version or self._pending:
+            log.info("Writing a snapshot (%s)", reason)
+            await self._snapshot()
 
     def _snapshot_due(self) -> bool:
         if self.model.version == self._snapshot_version and not self._pending:
@@ -223,45 +256,39 @@ class Trainer:
     async def _snapshot(self) -> bool:
         """Write, promote and announce a snapshot, then ack what it covers.
 
-        A failure (the store is down, say) is logged and retried at the next chance: the
-        events it would cover stay unacked, so nothing is lost and the worker keeps training.
+        The state and the events it covers are cut under the lock (training waits only for
+        the serialisation); the write itself runs while training continues. A failure (the
+        store is down, say) is logged and retried at the next chance: the events it would
+        have covered go back to the pending ones, unacked, so nothing is lost.
         """
+        async with self._lock:
+            if self.model.version == self._snapshot_version:
+                # Only offsets moved (duplicates, invalid events): a new state, so a new
+                # version; snapshots are write-once.
+                self.model.version += 1
+            payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            covered, self._pending = self._pending, []
+            info = self._info()
+            batch_info = {
+                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
+                "last_batch": self.holder.info.get("last_batch"),
+            }
         try:
-            await self._write_snapshot()
+            uri = await self._write_snapshot(payload, manifest, info, batch_info)
         except asyncio.CancelledError:
+            self._pending[:0] = covered
             raise
         except Exception as exc:
+            self._pending[:0] = covered  # still unacked: a later snapshot covers them
+            if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
+                self.model.version = max(self.model.version, manifest["version"] + 1)
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
-        return True
-
-    async def _write_snapshot(self) -> None:
-        if self.model.version == self._snapshot_version:
-            # Only offsets moved (duplicates, invalid events): a new state, so a new version;
-            # snapshots are write-once.
-            self.model.version += 1
-        payload, manifest = await asyncio.to_thread(self.model.to_bytes)
-        version = manifest["version"]
-        uri = await self.store.put(version, payload, manifest)
-        await self.store.promote(version)
-        info = self._info()
-        update = ModelUpdate.from_manifest(
-            uri,
-            manifest,
-            prequential_hit_rate=self.holder.info.get("prequential_hit_rate"),
-            last_batch=self.holder.info.get("last_batch"),
-            n_users=info["n_users"],
-            n_items=info["n_items"],
-            created_at=manifest["created_at"],
-        )
-        key, value = update.encode()
-        await self.updates.send(key=key, value=value)
-        acked = len(self._pending)
-        for event in self._pending:
+        for event in covered:
             await self._stream.ack(event)
-        self._pending.clear()
-        self._snapshot_version = self.model.version
+        version = manifest["version"]
+        self._snapshot_version = version
         self._batches_since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
         self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
@@ -270,9 +297,33 @@ class Trainer:
             "Snapshot v%d written (%d bytes, %d events acked, offsets %s)",
             version,
             len(payload),
-            acked,
+            len(covered),
             manifest["offsets"],
         )
+        return True
+
+    async def _write_snapshot(
+        self,
+        payload: bytes,
+        manifest: dict[str, Any],
+        info: dict[str, Any],
+        batch_info: dict[str, Any],
+    ) -> str:
+        """Put (verified, write-once), promote, then announce: never announce before that."""
+        version = manifest["version"]
+        uri = await self.store.put(version, payload, manifest)
+        await self.store.promote(version)
+        update = ModelUpdate.from_manifest(
+            uri,
+            manifest,
+            **batch_info,
+            n_users=info["n_users"],
+            n_items=info["n_items"],
+            created_at=manifest["created_at"],
+        )
+        key, value = update.encode()
+        await self.updates.send(key=key, value=value)
+        return uri
 
     def _info(self) -> dict[str, Any]:
         return {

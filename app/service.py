@@ -24,10 +24,13 @@ from agents.scorer import Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from app import web
+from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
 from app.settings import Settings, model_config_of
 from app.stores import store_from_settings
 from app.topics import (
+    CATALOG_PARTITIONS,
+    CATALOG_TABLE,
     DLQ_MAX_MESSAGE_BYTES,
     SEEN_TABLE,
     TopicSpec,
@@ -55,8 +58,30 @@ class Runtime:
     role: str
     holder: ModelHolder = field(default_factory=ModelHolder)
     trainer: Trainer | None = None
-    seen: Any = None  # the seen-items table (scorer/all roles)
+    seen: FaustSeenTable | None = None  # the seen-items table (scorer/all roles)
+    catalog: Any = None  # the catalog GlobalTable (every role)
+    series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
+
+
+class FaustSeenTable:
+    """The Faust ``seen-items`` table as :class:`agents.ports.SeenTable`.
+
+    ``put`` is what ``Table.__setitem__`` does, with the changelog partition given rather
+    than taken from the current event (one batch holds ratings of many partitions), and the
+    key written raw, as the changelog topic reads it back on recovery (the table's own key
+    serializer for ``str`` is JSON: recovered keys would be ``'"u7"'``, not ``'u7'``).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, user: str) -> bytes | None:
+        return self.table.get(user)
+
+    def put(self, user: str, row: bytes, partition: int) -> None:
+        self.table.data[user] = row
+        self.table.send_changelog(partition, user, row, key_serializer="raw")
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -69,6 +94,18 @@ def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust
         key_serializer="raw",
         value_serializer="raw",
         **declared,
+    )
+
+
+def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
+    """A table's changelog: raw UTF-8 string keys (as producers key), JSON values."""
+    return app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=spec.partitions,
+        config=spec.config,
     )
 
 
@@ -92,6 +129,8 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         web_host=settings.web_host,
         web_bind=settings.web_bind,
         web_port=settings.web_port,
+        # /table/ would expose whole table rows without paging; streamrec's own views page.
+        web_tables_enabled=False,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -99,6 +138,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         producer_max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
+        # A scorer hands on at most this many fetched records at once, so a request never
+        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
         stream_wait_empty=(role == "scorer"),
@@ -116,6 +158,8 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     runtime.topics = topics
     ratings = topics[settings.ratings_topic]
     model_updates = topics[settings.model_updates_topic]
+    _add_catalog(app, runtime, specs[settings.items_topic])
+    _add_series(app, runtime)
 
     if role in ("trainer", "all"):
         _add_trainer(app, runtime, ratings, model_updates)
@@ -125,13 +169,67 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     return app
 
 
+class CatalogTable(faust.GlobalTable):
+    """A GlobalTable whose changelog is a topic of our choosing.
+
+    Faust's assignor names a global table's changelog ``<app id>-<table>-changelog`` even
+    when ``changelog_topic`` says otherwise, and then fails the assignment (KeyError) and
+    hangs the group; the items topic is shared by every role's app id.
+    """
+
+    def _changelog_topic_name(self) -> str:
+        return self.changelog_topic.get_topic_name()
+
+
+def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
+    """The item catalog: a GlobalTable whose changelog *is* the compacted items topic.
+
+    ``streamrec catalog load`` produces to that topic; every worker reads all of it (one
+    partition, as Faust recommends for global tables) and keeps following it.
+    """
+    items = table_topic(app, spec)
+    runtime.catalog = app.tables.add(
+        CatalogTable(
+            app,
+            name=CATALOG_TABLE,
+            key_type=str,
+            partitions=CATALOG_PARTITIONS,
+            changelog_topic=items,
+            beacon=app.tables.beacon,
+            is_global=True,
+            # Apply changes as they come, and recover with a buffer of one (Faust's advice
+            # for global tables shared by several workers).
+            standby_buffer_size=1,
+            recovery_buffer_size=1,
+            # Nobody in the group writes the table (the CLI produces to the topic), so every
+            # worker must keep reading every partition, actives included (faust issue 283).
+            synchronize_all_active_partitions=True,
+        )
+    )
+
+
+def _add_series(app: faust.App, runtime: Runtime) -> None:
+    s = runtime.settings
+    runtime.series = Series(
+        role=runtime.role,
+        holder=runtime.holder,
+        ratings_topic=s.ratings_topic,
+        interval=s.dashboard_sample_seconds,
+        max_points=s.dashboard_points,
+    )
+
+    @app.timer(interval=s.dashboard_sample_seconds, name="dashboard-sampler")
+    async def sample_dashboard() -> None:
+        runtime.series.sample()
+
+
 def _add_trainer(app: faust.App, runtime: Runtime, ratings: Any, updates: Any) -> None:
     s = runtime.settings
 
     @app.agent(ratings, name="trainer")
     async def trainer(stream: Any) -> None:
         async with store_from_settings(s) as store:
-            model = await restore_model(store, model_config(s))
+            model = await restore_model(store, model_config(s), runtime.holder)
             runtime.trainer = Trainer(
                 model=model,
                 holder=runtime.holder,
@@ -163,18 +261,22 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
     changelog = app.topic(
         spec.name,
         key_type=str,
+        value_type=bytes,
         key_serializer="raw",
-        value_serializer="json",
+        value_serializer="raw",
         partitions=spec.partitions,
         config=spec.config,
     )
-    seen = app.Table(
+    # Rows are models.seen bytes; no default (a default would write an empty row, and a
+    # changelog record, on every read of an unknown user).
+    table = app.Table(
         SEEN_TABLE,
-        default=list,
         key_type=str,
+        value_type=bytes,  # raw bytes, as the changelog topic says
         partitions=s.topic_partitions,
         changelog_topic=changelog,
     )
+    seen = FaustSeenTable(table)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -188,7 +290,11 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         return reply_topics[name]
 
     ingest = Ingest(
-        seen=seen, dlq=ratings_dlq, max_bytes=s.max_message_bytes, seen_limit=s.seen_items_max
+        seen=seen,
+        dlq=ratings_dlq,
+        max_bytes=s.max_message_bytes,
+        seen_limit=s.seen_items_max,
+        max_batch=s.ingest_batch_max,
     )
     scorer = Scorer(
         holder=runtime.holder,
@@ -197,19 +303,22 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
         dlq=requests_dlq,
         reply_topic=reply_topic,
         topic_exists=KnownTopics(kafka_client_options(s)).exists,
-        forbidden_replies=frozenset(
-            {
-                s.ratings_topic,
-                s.requests_topic,
-                s.model_updates_topic,
-                s.ratings_dlq_topic,
-                s.requests_dlq_topic,
-            }
-        ),
+        # Every topic streamrec owns, except the default reply topic itself.
+        forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
+        - {s.responses_topic},
         max_bytes=s.max_message_bytes,
+        max_batch=s.request_batch_max,
+        catalog=runtime.catalog,
     )
-    app.agent(ratings, name="ingest")(ingest.run)
-    app.agent(requests, name="scorer")(scorer.run)
+
+    # Each agent takes what its stream has buffered (its channel's queue) as one batch.
+    @app.agent(ratings, name="ingest")
+    async def ingest_agent(stream: Any) -> None:
+        await ingest.run(stream, idle=stream.channel.empty)
+
+    @app.agent(requests, name="scorer")
+    async def scorer_agent(stream: Any) -> None:
+        await scorer.run(stream, idle=stream.channel.empty)
 
     if follow_updates:
 

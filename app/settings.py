@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import click
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import LOSSES, ModelConfig
@@ -36,10 +37,31 @@ MODEL_FIELDS = (
     "blend_weight",
 )
 """Settings that are ModelConfig fields (same name): STREAMREC_LOSS, ..."""
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SECURITY_PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
+"""Kafka security protocols (STREAMREC_KAFKA_SECURITY_PROTOCOL), as Kafka names them."""
+
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
+"""SASL mechanisms (STREAMREC_KAFKA_SASL_MECHANISM) streamrec supports."""
+
+KAFKA_CREDENTIAL_FIELDS = (
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_ca_file",
+    "kafka_ssl_cert_file",
+    "kafka_ssl_key_file",
+    "kafka_ssl_key_password",
+)
+"""Optional Kafka credentials and TLS files (an empty value means unset)."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STREAMREC_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a raw ValidationError (e.g. from Settings() in a traceback) never
+    # prints the values given, which include the secrets; load_settings names them safely.
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
@@ -52,7 +74,24 @@ class Settings(BaseSettings):
     model_updates_topic: str = "model-updates"
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
+    items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
+
+    # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        "SCRAM-SHA-512", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (SASL_* only)")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates (default: system)"
+    )
+    kafka_ssl_cert_file: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM client private key (mTLS)")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Client key's password")
 
     # --- S3 / model store --------------------------------------------------------------
     model_store: str = Field(
@@ -101,7 +140,23 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
     snapshot_every_batches: int = Field(20, ge=1)
     snapshot_every_seconds: float = Field(60.0, gt=0)
-    seen_items_max: int = Field(200, ge=1, description="Seen items kept per user")
+    seen_items_max: int = Field(
+        10_000,
+        ge=1,
+        description="Seen items kept per user (8 bytes each), all excluded from replies",
+    )
+    request_batch_max: int = Field(
+        500, ge=1, description="Most requests a scorer answers together (one matmul)"
+    )
+    ingest_batch_max: int = Field(
+        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+    )
+    max_poll_records: int = Field(
+        500,
+        ge=1,
+        description="Records per Kafka fetch a worker hands on at once; small keeps a "
+        "request from queueing behind a large fetch of ratings",
+    )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
         20.0,
@@ -116,6 +171,12 @@ class Settings(BaseSettings):
     web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
     datadir: Path = Field(Path("var/faust"), description="Faust's local table data")
+    dashboard_sample_seconds: float = Field(
+        5.0, gt=0, description="How often the dashboard's time series is sampled"
+    )
+    dashboard_points: int = Field(
+        360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
+    )
     log_level: str = "info"
 
     # --- Dev services (streamrec dev up) -------------------------------------------------
@@ -125,6 +186,38 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     s3_port: int = 8333
     kafka_version: str = "4.1.1"
+    dev_kafka_secure: bool = Field(
+        False, description="`dev up` adds a SASL_SSL listener (port STREAMREC_KAFKA_PORT + 2)"
+    )
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator(*KAFKA_CREDENTIAL_FIELDS, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # e.g. an empty key in a ConfigMap
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"STREAMREC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "STREAMREC_KAFKA_SASL_USERNAME and STREAMREC_KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("STREAMREC_KAFKA_SSL_KEY_FILE needs STREAMREC_KAFKA_SSL_CERT_FILE")
+        return self
+
+
+SECRET_FIELDS = frozenset(
+    name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
+)
+"""Settings whose values are never printed, logged or shown (their SecretStr fields)."""
 
 
 def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:
@@ -144,11 +237,18 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"STREAMREC_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(map(_problem, exc.errors()))
         raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def _problem(error: Any) -> str:
+    """One invalid value as ``STREAMREC_NAME='value': why``, never the value of a secret."""
+    loc = [str(part) for part in error["loc"]]
+    msg = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a rule across fields: its input is every setting, secrets included
+        return msg
+    shown = "'***'" if loc[0] in SECRET_FIELDS else repr(error.get("input"))
+    return f"STREAMREC_{'_'.join(loc).upper()}={shown}: {msg}"
 
 
 @lru_cache(maxsize=1)

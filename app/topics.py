@@ -33,6 +33,12 @@ class TopicSpec:
 SEEN_TABLE = "seen-items"
 """The scorers' Faust table of per-user seen items (co-partitioned with ratings by user)."""
 
+CATALOG_TABLE = "catalog"
+"""Every worker's Faust GlobalTable of item metadata, backed by the compacted items topic."""
+
+CATALOG_PARTITIONS = 1
+"""The items topic has one partition: Faust's GlobalTable recovers reliably only so."""
+
 
 def faust_app_id(settings: Settings, role: str) -> str:
     """Each role is its own Faust app, hence its own consumer group."""
@@ -64,6 +70,7 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
         TopicSpec(settings.model_updates_topic, 1, {"cleanup.policy": "compact"}),
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
+        TopicSpec(settings.items_topic, CATALOG_PARTITIONS, {"cleanup.policy": "compact"}),
     ]
     if role in ("scorer", "all"):
         specs.append(TopicSpec(seen_changelog(settings, role), p, {"cleanup.policy": "compact"}))

@@ -1,7 +1,9 @@
-"""Faust web views: JSON windows onto what each worker holds.
+"""Faust web views: the dashboard and JSON windows onto what each worker holds.
 
+Every view is read-only (GET; Faust answers other methods with 405) and bounded: lists are
+paged with ``?limit=`` and ``?offset=``, and no page is longer than :data:`PAGE_MAX`.
 ``/users/{id}/`` is routed (``app.table_route``) to the worker that owns the user's
-``seen-items`` partition, so it answers from any worker (a plain table view would return
+``seen-items`` partition, so it answers from any scorer (a plain table view would return
 nothing on non-owners; Faust issue 187).
 """
 
@@ -9,26 +11,55 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
+import numpy as np
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from agents import metrics
-from agents.scorer import reply_for
-from models.events import InvalidEvent, parse_request
+from agents.scorer import NO_CATALOG, Catalog, reply_for, title_of
+from app.dashboard import ASSETS, asset
+from models.events import MAX_K, InvalidEvent, parse_request
+from models.seen import decode_row
 
 if TYPE_CHECKING:
     from app.service import Runtime
 
+PAGE_MAX = 200
+"""The longest page any view returns (seen items, popular items)."""
+PAGE_DEFAULT = PAGE_MAX // 4
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+class BadQuery(ValueError):
+    """A query parameter that is not acceptable; the view answers 400 with the message."""
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be an integer, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise BadQuery(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def page_of(request: Request, *, alias: str | None = None) -> tuple[int, int]:
+    """``(limit, offset)`` from the query; ``alias`` (e.g. ``k``) may name the limit."""
+    name = alias if alias is not None and alias in request.query else "limit"
+    limit = _int_param(request, name, PAGE_DEFAULT, 1, PAGE_MAX)
+    return limit, _int_param(request, "offset", 0, 0, 1_000_000)
+
 
 def _k(request: Request, default: int) -> int:
-    try:
-        k = int(request.query.get("k", default))
-    except ValueError:
-        return default
-    return max(1, min(k, 1000))
+    return _int_param(request, "k", default, 1, MAX_K)
 
 
 def _age_seconds(stamp: float | str | None) -> float | None:
@@ -41,11 +72,49 @@ def _age_seconds(stamp: float | str | None) -> float | None:
     return None if stamp is None else round(time.time() - stamp, 3)
 
 
+def _titles(catalog: Catalog, items: list[str]) -> dict[str, str]:
+    return {i: t for i in items if (t := title_of(catalog, i)) is not None}
+
+
 def register(app: faust.App, runtime: Runtime) -> None:
     holder = runtime.holder
+    catalog: Catalog = runtime.catalog if runtime.catalog is not None else NO_CATALOG
+
+    class Base(View):
+        """Turns a :class:`BadQuery` into a 400 with its message."""
+
+        async def dispatch(self, request: Any) -> Any:
+            try:
+                return await super().dispatch(request)
+            except BadQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
+
+    @app.page("/")
+    class Dashboard(Base):
+        async def get(self, request: Request) -> Response:
+            return self.html(asset("dashboard.html").decode(), headers=dict(NO_CACHE))
+
+    @app.page("/static/{name}")
+    class Static(Base):
+        async def get(self, request: Request, name: str) -> Response:
+            if name not in ASSETS:
+                return self.json({"error": f"no asset {name!r}"}, status=404)
+            return self.bytes(asset(name), content_type=ASSETS[name], headers=dict(NO_CACHE))
+
+    @app.page("/dashboard/series/")
+    class SeriesView(Base):
+        async def get(self, request: Request) -> Response:
+            if runtime.series is None:
+                return self.json({"error": "no series"}, status=404)
+            since = request.query.get("since")
+            try:
+                after = None if since is None else float(since)
+            except ValueError:
+                raise BadQuery(f"since must be a unix time, got {since[:40]!r}") from None
+            return self.json(runtime.series.as_json(after))
 
     @app.page("/health/")
-    class Health(View):
+    class Health(Base):
         async def get(self, request: Request) -> Response:
             view = holder.view
             body = {
@@ -60,7 +129,7 @@ def register(app: faust.App, runtime: Runtime) -> None:
             return self.json(body, status=200 if view is not None else 503)
 
     @app.page("/model/")
-    class Model(View):
+    class Model(Base):
         async def get(self, request: Request) -> Response:
             info = dict(holder.info)
             age = _age_seconds(info.get("created_at") or (info.get("snapshot") or {}).get("at"))
@@ -71,47 +140,98 @@ def register(app: faust.App, runtime: Runtime) -> None:
             return self.json(info, status=200 if holder.ready else 503)
 
     @app.page("/items/popular/")
-    class Popular(View):
+    class Popular(Base):
         async def get(self, request: Request) -> Response:
+            limit, offset = page_of(request, alias="k")
             view = holder.view
             if view is None:
                 return self.json({"error": "no model loaded yet"}, status=503)
-            items = [
-                {"item": s.item, "score": float(s.score)} for s in view.popular(_k(request, 10))
-            ]
-            return self.json({"model_version": view.version, "items": items})
+            top = view.popular(min(offset + limit, max(1, view.n_items)))[offset:]
+            items = []
+            for s in top:
+                entry: dict[str, Any] = {"item": s.item, "score": float(s.score)}
+                if (title := title_of(catalog, s.item)) is not None:
+                    entry["title"] = title
+                items.append(entry)
+            return self.json(
+                {
+                    "model_version": view.version,
+                    "items": items,
+                    "limit": limit,
+                    "offset": offset,
+                    "total": view.n_items,
+                }
+            )
+
+    @app.page("/items/{item_id}/")
+    class Item(Base):
+        async def get(self, request: Request, item_id: str) -> Response:
+            entry = catalog.get(item_id)
+            view = holder.view
+            known = view is not None and view.has_item(item_id)
+            if not isinstance(entry, Mapping) and not known:
+                return self.json({"error": f"unknown item {item_id!r}"}, status=404)
+            body: dict[str, Any] = {"item": item_id, "in_model": known}
+            if isinstance(entry, Mapping):
+                body.update(title=entry.get("title"), genres=list(entry.get("genres") or ()))
+            return self.json(body)
 
     @app.page("/metrics")
-    class Metrics(View):
+    class Metrics(Base):
         async def get(self, request: Request) -> Response:
             return self.text(
                 generate_latest(metrics.REGISTRY).decode(), content_type="text/plain; version=0.0.4"
             )
 
+    def user_body(request: Request, user_id: str, hashes: np.ndarray | None) -> dict[str, Any]:
+        """The ``/users/{id}/`` answer: a page of seen items (newest first) and a fresh reply.
+
+        ``hashes`` (the user's seen-items row, :mod:`models.seen`) is None on a trainer (it
+        holds no seen-items table): nothing is excluded. The table keeps hashes; the ids
+        shown are those the served model knows.
+        """
+        limit, offset = page_of(request)
+        k = _k(request, runtime.settings.default_k)
+        try:
+            rec_request = parse_request(
+                {"request_id": "web", "user": user_id, "k": k, "exclude_seen": hashes is not None}
+            )
+        except InvalidEvent as exc:
+            raise BadQuery(str(exc)) from None
+        body: dict[str, Any] = {"user": user_id, "limit": limit, "offset": offset}
+        if hashes is None:
+            body.update(seen=None, seen_total=None, titles={})
+            hashes = decode_row(None)
+        else:
+            view = holder.view
+            newest_first = hashes[::-1][offset : offset + limit]
+            page = [] if view is None else holder.item_index(view).items(newest_first)
+            body.update(seen=page, seen_total=len(hashes), titles=_titles(catalog, page))
+        body["recommendation"] = reply_for(rec_request, holder, hashes, catalog=catalog).to_dict()
+        return body
+
     if runtime.seen is None:
+
+        @app.page("/users/{user_id}/")
+        class TrainerUser(Base):
+            async def get(self, request: Request, user_id: str) -> Response:
+                return self.json(user_body(request, user_id, None))
+
         return
     seen = runtime.seen
+    table = seen.table
 
-    changelog = seen.changelog_topic.get_topic_name()
+    changelog = table.changelog_topic.get_topic_name()
 
     @app.page("/users/{user_id}/")
-    class User(View):
+    class User(Base):
         async def get(self, request: Request, user_id: str) -> Response:
+            page_of(request)  # refuse a bad query here, before routing it
             # Faust's router hashes the key with the producer's metadata, which may not know
             # the changelog topic yet (TypeError in aiokafka's _partition); fetch it first.
             await app.producer._ensure_producer().partitions_for(changelog)
             return await self.routed(request, user_id=user_id)
 
-        @app.table_route(table=seen, match_info="user_id")
+        @app.table_route(table=table, match_info="user_id")
         async def routed(self, request: Request, user_id: str) -> Response:
-            k = _k(request, runtime.settings.default_k)
-            try:
-                rec_request = parse_request(
-                    {"request_id": "web", "user": user_id, "k": k, "exclude_seen": True}
-                )
-            except InvalidEvent as exc:
-                return self.json({"error": str(exc)}, status=400)
-            items = list(seen.get(user_id) or ())
-            body: dict[str, Any] = {"user": user_id, "seen": items}
-            body["recommendation"] = reply_for(rec_request, holder, items).to_dict()
-            return self.json(body)
+            return self.json(user_body(request, user_id, decode_row(seen.get(user_id))))

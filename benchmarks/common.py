@@ -55,26 +55,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def isolated_deployment(kind: str, **overrides: Any) -> tuple[dict[str, str], Path]:
-    """Env vars for benchmark workers with topics, groups and a file store of their own
-    (:func:`app.dev.workers.isolated_env`), and the folder their store and logs live in."""
-    import uuid
-
-    from app.dev.workers import isolated_env
-    from app.settings import Settings
-
-    prefix = f"{kind}-{uuid.uuid4().hex[:8]}"
-    home = PROJECT_ROOT / "var" / "bench" / prefix
-    env = isolated_env(
-        prefix,
-        Settings(),
-        model_store=f"file://{home / 'models'}",
-        datadir=home / "faust",
-        **overrides,
-    )
-    return env, home
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned first column, right-aligned others; floats with 4 decimals."""
 
@@ -146,3 +126,46 @@ class Figure:
             "unit": self.unit,
             "note": self.note,
         }
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Topics, consumer groups and a store that belong to one benchmark run alone."""
+
+    prefix: str
+    home: Path
+    env: dict[str, str]
+
+    @property
+    def settings(self) -> Any:  # app.settings.Settings (benchmarks import app lazily)
+        from app.dev.workers import settings_for
+
+        return settings_for(self.env)
+
+
+def namespace(name: str, **overrides: Any) -> Namespace:
+    """A fresh namespace on the dev services for benchmark ``name``: every streamrec topic
+    (created here), consumer groups and a ``file://`` store under ``var/bench/<prefix>``.
+
+    Each benchmark run gets its own, so runs never see each other's messages or snapshots.
+    ``overrides`` are settings (``snapshot_every_seconds=5``) for the workers it starts.
+    """
+    import asyncio
+    import uuid
+
+    from app.dev.workers import isolated_env
+    from app.settings import Settings
+    from app.topics import ensure_topics
+
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    home = PROJECT_ROOT / "var" / "bench" / prefix
+    env = isolated_env(
+        prefix,
+        Settings(),
+        model_store=f"file://{home / 'models'}",
+        datadir=home / "faust",
+        **overrides,
+    )
+    ns = Namespace(prefix, home, env)
+    asyncio.run(ensure_topics(ns.settings))
+    return ns

@@ -29,7 +29,7 @@ import click
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import data_dir, require, table
+from benchmarks.common import Figure, data_dir, require, table
 from models.config import ModelConfig
 from models.datasets import iter_ratings
 from models.evaluation import evaluate, positives_by_user, prequential, split_latest_per_user
@@ -166,6 +166,49 @@ def prequential_rows(
             }
         )
     return rows
+
+
+def figures(quick: bool) -> list[Figure]:
+    """Quality ratios: ours vs plain LightFM, vs popularity, and incremental vs frozen."""
+    ratings = load()
+    train, test = split_latest_per_user(ratings, 10)
+    offline = offline_rows(train, test, 10, 32, 42)
+    online = {r["model"]: r for r in prequential_rows(ratings, 1000, 32, 42)}
+
+    def p10(model: str, protocol: str) -> float:
+        return next(
+            r["precision@10"]
+            for r in offline
+            if r["model"] == model and r["protocol"] == protocol and r["exclude_train"]
+        )
+
+    hr = {name: r["hit_rate@10_second_half"] for name, r in online.items()}
+    return [
+        Figure(
+            "ml-100k P@10, WARP (all positive, train excluded) vs plain LightFM fit",
+            baseline=p10("lightfm", "all"),
+            value=p10("warp", "all"),
+            goal=0.95,
+        ),
+        Figure(
+            "ml-100k P@10, WARP (>=4, train excluded) vs popularity",
+            baseline=p10("popularity", ">=4"),
+            value=p10("warp", ">=4"),
+            goal=1.2,
+        ),
+        Figure(
+            "ml-100k prequential HR@10 (2nd half), incremental vs frozen after 1st half",
+            baseline=hr["frozen after first half"],
+            value=hr["incremental"],
+            goal=1.0,
+        ),
+        Figure(
+            "ml-100k prequential HR@10 (2nd half), incremental vs popularity",
+            baseline=hr["popularity"],
+            value=hr["incremental"],
+            goal=1.0,
+        ),
+    ]
 
 
 @click.command()

@@ -24,7 +24,7 @@ minus the user's training items:
   micro-batches of ``STREAMREC_BATCH_MAX``, as the trainer does (the service without Kafka).
 
 ``--offline`` skips the service (no broker needed). ``--quick``: ml-100k only.
-:func:`figures` is the entry point for ``benchmarks/run_all.py``.
+:func:`figures` is the entry point for ``benchmarks/run_all.py`` (quick: ml-100k offline).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import data_dir, isolated_deployment, machine, table
+from benchmarks.common import Figure, data_dir, machine, namespace, table
 from models.config import ModelConfig
 from models.datasets import iter_ratings
 from models.evaluation import positives_by_user, prequential, ranking_metrics, split_latest_per_user
@@ -220,14 +220,10 @@ def _metric(text: str, name: str, label: str) -> float:
 def through_service(split: Split) -> dict[str, Any]:
     """Publish ``split.train`` into a fresh trainer + scorer, ask for every test user."""
     from app.commands.service import publish_ratings
-    from app.dev.workers import WorkerProcess, free_port, settings_for
-    from app.topics import ensure_topics
+    from app.dev.workers import WorkerProcess, free_port
 
-    env, home = isolated_deployment(
-        "qbench", snapshot_every_seconds=2, seen_items_max=SEEN_ITEMS_MAX
-    )
-    settings = settings_for(env)
-    asyncio.run(ensure_topics(settings))
+    ns = namespace("quality", snapshot_every_seconds=2, seen_items_max=SEEN_ITEMS_MAX)
+    settings, env, home = ns.settings, ns.env, ns.home
     workers = [
         WorkerProcess("trainer", free_port(), home / "trainer.log", env).start(),
         WorkerProcess("scorer", free_port(), home / "scorer.log", env).start(),
@@ -356,46 +352,47 @@ def run(datasets: Sequence[str], *, service: bool = True) -> dict[str, Any]:
     return report
 
 
-def figures_of(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ratio figures ``{figure, baseline, value, ratio, goal, pass}`` of a :func:`run`."""
+def figures_of(report: dict[str, Any]) -> list[Figure]:
+    """The ratio figures of a :func:`run`: P@10 of the service (or, without it, of the
+    offline replay) over each baseline, and the prequential incremental/frozen ratio."""
     out = []
     for name, data in report["datasets"].items():
-        results = data.get("results")
-        if not results:
+        if "skipped" in data:
+            out.append(Figure(f"quality {name}", None, None, 1.0, note=data["skipped"]))
             continue
+        results = data["results"]
         ours = "service" if "service" in results else "offline replay"
-        value = results[ours]["precision"]
-        for baseline, goal in (("batch LightFM", 1.0), ("EASE", 1.0), ("popularity", 1.0)):
-            reference = results[baseline]["precision"]
-            ratio = value / reference if reference else float("inf")
+        for baseline in ("batch LightFM", "EASE", "popularity"):
             out.append(
-                {
-                    "figure": f"quality {name}: P@10 {ours} / {baseline}",
-                    "baseline": round(reference, 4),
-                    "value": round(value, 4),
-                    "ratio": round(ratio, 3),
-                    "goal": goal,
-                    "pass": ratio >= goal,
-                }
+                Figure(
+                    f"quality {name}: P@10 {ours} / {baseline}",
+                    baseline=round(results[baseline]["precision"], 4),
+                    value=round(results[ours]["precision"], 4),
+                    goal=1.0,
+                    unit="P@10",
+                    note="the issue's goal; the target is batch LightFM"
+                    if baseline == "EASE"
+                    else "",
+                )
             )
         pre = data.get("prequential")
         if pre:
             out.append(
-                {
-                    "figure": f"quality {name}: prequential HR@10 incremental / frozen after half",
-                    "baseline": round(pre["frozen"], 4),
-                    "value": round(pre["incremental"], 4),
-                    "ratio": round(pre["ratio"], 3),
-                    "goal": 1.2,
-                    "pass": pre["ratio"] >= 1.2,
-                }
+                Figure(
+                    f"quality {name}: prequential HR@10, incremental / frozen after half",
+                    baseline=round(pre["frozen"], 4),
+                    value=round(pre["incremental"], 4),
+                    goal=1.2,
+                    unit="HR@10",
+                )
             )
     return out
 
 
-def figures(quick: bool = False) -> list[dict[str, Any]]:
-    """Entry point for ``benchmarks/run_all.py`` (needs ``streamrec dev up``)."""
-    return figures_of(run(["ml-100k"] if quick else list(DATASETS)))
+def figures(quick: bool = False) -> list[Figure]:
+    """For ``benchmarks/run_all.py``. Quick: ml-100k, offline replay only (about a minute);
+    full: both datasets through the service (``streamrec dev up``; 10-20 minutes)."""
+    return figures_of(run(["ml-100k"] if quick else list(DATASETS), service=not quick))
 
 
 def main() -> None:
@@ -407,7 +404,7 @@ def main() -> None:
     report = run(["ml-100k"] if args.quick else list(DATASETS), service=not args.offline)
     report["figures"] = figures_of(report)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps({**report, "figures": [f.to_dict() for f in report["figures"]]}))
         return
     for name, data in report["datasets"].items():
         if "skipped" in data:
@@ -444,7 +441,7 @@ def main() -> None:
     print(
         table(
             ["figure", "baseline", "value", "ratio", "goal", "pass"],
-            [list(f.values()) for f in report["figures"]],
+            [list(f.to_dict().values())[:6] for f in report["figures"]],
         )
     )
 

@@ -17,7 +17,7 @@ import click
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import compare, machine, table
+from benchmarks.common import Figure, compare, machine, table
 from models.config import ModelConfig
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
@@ -92,6 +92,24 @@ def measure(model: IncrementalModel, batch: int, k: int = 10) -> list[dict]:
         }
     )
     return results
+
+
+def figures(quick: bool) -> list[Figure]:
+    """Calls/s of ours vs the raw baseline (speed-up >= 1: never slower than LightFM)."""
+    out = []
+    for items in (2000,) if quick else (2000, 20000):
+        model = build(5000, items, min(200_000, 5000 * items // 4), 32)
+        for r in measure(model, 200 if quick else 1000):
+            out.append(
+                Figure(
+                    f"scoring: {r['case']}, {items:,} items",
+                    baseline=round(1e6 / r["baseline_us"], 1),
+                    value=round(1e6 / r["ours_us"], 1),
+                    goal=1.0,
+                    unit="calls/s",
+                )
+            )
+    return out
 
 
 @click.command()

@@ -25,19 +25,19 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.commands.service import publish_ratings
-from app.dev.workers import WorkerProcess, free_port, settings_for
+from app.dev.workers import WorkerProcess, free_port
 from app.kafka import kafka_client_options
 from app.service import model_config
 from app.settings import Settings
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
-from benchmarks.common import isolated_deployment, table
+from benchmarks.common import Figure, namespace, table
+from benchmarks.trainer import publish_until_trained, raw_consume_rate
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
 
-async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
+async def tail_consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
         **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
@@ -50,9 +50,9 @@ async def _consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     return consumer
 
 
-async def _echo(settings: Settings, source: str, target: str, ready: asyncio.Event) -> None:
+async def echo(settings: Settings, source: str, target: str, ready: asyncio.Event) -> None:
     """The raw baseline's 'scorer': consume each message and produce it straight back."""
-    consumer = await _consumer(settings, source)
+    consumer = await tail_consumer(settings, source)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
     ready.set()
@@ -67,7 +67,7 @@ async def _echo(settings: Settings, source: str, target: str, ready: asyncio.Eve
         await consumer.stop()
 
 
-async def _round_trips(
+async def round_trips(
     settings: Settings,
     send_to: str,
     reply_on: str,
@@ -77,7 +77,7 @@ async def _round_trips(
     pipelined: int,
 ) -> dict[str, float]:
     """Latency of ``sequential`` one-at-a-time requests; throughput of ``pipelined`` at once."""
-    consumer = await _consumer(settings, reply_on)
+    consumer = await tail_consumer(settings, reply_on)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
 
@@ -117,30 +117,10 @@ async def _round_trips(
     }
 
 
-async def _raw_consume_rate(settings: Settings, topic: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(
-        **kafka_client_options(settings),
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
-    start, seen = time.perf_counter(), 0
-    try:
-        while seen < count:
-            batch = await consumer.getmany(timeout_ms=1000)
-            seen += sum(len(m) for m in batch.values())
-    finally:
-        await consumer.stop()
-    return count / (time.perf_counter() - start)
-
-
-def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
-    env, home = isolated_deployment("bench", snapshot_every_seconds=5)
-    settings = settings_for(env)
-    echo_in, echo_out = f"{settings.app_id}-echo-in", f"{settings.app_id}-echo-out"
-    asyncio.run(ensure_topics(settings))
+def run(n_requests: int, n_ratings: int, *, training: bool = True) -> dict[str, Any]:
+    ns = namespace("service", snapshot_every_seconds=5)
+    settings, env, home = ns.settings, ns.env, ns.home
+    echo_in, echo_out = f"{ns.prefix}-echo-in", f"{ns.prefix}-echo-out"
     asyncio.run(
         ensure_topics(
             settings,
@@ -167,13 +147,13 @@ def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
 
         async def service_and_echo() -> tuple[dict[str, float], dict[str, float]]:
             ready = asyncio.Event()
-            echo = asyncio.create_task(_echo(settings, echo_in, echo_out, ready))
+            echo_task = asyncio.create_task(echo(settings, echo_in, echo_out, ready))
             await ready.wait()
-            raw = await _round_trips(
+            raw = await round_trips(
                 settings, echo_in, echo_out, users, sequential=200, pipelined=n_requests
             )
-            echo.cancel()
-            svc = await _round_trips(
+            echo_task.cancel()
+            svc = await round_trips(
                 settings,
                 settings.requests_topic,
                 settings.responses_topic,
@@ -186,17 +166,13 @@ def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
         raw, svc = asyncio.run(service_and_echo())
 
         live = data[n_ratings // 2 :]
-        before = workers[0].get("/model/")[1]["trained_events"]
-        start = time.perf_counter()
-        asyncio.run(publish_ratings(settings, live))
-        while workers[0].get("/model/")[1]["trained_events"] < before + len(live):
-            time.sleep(0.05)
-        trained_rate = len(live) / (time.perf_counter() - start)
-        raw_rate = asyncio.run(_raw_consume_rate(settings, settings.ratings_topic, len(live)))
+        if training:
+            trained_rate, _ = asyncio.run(publish_until_trained(settings, workers[0], live))
+            raw_rate = asyncio.run(raw_consume_rate(settings, settings.ratings_topic, len(live)))
     finally:
         for w in workers:
             w.stop()
-    return {
+    report: dict[str, Any] = {
         "requests": n_requests,
         "ratings": len(live),
         "latency_p50_ms": {
@@ -214,12 +190,44 @@ def run(n_requests: int, n_ratings: int) -> dict[str, Any]:
             "raw_echo": raw["per_second"],
             "ratio": svc["per_second"] / raw["per_second"],
         },
-        "ratings_trained_per_second": {
+    }
+    if training:
+        report["ratings_trained_per_second"] = {
             "service": trained_rate,
             "raw_consume": raw_rate,
             "ratio": trained_rate / raw_rate,
-        },
-    }
+        }
+    return report
+
+
+def figures(quick: bool) -> list[Figure]:
+    """Request latency and throughput through one scorer vs the raw echo (the trainer's
+    figure is ``benchmarks.trainer``'s)."""
+    r = run(2000, 20_000, training=False)
+    latency = [
+        (f"request -> reply {q}, one at a time, vs raw echo", r[f"latency_{q}_ms"], goal)
+        for q, goal in (("p50", 1.5), ("p99", 2.0))
+    ]
+    return [
+        *(
+            Figure(
+                name,
+                baseline=round(fig["raw_echo"], 2),
+                value=round(fig["service"], 2),
+                goal=goal,
+                better="lower",
+                unit="ms",
+            )
+            for name, fig, goal in latency
+        ),
+        Figure(
+            f"replies/s, one scorer, {r['requests']:,} in flight, vs raw echo",
+            baseline=round(r["replies_per_second"]["raw_echo"]),
+            value=round(r["replies_per_second"]["service"]),
+            goal=0.3,
+            unit="replies/s",
+        ),
+    ]
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from botocore.config import Config
 
 from app.settings import get_settings
 from app.stores import s3_config_from_settings
-from benchmarks.common import table
+from benchmarks.common import Figure, table
 from storage import open_store
 
 MiB = 1024 * 1024
@@ -122,6 +122,25 @@ async def run(repeat_scale: float) -> list[dict[str, Any]]:
                     await s3.delete_object(Bucket=bucket, Key=obj["Key"])
             await s3.delete_bucket(Bucket=bucket)
     return results
+
+
+#: The store's guarantees (checksums, write-once claim, manifest) may cost this much.
+GOAL = 0.5
+
+
+def figures(quick: bool) -> list[Figure]:
+    """Store put/get MiB/s vs raw aiobotocore (the S3 server of the settings)."""
+    return [
+        Figure(
+            f"S3 store {r['op']} vs raw aiobotocore, {r['size']}",
+            baseline=round(r["raw_mib_s"], 1),
+            value=round(r["store_mib_s"], 1),
+            goal=GOAL,
+            unit="MiB/s",
+            note=f"median of {r['repetitions']}",
+        )
+        for r in asyncio.run(run(0.25 if quick else 1.0))
+    ]
 
 
 @click.command()

@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
-from benchmarks.common import machine, table
+from benchmarks.common import Figure, machine, table
 from models.config import ModelConfig
 from models.events import Rating
 from models.incremental import IncrementalModel
@@ -76,20 +76,17 @@ def run_case(model: IncrementalModel, batches: list[list[Rating]], threads: int)
     }
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--users", default=5000, show_default=True)
-@click.option("--items", default=2000, show_default=True)
-@click.option("--components", default=32, show_default=True)
-@click.option("--loss", default="warp", show_default=True)
-@click.option("--threads", default=1, show_default=True)
-@click.option("--rounds", default=5, show_default=True, help="Batches per case.")
-def main(
-    as_json: bool, users: int, items: int, components: int, loss: str, threads: int, rounds: int
-) -> None:
-    """train_batch throughput against raw fit_partial on the same interactions."""
+def measure(
+    users: int = 5000,
+    items: int = 2000,
+    components: int = 32,
+    loss: str = "warp",
+    threads: int = 1,
+    rounds: int = 5,
+    warmup: int = 200_000,
+) -> dict:
+    """The report: one case per batch size in steady state, and one of growth."""
     sizes = (500, 2000, 20_000)
-    warmup = 200_000
     stream = generate_ratings(users, items, warmup + rounds * (sum(sizes) + 2000), 16, seed=3)
     config = ModelConfig(
         loss=loss,
@@ -123,7 +120,7 @@ def main(
         )
     cases.append({"case": "growth: 25% new users", **run_case(model, growth, threads)})
     assert all(np.isfinite(a).all() for a in model.state_arrays().values()), STATE_ARRAYS
-    report = {
+    return {
         "users": model.n_users,
         "items": model.n_items,
         "components": components,
@@ -132,12 +129,47 @@ def main(
         "machine": machine(),
         "cases": cases,
     }
+
+
+#: What ``train_batch`` may cost over raw ``fit_partial`` (1 epoch, the hardest case for us).
+GOAL = 0.25
+
+
+def figures(quick: bool) -> list[Figure]:
+    """train_batch events/s vs raw fit_partial events/s on the same batches."""
+    report = measure(rounds=2 if quick else 5, warmup=50_000 if quick else 200_000)
+    return [
+        Figure(
+            f"train_batch vs raw fit_partial, {c['case']}, batch {c['batch_size']:,}",
+            baseline=round(c["raw_events_per_s"]),
+            value=round(c["ours_events_per_s"]),
+            goal=GOAL,
+            unit="events/s",
+        )
+        for c in report["cases"]
+    ]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--users", default=5000, show_default=True)
+@click.option("--items", default=2000, show_default=True)
+@click.option("--components", default=32, show_default=True)
+@click.option("--loss", default="warp", show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--rounds", default=5, show_default=True, help="Batches per case.")
+def main(
+    as_json: bool, users: int, items: int, components: int, loss: str, threads: int, rounds: int
+) -> None:
+    """train_batch throughput against raw fit_partial on the same interactions."""
+    report = measure(users, items, components, loss, threads, rounds)
+    cases = report["cases"]
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(
         f"{loss}, {components} components, {threads} thread(s), 1 epoch per batch, "
-        f"{model.n_users} users x {model.n_items} items; {report['machine']}\n"
+        f"{report['users']} users x {report['items']} items; {report['machine']}\n"
     )
     click.echo(
         table(

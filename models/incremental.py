@@ -51,7 +51,7 @@ from models.consolidation import InteractionWindow, item_neighbours
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
-from models.snapshot import PARTS, STATE_ARRAYS, SnapshotState, decode, encode
+from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
 
 _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
 
@@ -115,6 +115,9 @@ class IncrementalModel:
         self.since_consolidation = 0
         """Events applied since the last consolidation (or since the start)."""
         self._neighbours: sp.csr_matrix | None = None
+        # Exact applied-event counts per user/item (any rating): what crash tests count.
+        self._user_events = np.zeros(0, dtype=np.int64)
+        self._item_events = np.zeros(0, dtype=np.int64)
         # One RandomState, re-seeded from (seed, version, stream) before each use: creating
         # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
         self._random = np.random.RandomState(config.seed)
@@ -202,6 +205,8 @@ class IncrementalModel:
 
         positive = labels > 0
         np.add.at(self._user_positives, rows[positive], 1)
+        np.add.at(self._user_events, user_idx, 1)
+        np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
         self._remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
@@ -449,6 +454,8 @@ class IncrementalModel:
             self._init_rows(side, old, new, self._random)
         self._user_positives = _resized(self._user_positives, n_users0, self.capacity[0])
         self._popularity = _resized(self._popularity, n_items0, self.capacity[1])
+        self._user_events = _resized(self._user_events, n_users0, self.capacity[0])
+        self._item_events = _resized(self._item_events, n_items0, self.capacity[1])
 
     def _reallocate(self, side: str, used: int, capacity: int) -> None:
         for part in PARTS:
@@ -509,6 +516,12 @@ class IncrementalModel:
             consolidated=consolidated,
         )
 
+    def event_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Applied (non-duplicate) events so far per user id and per item id, exactly."""
+        users = dict(zip(self.users.ids(), self._user_events[: self.n_users].tolist(), strict=True))
+        items = dict(zip(self.items.ids(), self._item_events[: self.n_items].tolist(), strict=True))
+        return users, items
+
     # --- scoring -----------------------------------------------------------------------
     def view(self) -> ScoringView:
         """An immutable copy of the scoring state; safe to use while training continues."""
@@ -536,6 +549,8 @@ class IncrementalModel:
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity[: self.n_items]
         arrays["user_positives"] = self._user_positives[: self.n_users]
+        arrays["user_events"] = self._user_events[: self.n_users]
+        arrays["item_events"] = self._item_events[: self.n_items]
         return encode(
             SnapshotState(
                 config=self.config,
@@ -582,6 +597,12 @@ class IncrementalModel:
         model._popularity[: model.n_items] = state.arrays["popularity"]
         model._user_positives = np.zeros(len(model._lfm.user_biases), dtype=np.int64)
         model._user_positives[: model.n_users] = state.arrays["user_positives"]
+        for name in EVENT_COUNTS:  # absent in snapshots older than the counts: start at 0
+            side = name.partition("_")[0]
+            counts = np.zeros(len(getattr(model._lfm, f"{side}_biases")), dtype=np.int64)
+            if name in state.arrays:
+                counts[: len(state.arrays[name])] = state.arrays[name]
+            setattr(model, f"_{name}", counts)
         return model
 
 

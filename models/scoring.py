@@ -232,34 +232,55 @@ class ScoringView:
             raise ValueError(f"{len(excludes)} exclude sets for {len(users)} users")
         if histories is not None and len(histories) != len(users):
             raise ValueError(f"{len(histories)} histories for {len(users)} users")
-        blend = self._neighbours is not None and histories is not None
-        excluded = [self.item_rows(e) for e in excludes] if excludes else None
+        rows = [self.item_rows(e) for e in excludes] if excludes else [_EMPTY] * len(users)
+        history_rows = [self.item_rows(h) for h in histories] if histories is not None else None
+        return self.recommend_batch(users, [k] * len(users), rows, history_rows)
+
+    def recommend_batch(
+        self,
+        users: Sequence[str],
+        ks: Sequence[int],
+        exclude_rows: Sequence[np.ndarray],
+        history_rows: Sequence[np.ndarray] | None = None,
+    ) -> list[Recommendation]:
+        """:meth:`recommend` for a batch of requests: one matmul per chunk of warm users,
+        each request with its own ``k`` and its own excluded item *rows* (dense indices of
+        this view, e.g. from :meth:`models.seen.ItemHashIndex.rows`), and optionally the
+        rows of each user's history to blend with (see the class docstring)."""
+        if not len(users) == len(ks) == len(exclude_rows):
+            raise ValueError(f"{len(users)} users, {len(ks)} ks, {len(exclude_rows)} excludes")
+        if history_rows is not None and len(history_rows) != len(users):
+            raise ValueError(f"{len(history_rows)} histories for {len(users)} users")
+        for k in ks:
+            _check_k(k)
+        blend = self._neighbours is not None and history_rows is not None
         results: list[Recommendation | None] = [None] * len(users)
         warm: list[int] = []
         rows: list[int] = []
         for pos, user in enumerate(users):
             row = self.model_row(user)
             if row is None:
-                ex = excluded[pos] if excluded else _EMPTY
-                results[pos] = Recommendation(
-                    user, self._popular(k, ex), self.version, "popularity"
-                )
+                items = self._popular(ks[pos], exclude_rows[pos])
+                results[pos] = Recommendation(user, items, self.version, "popularity")
             else:
                 warm.append(pos)
                 rows.append(row)
-        chunk = max(1, _CHUNK_CELLS // max(1, self.n_items))
+        n = self.n_items
+        chunk = max(1, _CHUNK_CELLS // max(1, n))
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
             if blend:
                 for r, pos in enumerate(positions):
-                    self.blend(scores[r], self.item_rows(histories[pos]))
-            if excluded:
-                for r, pos in enumerate(positions):
-                    scores[r, excluded[pos]] = -np.inf
-            for r, (idx, vals) in enumerate(top_k_rows(scores, k)):
-                pos = positions[r]
-                items = self._scored(idx, vals)
+                    self.blend(scores[r], history_rows[pos])
+            masks = [exclude_rows[pos] for pos in positions]
+            if any(len(m) for m in masks):
+                flat = np.concatenate([m + r * n for r, m in enumerate(masks)])
+                scores.reshape(-1)[flat] = -np.inf
+            tops = top_k_rows(scores, max(ks[pos] for pos in positions))
+            for pos, (idx, vals) in zip(positions, tops, strict=True):
+                k = ks[pos]
+                items = self._scored(idx[:k], vals[:k])
                 results[pos] = Recommendation(users[pos], items, self.version, "model")
         return results  # type: ignore[return-value]
 

@@ -51,6 +51,9 @@ _NEIGHBOUR_ENTRIES = {
     "neighbours_indptr": np.dtype(np.int64),
 }
 """The item-kNN neighbours for blending, as CSR arrays; optional, like the window."""
+EVENT_COUNTS = ("user_events", "item_events")
+"""Exact applied-event counts per user and per item (int64). Optional on read: snapshots
+written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -85,6 +88,7 @@ class SnapshotState:
     item_ids: list[str]
     recent_event_ids: list[str]
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
+    # (and, when present, the EVENT_COUNTS)
     window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
     since_consolidation: int = 0
     neighbours: sp.csr_matrix | None = None  # models.consolidation.item_neighbours
@@ -188,6 +192,9 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
             expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
     expected["popularity"] = (np.dtype(np.float64), (n["item"],))
     expected["user_positives"] = (np.dtype(np.int64), (n["user"],))
+    for name in EVENT_COUNTS:
+        if name in entries:
+            expected[name] = (np.dtype(np.int64), (n[name.partition("_")[0]],))
     arrays = {}
     for name, (dtype, shape) in expected.items():
         array = entries[name]
@@ -212,6 +219,8 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
     since = meta.get("since_consolidation", 0)
     if isinstance(since, bool) or not isinstance(since, int) or since < 0:
         raise SnapshotError("since_consolidation must be an int >= 0")
+    if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
+        raise SnapshotError("user_events and item_events must be >= 0")
 
     return SnapshotState(
         config=config,
@@ -313,7 +322,7 @@ def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
-    optional = set(_WINDOW_ENTRIES) | set(_NEIGHBOUR_ENTRIES)
+    optional = set(_WINDOW_ENTRIES) | set(_NEIGHBOUR_ENTRIES) | set(EVENT_COUNTS)
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             infos = archive.infolist()

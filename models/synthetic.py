@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.catalog import CatalogItem
 from models.events import Rating
 
 _RATING_LEVELS = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
@@ -29,6 +30,80 @@ def item_id(cluster: int, index: int) -> str:
 
 def user_id(index: int) -> str:
     return f"u{index}"
+
+
+def _item_clusters(n_items: int, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Each item's genre; the first draw from ``rng``, so the catalog can repeat it."""
+    item_cluster = np.arange(n_items) % n_clusters
+    rng.shuffle(item_cluster)
+    return item_cluster
+
+
+GENRE_NAMES = ("Action", "Comedy", "Drama", "Sci-Fi", "Horror", "Romance", "Western", "Animation")
+_ADJECTIVES = (
+    "Silent",
+    "Crimson",
+    "Last",
+    "Hidden",
+    "Golden",
+    "Broken",
+    "Midnight",
+    "Electric",
+    "Frozen",
+    "Lost",
+    "Wild",
+    "Secret",
+    "Burning",
+    "Distant",
+    "Iron",
+    "Velvet",
+)
+_NOUNS = (
+    "Harbor",
+    "Signal",
+    "Garden",
+    "Frontier",
+    "Mirror",
+    "Empire",
+    "River",
+    "Orbit",
+    "Promise",
+    "Circus",
+    "Kingdom",
+    "Station",
+    "Canyon",
+    "Machine",
+    "Letter",
+    "Island",
+)
+
+
+def genre_name(cluster: int) -> str:
+    """A display name for synthetic genre ``cluster`` (numbered past the named ones)."""
+    if cluster < len(GENRE_NAMES):
+        return GENRE_NAMES[cluster]
+    return f"Genre {cluster}"
+
+
+def generate_catalog(n_items: int = 500, n_clusters: int = 8, seed: int = 0) -> list[CatalogItem]:
+    """Titles and genres for the items :func:`generate_ratings` (same arguments) rates."""
+    if n_clusters < 1 or n_items < n_clusters:
+        raise ValueError(f"{n_items} items cannot fill {n_clusters} clusters")
+    item_cluster = _item_clusters(n_items, n_clusters, np.random.default_rng(seed))
+    names = np.random.default_rng([seed, 1])  # titles: a stream of their own
+    adjectives = names.integers(len(_ADJECTIVES), size=n_items).tolist()
+    nouns = names.integers(len(_NOUNS), size=n_items).tolist()
+    years = names.integers(1950, 2026, size=n_items).tolist()
+    return [
+        CatalogItem(
+            item=item_id(int(c), i),
+            title=f"The {_ADJECTIVES[a]} {_NOUNS[n]} ({y})",
+            genres=(genre_name(int(c)),),
+        )
+        for i, (c, a, n, y) in enumerate(
+            zip(item_cluster.tolist(), adjectives, nouns, years, strict=True)
+        )
+    ]
 
 
 def generate_ratings(
@@ -52,8 +127,7 @@ def generate_ratings(
             f"{n_ratings} ratings is more than half of the {n_users * n_items} user-item pairs"
         )
     rng = np.random.default_rng(seed)
-    item_cluster = np.arange(n_items) % n_clusters
-    rng.shuffle(item_cluster)
+    item_cluster = _item_clusters(n_items, n_clusters, rng)
     # Zipf-like popularity within each genre, in a random order of items.
     item_weight = np.empty(n_items)
     members = [np.flatnonzero(item_cluster == c) for c in range(n_clusters)]

@@ -19,6 +19,7 @@ ratings           user          :class:`models.events.Rating`
 rec-requests      user          :class:`models.events.RecRequest`
 rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
 model-updates     ``b"model"``  :class:`ModelUpdate`
+items             item          :class:`models.catalog.CatalogItem` (compacted)
 ``*-dlq``         original      original bytes; :class:`DeadLetter` headers
 ================  ============  ===========================================
 """
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from models.catalog import CatalogItem, parse_catalog_item
 from models.events import (
     InvalidEvent,
     Rating,
@@ -244,6 +246,28 @@ class ModelUpdate:
             trained_events=int(obj.get("trained_events") or 0),
             metrics=metrics,
         )
+
+
+# --- catalog items ---------------------------------------------------------------------
+def catalog_item_body(entry: CatalogItem) -> dict[str, Any]:
+    """The JSON object of an ``items`` message (what every worker's catalog table holds)."""
+    return {"item": entry.item, "title": entry.title, "genres": list(entry.genres)}
+
+
+def encode_catalog_item(entry: CatalogItem) -> tuple[bytes, bytes]:
+    """Key (the item id, raw UTF-8) and value of the ``items`` message for ``entry``."""
+    return entry.item.encode(), encode_json(catalog_item_body(entry))
+
+
+def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+    try:
+        entry = parse_catalog_item(decode_object(value, max_bytes=max_bytes))
+    except InvalidEvent as exc:
+        raise Undecodable("invalid", str(exc)) from None
+    if key != entry.item.encode():
+        raise Undecodable("invalid", "items messages must be keyed by their item id")
+    return entry
 
 
 # --- dead letters ----------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -34,8 +33,12 @@ def _genre_mix(reply: dict[str, Any]) -> str:
 
 def _show(title: str, reply: dict[str, Any]) -> None:
     items = " ".join(e["item"] for e in reply["items"])
+    pad = " " * len(title)
     _say(f"  {title}: [{reply['source']}, model v{reply['model_version']}] {items}")
-    _say(f"  {' ' * len(title)}  genres: {_genre_mix(reply)}")
+    _say(f"  {pad}  genres: {_genre_mix(reply)}")
+    named = [e["title"] for e in reply["items"][:3] if "title" in e]
+    if named:
+        _say(f"  {pad}  top: {' · '.join(named)}")
 
 
 @click.command()
@@ -50,7 +53,9 @@ def _show(title: str, reply: dict[str, Any]) -> None:
     show_default=True,
     help="Events per second when streaming the live part of the data.",
 )
-@click.option("--keep", is_flag=True, help="Keep the workers running until Ctrl-C.")
+@click.option(
+    "--keep", is_flag=True, help="Keep the workers running until Ctrl-C and show the dashboard URL."
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 def demo(
     users: int, items: int, ratings: int, genres: int, rate: float, keep: bool, seed: int
@@ -62,10 +67,11 @@ def demo(
     recommendations changing as a user discovers a new genre.
     """
     from app.dev import DevServiceError, KafkaBroker, metadata_ready
+    from app.kafka import kafka_client_options
 
     base = get_settings()
     broker = None
-    if not metadata_ready(base.kafka_bootstrap):
+    if not metadata_ready(kafka_client_options(base)):
         _say(f"Kafka is not running at {base.kafka_bootstrap}: starting the dev broker ...")
         broker = KafkaBroker(base)
         try:
@@ -90,16 +96,16 @@ def _run(
     keep: bool,
     seed: int,
 ) -> None:
-    from tqdm import tqdm
-
+    from app.commands.catalog import publish_catalog
     from app.commands.service import publish_ratings, request_recommendation
     from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+    from app.progress import progress_bar
     from app.service import model_config
     from app.stores import write_current_snapshot
     from app.topics import ensure_topics
     from models.events import Rating
     from models.incremental import IncrementalModel
-    from models.synthetic import generate_ratings
+    from models.synthetic import generate_catalog, generate_ratings
 
     run = time.strftime("%Y%m%d-%H%M%S")
     home = PROJECT_ROOT / "var" / "demo" / run
@@ -120,14 +126,20 @@ def _run(
         f"1. Synthetic data: {ratings} ratings by {users} users of {items} movies in "
         f"{genres} genres (power-law popularity)."
     )
-    data = generate_ratings(users, items, ratings, genres, seed=seed)
+    try:
+        data = generate_ratings(users, items, ratings, genres, seed=seed)
+        catalog = generate_catalog(items, genres, seed=seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    asyncio.run(publish_catalog(settings, catalog))
+    _say(f"   Their titles and genres are on the {settings.items_topic!r} topic (the catalog).")
     cut = int(len(data) * 0.8)
     history, live = data[:cut], data[cut:]
 
     _say(f"2. Offline bootstrap: training on the first {len(history)} ratings ...")
     model = IncrementalModel(model_config(settings))
     epochs = 10
-    with tqdm(total=epochs, unit="epoch", desc="   training", file=sys.stderr) as bar:
+    with progress_bar(total=epochs, unit="epoch", desc="   training") as bar:
         model.train_batch(history, epochs=epochs, on_epoch=lambda _: bar.update())
     uri = asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     _say(f"   snapshot v{model.version} -> {uri}")
@@ -140,7 +152,7 @@ def _run(
     try:
         for worker in workers:
             worker.wait_ready(timeout=120)
-        _say(f"   trainer {trainer.url}/model/   scorer {scorer.url}/users/<id>/  (logs: {logs})")
+        _say(f"   trainer {trainer.url}/   scorer {scorer.url}/   (logs: {logs})")
 
         _say(f"4. Streaming the other {len(live)} ratings through Kafka at {rate:g}/s ...")
         asyncio.run(publish_ratings(settings, live, rate=rate, progress=True))
@@ -208,11 +220,12 @@ def _run(
             f"7. Trainer: model v{info.get('version')}, {info.get('trained_events')} events "
             f"trained, prequential hit-rate@10 {info.get('prequential_hit_rate', 0):.3f}"
         )
-        _say(
-            f"   Try: curl {scorer.url}/users/{user}/   curl {scorer.url}/items/popular/   "
-            f"curl {scorer.url}/metrics"
-        )
         if keep:
+            _say(f"8. Dashboard: {scorer.url}/?user={user}   (the trainer's: {trainer.url}/)")
+            _say(
+                f"   Try: curl {scorer.url}/users/{user}/   curl {scorer.url}/items/popular/   "
+                f"curl {scorer.url}/metrics"
+            )
             _say("   Workers keep running; Ctrl-C stops them.")
             with contextlib.suppress(KeyboardInterrupt):
                 while all(w.running() for w in workers):
@@ -220,4 +233,10 @@ def _run(
     finally:
         for worker in workers:
             worker.stop()
-    _say(f"Done. Everything the demo wrote is under {home.relative_to(PROJECT_ROOT)}/.")
+    where = home.relative_to(PROJECT_ROOT)
+    _say(f"Done; the workers have stopped. Everything the demo wrote is under {where}/:")
+    _say(f"   streamrec models list --store {settings.model_store}   (its snapshots)")
+    _say(f"   less {logs.relative_to(PROJECT_ROOT)}/scorer.log   (the workers' logs)")
+    if not keep:
+        _say("   Run `streamrec demo --keep` (or `bash dev/demo.sh --keep`) to keep the workers")
+        _say("   and open the live dashboard.")

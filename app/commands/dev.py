@@ -16,11 +16,11 @@ import click
 ONLY = click.Choice(["kafka", "s3"])
 
 
-def _selected(only: str | None) -> dict:
+def _selected(only: str | None, **overrides: object) -> dict:
     from app.dev import services
     from app.settings import load_settings
 
-    chosen = services(load_settings())
+    chosen = services(load_settings(**overrides))
     return {name: svc for name, svc in chosen.items() if only in (None, name)}
 
 
@@ -28,6 +28,7 @@ def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
     )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)  # "Loading SSL CA from ..." per probe
 
 
 @click.group()
@@ -38,15 +39,26 @@ def dev() -> None:
 @dev.command()
 @click.option("--only", type=ONLY, help="Start just this service.")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for readiness.")
-def up(only: str | None, timeout: float) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    default=None,
+    help="Also open a SASL_SSL listener on STREAMREC_KAFKA_PORT + 2 (CA and users made on the "
+    "spot; `dev status --json` says how to connect). Default: STREAMREC_DEV_KAFKA_SECURE.",
+)
+def up(only: str | None, timeout: float, secure: bool | None) -> None:
     """Start the services (a no-op for those already running) and wait until they answer."""
-    from app.dev import DevServiceError
+    from app.dev import DevServiceError, port_clash
     from app.settings import load_settings
 
     _logging()
-    chosen = _selected(only)
+    overrides = {} if secure is None else {"dev_kafka_secure": secure}
+    chosen = _selected(only, **overrides)
     started = []
     try:
+        clash = port_clash(chosen.values())
+        if clash:
+            raise DevServiceError(clash)
         for svc in chosen.values():  # start all, then wait: Kafka's JVM and weed boot in parallel
             if svc.start(wait=False):
                 started.append(svc)
@@ -56,7 +68,7 @@ def up(only: str | None, timeout: float) -> None:
         for svc in started:
             svc.stop()
         raise click.ClickException(str(exc)) from None
-    _warn_mismatch(load_settings(), chosen)
+    _warn_mismatch(load_settings(**overrides), chosen)
 
 
 def _warn_mismatch(settings, chosen: dict) -> None:
@@ -112,6 +124,8 @@ def status(only: str | None, as_json: bool) -> None:
                 "ready" if info["ready"] else "running, not ready" if info["running"] else "stopped"
             )
             where = info.get("bootstrap") or info.get("endpoint")
+            if info.get("secure"):
+                where = f"{where} and SASL_SSL at {info['secure']['bootstrap']}"
             pid = f" pid {info['pid']}" if info["pid"] else ""
             click.echo(f"{name}: {state}{pid} at {where} (log {info['log']})")
     if not all(info["ready"] for info in report.values()):
@@ -126,10 +140,11 @@ def ping() -> None:
     one line and exits 0 if both answer, 1 otherwise. dev/with-services.sh reuses such services.
     """
     from app.dev import metadata_ready, s3_problem
+    from app.kafka import kafka_client_options
     from app.settings import load_settings
 
     settings = load_settings()
-    kafka = "ok" if metadata_ready(settings.kafka_bootstrap) else "not reachable"
+    kafka = "ok" if metadata_ready(kafka_client_options(settings)) else "not reachable"
     s3 = s3_problem(
         settings.s3_endpoint or "",
         settings.s3_access_key,

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import codecs
 import csv
+import itertools
 import json
-import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from models.incremental import IncrementalModel
 
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 def file_encoding(path: Path) -> str:
@@ -49,11 +51,19 @@ def read_ratings(path: Path, fmt: str = "auto") -> list[Rating]:
         raise click.BadParameter(
             f"{fmt!r} is not one of auto, {', '.join(FORMATS)}", param_hint="--format"
         )
+    return read_text_file(
+        path, lambda f: list(iter_ratings(f, fmt, source=path.name)), DatasetError
+    )
+
+
+def read_text_file(
+    path: Path, parse: Callable[[TextIO], list[T]], errors: type[ValueError]
+) -> list[T]:
+    """``parse`` the file (UTF-8, else latin-1); ``errors`` and I/O errors are one clear line."""
     try:
-        encoding = file_encoding(path)
-        with path.open(encoding=encoding, newline="") as f:
-            return list(iter_ratings(f, fmt, source=path.name))
-    except DatasetError as exc:
+        with path.open(encoding=file_encoding(path), newline="") as f:
+            return parse(f)
+    except errors as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -104,6 +114,17 @@ def read_ratings(path: Path, fmt: str = "auto") -> list[Rating]:
 @click.option("--k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--out", "store_url", default=None, help="Store URL. Default: STREAMREC_MODEL_STORE.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Promote even over a current model that streaming trained (rolls it back).",
+)
+@click.option(
+    "--skip-if-streamed",
+    is_flag=True,
+    help="If streaming already trained the current model, say so and exit 0 without "
+    "training (for bootstrap jobs that run on every deploy).",
+)
 def train(
     ratings_file: Path,
     fmt: str,
@@ -117,15 +138,17 @@ def train(
     k: int,
     as_json: bool,
     store_url: str | None,
+    force: bool,
+    skip_if_streamed: bool,
 ) -> None:
     """Train a model offline from a ratings file, evaluate it and write a snapshot.
 
     The held-out ratings are not trained (the snapshot is the model that was evaluated);
     use --holdout-per-user 0 to train on everything. The snapshot becomes the store's
-    current version, so workers start from it.
+    current version, so workers start from it. If the current model was trained by
+    streaming (it covers Kafka offsets), training refuses to replace it unless --force.
     """
-    from tqdm import tqdm
-
+    from app.progress import progress_bar
     from app.settings import get_settings
     from models.evaluation import split_latest_per_user, split_random
     from models.incremental import IncrementalModel
@@ -135,6 +158,14 @@ def train(
     settings = get_settings()
     url = store_url or settings.model_store
     config = _model_config(settings, loss, components, threshold, learning_rate)
+    if force and skip_if_streamed:
+        raise click.UsageError("use either --force or --skip-if-streamed, not both")
+    streamed = asyncio.run(_check_store(url, settings, inspect=not force))  # fail early
+    if streamed is not None and not force:
+        if skip_if_streamed:
+            click.echo(f"{streamed}; nothing to do (--skip-if-streamed)")
+            return
+        raise click.ClickException(f"{streamed}; not replacing it (use --force to roll it back)")
     epochs = config.consolidate_epochs if epochs is None else epochs
     asyncio.run(_check_store(url, settings))  # fail before training, not after
 
@@ -151,7 +182,7 @@ def train(
 
     model = IncrementalModel(config)
     started = time.perf_counter()
-    with tqdm(total=epochs, unit="epoch", desc="training", file=sys.stderr) as bar:
+    with progress_bar(total=epochs, unit="epoch", desc="training") as bar:
         model.train_batch(train_set, epochs=epochs, on_epoch=lambda _: bar.update())
     seconds = time.perf_counter() - started
 
@@ -218,15 +249,30 @@ def _evaluate(
     }
 
 
-async def _check_store(url: str, settings: Settings) -> None:
+async def _check_store(url: str, settings: Settings, *, inspect: bool = True) -> str | None:
+    """Check the store answers; say so if its current model was trained by streaming.
+
+    A streamed model's manifest covers Kafka offsets (the trainer records the next offset
+    per ratings partition); an offline one covers none.
+    """
     from app.stores import store_from_url
     from storage.errors import StorageError
 
     try:
         async with store_from_url(url, settings) as store:
-            await store.latest()
+            current = await store.current()
+            if current is None or not inspect:
+                return None
+            _, manifest = await store.get(current)
     except StorageError as exc:
         raise click.ClickException(f"model store {url}: {exc}") from None
+    offsets = manifest.get("offsets") or {}
+    if not offsets:
+        return None
+    return (
+        f"model store {url}: current v{current} was trained by streaming "
+        f"({manifest.get('trained_events')} events, {sum(offsets.values())} Kafka offsets)"
+    )
 
 
 async def _write_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
@@ -275,6 +321,19 @@ def _table(report: dict[str, Any], metrics: dict[str, Metrics], k: int) -> str:
     return "\n".join(lines)
 
 
+def catalog_path(ratings: Path) -> Path:
+    """Where ``streamrec generate`` writes the catalog of the ratings file ``ratings``."""
+    return ratings.with_name(f"{ratings.stem}.items.csv")
+
+
+def _write_csv(path: Path, rows: Iterable[list[str]]) -> None:
+    try:
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--users", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -282,31 +341,51 @@ def _table(report: dict[str, Any], metrics: dict[str, Metrics], k: int) -> str:
 @click.option("--ratings", type=click.IntRange(min=1), default=50_000, show_default=True)
 @click.option("--clusters", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option(
+    "--catalog",
+    "catalog",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write the items' titles and genres (default: OUT's name + .items.csv).",
+)
+@click.option("--force", is_flag=True, help="Overwrite OUT (and the catalog) if they exist.")
 def generate(
-    out: Path, users: int, items: int, ratings: int, clusters: int, seed: int, force: bool
+    out: Path,
+    users: int,
+    items: int,
+    ratings: int,
+    clusters: int,
+    seed: int,
+    catalog: Path | None,
+    force: bool,
 ) -> None:
-    """Write synthetic power-law ratings as CSV (user,item,rating,timestamp).
+    """Write synthetic power-law ratings as CSV (user,item,rating,timestamp) and their catalog.
 
     Items are named by genre (g3-m17), so a demo can show recommendations following a
-    user into a new genre. The file is readable by `streamrec train` and `streamrec publish`.
+    user into a new genre. The ratings file is readable by `streamrec train` and `streamrec
+    publish`; the catalog (item,title,genres) by `streamrec catalog load`.
     """
-    from models.synthetic import generate_ratings
+    from models.catalog import catalog_rows
+    from models.synthetic import generate_catalog, generate_ratings
 
-    if out.exists() and not force:
-        raise click.ClickException(f"{out} exists (use --force to overwrite)")
+    catalog = catalog or catalog_path(out)
+    for path in (out, catalog):
+        if path.exists() and not force:
+            raise click.ClickException(f"{path} exists (use --force to overwrite)")
     try:
         events = generate_ratings(users, items, ratings, clusters, seed)
+        entries = generate_catalog(items, clusters, seed)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        with out.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["user", "item", "rating", "timestamp"])
-            for e in events:
-                writer.writerow([e.user, e.item, f"{e.rating:g}", f"{e.ts:.0f}"])
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from None
+    _write_csv(
+        out,
+        itertools.chain(
+            [["user", "item", "rating", "timestamp"]],
+            ([e.user, e.item, f"{e.rating:g}", f"{e.ts:.0f}"] for e in events),
+        ),
+    )
+    _write_csv(catalog, catalog_rows(entries))
     click.echo(
         f"wrote {len(events)} ratings ({users} users, {items} items, {clusters} genres) to {out}"
+        f" and their catalog to {catalog}"
     )

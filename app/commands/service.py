@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from aiokafka.errors import KafkaError
 
-from app.kafka import kafka_client_options
+from agents.kafka import send_bulk
+from app.kafka import connection_errors_explained, kafka_client_options, kafka_unavailable
 from app.settings import Settings, get_settings
 from models.events import RecRequest
 from models.wire import ModelUpdate, Reply, Undecodable, encode_rating, encode_request
+
+T = TypeVar("T")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -26,16 +28,16 @@ def _settings(**overrides: Any) -> Settings:
     return base.model_copy(update=changes) if changes else base
 
 
-def _quiet_kafka_logs() -> None:
-    """Client commands report Kafka trouble in one line of their own, not aiokafka's."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
-def _kafka_down(settings: Settings, exc: Exception) -> click.ClickException:
-    return click.ClickException(
-        f"Kafka is not reachable at {settings.kafka_bootstrap} ({type(exc).__name__}: {exc}); "
-        "start it with `streamrec dev up` or set STREAMREC_KAFKA_BOOTSTRAP"
-    )
+def run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
+    """Run a Kafka client coroutine; a Kafka that cannot be used (down, a refused login, an
+    untrusted certificate) is one clear line and exit 1 instead of aiokafka's log lines."""
+    with connection_errors_explained() as failures:
+        try:
+            return asyncio.run(work)
+        except TimeoutError:
+            raise  # the caller's own wait (e.g. no reply), not a connection problem
+        except (KafkaError, OSError) as exc:
+            raise click.ClickException(kafka_unavailable(settings, exc, failures)) from None
 
 
 @click.command()
@@ -57,11 +59,9 @@ def worker(role: str | None, web_port: int | None, loglevel: str | None) -> None
 
     settings = _settings(role=role, web_port=web_port)
     try:
-        asyncio.run(ensure_topics(settings, role=settings.role))
+        run_kafka(settings, ensure_topics(settings, role=settings.role))
     except TopicMismatch as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     Worker(app, loglevel=loglevel or settings.log_level).execute_from_commandline()
@@ -84,14 +84,10 @@ def publish(ratings_file: Path, rate: float | None, limit: int | None, fmt: str)
     from app.commands.offline import read_ratings
 
     settings = _settings()
-    _quiet_kafka_logs()
     ratings = read_ratings(ratings_file, fmt)
     if limit is not None:
         ratings = ratings[:limit]
-    try:
-        sent = asyncio.run(publish_ratings(settings, ratings, rate=rate, progress=True))
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
+    sent = run_kafka(settings, publish_ratings(settings, ratings, rate=rate, progress=True))
     click.echo(f"published {sent} ratings to {settings.ratings_topic!r}")
 
 
@@ -100,7 +96,8 @@ async def publish_ratings(
 ) -> int:
     """Produce ``ratings`` keyed by user (acks=all, idempotent); returns how many were sent."""
     from aiokafka import AIOKafkaProducer
-    from tqdm import tqdm
+
+    from app.progress import progress_bar
 
     producer = AIOKafkaProducer(
         **kafka_client_options(settings),
@@ -108,10 +105,12 @@ async def publish_ratings(
         enable_idempotence=True,
         linger_ms=5,
     )
-    await _start(producer)
+    await start_client(producer)
     started = time.monotonic()
     try:
-        with tqdm(total=len(ratings), unit="ev", disable=not progress, file=sys.stderr) as bar:
+        if rate is None and not progress:  # as fast as the broker takes them: whole batches
+            return await send_bulk(producer, settings.ratings_topic, map(encode_rating, ratings))
+        with progress_bar(total=len(ratings), unit="ev", disable=not progress) as bar:
             for i, rating in enumerate(ratings, 1):
                 key, value = encode_rating(rating)
                 await producer.send(settings.ratings_topic, key=key, value=value)
@@ -132,7 +131,7 @@ async def announce_model(settings: Settings, update: ModelUpdate) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
-    await _start(producer)
+    await start_client(producer)
     try:
         key, value = update.encode()
         await producer.send_and_wait(settings.model_updates_topic, key=key, value=value)
@@ -140,7 +139,7 @@ async def announce_model(settings: Settings, update: ModelUpdate) -> None:
         await producer.stop()
 
 
-async def _start(client: Any) -> None:
+async def start_client(client: Any) -> None:
     """Start an aiokafka client; if it cannot connect, close it again (no 'Unclosed' noise)."""
     try:
         await client.start()
@@ -161,10 +160,10 @@ async def request_recommendation(
     consumer = AIOKafkaConsumer(
         **kafka_client_options(settings), group_id=None, enable_auto_commit=False
     )
-    await _start(consumer)
+    await start_client(consumer)
     producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
     try:
-        await _start(producer)
+        await start_client(producer)
     except BaseException:
         await consumer.stop()
         raise
@@ -207,7 +206,8 @@ def format_reply(reply: Reply) -> str:
         f"(model v{reply.model_version}, {reply.latency_ms or 0:.1f} ms)"
     )
     rows = [
-        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}" for i, entry in enumerate(reply.items, 1)
+        f"  {i:>3}. {entry.item:<20} {entry.score:8.3f}  {entry.title or ''}".rstrip()
+        for i, entry in enumerate(reply.items, 1)
     ]
     return "\n".join([head, *rows])
 
@@ -221,21 +221,19 @@ def format_reply(reply: Reply) -> str:
 def recommend(user: str, k: int | None, include_seen: bool, timeout: float, as_json: bool) -> None:
     """Ask the scorers for USER's recommendations over Kafka and print the reply."""
     settings = _settings()
-    _quiet_kafka_logs()
     try:
-        reply = asyncio.run(
+        reply = run_kafka(
+            settings,
             request_recommendation(
                 settings,
                 user,
                 k or settings.default_k,
                 exclude_seen=not include_seen,
                 wait=timeout,
-            )
+            ),
         )
     except TimeoutError as exc:
         raise click.ClickException(str(exc)) from None
-    except (KafkaError, OSError) as exc:
-        raise _kafka_down(settings, exc) from None
     click.echo(json.dumps(reply.to_dict()) if as_json else format_reply(reply))
 
 

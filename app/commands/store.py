@@ -128,19 +128,17 @@ async def _announcement(store: SnapshotStore, version: int, reason: str) -> Mode
 
 
 def _announce(update: ModelUpdate) -> None:
-    from aiokafka.errors import KafkaError
-
-    from app.commands.service import announce_model
+    from app.commands.service import announce_model, run_kafka
     from app.settings import get_settings
 
     settings = get_settings()
     try:
-        asyncio.run(announce_model(settings, update))
-    except (KafkaError, OSError) as exc:
+        run_kafka(settings, announce_model(settings, update))
+    except click.ClickException as exc:
         raise click.ClickException(
             f"the pointer moved to {update.version}, but announcing it on "
-            f"{settings.model_updates_topic!r} failed ({exc}); scorers load it when they "
-            "restart, or run the command again once Kafka answers"
+            f"{settings.model_updates_topic!r} failed ({exc.message}); scorers load it when "
+            "they restart, or run the command again once Kafka answers"
         ) from None
     click.echo(f"announced v{update.version} on {settings.model_updates_topic!r}")
 
@@ -154,8 +152,9 @@ def promote(url: str | None, announce: bool, version: int) -> None:
 
     async def action(store: SnapshotStore) -> tuple[int | None, dict[str, Any]]:
         before = await store.current()
+        update = await _announcement(store, version, "promote")  # verified before it is current
         await store.promote(version)
-        return before, await _announcement(store, version, "promote")
+        return before, update
 
     before, update = _run(url, action)
     click.echo(f"current: {version} (was {before if before is not None else 'none'})")

@@ -10,6 +10,8 @@ Used by ``streamrec dev up|down|status`` and by tests that need their own instan
     s3.stop()           # SIGTERM, SIGKILL after the timeout; idempotent
 """
 
+from collections.abc import Iterable
+
 from app.dev.kafka import KafkaBroker, metadata_ready
 from app.dev.process import DevServiceError, ManagedProcess
 from app.dev.seaweed import SeaweedServer, s3_problem
@@ -21,9 +23,24 @@ __all__ = [
     "ManagedProcess",
     "SeaweedServer",
     "metadata_ready",
+    "port_clash",
     "s3_problem",
     "services",
 ]
+
+
+def port_clash(chosen: Iterable[ManagedProcess]) -> str | None:
+    """One line naming a port two services (or two roles of one) would bind, or None."""
+    owners: dict[int, str] = {}
+    for svc in chosen:
+        for port in svc.ports():
+            if port in owners:
+                return (
+                    f"port {port} is wanted by {owners[port]} and {svc.name}; choose other ports "
+                    f"({svc.port_env})"
+                )
+            owners[port] = svc.name
+    return None
 
 
 def services(settings: Settings) -> dict[str, ManagedProcess]:

@@ -71,7 +71,7 @@ class SeaweedServer(ManagedProcess):
             "endpoint": self.endpoint,
             "region": self.region,
             "access_key": self.access_key,
-            "secret_key": self.secret_key,
+            "secret_key_env": "STREAMREC_S3_SECRET_KEY",  # never the key itself
             "addressing_style": "path",
             "buckets": self.buckets,
         }

@@ -19,7 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.kafka import connection_env
 from app.settings import Settings
+
+SCORER_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+"""Scorers run single-threaded BLAS (docs/benchmarks.md): compose, k8s and dev workers alike."""
 
 
 def free_port() -> int:
@@ -57,7 +61,12 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env, "STREAMREC_WEB_PORT": str(self.web_port)}
+        env = {
+            **os.environ,
+            **(SCORER_ENV if self.role in ("scorer", "all") else {}),
+            **self.env,
+            "STREAMREC_WEB_PORT": str(self.web_port),
+        }
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker", "--role", self.role],
@@ -115,7 +124,15 @@ class WorkerProcess:
             return "(no log)"
 
 
-TOPIC_FIELDS = ("ratings", "requests", "responses", "model_updates", "ratings_dlq", "requests_dlq")
+TOPIC_FIELDS = (
+    "ratings",
+    "requests",
+    "responses",
+    "model_updates",
+    "ratings_dlq",
+    "requests_dlq",
+    "items",
+)
 
 
 def isolated_env(
@@ -127,7 +144,7 @@ def isolated_env(
     with whatever else uses the broker; ``prefix`` keeps them apart.
     """
     env = {
-        "STREAMREC_KAFKA_BOOTSTRAP": base.kafka_bootstrap,
+        **connection_env(base),
         "STREAMREC_APP_ID": prefix,
         "STREAMREC_MODEL_STORE": model_store,
         "STREAMREC_DATADIR": str(datadir),

@@ -27,7 +27,7 @@ import kubernetes_validate
 import pydantic
 import yaml
 
-from app.settings import Settings
+from app.settings import SECRET_FIELDS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +49,7 @@ REQUIRED_BY_COMMAND: dict[str, set[str]] = {
     "worker": {"kafka_bootstrap", "web_host", "web_bind", "web_port", "datadir"} | _STORE,
     "train": set(_STORE),
     "publish": {"kafka_bootstrap"},
+    "catalog": {"kafka_bootstrap"},
     "generate": set(),
 }
 
@@ -953,7 +954,7 @@ def check_env(root: Path) -> list[str]:
 
     resources, _ = kustomize_build(root / "k8s")
     k8s, _ = k8s_containers(root, resources)
-    secret_fields = {n for n, f in fields.items() if f.annotation is pydantic.SecretStr}
+    secret_fields = set(SECRET_FIELDS)
     for r in resources:
         if r.kind == "ConfigMap":
             for key in r.data.get("data") or {}:

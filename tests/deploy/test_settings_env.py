@@ -70,6 +70,16 @@ def _literal_secret_env(doc: dict[str, Any]) -> None:
             _literal_secret_env,
             "STREAMREC_S3_SECRET_KEY comes from env, not a Secret",
         ),
+        (  # an optional secret (SecretStr | None) is a secret too
+            "k8s/configmap.yaml",
+            lambda d: d["data"].update(STREAMREC_KAFKA_SASL_PASSWORD="REPLACE_ME"),
+            "ConfigMap/streamrec-config holds the secret STREAMREC_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            "k8s/configmap.yaml",
+            lambda d: d["data"].update(STREAMREC_KAFKA_SECURITY_PROTOCOL="TLS"),
+            "STREAMREC_KAFKA_SECURITY_PROTOCOL: Input should be",
+        ),
     ],
 )
 def test_env_checks_bite(deploy_copy: Path, file: str, mutate, expected: str) -> None:

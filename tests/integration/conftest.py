@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from app.dev import metadata_ready, s3_problem
+from app.kafka import kafka_client_options
 from app.settings import Settings
 
-SERVICE_FIXTURES = {"kafka_bootstrap": "kafka", "s3_config": "s3"}
+SERVICE_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_options": "kafka", "s3_config": "s3"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,7 +34,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.option.collectonly:
         return
     settings = Settings()
-    if "kafka" in needed and not metadata_ready(settings.kafka_bootstrap):
+    if "kafka" in needed and not metadata_ready(kafka_client_options(settings)):
         pytest.exit(
             f"Kafka is not reachable at {settings.kafka_bootstrap} — run `streamrec dev up`",
             returncode=pytest.ExitCode.TESTS_FAILED,
@@ -66,6 +68,12 @@ def settings() -> Settings:
 def kafka_bootstrap(settings: Settings) -> str:
     """The bootstrap servers of the running broker (checked before the session starts)."""
     return settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka client options for the running broker, as streamrec's clients use (TLS, SASL)."""
+    return kafka_client_options(settings)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 from app.dev import KafkaBroker, SeaweedServer, metadata_ready, s3_problem
 from app.dev.process import listening_sockets, pid_alive, port_free
 from app.dev.seaweed import DEV_BUCKET, GRPC_OFFSET
+from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.timeout(600)
@@ -170,13 +171,20 @@ def test_up_twice_keeps_the_same_processes(stack: DevEnv):
 
 def test_status_json_gives_working_connection_settings(stack: DevEnv):
     report = stack.status()
-    assert metadata_ready(report["kafka"]["bootstrap"])
+    assert metadata_ready({"bootstrap_servers": report["kafka"]["bootstrap"]})
     s3 = report["s3"]
     assert s3["endpoint"] == stack.settings.s3_endpoint
-    problem = s3_problem(
-        s3["endpoint"], s3["access_key"], s3["secret_key"], s3["region"], [DEV_BUCKET]
-    )
+    assert s3["secret_key_env"] == "STREAMREC_S3_SECRET_KEY"  # the name, never the key
+    secret = stack.settings.s3_secret_key.get_secret_value()
+    problem = s3_problem(s3["endpoint"], s3["access_key"], secret, s3["region"], [DEV_BUCKET])
     assert problem is None
+
+
+def test_up_secure_on_a_plaintext_broker_says_to_stop_it_first(stack: DevEnv):
+    done = stack.cli("up", "--only", "kafka", "--secure")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "already running without the SASL_SSL listener" in done.stderr
+    assert "secure" not in stack.status()["kafka"]  # still the plaintext broker it was
 
 
 def test_ping_succeeds_when_both_answer(stack: DevEnv):
@@ -187,8 +195,8 @@ def test_ping_succeeds_when_both_answer(stack: DevEnv):
 
 async def test_kafka_probe_works_from_async_code(stack: DevEnv):
     """Tests restart brokers from async tests; the probe must not need a loop-free thread."""
-    assert metadata_ready(stack.settings.kafka_bootstrap) is True
-    assert metadata_ready("127.0.0.1:1", timeout=1) is False
+    assert metadata_ready(kafka_client_options(stack.settings)) is True
+    assert metadata_ready({"bootstrap_servers": "127.0.0.1:1"}, timeout=1) is False
 
 
 def test_services_listen_on_loopback_and_their_own_ports_only(stack: DevEnv):
@@ -203,7 +211,7 @@ async def test_broker_accepts_a_10_mb_message(stack: DevEnv):
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=stack.settings.kafka_bootstrap,
+        **kafka_client_options(stack.settings),
         acks="all",
         max_request_size=12 * 1024 * 1024,
     )

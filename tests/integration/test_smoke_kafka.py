@@ -14,9 +14,9 @@ MESSAGES = 1000
 PARTITIONS = 4
 
 
-async def test_admin_creates_a_topic_with_four_partitions(kafka_bootstrap, unique_name):
+async def test_admin_creates_a_topic_with_four_partitions(kafka_options, unique_name):
     topic = unique_name("smoke-admin")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
@@ -28,9 +28,9 @@ async def test_admin_creates_a_topic_with_four_partitions(kafka_bootstrap, uniqu
         await admin.close()
 
 
-async def test_every_acked_message_is_consumed_back_by_a_group(kafka_bootstrap, unique_name):
+async def test_every_acked_message_is_consumed_back_by_a_group(kafka_options, unique_name):
     topic, group = unique_name("smoke-roundtrip"), unique_name("smoke-group")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
@@ -38,7 +38,7 @@ async def test_every_acked_message_is_consumed_back_by_a_group(kafka_bootstrap, 
         await admin.close()
 
     sent = {f"message-{i}" for i in range(MESSAGES)}
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(**kafka_options, acks="all")
     await producer.start()
     try:
         acks = await asyncio.gather(
@@ -53,7 +53,7 @@ async def test_every_acked_message_is_consumed_back_by_a_group(kafka_bootstrap, 
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=kafka_bootstrap,
+        **kafka_options,
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

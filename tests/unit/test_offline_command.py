@@ -21,6 +21,10 @@ def test_generate_then_train_writes_a_current_snapshot(tmp_path):
     result = run("generate", str(data), "--users", "300", "--items", "120", "--ratings", "8000")
     assert result.exit_code == 0, result.output
     assert data.read_text().startswith("user,item,rating,timestamp\n")
+    catalog = tmp_path / "demo.items.csv"  # beside the ratings: every rated item has a title
+    assert catalog.read_text().startswith("item,title,genres\n")
+    titled = {line.split(",")[0] for line in catalog.read_text().splitlines()[1:]}
+    assert {r.item for r in read_ratings(data)} <= titled
 
     result = run("train", str(data), "--epochs", "5", "--components", "8", "--json", "--out", store)
     assert result.exit_code == 0, result.output
@@ -118,3 +122,43 @@ def test_the_offline_job_bootstraps_with_the_services_model_config(tmp_path, mon
     assert report["config"] == service.to_dict()
     assert service.max_sampled == 17
     assert report["epochs"] == 2  # the bootstrap trains like a consolidation
+
+
+def test_train_refuses_to_replace_a_model_that_streaming_trained(tmp_path):
+    from app.settings import Settings
+    from app.stores import write_current_snapshot
+    from models.config import ModelConfig
+    from models.synthetic import generate_ratings
+
+    data = tmp_path / "r.csv"
+    store = f"file://{tmp_path / 'store'}"
+    assert (
+        run("generate", str(data), "--users", "50", "--items", "40", "--ratings", "600").exit_code
+        == 0
+    )
+    offline = run("train", str(data), "--epochs", "1", "--out", store)
+    assert offline.exit_code == 0, offline.output  # replacing an offline model is fine
+
+    streamed = IncrementalModel(ModelConfig(no_components=4))
+    streamed.train_batch(generate_ratings(20, 20, 100, 2, seed=1))
+    streamed.offsets = {"ratings:0": 60, "ratings:1": 40}  # what the trainer agent records
+    asyncio.run(write_current_snapshot(store, Settings(), streamed))
+    version = streamed.version
+
+    refused = CliRunner().invoke(main, ["train", str(data), "--out", store])
+    assert refused.exit_code == 1
+    assert refused.output.count("\n") == 1, refused.output
+    assert f"current v{version} was trained by streaming" in refused.output
+    assert "100 Kafka offsets" in refused.output and "--force" in refused.output
+
+    skipped = run("train", str(data), "--out", store, "--skip-if-streamed")
+    assert skipped.exit_code == 0 and "nothing to do" in skipped.output
+
+    async def current():
+        async with store_from_url(store) as s:
+            return await s.current()
+
+    assert asyncio.run(current()) == version  # still the streamed model
+    forced = run("train", str(data), "--epochs", "1", "--out", store, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert asyncio.run(current()) > version

@@ -180,8 +180,11 @@ def kafka(deployment: Deployment) -> KafkaClient:
     return KafkaClient(deployment.settings)
 
 
-def wait_for(predicate: Any, *, timeout: float, interval: float = 0.25, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` otherwise."""
+def wait_for(
+    predicate: Any, *, timeout: float, interval: float = 0.25, what: str | Any = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` otherwise
+    (a callable ``what`` is asked at the end, to describe the state that timed out)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -192,4 +195,5 @@ def wait_for(predicate: Any, *, timeout: float, interval: float = 0.25, what: st
         if last and not isinstance(last, Exception):
             return last
         time.sleep(interval)
+    what = what() if callable(what) else what
     pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")

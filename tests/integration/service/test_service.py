@@ -17,7 +17,12 @@ import pytest
 
 from app.commands.service import request_recommendation
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
-from tests.integration.service.conftest import Deployment, KafkaClient, wait_for
+from tests.integration.service.conftest import (
+    Deployment,
+    KafkaClient,
+    scorer_group_settled,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 
@@ -253,6 +258,38 @@ def test_web_views_answer_from_any_worker(deployment: Deployment) -> None:
         assert status == 200 and "streamrec_model_version" in text
 
 
+def test_no_rated_item_is_ever_recommended(deployment: Deployment, kafka: KafkaClient) -> None:
+    """A user rates 1,000 distinct items: none of them comes back with exclude_seen."""
+    user = "binge"
+    rated = [f"b-i{n}" for n in range(1000)]
+    unrated = [f"b-i{n}" for n in range(1000, 1040)]
+    events = [rating(user, i, 5.0 if n % 3 else 2.0, 20_000 + n) for n, i in enumerate(rated)]
+    # Fans make the items known to the model and popular, rated and unrated alike.
+    for m in range(4):
+        fan_items = rated[m::97] + unrated
+        events += [rating(f"bfan{m}", i, 5.0, 30_000 + n) for n, i in enumerate(fan_items)]
+    before = trained(deployment)
+    publish(kafka, deployment, events)
+    wait_for(lambda: trained(deployment) >= before + len(events), timeout=90, what="training them")
+    version = model_info(deployment.trainer)["version"]
+    wait_for(lambda: scorers_serve(deployment, version), timeout=60, what="scorers to catch up")
+    wait_for(
+        lambda: any(
+            s.get(f"/users/{user}/")[1].get("seen_total") == 1000 for s in deployment.scorers
+        ),
+        timeout=30,
+        what="the 1,000 ratings in the seen-items table",
+    )
+    everything = recommend(deployment, user, k=1000, exclude_seen=False)
+    assert everything["source"] == "model"
+    assert len({e["item"] for e in everything["items"]} & set(rated)) > 500  # could fail
+    for k in (10, 200, 1000):
+        reply = recommend(deployment, user, k=k)
+        got = {e["item"] for e in reply["items"]}
+        assert reply["source"] == "model" and got, reply
+        assert not got & set(rated), sorted(got & set(rated))[:10]
+
+
 def test_command_line_clients(deployment: Deployment, tmp_path: Any) -> None:
     import os
     import subprocess
@@ -288,12 +325,21 @@ def test_command_line_clients(deployment: Deployment, tmp_path: Any) -> None:
 
 
 def test_killed_scorer_leaves_the_other_answering(deployment: Deployment) -> None:
+    watched = ["u7", "binge", *(f"u{n}" for n in range(0, 40, 3))]
+    rows = {u: deployment.scorers[0].get(f"/users/{u}/")[1]["seen"] for u in watched}
     victim = deployment.scorers.pop()
     victim.kill()  # SIGKILL: its partitions move to the survivor after the session timeout
     users = [f"u{n}" for n in range(0, 40, 3)]
     replies = [recommend(deployment, u, k=3) for u in users]  # the first ones wait for it
     bad = [r for r in replies if r["source"] != "model" or len(r["items"]) != 3]
     assert not bad, bad
+    # The survivor recovered the victim's seen-items partitions from the changelog: the
+    # same rows, for the users of both scorers.
+    (survivor,) = deployment.scorers
+    wait_for(lambda: scorer_group_settled(deployment), timeout=60, what="the survivor to own all")
+    after = {u: survivor.get(f"/users/{u}/")[1]["seen"] for u in watched}
+    assert after == rows
+    assert len(after["binge"]) == 1000 and len(after["u7"]) == 15
 
 
 def test_trainer_sigkill_loses_nothing_and_trains_nothing_twice(

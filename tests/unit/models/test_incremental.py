@@ -318,3 +318,19 @@ def test_non_finite_accumulators_that_lightfm_does_not_check_are_caught(monkeypa
     for name, array in model.state_arrays().items():
         np.testing.assert_array_equal(array, before[name], err_msg=name)
     assert model.version == 1
+
+
+def test_event_counts_are_exact_per_user_and_item_and_survive_a_snapshot():
+    from collections import Counter
+
+    model = IncrementalModel(ModelConfig(**SMALL))
+    events = ratings(30, 20, 500, seed=3)
+    model.train_batch(events[:200])
+    model.train_batch(events[150:])  # 50 redelivered: dropped, not counted twice
+    restored = IncrementalModel.from_bytes(*model.to_bytes())
+    restored.train_batch(ratings(30, 20, 50, seed=4, prefix="f"))
+    users, items = restored.event_counts()
+    expected = events + ratings(30, 20, 50, seed=4, prefix="f")
+    assert users == dict(Counter(e.user for e in expected))
+    assert items == dict(Counter(e.item for e in expected))
+    assert sum(users.values()) == restored.trained_events == 550

@@ -1,0 +1,205 @@
+"""Every benchmark figure in one command.
+
+    python -m benchmarks.run_all [--quick] [--json] [--only NAME ...] [--write-docs]
+
+Collects the figures of every module in ``benchmarks/`` that defines
+``figures(quick: bool) -> list[Figure]`` (:class:`benchmarks.common.Figure`). Each module
+runs in a process of its own (a crash, a hang or a memory figure of one module never
+touches another), against the dev services of the settings (``streamrec dev up``); the
+modules that start workers use a fresh namespace of topics and store
+(:func:`benchmarks.common.namespace`). A module that fails or runs out of time yields one
+figure with ``value=None`` and a note saying why; the run goes on.
+
+Prints a table (``--json``: one JSON object per figure, ``Figure.to_dict()``), and with
+``--write-docs`` replaces the results block of docs/benchmarks.md with the table and the
+machine description. ``--quick`` keeps the whole run under 5 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import benchmarks
+from benchmarks.common import PROJECT_ROOT, Figure, machine, table
+
+NOT_BENCHMARKS = frozenset({"common", "run_all"})
+#: Seconds the whole run may take (quick / full); each module gets what is left, at most
+#: its share below.
+BUDGET = {True: 290.0, False: 3600.0}
+MODULE_LIMIT = {True: 150.0, False: 1800.0}
+DOCS = PROJECT_ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
+
+
+def module_names() -> list[str]:
+    """Every module of the ``benchmarks`` package except the helpers (figures or not)."""
+    return sorted(
+        m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in NOT_BENCHMARKS
+    )
+
+
+def failed(name: str, note: str) -> Figure:
+    """The one figure a module that could not be measured yields."""
+    return Figure(figure=f"{name}: not measured", baseline=None, value=None, goal=0, note=note)
+
+
+def collect(name: str, quick: bool) -> list[Figure]:
+    """Run ``benchmarks.<name>.figures(quick)`` in this process; never raises."""
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+        figures = getattr(module, "figures", None)
+        if figures is None:
+            return []
+        return list(figures(quick))
+    except (Exception, SystemExit) as exc:  # SystemExit: a benchmark's "skipped: ..." exit
+        return [failed(name, f"{type(exc).__name__}: {exc}".strip()[:500])]
+
+
+def run_module(name: str, quick: bool, timeout: float) -> list[Figure]:
+    """``collect(name)`` in a child process with ``timeout``; its figures come back as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "figures.json"
+        command = [sys.executable, "-m", "benchmarks.run_all", "--child", name, "--out", str(out)]
+        if quick:
+            command.append("--quick")
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=PROJECT_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            return [failed(name, f"timed out after {timeout:.0f}s")]
+        try:
+            rows = json.loads(out.read_text())
+        except (OSError, ValueError):
+            tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
+            return [failed(name, f"exit code {proc.returncode}: {' | '.join(tail)}"[:500])]
+    return [Figure(**row) for row in rows]
+
+
+def _cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def render(figures: list[Figure]) -> str:
+    rows = []
+    for f in figures:
+        d = f.to_dict()
+        rows.append(
+            [
+                f.figure,
+                _cell(f.value),
+                _cell(f.baseline),
+                f.unit,
+                _cell(f.ratio),
+                d["goal"] if f.value is not None else "-",
+                "pass" if f.passed else ("n/a" if f.value is None else "FAIL"),
+            ]
+        )
+    return table(["figure", "ours", "baseline", "unit", "ratio", "goal", ""], rows)
+
+
+def markdown(figures: list[Figure], quick: bool, seconds: float) -> str:
+    """The results block of docs/benchmarks.md."""
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    m = machine()
+    lines = [
+        BEGIN,
+        f"`python -m benchmarks.run_all{' --quick' if quick else ''} --write-docs`, {when}, "
+        f"{seconds:.0f} s; machine: {m['cpus']} CPUs, load average (1 min) "
+        f"{m['load_average_1m']:.2f} at the end, OpenBLAS threads {m['openblas_threads']}.",
+        "",
+        "| figure | ours | baseline | unit | ratio | goal | |",
+        "|---|---:|---:|---|---:|---:|---|",
+    ]
+    notes = []
+    for f in figures:
+        d = f.to_dict()
+        verdict = "pass" if f.passed else ("n/a" if f.value is None else "**fail**")
+        lines.append(
+            f"| {f.figure} | {_cell(f.value)} | {_cell(f.baseline)} | {f.unit} | "
+            f"{_cell(f.ratio)} | {d['goal'] if f.value is not None else '-'} | {verdict} |"
+        )
+        if f.note:
+            notes.append(f"- {f.figure}: {f.note}")
+    lines += ["", *notes, END] if notes else [END]
+    return "\n".join(lines)
+
+
+def write_docs(block: str, path: Path = DOCS) -> None:
+    """Replace the text between the run_all markers (or append a section with them)."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n## Latest results: `benchmarks/run_all.py`\n\n" + block
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every benchmark's figures.")
+    parser.add_argument("--quick", action="store_true", help="Short variants (< 5 min in all).")
+    parser.add_argument("--json", action="store_true", help="One JSON object per figure.")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="Only these modules.")
+    parser.add_argument("--write-docs", action="store_true", help="Update docs/benchmarks.md.")
+    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:  # one module, in the process run_module started
+        figures = collect(args.child, args.quick)
+        args.out.write_text(json.dumps([dataclasses.asdict(f) for f in figures]))
+        return 0
+
+    names = module_names()
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            parser.error(f"no benchmark module {', '.join(unknown)}; have {', '.join(names)}")
+        names = [n for n in names if n in args.only]
+    started = time.monotonic()
+    figures: list[Figure] = []
+    for name in names:
+        left = BUDGET[args.quick] - (time.monotonic() - started)
+        if left < 5:
+            figures.append(failed(name, "not run: the run's time budget was spent"))
+            continue
+        t0 = time.monotonic()
+        print(f"running benchmarks.{name} ...", file=sys.stderr, flush=True)
+        got = run_module(name, args.quick, min(left, MODULE_LIMIT[args.quick]))
+        print(f"  {len(got)} figure(s) in {time.monotonic() - t0:.0f}s", file=sys.stderr)
+        figures += got
+        if args.json:
+            for f in got:
+                print(json.dumps(f.to_dict()), flush=True)
+    seconds = time.monotonic() - started
+    if not args.json:
+        print(render(figures))
+        print(f"\n{len(figures)} figures in {seconds:.0f}s; machine: {machine()}")
+    if args.write_docs:
+        write_docs(markdown(figures, args.quick, seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

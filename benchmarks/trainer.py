@@ -1,0 +1,170 @@
+"""Training at Kafka speed (``python -m benchmarks.trainer [--ratings N] [--json]``).
+
+One trainer (a ``streamrec worker --role trainer`` subprocess) in a fresh namespace of
+topics and store on the dev broker. After a warm-up, ``--ratings`` synthetic ratings are
+published as fast as the broker takes them (whole record batches); the figure is ratings/s
+from the first publish until the trainer's ``/model/`` counts them all trained. Baseline,
+the same run: a raw aiokafka consumer reading the same topic from the start (``getmany``).
+
+``--profile out.svg`` records the saturated trainer with py-spy meanwhile (the conclusions
+are in docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.commands.service import publish_ratings
+from app.dev.workers import WorkerProcess, free_port
+from app.kafka import kafka_client_options
+from app.settings import Settings
+from benchmarks.common import Figure, machine, namespace, table
+from models.synthetic import generate_ratings
+
+#: The issue's target (goal: 0.5) for publish -> trained vs raw consume.
+TARGET = 0.25
+
+
+def trained_events(worker: WorkerProcess) -> int:
+    status, body = worker.get("/model/")
+    return body.get("trained_events", 0) if status == 200 else 0
+
+
+async def publish_until_trained(
+    settings: Settings, worker: WorkerProcess, ratings: list[Any], wait: float = 600
+) -> tuple[float, float]:
+    """(ratings trained/s from the first publish, ratings published/s) for ``ratings``."""
+    before = await asyncio.to_thread(trained_events, worker)
+    start = time.perf_counter()
+    await publish_ratings(settings, ratings)
+    published = time.perf_counter() - start
+    deadline = time.monotonic() + wait
+    while await asyncio.to_thread(trained_events, worker) < before + len(ratings):
+        if time.monotonic() > deadline or not worker.running():
+            raise TimeoutError(
+                f"trainer did not train {len(ratings)} ratings:\n{worker.log_tail()}"
+            )
+        await asyncio.sleep(0.02)
+    return len(ratings) / (time.perf_counter() - start), len(ratings) / published
+
+
+async def raw_consume_rate(settings: Settings, topic: str, count: int) -> float:
+    """Messages/s of a raw aiokafka consumer reading ``count`` messages of ``topic``."""
+    consumer = AIOKafkaConsumer(
+        **kafka_client_options(settings),
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.topic_partitions)])
+    start, seen = time.perf_counter(), 0
+    try:
+        while seen < count:
+            batch = await consumer.getmany(timeout_ms=1000)
+            seen += sum(len(m) for m in batch.values())
+    finally:
+        await consumer.stop()
+    return seen / (time.perf_counter() - start)
+
+
+def run(n_ratings: int, profile: Path | None = None, **overrides: Any) -> dict[str, Any]:
+    ns = namespace("trainer", **overrides)
+    settings = ns.settings
+    data = generate_ratings(5000, 2000, n_ratings + 5000, 16, seed=3)
+    warm, live = data[:5000], data[5000:]
+    worker = WorkerProcess("trainer", free_port(), ns.home / "trainer.log", ns.env).start()
+    spy = None
+    try:
+        worker.wait_ready(timeout=120, model=False)
+        asyncio.run(publish_until_trained(settings, worker, warm))
+        if profile is not None:
+            spy = start_profile(worker, profile)
+        trained_rate, publish_rate = asyncio.run(publish_until_trained(settings, worker, live))
+        if spy is not None:
+            spy.terminate()
+            spy.wait(30)
+        raw_rate = asyncio.run(raw_consume_rate(settings, settings.ratings_topic, len(data)))
+        _, info = worker.get("/model/")
+    finally:
+        worker.stop()
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+    return {
+        "ratings": len(live),
+        "trained_per_second": trained_rate,
+        "published_per_second": publish_rate,
+        "raw_consume_per_second": raw_rate,
+        "ratio": trained_rate / raw_rate,
+        "last_batch": info.get("last_batch"),
+        "machine": machine(),
+    }
+
+
+def start_profile(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy recording ``worker`` (and its threads) until terminated."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    assert worker.proc is not None
+    return subprocess.Popen(
+        [py_spy, "record", "-p", str(worker.proc.pid), "-o", str(out), "-r", "200", "--idle"]
+        + (["-f", "raw"] if out.suffix == ".txt" else []),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def figures(quick: bool) -> list[Figure]:
+    r = run(100_000 if quick else 300_000)
+    return [
+        Figure(
+            f"ratings/s publish -> trained, one trainer, {r['ratings']:,} ratings, "
+            "vs raw aiokafka consume",
+            baseline=round(r["raw_consume_per_second"]),
+            value=round(r["trained_per_second"]),
+            goal=TARGET,
+            unit="ratings/s",
+            note=f"published at {r['published_per_second']:,.0f}/s (send_batch)",
+        )
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratings", type=int, default=200_000)
+    parser.add_argument("--profile", type=Path, help="py-spy output (.svg, or .txt: raw)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="A trainer setting."
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    result = run(args.ratings, args.profile, **overrides)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        table(
+            ["figure", "value"],
+            [
+                ("ratings", result["ratings"]),
+                ("trained/s (publish -> trained)", f"{result['trained_per_second']:,.0f}"),
+                ("published/s", f"{result['published_per_second']:,.0f}"),
+                ("raw consume/s", f"{result['raw_consume_per_second']:,.0f}"),
+                ("ratio", f"{result['ratio']:.3f}"),
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Scorers run single-threaded BLAS everywhere; bootstrap jobs never roll back a streamed model."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from app.dev.workers import SCORER_ENV, WorkerProcess
+from tests.deploy.checks import ROOT
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _k8s(name: str) -> dict:
+    return yaml.safe_load((ROOT / "k8s" / name).read_text())
+
+
+def test_compose_and_k8s_scorers_run_single_threaded_blas():
+    services = _compose()["services"]
+    scorers = [s for s in services.values() if "scorer" in (s.get("command") or [])]
+    assert len(scorers) == 2
+    for service in scorers:
+        for key, value in SCORER_ENV.items():
+            assert str(service["environment"].get(key)) == value
+    container = _k8s("scorer.yaml")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert all(env.get(k) == v for k, v in SCORER_ENV.items())
+
+
+def test_dev_scorers_get_the_scorer_env(tmp_path, monkeypatch):
+    seen = {}
+
+    class Recorder:
+        def __init__(self, args, env, **kwargs):
+            seen[args[-1]] = env
+
+    monkeypatch.setattr("app.dev.workers.subprocess.Popen", Recorder)
+    for role in ("scorer", "trainer"):
+        WorkerProcess(role, 1, tmp_path / f"{role}.log", {}).start()
+    assert all(seen["scorer"].get(k) == v for k, v in SCORER_ENV.items())
+    assert seen["trainer"].get("OPENBLAS_NUM_THREADS") == os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def test_bootstrap_jobs_skip_when_streaming_trained_the_current_model():
+    assert "--skip-if-streamed" in _compose()["services"]["bootstrap"]["command"]
+    job = _k8s("bootstrap-job.yaml")["spec"]["template"]["spec"]["containers"][0]
+    assert "--skip-if-streamed" in job["args"]

@@ -1,0 +1,113 @@
+"""Fault 4: the S3 server stops for a while (10 s by default, 30 s in the long variant) while
+ratings and requests flow. Scorers keep serving, the trainer keeps training, failed
+snapshots are retried, nothing is announced that was not written and verified, and once S3
+is back the next snapshot covers every rating (exact per user and per item)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.dev import SeaweedServer
+from app.settings import Settings
+from tests.faults.harness import (
+    Cluster,
+    Traffic,
+    assert_counts_exact,
+    free_port_block,
+    ratings,
+    wait_for,
+)
+from tests.integration.service.conftest import KafkaClient
+
+pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[tuple[Settings, SeaweedServer]]:
+    """An S3 server of this test's own (the shared one must not go away under others)."""
+    port = free_port_block(5, offset=10000)
+    settings = Settings(
+        dev_dir=tmp_path / "dev", s3_port=port, s3_endpoint=f"http://127.0.0.1:{port}"
+    )
+    server = SeaweedServer(settings)
+    server.start()
+    try:
+        yield settings, server
+    finally:
+        server.stop()
+
+
+def s3_outage(tmp: Path, base: Settings, server: SeaweedServer, *, outage: float) -> None:
+    with Cluster.run(tmp, scorers=1, base=base) as cluster:
+        n = int(300 * (outage + 10))
+        events = ratings(n, users=200, items=100, seed=11, prefix="so")
+        reply_topic = cluster.reply_topic("s3")
+        requests = [
+            {"request_id": f"so-{j}", "user": f"sou{j % 200}", "k": 3, "reply_to": reply_topic}
+            for j in range(int(5 * (outage + 10)))
+        ]
+        with Traffic(
+            cluster.settings,
+            events=events,
+            rating_rate=300,
+            requests=requests,
+            request_rate=5,
+            reply_topic=reply_topic,
+        ) as traffic:
+            wait_for(lambda: cluster.info(cluster.scorers[0]).get("version"), timeout=60,
+                     what="the scorer to serve a first snapshot")  # fmt: skip
+            server.stop()
+            down_at = time.time()
+            trained_at_stop = cluster.trained()
+            time.sleep(outage)
+            trained_in_outage = cluster.trained() - trained_at_stop
+            served = cluster.info(cluster.scorers[0]).get("version")
+            server.start()
+            up_at = time.time()
+            wait_for(lambda: traffic.done_sending, timeout=120, what="all traffic sent")
+            traffic.check()
+            model = cluster.wait_snapshot_covers(n, timeout=120)
+            traffic.wait_answered(60)
+        assert trained_in_outage > 0, "the trainer must keep training while S3 is down"
+        assert served, "the scorer must keep its model while S3 is down"
+        assert_counts_exact(model, events, prefix="so")
+        log = cluster.trainer.log_path.read_text()
+        failures = log.count("Snapshot failed (")  # botocore retries first, then the trainer
+        # Nothing announced that is not in the store, complete and verified; nothing while
+        # the store was down (1 s of grace for a write that completed as it stopped).
+        messages = asyncio.run(
+            KafkaClient(cluster.settings).read_all(cluster.settings.model_updates_topic)
+        )
+        updates = [json.loads(m.value) for m in messages]
+        during = [m.offset for m in messages if down_at + 1 < m.timestamp / 1000 < up_at]
+        assert not during, "announced while the store was unreachable"
+        after = [m for m in messages if m.timestamp / 1000 > up_at]
+        assert after, "snapshots resume once S3 is back"
+
+        async def verify() -> None:
+            async with cluster.store() as store:
+                for update in updates:
+                    _, manifest = await store.get(update["version"])
+                    assert manifest["sha256"] == update["sha256"]
+
+        asyncio.run(verify())
+        print(
+            f"S3 down {up_at - down_at:.1f}s: trained {trained_in_outage} events meanwhile, "
+            f"{failures} snapshot attempts failed after botocore's retries (and were retried), "
+            f"{len(updates)} announcements verified"
+        )
+
+
+def test_s3_outage_loses_nothing(tmp_path: Path, own_s3: tuple[Settings, SeaweedServer]) -> None:
+    s3_outage(tmp_path, *own_s3, outage=10)
+
+
+@pytest.mark.long
+def test_s3_outage_of_30_seconds(tmp_path: Path, own_s3: tuple[Settings, SeaweedServer]) -> None:
+    s3_outage(tmp_path, *own_s3, outage=30)

@@ -1,0 +1,149 @@
+"""Faults 2 and 7: a scorer SIGKILLed with thousands of requests in flight, and a scorer
+paused (SIGSTOP) past the session timeout, then resumed."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.faults.harness import Cluster, Traffic, ratings, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
+
+
+def two_scorers(cluster: Cluster) -> None:
+    """Earlier tests may have killed one; faults start from two scorers sharing the work."""
+    cluster.scorers = [s for s in cluster.scorers if s.running()]
+    while len(cluster.scorers) < 2:
+        cluster.add_scorer()
+    cluster.wait_settled()
+
+
+def requests_for(prefix: str, n: int, reply_to: str, users: int = 200) -> list[dict[str, Any]]:
+    return [
+        {
+            "request_id": f"{prefix}-{j}",
+            "user": f"{prefix}u{j % users}",
+            "k": 3,
+            "reply_to": reply_to,
+        }
+        for j in range(n)
+    ]
+
+
+def check_replies(traffic: Traffic, requests: list[dict[str, Any]]) -> Counter[str]:
+    """Every reply answers a request that was sent, for that request's user."""
+    users = {r["request_id"]: r["user"] for r in requests}
+    for reply in traffic.replies:
+        assert users.get(reply["request_id"]) == reply["user"], reply
+    return traffic.answered()
+
+
+@pytest.mark.parametrize("in_flight", [5000])
+def test_killed_scorer_under_load_leaves_every_request_answered(
+    cluster: Cluster, in_flight: int
+) -> None:
+    two_scorers(cluster)
+    reply_topic = cluster.reply_topic("kill")
+    requests = requests_for("sk", in_flight, reply_topic)
+    victim = cluster.scorers[-1]
+    with Traffic(cluster.settings, requests=requests, reply_topic=reply_topic) as traffic:
+        wait_for(lambda: traffic.done_sending, timeout=60, what="the requests to be sent")
+        answered_at_kill = len(traffic.answered())
+        victim.kill()  # SIGKILL, with most requests still in flight
+        cluster.scorers.remove(victim)
+        traffic.wait_answered(cluster.settings.session_timeout + 90)
+        time.sleep(2)  # late duplicates, if any, arrive now
+        answered = check_replies(traffic, requests)
+    assert set(answered) == {r["request_id"] for r in requests}
+    duplicates = sum(n - 1 for n in answered.values())
+    print(
+        f"{in_flight} requests, {answered_at_kill} answered when the scorer was killed, "
+        f"{duplicates} answered twice (same request_id)"
+    )
+
+
+@dataclass
+class PausedRun:
+    expected: dict[str, list[str]]  # each user's distinct items, most recent last
+    observed: dict[int, dict[str, list[str]]]  # scorer web port -> user -> seen items
+    slow_running: bool
+
+
+@pytest.fixture(scope="module")
+def paused_run(cluster: Cluster) -> PausedRun:
+    """Ratings and requests flow while one scorer is SIGSTOPped past the session timeout."""
+    two_scorers(cluster)
+    slow = cluster.scorers[-1]
+    events = ratings(3000, users=60, items=40, seed=7, prefix="sp")
+    reply_topic = cluster.reply_topic("pause")
+    requests = requests_for("sp", 200, reply_topic, users=60)
+    pause = cluster.settings.session_timeout + 6
+    with Traffic(
+        cluster.settings,
+        events=events,
+        rating_rate=3000 / (pause + 4),
+        requests=requests,
+        request_rate=200 / (pause + 4),
+        reply_topic=reply_topic,
+    ) as traffic:
+        time.sleep(1)
+        cluster.pause(slow)  # SIGSTOP: no heartbeats; the group evicts it after the timeout
+        time.sleep(pause)
+        cluster.resume(slow)
+        wait_for(lambda: traffic.done_sending, timeout=60, what="all traffic sent")
+        cluster.wait_settled(timeout=120)  # it rejoined: both scorers own partitions again
+        traffic.wait_answered(60)
+        check_replies(traffic, requests)
+
+    expected: dict[str, list[str]] = {}
+    for event in events:
+        items = expected.setdefault(event["user"], [])
+        if event["item"] in items:
+            items.remove(event["item"])
+        items.append(event["item"])
+
+    def read() -> dict[int, dict[str, list[str]]]:
+        return {
+            scorer.web_port: {u: scorer.get(f"/users/{u}/")[1]["seen"] for u in expected}
+            for scorer in cluster.scorers
+        }
+
+    observed = read()
+    deadline = time.monotonic() + 30
+    while observed != expected and time.monotonic() < deadline:  # ingest may still catch up
+        time.sleep(2)
+        observed = read()
+        if all(o == expected for o in observed.values()):
+            break
+    return PausedRun(expected, observed, slow.running())
+
+
+def test_paused_scorer_rejoins_without_duplicating_table_rows(paused_run: PausedRun) -> None:
+    assert paused_run.slow_running
+    first, *others = paused_run.observed.values()
+    assert all(o == first for o in others), "both scorers answer /users/ from one table"
+    for user, seen in first.items():
+        assert len(seen) == len(set(seen)), f"{user} has duplicate rows: {seen}"
+        assert set(seen) <= set(paused_run.expected[user]), f"{user} has items never rated"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known loss (docs/guarantees.md): on SIGCONT the paused scorer still believes it "
+    "owns its partitions and writes stale seen-items rows to the changelog before it learns "
+    "of the rebalance; those rows overwrite the newer ones written by the scorer that took over",
+)
+def test_paused_scorer_loses_no_seen_items(paused_run: PausedRun) -> None:
+    lost = {}
+    for port, table in paused_run.observed.items():
+        for user, items in paused_run.expected.items():
+            missing = set(items) - set(table[user])
+            if missing:
+                lost[f"{user}@{port}"] = len(missing)
+    print(f"seen items lost after the pause: {sum(lost.values())} in {len(lost)} rows")
+    assert not lost, lost

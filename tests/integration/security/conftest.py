@@ -1,0 +1,28 @@
+"""The dev broker's SASL_SSL listener (``streamrec dev up --secure``) for the security tests.
+
+``dev/test.sh`` (hence CI) starts the broker secure (``STREAMREC_DEV_KAFKA_SECURE=true``);
+then a missing or broken listener fails these tests. Without that setting they skip, saying
+how to run them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.dev import KafkaBroker
+from app.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def secure_broker(settings: Settings) -> KafkaBroker:
+    """The dev broker, checked to accept the dev user on its SASL_SSL listener."""
+    broker = KafkaBroker(settings)
+    if broker.secure and broker.secure_probe():
+        return broker
+    problem = (
+        f"the dev broker has no working SASL_SSL listener at {broker.secure_bootstrap} "
+        "(run `streamrec dev down --only kafka && streamrec dev up --secure`)"
+    )
+    if settings.dev_kafka_secure:
+        pytest.fail(f"STREAMREC_DEV_KAFKA_SECURE is set but {problem}")
+    pytest.skip(f"{problem}; dev/test.sh and CI do this")
