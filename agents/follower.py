@@ -1,14 +1,31 @@
-"""Every scorer follows ``model-updates`` and swaps in each announced snapshot.
+"""Every scorer follows the trainer: snapshots from ``model-updates``, deltas from ``model-deltas``.
 
-The follower is not part of a consumer group: each worker reads the whole (compacted,
-one-partition) topic itself. Loading, verifying and building the view happen off the
-event loop; the swap is one reference assignment, so no request ever waits on a load.
+The follower is not part of a consumer group: each worker reads both one-partition topics
+itself. Snapshots are the durable checkpoint; deltas carry each trained batch within a
+second or so. The chain rule (which delta applies to which view) is
+:func:`models.delta.next_step`:
+
+* at start the follower loads the newest announced snapshot (or the store's current one)
+  and seeks the delta topic to the offset that snapshot's manifest records (or, for a
+  snapshot without one, to the first delta published after it was created);
+* each delta that continues the chain is verified (checksum, sizes, ranges) and applied
+  copy-on-write (:meth:`models.scoring.ScoringView.with_delta`), off the event loop when
+  large; the new view replaces the old one by one reference assignment, so no request
+  ever sees a half-applied delta;
+* a gap, a delta that cannot be verified, or a new trainer run makes it *resync*: load the
+  snapshot the chain can continue from, then read on. A resync never loads the same
+  snapshot twice for the same reason; it then waits for the next announced snapshot;
+* ``streamrec models promote/rollback`` announcements pin the view: deltas of other states
+  are ignored until the trainer announces its next snapshot or a trainer run starts from
+  the pinned snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,11 +33,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
 from agents.kafka import KafkaOptions, partitions_of
-from agents.ports import SnapshotStore
+from agents.ports import Message, SnapshotStore
 from agents.state import ModelHolder
-from models.incremental import IncrementalModel
-from models.snapshot import SnapshotError
-from models.wire import ModelUpdate, Undecodable
+from models.delta import FRESH, Chain, next_step
+from models.scoring import ScoringView
+from models.snapshot import SnapshotError, load_scoring_view
+from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable
 from storage.errors import IntegrityError, SnapshotNotFound
 
 #: Why a snapshot is refused rather than retried: its bytes are wrong, not the connection.
@@ -28,13 +46,29 @@ REFUSED = (IntegrityError, SnapshotError, SnapshotNotFound)
 
 log = logging.getLogger(__name__)
 
+OPERATOR_REASONS = frozenset({"promote", "rollback"})
+_OFF_LOOP_BYTES = 1 << 20
+"""Deltas whose work (message + item arrays copied) is larger than this apply in a thread."""
+
 
 @dataclass
 class ModelFollower:
     holder: ModelHolder
     store: SnapshotStore
     kafka: KafkaOptions = field(repr=False)  # holds the SASL login
-    topic: str
+    topic: str  # model-updates
+    deltas_topic: str | None = None  # model-deltas (None: follow snapshots only)
+    max_delta_bytes: int = 16 * 1024 * 1024
+    snapshot_grace_seconds: float = 10.0
+    """An announced snapshot ahead of the deltas applied is loaded after this long."""
+    chain: Chain = field(default_factory=Chain)
+    _consumer: AIOKafkaConsumer | None = None
+    _waiting: bool = False  # stalled: deltas ignored until the next announced snapshot
+    _resynced: set[int] = field(default_factory=set)  # snapshots loaded by resyncs
+    _bad: set[int] = field(default_factory=set)  # delta offsets that failed verification
+    _announced: tuple[ModelUpdate, float] | None = None
+    _applied: int = 0
+    _resyncs: int = 0
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         """Follow forever; a broken connection or store is logged and retried, never fatal."""
@@ -58,73 +92,303 @@ class ModelFollower:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self.max_delta_bytes + (1 << 20),
+            fetch_max_bytes=2 * self.max_delta_bytes + (1 << 20),
         )
         await consumer.start()
+        self._consumer = consumer
         try:
-            partitions = await self._partitions()
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            latest = await self._read_until(consumer, ends)
-            if latest is None:
-                # Nothing announced yet (e.g. only an offline bootstrap): serve the promoted one.
+            updates = await self._partitions(self.topic)
+            deltas = await self._partitions(self.deltas_topic) if self.deltas_topic else []
+            consumer.assign(updates + deltas)
+            await consumer.seek_to_beginning(*updates)
+            latest = await self._read_until(consumer, await consumer.end_offsets(updates))
+            self.chain = Chain()
+            if latest is not None:
+                pinned = latest.reason in OPERATOR_REASONS
+                await self.load(latest.version, latest, seek=True, pinned=pinned)
+            else:
+                # Nothing announced yet (e.g. only an offline bootstrap): the promoted one.
                 current = await self.store.current()
                 if current is not None:
-                    await self.load(current, None)
-            else:
-                await self.load(latest.version, latest)
+                    await self.load(current, None, seek=True)
+                elif deltas:  # a fresh deployment: the chain starts at the first delta
+                    await consumer.seek_to_beginning(*deltas)
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
-                update = _last_update([m for msgs in batch.values() for m in msgs])
-                if update is not None and update.version != self._version():
-                    await self.load(update.version, update)
+                await self._handle(batch)
+                await self._load_overdue_announcement()
         finally:
+            self._consumer = None
             await consumer.stop()
 
-    async def load(self, version: int, update: ModelUpdate | None) -> None:
-        """Load, verify and serve snapshot ``version`` (``update`` announced it, if any)."""
+    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Announcements first (they may move the delta position), then deltas in order."""
+        for tp, messages in batch.items():
+            if tp.topic == self.topic:
+                update = _last_update(messages)
+                if update is not None:
+                    await self.on_update(update)
+        for tp, messages in batch.items():
+            if tp.topic != self.deltas_topic:
+                continue
+            for message in messages:
+                if await self.on_delta(message):
+                    break  # the position moved: the rest of this batch is stale
+
+    # --- snapshots ---------------------------------------------------------------------
+    async def on_update(self, update: ModelUpdate) -> None:
+        """An announcement on ``model-updates``: operators' ones win; the trainer's are
+        loaded when the deltas have not already brought the view there."""
+        if update.reason in OPERATOR_REASONS:
+            await self.load(update.version, update, seek=False, pinned=True)
+            return
+        if self.chain.pinned or self._waiting or self.holder.view is None or not self.deltas_topic:
+            if update.version != self._version() or self._waiting or self.chain.pinned:
+                await self.load(update.version, update, seek=True)
+            return
+        if self._reached(update):  # the deltas got here first: note the checkpoint only
+            self._note_snapshot(update)
+        elif update.lineage is None:  # not a trainer's (e.g. an offline bootstrap): no
+            await self.load(update.version, update, seek=True)  # deltas will bring it
+        else:
+            self._announced = (update, time.monotonic())
+
+    def _note_snapshot(self, update: ModelUpdate) -> None:
+        self.holder.info["snapshot"] = {
+            "version": update.version,
+            "uri": update.uri,
+            "at": update.metrics.get("created_at"),
+        }
+
+    def _reached(self, update: ModelUpdate) -> bool:
+        chain = self.chain
+        if update.lineage is None or update.lineage != chain.lineage:
+            return False
+        return chain.version >= (update.chain_version or update.version)
+
+    async def _load_overdue_announcement(self) -> None:
+        if self._announced is None:
+            return
+        update, since = self._announced
+        if self._reached(update):
+            self._announced = None
+            self._note_snapshot(update)
+        elif time.monotonic() - since >= self.snapshot_grace_seconds:
+            self._announced = None
+            log.warning("Deltas did not reach announced v%d in time: loading it", update.version)
+            metrics.RESYNCS.labels("behind").inc()
+            self._resyncs += 1
+            await self.load(update.version, update, seek=True)
+
+    async def load(
+        self,
+        version: int,
+        update: ModelUpdate | None,
+        *,
+        seek: bool,
+        pinned: bool = False,
+        target: str | None = None,
+    ) -> bool:
+        """Load, verify and serve snapshot ``version`` (``update`` announced it, if any);
+        with ``seek``, read deltas on from where the snapshot ends."""
         try:
             payload, manifest = await self.store.get(version)
-            view = await asyncio.to_thread(_view_from_snapshot, payload, manifest)
+            view, chain = await asyncio.to_thread(load_scoring_view, payload, manifest)
         except REFUSED as exc:  # corrupt or not a snapshot: refused, the current view stays
             metrics.MODEL_LOADS.labels("refused").inc()
             self.holder.refuse(version, f"{type(exc).__name__}: {exc}")
             log.error("Refused snapshot v%s; still serving v%s: %s", version, self._version(), exc)
-            return
+            return False
         except Exception as exc:  # any other failure (store down): keep serving the current view
             metrics.MODEL_LOADS.labels("failed").inc()
             log.error(
                 "Could not load snapshot v%s; still serving v%s: %s", version, self._version(), exc
             )
-            return
+            return False
+        lineage = None if chain is None else chain["lineage"]
+        chain_version = view.version if chain is None else chain["version"]
+        self.chain = Chain(lineage, chain_version, version, pinned, target)
+        self._waiting = False
+        self._announced = None
         info: dict[str, Any] = {"source": "store pointer"}
         if update is not None:
             info = {k: v for k, v in update.to_dict().items() if k != "version"}
         self.holder.publish(view, **info, created_at=manifest.get("created_at"))
+        self._chain_info()
         metrics.MODEL_LOADS.labels("ok").inc()
         metrics.MODEL_VERSION.set(view.version)
-        log.info("Serving model v%d", view.version)
+        log.info("Serving model v%d%s", view.version, " (pinned)" if pinned else "")
+        if seek:
+            await self._seek_after(manifest, chain)
+        return True
+
+    async def _seek_after(self, manifest: dict[str, Any], chain: dict[str, Any] | None) -> None:
+        """Point the delta consumer at the first delta after this snapshot."""
+        consumer = self._consumer
+        if consumer is None or not self.deltas_topic:
+            return
+        tp = TopicPartition(self.deltas_topic, 0)
+        offset = None if chain is None else chain["offset"]
+        if offset is None:  # not recorded: the first delta published after the snapshot
+            created = manifest.get("created_at")
+            try:
+                stamp = dt.datetime.fromisoformat(created).timestamp() if created else 0.0
+            except ValueError:
+                stamp = 0.0
+            found = (await consumer.offsets_for_times({tp: int(stamp * 1000)})).get(tp)
+            if found is None:
+                await consumer.seek_to_end(tp)
+                return
+            offset = found.offset
+        consumer.seek(tp, offset)
+
+    # --- deltas ------------------------------------------------------------------------
+    async def on_delta(self, message: Message) -> bool:
+        """Handle one delta message; True if the delta position moved (a resync seeked)."""
+        if message.offset in self._bad or self._waiting:
+            metrics.DELTAS_SKIPPED.labels("waiting" if self._waiting else "bad").inc()
+            return False
+        started = time.perf_counter()
+        try:
+            raw = message.value or b""
+            if len(raw) > _OFF_LOOP_BYTES:
+                delta = await asyncio.to_thread(ModelDelta.decode, raw)
+            else:
+                delta = ModelDelta.decode(raw)
+        except DeltaError as exc:
+            return await self._refuse(message, exc)
+        step = next_step(self.chain, delta)
+        if step in ("skip", "ignore"):
+            metrics.DELTAS_SKIPPED.labels(step).inc()
+            return False
+        if step == "resync":
+            return await self.resync("gap", target=delta.lineage)
+        if step == "reload_origin":
+            if delta.origin == FRESH:
+                self.chain = Chain(target=delta.lineage)
+            elif not await self.load(delta.origin, None, seek=False, target=delta.lineage):
+                return await self.resync("origin missing", target=delta.lineage)
+            if next_step(self.chain, delta) != "join":
+                return await self.resync("gap", target=delta.lineage)
+        if delta.snapshot_needed:  # too large for a message: the trainer writes a snapshot
+            log.info("Delta v%d needs a snapshot; waiting for its announcement", delta.version)
+            self._waiting = True
+            return False
+        base = self.holder.view
+        if base is None or (step != "apply" and delta.origin == FRESH):
+            base = ScoringView.empty(_components(delta))  # a run that began from nothing
+        try:
+            work = len(message.value or b"") + base.n_items * base.no_components * 4
+            if work > _OFF_LOOP_BYTES:
+                view = await asyncio.to_thread(base.with_delta, delta, join=True)
+            else:
+                view = base.with_delta(delta, join=True)
+        except DeltaError as exc:
+            return await self._refuse(message, exc)
+        self.chain = self.chain.applied(delta)
+        self.holder.publish(view, trained_events=delta.trained_events)
+        now = time.time()
+        published = (message.timestamp or now * 1000) / 1000
+        lag = max(0.0, now - published)
+        self._applied += 1
+        metrics.DELTAS_APPLIED.inc()
+        metrics.DELTA_APPLY_SECONDS.observe(time.perf_counter() - started)
+        metrics.DELTA_LAG.observe(lag)
+        metrics.MODEL_VERSION.set(view.version)
+        self._chain_info(
+            last_applied={
+                "version": delta.version,
+                "base_version": delta.base_version,
+                "offset": message.offset,
+                "rows": delta.rows_touched,
+                "published_at": published,
+                "applied_at": now,
+            },
+            lag_seconds=round(lag, 4),
+            lag_versions=self._behind(message.offset),
+        )
+        return False
+
+    async def _refuse(self, message: Message, exc: Exception) -> bool:
+        """A delta that cannot be verified: never served; resync from the store."""
+        log.error("Refusing delta at offset %d: %s", message.offset, exc)
+        self._bad.add(message.offset)
+        return await self.resync("invalid delta")
+
+    async def resync(self, reason: str, *, target: str | None = None) -> bool:
+        """Load the store's current snapshot and read deltas on from where it ends; if that
+        snapshot was already loaded by a resync, wait for the next announcement instead."""
+        version = await self.store.current()
+        if version is None:
+            version = await self.store.latest()
+        if version is None or version in self._resynced:
+            if not self._waiting:
+                log.warning("Delta chain broken (%s); waiting for the next snapshot", reason)
+            self._waiting = True
+            return False
+        self._resynced.add(version)
+        metrics.RESYNCS.labels(reason).inc()
+        self._resyncs += 1
+        log.info("Resync (%s): loading snapshot v%d", reason, version)
+        if not await self.load(version, None, seek=True, target=target):
+            self._waiting = True
+            return False
+        if self.chain.lineage == target:
+            self.chain = Chain(
+                self.chain.lineage, self.chain.version, self.chain.snapshot, self.chain.pinned
+            )
+        return True
+
+    def _behind(self, offset: int) -> int | None:
+        """Deltas on the topic after ``offset`` (versions the view is behind the trainer)."""
+        consumer = self._consumer
+        if consumer is None or not self.deltas_topic:
+            return None
+        high = consumer.highwater(TopicPartition(self.deltas_topic, 0))
+        return None if high is None else max(0, high - offset - 1)
+
+    def _chain_info(self, **extra: Any) -> None:
+        chain = self.chain
+        info = dict(self.holder.info.get("deltas") or {})
+        info.update(
+            lineage=chain.lineage,
+            chain_version=chain.version,
+            pinned=chain.pinned,
+            waiting_for_snapshot=self._waiting,
+            applied=self._applied,
+            resyncs=self._resyncs,
+            **extra,
+        )
+        self.holder.info["deltas"] = info
 
     def _version(self) -> int | None:
         view = self.holder.view
         return None if view is None else view.version
 
-    async def _partitions(self) -> list[TopicPartition]:
+    async def _partitions(self, topic: str) -> list[TopicPartition]:
         for _ in range(50):
-            parts = await partitions_of(self.kafka, self.topic)
+            parts = await partitions_of(self.kafka, topic)
             if parts:
-                return [TopicPartition(self.topic, p) for p in parts]
+                return [TopicPartition(topic, p) for p in parts]
             await asyncio.sleep(0.2)
-        raise RuntimeError(f"topic {self.topic!r} does not exist; start a worker to create it")
+        raise RuntimeError(f"topic {topic!r} does not exist; start a worker to create it")
 
     async def _read_until(
         self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
     ) -> ModelUpdate | None:
         latest = None
         while await _behind(consumer, ends):
-            batch = await consumer.getmany(timeout_ms=1000)
+            batch = await consumer.getmany(*ends, timeout_ms=1000)
             latest = _last_update([m for msgs in batch.values() for m in msgs]) or latest
         return latest
+
+
+def _components(delta: ModelDelta) -> int:
+    for array in (delta.user_embeddings, delta.item_embeddings):
+        if array.ndim == 2 and len(array):
+            return array.shape[1]
+    raise DeltaError("the first delta of a fresh model has no embedding rows")
 
 
 async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
@@ -141,7 +405,3 @@ def _last_update(messages: list[Any]) -> ModelUpdate | None:
         except Undecodable as exc:
             log.warning("Ignoring a malformed model update at offset %d: %s", message.offset, exc)
     return None
-
-
-def _view_from_snapshot(payload: bytes, manifest: dict[str, Any]) -> Any:
-    return IncrementalModel.from_bytes(payload, manifest).view()

@@ -1,21 +1,22 @@
 """The ingest agent: record each user's rated items in the ``seen-items`` table, in bulk.
 
-Runs in the scorer group, so the ``seen-items`` table is co-partitioned (by user) with the
-recommendation requests the same worker answers. It takes what its stream has buffered
-(:func:`agents.batching.buffered_batches`, at most ``max_batch`` events), decodes the batch,
-and writes **one row per user per batch** (the user's new items merged into the row,
-:func:`models.seen.remember`), to the partition the user's ratings came from: the changelog
-then holds the same rows a restarted worker recovers.
+Runs in every scorer, on the ``ratings`` partitions whose ``seen-items`` table partitions
+(and request partitions) the worker owns, read in bulk (:class:`agents.bulk.PartitionedReader`).
+Each slice of messages is decoded together, in a worker thread, and written as **one row
+per user** (the user's new items merged into the row, :func:`models.seen.remember`); the
+changelog gets each changed row once per commit interval, to the partition the user's
+ratings came from, before the offsets covering it are committed: a restarted worker
+recovers the same rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import metrics
-from agents.batching import buffered_batches
-from agents.ports import EventStream, Message, SeenTable, Sink
+from agents.ports import Message, SeenTable, Sink
 from models.seen import remember
 from models.wire import DeadLetter, Undecodable, decode_rating
 
@@ -63,25 +64,23 @@ class Ingest:
     dlq: Sink  # ratings-dlq
     max_bytes: int
     seen_limit: int
-    max_batch: int = 1000
-
-    async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
-        """Handle ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
-        manual = stream.noack()
-        async for events in buffered_batches(manual.events(), idle, self.max_batch):
-            await self.handle([event.message for event in events])
-            for event in events:  # acked once recorded: at-least-once, and rows are idempotent
-                await manual.ack(event)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        """Record one batch of ``ratings`` messages."""
+        """Record one slice of ``ratings`` messages: decoded and merged in a worker thread
+        (the event loop keeps answering requests meanwhile), dead letters sent from here."""
         if not messages:
             return
-        metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
-        by_user, bad = rated_by_user(messages, self.max_bytes)
+        bad = await asyncio.to_thread(self.record, messages)
         for message, exc in bad:
             await send_dead_letter(self.dlq, message, exc)
+
+    def record(self, messages: Sequence[Message]) -> list[tuple[Message, Undecodable]]:
+        """Decode ``messages`` and write one row per user; returns the invalid ones."""
+        metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
+        metrics.AGENT_BATCH.labels("ingest").observe(len(messages))
+        by_user, bad = rated_by_user(messages, self.max_bytes)
         seen, limit = self.seen, self.seen_limit
         for user, (partition, items) in by_user.items():
             seen.put(user, remember(seen.get(user), items, limit), partition)
         metrics.SEEN_RATINGS.inc(len(messages) - len(bad))
+        return bad

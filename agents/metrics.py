@@ -27,10 +27,11 @@ SEEN_RATINGS = Counter(
     "Ratings recorded in the seen-items table by this process",
     registry=REGISTRY,
 )
-REQUEST_BATCH = Histogram(
-    "streamrec_request_batch",
-    "Requests scored together in one batch",
-    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000),
+AGENT_BATCH = Histogram(
+    "streamrec_agent_batch_events",
+    "Events an agent handled together in one batch, by agent",
+    ["agent"],
+    buckets=(1, 2, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
     registry=REGISTRY,
 )
 TRAINED_EVENTS = Counter(
@@ -73,5 +74,44 @@ MODEL_LOADS = Counter(
     "streamrec_model_loads_total",
     "Model snapshots loaded, by outcome",
     ["outcome"],
+    registry=REGISTRY,
+)
+DELTAS_PUBLISHED = Counter(
+    "streamrec_deltas_published_total",
+    "Model deltas the trainer published, by kind (rows, or a 'snapshot needed' marker)",
+    ["kind"],
+    registry=REGISTRY,
+)
+DELTA_BYTES = Histogram(
+    "streamrec_delta_bytes",
+    "Size of one published model delta message",
+    buckets=(1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20),
+    registry=REGISTRY,
+)
+DELTAS_APPLIED = Counter(
+    "streamrec_deltas_applied_total", "Model deltas applied to the served view", registry=REGISTRY
+)
+DELTAS_SKIPPED = Counter(
+    "streamrec_deltas_skipped_total",
+    "Model deltas read but not applied, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+DELTA_APPLY_SECONDS = Histogram(
+    "streamrec_delta_apply_seconds",
+    "CPU-side time to verify and apply one model delta",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+    registry=REGISTRY,
+)
+DELTA_LAG = Histogram(
+    "streamrec_delta_lag_seconds",
+    "From the trainer publishing a delta to this process serving it",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+RESYNCS = Counter(
+    "streamrec_resyncs_total",
+    "Views reloaded from the snapshot store because the delta chain could not go on, by reason",
+    ["reason"],
     registry=REGISTRY,
 )

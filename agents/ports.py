@@ -56,11 +56,15 @@ class EventStream(Protocol):
 class SeenTable(Protocol):
     """The ``seen-items`` table: per user, a row of :mod:`models.seen` bytes.
 
-    ``put`` writes the local row and its changelog record to ``partition`` (the partition
-    the user's ratings came from), so a restarted worker recovers the same row into the
-    same partition; app/ adapts the Faust table.
+    ``put`` writes the local row (readers see it at once; it may be called from a worker
+    thread) and marks it for the changelog under ``partition``, the partition the user's
+    ratings came from; ``flush`` (on the event loop) sends each marked row once, latest
+    value only, and waits until the broker has them. A restarted worker thus recovers the
+    same rows into the same partitions; app/ adapts the Faust table.
     """
 
     def get(self, user: str) -> bytes | None: ...
 
     def put(self, user: str, row: bytes, partition: int) -> None: ...
+
+    async def flush(self) -> None: ...

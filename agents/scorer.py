@@ -12,6 +12,7 @@ delivery (a send returns once the reply is queued in the producer).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -113,20 +114,43 @@ class Scorer:
     max_bytes: int
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
+    _idle: Callable[[], bool] = field(default=lambda: True, init=False, repr=False)
+    _answering: bool = field(default=False, init=False, repr=False)
+    _last_request: float = field(default=float("-inf"), init=False, repr=False)
 
     async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
         """Answer ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
+        self._idle = idle
         manual = stream.noack()
         async for events in buffered_batches(manual.events(), idle, self.max_batch):
-            await self.answer([event.message for event in events])
-            for event in events:  # acked once answered: a crash before that answers again
-                await manual.ack(event)
+            self._answering = True
+            try:
+                await self.answer([event.message for event in events])
+                for event in events:  # acked once answered: a crash before that answers again
+                    await manual.ack(event)
+            finally:
+                self._answering = False
+                self._last_request = time.monotonic()
+
+    async def make_way(self, recent: float = 0.1, step: float = 0.001) -> None:
+        """Give requests the event loop: bulk work (ingest) awaits this between slices.
+
+        Returns at once when no request came lately; otherwise waits while requests are
+        buffered or being answered, and then a moment more, so that a request still on its
+        way (fetch → queue → this agent) gets through before the next slice."""
+        await asyncio.sleep(0)
+        if time.monotonic() - self._last_request > recent and self._idle():
+            return
+        while self._answering or not self._idle():  # noqa: ASYNC110  (a queue: no event)
+            await asyncio.sleep(step)
+        await asyncio.sleep(step)
 
     async def answer(self, messages: Sequence[Message]) -> None:
         """Answer one batch of ``rec-requests`` messages (invalid ones are dead-lettered)."""
         if not messages:
             return
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
+        metrics.AGENT_BATCH.labels("scorer").observe(len(messages))
         requests: list[RecRequest] = []
         targets: list[Sink] = []
         received: list[float] = []
@@ -152,7 +176,6 @@ class Scorer:
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
-        metrics.REQUEST_BATCH.observe(len(requests))
 
     async def _target(self, reply_to: str | None) -> Sink:
         if reply_to is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
+from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
 from agents.ports import Sink, SnapshotStore
 from agents.state import ModelHolder
@@ -118,6 +119,7 @@ class Trainer:
     snapshot_every_batches: int
     snapshot_every_seconds: float
     eval_k: int = 10
+    deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
     _pending: list[Any] = field(default_factory=list)  # events awaiting a covering snapshot
     _stream: Any = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -236,6 +238,19 @@ class Trainer:
             },
             **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
         )
+        await self._publish_delta(view)
+
+    async def _publish_delta(self, view: ScoringView) -> None:
+        """Send this batch's delta to the scorers (:mod:`agents.deltas`); one too large for
+        a message makes the next snapshot due at once."""
+        if self.deltas is None:
+            return
+        published = await self.deltas.publish(self.model, view)
+        if published is None:
+            return
+        self.holder.info["delta"] = published
+        if published["snapshot_needed"]:
+            self._batches_since_snapshot = self.snapshot_every_batches
 
     def _fit(
         self, raw: list[tuple[bytes | None, bytes | None]]

@@ -62,14 +62,11 @@ def model_fact(info: Mapping[str, Any], key: str) -> Any:
 
 
 def freshness_seconds(info: Mapping[str, Any]) -> float | None:
-    """How far behind the trainer this worker serves, once ``/model/`` reports delta lag."""
-    for path in (("delta_lag_seconds",), ("deltas", "lag_seconds"), ("delta", "lag_seconds")):
-        value: Any = info
-        for key in path:
-            value = value.get(key) if isinstance(value, Mapping) else None
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+    """How far behind the trainer this worker serves: the lag of the last model delta it
+    applied (``/model/``'s ``deltas.lag_seconds``), or None where no deltas are applied."""
+    deltas = info.get("deltas")
+    lag = deltas.get("lag_seconds") if isinstance(deltas, Mapping) else None
+    return float(lag) if isinstance(lag, int | float) else None
 
 
 def _total(name: str, **match: str) -> float:

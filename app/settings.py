@@ -72,6 +72,20 @@ class Settings(BaseSettings):
     requests_topic: str = "rec-requests"
     responses_topic: str = "rec-responses"
     model_updates_topic: str = "model-updates"
+    model_deltas_topic: str = Field(
+        "model-deltas", description="One partition: the trainer's per-batch model deltas"
+    )
+    delta_retention_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long the delta topic keeps deltas; must exceed the snapshot interval",
+    )
+    delta_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=15 * 1024 * 1024,
+        description="Largest delta message; a larger batch sends 'snapshot needed' instead",
+    )
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
@@ -137,9 +151,16 @@ class Settings(BaseSettings):
 
     # --- Agents ------------------------------------------------------------------------
     batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
-    batch_seconds: float = Field(2.0, gt=0, description="Longest wait to fill a micro-batch")
-    snapshot_every_batches: int = Field(20, ge=1)
-    snapshot_every_seconds: float = Field(60.0, gt=0)
+    batch_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Longest wait to fill a micro-batch (at low traffic, what a rating waits "
+        "before training: it dominates freshness)",
+    )
+    # Snapshots are the durable checkpoint (and what the trainer acks ratings by); deltas
+    # carry freshness to the scorers, so snapshots can be rare.
+    snapshot_every_batches: int = Field(200, ge=1)
+    snapshot_every_seconds: float = Field(300.0, gt=0)
     seen_items_max: int = Field(
         10_000,
         ge=1,
@@ -149,13 +170,15 @@ class Settings(BaseSettings):
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
     ingest_batch_max: int = Field(
-        1000, ge=1, description="Most ratings the ingest agent records in one slice"
+        1000,
+        ge=1,
+        description="Most ratings the ingest decodes and records in one slice (in a "
+        "worker thread) before requests get their turn",
     )
     max_poll_records: int = Field(
         500,
         ge=1,
-        description="Records per Kafka fetch a worker hands on at once; small keeps a "
-        "request from queueing behind a large fetch of ratings",
+        description="Records per Kafka fetch Faust hands a worker's streams at once",
     )
     default_k: int = Field(10, ge=1, le=1000)
     session_timeout: float = Field(
@@ -187,7 +210,9 @@ class Settings(BaseSettings):
     s3_port: int = 8333
     kafka_version: str = "4.1.1"
     dev_kafka_secure: bool = Field(
-        False, description="`dev up` adds a SASL_SSL listener (port STREAMREC_KAFKA_PORT + 2)"
+        False,
+        description="`dev up` adds SASL_SSL, SSL and SASL_PLAINTEXT listeners "
+        "(ports STREAMREC_KAFKA_PORT + 2, + 3, + 4)",
     )
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 DLQ_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+def delta_topic_max_bytes(settings: Settings) -> int:
+    """What the delta topic accepts: the largest delta plus room for the record's framing."""
+    return settings.delta_max_bytes + 64 * 1024
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -68,6 +73,15 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
         TopicSpec(settings.requests_topic, p, big),
         TopicSpec(settings.responses_topic, p, {"retention.ms": str(86400_000)}),
         TopicSpec(settings.model_updates_topic, 1, {"cleanup.policy": "compact"}),
+        # One partition: deltas are a chain, applied in order.
+        TopicSpec(
+            settings.model_deltas_topic,
+            1,
+            {
+                "retention.ms": str(int(settings.delta_retention_seconds * 1000)),
+                "max.message.bytes": str(delta_topic_max_bytes(settings)),
+            },
+        ),
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
         TopicSpec(settings.items_topic, CATALOG_PARTITIONS, {"cleanup.policy": "compact"}),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -20,7 +19,7 @@ from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
 from agents import metrics
-from agents.scorer import NO_CATALOG, Catalog, reply_for, title_of
+from agents.scorer import Catalog, reply_for, title_of
 from app.dashboard import ASSETS, asset
 from models.events import MAX_K, InvalidEvent, parse_request
 from models.seen import decode_row
@@ -78,7 +77,7 @@ def _titles(catalog: Catalog, items: list[str]) -> dict[str, str]:
 
 def register(app: faust.App, runtime: Runtime) -> None:
     holder = runtime.holder
-    catalog: Catalog = runtime.catalog if runtime.catalog is not None else NO_CATALOG
+    catalog: Catalog = runtime.catalog_rows
 
     class Base(View):
         """Turns a :class:`BadQuery` into a 400 with its message."""
@@ -166,14 +165,14 @@ def register(app: faust.App, runtime: Runtime) -> None:
     @app.page("/items/{item_id}/")
     class Item(Base):
         async def get(self, request: Request, item_id: str) -> Response:
-            entry = catalog.get(item_id)
+            title = title_of(catalog, item_id)
             view = holder.view
             known = view is not None and view.has_item(item_id)
-            if not isinstance(entry, Mapping) and not known:
+            if title is None and not known:
                 return self.json({"error": f"unknown item {item_id!r}"}, status=404)
             body: dict[str, Any] = {"item": item_id, "in_model": known}
-            if isinstance(entry, Mapping):
-                body.update(title=entry.get("title"), genres=list(entry.get("genres") or ()))
+            if title is not None:
+                body.update(title=title, genres=list(catalog[item_id].get("genres") or ()))
             return self.json(body)
 
     @app.page("/metrics")

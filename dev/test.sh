@@ -3,6 +3,6 @@
 # on), stops the services, and exits with pytest's status.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# The broker gets its SASL_SSL listener too, so the security tests run (and must pass).
-export STREAMREC_DEV_KAFKA_SECURE=${STREAMREC_DEV_KAFKA_SECURE:-true}
-exec bash dev/with-services.sh .venv/bin/pytest "$@"
+# The broker gets its SASL_SSL listener too, so tests/integration/security runs. (Only the
+# started broker: brokers that tests start themselves stay plaintext-only.)
+exec bash dev/with-services.sh --secure .venv/bin/pytest "$@"

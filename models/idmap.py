@@ -60,9 +60,25 @@ class IdMap:
     def id_of(self, index: int) -> str:
         return self._ids[index]
 
-    def ids(self) -> list[str]:
-        """A copy of the ids in index order."""
-        return list(self._ids)
+    def ids(self, stop: int | None = None, start: int = 0) -> list[str]:
+        """A copy of the ids in index order (those from ``start`` to ``stop``, if given)."""
+        return self._ids[start:stop]
+
+    def extend_at(self, start: int, values: list[str]) -> None:
+        """Make the ids from index ``start`` on exactly ``values``.
+
+        Scoring views share one append-only map and each reads only its first n ids, so a
+        view built from another appends here: ids already in place (the trainer's own map)
+        are kept, anything after ``start`` that differs (left by a failed apply) is
+        dropped first. Raises ValueError if a value is already known below ``start``.
+        """
+        if self._ids[start : start + len(values)] == values:
+            return
+        self.truncate(start)
+        for value in values:
+            if value in self._index:
+                raise ValueError(f"id {value!r} is already known")
+            self.add(value)
 
     def index_copy(self) -> dict[str, int]:
         """A copy of the id -> index dict (for immutable scoring views)."""

@@ -38,6 +38,7 @@ every positive of the window is known.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from lightfm import LightFM
 
 from models.config import ModelConfig
 from models.consolidation import InteractionWindow, item_neighbours
+from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import Rating
 from models.idmap import IdMap
 from models.scoring import ScoringView
@@ -118,6 +120,25 @@ class IncrementalModel:
         # Exact applied-event counts per user/item (any rating): what crash tests count.
         self._user_events = np.zeros(0, dtype=np.int64)
         self._item_events = np.zeros(0, dtype=np.int64)
+        self.lineage = uuid.uuid4().hex
+        """This run's delta lineage: every model object (fresh or restored) is a new one."""
+        self.origin = FRESH
+        """The snapshot version this run restored (:data:`models.delta.FRESH`: none)."""
+        self.start: int | None = None
+        """The base version of this run's first delta (None until one is taken)."""
+        self.delta_offset: int | None = None
+        """The delta topic's next offset after this run's last published delta (set by the
+        trainer); snapshots record it so that scorers know where to read on."""
+        # What changed since the last delta (see take_delta): rows and the popularity decay.
+        self._base = (0, 0, 0)  # (version, n_users, n_items) the next delta applies to
+        self._dirty_users: list[np.ndarray] = []
+        self._dirty_items: list[np.ndarray] = []
+        self._dirty_popularity: list[np.ndarray] = []
+        self._decay = 1.0
+        self._view: ScoringView | None = None
+        self.last_delta: ModelDelta | None = None
+        """The delta that made the latest :meth:`view` from the one before (None if that
+        view was built whole)."""
         # One RandomState, re-seeded from (seed, version, stream) before each use: creating
         # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
         self._random = np.random.RandomState(config.seed)
@@ -196,8 +217,11 @@ class IncrementalModel:
         try:
             self._grow(version, n_users0, n_items0)
             rows, cols, labels, weights = self._interactions(user_idx, item_idx, ratings, stamps)
+            changed_items = _EMPTY_ROWS
             if len(rows):
-                self._fit(version, rows, cols, labels, weights, epochs, on_epoch, n_users0)
+                changed_items = self._fit(
+                    version, rows, cols, labels, weights, epochs, on_epoch, n_users0
+                )
         except BaseException:
             self.users.truncate(n_users0)
             self.items.truncate(n_items0)
@@ -208,6 +232,9 @@ class IncrementalModel:
         np.add.at(self._user_events, user_idx, 1)
         np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
+        self._dirty_users.append(self._trained_user_rows(rows, n_users0))
+        self._dirty_items.append(changed_items)
+        self._dirty_popularity.append(item_idx)
         self._remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
@@ -283,6 +310,9 @@ class IncrementalModel:
         positives = np.zeros(self.capacity[0], dtype=np.int64)
         np.add.at(positives, rows[labels > 0], 1)
         self._user_positives = positives
+        # Every row changed: the next delta carries the whole model (models.delta).
+        self._dirty_users.append(np.arange(self.n_users, dtype=np.int64))
+        self._dirty_items.append(np.arange(self.n_items, dtype=np.int64))
         self._refresh_neighbours(rows, cols, labels)
         return True
 
@@ -365,7 +395,7 @@ class IncrementalModel:
         on_epoch: Callable[[int], None] | None,
         n_users0: int,
         stream: int = _FIT_STREAM,
-    ) -> None:
+    ) -> np.ndarray:
         n_users, n_items = self.n_users, self.n_items
         cap_users, cap_items = self.capacity
         interactions = sp.coo_matrix((labels, (rows, cols)), shape=(n_users, n_items))
@@ -399,6 +429,22 @@ class IncrementalModel:
             if isinstance(exc, ValueError) and "finite" in str(exc):
                 raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
             raise
+        return self._changed_item_rows(backup)
+
+    def _changed_item_rows(self, backup: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """Item rows whose embedding or bias this fit changed (negatives sampled by WARP/BPR
+        change too), found against the backup the fit took anyway."""
+        which, before = backup["item_embeddings"]
+        now = self._lfm.item_embeddings[which]
+        changed = (now != before).any(axis=1)
+        changed |= self._lfm.item_biases[which] != backup["item_biases"][1]
+        return which[changed]
+
+    def _trained_user_rows(self, rows: np.ndarray, n_users0: int) -> np.ndarray:
+        """User rows a fit may have changed (all of them under user regularisation)."""
+        if self.config.user_alpha > 0:
+            return np.arange(n_users0)
+        return rows.astype(np.int64)
 
     def _backup(self, rows: np.ndarray, n_users0: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Copies of everything a fit can change, to roll back a non-finite batch.
@@ -484,7 +530,9 @@ class IncrementalModel:
         ref = self._popularity_ts
         if ref is None or newest > ref:
             if ref is not None:
-                self._popularity[: self.n_items] *= 2.0 ** (-(newest - ref) / half_life)
+                factor = 2.0 ** (-(newest - ref) / half_life)
+                self._popularity[: self.n_items] *= factor
+                self._decay *= factor
             ref = newest
         np.add.at(self._popularity, items, 2.0 ** (-(ref - stamps) / half_life))
         self._popularity_ts = ref
@@ -522,23 +570,114 @@ class IncrementalModel:
         items = dict(zip(self.items.ids(), self._item_events[: self.n_items].tolist(), strict=True))
         return users, items
 
-    # --- scoring -----------------------------------------------------------------------
-    def view(self) -> ScoringView:
-        """An immutable copy of the scoring state; safe to use while training continues."""
+    # --- scoring and deltas -----------------------------------------------------------
+    def take_delta(self) -> ModelDelta:
+        """The rows changed since the previous delta (or since construction/restore), as a
+        :class:`ModelDelta` from that version to this one. O(rows touched), plus the item
+        arrays' changed rows. Resets the record of changes."""
+        base_version, base_users, base_items = self._base
         n_users, n_items = self.n_users, self.n_items
+        users = _rows(self._dirty_users, base_users, n_users)
+        items = _rows(self._dirty_items, base_items, n_items)
+        popular = _rows(self._dirty_popularity, base_items, n_items)
         lfm = self._lfm
-        return ScoringView(
+        if self.start is None:
+            self.start = base_version
+        delta = ModelDelta(
+            lineage=self.lineage,
+            origin=self.origin,
+            start=self.start,
+            base_version=base_version,
             version=self.version,
-            user_ids=self.users.ids(),
-            user_index=self.users.index_copy(),
-            item_ids=self.items.ids(),
-            item_index=self.items.index_copy(),
-            user_embeddings=lfm.user_embeddings[:n_users].copy(),
-            user_biases=lfm.user_biases[:n_users].copy(),
-            item_embeddings=lfm.item_embeddings[:n_items].copy(),
-            item_biases=lfm.item_biases[:n_items].copy(),
-            popularity=self._popularity[:n_items].copy(),
-            user_positives=self._user_positives[:n_users].copy(),
+            n_users=n_users,
+            n_items=n_items,
+            trained_events=self.trained_events,
+            new_user_ids=self.users.ids(n_users, start=base_users),
+            new_item_ids=self.items.ids(n_items, start=base_items),
+            user_rows=users,
+            user_embeddings=lfm.user_embeddings[users],
+            user_biases=lfm.user_biases[users],
+            user_positives=self._user_positives[users],
+            item_rows=items,
+            item_embeddings=lfm.item_embeddings[items],
+            item_biases=lfm.item_biases[items],
+            popularity_rows=popular,
+            popularity_values=self._popularity[popular],
+            popularity_decay=self._decay,
+            popularity_ts=self._popularity_ts,
+        )
+        self._reset_changes()
+        return delta
+
+    def _reset_changes(self) -> None:
+        self._base = (self.version, self.n_users, self.n_items)
+        self._dirty_users.clear()
+        self._dirty_items.clear()
+        self._dirty_popularity.clear()
+        self._decay = 1.0
+
+    def _chain(self) -> dict[str, object] | None:
+        """Where this state sits in its delta chain, for snapshots: None while rows changed
+        that no delta has carried yet (scorers then cannot continue from it by deltas)."""
+        if self._rows_dirty():
+            return None
+        return {"lineage": self.lineage, "version": self.chain_version, "offset": self.delta_offset}
+
+    @property
+    def chain_version(self) -> int:
+        """The version the last delta taken made (the next one applies to it)."""
+        return self._base[0]
+
+    def view(self) -> ScoringView:
+        """An immutable scoring view of the current state; safe to use while training
+        continues. Costs O(rows changed since the previous view): the previous view with
+        :meth:`take_delta` applied (copy-on-write), which :attr:`last_delta` keeps."""
+        previous = self._view
+        if previous is not None and previous.version == self.version and not self._changed():
+            return previous
+        # A first view after only a hand-set version (a restore that follows the store's
+        # newest version) takes no delta: the run's first delta then starts at its origin.
+        wanted = self._changed() and (previous is not None or self._rows_dirty())
+        delta = self.take_delta() if wanted else None
+        if previous is not None and delta is not None and previous.version == delta.base_version:
+            try:
+                self._view = previous.with_delta(delta)
+            except DeltaError:  # a bug, never expected: serve a whole view, publish nothing
+                self._view, delta = self.full_view(), None
+        else:  # the first view (or one after take_delta was called directly): build whole
+            self._view = self.full_view()
+        if self._neighbours is not None and not self._view.blends_with(self._neighbours):
+            # rebuilt by a consolidation or an offline batch (deltas carry rows only)
+            self._view = self._view.with_neighbours(self._neighbours, self.config.blend_weight)
+        self.last_delta = delta
+        return self._view
+
+    def _rows_dirty(self) -> bool:
+        """Rows changed that no delta has carried yet."""
+        return bool(self._dirty_users or self._dirty_items) or self._base[1:] != (
+            self.n_users,
+            self.n_items,
+        )
+
+    def _changed(self) -> bool:
+        return self._rows_dirty() or self._base[0] != self.version
+
+    def full_view(self) -> ScoringView:
+        """A view built from all rows (O(model)); :meth:`view` is the incremental one."""
+        lfm = self._lfm
+        return ScoringView.from_arrays(
+            version=self.version,
+            users=self.users,
+            items=self.items,
+            arrays={
+                "user_embeddings": lfm.user_embeddings,
+                "user_biases": lfm.user_biases,
+                "user_positives": self._user_positives,
+                "item_embeddings": lfm.item_embeddings,
+                "item_biases": lfm.item_biases,
+                "popularity": self._popularity,
+            },
+            popularity_ts=self._popularity_ts,
             neighbours=self._neighbours,  # immutable, replaced whole: shared, not copied
             blend_weight=self.config.blend_weight,
         )
@@ -565,6 +704,7 @@ class IncrementalModel:
                 window=self._window.arrays(),
                 since_consolidation=self.since_consolidation,
                 neighbours=self._neighbours,
+                chain=self._chain(),
             )
         )
 
@@ -603,7 +743,17 @@ class IncrementalModel:
             if name in state.arrays:
                 counts[: len(state.arrays[name])] = state.arrays[name]
             setattr(model, f"_{name}", counts)
+        model.origin = state.version
+        model._reset_changes()
         return model
+
+
+_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _rows(parts: list[np.ndarray], old: int, n: int) -> np.ndarray:
+    """Sorted unique rows of ``parts`` plus every new row ``old..n-1``."""
+    return np.unique(np.concatenate([*parts, np.arange(old, n), _EMPTY_ROWS]).astype(np.int64))
 
 
 def _resized(counts: np.ndarray, used: int, capacity: int) -> np.ndarray:

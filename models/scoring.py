@@ -14,6 +14,10 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from models.blocks import RowBlocks
+from models.delta import DeltaError, ModelDelta, check_applies
+from models.idmap import IdMap
+
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
 
 
@@ -54,22 +58,26 @@ class ScoringView:
     of that history (the sum of each history item's neighbour similarities) are each
     standardised over all items and added, the kNN side weighted by ``blend_weight``.
     Items newer than the neighbour matrix have no neighbours (kNN score 0).
+    User arrays (the big ones) are :class:`models.blocks.RowBlocks`, item arrays plain
+    read-only arrays; the id maps are append-only and shared with the views built from
+    this one, each reading only its own first ``n`` ids. :meth:`with_delta` makes the next
+    version's view by copying only what a :class:`models.delta.ModelDelta` touches.
     """
 
     __slots__ = (
         "_blend_weight",
         "_item_biases",
         "_item_embeddings",
-        "_item_ids",
-        "_item_index",
+        "_items",
+        "_k",
+        "_n_items",
+        "_n_users",
         "_neighbours",
         "_pop_order",
         "_popularity",
-        "_user_biases",
-        "_user_embeddings",
-        "_user_ids",
-        "_user_index",
-        "_user_positives",
+        "_user_rows",
+        "_users",
+        "popularity_ts",
         "version",
     )
 
@@ -87,6 +95,7 @@ class ScoringView:
         item_biases: np.ndarray,
         popularity: np.ndarray,
         user_positives: np.ndarray,
+        popularity_ts: float | None = None,
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
     ) -> None:
@@ -102,58 +111,241 @@ class ScoringView:
         for name, (array, rows, ndim) in shapes.items():
             if array.ndim != ndim or array.shape[0] != rows:
                 raise ValueError(f"{name} has shape {array.shape}, expected {rows} rows")
+        for ids, index, what in ((user_ids, user_index, "user"), (item_ids, item_index, "item")):
+            if len(index) != len(ids) or any(index.get(v) != i for i, v in enumerate(ids)):
+                raise ValueError(f"{what}_index does not match {what}_ids")
+        self._init(
+            version=version,
+            users=IdMap(user_ids),
+            n_users=n_users,
+            items=IdMap(item_ids),
+            n_items=n_items,
+            k=user_embeddings.shape[1],
+            user_rows=RowBlocks.from_array(_pack(user_embeddings, user_biases, user_positives)),
+            item_embeddings=item_embeddings,
+            item_biases=item_biases,
+            popularity=popularity,
+            popularity_ts=popularity_ts,
+            neighbours=neighbours,
+            blend_weight=blend_weight,
+        )
+
+    def _init(
+        self,
+        *,
+        version: int,
+        users: IdMap,
+        n_users: int,
+        items: IdMap,
+        n_items: int,
+        k: int,
+        user_rows: RowBlocks,
+        item_embeddings: np.ndarray,
+        item_biases: np.ndarray,
+        popularity: np.ndarray,
+        popularity_ts: float | None,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
+    ) -> None:
         self.version = version
-        self._user_ids = user_ids
-        self._user_index = user_index
-        self._item_ids = item_ids
-        self._item_index = item_index
-        self._user_embeddings = _frozen(user_embeddings)
-        self._user_biases = _frozen(user_biases)
+        self._users, self._n_users = users, n_users
+        self._items, self._n_items = items, n_items
+        self._k = k
+        self._user_rows = user_rows  # per user: embedding (k), bias, positives (float32)
         self._item_embeddings = _frozen(item_embeddings)
         self._item_biases = _frozen(item_biases)
         self._popularity = _frozen(popularity)
-        self._user_positives = _frozen(user_positives)
-        # Most popular first; ties by first appearance, so the order is deterministic.
-        self._pop_order = _frozen(np.argsort(-popularity, kind="stable"))
+        self.popularity_ts = popularity_ts
+        self._pop_order: np.ndarray | None = None  # computed on first use
+        self._init_neighbours(neighbours, blend_weight)
+
+    def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
         if neighbours is not None:
             m = neighbours.shape[0]
-            if neighbours.shape != (m, m) or m > n_items:
-                raise ValueError(f"neighbours has shape {neighbours.shape}, expected <= {n_items}")
+            if neighbours.shape != (m, m) or m > self._n_items:
+                raise ValueError(
+                    f"neighbours has shape {neighbours.shape}, expected <= {self._n_items}"
+                )
             if blend_weight <= 0 or not neighbours.nnz:
                 neighbours = None
         self._neighbours = neighbours  # shared between views: never mutated
         self._blend_weight = float(blend_weight)
 
+    @classmethod
+    def _from_parts(cls, **parts: Any) -> ScoringView:
+        view = cls.__new__(cls)
+        view._init(**parts)
+        return view
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        version: int,
+        users: IdMap,
+        items: IdMap,
+        arrays: Mapping[str, np.ndarray],
+        popularity_ts: float | None,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
+    ) -> ScoringView:
+        """A view over the first ``len(users)``/``len(items)`` rows of ``arrays``
+        (embeddings, biases, popularity, user_positives); the maps are shared, not copied.
+        ``neighbours``/``blend_weight``: for blending (see the class docstring)."""
+        n_users, n_items = len(users), len(items)
+        return cls._from_parts(
+            version=version,
+            users=users,
+            n_users=n_users,
+            items=items,
+            n_items=n_items,
+            k=arrays["user_embeddings"].shape[1],
+            user_rows=RowBlocks.from_array(
+                _pack(
+                    arrays["user_embeddings"][:n_users],
+                    arrays["user_biases"][:n_users],
+                    arrays["user_positives"][:n_users],
+                )
+            ),
+            item_embeddings=np.array(arrays["item_embeddings"][:n_items]),
+            item_biases=np.array(arrays["item_biases"][:n_items]),
+            popularity=np.array(arrays["popularity"][:n_items]),
+            popularity_ts=popularity_ts,
+            neighbours=neighbours,
+            blend_weight=blend_weight,
+        )
+
+    @classmethod
+    def empty(cls, no_components: int, version: int = 0) -> ScoringView:
+        """A view of no users and no items (the base of a fresh model's first delta)."""
+        f32 = np.dtype(np.float32)
+        return cls._from_parts(
+            version=version,
+            users=IdMap(),
+            n_users=0,
+            items=IdMap(),
+            n_items=0,
+            k=no_components,
+            user_rows=RowBlocks.empty((no_components + 2,), f32),
+            item_embeddings=np.zeros((0, no_components), dtype=np.float32),
+            item_biases=np.zeros(0, dtype=np.float32),
+            popularity=np.zeros(0, dtype=np.float64),
+            popularity_ts=None,
+        )
+
+    def with_delta(self, delta: ModelDelta, *, join: bool = False) -> ScoringView:
+        """The view of ``delta.version``: this one with the delta's rows, copy-on-write.
+
+        User rows copy only their blocks; item arrays are copied whole (items are few).
+        Raises :class:`models.delta.DeltaError` (and changes nothing visible) if the delta
+        does not fit this view exactly. ``join``: the delta starts a new lineage from the
+        state this view holds, whatever version number that lineage gave it.
+        """
+        base = delta.base_version if join else self.version
+        check_applies(delta, version=base, n_users=self._n_users, n_items=self._n_items, k=self._k)
+        try:
+            self._users.extend_at(self._n_users, delta.new_user_ids)
+            self._items.extend_at(self._n_items, delta.new_item_ids)
+        except ValueError as exc:
+            raise DeltaError(str(exc)) from None
+        n_users, n_items = delta.n_users, delta.n_items
+        item_embeddings = _grown(self._item_embeddings, n_items)
+        item_embeddings[delta.item_rows] = delta.item_embeddings
+        item_biases = _grown(self._item_biases, n_items)
+        item_biases[delta.item_rows] = delta.item_biases
+        popularity = _grown(self._popularity, n_items)
+        if delta.popularity_decay != 1.0:
+            popularity[: self._n_items] *= delta.popularity_decay
+        popularity[delta.popularity_rows] = delta.popularity_values
+        rows = delta.user_rows
+        return self._from_parts(
+            version=delta.version,
+            users=self._users,
+            n_users=n_users,
+            items=self._items,
+            n_items=n_items,
+            k=self._k,
+            user_rows=self._user_rows.updated(
+                rows, _pack(delta.user_embeddings, delta.user_biases, delta.user_positives), n_users
+            ),
+            item_embeddings=item_embeddings,
+            item_biases=item_biases,
+            popularity=popularity,
+            popularity_ts=delta.popularity_ts,
+            neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
+            blend_weight=self._blend_weight,
+        )
+
+    def with_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> ScoringView:
+        """This view (sharing every array) with other blending neighbours."""
+        view = ScoringView.__new__(ScoringView)
+        for name in ScoringView.__slots__:
+            object.__setattr__(view, name, getattr(self, name))
+        view._init_neighbours(neighbours, blend_weight)
+        return view
+
+    def blends_with(self, neighbours: sp.csr_matrix | None) -> bool:
+        """Whether this view's blending neighbours are ``neighbours`` (the same object)."""
+        return self._neighbours is neighbours
+
+    def scoring_arrays(self) -> dict[str, np.ndarray]:
+        """The view's arrays as plain arrays (tests, benchmarks)."""
+        users, k = self._user_rows.to_array(), self._k
+        return {
+            "user_embeddings": users[:, :k],
+            "user_biases": users[:, k],
+            "user_positives": users[:, k + 1].astype(np.int64),
+            "item_embeddings": self._item_embeddings,
+            "item_biases": self._item_biases,
+            "popularity": self._popularity,
+        }
+
     # --- inspection --------------------------------------------------------------------
     @property
     def n_users(self) -> int:
-        return len(self._user_ids)
+        return self._n_users
 
     @property
     def n_items(self) -> int:
-        return len(self._item_ids)
+        return self._n_items
+
+    @property
+    def no_components(self) -> int:
+        return self._k
+
+    def user_ids(self) -> list[str]:
+        return self._users.ids(self._n_users)
 
     def has_user(self, user: str) -> bool:
-        return user in self._user_index
+        return self._user_row(user) is not None
 
     def has_item(self, item: str) -> bool:
-        return item in self._item_index
+        return self._item_row(item) is not None
 
     def item_ids(self) -> list[str]:
-        return list(self._item_ids)
+        return self._items.ids(self._n_items)
+
+    def _user_row(self, user: str) -> int | None:
+        row = self._users.get(user)
+        return row if row is not None and row < self._n_users else None
+
+    def _item_row(self, item: str) -> int | None:
+        row = self._items.get(item)
+        return row if row is not None and row < self._n_items else None
 
     def model_row(self, user: str) -> int | None:
         """The embedding row used for ``user``, or None if the user gets popularity."""
-        row = self._user_index.get(user)
-        if row is None or self._user_positives[row] == 0:
+        row = self._user_row(user)
+        if row is None or self._user_rows.row(row)[self._k + 1] == 0:
             return None
         return row
 
     def item_rows(self, items: Iterable[str]) -> np.ndarray:
         """Dense indices of the known items among ``items`` (unknown ones are dropped)."""
-        index = self._item_index
+        get, n = self._items.get, self._n_items
         return np.fromiter(
-            (i for i in (index.get(item) for item in items) if i is not None), dtype=np.int64
+            (i for i in (get(item) for item in items) if i is not None and i < n),
+            dtype=np.int64,
         )
 
     def score_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -161,9 +353,10 @@ class ScoringView:
 
         Equal to ``LightFM.predict`` for the same pairs, computed as one matmul.
         """
-        scores = self._user_embeddings[rows] @ self._item_embeddings.T
+        users, dim = self._user_rows.take(rows), self._k
+        scores = users[:, :dim] @ self._item_embeddings.T
         scores += self._item_biases
-        scores += self._user_biases[rows, None]
+        scores += users[:, dim, None]
         return scores
 
     def blend(self, scores: np.ndarray, history: np.ndarray) -> np.ndarray:
@@ -212,9 +405,10 @@ class ScoringView:
         )
         if row is None:
             return Recommendation(user, self._popular(k, excluded), self.version, "popularity")
-        scores = self._item_embeddings @ self._user_embeddings[row]
+        vector, dim = self._user_rows.row(row), self._k
+        scores = self._item_embeddings @ vector[:dim]
         scores += self._item_biases
-        scores += self._user_biases[row]
+        scores += vector[dim]
         if self._neighbours is not None:
             self.blend(scores, self.item_rows(history))
         return Recommendation(user, self._top_k(scores, k, excluded), self.version, "model")
@@ -292,9 +486,14 @@ class ScoringView:
     def _popular(self, k: int, excluded: np.ndarray) -> list[ScoredItem]:
         skip = set(excluded.tolist())
         out: list[ScoredItem] = []
-        for i in self._pop_order[: k + len(skip)].tolist():
+        order = self._pop_order
+        if order is None:  # most popular first; ties by first appearance (deterministic)
+            order = self._pop_order = _frozen(np.argsort(-self._popularity, kind="stable"))
+        ids = self._items.ids(self._n_items) if k + len(skip) > 64 else None
+        for i in order[: k + len(skip)].tolist():
             if i not in skip:
-                out.append(ScoredItem(self._item_ids[i], float(self._popularity[i])))
+                item = ids[i] if ids is not None else self._items.id_of(i)
+                out.append(ScoredItem(item, float(self._popularity[i])))
                 if len(out) == k:
                     break
         return out
@@ -315,8 +514,8 @@ class ScoringView:
         return self._scored(idx, vals)
 
     def _scored(self, idx: list[int], vals: list[float]) -> list[ScoredItem]:
-        ids = self._item_ids
-        return [ScoredItem(ids[i], float(v)) for i, v in zip(idx, vals, strict=True)]
+        id_of = self._items.id_of
+        return [ScoredItem(id_of(i), float(v)) for i, v in zip(idx, vals, strict=True)]
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -350,6 +549,23 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def _pack(embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """User rows as one float32 array: embedding, bias, positives count (exact below 2**24;
+    scoring only asks whether it is zero). One block structure instead of three."""
+    out = np.empty((len(embeddings), embeddings.shape[1] + 2), dtype=np.float32)
+    out[:, :-2] = embeddings
+    out[:, -2] = biases
+    out[:, -1] = np.minimum(positives, 1 << 24)
+    return out
+
+
+def _grown(array: np.ndarray, n: int) -> np.ndarray:
+    """A writable copy of ``array`` with ``n`` rows (the new ones zero)."""
+    out = np.zeros((n, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array
+    return out
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

@@ -82,7 +82,32 @@ def merge_row(row: np.ndarray, new: np.ndarray, limit: int) -> np.ndarray:
 
 def remember(raw: bytes | None, items: Sequence[str], limit: int) -> bytes:
     """The table value after the user rated ``items`` (in order) on top of row ``raw``."""
-    return encode_row(merge_row(decode_row(raw), item_hashes(items), limit))
+    new = [item_hash(i) for i in items]
+    # The common case, only items new to the row: append bytes, no arrays (see merge_row).
+    if (
+        raw
+        and raw[:ROW_HEADER] == ROW_MAGIC
+        and len(set(new)) == len(new)
+        and not any(_contains(raw, h) for h in new)
+    ):
+        row = raw + b"".join(new)
+        extra = (len(row) - ROW_HEADER) // BYTES_PER_ITEM - limit
+        if extra > 0:
+            row = ROW_MAGIC + row[ROW_HEADER + extra * BYTES_PER_ITEM :]
+        return row
+    joined = b"".join(new)
+    fresh = np.frombuffer(joined, dtype=HASH_DTYPE) if joined else _EMPTY
+    return encode_row(merge_row(decode_row(raw), fresh, limit))
+
+
+def _contains(row: bytes, digest: bytes) -> bool:
+    """Whether ``row`` holds ``digest`` as one of its 8-byte items (aligned matches only)."""
+    pos = row.find(digest, ROW_HEADER)
+    while pos != -1:
+        if (pos - ROW_HEADER) % BYTES_PER_ITEM == 0:
+            return True
+        pos = row.find(digest, pos + 1)
+    return False
 
 
 class ItemHashIndex:

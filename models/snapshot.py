@@ -28,7 +28,8 @@ import scipy.sparse as sp
 from models.config import ModelConfig
 from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
-from models.idmap import decode_strings, encode_strings
+from models.idmap import IdMap, decode_strings, encode_strings
+from models.scoring import ScoringView
 
 FORMAT = "streamrec-lightfm-npz/1"
 SIDES = ("user", "item")
@@ -68,7 +69,26 @@ _MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "library_versions": dict,
 }
 # Manifest fields that must equal the checksummed copy inside the payload.
-_MIRRORED = ("format", "version", "offsets", "trained_events", "n_users", "n_items", "config")
+_MIRRORED = (
+    "format",
+    "version",
+    "offsets",
+    "trained_events",
+    "n_users",
+    "n_items",
+    "config",
+    "delta_chain",
+)
+SCORING_ARRAYS = (
+    "user_embeddings",
+    "user_biases",
+    "item_embeddings",
+    "item_biases",
+    "popularity",
+    "user_positives",
+)
+"""What a scorer loads from a snapshot (plus the id maps): a sixth of the training state."""
+_ALL_ARRAYS = (*STATE_ARRAYS, "popularity", "user_positives", *EVENT_COUNTS)
 
 
 class SnapshotError(ValueError):
@@ -92,6 +112,9 @@ class SnapshotState:
     window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
     since_consolidation: int = 0
     neighbours: sp.csr_matrix | None = None  # models.consolidation.item_neighbours
+    chain: dict[str, Any] | None = None
+    """Where the state sits in the delta chain: ``{"lineage", "version", "offset"}`` (the
+    lineage's last delta version and the delta topic's next offset), None if unknown."""
 
 
 def library_versions() -> dict[str, str]:
@@ -117,6 +140,8 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
         "popularity_ts": state.popularity_ts,
         "since_consolidation": state.since_consolidation,
     }
+    if state.chain is not None:
+        meta["delta_chain"] = dict(state.chain)
     entries = dict(state.arrays)
     if state.window:  # {}: no window (as in snapshots written before consolidation)
         entries.update({entry: state.window[name] for entry, name in _WINDOW_ENTRIES.items()})
@@ -150,17 +175,113 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
 
 def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
     """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason."""
+    meta, config, ids, arrays, extra = _decode(
+        payload, manifest, _ALL_ARRAYS, _ID_LISTS, window=True, neighbours=True
+    )
+    for side in SIDES:
+        for part in ("embedding_gradients", "bias_gradients"):
+            name = f"{side}_{part}"
+            if config.learning_schedule == "adagrad" and (arrays[name] <= 0).any():
+                raise SnapshotError(f"{name} has adagrad accumulators <= 0 (would turn NaN)")
+            if (arrays[name] < 0).any():
+                raise SnapshotError(f"{name} has negative accumulators")
+    return SnapshotState(
+        config=config,
+        version=meta["version"],
+        trained_events=meta["trained_events"],
+        offsets=dict(meta["offsets"]),
+        popularity_ts=meta["popularity_ts"],
+        user_ids=ids["user_ids"],
+        item_ids=ids["item_ids"],
+        recent_event_ids=ids["recent_event_ids"],
+        arrays=arrays,
+        chain=meta.get("delta_chain"),
+        window=extra["window"],
+        since_consolidation=extra["since_consolidation"],
+        neighbours=extra["neighbours"],
+    )
+
+
+@dataclass
+class ScoringSnapshot:
+    """Only what scoring needs from a snapshot: no gradients, momentum or event ids."""
+
+    version: int
+    config: ModelConfig
+    popularity_ts: float | None
+    user_ids: list[str]
+    item_ids: list[str]
+    arrays: dict[str, np.ndarray]  # SCORING_ARRAYS
+    chain: dict[str, Any] | None
+    neighbours: sp.csr_matrix | None = None  # for blending
+
+
+def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
+    """Verify a snapshot (checksum over the whole payload, manifest) and read only the
+    :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
+    meta, config, ids, arrays, extra = _decode(
+        payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"), neighbours=True
+    )
+    return ScoringSnapshot(
+        version=meta["version"],
+        config=config,
+        popularity_ts=meta["popularity_ts"],
+        user_ids=ids["user_ids"],
+        item_ids=ids["item_ids"],
+        arrays=arrays,
+        chain=meta.get("delta_chain"),
+        neighbours=extra["neighbours"],
+    )
+
+
+def load_scoring_view(
+    payload: bytes, manifest: dict[str, Any]
+) -> tuple[ScoringView, dict[str, Any] | None]:
+    """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
+    ``delta_chain`` (where deltas continue from it; None if it does not say)."""
+    snap = decode_scoring(payload, manifest)
+    view = ScoringView.from_arrays(
+        version=snap.version,
+        users=IdMap(snap.user_ids),
+        items=IdMap(snap.item_ids),
+        arrays=snap.arrays,
+        popularity_ts=snap.popularity_ts,
+        neighbours=snap.neighbours,
+        blend_weight=snap.config.blend_weight,
+    )
+    return view, snap.chain
+
+
+def _decode(
+    payload: bytes,
+    manifest: dict[str, Any],
+    names: tuple[str, ...],
+    id_lists: tuple[str, ...],
+    *,
+    window: bool = False,
+    neighbours: bool = False,
+) -> tuple[
+    dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
+]:
+    """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
+    and (into the last dict) the consolidation ``window`` and the blending ``neighbours``."""
     _check_manifest(manifest)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != manifest["sha256"]:
         raise SnapshotError(
             f"checksum mismatch: payload sha256 {digest}, manifest {manifest['sha256']}"
         )
-    entries = _read_entries(payload)
+    wanted = {"meta", *names, *(f"{n}_{s}" for n in id_lists for s in ("blob", "offsets"))}
+    wanted |= set(_WINDOW_ENTRIES) if window else set()
+    wanted |= set(_NEIGHBOUR_ENTRIES) if neighbours else set()
+    entries = _read_entries(payload, wanted)
     meta = _read_meta(entries.pop("meta"))
     for key in _MIRRORED:
-        if meta.get(key) != manifest[key]:
-            raise SnapshotError(f"manifest {key} {manifest[key]!r} != payload {meta.get(key)!r}")
+        if meta.get(key) != manifest.get(key):
+            raise SnapshotError(
+                f"manifest {key} {manifest.get(key)!r} != payload {meta.get(key)!r}"
+            )
+    _check_chain(meta.get("delta_chain"))
     try:
         config = ModelConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
@@ -170,9 +291,10 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         isinstance(popularity_ts, int | float) and math.isfinite(popularity_ts)
     ):
         raise SnapshotError("popularity_ts must be a finite number or null")
+    meta["popularity_ts"] = None if popularity_ts is None else float(popularity_ts)
 
     ids = {}
-    for name in _ID_LISTS:
+    for name in id_lists:
         try:
             ids[name] = decode_strings(entries[f"{name}_blob"], entries[f"{name}_offsets"])
         except ValueError as exc:
@@ -196,7 +318,10 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         if name in entries:
             expected[name] = (np.dtype(np.int64), (n[name.partition("_")[0]],))
     arrays = {}
-    for name, (dtype, shape) in expected.items():
+    for name in names:
+        if name in EVENT_COUNTS and name not in entries:
+            continue  # optional: snapshots older than the counts have none
+        dtype, shape = expected[name]
         array = entries[name]
         if array.dtype != dtype:
             raise SnapshotError(f"{name} has dtype {array.dtype}, expected {dtype}")
@@ -205,37 +330,36 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         if dtype.kind == "f" and not np.isfinite(array).all():
             raise SnapshotError(f"{name} contains NaN or infinite values")
         arrays[name] = array
-    for side in SIDES:
-        for part in ("embedding_gradients", "bias_gradients"):
-            name = f"{side}_{part}"
-            if config.learning_schedule == "adagrad" and (arrays[name] <= 0).any():
-                raise SnapshotError(f"{name} has adagrad accumulators <= 0 (would turn NaN)")
-            if (arrays[name] < 0).any():
-                raise SnapshotError(f"{name} has negative accumulators")
     if (arrays["popularity"] < 0).any() or (arrays["user_positives"] < 0).any():
         raise SnapshotError("popularity and user_positives must be >= 0")
-    window = _check_window(entries, n)
-    neighbours = _check_neighbours(entries, n["item"])
-    since = meta.get("since_consolidation", 0)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise SnapshotError("since_consolidation must be an int >= 0")
     if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
         raise SnapshotError("user_events and item_events must be >= 0")
+    extra: dict[str, Any] = {}
+    if window:
+        extra["window"] = _check_window(entries, n)
+        since = meta.get("since_consolidation", 0)
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise SnapshotError("since_consolidation must be an int >= 0")
+        extra["since_consolidation"] = since
+    if neighbours:
+        extra["neighbours"] = _check_neighbours(entries, n["item"])
+    return meta, config, ids, arrays, extra
 
-    return SnapshotState(
-        config=config,
-        version=meta["version"],
-        trained_events=meta["trained_events"],
-        offsets=dict(meta["offsets"]),
-        popularity_ts=None if popularity_ts is None else float(popularity_ts),
-        user_ids=ids["user_ids"],
-        item_ids=ids["item_ids"],
-        recent_event_ids=ids["recent_event_ids"],
-        arrays=arrays,
-        window=window,
-        since_consolidation=since,
-        neighbours=neighbours,
+
+def _check_chain(chain: Any) -> None:
+    """``delta_chain``: where this state sits in the trainer's delta chain (or absent)."""
+    if chain is None:
+        return
+    ok = (
+        isinstance(chain, dict)
+        and set(chain) == {"lineage", "version", "offset"}
+        and isinstance(chain["lineage"], str)
+        and isinstance(chain["version"], int)
+        and not isinstance(chain["version"], bool)
+        and (chain["offset"] is None or isinstance(chain["offset"], int))
     )
+    if not ok:
+        raise SnapshotError("delta_chain must be {lineage: str, version: int, offset: int|null}")
 
 
 def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
@@ -318,7 +442,7 @@ def _check_manifest(manifest: Any) -> None:
             raise SnapshotError("manifest 'offsets' must map 'topic:partition' to an int offset")
 
 
-def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
+def _read_entries(payload: bytes, wanted: set[str]) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
@@ -337,6 +461,8 @@ def _read_entries(payload: bytes) -> dict[str, np.ndarray]:
                 )
             entries = {}
             for info, name in zip(infos, names, strict=True):
+                if name not in wanted:
+                    continue  # covered by the checksum; not needed by this reader
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise SnapshotError(
                         f"{name} is compressed; snapshots store arrays uncompressed"

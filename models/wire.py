@@ -19,9 +19,13 @@ ratings           user          :class:`models.events.Rating`
 rec-requests      user          :class:`models.events.RecRequest`
 rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
 model-updates     ``b"model"``  :class:`ModelUpdate`
+model-deltas      lineage       :class:`ModelDelta` (binary, checksummed)
 items             item          :class:`models.catalog.CatalogItem` (compacted)
 ``*-dlq``         original      original bytes; :class:`DeadLetter` headers
 ================  ============  ===========================================
+
+Model deltas are the one binary message: their owner is :mod:`models.delta`, re-exported
+here (:class:`ModelDelta` with ``encode``/``decode``, :class:`DeltaError`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from models.catalog import CatalogItem, parse_catalog_item
+from models.delta import DeltaError as DeltaError  # re-exported: the delta message's owner
+from models.delta import ModelDelta as ModelDelta
 from models.events import (
     InvalidEvent,
     Rating,
@@ -212,16 +218,30 @@ class ModelUpdate:
     sha256: str
     trained_events: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: str | None = None
+    """The delta lineage of the snapshot's writer, if it published deltas."""
+    chain_version: int | None = None
+    """The version of the last delta the snapshot includes (scorers that got there by
+    deltas need not load it)."""
+
+    @property
+    def reason(self) -> str | None:
+        """``"promote"``/``"rollback"`` for an operator's announcement, else None."""
+        reason = self.metrics.get("reason")
+        return reason if isinstance(reason, str) else None
 
     @classmethod
     def from_manifest(cls, uri: str, manifest: Mapping[str, Any], **metrics: Any) -> ModelUpdate:
         """The announcement of a stored snapshot, from its manifest."""
+        chain = manifest.get("delta_chain") or {}
         return cls(
             version=int(manifest["version"]),
             uri=uri,
             sha256=str(manifest["sha256"]),
             trained_events=int(manifest.get("trained_events", 0)),
             metrics=dict(metrics),
+            lineage=chain.get("lineage"),
+            chain_version=chain.get("version"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,12 +259,21 @@ class ModelUpdate:
         metrics = obj.get("metrics") or {}
         if not isinstance(metrics, dict):
             raise Undecodable("invalid", "model update metrics must be an object")
+        lineage, chain_version = obj.get("lineage"), obj.get("chain_version")
+        if lineage is not None and not isinstance(lineage, str):
+            raise Undecodable("invalid", "model update lineage must be a string")
+        if chain_version is not None and (
+            isinstance(chain_version, bool) or not isinstance(chain_version, int)
+        ):
+            raise Undecodable("invalid", "model update chain_version must be an int")
         return cls(
             version=version,
             uri=str(obj.get("uri", "")),
             sha256=str(obj.get("sha256", "")),
             trained_events=int(obj.get("trained_events") or 0),
             metrics=metrics,
+            lineage=lineage,
+            chain_version=chain_version,
         )
 
 
@@ -259,15 +288,26 @@ def encode_catalog_item(entry: CatalogItem) -> tuple[bytes, bytes]:
     return entry.item.encode(), encode_json(catalog_item_body(entry))
 
 
-def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
-    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+def decode_catalog_value(value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in an ``items`` message's value, or :class:`Undecodable`."""
     try:
-        entry = parse_catalog_item(decode_object(value, max_bytes=max_bytes))
+        return parse_catalog_item(decode_object(value, max_bytes=max_bytes))
     except InvalidEvent as exc:
         raise Undecodable("invalid", str(exc)) from None
+
+
+def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+    entry = decode_catalog_value(value, max_bytes=max_bytes)
     if key != entry.item.encode():
         raise Undecodable("invalid", "items messages must be keyed by their item id")
     return entry
+
+
+# --- model deltas ----------------------------------------------------------------------
+def delta_key(delta: ModelDelta) -> bytes:
+    """The Kafka key of a delta message: its lineage (the topic has one partition)."""
+    return delta.lineage.encode()
 
 
 # --- dead letters ----------------------------------------------------------------------

@@ -114,9 +114,7 @@ def _run(
         base,
         model_store=f"file://{home / 'models'}",
         datadir=home / "faust",
-        batch_seconds=0.5,
-        snapshot_every_seconds=2,
-        session_timeout=10,
+        session_timeout=10,  # default batching and snapshots: deltas keep the scorers fresh
         epochs_per_batch=5,
     )
     settings = settings_for(env)

@@ -129,6 +129,7 @@ TOPIC_FIELDS = (
     "requests",
     "responses",
     "model_updates",
+    "model_deltas",
     "ratings_dlq",
     "requests_dlq",
     "items",

@@ -19,7 +19,7 @@ from app.settings import Settings
 from app.topics import ensure_topics
 from models.catalog import CatalogItem
 from models.synthetic import generate_catalog, generate_ratings
-from tests.integration.service.conftest import wait_for
+from tests.integration.service.conftest import KafkaClient, wait_for
 
 USERS, ITEMS, RATINGS, GENRES = 150, 80, 4000, 4
 
@@ -55,9 +55,24 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     worker = WorkerProcess("all", free_port(), tmp / "worker.log", env).start()
     try:
         worker.wait_ready(model=False)
+        # Publish only once the group has settled: ratings sent during the first assignment
+        # are not all seen by a consumer group that has no committed offsets yet.
+        wanted = {f"{settings.ratings_topic}:{p}" for p in range(settings.topic_partitions)}
+        wait_for(
+            lambda: (
+                (body := worker.get("/health/")[1])
+                and not body["rebalancing"]
+                and wanted <= set(body["partitions"])
+            ),
+            timeout=60,
+            what="the worker to own every ratings partition",
+        )
         ratings = generate_ratings(USERS, ITEMS, RATINGS, GENRES, seed=5)
         # A steady stream: the trainer fits many micro-batches, each one a hit-rate point.
         asyncio.run(publish_ratings(settings, ratings, rate=1000))
+        # Three bad ratings for the dead-letter panel: two malformed, one invalid.
+        bad = [(b"u1", b"{not json"), (b"u1", b"[1, 2]"), (b"u1", b'{"user": "u1"}')]
+        asyncio.run(KafkaClient(settings).produce(settings.ratings_topic, bad))
         wait_for(
             lambda: worker.get("/model/")[1].get("trained_events", 0) >= RATINGS,
             timeout=90,

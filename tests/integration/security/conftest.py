@@ -1,8 +1,8 @@
 """The dev broker's SASL_SSL listener (``streamrec dev up --secure``) for the security tests.
 
-``dev/test.sh`` (hence CI) starts the broker secure (``STREAMREC_DEV_KAFKA_SECURE=true``);
-then a missing or broken listener fails these tests. Without that setting they skip, saying
-how to run them.
+``dev/test.sh`` (hence CI) starts the dev broker with ``--secure``, so these tests run there.
+Against a broker without the listener they skip, saying how to run them; if
+``STREAMREC_DEV_KAFKA_SECURE=true`` says the listener should be there, they fail instead.
 """
 
 from __future__ import annotations

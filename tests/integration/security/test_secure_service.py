@@ -36,9 +36,9 @@ from tests.integration.storage.conftest import free_port_block
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e, pytest.mark.timeout(240)]
 
 USERS, ITEMS = 30, 12
-# streamrec's views, and Faust's own (index, table routes, stats)
-VIEWS = ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5", "/", "/router/",
-         "/stats/")  # fmt: skip
+# streamrec's views (the dashboard at / included), and Faust's own (table routes, stats)
+VIEWS = ("/health/", "/model/", "/metrics", "/users/u3/", "/items/popular/?k=5", "/items/i1/",
+         "/", "/dashboard/series/", "/router/", "/stats/")  # fmt: skip
 
 
 @dataclass

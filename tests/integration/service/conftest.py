@@ -41,22 +41,18 @@ class Deployment:
         return self.trainer
 
 
-def env_for(run: str, base: Settings, tmp: Path, bucket: str) -> dict[str, str]:
-    return isolated_env(
-        f"e2e-{run}",
-        base,
-        model_store=f"s3://{bucket}/{run}",
-        datadir=tmp / "faust",
-        topic_partitions=4,
-        batch_seconds=0.3,
-        batch_max=500,
-        snapshot_every_seconds=1,
-        snapshot_every_batches=4,
-        epochs_per_batch=10,
-        no_components=16,
-        session_timeout=8,
-        log_level="info",
-    )
+E2E_SETTINGS: dict[str, Any] = dict(
+    topic_partitions=4,
+    batch_seconds=0.3,
+    batch_max=500,
+    snapshot_every_seconds=1,
+    snapshot_every_batches=4,
+    epochs_per_batch=10,
+    no_components=16,
+    session_timeout=8,
+    log_level="info",
+)
+"""Fast batches and frequent snapshots: the shared deployment of test_service.py."""
 
 
 async def create_bucket(settings: Settings, bucket: str) -> None:
@@ -71,14 +67,15 @@ async def create_bucket(settings: Settings, bucket: str) -> None:
         await s3.create_bucket(Bucket=bucket)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    run = uuid.uuid4().hex[:10]
-    tmp = tmp_path_factory.mktemp(f"e2e-{run}")
+def new_deployment(prefix: str, tmp: Path, **overrides: Any) -> Iterator[Deployment]:
+    """A trainer and two scorers with topics, groups and an S3 prefix of their own
+    (``overrides`` are settings); yields once the scorers share the request partitions."""
     base = Settings()
-    bucket = f"e2e-{run}"
+    bucket = f"{prefix}-{uuid.uuid4().hex[:8]}"
     asyncio.run(create_bucket(base, bucket))
-    env = env_for(run, base, tmp, bucket)
+    env = isolated_env(
+        bucket, base, model_store=f"s3://{bucket}/{prefix}", datadir=tmp / "faust", **overrides
+    )
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings))
     trainer = WorkerProcess("trainer", free_port(), tmp / "trainer.log", env).start()
@@ -98,6 +95,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         for worker in [deployment.trainer, *deployment.scorers]:
             worker.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    run = uuid.uuid4().hex[:10]
+    yield from new_deployment("e2e", tmp_path_factory.mktemp(f"e2e-{run}"), **E2E_SETTINGS)
 
 
 def scorer_group_settled(deployment: Deployment) -> bool:

@@ -72,17 +72,23 @@ class FakeSink:
 
 @dataclass
 class FakeSeenTable:
-    """The table and its changelog: ``changelog`` lists every (partition, user, row) write."""
+    """The table and its changelog: ``changelog`` lists every flushed (partition, user, row)."""
 
     rows: dict[str, bytes] = field(default_factory=dict)
     changelog: list[tuple[int, str, bytes]] = field(default_factory=list)
+    dirty: dict[str, int] = field(default_factory=dict)
 
     def get(self, user: str) -> bytes | None:
         return self.rows.get(user)
 
     def put(self, user: str, row: bytes, partition: int) -> None:
         self.rows[user] = row
-        self.changelog.append((partition, user, row))
+        self.dirty[user] = partition
+
+    async def flush(self) -> None:
+        for user, partition in self.dirty.items():
+            self.changelog.append((partition, user, self.rows[user]))
+        self.dirty.clear()
 
     @classmethod
     def recovered(cls, changelog: list[tuple[int, str, bytes]]) -> FakeSeenTable:

@@ -122,3 +122,25 @@ def test_real_movielens_catalogs(movielens):
     if movies.is_file():
         with movies.open(encoding="utf-8", newline="") as f:
             assert len(list(iter_catalog(f))) == 9742
+
+
+def test_items_message_round_trips_through_the_wire_owner():
+    from models.wire import Undecodable, decode_catalog_item, encode_catalog_item
+
+    entry = CatalogItem("1", "Amélie (2001)", ("Comedy", "Romance"))
+    key, value = encode_catalog_item(entry)
+    assert (
+        key == b"1"
+        and value == '{"item":"1","title":"Amélie (2001)","genres":["Comedy","Romance"]}'.encode()
+    )
+    assert decode_catalog_item(key, value, max_bytes=1024) == entry
+    for bad_key, bad_value, kind in (
+        (b"2", value, "invalid"),  # keyed by another item
+        (b"1", b'{"item": "1"}', "invalid"),
+        (b"1", b"not json", "malformed"),
+        (b"1", None, "empty"),
+        (b"1", value, "too_large"),
+    ):
+        with pytest.raises(Undecodable) as info:
+            decode_catalog_item(bad_key, bad_value, max_bytes=10 if kind == "too_large" else 1024)
+        assert info.value.kind == kind

@@ -59,3 +59,15 @@ def test_malformed_arrays_are_refused(blob, offsets, message):
 
 def test_empty_list_round_trips():
     assert decode_strings(*encode_strings([])) == []
+
+
+def test_extend_at_appends_keeps_shared_ids_and_drops_leftovers():
+    ids = IdMap(["a", "b"])
+    ids.extend_at(2, ["c"])
+    ids.extend_at(2, ["c"])  # already in place (a map shared with its producer)
+    assert ids.ids() == ["a", "b", "c"]
+    ids.extend_at(2, ["d", "e"])  # "c" was left by a view that was never published
+    assert ids.ids() == ["a", "b", "d", "e"] and ids.get("c") is None
+    with pytest.raises(ValueError, match="already known"):
+        ids.extend_at(4, ["a"])
+    assert ids.ids(3, start=1) == ["b", "d"]

@@ -320,6 +320,68 @@ def test_non_finite_accumulators_that_lightfm_does_not_check_are_caught(monkeypa
     assert model.version == 1
 
 
+# --- views and deltas cost O(batch) ----------------------------------------------------
+def test_view_after_a_batch_shares_untouched_user_blocks():
+    from models.blocks import BLOCK_ROWS
+
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(20 * BLOCK_ROWS, 50, 6000, seed=1))
+    first = model.view()
+    model.train_batch([Rating("x1", "u3", "i4", 5, 9000.0)])  # one known user
+    second = model.view()
+    assert model.last_delta is not None and list(model.last_delta.user_rows) == [
+        model.users.get("u3")
+    ]
+    blocks = (model.n_users + BLOCK_ROWS - 1) // BLOCK_ROWS
+    assert second._user_rows.shared_blocks(first._user_rows) == blocks - 1
+    assert first.version == second.version - 1  # the old view is untouched
+    for name, array in model.full_view().scoring_arrays().items():
+        np.testing.assert_array_equal(array, second.scoring_arrays()[name], err_msg=name)
+
+
+def test_view_without_changes_is_the_same_object():
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(5, 5, 20))
+    view = model.view()
+    assert model.view() is view
+
+
+def test_a_restored_model_is_a_new_lineage_starting_at_its_snapshot():
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(5, 5, 20))
+    model.view()
+    restored = IncrementalModel.from_bytes(*model.to_bytes())
+    assert restored.lineage != model.lineage and restored.origin == model.version
+    restored.version += 3  # following the store's newest version: no delta for that alone
+    restored.view()
+    assert restored.last_delta is None
+    restored.train_batch(ratings(5, 5, 20, prefix="later-", ts0=100))
+    restored.view()
+    delta = restored.last_delta
+    assert (delta.origin, delta.start, delta.base_version) == (1, 1, 1)
+    assert delta.version == restored.version == 5
+
+
+def test_snapshot_records_the_chain_only_when_every_change_went_into_a_delta():
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(5, 5, 20))
+    assert model.to_bytes()[1].get("delta_chain") is None
+    model.view()
+    model.delta_offset = 17
+    chain = model.to_bytes()[1]["delta_chain"]
+    assert chain == {"lineage": model.lineage, "version": model.version, "offset": 17}
+
+
+def test_a_version_moved_by_hand_makes_a_delta_without_rows():
+    model = IncrementalModel(ModelConfig(**SMALL))
+    model.train_batch(ratings(5, 5, 20))
+    view = model.view()
+    model.version += 1  # the trainer's snapshot of offset-only progress
+    bumped = model.view()
+    assert bumped.version == view.version + 1 and model.last_delta.rows_touched == 0
+    assert bumped.recommend("u1").items == view.recommend("u1").items
+
+
 def test_event_counts_are_exact_per_user_and_item_and_survive_a_snapshot():
     from collections import Counter
 

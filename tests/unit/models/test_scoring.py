@@ -102,3 +102,17 @@ def test_scores_equal_lightfm_predict_on_a_trained_model():
     np.testing.assert_allclose(view.score_rows(np.array([user]))[0], predicted, rtol=1e-5)
     top = view.recommend("u3", k=5)
     assert items(top) == [view.item_ids()[i] for i in np.argsort(-predicted, kind="stable")[:5]]
+
+
+def test_with_delta_leaves_the_old_view_serving_unchanged():
+    model = IncrementalModel(ModelConfig(no_components=8, initial_capacity=4))
+    model.train_batch([Rating(f"e{j}", f"u{j % 7}", f"i{j % 11}", 5.0, j) for j in range(80)])
+    old = model.view()
+    before = old.recommend("u1", k=5)
+    model.train_batch([Rating(f"f{j}", "u1", f"new{j}", 5.0, 100 + j) for j in range(30)])
+    new = model.view()
+    assert new.version == old.version + 1 and new.n_items == old.n_items + 30
+    assert old.recommend("u1", k=5) == before  # the new ids are invisible to the old view
+    assert not old.has_item("new3") and new.has_item("new3")
+    assert "new3" not in old.item_ids() and len(old.item_ids()) == old.n_items
+    assert new.recommend("u1", k=5) != before

@@ -23,6 +23,7 @@ def model() -> IncrementalModel:
     ]
     model.train_batch(events)
     model.offsets.update({"ratings:0": 40, "ratings:1": 20})
+    model.view()  # as the trainer does after every batch: the changes went into a delta
     return model
 
 
@@ -214,3 +215,34 @@ def test_bad_config_in_payload_is_refused(good):
     manifest = {**manifest, "config": meta["config"]}
     with pytest.raises(SnapshotError, match="bad model config"):
         IncrementalModel.from_bytes(*with_checksum(payload, manifest))
+
+
+def test_scoring_load_reads_only_the_scoring_arrays(model, good):
+    payload, manifest = good
+    view, chain = snapshot.load_scoring_view(payload, manifest)
+    full = model.full_view()
+    for name, array in full.scoring_arrays().items():
+        np.testing.assert_array_equal(array, view.scoring_arrays()[name], err_msg=name)
+    assert view.user_ids() == full.user_ids() and chain["lineage"] == model.lineage
+    scoring = snapshot.decode_scoring(payload, manifest)
+    assert set(scoring.arrays) == set(snapshot.SCORING_ARRAYS)
+    # A broken training array (consistent checksum): the trainer refuses it, a scorer
+    # never even reads it ...
+    state = state_of(good)
+    state.arrays["user_embedding_gradients"] = -state.arrays["user_embedding_gradients"]
+    tampered = reencode(state)
+    with pytest.raises(SnapshotError, match="accumulators"):
+        snapshot.decode(*tampered)
+    snapshot.decode_scoring(*tampered)
+    # ... but the checksum still covers the whole payload.
+    bad = bytearray(payload)
+    bad[-100] ^= 1
+    with pytest.raises(SnapshotError, match="checksum"):
+        snapshot.decode_scoring(bytes(bad), manifest)
+
+
+def test_bad_delta_chain_is_refused(good):
+    state = state_of(good)
+    state.chain = {"lineage": 5, "version": 1, "offset": None}
+    with pytest.raises(SnapshotError, match="delta_chain"):
+        snapshot.decode(*reencode(state))

@@ -1,0 +1,105 @@
+"""Bulk reads of the topic partitions this worker owns, beside Faust's per-event streams.
+
+Faust hands a stream one event at a time (a task and a queue hop per message); that caps an
+agent at a few thousand events/s. Ingest needs no per-event machinery: it reads its
+partitions with a plain aiokafka consumer (``getmany``), in batches, and commits offsets
+under a group of its own once what it read is handled and flushed.
+
+Which partitions: the ones Faust assigned this worker for the co-partitioned topics
+(requests and the ``seen-items`` table); app/ calls :meth:`PartitionedReader.own` when a
+rebalance (and table recovery) completes, and awaits :meth:`PartitionedReader.release`
+when partitions are revoked, so two workers never write the same table partition and the
+next owner recovers every row written before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.kafka import KafkaOptions
+from agents.ports import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartitionedReader:
+    """Reads ``topic``'s owned partitions in bulk and hands them to ``handle`` in slices."""
+
+    kafka: KafkaOptions
+    topic: str
+    group_id: str
+    handle: Callable[[Sequence[Message]], Awaitable[None]]
+    flush: Callable[[], Awaitable[None]]  # make what ``handle`` sent durable before a commit
+    make_way: Callable[[], Awaitable[None]] = lambda: asyncio.sleep(0)  # between slices
+    max_records: int = 2000  # per fetch
+    slice_records: int = 250  # per ``handle`` call; the loop is yielded between slices
+    commit_seconds: float = 1.0
+    _wanted: frozenset[int] = frozenset()
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def own(self, partitions: Iterable[int]) -> None:
+        """Read these partitions (of ``topic``) from now on."""
+        self._wanted = frozenset(partitions)
+        self._changed.set()
+
+    async def release(self) -> None:
+        """Stop reading every partition; returns once what was read is handled and committed."""
+        self._released.clear()
+        self.own(())
+        await self._released.wait()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **self.kafka,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        assigned: frozenset[int] = frozenset()
+        committed_at = time.monotonic()
+        try:
+            while True:
+                wanted = self._wanted
+                if wanted != assigned:
+                    await self._commit(consumer, assigned)
+                    consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
+                    assigned = wanted
+                    log.info("Reading %s partitions %s in bulk", self.topic, sorted(assigned))
+                if not assigned:
+                    self._released.set()
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                batch = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                if self._wanted != assigned:  # released meanwhile: leave it for the next owner
+                    for tp, records in batch.items():
+                        if records:
+                            consumer.seek(tp, records[0].offset)
+                    continue
+                messages = [m for tp in sorted(batch) for m in batch[tp]]
+                for start in range(0, len(messages), self.slice_records):
+                    await self.handle(messages[start : start + self.slice_records])
+                    await self.make_way()  # requests first: one slice at a time
+                if time.monotonic() - committed_at >= self.commit_seconds:
+                    await self._commit(consumer, assigned)
+                    committed_at = time.monotonic()
+        finally:
+            try:
+                await self._commit(consumer, assigned)
+            finally:
+                await consumer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, assigned: frozenset[int]) -> None:
+        if not assigned:
+            return
+        await self.flush()
+        await consumer.commit()

@@ -1,0 +1,90 @@
+"""The trainer's side of the delta chain: publish each batch's model delta to the scorers.
+
+After every trained batch the trainer's model has made its new view from the previous one
+by a :class:`models.delta.ModelDelta` (``model.last_delta``); this sends exactly that delta
+on the one-partition ``model-deltas`` topic and records the topic offset after it in the
+model (``model.delta_offset``), so the next snapshot tells scorers where to read on.
+
+A delta larger than the topic accepts is replaced by a "snapshot needed" marker and the
+trainer writes a snapshot at once; scorers load that snapshot instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agents import metrics
+from agents.ports import Sink
+from models.incremental import IncrementalModel
+from models.scoring import ScoringView
+from models.wire import ModelDelta, delta_key
+
+log = logging.getLogger(__name__)
+
+_ENCODE_OFF_LOOP_ROWS = 20_000
+"""Deltas with more touched rows than this are encoded in a worker thread."""
+
+
+@dataclass
+class DeltaPublisher:
+    """Sends the trainer's deltas (Faust objects are passed in by ``app/``)."""
+
+    sink: Sink  # model-deltas; send() must not wait for the batch's events to be acked
+    max_bytes: int
+
+    async def publish(self, model: IncrementalModel, view: ScoringView) -> dict[str, Any] | None:
+        """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
+        ``snapshot_needed`` True if the delta was too large and a snapshot must follow."""
+        delta = model.last_delta
+        if delta is None or delta.version != view.version:
+            return None  # the view was built whole (the first one): nothing to chain to
+        if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
+            raw = await asyncio.to_thread(delta.encode)
+        else:
+            raw = delta.encode()
+        marker = len(raw) > self.max_bytes
+        if marker:
+            log.warning(
+                "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
+                delta.version,
+                len(raw),
+                self.max_bytes,
+            )
+            raw = delta.as_marker().encode()
+        try:
+            offset = await self._send(delta, raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # scorers see a gap and resync from the next snapshot
+            log.error(
+                "Could not publish delta v%d (%s: %s)", delta.version, type(exc).__name__, exc
+            )
+            metrics.DELTAS_PUBLISHED.labels("failed").inc()
+            return {"version": delta.version, "error": str(exc), "snapshot_needed": True}
+        if offset is not None:
+            model.delta_offset = offset + 1
+        metrics.DELTAS_PUBLISHED.labels("marker" if marker else "rows").inc()
+        metrics.DELTA_BYTES.observe(len(raw))
+        return {
+            "lineage": delta.lineage,
+            "version": delta.version,
+            "base_version": delta.base_version,
+            "bytes": len(raw),
+            "rows": delta.rows_touched,
+            "offset": offset,
+            "at": time.time(),
+            "snapshot_needed": marker,
+        }
+
+    async def _send(self, delta: ModelDelta, raw: bytes) -> int | None:
+        """Send and wait for the broker's ack; the record's offset (if the sink reports it)."""
+        result: Any = await self.sink.send(key=delta_key(delta), value=raw)
+        if inspect.isawaitable(result):  # Faust returns a future of the RecordMetadata
+            result = await result
+        offset = getattr(result, "offset", None)
+        return offset if isinstance(offset, int) else None

@@ -1,0 +1,184 @@
+"""End to end: model deltas carry every trained batch to the scorers, with snapshots rare.
+
+One trainer and two scorers (real subprocesses) on the real broker and SeaweedFS, with the
+**default snapshot settings** (a snapshot every 200 batches or 300 s): a new user's ratings
+change both scorers' replies within seconds, although no snapshot is written; a scorer
+started late, or SIGKILLed and restarted mid-stream, catches up to the trainer's version;
+a restarted trainer starts a new lineage that the running scorers follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.commands.service import publish_ratings, request_recommendation
+from app.dev.workers import WorkerProcess, free_port
+from app.settings import Settings
+from models.events import Rating
+from tests.integration.service.conftest import Deployment, new_deployment, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
+
+FRESH_BOUND = 10.0  # seconds: the issue's generous bound for "within seconds"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("deltas")
+    # Default snapshot and batch settings; only a smaller model and a faster group session.
+    for deployment in new_deployment("deltas", tmp, no_components=16, session_timeout=8):
+        defaults = Settings.model_fields
+        assert (
+            deployment.settings.snapshot_every_seconds == defaults["snapshot_every_seconds"].default
+        )
+        assert (
+            deployment.settings.snapshot_every_batches == defaults["snapshot_every_batches"].default
+        )
+        yield deployment
+
+
+def info(worker: WorkerProcess) -> dict[str, Any]:
+    try:
+        status, body = worker.get("/model/")
+    except OSError:
+        return {}
+    return body if status == 200 else {}
+
+
+def trainer_version(deployment: Deployment) -> int:
+    return info(deployment.trainer).get("version", -1)
+
+
+def caught_up(deployment: Deployment, scorers: list[WorkerProcess] | None = None) -> bool:
+    target = trainer_version(deployment)
+    return target > 0 and all(
+        info(s).get("version") == target for s in scorers or deployment.scorers
+    )
+
+
+def ratings_for(users: list[str], items: list[str], ts: float, stars: float = 5.0) -> list[Rating]:
+    return [
+        Rating(uuid.uuid4().hex, user, item, stars, ts + n)
+        for user in users
+        for n, item in enumerate(items)
+    ]
+
+
+def publish(deployment: Deployment, ratings: list[Rating]) -> None:
+    asyncio.run(publish_ratings(deployment.settings, ratings))
+
+
+def reply(deployment: Deployment, user: str) -> dict[str, Any]:
+    return asyncio.run(request_recommendation(deployment.settings, user, 10, wait=20)).to_dict()
+
+
+def replies_total(worker: WorkerProcess, source: str) -> float:
+    _, text = worker.get("/metrics")
+    prefix = f'streamrec_replies_total{{source="{source}"}}'
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def background(deployment: Deployment, n_users: int, ts: float) -> None:
+    users = [f"bg{n}" for n in range(n_users)]
+    items = [f"m{j}" for j in range(30)]
+    publish(deployment, [r for n, r in enumerate(ratings_for(users, items, ts)) if n % 3 == 0])
+
+
+def test_new_users_ratings_reach_both_scorers_without_a_snapshot(deployment: Deployment) -> None:
+    background(deployment, 60, 1000.0)
+    wait_for(lambda: caught_up(deployment), timeout=60, what="scorers to follow the deltas")
+    # Eight new users: requests are keyed by user, so they spread over both scorers.
+    users = [f"newbie-{n}-{uuid.uuid4().hex[:4]}" for n in range(8)]
+    assert all(reply(deployment, u)["source"] == "popularity" for u in users)
+    before = [replies_total(s, "model") for s in deployment.scorers]
+    publish(deployment, ratings_for(users, [f"m{j}" for j in range(5)], 5000.0))
+    published = time.monotonic()
+    pending = set(users)
+
+    def all_modelled() -> bool:
+        for user in sorted(pending):
+            if reply(deployment, user)["source"] == "model":
+                pending.discard(user)
+        return not pending
+
+    wait_for(all_modelled, timeout=FRESH_BOUND, interval=0.1, what=f"model replies for {pending}")
+    assert time.monotonic() - published <= FRESH_BOUND + 5  # the last round of requests
+    after = [replies_total(s, "model") for s in deployment.scorers]
+    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    trainer = info(deployment.trainer)
+    assert "snapshot" not in trainer, "a snapshot was written: the deltas were not tested"
+    assert trainer["delta"]["offset"] >= 0 and not trainer["delta"]["snapshot_needed"]
+    for scorer in deployment.scorers:
+        chain = info(scorer)["deltas"]
+        assert chain["applied"] > 0 and chain["resyncs"] == 0, chain
+        assert chain["lineage"] == trainer["delta"]["lineage"]
+        assert chain["last_applied"]["version"] == trainer["version"]
+    _, metrics = deployment.scorers[0].get("/metrics")
+    assert "streamrec_delta_lag_seconds_count" in metrics
+
+
+def test_a_scorer_started_late_catches_up(deployment: Deployment) -> None:
+    late = WorkerProcess(
+        "scorer", free_port(), deployment.tmp / "scorer-late.log", deployment.env
+    ).start()
+    try:
+        late.wait_ready(model=False)
+        # No snapshot exists yet: it reads the delta chain from its first delta.
+        wait_for(lambda: caught_up(deployment, [late]), timeout=60, what="the late scorer")
+        background(deployment, 20, 8000.0)
+        wait_for(lambda: caught_up(deployment, [late]), timeout=30, what="the late scorer again")
+    finally:
+        late.stop()
+
+
+def test_a_sigkilled_scorer_restarts_and_catches_up(deployment: Deployment) -> None:
+    victim = deployment.scorers[1]
+
+    async def stream() -> None:
+        for round_ in range(10):
+            users = [f"stream{round_}-{n}" for n in range(10)]
+            await publish_ratings(
+                deployment.settings, ratings_for(users, ["m1", "m2", "m3"], 10_000.0 + round_)
+            )
+            await asyncio.sleep(0.3)
+
+    async def kill_midway() -> None:
+        await asyncio.sleep(1.0)
+        victim.kill()
+
+    async def both() -> None:
+        await asyncio.gather(stream(), kill_midway())
+
+    asyncio.run(both())
+    restarted = WorkerProcess("scorer", victim.web_port, victim.log_path, deployment.env).start()
+    deployment.scorers[1] = restarted
+    restarted.wait_ready(model=False)
+    wait_for(lambda: caught_up(deployment), timeout=60, what="the restarted scorer to catch up")
+
+
+def test_a_restarted_trainer_starts_a_lineage_the_scorers_follow(deployment: Deployment) -> None:
+    old = info(deployment.trainer)["delta"]["lineage"]
+    assert deployment.trainer.stop(timeout=60) == 0  # SIGTERM: a final snapshot
+    trainer = deployment.restart_trainer()
+    trainer.wait_ready(model=True)
+    user = f"after-restart-{uuid.uuid4().hex[:4]}"
+    publish(deployment, ratings_for([user], ["m4", "m5", "m6"], 20_000.0))
+    wait_for(
+        lambda: info(trainer).get("delta", {}).get("lineage") not in (None, old),
+        timeout=30,
+        what="the new trainer's first delta",
+    )
+    wait_for(lambda: caught_up(deployment), timeout=30, what="scorers to join the new lineage")
+    for scorer in deployment.scorers:
+        assert info(scorer)["deltas"]["lineage"] == info(trainer)["delta"]["lineage"]
+    wait_for(
+        lambda: reply(deployment, user)["source"] == "model",
+        timeout=FRESH_BOUND,
+        what="the new lineage's user in replies",
+    )

@@ -1,0 +1,213 @@
+"""The follower's delta handling, with a fake consumer and a local snapshot store.
+
+Kafka is replaced by a list of messages and a consumer that records seeks; the snapshot
+store is the real local one. What goes through the real broker is in
+tests/integration/service/test_deltas.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents.follower import ModelFollower
+from agents.state import ModelHolder
+from models.config import ModelConfig
+from models.delta import ModelDelta
+from models.incremental import IncrementalModel
+from models.scoring import ScoringView
+from models.wire import ModelUpdate
+from storage import SnapshotStore, open_store
+from tests.unit.models.test_incremental import ratings
+
+UPDATES, DELTAS = "model-updates", "model-deltas"
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None = None
+
+
+@dataclass
+class FakeConsumer:
+    """What the follower asks of its consumer outside ``getmany``."""
+
+    seeks: list[int] = field(default_factory=list)
+    high: int = 0
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append(offset)
+
+    async def seek_to_end(self, *tps: Any) -> None:
+        self.seeks.append(-1)
+
+    async def offsets_for_times(self, stamps: dict[Any, int]) -> dict[Any, Any]:
+        return dict.fromkeys(stamps)
+
+    def highwater(self, tp: Any) -> int:
+        return self.high
+
+
+class Trainer:
+    """A model that trains batches and keeps its deltas as topic records, as the trainer does."""
+
+    def __init__(self, model: IncrementalModel | None = None) -> None:
+        self.model = model or IncrementalModel(ModelConfig(no_components=8, initial_capacity=4))
+        self.records: list[Record] = []
+
+    def batch(self, seed: int) -> Record:
+        self.model.train_batch(
+            ratings(30, 20, 80, seed=seed, prefix=f"t{id(self)}-{seed}-", ts0=100.0 * seed)
+        )
+        self.model.view()
+        return self.record(self.model.last_delta.encode())
+
+    def record(self, raw: bytes) -> Record:
+        offset = len(self.records)
+        self.records.append(Record(DELTAS, 0, offset, b"k", raw, 1_000))
+        self.model.delta_offset = offset + 1
+        return self.records[-1]
+
+    async def snapshot(self, store: SnapshotStore) -> ModelUpdate:
+        payload, manifest = self.model.to_bytes()
+        uri = await store.put(manifest["version"], payload, manifest)
+        await store.promote(manifest["version"])
+        return ModelUpdate.from_manifest(uri, manifest, created_at=manifest["created_at"])
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SnapshotStore]:
+    async with open_store(f"file://{tmp_path}") as store:
+        yield store
+
+
+@pytest.fixture
+def follower(store: SnapshotStore) -> ModelFollower:
+    follower = ModelFollower(ModelHolder(), store, {}, UPDATES, deltas_topic=DELTAS)
+    follower._consumer = FakeConsumer()  # type: ignore[assignment]
+    return follower
+
+
+def same(view: ScoringView | None, model: IncrementalModel) -> bool:
+    full = model.full_view()
+    if view is None or view.version != full.version or view.user_ids() != full.user_ids():
+        return False
+    ours = view.scoring_arrays()
+    return all(np.array_equal(a, ours[n]) for n, a in full.scoring_arrays().items())
+
+
+async def test_a_fresh_chain_is_followed_from_its_first_delta(follower: ModelFollower) -> None:
+    trainer = Trainer()
+    for seed in range(4):
+        assert not await follower.on_delta(trainer.batch(seed))
+    assert same(follower.holder.view, trainer.model)
+    chain = follower.holder.info["deltas"]
+    assert chain["applied"] == 4 and chain["resyncs"] == 0
+    assert chain["last_applied"]["version"] == trainer.model.version
+    # A redelivered delta (after a seek, say) is skipped.
+    assert not await follower.on_delta(trainer.records[1])
+    assert same(follower.holder.view, trainer.model)
+
+
+async def test_a_corrupt_delta_is_never_served_and_resyncs(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    await trainer.snapshot(store)
+    good = trainer.batch(1)
+    bad = replace(good, value=good.value[:-1] + bytes([good.value[-1] ^ 1]))
+    served = follower.holder.view
+    assert await follower.on_delta(bad)  # resynced: the position moved
+    assert follower.holder.view is not served and follower.holder.view.version == 1
+    assert follower._consumer.seeks == [1]  # the snapshot's delta offset
+    # Read again from there: the bad offset is skipped, the chain then has a gap, and the
+    # same snapshot is not loaded again: it waits for the next announced one.
+    assert not await follower.on_delta(bad)
+    assert not await follower.on_delta(trainer.batch(2))
+    assert follower._waiting and follower.holder.view.version == 1
+    update = await trainer.snapshot(store)
+    await follower.on_update(update)
+    assert not follower._waiting and same(follower.holder.view, trainer.model)
+
+
+async def test_a_gap_resyncs_from_the_newest_snapshot(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    trainer.batch(1)  # missed
+    await trainer.snapshot(store)
+    later = trainer.batch(2)
+    assert await follower.on_delta(later)
+    assert follower.holder.view.version == 2 and follower._consumer.seeks == [2]
+    assert not await follower.on_delta(later)  # read on from the snapshot's offset
+    assert same(follower.holder.view, trainer.model)
+
+
+async def test_a_restarted_trainer_is_joined_from_its_snapshot(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    old = Trainer()
+    await follower.on_delta(old.batch(0))
+    await old.snapshot(store)
+    await follower.on_delta(old.batch(1))  # never snapshotted: the new run retrains it
+    payload, manifest = await store.get(await store.current())
+    new = Trainer(IncrementalModel.from_bytes(payload, manifest))
+    new.records = old.records  # one topic
+    first = new.batch(7)
+    assert not await follower.on_delta(first)  # loads its origin, then joins, no seek
+    assert follower._consumer.seeks == []
+    assert same(follower.holder.view, new.model)
+    assert follower.holder.info["deltas"]["lineage"] == new.model.lineage
+
+
+async def test_rollback_pins_until_the_trainer_announces_again(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    first = await trainer.snapshot(store)
+    for seed in (1, 2):
+        await follower.on_delta(trainer.batch(seed))
+    await store.rollback(to=first.version)
+    await follower.on_update(replace(first, metrics={"reason": "rollback"}))
+    assert follower.holder.view.version == first.version and follower.chain.pinned
+    assert not await follower.on_delta(trainer.batch(3))  # the running lineage does not win
+    assert follower.holder.view.version == first.version
+    await follower.on_update(await trainer.snapshot(store))
+    assert not follower.chain.pinned and same(follower.holder.view, trainer.model)
+
+
+async def test_a_too_large_delta_waits_for_its_snapshot(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    trainer.batch(1)
+    marker = trainer.record(ModelDelta.decode(trainer.records[-1].value).as_marker().encode())
+    await follower.on_delta(marker)
+    assert follower._waiting and follower.holder.view.version == 1
+    await follower.on_update(await trainer.snapshot(store))
+    assert same(follower.holder.view, trainer.model)
+
+
+async def test_an_announcement_the_deltas_reached_is_not_loaded(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    served = follower.holder.view
+    await follower.on_update(await trainer.snapshot(store))
+    assert follower.holder.view is served
+    assert follower.holder.info["snapshot"]["version"] == trainer.model.version
