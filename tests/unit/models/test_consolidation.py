@@ -292,3 +292,40 @@ def test_bad_neighbours_are_refused(entry, bad, message):
     partial = rezip(payload, {"neighbours_data": None})
     with pytest.raises(SnapshotError, match="neighbours incomplete"):
         snapshot.decode(*with_checksum(partial, manifest))
+
+
+# --- with model deltas (models.delta) ------------------------------------------------------
+def test_after_a_consolidation_the_next_delta_carries_every_row_and_views_agree():
+    model = IncrementalModel(config(consolidate_every=600, blend_neighbours=3))
+    model.train_batch(ratings(40, 20, 400, rating=5.0))
+    base = model.view()
+    small = model.train_batch(ratings(40, 20, 100, prefix="s", rating=5.0, ts0=500))
+    assert not small.consolidated
+    delta = model.take_delta()  # a micro-batch: only its rows
+    assert len(delta.user_rows) < model.n_users
+    follower = base.with_delta(delta)
+    assert model.train_batch(ratings(40, 20, 200, prefix="c", rating=5.0, ts0=900)).consolidated
+    full = model.take_delta()
+    np.testing.assert_array_equal(full.user_rows, np.arange(model.n_users))
+    np.testing.assert_array_equal(full.item_rows, np.arange(model.n_items))
+    follower = follower.with_delta(full)  # a scorer following deltas: the consolidated rows
+    trainer = model.view()
+    users = [f"u{n}" for n in range(40)]
+    np.testing.assert_array_equal(
+        follower.score_rows(np.arange(40)), model.full_view().score_rows(np.arange(40))
+    )
+    assert trainer.blends_with(model._neighbours)  # the trainer's views: the new neighbours
+    assert follower.blends_with(base._neighbours)  # deltas keep the loaded ones
+    history = ["i1", "i2"]
+    many = trainer.recommend_many(users, 5, histories=[history] * 40)
+    one = [model.full_view().recommend(u, 5, history=history) for u in users]
+    assert [[s.item for s in r.items] for r in many] == [[s.item for s in r.items] for r in one]
+
+
+def test_a_scorer_loading_a_snapshot_gets_its_neighbours():
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    view, _ = snapshot.load_scoring_view(*model.to_bytes())
+    assert view.blends_with(None) is False
+    history = ["i1", "i2"]
+    assert view.recommend("u1", history=history) == model.view().recommend("u1", history=history)
