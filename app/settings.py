@@ -150,14 +150,16 @@ class Settings(BaseSettings):
     )
 
     # --- Agents ------------------------------------------------------------------------
-    batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
+    batch_max: int = Field(
+        10_000, ge=1, description="Largest micro-batch (batches are what is available, up to this)"
+    )
     batch_seconds: float = Field(
         0.5,
         gt=0,
-        description="Longest wait to fill a micro-batch (at low traffic, what a rating waits "
-        "before training: it dominates freshness)",
+        description="Longest a trainer's fetch waits when no rating is available; not a "
+        "batching window (a fetch returns as soon as any rating arrives)",
     )
-    # Snapshots are the durable checkpoint (and what the trainer acks ratings by); deltas
+    # Snapshots are the durable checkpoint (and what the trainer commits offsets by); deltas
     # carry freshness to the scorers, so snapshots can be rare.
     snapshot_every_batches: int = Field(200, ge=1)
     snapshot_every_seconds: float = Field(300.0, gt=0)
