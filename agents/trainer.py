@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,12 @@ class Trainer:
     snapshot_every_seconds: float
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
+    #: ``seek(topic, partition, offset)``: moves the consumer (app/ passes Faust's). Used once
+    #: per partition when the stream starts past what the restored snapshot covers.
+    seek: Callable[[str, int, int], Awaitable[None]] | None = None
+    _started: set[str] = field(default_factory=set)  # partitions whose first event was seen
+    _rewinding: dict[str, int] = field(default_factory=dict)  # partition -> first stale offset
+    _reseek: dict[str, tuple[str, int]] = field(default_factory=dict)
     _pending: list[Any] = field(default_factory=list)  # events awaiting a covering snapshot
     _stream: Any = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -194,12 +201,18 @@ class Trainer:
         for event in events:
             message = event.message
             key = offset_key(message.topic, message.partition)
+            if await self._rewound_past(key, message.topic, message.partition, message.offset):
+                continue  # not trained, not acked: it comes again after the rewind
             if message.offset < covered.get(key, 0):
                 metrics.SKIPPED_EVENTS.labels("already_trained").inc()
                 await self._stream.ack(event)  # covered by the restored snapshot
                 continue
             fresh.append(event)
             next_offsets[key] = max(next_offsets.get(key, 0), message.offset + 1)
+        for key, (topic, partition) in self._reseek.items():
+            if key in self._rewinding and self.seek is not None:
+                await self.seek(topic, partition, self.model.offsets.get(key, 0))
+        self._reseek.clear()
         if not fresh:
             return
         metrics.EVENTS_IN.labels(fresh[0].message.topic).inc(len(fresh))
@@ -251,6 +264,42 @@ class Trainer:
         self.holder.info["delta"] = published
         if published["snapshot_needed"]:
             self._batches_since_snapshot = self.snapshot_every_batches
+
+    async def _rewound_past(self, key: str, topic: str, partition: int, offset: int) -> bool:
+        """True if this event must wait: the stream starts after the snapshot's offset.
+
+        The group's committed offsets are those of the newest snapshot this trainer wrote. A
+        restore that fell back to an older snapshot (the newest was refused) or followed a
+        rollback covers less, so the ratings in between would never come again: rewind the
+        partition to the restored snapshot's offset, once, and drop the events fetched
+        before the rewind took effect (the first one whose offset is below them).
+        """
+        if key in self._rewinding:
+            if offset >= self._rewinding[key]:
+                # Fetched before the seek took effect. Such a message also moves Faust's
+                # read offset past the rewound ones (it would then drop them): seek again,
+                # once per batch, until the first rewound rating arrives.
+                self._reseek[key] = (topic, partition)
+                return True
+            del self._rewinding[key]
+            return False
+        if key in self._started:
+            return False
+        self._started.add(key)
+        covered = self.model.offsets.get(key, 0)
+        if self.seek is None or offset <= covered:
+            return False
+        log.warning(
+            "%s starts at offset %d but the restored snapshot covers it up to %d only (a "
+            "fallback or a rollback): rewinding to retrain the %d ratings in between, once",
+            key,
+            offset,
+            covered,
+            offset - covered,
+        )
+        self._rewinding[key] = offset
+        await self.seek(topic, partition, covered)
+        return True
 
     def _fit(
         self, raw: list[tuple[bytes | None, bytes | None]]

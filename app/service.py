@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
@@ -316,6 +317,9 @@ def _add_trainer(
                 snapshot_every_batches=s.snapshot_every_batches,
                 snapshot_every_seconds=s.snapshot_every_seconds,
                 deltas=deltas,
+                seek=lambda topic, partition, offset: app.consumer.seek(
+                    TP(topic, partition), offset
+                ),
             )
             try:
                 await runtime.trainer.run(stream, max_batch=s.batch_max, within=s.batch_seconds)
