@@ -15,6 +15,7 @@ dead-letters each of them exactly once (agents/trainer.py).
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,9 @@ from models.wire import Undecodable, decode_rating
 async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
     """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
     letter = dead_letter(message, exc)
-    await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
+    delivery = await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
+    if inspect.isawaitable(delivery):  # delivered before the caller acks the original
+        await delivery
     metrics.DEAD_LETTERS.labels(message.topic, exc.kind).inc()
 
 

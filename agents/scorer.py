@@ -13,6 +13,7 @@ delivery (a send returns once the reply is queued in the producer).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -172,11 +173,17 @@ class Scorer:
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         sources: Counter[str] = Counter()
+        deliveries = []
         for reply, target in zip(replies, targets, strict=True):
             key, value = reply.encode()
-            await target.send(key=key, value=value)  # queued, not awaited until delivered
+            deliveries.append(await target.send(key=key, value=value))  # queued, not delivered
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
+        # Delivered before the batch is acked (the caller acks after this returns): a crash
+        # then answers again rather than never. One wait for the whole batch, not per reply.
+        pending = [d for d in deliveries if inspect.isawaitable(d)]
+        if pending:
+            await asyncio.gather(*pending)
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
 

@@ -229,9 +229,14 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
 
 @dataclass(frozen=True)
 class ImmediateSink:
-    """A topic whose sends go out now. Faust attaches a send made while an event is being
-    processed to that event and delays it until the event is acked; the trainer acks only
-    at snapshots, so its deltas would wait for the next snapshot."""
+    """A topic whose sends go out now; ``send`` returns the delivery future.
+
+    Faust attaches a send made while an event is being processed to that event and delays
+    it until the event is acked. The trainer acks only at snapshots, so its deltas would
+    wait for the next snapshot; and the scorer answers a batch of requests from several
+    partitions, where an attached reply waits on another partition's offset than its
+    request's: a crash after the request's commit lost the reply. So the scorer sends its
+    replies and dead letters now and awaits their delivery before it acks the batch."""
 
     topic: faust.TopicT
 
@@ -475,7 +480,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
 
     def reply_topic(name: str) -> Any:
         if name not in reply_topics:
-            reply_topics[name] = raw_topic(app, name)
+            reply_topics[name] = ImmediateSink(raw_topic(app, name))
         return reply_topics[name]
 
     ingest = Ingest(
@@ -486,8 +491,8 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
     scorer = Scorer(
         holder=runtime.holder,
         seen=seen,
-        default_reply=responses,
-        dlq=requests_dlq,
+        default_reply=ImmediateSink(responses),
+        dlq=ImmediateSink(requests_dlq),
         reply_topic=reply_topic,
         topic_exists=KnownTopics(kafka_client_options(s)).exists,
         # Every topic streamrec owns, except the default reply topic itself.
