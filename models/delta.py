@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -141,9 +141,6 @@ class ModelDelta:
             popularity_ts=self.popularity_ts,
             snapshot_needed=True,
         )
-
-    def with_lineage(self, lineage: str, origin: int, start: int) -> ModelDelta:
-        return replace(self, lineage=lineage, origin=origin, start=start)
 
     # --- wire --------------------------------------------------------------------------
     def encode(self) -> bytes:
@@ -325,10 +322,6 @@ class Chain:
     """Loaded by an operator's promote/rollback: only a lineage that starts from it moves on."""
     target: str | None = None
     """After a resync: the lineage being caught up to; other lineages' deltas are skipped."""
-
-    def loaded(self, version: int, lineage: str | None, *, pinned: bool = False) -> Chain:
-        """The chain after loading the snapshot ``version`` (written by ``lineage``)."""
-        return Chain(lineage, version, version, pinned, self.target)
 
     def applied(self, delta: ModelDelta) -> Chain:
         return Chain(delta.lineage, delta.version, None, self.pinned, None)
