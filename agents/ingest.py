@@ -7,6 +7,9 @@ per user** (the user's new items merged into the row, :func:`models.seen.remembe
 changelog gets each changed row once per commit interval, to the partition the user's
 ratings came from, before the offsets covering it are committed: a restarted worker
 recovers the same rows.
+
+Invalid ratings are skipped here: the trainer, which sees every rating whatever roles run,
+dead-letters each of them exactly once (agents/trainer.py).
 """
 
 from __future__ import annotations
@@ -16,21 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import metrics
-from agents.ports import Message, SeenTable, Sink
+from agents.ports import Message, SeenTable, Sink, dead_letter
 from models.seen import remember
-from models.wire import DeadLetter, Undecodable, decode_rating
+from models.wire import Undecodable, decode_rating
 
 
 async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
     """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
-    letter = DeadLetter.of(
-        exc,
-        key=message.key,
-        value=message.value,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-    )
+    letter = dead_letter(message, exc)
     await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
     metrics.DEAD_LETTERS.labels(message.topic, exc.kind).inc()
 
@@ -61,18 +57,16 @@ class Ingest:
     """Dependencies of the ingest agent (Faust objects are passed in by ``app/``)."""
 
     seen: SeenTable
-    dlq: Sink  # ratings-dlq
     max_bytes: int
     seen_limit: int
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Record one slice of ``ratings`` messages: decoded and merged in a worker thread
-        (the event loop keeps answering requests meanwhile), dead letters sent from here."""
+        (the event loop keeps answering requests meanwhile). Invalid ones are skipped: the
+        trainer dead-letters them."""
         if not messages:
             return
-        bad = await asyncio.to_thread(self.record, messages)
-        for message, exc in bad:
-            await send_dead_letter(self.dlq, message, exc)
+        await asyncio.to_thread(self.record, messages)
 
     def record(self, messages: Sequence[Message]) -> list[tuple[Message, Undecodable]]:
         """Decode ``messages`` and write one row per user; returns the invalid ones."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
+
+from models.wire import DeadLetter, Undecodable
 
 KafkaOptions = Mapping[str, Any]
 """Connection keyword arguments for every aiokafka client (``bootstrap_servers``, security);
@@ -90,3 +92,92 @@ async def send_bulk(
             pending.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*pending)
     return sent
+
+
+class DeadLetterQueue:
+    """Dead letters to a DLQ topic, each on the partition numbered as its source partition.
+
+    :meth:`send` writes one atomic record batch per partition (more, one after the other,
+    if they do not fit) and returns when all are acknowledged. Sent one call after the
+    other, the newest record of DLQ partition *p* then names the highest source offset of
+    partition *p* dead-lettered so far, with every lower one before it
+    (:func:`dead_letter_marks`). The producer should be idempotent with ``acks="all"``.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        by_partition: dict[int, list[DeadLetter]] = {}
+        for letter in letters:
+            by_partition.setdefault(letter.partition, []).append(letter)
+        await asyncio.gather(*(self._send_in_order(p, ls) for p, ls in by_partition.items()))
+
+    async def _send_in_order(self, partition: int, letters: list[DeadLetter]) -> None:
+        batch = self.producer.create_batch()
+        for letter in letters:
+            headers = list(letter.headers.items())
+            if batch.append(key=letter.key, value=letter.value, timestamp=None, headers=headers):
+                continue
+            await (await self.producer.send_batch(batch, self.topic, partition=partition))
+            batch = self.producer.create_batch()
+            batch.append(key=letter.key, value=letter.value, timestamp=None, headers=headers)
+        if batch.record_count():
+            await (await self.producer.send_batch(batch, self.topic, partition=partition))
+
+
+async def dead_letter_marks(
+    options: KafkaOptions, dlq_topic: str, source_topic: str, *, chunk: int = 500
+) -> dict[int, int]:
+    """The highest source offset per partition of ``source_topic`` already in ``dlq_topic``.
+
+    Reads each DLQ partition backwards from its end, ``chunk`` records at a time, until a
+    dead letter of ``source_topic`` for that partition number is found (the newest one, see
+    :class:`DeadLetterQueue`); records that are not dead letters are skipped.
+    """
+    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    marks: dict[int, int] = {}
+    try:
+        partitions = [TopicPartition(dlq_topic, p) for p in await partitions_of(options, dlq_topic)]
+        if not partitions:
+            return marks
+        ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        consumer.assign(partitions)
+        for tp in partitions:
+            stop = ends[tp]
+            while stop > starts[tp] and tp.partition not in marks:
+                start = max(starts[tp], stop - chunk)
+                found = await _newest_mark(consumer, tp, start, stop, source_topic)
+                if found is not None:
+                    marks[tp.partition] = found
+                stop = start
+    finally:
+        await consumer.stop()
+    return marks
+
+
+async def _newest_mark(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int, source_topic: str
+) -> int | None:
+    """The source offset of the newest dead letter for ``tp.partition`` in ``[start, stop)``."""
+    consumer.seek(tp, start)
+    best = None
+    position = start
+    while position < stop:
+        records = (await consumer.getmany(tp, timeout_ms=2000)).get(tp, [])
+        if not records:
+            break  # only control records (or nothing) left below ``stop``
+        for record in records:
+            if record.offset >= stop:
+                return best
+            position = record.offset + 1
+            try:
+                letter = DeadLetter.parse(record.key, record.value, dict(record.headers))
+            except Undecodable:
+                continue
+            if letter.topic == source_topic and letter.partition == tp.partition:
+                best = letter.offset if best is None else max(best, letter.offset)
+    return best

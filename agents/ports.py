@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
+from models.wire import DeadLetter, Undecodable
 from storage import SnapshotStore
 
-__all__ = ["Event", "EventStream", "Message", "SeenTable", "Sink", "SnapshotStore"]
+__all__ = ["Event", "EventStream", "Message", "SeenTable", "Sink", "SnapshotStore", "dead_letter"]
 
 
 class Sink(Protocol):
@@ -68,3 +69,15 @@ class SeenTable(Protocol):
     def put(self, user: str, row: bytes, partition: int) -> None: ...
 
     async def flush(self) -> None: ...
+
+
+def dead_letter(message: Message, exc: Undecodable) -> DeadLetter:
+    """The dead letter of ``message`` (its original key and bytes), rejected with ``exc``."""
+    return DeadLetter.of(
+        exc,
+        key=message.key,
+        value=message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )

@@ -1,13 +1,28 @@
-"""The trainer agent: micro-batches of ratings → ``fit_partial`` off the loop → views, snapshots.
+"""The trainer agent: ratings read from Kafka in bulk → ``fit_partial`` off the loop → views,
+dead letters, snapshots.
 
-Exactly-once training without Kafka transactions: the snapshot is the commit.
+The trainer is the one role that sees every rating, so it is also the one place ratings are
+validated: every invalid rating goes to ``ratings-dlq`` (with its reason) exactly once, and
+every valid one is trained exactly once, whatever other roles run.
 
-* Events are consumed with ``noack_take``: Faust does not ack (and so never commits) a rating
-  until a snapshot that covers it has been written. The committed offset of the trainer's
-  group therefore never runs ahead of the newest snapshot.
-* Every snapshot records the next offset per ``ratings`` partition it covers. A restarted
-  trainer restores the newest snapshot; redelivered events below those offsets are acked and
-  skipped, so a SIGKILL loses no training and trains nothing twice.
+Reading: an aiokafka consumer in the trainer's own group (``app/`` creates it inside the
+Faust app) is drained with ``getmany``: a batch is whatever is available, up to
+``batch_max``, with no waiting window (a lone rating reaches ``fit_partial`` as soon as it
+is fetched). One batch is decoded and trained in a worker thread while the next is fetched.
+
+Exactly once, without Kafka transactions: the snapshot is the commit.
+
+* Every snapshot records the next offset per ``ratings`` partition it covers. On every
+  assignment the consumer seeks to the trained model's offsets (a restarted trainer: the
+  restored snapshot's), so a SIGKILL loses no training and trains nothing twice; events
+  below those offsets that still arrive are skipped. The group's committed offsets are
+  written only after a covering snapshot and are for monitoring (lag), never read back.
+* Dead letters are sent to the DLQ partition of the same number as their source partition,
+  one atomic record batch per partition and trained batch, in offset order, *before* the
+  batch's offsets move. So the newest dead letter of DLQ partition *p* names the highest
+  source offset of partition *p* already dead-lettered (its ``streamrec.dlq.offset``
+  header), and everything below it was dead-lettered too. A restarted trainer reads those
+  tails (:func:`agents.kafka.dead_letter_marks`) and does not dead-letter those again.
 * Duplicate ``event_id`` s (a producer retry) are dropped by the model itself.
 
 There is exactly one trainer per deployment (LightFM trains on one node).
@@ -18,36 +33,52 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from agents import metrics
 from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
-from agents.ports import Sink, SnapshotStore
+from agents.ports import Message, Sink, SnapshotStore, dead_letter
 from agents.state import ModelHolder
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
-from models.wire import ModelUpdate, Undecodable, decode_rating
+from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
 from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
 
+#: Positives of one batch scored for the prequential hit-rate (a sample, so the test step
+#: costs the same for a batch of 20 and of 20,000).
+EVAL_SAMPLE = 64
+
 
 def hit_rate_before_training(
-    view: ScoringView | None, ratings: list[Rating], config: ModelConfig, k: int
+    view: ScoringView | None,
+    ratings: Sequence[Rating],
+    config: ModelConfig,
+    k: int,
+    sample: int = EVAL_SAMPLE,
 ) -> float | None:
     """Prequential (test-then-train) hit-rate@k of this batch's positives under ``view``.
 
     Counted as the offline evaluator counts (:func:`models.evaluation.positive_hits`), except
-    that seen items are not excluded: the trainer keeps no per-user history.
+    that seen items are not excluded (the trainer keeps no per-user history), over an even
+    sample of at most ``sample`` of the batch's positives.
     """
     if view is None:
         return None
-    marks = positive_hits(view, ratings, threshold=config.positive_threshold, k=k)
+    positives = [r for r in ratings if r.rating >= config.positive_threshold]
+    step = max(1, -(-len(positives) // sample))
+    marks = positive_hits(view, positives[::step], threshold=config.positive_threshold, k=k)
     return sum(hit for hit, _ in marks) / len(marks) if marks else None
 
 
@@ -107,130 +138,228 @@ async def restore_model(
     return model
 
 
+class RatingsConsumer(Protocol):
+    """What the trainer needs of its consumer (``aiokafka.AIOKafkaConsumer``)."""
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Mapping[TopicPartition, Sequence[Message]]: ...
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go (:class:`agents.kafka.DeadLetterQueue`): returns once all of
+    ``letters`` are acknowledged, each on the DLQ partition numbered as its source's."""
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass
+class DecodedBatch:
+    """One fetched batch, decoded and validated (in a worker thread, while the previous
+    batch trains): what to train, what to dead-letter, and which offsets it spans."""
+
+    ratings: list[Rating]
+    positions: list[tuple[int, int]]  # (partition, offset) of each rating
+    dead_letters: list[DeadLetter]
+    first_offsets: dict[str, int]  # "topic:partition" -> lowest offset in the batch
+    next_offsets: dict[str, int]  # "topic:partition" -> next offset after the batch
+    events: int  # messages in the batch
+    topic: str | None = None
+
+    @classmethod
+    def of(cls, messages: Sequence[Message], max_bytes: int) -> DecodedBatch:
+        ratings: list[Rating] = []
+        positions: list[tuple[int, int]] = []
+        letters: list[DeadLetter] = []
+        first: dict[str, int] = {}
+        next_: dict[str, int] = {}
+        for m in messages:
+            key = offset_key(m.topic, m.partition)
+            if m.offset < first.get(key, m.offset + 1):
+                first[key] = m.offset
+            if m.offset >= next_.get(key, 0):
+                next_[key] = m.offset + 1
+            try:
+                ratings.append(decode_rating(m.key, m.value, max_bytes=max_bytes))
+            except Undecodable as exc:
+                letters.append(dead_letter(m, exc))
+                continue
+            positions.append((m.partition, m.offset))
+        topic = messages[0].topic if messages else None
+        return cls(ratings, positions, letters, first, next_, len(messages), topic)
+
+    def after(self, covered: Mapping[str, int], dead_lettered: Mapping[int, int]) -> DecodedBatch:
+        """This batch without what ``covered`` (the model's offsets) already trained and
+        without dead letters already sent (``dead_lettered``: partition -> highest offset)."""
+        topic = self.topic or ""
+        stale = any(first < covered.get(key, 0) for key, first in self.first_offsets.items())
+        letters = [
+            d
+            for d in self.dead_letters
+            if d.offset > dead_lettered.get(d.partition, -1)
+            and d.offset >= covered.get(offset_key(d.topic, d.partition), 0)
+        ]
+        if not stale:
+            if len(letters) != len(self.dead_letters):
+                metrics.SKIPPED_EVENTS.labels("already_dead_lettered").inc(
+                    len(self.dead_letters) - len(letters)
+                )
+                return replace(self, dead_letters=letters)
+            return self
+        keep = [
+            i
+            for i, (p, offset) in enumerate(self.positions)
+            if offset >= covered.get(offset_key(topic, p), 0)
+        ]
+        skipped = self.events - len(keep) - len(letters)
+        metrics.SKIPPED_EVENTS.labels("already_trained").inc(skipped)
+        return replace(
+            self,
+            ratings=[self.ratings[i] for i in keep],
+            positions=[self.positions[i] for i in keep],
+            dead_letters=letters,
+            events=len(keep) + len(letters),
+        )
+
+
 @dataclass
 class Trainer:
-    """State and dependencies of the one trainer (Faust objects are passed in by ``app/``)."""
+    """State and dependencies of the one trainer (Kafka clients are passed in by ``app/``)."""
 
     model: IncrementalModel
     holder: ModelHolder
     store: SnapshotStore
     updates: Sink  # model-updates
+    dead_letters: DeadLetterSink  # ratings-dlq
     max_bytes: int
     snapshot_every_batches: int
     snapshot_every_seconds: float
+    #: The highest source offset per ratings partition already in the DLQ (read at start).
+    dead_lettered: dict[int, int] = field(default_factory=dict)
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
-    _pending: list[Any] = field(default_factory=list)  # events awaiting a covering snapshot
-    _stream: Any = None
+    #: Set before the consumer subscribes: the rebalance callbacks seek it.
+    consumer: RatingsConsumer | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _in_flight: asyncio.Task[None] | None = None
+    _stopping: bool = False
+    _uncommitted: dict[str, int] | None = None  # offsets of a snapshot not yet committed
     _batches_since_snapshot: int = 0
     _last_snapshot_at: float = field(default_factory=time.monotonic)
     _snapshot_version: int = -1
+    _snapshot_offsets: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
 
     def __post_init__(self) -> None:
         self._snapshot_version = self.model.version
+        self._snapshot_offsets = dict(self.model.offsets)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
             self.holder.publish(self.model.view(), **self._info())
 
-    async def run(self, stream: Any, *, max_batch: int, within: float) -> None:
-        """Train each micro-batch while Faust gathers the next one (at most one in flight).
+    # --- the fetch loop ----------------------------------------------------------------
+    async def run(self, *, batch_max: int, poll_seconds: float) -> None:
+        """Fetch what is available (up to ``batch_max``) while the previous batch trains.
 
-        ``take`` stalls the stream until the loop body returns, so training in the body
-        would serialise fetching and fitting; handing the batch to a task overlaps them.
+        ``getmany`` returns as soon as any rating is fetched, so batches grow with the rate
+        (at most one in flight) and a lone rating is trained within a fetch round trip.
+        Returns after :meth:`stop`; the caller then writes the final snapshot.
         """
-        self._stream = stream
-        in_flight: asyncio.Task[None] | None = None
+        consumer = self.consumer
+        assert consumer is not None, "attach the consumer before running"
         try:
-            async for events in stream.noack_take(max_batch, within=within):
-                if in_flight is not None:
-                    await in_flight  # re-raises a failed batch: the agent crashes, loudly
-                in_flight = asyncio.create_task(self._step(events))
-            if in_flight is not None:
-                await in_flight
+            while not self._stopping:
+                records = await consumer.getmany(
+                    timeout_ms=int(poll_seconds * 1000), max_records=batch_max
+                )
+                messages = [m for batch in records.values() for m in batch]
+                await self._commit_snapshot_offsets()
+                if not messages:
+                    continue
+                # Decode while the previous batch trains (fit_partial releases the GIL).
+                batch = await asyncio.to_thread(DecodedBatch.of, messages, self.max_bytes)
+                await self.wait_idle()  # re-raises a failed batch: the worker crashes, loudly
+                self._in_flight = asyncio.create_task(self._step(batch))
+            await self.wait_idle()
         finally:
-            if in_flight is not None and not in_flight.done():
-                await asyncio.shield(in_flight)
-            # On a clean shutdown, persist what was trained since the last snapshot.
-            await asyncio.shield(self.snapshot_now("shutdown"))
+            if self._in_flight is not None and not self._in_flight.done():
+                await asyncio.shield(self._in_flight)
 
-    async def _step(self, events: list[Any]) -> None:
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current fetch (a clean shutdown)."""
+        self._stopping = True
+
+    async def wait_idle(self) -> None:
+        """Wait for the batch in flight (if any); re-raises its failure."""
+        if self._in_flight is not None:
+            task, self._in_flight = self._in_flight, None
+            await task
+
+    async def _step(self, decoded: DecodedBatch) -> None:
         async with self._lock:
-            await self._train(events)
+            batch = decoded.after(self.model.offsets, self.dead_lettered)
+            await self.send_dead_letters(batch)
+            await self.train_batch(batch)
         self._start_snapshot()
 
-    async def tick(self) -> None:
-        """Called by a timer: snapshot when training is pending and the interval has passed."""
-        self._start_snapshot()
-
-    def _start_snapshot(self) -> None:
-        """Write a snapshot in the background if one is due and none is being written.
-
-        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
-        seconds) must not stop the model from learning, only delay the acks.
-        """
-        if (self._writer is None or self._writer.done()) and self._snapshot_due():
-            self._writer = asyncio.create_task(self._snapshot())
-
-    async def snapshot_now(self, reason: str) -> None:
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
-        if self.model.version != self._snapshot_version or self._pending:
-            log.info("Writing a snapshot (%s)", reason)
-            await self._snapshot()
-
-    def _snapshot_due(self) -> bool:
-        if self.model.version == self._snapshot_version and not self._pending:
-            return False
-        return (
-            self._batches_since_snapshot >= self.snapshot_every_batches
-            or time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
-        )
-
-    async def _train(self, events: list[Any]) -> None:
-        covered = self.model.offsets
-        fresh: list[Any] = []
-        next_offsets: dict[str, int] = {}
-        for event in events:
-            message = event.message
-            key = offset_key(message.topic, message.partition)
-            if message.offset < covered.get(key, 0):
-                metrics.SKIPPED_EVENTS.labels("already_trained").inc()
-                await self._stream.ack(event)  # covered by the restored snapshot
-                continue
-            fresh.append(event)
-            next_offsets[key] = max(next_offsets.get(key, 0), message.offset + 1)
-        if not fresh:
+    # --- one batch -----------------------------------------------------------------------
+    async def send_dead_letters(self, batch: DecodedBatch) -> None:
+        """Dead-letter the batch's invalid ratings; must complete before its offsets move."""
+        if not batch.dead_letters:
             return
-        metrics.EVENTS_IN.labels(fresh[0].message.topic).inc(len(fresh))
+        await self.dead_letters.send(batch.dead_letters)
+        for letter in batch.dead_letters:
+            metrics.DEAD_LETTERS.labels(letter.topic, letter.kind).inc()
+            if letter.offset > self.dead_lettered.get(letter.partition, -1):
+                self.dead_lettered[letter.partition] = letter.offset
+        metrics.SKIPPED_EVENTS.labels("invalid").inc(len(batch.dead_letters))
+
+    async def train_batch(self, batch: DecodedBatch) -> BatchResult | None:
+        """Train one decoded batch off the loop, move the offsets, publish the new view."""
+        if batch.events:
+            metrics.EVENTS_IN.labels(batch.topic).inc(batch.events)
         started = time.perf_counter()
-        try:
-            raw = [(e.message.key, e.message.value) for e in fresh]
-            n_ratings, result, hit_rate, view = await asyncio.to_thread(self._fit, raw)
-        except NonFiniteModel as exc:
-            # The model restored its pre-batch state; the events stay accounted for so a
-            # poisoned batch is not retried forever. Nothing non-finite is ever published.
-            log.error("Batch of %d events made the model non-finite; dropped: %s", len(fresh), exc)
-            metrics.SKIPPED_EVENTS.labels("non_finite").inc(len(fresh))
-            n_ratings, result, hit_rate, view = 0, None, None, None
-        self.model.offsets.update(next_offsets)
-        self._pending.extend(fresh)
-        if result is None:
-            return
+        result = view = hit_rate = None
+        if batch.ratings:
+            try:
+                result, hit_rate, view = await asyncio.to_thread(self._fit, batch.ratings)
+            except NonFiniteModel as exc:
+                # The model restored its pre-batch state; the events stay accounted for so a
+                # poisoned batch is not retried forever. Nothing non-finite is published.
+                log.error(
+                    "Batch of %d ratings made the model non-finite; dropped: %s",
+                    len(batch.ratings),
+                    exc,
+                )
+                metrics.SKIPPED_EVENTS.labels("non_finite").inc(len(batch.ratings))
+        offsets = self.model.offsets
+        for key, next_offset in batch.next_offsets.items():
+            if next_offset > offsets.get(key, 0):  # never backwards (a redelivered batch)
+                offsets[key] = next_offset
+        if result is None or view is None:
+            return None
         seconds = time.perf_counter() - started
         self._batches_since_snapshot += 1
         metrics.BATCH_SECONDS.observe(seconds)
-        metrics.BATCH_SIZE.observe(n_ratings)
+        metrics.BATCH_SIZE.observe(len(batch.ratings))
         metrics.TRAINED_EVENTS.inc(result.applied)
         metrics.MODEL_VERSION.set(self.model.version)
         self.holder.publish(
             view,
             **self._info(),
             last_batch={
-                "events": len(fresh),
+                "events": batch.events,
                 "applied": result.applied,
                 "positives": result.positives,
                 "duplicates": result.duplicates,
+                "dead_letters": len(batch.dead_letters),
                 "new_users": result.new_users,
                 "new_items": result.new_items,
                 "seconds": round(seconds, 4),
@@ -239,6 +368,7 @@ class Trainer:
             **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
         )
         await self._publish_delta(view)
+        return result
 
     async def _publish_delta(self, view: ScoringView) -> None:
         """Send this batch's delta to the scorers (:mod:`agents.deltas`); one too large for
@@ -252,29 +382,57 @@ class Trainer:
         if published["snapshot_needed"]:
             self._batches_since_snapshot = self.snapshot_every_batches
 
-    def _fit(
-        self, raw: list[tuple[bytes | None, bytes | None]]
-    ) -> tuple[int, BatchResult, float | None, Any]:
-        """Runs in a worker thread: decode, score-then-train, copy out an immutable view."""
-        ratings: list[Rating] = []
-        for key, value in raw:
-            try:
-                ratings.append(decode_rating(key, value, max_bytes=self.max_bytes))
-            except Undecodable:
-                metrics.SKIPPED_EVENTS.labels("invalid").inc()  # the ingest agent dead-letters it
+    def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
+        """Runs in a worker thread: score-then-train, copy out an immutable view."""
         hit_rate = hit_rate_before_training(
             self.holder.view, ratings, self.model.config, self.eval_k
         )
         result = self.model.train_batch(ratings)
-        return len(ratings), result, hit_rate, self.model.view()
+        return result, hit_rate, self.model.view()
+
+    # --- snapshots and commits ---------------------------------------------------------
+    async def tick(self) -> None:
+        """Called by a timer: snapshot when training is pending and the interval has passed."""
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Write a snapshot in the background if one is due and none is being written.
+
+        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
+        seconds) must not stop the model from learning, only delay the commit.
+        """
+        if (self._writer is None or self._writer.done()) and self._snapshot_due():
+            self._writer = asyncio.create_task(self._snapshot())
+
+    async def snapshot_now(self, reason: str) -> None:
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._progress_unsaved():
+            log.info("Writing a snapshot (%s)", reason)
+            await self._snapshot()
+        await self._commit_snapshot_offsets()
+
+    def _progress_unsaved(self) -> bool:
+        return (
+            self.model.version != self._snapshot_version
+            or self.model.offsets != self._snapshot_offsets
+        )
+
+    def _snapshot_due(self) -> bool:
+        if not self._progress_unsaved():
+            return False
+        return (
+            self._batches_since_snapshot >= self.snapshot_every_batches
+            or time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
+        )
 
     async def _snapshot(self) -> bool:
-        """Write, promote and announce a snapshot, then ack what it covers.
+        """Write, promote and announce a snapshot; its offsets are committed afterwards.
 
-        The state and the events it covers are cut under the lock (training waits only for
+        The state and the offsets it covers are cut under the lock (training waits only for
         the serialisation); the write itself runs while training continues. A failure (the
-        store is down, say) is logged and retried at the next chance: the events it would
-        have covered go back to the pending ones, unacked, so nothing is lost.
+        store is down, say) is logged and retried at the next chance: nothing is committed,
+        so nothing is lost, and the worker keeps training.
         """
         async with self._lock:
             if self.model.version == self._snapshot_version:
@@ -282,7 +440,7 @@ class Trainer:
                 # version; snapshots are write-once.
                 self.model.version += 1
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
-            covered, self._pending = self._pending, []
+            covered_batches = self._batches_since_snapshot
             info = self._info()
             batch_info = {
                 "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
@@ -291,28 +449,27 @@ class Trainer:
         try:
             uri = await self._write_snapshot(payload, manifest, info, batch_info)
         except asyncio.CancelledError:
-            self._pending[:0] = covered
             raise
         except Exception as exc:
-            self._pending[:0] = covered  # still unacked: a later snapshot covers them
             if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
                 self.model.version = max(self.model.version, manifest["version"] + 1)
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
-        for event in covered:
-            await self._stream.ack(event)
         version = manifest["version"]
         self._snapshot_version = version
-        self._batches_since_snapshot = 0
+        self._snapshot_offsets = dict(manifest["offsets"])
+        self._uncommitted = self._snapshot_offsets
+        # Batches trained while it was written are not in it: they count towards the next.
+        self._batches_since_snapshot = max(0, self._batches_since_snapshot - covered_batches)
         self._last_snapshot_at = time.monotonic()
         self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
         metrics.SNAPSHOTS.inc()
         log.info(
-            "Snapshot v%d written (%d bytes, %d events acked, offsets %s)",
+            "Snapshot v%d written (%d bytes, %d trained events, offsets %s)",
             version,
             len(payload),
-            len(covered),
+            manifest["trained_events"],
             manifest["offsets"],
         )
         return True
@@ -340,6 +497,52 @@ class Trainer:
         await self.updates.send(key=key, value=value)
         return uri
 
+    async def _commit_snapshot_offsets(self) -> None:
+        """Commit the newest snapshot's offsets for the assigned partitions (for lag
+        monitoring: a restart seeks to the snapshot's offsets, never to committed ones)."""
+        offsets, self._uncommitted = self._uncommitted, None
+        if not offsets or self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        commit = {}
+        for tp in assigned:
+            offset = offsets.get(offset_key(tp.topic, tp.partition))
+            if offset is not None:
+                commit[tp] = offset
+        if not commit:
+            return
+        try:
+            await self.consumer.commit(commit)
+        except KafkaError as exc:  # a rebalance in progress: the next snapshot commits
+            log.warning("Committing snapshot offsets failed (%s); will retry", exc)
+
+    # --- rebalances ----------------------------------------------------------------------
+    async def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Seek each assigned partition to the next offset the model has not trained."""
+        assert self.consumer is not None
+        unknown = []
+        for tp in sorted(partitions):
+            offset = self.model.offsets.get(offset_key(tp.topic, tp.partition))
+            if offset is None:
+                unknown.append(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        if unknown:
+            await self.consumer.seek_to_beginning(*unknown)
+        log.info(
+            "Assigned %d ratings partitions; resuming at the trained offsets %s "
+            "(from the beginning: %d)",
+            len(partitions),
+            dict(self.model.offsets),
+            len(unknown),
+        )
+
+    async def on_revoked(self) -> None:
+        """Finish the batch in flight and commit what the newest snapshot covers."""
+        if self._in_flight is not None and not self._in_flight.done():
+            await asyncio.wait([self._in_flight])  # its failure is raised by run()
+        await self._commit_snapshot_offsets()
+
     def _info(self) -> dict[str, Any]:
         return {
             "trained_events": self.model.trained_events,
@@ -347,3 +550,16 @@ class Trainer:
             "n_items": self.model.n_items,
             "offsets": dict(self.model.offsets),
         }
+
+
+class TrainerRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks, forwarded to the trainer."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.trainer.on_revoked()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.trainer.on_assigned(assigned)

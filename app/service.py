@@ -3,7 +3,8 @@
 Roles are separate consumer groups, because a consumer group splits partitions between its
 members and the trainer must see every rating:
 
-* ``trainer`` (group ``<app_id>-trainer``, exactly one worker): the trainer agent;
+* ``trainer`` (exactly one worker): the trainer, which reads ``ratings`` in bulk with a
+  consumer of its own (group ``<app_id>-trainer-ratings``, :func:`trainer_service`);
 * ``scorer`` (group ``<app_id>-scorer``, N workers): the ingest and scorer agents, the
   ``seen-items`` table, and a model follower per worker;
 * ``all`` (group ``<app_id>-all``, one worker): everything in one process, for development.
@@ -12,22 +13,27 @@ members and the trainer must see every rating:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import mode
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.serializers import codecs
 
 from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
-from agents.kafka import KnownTopics
+from agents.kafka import DeadLetterQueue, KnownTopics, dead_letter_marks
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
-from agents.trainer import Trainer, restore_model
+from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
 from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
@@ -43,9 +49,16 @@ from app.topics import (
     faust_app_id,
     seen_changelog,
     topic_specs,
+    trainer_group,
 )
 from models.config import ModelConfig
-from models.wire import user_key
+from models.wire import (
+    Undecodable,
+    catalog_item_body,
+    decode_catalog_value,
+    encode_json,
+    user_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +197,11 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         consumer_max_fetch_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
         producer_acks=-1,
         # aiokafka keeps one open batch per partition and one request in flight per broker:
-        # bigger batches carry a slice's changelog rows in a few requests, not hundreds.
+        # bigger batches carry a flush of changelog rows in a few requests, not hundreds.
         producer_max_batch_size=1024 * 1024,
-        # A scorer hands on at most this many fetched records at once, so a request never
-        # queues behind a whole fetch of ratings (the trainer reads its own way).
+        # A scorer's Faust consumer hands on at most this many fetched records at once, so a
+        # request never queues behind a whole fetch of another topic (ratings, in the `all`
+        # role); the scorer's ingest reads ratings itself, the trainer its own way.
         broker_max_poll_records=settings.max_poll_records if role != "trainer" else None,
         # The trainer holds its events unacked until a snapshot covers them, so a stop that
         # waits for empty streams would wait for ever; scorers drain before a rebalance.
@@ -204,7 +218,6 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
     specs = {spec.name: spec for spec in topic_specs(settings)}
     topics = {name: raw_topic(app, name, spec) for name, spec in specs.items()}
     runtime.topics = topics
-    ratings = topics[settings.ratings_topic]
     model_updates = topics[settings.model_updates_topic]
     _add_catalog(app, runtime, specs[settings.items_topic])
     _add_series(app, runtime)
@@ -215,9 +228,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
             deltas = DeltaPublisher(
                 ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
             )
-        _add_trainer(app, runtime, ratings, model_updates, deltas)
+        _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
-        _add_scorer(app, runtime, ratings, follow_updates=(role == "scorer"))
+        _add_scorer(app, runtime, follow_updates=(role == "scorer"))
     web.register(app, runtime)
     return app
 
@@ -252,13 +265,55 @@ class CatalogTable(faust.GlobalTable):
         return self.changelog_topic.get_topic_name()
 
 
+class CatalogKeys(codecs.Codec):
+    """Item ids as the CLI keys them (raw UTF-8); bytes that are not UTF-8 become an id no
+    lookup asks for, instead of an exception in every worker's table recovery."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+    def _loads(self, s: bytes) -> str:
+        return s.decode("utf-8", errors="replace")
+
+
+class CatalogValues(codecs.Codec):
+    """The items topic's values, decoded by their wire owner (:mod:`models.wire`).
+
+    A malformed entry (not JSON, no title, ...) reads as an empty row, so the item has no
+    title; it is logged, and never fails the GlobalTable's recovery, which would keep every
+    worker rebalancing for ever (measured: one ``{not json`` did). Not ``None``: Faust's
+    memory store ignores a tombstone that follows a value in the same changelog batch.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes=max_bytes)
+        self.max_bytes = max_bytes
+
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_json(obj)
+
+    def _loads(self, s: bytes) -> dict[str, Any]:
+        try:
+            return catalog_item_body(decode_catalog_value(s, max_bytes=self.max_bytes))
+        except Undecodable as exc:
+            log.warning("Ignoring a malformed catalog entry (%s): %s", exc.kind, exc.reason)
+            return {}
+
+
 def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
     """The item catalog: a GlobalTable whose changelog *is* the compacted items topic.
 
     ``streamrec catalog load`` produces to that topic; every worker reads all of it (one
     partition, as Faust recommends for global tables) and keeps following it.
     """
-    items = table_topic(app, spec)
+    items = app.topic(
+        spec.name,
+        key_type=str,
+        key_serializer=CatalogKeys(),
+        value_serializer=CatalogValues(runtime.settings.max_message_bytes),
+        partitions=spec.partitions,
+        config=spec.config,
+    )
     runtime.catalog = app.tables.add(
         CatalogTable(
             app,
@@ -295,32 +350,10 @@ def _add_series(app: faust.App, runtime: Runtime) -> None:
 
 
 def _add_trainer(
-    app: faust.App,
-    runtime: Runtime,
-    ratings: Any,
-    updates: Any,
-    deltas: DeltaPublisher | None,
+    app: faust.App, runtime: Runtime, updates: Any, deltas: DeltaPublisher | None
 ) -> None:
     s = runtime.settings
-
-    @app.agent(ratings, name="trainer")
-    async def trainer(stream: Any) -> None:
-        async with store_from_settings(s) as store:
-            model = await restore_model(store, model_config(s), runtime.holder)
-            runtime.trainer = Trainer(
-                model=model,
-                holder=runtime.holder,
-                store=store,
-                updates=updates,
-                max_bytes=s.max_message_bytes,
-                snapshot_every_batches=s.snapshot_every_batches,
-                snapshot_every_seconds=s.snapshot_every_seconds,
-                deltas=deltas,
-            )
-            try:
-                await runtime.trainer.run(stream, max_batch=s.batch_max, within=s.batch_seconds)
-            finally:
-                runtime.trainer = None
+    app.service(trainer_service(runtime, updates, deltas))
 
     @app.timer(interval=max(0.5, min(5.0, s.snapshot_every_seconds / 4)), name="snapshot-timer")
     async def snapshot_timer() -> None:
@@ -328,7 +361,94 @@ def _add_trainer(
             await runtime.trainer.tick()
 
 
-def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_updates: bool) -> None:
+def trainer_service(
+    runtime: Runtime, updates: Any, deltas: DeltaPublisher | None
+) -> type[mode.Service]:
+    """The trainer as a service of the Faust app, reading ``ratings`` in bulk.
+
+    Faust's per-event stream delivers a few thousand events/s (docs/benchmarks.md); the
+    trainer needs whole batches, so it drains its own aiokafka consumer (group
+    :func:`app.topics.trainer_group`) with ``getmany`` and sends dead letters with its own
+    idempotent producer. Faust still runs the web views, the snapshot timer, and the
+    model-updates topic the snapshots are announced on.
+    """
+    s = runtime.settings
+    options = kafka_client_options(s)
+
+    class TrainerService(mode.Service):
+        _stack: contextlib.AsyncExitStack
+        _task: asyncio.Task[None] | None = None
+
+        async def on_start(self) -> None:
+            self._stack = contextlib.AsyncExitStack()
+            store = await self._stack.enter_async_context(store_from_settings(s))
+            model = await restore_model(store, model_config(s), runtime.holder)
+            marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
+            producer = AIOKafkaProducer(
+                **options,
+                acks="all",
+                enable_idempotence=True,
+                max_batch_size=1024 * 1024,
+                max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+            )
+            await producer.start()
+            self._stack.push_async_callback(producer.stop)
+            consumer = AIOKafkaConsumer(
+                **options,
+                group_id=trainer_group(s),
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+                session_timeout_ms=int(s.session_timeout * 1000),
+                heartbeat_interval_ms=int(max(1.0, s.session_timeout / 10) * 1000),
+            )
+            trainer = Trainer(
+                model=model,
+                holder=runtime.holder,
+                store=store,
+                updates=updates,
+                dead_letters=DeadLetterQueue(producer, s.ratings_dlq_topic),
+                dead_lettered=marks,
+                max_bytes=s.max_message_bytes,
+                snapshot_every_batches=s.snapshot_every_batches,
+                snapshot_every_seconds=s.snapshot_every_seconds,
+                deltas=deltas,
+                consumer=consumer,
+            )
+            await consumer.start()
+            self._stack.push_async_callback(consumer.stop)
+            consumer.subscribe([s.ratings_topic], listener=TrainerRebalance(trainer))
+            if marks:
+                log.info("Ratings already dead-lettered, by partition: up to offsets %s", marks)
+            runtime.trainer = trainer
+
+        async def on_started(self) -> None:
+            assert runtime.trainer is not None
+            self._task = asyncio.create_task(self._run(runtime.trainer))
+
+        async def _run(self, trainer: Trainer) -> None:
+            try:
+                await trainer.run(batch_max=s.batch_max, poll_seconds=s.batch_seconds)
+            except Exception as exc:
+                log.exception("The trainer failed: %r", exc)
+                await self.crash(exc)
+
+        async def on_stop(self) -> None:
+            trainer, runtime.trainer = runtime.trainer, None
+            try:
+                if trainer is not None:
+                    trainer.stop()
+                    if self._task is not None:
+                        await self._task
+                    # On a clean shutdown, persist what was trained since the last snapshot.
+                    await trainer.snapshot_now("shutdown")
+            finally:
+                await self._stack.aclose()
+
+    return TrainerService
+
+
+def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> None:
     s = runtime.settings
     # Keys are raw utf-8 user ids, exactly as producers key ratings and requests: then the
     # router (app.table_route) hashes a user to the partition whose rows this worker holds.
@@ -358,7 +478,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
-    ratings_dlq = runtime.topics[s.ratings_dlq_topic]
     requests_dlq = runtime.topics[s.requests_dlq_topic]
     reply_topics: dict[str, Any] = {}
 
@@ -369,7 +488,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
 
     ingest = Ingest(
         seen=seen,
-        dlq=ratings_dlq,
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
     )
@@ -403,6 +521,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, ratings: Any, *, follow_update
 
     @app.task
     async def read_ratings() -> None:
+        # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
+        # at a time, and a request needs the loop several times on its way through.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
         await reader.run()
 
     @app.on_rebalance_complete.connect

@@ -108,14 +108,16 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # --- Agents ------------------------------------------------------------------------
-    batch_max: int = Field(2000, ge=1, description="Largest micro-batch")
+    batch_max: int = Field(
+        10_000, ge=1, description="Largest micro-batch (batches are what is available, up to this)"
+    )
     batch_seconds: float = Field(
         0.5,
         gt=0,
-        description="Longest wait to fill a micro-batch (at low traffic, what a rating waits "
-        "before training: it dominates freshness)",
+        description="Longest a trainer's fetch waits when no rating is available; not a "
+        "batching window (a fetch returns as soon as any rating arrives)",
     )
-    # Snapshots are the durable checkpoint (and what the trainer acks ratings by); deltas
+    # Snapshots are the durable checkpoint (and what the trainer commits offsets by); deltas
     # carry freshness to the scorers, so snapshots can be rare.
     snapshot_every_batches: int = Field(200, ge=1)
     snapshot_every_seconds: float = Field(300.0, gt=0)
@@ -168,7 +170,9 @@ class Settings(BaseSettings):
     s3_port: int = 8333
     kafka_version: str = "4.1.1"
     dev_kafka_secure: bool = Field(
-        False, description="`dev up` adds a SASL_SSL listener (port STREAMREC_KAFKA_PORT + 2)"
+        False,
+        description="`dev up` adds SASL_SSL, SSL and SASL_PLAINTEXT listeners "
+        "(ports STREAMREC_KAFKA_PORT + 2, + 3, + 4)",
     )
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")

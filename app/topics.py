@@ -50,6 +50,12 @@ def faust_app_id(settings: Settings, role: str) -> str:
     return f"{settings.app_id}-{role}"
 
 
+def trainer_group(settings: Settings) -> str:
+    """The consumer group the trainer reads ``ratings`` in (its bulk aiokafka consumer, not
+    the Faust app's group, whose members speak Faust's assignor protocol)."""
+    return f"{faust_app_id(settings, 'trainer')}-ratings"
+
+
 def seen_changelog(settings: Settings, role: str) -> str:
     """The ``seen-items`` table's changelog topic, named as Faust would name it."""
     return f"{faust_app_id(settings, role)}-{SEEN_TABLE}-changelog"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -172,14 +171,14 @@ def register(app: faust.App, runtime: Runtime) -> None:
     @app.page("/items/{item_id}/")
     class Item(Base):
         async def get(self, request: Request, item_id: str) -> Response:
-            entry = catalog.get(item_id)
+            title = title_of(catalog, item_id)
             view = holder.view
             known = view is not None and view.has_item(item_id)
-            if not isinstance(entry, Mapping) and not known:
+            if title is None and not known:
                 return self.json({"error": f"unknown item {item_id!r}"}, status=404)
             body: dict[str, Any] = {"item": item_id, "in_model": known}
-            if isinstance(entry, Mapping):
-                body.update(title=entry.get("title"), genres=list(entry.get("genres") or ()))
+            if title is not None:
+                body.update(title=title, genres=list(catalog[item_id].get("genres") or ()))
             return self.json(body)
 
     @app.page("/metrics")

@@ -77,6 +77,9 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
     ``default_event_id`` is used when the event carries no ``event_id`` (e.g. the ingest
     agent passes ``"topic:partition:offset"``), so every event has a stable id to dedupe on.
     """
+    fast = _well_formed_rating(obj)
+    if fast is not None:
+        return fast
     if not isinstance(obj, Mapping):
         raise InvalidEvent(f"a rating must be a JSON object, got {_type_name(obj)}")
     missing = [f for f in ("user", "item", "rating", "ts") if f not in obj]
@@ -96,6 +99,37 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
     if ts < 0:
         raise InvalidEvent(f"ts must be >= 0, got {ts:g}")
     return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+
+
+def _well_formed_rating(obj: Any) -> Rating | None:
+    """The rating if ``obj`` is the common case that passes every rule at a glance (string
+    ids within the length limit, float rating in range, finite float ts >= 0); otherwise
+    ``None``, and :func:`parse_rating` applies the rules one by one (and says which failed).
+    The trainer decodes every rating, so this is its hot path."""
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    event_id, user, item, rating, ts = (
+        get("event_id"),
+        get("user"),
+        get("item"),
+        get("rating"),
+        get("ts"),
+    )
+    if (
+        type(event_id) is str
+        and type(user) is str
+        and type(item) is str
+        and 0 < len(event_id) <= MAX_ID_LENGTH
+        and 0 < len(user) <= MAX_ID_LENGTH
+        and 0 < len(item) <= MAX_ID_LENGTH
+        and type(rating) is float
+        and MIN_RATING <= rating <= MAX_RATING
+        and type(ts) is float
+        and 0.0 <= ts < math.inf
+    ):
+        return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+    return None
 
 
 def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:

@@ -288,12 +288,17 @@ def encode_catalog_item(entry: CatalogItem) -> tuple[bytes, bytes]:
     return entry.item.encode(), encode_json(catalog_item_body(entry))
 
 
-def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
-    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+def decode_catalog_value(value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in an ``items`` message's value, or :class:`Undecodable`."""
     try:
-        entry = parse_catalog_item(decode_object(value, max_bytes=max_bytes))
+        return parse_catalog_item(decode_object(value, max_bytes=max_bytes))
     except InvalidEvent as exc:
         raise Undecodable("invalid", str(exc)) from None
+
+
+def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: int) -> CatalogItem:
+    """The catalog entry in one ``items`` message, or :class:`Undecodable` saying why not."""
+    entry = decode_catalog_value(value, max_bytes=max_bytes)
     if key != entry.item.encode():
         raise Undecodable("invalid", "items messages must be keyed by their item id")
     return entry

@@ -43,8 +43,9 @@ def dev() -> None:
     "--secure",
     is_flag=True,
     default=None,
-    help="Also open a SASL_SSL listener on STREAMREC_KAFKA_PORT + 2 (CA and users made on the "
-    "spot; `dev status --json` says how to connect). Default: STREAMREC_DEV_KAFKA_SECURE.",
+    help="Also open SASL_SSL, SSL and SASL_PLAINTEXT listeners on STREAMREC_KAFKA_PORT + 2, "
+    "+ 3, + 4 (CA and users made on the spot; `dev status --json` says how to connect). "
+    "Default: STREAMREC_DEV_KAFKA_SECURE.",
 )
 def up(only: str | None, timeout: float, secure: bool | None) -> None:
     """Start the services (a no-op for those already running) and wait until they answer."""

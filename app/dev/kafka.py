@@ -7,11 +7,13 @@ copies them once into ``<dev_cache>/kafka/<version>/lib`` (the download itself i
 ``<dev_dir>/kafka``: ``kafka.pid``, ``kafka.log``, ``server.properties``, ``data/``, and with
 ``--secure`` (``STREAMREC_DEV_KAFKA_SECURE``) ``tls/`` (see :mod:`app.dev.tls`).
 
-Secure mode adds a SASL_SSL listener on ``STREAMREC_KAFKA_PORT + 2`` next to the plaintext
-one (which everything else keeps using): TLS with a CA made on the spot, and SASL users
-``DEV_SASL_USERNAME``/``DEV_SASL_PASSWORD`` for PLAIN (in the listener's JAAS config) and
-SCRAM-SHA-256/512 (created through the admin API once the broker answers). A client
-certificate is requested, not required: one signed by the dev CA is verified.
+Secure mode adds three listeners next to the plaintext one (which everything else keeps
+using), on ``STREAMREC_KAFKA_PORT`` + their offset in :data:`SECURE_LISTENERS`: SASL_SSL
+(+2), SSL (+3) and SASL_PLAINTEXT (+4). TLS uses a CA made on the spot; the SASL user
+``DEV_SASL_USERNAME``/``DEV_SASL_PASSWORD`` logs in with PLAIN (the listeners' JAAS config)
+or SCRAM-SHA-256/512 (created through the admin API once the broker answers). The SSL
+listener requires a client certificate signed by the dev CA (mutual TLS is its login); the
+SASL_SSL one requests one and verifies it if given.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ POM = PROJECT_ROOT / "dev" / "kafka" / "pom.xml"
 HEAP = "-Xmx768m"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the broker accepts 10 MB test events; the app DLQs them
 
-SECURE_PORT_OFFSET = 2
-"""The SASL_SSL listener's port is STREAMREC_KAFKA_PORT + this (the controller's default: + 1)."""
+SECURE_LISTENERS = {"SASL_SSL": 2, "SSL": 3, "SASL_PLAINTEXT": 4}
+"""With --secure, each listener's port is STREAMREC_KAFKA_PORT + its offset (the
+controller's default port is + 1); SASL_SSL is the one ``dev status`` names first."""
 SECURE_LISTENER = "SASL_SSL"
 DEV_SASL_USERNAME = "streamrec"
 DEV_SASL_PASSWORD = "streamrec-dev-kafka-secret"  # dev only, like the dev S3 secret key
@@ -93,14 +96,17 @@ class KafkaBroker(ManagedProcess):
     """The dev broker: ``start()``, ``stop()``, ``status()``, ``is_running()``."""
 
     name = "kafka"
-    port_env = "STREAMREC_KAFKA_PORT (+2 with --secure), STREAMREC_KAFKA_CONTROLLER_PORT"
+    port_env = "STREAMREC_KAFKA_PORT (+2..+4 with --secure), STREAMREC_KAFKA_CONTROLLER_PORT"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(Path(settings.dev_dir) / "kafka")
         self.settings = settings
         self.port = settings.kafka_port
         self.controller_port = settings.kafka_controller_port
-        self.secure_port = settings.kafka_port + SECURE_PORT_OFFSET
+        self.listener_ports = {
+            name: settings.kafka_port + offset for name, offset in SECURE_LISTENERS.items()
+        }
+        self.secure_port = self.listener_ports[SECURE_LISTENER]
         self.want_secure = settings.dev_kafka_secure
         self.version = settings.kafka_version
         self.lib = Path(settings.dev_cache).resolve() / "kafka" / self.version / "lib"
@@ -116,7 +122,8 @@ class KafkaBroker(ManagedProcess):
         return self._configured_secure() if self.is_running() else self.want_secure
 
     def ports(self) -> list[int]:
-        return [self.port, self.controller_port] + ([self.secure_port] if self.secure else [])
+        secure = list(self.listener_ports.values()) if self.secure else []
+        return [self.port, self.controller_port, *secure]
 
     def connection(self) -> dict[str, object]:
         info: dict[str, object] = {"bootstrap": self.bootstrap, "version": self.version}
@@ -124,13 +131,15 @@ class KafkaBroker(ManagedProcess):
             info["secure"] = {
                 "bootstrap": self.secure_bootstrap,
                 "security_protocol": SECURE_LISTENER,
+                "listeners": {name: f"{HOST}:{p}" for name, p in self.listener_ports.items()},
                 "sasl_mechanisms": list(SASL_MECHANISMS),
                 "username": DEV_SASL_USERNAME,
                 "password_env": "STREAMREC_KAFKA_SASL_PASSWORD",  # never the password itself
                 "ca_file": str(self.tls.ca_file),
                 "client_cert_file": str(self.tls.client_cert),
                 "client_key_file": str(self.tls.client_key),
-                "ready": self.is_running() and self.secure_probe(),
+                "client_key_password_file": str(self.tls.client_key_password_file),
+                "ready": self.is_running() and self.secure_ready(),
             }
         return info
 
@@ -138,29 +147,45 @@ class KafkaBroker(ManagedProcess):
         self,
         base: Settings | None = None,
         *,
+        protocol: str = SECURE_LISTENER,
         mechanism: str = "SCRAM-SHA-512",
         username: str = DEV_SASL_USERNAME,
         password: str = DEV_SASL_PASSWORD,
     ) -> Settings:
-        """``base`` (default: this broker's settings) pointed at the SASL_SSL listener."""
-        return Settings(
-            **{
-                **(base or self.settings).model_dump(),
-                "kafka_bootstrap": self.secure_bootstrap,
-                "kafka_security_protocol": SECURE_LISTENER,
+        """``base`` (default: this broker's settings) pointed at the ``protocol`` listener
+        with the dev login: the SASL user, and for SSL the dev client certificate."""
+        changes: dict[str, object] = {
+            "kafka_bootstrap": f"{HOST}:{self.listener_ports[protocol]}",
+            "kafka_security_protocol": protocol,
+        }
+        if protocol.startswith("SASL_"):
+            changes |= {
                 "kafka_sasl_mechanism": mechanism,
                 "kafka_sasl_username": username,
                 "kafka_sasl_password": password,
-                "kafka_ssl_ca_file": self.tls.ca_file,
             }
-        )
+        if protocol.endswith("SSL"):
+            changes["kafka_ssl_ca_file"] = self.tls.ca_file
+        if protocol == "SSL":
+            changes |= {
+                "kafka_ssl_cert_file": self.tls.client_cert,
+                "kafka_ssl_key_file": self.tls.client_key,
+                "kafka_ssl_key_password": self.tls.client_key_password(),
+            }
+        return Settings(**{**(base or self.settings).model_dump(), **changes})
 
-    def secure_probe(self, **credentials: str) -> bool:
-        """The SASL_SSL listener answers a metadata request for (by default) the dev user."""
+    def secure_probe(self, **login: str) -> bool:
+        """A secure listener (default SASL_SSL) answers a metadata request for ``login``
+        (:meth:`client_settings`' keywords; default: the dev user)."""
         from app.kafka import kafka_client_options
 
-        options = kafka_client_options(self.client_settings(**credentials))
-        return port_open(self.secure_port) and metadata_ready(options)
+        settings = self.client_settings(**login)
+        port = self.listener_ports[settings.kafka_security_protocol]
+        return port_open(port) and metadata_ready(kafka_client_options(settings))
+
+    def secure_ready(self) -> bool:
+        """Every secure listener lets the dev login in."""
+        return all(self.secure_probe(protocol=name) for name in SECURE_LISTENERS)
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> bool:
         if self.want_secure and self.is_running() and not self._configured_secure():
@@ -175,11 +200,12 @@ class KafkaBroker(ManagedProcess):
         took = super().wait_ready(timeout)
         if self.secure and not self.secure_probe():
             self.add_scram_user(DEV_SASL_USERNAME, DEV_SASL_PASSWORD)
-            if not self.secure_probe():
-                raise DevServiceError(
-                    f"kafka: the SASL_SSL listener at {self.secure_bootstrap} refuses the dev "
-                    f"user (log {self.logfile})"
-                )
+        if self.secure and not self.secure_ready():
+            raise DevServiceError(
+                f"kafka: a secure listener ({', '.join(SECURE_LISTENERS)} on ports "
+                f"{', '.join(map(str, self.listener_ports.values()))}) refuses the dev login "
+                f"(log {self.logfile})"
+            )
         return took
 
     def add_scram_user(self, username: str, password: str) -> None:
@@ -244,26 +270,33 @@ class KafkaBroker(ManagedProcess):
         return port_open(self.port) and metadata_ready({"bootstrap_servers": self.bootstrap})
 
     def _secure_listener_config(self) -> dict[str, str]:
-        prefix = f"listener.name.{SECURE_LISTENER.lower()}"
         keystore_password = self.tls.keystore_password()
-        config = {
-            f"{prefix}.ssl.keystore.type": "PKCS12",
-            f"{prefix}.ssl.keystore.location": str(self.tls.keystore),
-            f"{prefix}.ssl.keystore.password": keystore_password,
-            f"{prefix}.ssl.key.password": keystore_password,
-            f"{prefix}.ssl.truststore.type": "PEM",
-            f"{prefix}.ssl.truststore.location": str(self.tls.ca_file),
-            f"{prefix}.ssl.client.auth": "requested",
-            f"{prefix}.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
-            f"{prefix}.plain.sasl.jaas.config": (
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'user_{DEV_SASL_USERNAME}="{DEV_SASL_PASSWORD}";'
-            ),
-        }
-        for mechanism in SCRAM_MECHANISMS:
-            config[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            )
+        config: dict[str, str] = {}
+        for name in SECURE_LISTENERS:
+            prefix = f"listener.name.{name.lower()}"
+            if name.endswith("SSL"):
+                config |= {
+                    f"{prefix}.ssl.keystore.type": "PKCS12",
+                    f"{prefix}.ssl.keystore.location": str(self.tls.keystore),
+                    f"{prefix}.ssl.keystore.password": keystore_password,
+                    f"{prefix}.ssl.key.password": keystore_password,
+                    f"{prefix}.ssl.truststore.type": "PEM",
+                    f"{prefix}.ssl.truststore.location": str(self.tls.ca_file),
+                    # SSL alone: the client certificate is the login
+                    f"{prefix}.ssl.client.auth": "required" if name == "SSL" else "requested",
+                }
+            if name.startswith("SASL_"):
+                config |= {
+                    f"{prefix}.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+                    f"{prefix}.plain.sasl.jaas.config": (
+                        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                        f'user_{DEV_SASL_USERNAME}="{DEV_SASL_PASSWORD}";'
+                    ),
+                }
+                for mechanism in SCRAM_MECHANISMS:
+                    config[f"{prefix}.{mechanism.lower()}.sasl.jaas.config"] = (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    )
         return config
 
     def _jvm_flags(self, tool: bool = False) -> list[str]:
@@ -281,7 +314,7 @@ class KafkaBroker(ManagedProcess):
     def _server_properties(self) -> str:
         listeners = {"PLAINTEXT": self.port, "CONTROLLER": self.controller_port}
         if self.want_secure:
-            listeners[SECURE_LISTENER] = self.secure_port
+            listeners |= self.listener_ports
         advertised = {name: port for name, port in listeners.items() if name != "CONTROLLER"}
         config = {
             **BROKER_CONFIG,

@@ -60,8 +60,12 @@ class DevCertificates:
     def keystore_password(self) -> str:
         return (self.dir / "keystore.password").read_text().strip()
 
+    @property
+    def client_key_password_file(self) -> Path:
+        return self.dir / "client-key.password"
+
     def client_key_password(self) -> str:
-        return (self.dir / "client-key.password").read_text().strip()
+        return self.client_key_password_file.read_text().strip()
 
     def ensure(self) -> bool:
         """Make the set if it does not exist yet; True if it was made now."""

@@ -4,6 +4,7 @@
 const REFRESH_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
 const state = { refreshes: 0, failures: 0, lastError: null, lookups: 0 };
+const series = { role: null, max: 0, points: [] }; // grown with ?since=, trimmed to max
 window.streamrecDashboard = state; // read by the browser test
 
 const $ = (id) => document.getElementById(id);
@@ -126,8 +127,16 @@ function renderModel(health, model) {
   text("stat-size", users == null ? "" : `${fmtInt(users)} users × ${fmtInt(items)} items`);
 }
 
+function mergeSeries(body) {
+  series.role = body.role;
+  series.max = body.max_points;
+  series.points.push(...(body.points || []));
+  if (series.points.length > series.max) series.points.splice(0, series.points.length - series.max);
+  return series;
+}
+
 function renderSeries(series) {
-  const points = series.points || [];
+  const points = series.points;
   const last = points[points.length - 1] || {};
   text("stat-rate", fmtNum(last.ratings_per_s, 1));
   text("stat-requests", last.requests_per_s == null ? "" : `${fmtNum(last.requests_per_s, 1)} requests/s`);
@@ -159,11 +168,13 @@ function renderSeries(series) {
 
 async function refresh() {
   try {
-    const [health, model, series, popular] = await Promise.all([
-      getJSON("/health/"), getJSON("/model/"), getJSON("/dashboard/series/"), getJSON("/items/popular/?limit=10"),
+    const last = series.points[series.points.length - 1];
+    const since = last ? `?since=${last.t}` : "";
+    const [health, model, newer, popular] = await Promise.all([
+      getJSON("/health/"), getJSON("/model/"), getJSON(`/dashboard/series/${since}`), getJSON("/items/popular/?limit=10"),
     ]);
     renderModel(health.body, model.body);
-    if (series.status === 200) renderSeries(series.body);
+    if (newer.status === 200) renderSeries(mergeSeries(newer.body));
     if (popular.status === 200) fillList("popular", popular.body.items, 3);
     else fillList("popular", [], 3, "no model loaded yet");
     state.refreshes += 1;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import yaml
 
@@ -48,3 +49,13 @@ def test_bootstrap_jobs_skip_when_streaming_trained_the_current_model():
     assert "--skip-if-streamed" in _compose()["services"]["bootstrap"]["command"]
     job = _k8s("bootstrap-job.yaml")["spec"]["template"]["spec"]["containers"][0]
     assert "--skip-if-streamed" in job["args"]
+
+
+def test_compose_and_the_bootstrap_job_load_the_generated_catalog():
+    from app.commands.offline import catalog_path
+
+    catalog = str(catalog_path(Path("/data/ratings.csv")))
+    assert _compose()["services"]["catalog"]["command"] == ["catalog", "load", catalog]
+    pod = _k8s("bootstrap-job.yaml")["spec"]["template"]["spec"]
+    loads = [c for c in pod["initContainers"] if c["args"][:2] == ["catalog", "load"]]
+    assert [c["args"][2] for c in loads] == [catalog]

@@ -79,16 +79,16 @@ def paused_run(cluster: Cluster) -> PausedRun:
     """Ratings and requests flow while one scorer is SIGSTOPped past the session timeout."""
     two_scorers(cluster)
     slow = cluster.scorers[-1]
-    events = ratings(3000, users=60, items=40, seed=7, prefix="sp")
+    events = ratings(1500, users=30, items=40, seed=7, prefix="sp")
     reply_topic = cluster.reply_topic("pause")
-    requests = requests_for("sp", 200, reply_topic, users=60)
+    requests = requests_for("sp", 100, reply_topic, users=30)
     pause = cluster.settings.session_timeout + 6
     with Traffic(
         cluster.settings,
         events=events,
-        rating_rate=3000 / (pause + 4),
+        rating_rate=1500 / (pause + 4),
         requests=requests,
-        request_rate=200 / (pause + 4),
+        request_rate=100 / (pause + 4),
         reply_topic=reply_topic,
     ) as traffic:
         time.sleep(1)

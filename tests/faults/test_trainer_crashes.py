@@ -59,7 +59,7 @@ def crash_the_trainer_repeatedly(
 
 
 def test_random_trainer_kills_lose_and_duplicate_nothing(cluster: Cluster) -> None:
-    crash_the_trainer_repeatedly(cluster, n=12_000, kills=3, rate=800, seed=1, prefix="tk")
+    crash_the_trainer_repeatedly(cluster, n=8_000, kills=3, rate=800, seed=1, prefix="tk")
 
 
 @pytest.mark.long

@@ -2,8 +2,9 @@
 services that do not answer, prints one clear ``Error:`` line and exits non-zero (2 for bad
 arguments, 1 for the rest), with no traceback unless ``--debug``.
 
-Each case runs ``python -m app.cli`` as a real process (what a user sees, logging included).
-"Unreachable" services are addresses nothing listens on, so no service is needed here.
+Cases that reach settings or services run ``python -m app.cli`` as a real process (what a
+user sees, logging included); bad arguments run in-process. "Unreachable" services are
+addresses nothing listens on, so no service is needed here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,10 +69,26 @@ CASES: list[tuple[str, list[str], dict[str, str], int, str]] = [
 ]
 
 
-def run(argv: list[str], env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(argv: list[str], env: dict[str, str], tmp: Path) -> Outcome:
+    """One invocation: a real process when ``env`` matters (services down, settings), else
+    in-process through click's runner (a bad argument never reaches the settings)."""
     files = {"good": tmp / "good.csv", "bad": tmp / "bad.csv"}
     args = [a.format(tmp=tmp, **{k: str(v) for k, v in files.items()}) for a in argv]
-    return subprocess.run(
+    if not env:
+        from click.testing import CliRunner
+
+        from app.cli import main
+
+        result = CliRunner().invoke(main, args)
+        return Outcome(result.exit_code, result.stdout, result.stderr)
+    done = subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         env={**os.environ, "STREAMREC_MODEL_STORE": f"file://{tmp}/models", **env},
         capture_output=True,
@@ -78,24 +96,24 @@ def run(argv: list[str], env: dict[str, str], tmp: Path) -> subprocess.Completed
         timeout=120,
         cwd=tmp,
     )
+    return Outcome(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture(scope="module")
-def results(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, subprocess.CompletedProcess[str]]:
-    """All cases at once (each is a process start: about a second of imports)."""
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """All cases; the processes run side by side (each start is a second of imports)."""
     tmp = tmp_path_factory.mktemp("cli")
     (tmp / "good.csv").write_text(GOOD)
     (tmp / "bad.csv").write_text(BAD)
+    out = {name: run(argv, env, tmp) for name, argv, env, _, _ in CASES if not env}
     with ThreadPoolExecutor(4) as pool:
-        done = {name: pool.submit(run, argv, env, tmp) for name, argv, env, _, _ in CASES}
-        return {name: future.result() for name, future in done.items()}
+        done = {name: pool.submit(run, argv, env, tmp) for name, argv, env, _, _ in CASES if env}
+        return out | {name: future.result() for name, future in done.items()}
 
 
 @pytest.mark.parametrize(("name", "code", "text"), [(c[0], c[3], c[4]) for c in CASES])
 def test_each_bad_invocation_is_one_clear_line(
-    results: dict[str, subprocess.CompletedProcess[str]], name: str, code: int, text: str
+    results: dict[str, Outcome], name: str, code: int, text: str
 ) -> None:
     done = results[name]
     lines = done.stderr.strip().splitlines()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
 from app.dev import KafkaBroker, SeaweedServer, port_clash
-from app.dev.kafka import SECURE_PORT_OFFSET
+from app.dev.kafka import DEV_SASL_PASSWORD, SECURE_LISTENERS
 from app.dev.tls import DevCertificates
 from app.dev.workers import isolated_env, settings_for
 from app.kafka import (
@@ -185,7 +188,8 @@ def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path)
         dev_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093, dev_kafka_secure=True
     )
     broker = KafkaBroker(settings)
-    assert broker.ports() == [29092, 29093, 29092 + SECURE_PORT_OFFSET]
+    assert broker.ports() == [29092, 29093, 29094, 29095, 29096]
+    assert SECURE_LISTENERS == {"SASL_SSL": 2, "SSL": 3, "SASL_PLAINTEXT": 4}
     assert port_clash([broker, SeaweedServer(settings)]) is None
     clashing = KafkaBroker(settings.model_copy(update={"kafka_controller_port": 29094}))
     assert "port 29094 is wanted by kafka and kafka" in (port_clash([clashing]) or "")
@@ -194,10 +198,13 @@ def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path)
 def test_client_settings_point_at_the_secure_listener(tmp_path: Path):
     broker = KafkaBroker(Settings(dev_dir=tmp_path, kafka_port=29092, dev_kafka_secure=True))
     client = broker.client_settings()
-    assert client.kafka_bootstrap == f"127.0.0.1:{29092 + SECURE_PORT_OFFSET}"
+    assert client.kafka_bootstrap == "127.0.0.1:29094"
     assert client.kafka_security_protocol == "SASL_SSL"
     assert client.kafka_ssl_ca_file == broker.tls.ca_file
-    assert "password" not in str(broker.connection()["secure"]).replace("password_env", "")
+    secure = broker.connection()["secure"]
+    assert isinstance(secure, dict) and not any(k.endswith("password") for k in secure)
+    assert DEV_SASL_PASSWORD not in str(secure)
+    assert set(secure["listeners"]) == {"SASL_SSL", "SSL", "SASL_PLAINTEXT"}
 
 
 # --- every Kafka client goes through app/kafka.py ---------------------------------------
@@ -237,3 +244,53 @@ def test_every_kafka_client_takes_its_connection_from_app_kafka():
                 problems.append(f"{where} sets {sorted(direct)} itself")
     assert seen >= 10, "too few Kafka clients found; is the scan right?"
     assert not problems, "\n".join(problems)
+
+
+# --- the CLI, misconfigured (no service needed: it stops before connecting) --------------
+
+CLI_SECRET = "pw-cli-5d0b2e"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (
+            ["recommend", "u1"],
+            {"STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+            "needs STREAMREC_KAFKA_SASL_USERNAME and STREAMREC_KAFKA_SASL_PASSWORD",
+        ),
+        (
+            ["worker", "--role", "scorer"],
+            {"STREAMREC_KAFKA_SECURITY_PROTOCOL": "TLS"},
+            "STREAMREC_KAFKA_SECURITY_PROTOCOL='TLS'",
+        ),
+        (
+            ["publish", "{csv}"],
+            {
+                "STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "STREAMREC_KAFKA_SASL_USERNAME": "alice",
+                "STREAMREC_KAFKA_SASL_PASSWORD": CLI_SECRET,
+                "STREAMREC_KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem",
+            },
+            "STREAMREC_KAFKA_SSL_CA_FILE=/nonexistent/ca.pem): No such file",
+        ),
+    ],
+)
+def test_cli_misconfigured_security_is_one_line(
+    tmp_path: Path, argv: list[str], env: dict[str, str], expected: str
+):
+    csv = tmp_path / "r.csv"
+    csv.write_text("user,item,rating,timestamp\n1,10,5,100\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_KAFKA_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", *(a.format(csv=csv) for a in argv)],
+        env={**clean, "STREAMREC_KAFKA_BOOTSTRAP": "127.0.0.1:1", **env},
+        cwd=PROJECT_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr and CLI_SECRET not in done.stdout + done.stderr

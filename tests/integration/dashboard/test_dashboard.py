@@ -264,3 +264,45 @@ def test_catalog_load_command(served: Served, tmp_path: Path) -> None:
         what="MovieLens titles in the worker's catalog",
     )
     assert served.worker.get("/items/1/")[1]["genres"] == ["Animation", "Children's", "Comedy"]
+
+
+def test_malformed_catalog_entries_never_stall_a_worker(served: Served) -> None:
+    from app.dev.workers import WorkerProcess, free_port
+    from tests.integration.service.conftest import KafkaClient
+
+    renamed, other = served.catalog[1], served.catalog[2]
+    bad = [
+        (b"no-json", b"{not json"),
+        (renamed.item.encode(), b'{"item": "%s"}' % renamed.item.encode()),  # no title
+        (b"\xff\xfe", b'{"item": "x", "title": "a key that is not UTF-8"}'),
+    ]
+    asyncio.run(KafkaClient(served.settings).produce(served.settings.items_topic, bad))
+    wait_for(
+        lambda: "title" not in served.worker.get(f"/items/{renamed.item}/")[1],
+        timeout=20,
+        what="the bad entry to replace the item's title",
+    )
+    assert served.worker.get("/items/no-json/")[0] == 404
+    # A worker that starts now recovers the table through the bad entries and serves.
+    late = WorkerProcess("scorer", free_port(), served.tmp / "late-scorer.log", served.env)
+    try:
+        late.start().wait_ready(model=False)
+        wait_for(
+            lambda: (body := late.get("/health/")[1]) and not body["rebalancing"],
+            timeout=60,
+            what=lambda: f"the late scorer to finish recovery:\n{late.log_tail()}",
+        )
+        wait_for(
+            lambda: late.get(f"/items/{other.item}/")[1].get("title") == other.title,
+            timeout=30,
+            what=lambda: f"the late scorer's catalog:\n{late.log_tail()}",
+        )
+        wait_for(  # it read on through the bad entries, to the last one
+            lambda: "title" not in late.get(f"/items/{renamed.item}/")[1],
+            timeout=60,
+            what=lambda: f"the late scorer to read the bad entries:\n{late.log_tail()}",
+        )
+    finally:
+        late.stop()
+    assert "Ignoring a malformed catalog entry (malformed)" in late.log_path.read_text()
+    asyncio.run(publish_catalog(served.settings, [renamed]))  # as it was

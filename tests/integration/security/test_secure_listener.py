@@ -1,4 +1,5 @@
-"""The dev broker's SASL_SSL listener: each SASL mechanism, mutual TLS, refusals, status."""
+"""The dev broker's secure listeners: each protocol and SASL mechanism, mutual TLS, refusals,
+and what ``dev status`` says."""
 
 from __future__ import annotations
 
@@ -11,21 +12,34 @@ import pytest
 from pydantic import SecretStr
 
 from app.dev import KafkaBroker, metadata_ready
+from app.dev.kafka import SECURE_LISTENERS
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, SASL_MECHANISMS
 
 pytestmark = pytest.mark.kafka
 
 
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
 @pytest.mark.parametrize("mechanism", SASL_MECHANISMS)
 def test_each_mechanism_logs_in_and_a_wrong_password_does_not(
-    secure_broker: KafkaBroker, mechanism: str
+    secure_broker: KafkaBroker, protocol: str, mechanism: str
 ):
-    assert secure_broker.secure_probe(mechanism=mechanism)
-    assert not secure_broker.secure_probe(mechanism=mechanism, password="not-the-password")
+    assert secure_broker.secure_probe(protocol=protocol, mechanism=mechanism)
+    wrong = {"protocol": protocol, "mechanism": mechanism, "password": "not-the-password"}
+    assert not secure_broker.secure_probe(**wrong)
 
 
-def test_a_client_certificate_signed_by_the_dev_ca_is_accepted(secure_broker: KafkaBroker):
+def test_mutual_tls_logs_in_by_client_certificate_only(secure_broker: KafkaBroker):
+    settings = secure_broker.client_settings(protocol="SSL")  # the dev CA's client certificate
+    assert settings.kafka_ssl_cert_file and settings.kafka_ssl_key_password
+    assert metadata_ready(kafka_client_options(settings))
+    anonymous = settings.model_copy(
+        update={"kafka_ssl_cert_file": None, "kafka_ssl_key_file": None}
+    )
+    assert not metadata_ready(kafka_client_options(anonymous), timeout=3)
+
+
+def test_sasl_ssl_verifies_a_client_certificate_when_one_is_given(secure_broker: KafkaBroker):
     tls = secure_broker.tls
     settings = secure_broker.client_settings().model_copy(
         update={
@@ -37,8 +51,10 @@ def test_a_client_certificate_signed_by_the_dev_ca_is_accepted(secure_broker: Ka
     assert metadata_ready(kafka_client_options(settings))
 
 
-def test_the_secure_port_speaks_no_plaintext(secure_broker: KafkaBroker):
-    assert not metadata_ready({"bootstrap_servers": secure_broker.secure_bootstrap}, timeout=2)
+@pytest.mark.parametrize("protocol", list(SECURE_LISTENERS))
+def test_no_secure_port_speaks_plaintext(secure_broker: KafkaBroker, protocol: str):
+    where = f"127.0.0.1:{secure_broker.listener_ports[protocol]}"
+    assert not metadata_ready({"bootstrap_servers": where}, timeout=2)
 
 
 def test_dev_status_says_how_to_connect_but_not_the_password(secure_broker: KafkaBroker):
@@ -52,9 +68,11 @@ def test_dev_status_says_how_to_connect_but_not_the_password(secure_broker: Kafk
     kafka = json.loads(done.stdout)["kafka"]
     secure = kafka["secure"]
     assert secure["bootstrap"] == secure_broker.secure_bootstrap and secure["ready"] is True
-    assert secure_broker.secure_port in kafka["ports"]
-    assert f"127.0.0.1:{secure_broker.secure_port}" in kafka["listening"]
+    for name, port in secure_broker.listener_ports.items():
+        assert port in kafka["ports"] and f"127.0.0.1:{port}" in kafka["listening"]
+        assert secure["listeners"][name] == f"127.0.0.1:{port}"
     assert Path(secure["ca_file"]).is_file()
     assert secure["password_env"] == "STREAMREC_KAFKA_SASL_PASSWORD"
     assert secure_broker.client_settings().kafka_sasl_password.get_secret_value() not in done.stdout
     assert secure_broker.tls.keystore_password() not in done.stdout
+    assert secure_broker.tls.client_key_password() not in done.stdout

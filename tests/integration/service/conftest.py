@@ -17,6 +17,7 @@ import pytest
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.kafka import send_bulk
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
 from app.settings import Settings
@@ -135,6 +136,19 @@ class KafkaClient:
             for key, value in messages:
                 await producer.send(topic, key=key, value=value)
             await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def produce_bulk(
+        self, topic: str, messages: list[tuple[bytes | None, bytes | None]]
+    ) -> None:
+        """Many messages at once, as whole record batches (keyed partitioning as ``send``)."""
+        producer = AIOKafkaProducer(
+            **kafka_client_options(self.settings), acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        try:
+            await send_bulk(producer, topic, messages)
         finally:
             await producer.stop()
 

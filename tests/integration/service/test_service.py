@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from app.commands.service import request_recommendation
+from app.web import PAGE_MAX
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
 from tests.integration.service.conftest import (
     Deployment,
@@ -327,11 +328,11 @@ def test_command_line_clients(deployment: Deployment, tmp_path: Any) -> None:
 def test_killed_scorer_leaves_the_other_answering(deployment: Deployment) -> None:
     watched = ["u7", "binge", *(f"u{n}" for n in range(0, 40, 3))]
 
-    def rows_of(worker: Any) -> dict[str, tuple[int, list[str]]]:
-        bodies = {u: worker.get(f"/users/{u}/?limit=200")[1] for u in watched}
-        return {u: (b["seen_total"], b["seen"]) for u, b in bodies.items()}
+    def row(scorer: Any, user: str) -> tuple[int, list[str]]:
+        body = scorer.get(f"/users/{user}/?limit={PAGE_MAX}")[1]  # newest first, paged
+        return body["seen_total"], body["seen"]
 
-    rows = rows_of(deployment.scorers[0])
+    rows = {u: row(deployment.scorers[0], u) for u in watched}
     victim = deployment.scorers.pop()
     victim.kill()  # SIGKILL: its partitions move to the survivor after the session timeout
     users = [f"u{n}" for n in range(0, 40, 3)]
@@ -342,9 +343,10 @@ def test_killed_scorer_leaves_the_other_answering(deployment: Deployment) -> Non
     # same rows, for the users of both scorers.
     (survivor,) = deployment.scorers
     wait_for(lambda: scorer_group_settled(deployment), timeout=60, what="the survivor to own all")
-    after = rows_of(survivor)
+    after = {u: row(survivor, u) for u in watched}
     assert after == rows
-    assert after["binge"][0] == 1000 and len(after["binge"][1]) == 200 and after["u7"][0] == 15
+    assert after["binge"][0] == 1000 and len(after["binge"][1]) == PAGE_MAX
+    assert after["u7"][0] == 15 and len(after["u7"][1]) == 15
 
 
 def test_trainer_sigkill_loses_nothing_and_trains_nothing_twice(
@@ -410,3 +412,35 @@ def test_rollback_reaches_the_scorers_at_once(deployment: Deployment) -> None:
         timeout=30,
         what=f"scorers to serve v{target}",
     )
+
+
+def test_every_role_keeps_the_catalog_and_serves_the_dashboard(deployment: Deployment) -> None:
+    from app.commands.catalog import publish_catalog
+    from models.catalog import CatalogItem
+
+    entries = [
+        CatalogItem(item(c, j), f"Cluster {c} film {j}", (f"genre-{c}",))
+        for c in range(CLUSTERS)
+        for j in range(ITEMS_PER_CLUSTER)
+    ]
+    asyncio.run(publish_catalog(deployment.settings, entries))
+    workers = [deployment.trainer, *deployment.scorers]
+
+    def titled() -> bool:
+        return all(
+            w.get(f"/items/{item(3, 7)}/")[1].get("title") == "Cluster 3 film 7" for w in workers
+        )
+
+    wait_for(titled, timeout=30, what="every worker's catalog table to hold the new titles")
+    reply = recommend(deployment, "u1", k=5)
+    catalogued = {e.item: e.title for e in entries}
+    assert any(e["item"] in catalogued for e in reply["items"]), reply
+    for entry in reply["items"]:
+        assert entry.get("title") == catalogued.get(entry["item"]), reply  # none if unknown
+    for worker in workers:
+        status, page = worker.get("/")
+        assert status == 200 and "/static/dashboard.js" in page
+        status, popular = worker.get("/items/popular/?limit=3")
+        assert status == 200 and all("title" in e for e in popular["items"] if "-i" in e["item"])
+    status, body = deployment.trainer.get("/users/u1/")  # a trainer holds no seen items
+    assert status == 200 and body["seen"] is None and body["recommendation"]["items"]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from agents.ingest import Ingest
 from agents.scorer import Scorer
 from agents.state import ModelHolder
+from agents.trainer import DecodedBatch
 from models.config import ModelConfig
 from models.events import MAX_ID_LENGTH, Rating
 from models.incremental import IncrementalModel
@@ -201,19 +202,28 @@ def check_dead_letters(sent: list[dict[str, Any]], messages: list[FakeMessage]) 
 
 @FUZZ
 @given(st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS, max_size=12), st.integers(1, 5))
-async def test_the_ingest_agent_records_or_dead_letters_every_message(
+async def test_the_trainer_trains_or_dead_letters_and_ingest_records_every_valid_rating(
     pairs: list[tuple[bytes | None, bytes | None]], max_batch: int
 ) -> None:
     messages = messages_of(pairs, "ratings")
-    table, dlq = FakeSeenTable(), FakeSink()
-    agent = Ingest(seen=table, dlq=dlq, max_bytes=LIMIT, seen_limit=10)
-    for start in range(0, len(messages), max_batch):  # slices, as the bulk reader hands them
-        await agent.handle(messages[start : start + max_batch])  # nothing may escape
-    bad = check_dead_letters(dlq.sent, messages)
-    good = [m for m in messages if m.offset not in bad]
-    for m in good:
-        decode_rating(m.key, m.value, max_bytes=LIMIT)  # valid, so recorded...
-        assert table.get(m.key.decode()) is not None  # ...in its user's row
+    table = FakeSeenTable()
+    agent = Ingest(seen=table, max_bytes=LIMIT, seen_limit=10)
+    letters: list[dict[str, Any]] = []
+    trained: set[int] = set()
+    for start in range(0, len(messages), max_batch):  # slices, as the bulk readers hand them
+        part = messages[start : start + max_batch]
+        await agent.handle(part)  # nothing may escape
+        batch = DecodedBatch.of(part, max_bytes=LIMIT)  # the trainer's decode step
+        trained |= {offset for _, offset in batch.positions}
+        letters += [
+            {"key": d.key, "value": d.value, "headers": d.headers} for d in batch.dead_letters
+        ]
+    bad = check_dead_letters(letters, messages)
+    assert trained | bad == {m.offset for m in messages} and not trained & bad
+    for m in messages:
+        if m.offset in trained:
+            decode_rating(m.key, m.value, max_bytes=LIMIT)  # valid, so trained...
+            assert table.get(m.key.decode()) is not None  # ...and recorded in its user's row
 
 
 @functools.cache

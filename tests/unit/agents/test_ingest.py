@@ -6,8 +6,7 @@ import json
 
 from agents.ingest import Ingest
 from models.seen import decode_row, item_hashes
-from models.wire import DLQ_KIND
-from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
+from tests.unit.agents.fakes import FakeMessage, FakeSeenTable
 
 
 def rating_message(user: str, item: str, offset: int, partition: int = 0) -> FakeMessage:
@@ -15,8 +14,8 @@ def rating_message(user: str, item: str, offset: int, partition: int = 0) -> Fak
     return FakeMessage("ratings", partition, offset, user.encode(), json.dumps(body).encode())
 
 
-def ingest(table: FakeSeenTable, dlq: FakeSink, limit: int = 100) -> Ingest:
-    return Ingest(seen=table, dlq=dlq, max_bytes=65536, seen_limit=limit)
+def ingest(table: FakeSeenTable, limit: int = 100) -> Ingest:
+    return Ingest(seen=table, max_bytes=65536, seen_limit=limit)
 
 
 async def test_one_row_write_per_user_per_batch_in_the_users_partition():
@@ -26,12 +25,11 @@ async def test_one_row_write_per_user_per_batch_in_the_users_partition():
         rating_message("u1", "b", 2, partition=1),
         rating_message("u1", "a", 3, partition=1),
     ]
-    table, dlq = FakeSeenTable(), FakeSink()
-    await ingest(table, dlq).handle(messages)
+    table = FakeSeenTable()
+    await ingest(table).handle(messages)
     await table.flush()
     assert [(p, u) for p, u, _ in table.changelog] == [(1, "u1"), (3, "u2")]
     assert decode_row(table.rows["u1"]).tolist() == item_hashes(["b", "a"]).tolist()
-    assert dlq.sent == []
 
 
 async def test_slices_rebuild_the_same_rows_from_the_changelog():
@@ -39,7 +37,7 @@ async def test_slices_rebuild_the_same_rows_from_the_changelog():
         rating_message(f"u{n % 7}", f"i{n % 13}", n, partition=n % 7 % 4) for n in range(60)
     ]
     table = FakeSeenTable()
-    agent = ingest(table, FakeSink(), limit=5)
+    agent = ingest(table, limit=5)
     for start in range(0, len(messages), 8):
         await agent.handle(messages[start : start + 8])
         if start % 16 == 0:
@@ -60,12 +58,12 @@ async def test_slices_rebuild_the_same_rows_from_the_changelog():
     assert all(p == int(u[1:]) % 4 for p, u, _ in table.changelog)
 
 
-async def test_invalid_ratings_are_dead_lettered_and_skipped():
+async def test_invalid_ratings_are_skipped_the_trainer_dead_letters_them():
     good = rating_message("u1", "a", 0)
     bad = FakeMessage("ratings", 0, 1, b"u1", b"{nope")
     miskeyed = rating_message("u2", "b", 2)
     miskeyed.key = b"someone-else"
-    table, dlq = FakeSeenTable(), FakeSink()
-    await ingest(table, dlq).handle([good, bad, miskeyed])
+    table = FakeSeenTable()
+    await ingest(table).handle([good, bad, miskeyed])
     assert list(table.rows) == ["u1"]
-    assert [d["headers"][DLQ_KIND] for d in dlq.sent] == [b"malformed", b"invalid"]
+    assert not hasattr(Ingest, "dlq")  # one owner of ratings' dead letters: the trainer

@@ -1,0 +1,278 @@
+"""The trainer agent against a small fake consumer, fake sinks and the real local store.
+
+Every test runs the agent's own fetch loop (``Trainer.run``) on an in-memory "topic" of
+four partitions; restarts are new ``Trainer`` objects restored from the same store, with
+the dead-letter marks a real trainer reads from the DLQ's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+
+from agents.state import ModelHolder
+from agents.trainer import DecodedBatch, Trainer, restore_model
+from models.config import ModelConfig
+from models.synthetic import generate_ratings
+from models.wire import DeadLetter, encode_rating
+from storage import SnapshotStore, open_store
+from tests.unit.agents.fakes import FakeMessage, FakeSink
+
+TOPIC = "ratings"
+PARTITIONS = 4
+# A dedupe memory of one event id: the model's own duplicate filter cannot hide a rating
+# that the trainer's offsets let through twice.
+CONFIG = ModelConfig(no_components=8, epochs_per_batch=1, seed=1, dedupe_memory=1)
+
+
+@dataclass
+class FakeConsumer:
+    """Four partitions of records; ``getmany`` returns what is there from each position."""
+
+    log: dict[int, list[FakeMessage]] = field(default_factory=lambda: {p: [] for p in range(4)})
+    positions: dict[int, int] = field(default_factory=dict)
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    batches: list[int] = field(default_factory=list)
+    seeks: dict[int, int] = field(default_factory=dict)
+
+    def produce(self, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        p = partition if partition is not None else sum(key or b"") % PARTITIONS
+        self.log[p].append(FakeMessage(TOPIC, p, len(self.log[p]), key, value))
+
+    def produce_ratings(self, ratings: Sequence) -> None:
+        for r in ratings:
+            self.produce(*encode_rating(r))
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Mapping[TopicPartition, Sequence[FakeMessage]]:
+        out: dict[TopicPartition, list[FakeMessage]] = {}
+        room = max_records or 1 << 30
+        for p, records in self.log.items():
+            if p not in self.positions:
+                continue
+            taken = records[self.positions[p] : self.positions[p] + room]
+            if taken:
+                out[TopicPartition(TOPIC, p)] = taken
+                self.positions[p] += len(taken)
+                room -= len(taken)
+        if not out:
+            await asyncio.sleep(min(timeout_ms, 20) / 1000)
+        else:
+            self.batches.append(sum(len(v) for v in out.values()))
+        return out
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition.partition] = self.seeks[partition.partition] = offset
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool:
+        for tp in partitions:
+            self.seek(tp, 0)
+        return True
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(TOPIC, p) for p in self.positions}
+
+    def end(self) -> int:
+        return sum(len(r) for r in self.log.values())
+
+
+@dataclass
+class FakeDLQ:
+    letters: list[DeadLetter] = field(default_factory=list)
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        self.letters.extend(letters)
+
+    def marks(self) -> dict[int, int]:
+        """What ``agents.kafka.dead_letter_marks`` reads from the real DLQ's tail."""
+        marks: dict[int, int] = {}
+        for d in self.letters:
+            marks[d.partition] = max(marks.get(d.partition, -1), d.offset)
+        return marks
+
+
+async def start(
+    store: SnapshotStore, consumer: FakeConsumer, dlq: FakeDLQ, **kw
+) -> tuple[Trainer, asyncio.Task[None]]:
+    model = await restore_model(store, CONFIG)
+    trainer = Trainer(
+        model=model,
+        holder=ModelHolder(),
+        store=store,
+        updates=FakeSink(),
+        dead_letters=dlq,
+        dead_lettered=dlq.marks(),
+        max_bytes=4096,
+        snapshot_every_batches=kw.pop("snapshot_every_batches", 1000),
+        snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
+        consumer=consumer,
+    )
+    await trainer.on_assigned({TopicPartition(TOPIC, p) for p in range(PARTITIONS)})
+    task = asyncio.create_task(trainer.run(batch_max=kw.pop("batch_max", 500), poll_seconds=0.05))
+    return trainer, task
+
+
+async def until(predicate, within: float = 20.0) -> None:
+    """Poll ``predicate`` (state the agent changes between awaits) for ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def stop(trainer: Trainer, task: asyncio.Task[None], *, snapshot: bool = True) -> None:
+    trainer.stop()
+    await task
+    if snapshot:
+        await trainer.snapshot_now("test")
+
+
+def bad_messages() -> list[tuple[bytes | None, bytes | None, str]]:
+    good = {"event_id": "e", "user": "u1", "item": "i1", "rating": 4.0, "ts": 1.0}
+    return [
+        (b"u1", b"{not json", "malformed"),
+        (b"u1", json.dumps({**good, "rating": 11}).encode(), "invalid"),
+        (b"u2", json.dumps(good).encode(), "invalid"),  # keyed by another user
+        (b"u1", None, "empty"),
+        (b"u1", json.dumps({**good, "item": "x" * 5000}).encode(), "too_large"),
+    ]
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    async with open_store(f"file://{tmp_path / 'models'}") as s:
+        yield s
+
+
+async def test_trains_every_valid_rating_and_dead_letters_every_invalid_one(store) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(100, 40, 1200, 4, seed=2)
+    consumer.produce_ratings(ratings[:600])
+    for key, value, _ in bad_messages():
+        consumer.produce(key, value, partition=2)
+    consumer.produce_ratings(ratings[600:])
+    trainer, task = await start(store, consumer, dlq)
+    await until(lambda: trainer.model.trained_events == len(ratings))
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    await stop(trainer, task)
+
+    assert [d.kind for d in dlq.letters] == [kind for _, _, kind in bad_messages()]
+    assert all(d.reason and d.topic == TOPIC and d.partition == 2 for d in dlq.letters)
+    assert [d.value for d in dlq.letters] == [v for _, v, _ in bad_messages()]  # original bytes
+    # The shutdown snapshot covers everything and is committed.
+    _, manifest = await store.get(await store.latest())
+    assert manifest["trained_events"] == len(ratings)
+    assert sum(manifest["offsets"].values()) == consumer.end()
+    committed = consumer.commits[-1]
+    assert {tp.partition: o for tp, o in committed.items()} == {
+        p: len(consumer.log[p]) for p in range(PARTITIONS)
+    }
+    assert trainer.holder.view is not None and trainer.holder.info["trained_events"] == 1200
+
+
+async def test_batches_are_what_is_available_up_to_batch_max(store) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(100, 30, 1000, 2, seed=3)
+    consumer.produce_ratings(ratings)
+    trainer, task = await start(store, consumer, dlq, batch_max=300)
+    await until(lambda: trainer.model.trained_events == 1000)
+    assert max(consumer.batches) == 300 and sum(consumer.batches) == 1000
+    # A lone rating is trained as a batch of one: no window waits for more.
+    lone = generate_ratings(100, 30, 1001, 2, seed=4)[-1:]
+    consumer.produce_ratings(lone)
+    await until(lambda: trainer.model.trained_events == 1001, within=5)
+    assert consumer.batches[-1] == 1
+    await stop(trainer, task)
+
+
+async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(store) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(150, 60, 3000, 4, seed=5)
+    consumer.produce_ratings(ratings[:1000])
+    trainer, task = await start(store, consumer, dlq, snapshot_every_batches=1)
+    await until(lambda: trainer.model.trained_events == 1000)
+    await until(lambda: store_has_offsets(trainer))
+    snapshotted = trainer.model.trained_events
+    consumer.produce_ratings(ratings[1000:2000])
+    await until(lambda: trainer.model.trained_events >= 1500)
+    task.cancel()  # a crash: whatever was trained after the last snapshot is gone
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    writer = trainer._writer  # a crash ends a background snapshot write too
+    if writer is not None and not writer.done():
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+    assert snapshotted <= 1000
+
+    consumer.positions.clear()  # the new member of the group gets an assignment
+    consumer.produce_ratings(ratings[2000:])
+    again, task = await start(store, consumer, dlq)
+    _, manifest = await store.get(await store.current() or await store.latest())  # restored
+    assert {f"{TOPIC}:{p}": o for p, o in consumer.seeks.items()} == {
+        **{f"{TOPIC}:{p}": 0 for p in range(PARTITIONS)},
+        **manifest["offsets"],
+    }  # resumed exactly where the snapshot ends
+    await until(lambda: again.model.trained_events == len(ratings))
+    await stop(again, task)
+    _, manifest = await store.get(await store.latest())
+    assert manifest["trained_events"] == len(ratings)  # each rating exactly once
+
+
+def store_has_offsets(trainer: Trainer) -> bool:
+    trainer._start_snapshot()  # what the worker's snapshot timer does (Trainer.tick)
+    return trainer._snapshot_offsets == trainer.model.offsets and bool(trainer.model.offsets)
+
+
+async def test_dead_letters_exactly_once_across_a_crash_before_the_snapshot(store) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(60, 20, 400, 4, seed=6)
+    consumer.produce_ratings(ratings[:200])
+    for key, value, _ in bad_messages():
+        consumer.produce(key, value, partition=1)
+    consumer.produce_ratings(ratings[200:])
+    trainer, task = await start(store, consumer, dlq)
+    await until(lambda: len(dlq.letters) == len(bad_messages()))
+    await until(lambda: trainer.model.trained_events == len(ratings))
+    task.cancel()  # killed after the DLQ sends, before any snapshot
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await store.latest() is None
+
+    more_bad = (b"u3", b"[1, 2]")
+    consumer.produce(*more_bad, partition=1)
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq)
+    await until(lambda: again.model.trained_events == len(ratings))
+    await until(lambda: len(dlq.letters) == len(bad_messages()) + 1)
+    await stop(again, task)
+    assert sorted((d.partition, d.offset) for d in dlq.letters) == sorted(
+        {(d.partition, d.offset) for d in dlq.letters}
+    ), "a rating was dead-lettered twice"
+    assert dlq.letters[-1].value == more_bad[1]
+
+
+def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
+    records = [
+        FakeMessage(TOPIC, 0, o, *encode_rating(r))
+        for o, r in enumerate(generate_ratings(5, 5, 6, 1, seed=1))
+    ]
+    records.insert(3, FakeMessage(TOPIC, 0, 99, b"u1", b"nope"))
+    batch = DecodedBatch.of(records, max_bytes=4096)
+    assert len(batch.ratings) == 6 and [d.offset for d in batch.dead_letters] == [99]
+    assert batch.next_offsets == {f"{TOPIC}:0": 100} and batch.first_offsets[f"{TOPIC}:0"] == 0
+    assert batch.after({}, {}) is batch
+    later = batch.after({f"{TOPIC}:0": 4}, {})
+    assert [p for p in later.positions] == [(0, 4), (0, 5)] and len(later.dead_letters) == 1
+    assert batch.after({}, {0: 99}).dead_letters == []
