@@ -64,11 +64,14 @@ def replies_for(
         recs = None
     else:
         index = holder.item_index(view)
+        seen_rows = [index.rows(hashes) for hashes in seen]  # also what the view blends with
         rows = [
-            index.rows(hashes) if r.exclude_seen else _NO_ROWS
-            for r, hashes in zip(requests, seen, strict=True)
+            found if r.exclude_seen else _NO_ROWS
+            for r, found in zip(requests, seen_rows, strict=True)
         ]
-        recs = view.recommend_batch([r.user for r in requests], [r.k for r in requests], rows)
+        recs = view.recommend_batch(
+            [r.user for r in requests], [r.k for r in requests], rows, seen_rows
+        )
     done = time.time()
     replies = []
     for n, request in enumerate(requests):

@@ -37,7 +37,7 @@ from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
 from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
-from app.settings import Settings
+from app.settings import Settings, model_config_of
 from app.stores import store_from_settings
 from app.topics import (
     CATALOG_PARTITIONS,
@@ -66,16 +66,8 @@ ROLES = ("trainer", "scorer", "all")
 
 
 def model_config(settings: Settings) -> ModelConfig:
-    """The model hyperparameters the settings choose."""
-    return ModelConfig(
-        no_components=settings.no_components,
-        loss=settings.loss,
-        learning_rate=settings.learning_rate,
-        epochs_per_batch=settings.epochs_per_batch,
-        positive_threshold=settings.positive_threshold,
-        num_threads=settings.num_threads,
-        seed=settings.seed,
-    )
+    """The model hyperparameters the settings choose (:func:`app.settings.model_config_of`)."""
+    return model_config_of(settings)
 
 
 @dataclass

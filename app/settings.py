@@ -15,8 +15,28 @@ import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.config import LOSSES, ModelConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+_MODEL = ModelConfig()
+"""The model defaults live in ModelConfig only; the settings below take theirs from it."""
+MODEL_FIELDS = (
+    "loss",
+    "no_components",
+    "learning_rate",
+    "max_sampled",
+    "epochs_per_batch",
+    "positive_threshold",
+    "num_threads",
+    "seed",
+    "consolidate_every",
+    "consolidate_epochs",
+    "consolidation_window",
+    "blend_neighbours",
+    "blend_weight",
+)
+"""Settings that are ModelConfig fields (same name): STREAMREC_LOSS, ..."""
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SECURITY_PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
 """Kafka security protocols (STREAMREC_KAFKA_SECURITY_PROTOCOL), as Kafka names them."""
@@ -98,14 +118,36 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("streamrec-dev-secret")
     s3_max_attempts: int = Field(5, ge=1, description="botocore retry attempts")
 
-    # --- Model -------------------------------------------------------------------------
-    loss: str = Field("warp", pattern="^(warp|bpr|logistic|warp-kos)$")
-    no_components: int = Field(32, ge=1)
-    learning_rate: float = Field(0.05, gt=0)
-    epochs_per_batch: int = Field(2, ge=1)
-    positive_threshold: float = Field(4.0, description="Ratings >= this are positives")
-    num_threads: int = Field(1, ge=1)
-    seed: int = 42
+    # --- Model (defaults: models.config.ModelConfig; see model_config_of) --------------
+    loss: str = Field(_MODEL.loss, pattern=f"^({'|'.join(LOSSES)})$")
+    no_components: int = Field(_MODEL.no_components, ge=1)
+    learning_rate: float = Field(_MODEL.learning_rate, gt=0)
+    max_sampled: int = Field(_MODEL.max_sampled, ge=1, description="WARP negatives per positive")
+    epochs_per_batch: int = Field(_MODEL.epochs_per_batch, ge=1)
+    positive_threshold: float = Field(
+        _MODEL.positive_threshold, ge=0, le=5, description="Ratings >= this are positives"
+    )
+    num_threads: int = Field(_MODEL.num_threads, ge=1)
+    seed: int = Field(_MODEL.seed, ge=0)
+    consolidate_every: int = Field(
+        _MODEL.consolidate_every,
+        ge=0,
+        description="Retrain on the window after this many streamed events (0: never)",
+    )
+    consolidate_epochs: int = Field(
+        _MODEL.consolidate_epochs,
+        ge=1,
+        description="Epochs of a consolidation, and of the offline bootstrap (streamrec train)",
+    )
+    consolidation_window: int = Field(
+        _MODEL.consolidation_window, ge=0, description="Recent events a consolidation retrains on"
+    )
+    blend_neighbours: int = Field(
+        _MODEL.blend_neighbours, ge=0, description="Item-kNN neighbours kept per item (0: no blend)"
+    )
+    blend_weight: float = Field(
+        _MODEL.blend_weight, ge=0, description="Weight of item-kNN scores blended into the model's"
+    )
 
     # --- Agents ------------------------------------------------------------------------
     batch_max: int = Field(
@@ -203,6 +245,14 @@ SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
 )
 """Settings whose values are never printed, logged or shown (their SecretStr fields)."""
+
+
+def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:
+    """The ModelConfig the settings choose: the trainer and ``streamrec train`` both build
+    theirs here, so the offline bootstrap trains the model the service continues."""
+    values = {name: getattr(settings, name) for name in MODEL_FIELDS}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelConfig(**values)
 
 
 class SettingsError(click.ClickException):

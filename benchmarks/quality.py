@@ -54,8 +54,13 @@ def offline_rows(
         truth = positives_by_user(test, threshold)
         view = None
         for loss in ("warp", "bpr"):
-            config = ModelConfig(
-                loss=loss, no_components=components, positive_threshold=threshold, seed=seed
+            config = ModelConfig(  # LightFM's max_sampled and no blending: the wrapper vs
+                loss=loss,  # plain LightFM (benchmarks.quality_service measures the defaults)
+                no_components=components,
+                positive_threshold=threshold,
+                seed=seed,
+                max_sampled=10,
+                blend_neighbours=0,
             )
             model = IncrementalModel(config)
             started = time.perf_counter()

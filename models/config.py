@@ -21,6 +21,14 @@ class ModelConfig:
     ``dedupe_memory``: how many recent event ids are remembered to drop redelivered events.
     ``initial_capacity``: first allocation of user/item rows (grows by doubling; it never
     changes results, only how often the arrays are reallocated).
+
+    Consolidation (``models.consolidation``): after every ``consolidate_every`` events
+    applied by streaming micro-batches (0: never), the model is retrained from scratch for
+    ``consolidate_epochs`` epochs on the last ``consolidation_window`` events, as a batch
+    job would, and the result replaces the micro-batch state. Each consolidation (and each
+    offline batch) also rebuilds the item-kNN neighbours of the window's positives, the
+    ``blend_neighbours`` most similar items per item (0: no blending), that the scoring view
+    blends in with ``blend_weight`` for requests that bring the user's rated items.
     """
 
     no_components: int = 32
@@ -31,7 +39,7 @@ class ModelConfig:
     epsilon: float = 1e-6
     item_alpha: float = 0.0
     user_alpha: float = 0.0
-    max_sampled: int = 10
+    max_sampled: int = 30
     kos_k: int = 5
     kos_n: int = 10
     epochs_per_batch: int = 2
@@ -42,6 +50,11 @@ class ModelConfig:
     popularity_half_life_seconds: float = 7 * 24 * 3600.0
     dedupe_memory: int = 100_000
     initial_capacity: int = 1024
+    consolidate_every: int = 10_000
+    consolidate_epochs: int = 20
+    consolidation_window: int = 1_000_000
+    blend_neighbours: int = 300
+    blend_weight: float = 0.5
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -61,12 +74,24 @@ class ModelConfig:
             yield f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"
         if self.learning_schedule not in SCHEDULES:
             yield f"learning_schedule must be one of {', '.join(SCHEDULES)}"
-        for name in ("no_components", "max_sampled", "kos_k", "kos_n", "epochs_per_batch"):
+        for name in (
+            "no_components",
+            "max_sampled",
+            "kos_k",
+            "kos_n",
+            "epochs_per_batch",
+            "consolidate_epochs",
+        ):
             if getattr(self, name) < 1:
                 yield f"{name} must be >= 1"
         for name in ("num_threads", "dedupe_memory", "initial_capacity"):
             if getattr(self, name) < 1:
                 yield f"{name} must be >= 1"
+        for name in ("consolidate_every", "consolidation_window", "blend_neighbours"):
+            if getattr(self, name) < 0:
+                yield f"{name} must be >= 0"
+        if self.blend_weight < 0:
+            yield "blend_weight must be >= 0"
         if self.learning_rate <= 0:
             yield "learning_rate must be > 0"
         if not 0 < self.rho < 1:

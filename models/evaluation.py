@@ -96,7 +96,8 @@ def evaluate(
 ) -> Metrics:
     """Rank every known item for each test user and score the top ``k`` against ``test``.
 
-    ``train``: each user's training items, excluded when ``exclude_train``.
+    ``train``: each user's training items, excluded when ``exclude_train``, and the
+    history the view blends with (as the scorer blends with the user's seen items).
     ``popularity=True`` ranks every user by popularity (the baseline).
     """
     if k < 1:
@@ -115,6 +116,9 @@ def evaluate(
         if warm:
             positions, model_rows = zip(*warm, strict=True)
             scores[list(positions)] = view.score_rows(np.asarray(model_rows, dtype=np.int64))
+            if train is not None:
+                for j in positions:
+                    view.blend(scores[j], view.item_rows(train.get(users[part[j]], ())))
         positives = []
         for j, i in enumerate(part):
             user_test = test[users[i]]
@@ -128,13 +132,7 @@ def evaluate(
         )
         for j, (idx, _) in enumerate(top_k_rows(scores, k)):
             wanted, total = positives[j]
-            hit_ranks = np.flatnonzero(np.isin(idx, wanted))
-            hits = len(hit_ranks)
-            ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, total)))
-            sums[0] += hits / k
-            sums[1] += hits / total
-            sums[2] += float(np.sum(1.0 / np.log2(hit_ranks + 2))) / ideal
-            sums[3] += hits > 0
+            sums[:4] += _at_k(np.flatnonzero(np.isin(idx, wanted)), total, k)
     n = max(1, len(users))
     return Metrics(
         k=k,
@@ -147,6 +145,40 @@ def evaluate(
         hit_rate=float(sums[3] / n),
         auc=float(sums[4] / n),
     )
+
+
+def _at_k(hit_ranks: np.ndarray, total: int, k: int) -> np.ndarray:
+    """(precision, recall, NDCG, hit) @k of one ranked list: ``hit_ranks`` are the 0-based
+    ranks of its hits, ``total`` the user's number of test positives."""
+    hits = len(hit_ranks)
+    ideal = sum(1.0 / math.log2(r + 2) for r in range(min(k, total)))
+    ndcg = float(np.sum(1.0 / np.log2(hit_ranks + 2))) / ideal
+    return np.array([hits / k, hits / total, ndcg, float(hits > 0)])
+
+
+def ranking_metrics(
+    recommended: Mapping[str, Sequence[str]],
+    test: Mapping[str, Collection[str]],
+    k: int = 10,
+) -> dict[str, float]:
+    """P@k, R@k, NDCG@k and HR@k of ranked item lists (e.g. the service's replies),
+    averaged over the users with a test positive, as :func:`evaluate` counts them; a user
+    with no list counts as all misses. Only the first ``k`` items of a list count."""
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    users = [u for u, items in test.items() if items]
+    sums = np.zeros(4)
+    for user in users:
+        wanted = test[user]
+        ranked = list(recommended.get(user, ()))[:k]
+        hit_ranks = np.array([r for r, item in enumerate(ranked) if item in wanted], dtype=int)
+        sums += _at_k(hit_ranks, len(wanted), k)
+    n = max(1, len(users))
+    names = ("precision", "recall", "ndcg", "hit_rate")
+    return {
+        "users": len(users),
+        **{name: float(v / n) for name, v in zip(names, sums, strict=True)},
+    }
 
 
 def _auc(scores: np.ndarray, wanted: np.ndarray, total: int) -> float:
@@ -225,7 +257,8 @@ def positive_hits(
             for u in users
         ]
     else:
-        recs = view.recommend_many(users, k, [excluded[u] for u in users] if excluded else None)
+        lists = [excluded[u] for u in users] if excluded else None
+        recs = view.recommend_many(users, k, lists, histories=lists)
     top = {r.user: ({s.item for s in r.items}, r.source == "model") for r in recs}
     return [(e.item in top[e.user][0], top[e.user][1]) for e in trials]
 

@@ -24,11 +24,15 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   (warp, bpr, warp-kos) only positives are trained; for ``logistic`` the others are
   trained as negatives (label -1), which is what that loss is for;
 * a batch that makes any parameter non-finite is rolled back completely (arrays, ids)
-  and raises :class:`NonFiniteModel`; nothing non-finite is ever published.
+  and raises :class:`NonFiniteModel`; nothing non-finite is ever published;
+* every applied event joins the consolidation window (:mod:`models.consolidation`); a
+  streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
+  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`.
 
 Known limitation: WARP/BPR only know this batch's positives when sampling negatives, so an
 item a user liked in an earlier batch can be drawn as a negative for them (rarely: about
-positives/items per sample).
+positives/items per sample). Consolidation trains on the whole window at once, so there
+every positive of the window is known.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import scipy.sparse as sp
 from lightfm import LightFM
 
 from models.config import ModelConfig
+from models.consolidation import InteractionWindow, item_neighbours
 from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import Rating
 from models.idmap import IdMap
@@ -54,6 +59,7 @@ _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "mo
 
 # Random streams derived from (seed, version, stream).
 _FIT_STREAM, _USER_INIT_STREAM, _ITEM_INIT_STREAM = 0, 1, 2
+_CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
 
 
 class NonFiniteModel(RuntimeError):
@@ -75,6 +81,7 @@ class BatchResult:
     n_users: int
     n_items: int
     seconds: float
+    consolidated: bool = False  # the batch ended with a consolidation (retrain on the window)
 
 
 def derive_seed(seed: int, version: int, stream: int) -> int:
@@ -106,6 +113,10 @@ class IncrementalModel:
         self._popularity = np.zeros(0, dtype=np.float64)
         self._popularity_ts: float | None = None
         self._user_positives = np.zeros(0, dtype=np.int64)
+        self._window = InteractionWindow(config.consolidation_window)
+        self.since_consolidation = 0
+        """Events applied since the last consolidation (or since the start)."""
+        self._neighbours: sp.csr_matrix | None = None
         # Exact applied-event counts per user/item (any rating): what crash tests count.
         self._user_events = np.zeros(0, dtype=np.int64)
         self._item_events = np.zeros(0, dtype=np.int64)
@@ -185,9 +196,11 @@ class IncrementalModel:
         ``fit_partial`` releases the GIL, so call it via ``asyncio.to_thread``.
 
         ``epochs`` overrides ``config.epochs_per_batch`` (the offline job trains one big
-        batch for N epochs); ``on_epoch(done)`` is called after each epoch (progress bars).
+        batch for N epochs, and such a batch never triggers a consolidation: it is one);
+        ``on_epoch(done)`` is called after each epoch (progress bars).
         """
         started = time.perf_counter()
+        streaming = epochs is None
         epochs = self.config.epochs_per_batch if epochs is None else epochs
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
@@ -223,8 +236,15 @@ class IncrementalModel:
         self._dirty_items.append(changed_items)
         self._dirty_popularity.append(item_idx)
         self._remember(fresh)
+        self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
+        consolidated = False
+        if streaming:
+            self.since_consolidation += len(fresh)
+            consolidated = self.consolidation_due() and self.consolidate()
+        else:
+            self._refresh_neighbours(*self._window_interactions()[:3])
         return self._result(
             events,
             duplicates,
@@ -234,7 +254,91 @@ class IncrementalModel:
             self.n_users - n_users0,
             self.n_items - n_items0,
             started,
+            consolidated,
         )
+
+    # --- consolidation -------------------------------------------------------------------
+    @property
+    def window_size(self) -> int:
+        """Events in the consolidation window."""
+        return len(self._window)
+
+    def consolidation_due(self) -> bool:
+        """``consolidate_every`` streamed events since the last consolidation, and a window
+        that holds the whole history or is full. (A model restored from a snapshot without
+        a window must not be retrained on its few newest events alone.)"""
+        every, window = self.config.consolidate_every, self._window
+        return (
+            every > 0
+            and window.capacity > 0
+            and self.since_consolidation >= every
+            and len(window) >= min(window.capacity, self.trained_events)
+        )
+
+    def consolidate(self, epochs: int | None = None) -> bool:
+        """Retrain from scratch on the window for ``epochs`` (default ``consolidate_epochs``)
+        and swap the result in: every row is re-initialised (LightFM's init, a random stream
+        of its own) and trained on all the window's interactions at once, as one batch fit.
+        Users and items with no positive in the window keep fresh rows (and users go back to
+        popularity). Ids, popularity, dedupe memory and the version are unchanged.
+
+        Returns False, leaving the model as it was, if the window is empty or the retrain
+        went non-finite. Blocking and CPU-bound, like :meth:`train_batch`.
+        """
+        self.since_consolidation = 0
+        if not len(self._window):
+            return False
+        rows, cols, labels, weights = self._window_interactions()
+        lfm = self._lfm
+        before = {name: getattr(lfm, name) for name in STATE_ARRAYS}
+        for side, n in (("user", self.n_users), ("item", self.n_items)):
+            self._reallocate(side, 0, len(getattr(lfm, f"{side}_biases")))
+            self._random.seed(derive_seed(self.config.seed, self.version, _CONSOLIDATE[side]))
+            self._init_rows(side, 0, n, self._random)
+        epochs = self.config.consolidate_epochs if epochs is None else epochs
+        try:
+            if len(rows):
+                self._fit(
+                    self.version, rows, cols, labels, weights, epochs, None, 0, _CONSOLIDATE["fit"]
+                )
+        except BaseException as exc:
+            for name, array in before.items():
+                setattr(lfm, name, array)
+            if isinstance(exc, NonFiniteModel):
+                return False
+            raise
+        positives = np.zeros(self.capacity[0], dtype=np.int64)
+        np.add.at(positives, rows[labels > 0], 1)
+        self._user_positives = positives
+        # Every row changed: the next delta carries the whole model (models.delta).
+        self._dirty_users.append(np.arange(self.n_users, dtype=np.int64))
+        self._dirty_items.append(np.arange(self.n_items, dtype=np.int64))
+        self._refresh_neighbours(rows, cols, labels)
+        return True
+
+    def _window_interactions(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`_interactions` of the whole window (the latest rating of a pair counts)."""
+        window = self._window.arrays()
+        return self._interactions(
+            window["users"].astype(np.int64),
+            window["items"].astype(np.int64),
+            window["ratings"].astype(np.float64),
+            window["stamps"],
+        )
+
+    def _refresh_neighbours(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> None:
+        """Rebuild the item-kNN neighbours for blending from these interactions' positives."""
+        if self.config.blend_neighbours < 1:
+            return
+        positive = labels > 0
+        neighbours = item_neighbours(
+            rows[positive], cols[positive], self.n_users, self.n_items, self.config.blend_neighbours
+        )
+        for array in (neighbours.data, neighbours.indices, neighbours.indptr):
+            array.flags.writeable = False
+        self._neighbours = neighbours
 
     def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         seen = self._recent_set
@@ -290,6 +394,7 @@ class IncrementalModel:
         epochs: int,
         on_epoch: Callable[[int], None] | None,
         n_users0: int,
+        stream: int = _FIT_STREAM,
     ) -> np.ndarray:
         n_users, n_items = self.n_users, self.n_items
         cap_users, cap_items = self.capacity
@@ -301,7 +406,7 @@ class IncrementalModel:
         item_features = _identity(n_items, cap_items)
         backup = self._backup(rows, n_users0)
         lfm = self._lfm
-        self._random.seed(derive_seed(self.config.seed, version, _FIT_STREAM))
+        self._random.seed(derive_seed(self.config.seed, version, stream))
         lfm.random_state = self._random
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
@@ -442,6 +547,7 @@ class IncrementalModel:
         new_users: int,
         new_items: int,
         started: float,
+        consolidated: bool = False,
     ) -> BatchResult:
         return BatchResult(
             version=self.version,
@@ -455,6 +561,7 @@ class IncrementalModel:
             n_users=self.n_users,
             n_items=self.n_items,
             seconds=time.perf_counter() - started,
+            consolidated=consolidated,
         )
 
     def event_counts(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -539,6 +646,9 @@ class IncrementalModel:
                 self._view, delta = self.full_view(), None
         else:  # the first view (or one after take_delta was called directly): build whole
             self._view = self.full_view()
+        if self._neighbours is not None and not self._view.blends_with(self._neighbours):
+            # rebuilt by a consolidation or an offline batch (deltas carry rows only)
+            self._view = self._view.with_neighbours(self._neighbours, self.config.blend_weight)
         self.last_delta = delta
         return self._view
 
@@ -568,6 +678,8 @@ class IncrementalModel:
                 "popularity": self._popularity,
             },
             popularity_ts=self._popularity_ts,
+            neighbours=self._neighbours,  # immutable, replaced whole: shared, not copied
+            blend_weight=self.config.blend_weight,
         )
 
     # --- snapshots ---------------------------------------------------------------------
@@ -589,6 +701,9 @@ class IncrementalModel:
                 item_ids=self.items.ids(),
                 recent_event_ids=list(self._recent),
                 arrays=arrays,
+                window=self._window.arrays(),
+                since_consolidation=self.since_consolidation,
+                neighbours=self._neighbours,
                 chain=self._chain(),
             )
         )
@@ -606,6 +721,11 @@ class IncrementalModel:
         model._popularity_ts = state.popularity_ts
         model._recent = deque(state.recent_event_ids)
         model._recent_set = set(state.recent_event_ids)
+        model._window = InteractionWindow.from_arrays(
+            model.config.consolidation_window, state.window
+        )
+        model.since_consolidation = state.since_consolidation
+        model._neighbours = state.neighbours
         for side, n in (("user", model.n_users), ("item", model.n_items)):
             capacity = max(model.config.initial_capacity, 1)
             while capacity < n:

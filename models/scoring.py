@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.blocks import RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
@@ -52,6 +53,11 @@ class ScoringView:
     Users who are unknown or have no trained positives get the popularity ranking
     (recency-decayed rating counts), because their embedding is still the random init.
 
+    Blending (``neighbours``, from the last consolidation): when a request brings the
+    user's ``history`` (the items they rated), the model's scores and the item-kNN scores
+    of that history (the sum of each history item's neighbour similarities) are each
+    standardised over all items and added, the kNN side weighted by ``blend_weight``.
+    Items newer than the neighbour matrix have no neighbours (kNN score 0).
     User arrays (the big ones) are :class:`models.blocks.RowBlocks`, item arrays plain
     read-only arrays; the id maps are append-only and shared with the views built from
     this one, each reading only its own first ``n`` ids. :meth:`with_delta` makes the next
@@ -59,12 +65,14 @@ class ScoringView:
     """
 
     __slots__ = (
+        "_blend_weight",
         "_item_biases",
         "_item_embeddings",
         "_items",
         "_k",
         "_n_items",
         "_n_users",
+        "_neighbours",
         "_pop_order",
         "_popularity",
         "_user_rows",
@@ -88,6 +96,8 @@ class ScoringView:
         popularity: np.ndarray,
         user_positives: np.ndarray,
         popularity_ts: float | None = None,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
     ) -> None:
         n_users, n_items = len(user_ids), len(item_ids)
         shapes = {
@@ -116,6 +126,8 @@ class ScoringView:
             item_biases=item_biases,
             popularity=popularity,
             popularity_ts=popularity_ts,
+            neighbours=neighbours,
+            blend_weight=blend_weight,
         )
 
     def _init(
@@ -132,6 +144,8 @@ class ScoringView:
         item_biases: np.ndarray,
         popularity: np.ndarray,
         popularity_ts: float | None,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
     ) -> None:
         self.version = version
         self._users, self._n_users = users, n_users
@@ -143,6 +157,19 @@ class ScoringView:
         self._popularity = _frozen(popularity)
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
+        self._init_neighbours(neighbours, blend_weight)
+
+    def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
+        if neighbours is not None:
+            m = neighbours.shape[0]
+            if neighbours.shape != (m, m) or m > self._n_items:
+                raise ValueError(
+                    f"neighbours has shape {neighbours.shape}, expected <= {self._n_items}"
+                )
+            if blend_weight <= 0 or not neighbours.nnz:
+                neighbours = None
+        self._neighbours = neighbours  # shared between views: never mutated
+        self._blend_weight = float(blend_weight)
 
     @classmethod
     def _from_parts(cls, **parts: Any) -> ScoringView:
@@ -159,9 +186,12 @@ class ScoringView:
         items: IdMap,
         arrays: Mapping[str, np.ndarray],
         popularity_ts: float | None,
+        neighbours: sp.csr_matrix | None = None,
+        blend_weight: float = 0.0,
     ) -> ScoringView:
         """A view over the first ``len(users)``/``len(items)`` rows of ``arrays``
-        (embeddings, biases, popularity, user_positives); the maps are shared, not copied."""
+        (embeddings, biases, popularity, user_positives); the maps are shared, not copied.
+        ``neighbours``/``blend_weight``: for blending (see the class docstring)."""
         n_users, n_items = len(users), len(items)
         return cls._from_parts(
             version=version,
@@ -181,6 +211,8 @@ class ScoringView:
             item_biases=np.array(arrays["item_biases"][:n_items]),
             popularity=np.array(arrays["popularity"][:n_items]),
             popularity_ts=popularity_ts,
+            neighbours=neighbours,
+            blend_weight=blend_weight,
         )
 
     @classmethod
@@ -240,7 +272,21 @@ class ScoringView:
             item_biases=item_biases,
             popularity=popularity,
             popularity_ts=delta.popularity_ts,
+            neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
+            blend_weight=self._blend_weight,
         )
+
+    def with_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> ScoringView:
+        """This view (sharing every array) with other blending neighbours."""
+        view = ScoringView.__new__(ScoringView)
+        for name in ScoringView.__slots__:
+            object.__setattr__(view, name, getattr(self, name))
+        view._init_neighbours(neighbours, blend_weight)
+        return view
+
+    def blends_with(self, neighbours: sp.csr_matrix | None) -> bool:
+        """Whether this view's blending neighbours are ``neighbours`` (the same object)."""
+        return self._neighbours is neighbours
 
     def scoring_arrays(self) -> dict[str, np.ndarray]:
         """The view's arrays as plain arrays (tests, benchmarks)."""
@@ -313,13 +359,45 @@ class ScoringView:
         scores += users[:, dim, None]
         return scores
 
+    def blend(self, scores: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """``scores`` (one user's model scores over every item) blended in place with the
+        item-kNN scores of ``history`` (item rows, from :meth:`item_rows`); unchanged when
+        there is nothing to blend (no neighbours, or none for this history)."""
+        if self._neighbours is None or not len(history):
+            return scores
+        known = history[history < self._neighbours.shape[0]]
+        if not len(known):
+            return scores
+        indptr = self._neighbours.indptr
+        lengths = indptr[known + 1] - indptr[known]
+        total = int(lengths.sum())
+        if not total:
+            return scores
+        # the positions of every neighbour entry of the history rows, gathered at once
+        at = np.repeat(indptr[known] - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        knn = np.bincount(
+            self._neighbours.indices[at], self._neighbours.data[at], minlength=len(scores)
+        ).astype(np.float32)
+        spread = float(knn.std())
+        if spread == 0.0:
+            return scores
+        scores -= scores.mean()
+        scores /= max(float(scores.std()), 1e-12)
+        knn -= knn.mean()
+        knn *= self._blend_weight / spread
+        scores += knn
+        return scores
+
     def popularity_scores(self) -> np.ndarray:
         """Recency-decayed counts per item (read-only, float64)."""
         return self._popularity
 
     # --- recommendations ---------------------------------------------------------------
-    def recommend(self, user: str, k: int = 10, exclude: Iterable[str] = ()) -> Recommendation:
-        """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users."""
+    def recommend(
+        self, user: str, k: int = 10, exclude: Iterable[str] = (), history: Iterable[str] = ()
+    ) -> Recommendation:
+        """Top ``k`` items for ``user``, never one in ``exclude``; popularity for cold users.
+        ``history``: the items the user rated, for blending (see the class docstring)."""
         _check_k(k)
         row = self.model_row(user)
         excluded = (
@@ -331,6 +409,8 @@ class ScoringView:
         scores = self._item_embeddings @ vector[:dim]
         scores += self._item_biases
         scores += vector[dim]
+        if self._neighbours is not None:
+            self.blend(scores, self.item_rows(history))
         return Recommendation(user, self._top_k(scores, k, excluded), self.version, "model")
 
     def recommend_many(
@@ -338,24 +418,36 @@ class ScoringView:
         users: Sequence[str],
         k: int = 10,
         excludes: Sequence[Iterable[str]] | None = None,
+        histories: Sequence[Iterable[str]] | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for many users with one matmul per chunk of users."""
         _check_k(k)
         if excludes is not None and len(excludes) != len(users):
             raise ValueError(f"{len(excludes)} exclude sets for {len(users)} users")
+        if histories is not None and len(histories) != len(users):
+            raise ValueError(f"{len(histories)} histories for {len(users)} users")
         rows = [self.item_rows(e) for e in excludes] if excludes else [_EMPTY] * len(users)
-        return self.recommend_batch(users, [k] * len(users), rows)
+        history_rows = [self.item_rows(h) for h in histories] if histories is not None else None
+        return self.recommend_batch(users, [k] * len(users), rows, history_rows)
 
     def recommend_batch(
-        self, users: Sequence[str], ks: Sequence[int], exclude_rows: Sequence[np.ndarray]
+        self,
+        users: Sequence[str],
+        ks: Sequence[int],
+        exclude_rows: Sequence[np.ndarray],
+        history_rows: Sequence[np.ndarray] | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for a batch of requests: one matmul per chunk of warm users,
         each request with its own ``k`` and its own excluded item *rows* (dense indices of
-        this view, e.g. from :meth:`models.seen.ItemHashIndex.rows`)."""
+        this view, e.g. from :meth:`models.seen.ItemHashIndex.rows`), and optionally the
+        rows of each user's history to blend with (see the class docstring)."""
         if not len(users) == len(ks) == len(exclude_rows):
             raise ValueError(f"{len(users)} users, {len(ks)} ks, {len(exclude_rows)} excludes")
+        if history_rows is not None and len(history_rows) != len(users):
+            raise ValueError(f"{len(history_rows)} histories for {len(users)} users")
         for k in ks:
             _check_k(k)
+        blend = self._neighbours is not None and history_rows is not None
         results: list[Recommendation | None] = [None] * len(users)
         warm: list[int] = []
         rows: list[int] = []
@@ -372,6 +464,9 @@ class ScoringView:
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
+            if blend:
+                for r, pos in enumerate(positions):
+                    self.blend(scores[r], history_rows[pos])
             masks = [exclude_rows[pos] for pos in positions]
             if any(len(m) for m in masks):
                 flat = np.concatenate([m + r * n for r, m in enumerate(masks)])

@@ -18,13 +18,16 @@ import json
 import math
 import platform
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from models.config import ModelConfig
+from models.consolidation import DTYPES as WINDOW_DTYPES
+from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.idmap import IdMap, decode_strings, encode_strings
 from models.scoring import ScoringView
 
@@ -41,6 +44,14 @@ PARTS = (
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 """The twelve LightFM arrays: the training state that must always grow together."""
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
+_WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
+"""The consolidation window's arrays; optional (snapshots written before it have none)."""
+_NEIGHBOUR_ENTRIES = {
+    "neighbours_data": np.dtype(np.float32),
+    "neighbours_indices": np.dtype(np.int32),
+    "neighbours_indptr": np.dtype(np.int64),
+}
+"""The item-kNN neighbours for blending, as CSR arrays; optional, like the window."""
 EVENT_COUNTS = ("user_events", "item_events")
 """Exact applied-event counts per user and per item (int64). Optional on read: snapshots
 written before they existed load with the counts starting from zero."""
@@ -98,6 +109,9 @@ class SnapshotState:
     recent_event_ids: list[str]
     arrays: dict[str, np.ndarray]  # the twelve LightFM arrays, popularity, user_positives
     # (and, when present, the EVENT_COUNTS)
+    window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
+    since_consolidation: int = 0
+    neighbours: sp.csr_matrix | None = None  # models.consolidation.item_neighbours
     chain: dict[str, Any] | None = None
     """Where the state sits in the delta chain: ``{"lineage", "version", "offset"}`` (the
     lineage's last delta version and the delta topic's next offset), None if unknown."""
@@ -124,10 +138,17 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
         "n_items": len(state.item_ids),
         "config": state.config.to_dict(),
         "popularity_ts": state.popularity_ts,
+        "since_consolidation": state.since_consolidation,
     }
     if state.chain is not None:
         meta["delta_chain"] = dict(state.chain)
     entries = dict(state.arrays)
+    if state.window:  # {}: no window (as in snapshots written before consolidation)
+        entries.update({entry: state.window[name] for entry, name in _WINDOW_ENTRIES.items()})
+    if state.neighbours is not None:
+        for entry, dtype in _NEIGHBOUR_ENTRIES.items():  # scipy may narrow indptr to int32
+            part = getattr(state.neighbours, entry.removeprefix("neighbours_"))
+            entries[entry] = np.asarray(part, dtype=dtype)
     for name in _ID_LISTS:
         blob, offsets = encode_strings(getattr(state, name))
         entries[f"{name}_blob"] = blob
@@ -143,7 +164,7 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
                 )
     payload = buffer.getvalue()
     manifest = {
-        **{k: v for k, v in meta.items() if k != "popularity_ts"},
+        **{k: v for k, v in meta.items() if k not in ("popularity_ts", "since_consolidation")},
         "sha256": hashlib.sha256(payload).hexdigest(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "library_versions": library_versions(),
@@ -154,7 +175,9 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
 
 def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
     """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason."""
-    meta, config, ids, arrays = _decode(payload, manifest, _ALL_ARRAYS, _ID_LISTS)
+    meta, config, ids, arrays, extra = _decode(
+        payload, manifest, _ALL_ARRAYS, _ID_LISTS, window=True, neighbours=True
+    )
     for side in SIDES:
         for part in ("embedding_gradients", "bias_gradients"):
             name = f"{side}_{part}"
@@ -173,6 +196,9 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
         recent_event_ids=ids["recent_event_ids"],
         arrays=arrays,
         chain=meta.get("delta_chain"),
+        window=extra["window"],
+        since_consolidation=extra["since_consolidation"],
+        neighbours=extra["neighbours"],
     )
 
 
@@ -187,12 +213,15 @@ class ScoringSnapshot:
     item_ids: list[str]
     arrays: dict[str, np.ndarray]  # SCORING_ARRAYS
     chain: dict[str, Any] | None
+    neighbours: sp.csr_matrix | None = None  # for blending
 
 
 def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
     :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
-    meta, config, ids, arrays = _decode(payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"))
+    meta, config, ids, arrays, extra = _decode(
+        payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"), neighbours=True
+    )
     return ScoringSnapshot(
         version=meta["version"],
         config=config,
@@ -201,6 +230,7 @@ def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
         item_ids=ids["item_ids"],
         arrays=arrays,
         chain=meta.get("delta_chain"),
+        neighbours=extra["neighbours"],
     )
 
 
@@ -216,14 +246,25 @@ def load_scoring_view(
         items=IdMap(snap.item_ids),
         arrays=snap.arrays,
         popularity_ts=snap.popularity_ts,
+        neighbours=snap.neighbours,
+        blend_weight=snap.config.blend_weight,
     )
     return view, snap.chain
 
 
 def _decode(
-    payload: bytes, manifest: dict[str, Any], names: tuple[str, ...], id_lists: tuple[str, ...]
-) -> tuple[dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray]]:
-    """The checks every load shares, reading only the entries ``names`` and ``id_lists``."""
+    payload: bytes,
+    manifest: dict[str, Any],
+    names: tuple[str, ...],
+    id_lists: tuple[str, ...],
+    *,
+    window: bool = False,
+    neighbours: bool = False,
+) -> tuple[
+    dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
+]:
+    """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
+    and (into the last dict) the consolidation ``window`` and the blending ``neighbours``."""
     _check_manifest(manifest)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != manifest["sha256"]:
@@ -231,6 +272,8 @@ def _decode(
             f"checksum mismatch: payload sha256 {digest}, manifest {manifest['sha256']}"
         )
     wanted = {"meta", *names, *(f"{n}_{s}" for n in id_lists for s in ("blob", "offsets"))}
+    wanted |= set(_WINDOW_ENTRIES) if window else set()
+    wanted |= set(_NEIGHBOUR_ENTRIES) if neighbours else set()
     entries = _read_entries(payload, wanted)
     meta = _read_meta(entries.pop("meta"))
     for key in _MIRRORED:
@@ -291,7 +334,16 @@ def _decode(
         raise SnapshotError("popularity and user_positives must be >= 0")
     if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
         raise SnapshotError("user_events and item_events must be >= 0")
-    return meta, config, ids, arrays
+    extra: dict[str, Any] = {}
+    if window:
+        extra["window"] = _check_window(entries, n)
+        since = meta.get("since_consolidation", 0)
+        if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+            raise SnapshotError("since_consolidation must be an int >= 0")
+        extra["since_consolidation"] = since
+    if neighbours:
+        extra["neighbours"] = _check_neighbours(entries, n["item"])
+    return meta, config, ids, arrays, extra
 
 
 def _check_chain(chain: Any) -> None:
@@ -308,6 +360,64 @@ def _check_chain(chain: Any) -> None:
     )
     if not ok:
         raise SnapshotError("delta_chain must be {lineage: str, version: int, offset: int|null}")
+
+
+def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
+    """The blending neighbours: all three CSR arrays or none (no neighbours)."""
+    present = [entry for entry in _NEIGHBOUR_ENTRIES if entry in entries]
+    if not present:
+        return None
+    if len(present) != len(_NEIGHBOUR_ENTRIES):
+        raise SnapshotError(f"neighbours incomplete: only {sorted(present)}")
+    for entry, dtype in _NEIGHBOUR_ENTRIES.items():
+        if entries[entry].dtype != dtype or entries[entry].ndim != 1:
+            raise SnapshotError(f"{entry} must be 1-d {dtype}, got {entries[entry].dtype}")
+    data, indices, indptr = (entries[entry] for entry in _NEIGHBOUR_ENTRIES)
+    m = len(indptr) - 1
+    if not 0 <= m <= n_items:
+        raise SnapshotError(f"neighbours has {m} rows, expected 0..{n_items}")
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or indptr[-1] != len(indices):
+        raise SnapshotError("neighbours_indptr is not a valid CSR row index")
+    if len(data) != len(indices):
+        raise SnapshotError("neighbours_data and neighbours_indices differ in length")
+    if len(indices) and (indices.min() < 0 or indices.max() >= m):
+        raise SnapshotError(f"neighbours_indices has a column outside 0..{m - 1}")
+    if not np.isfinite(data).all():
+        raise SnapshotError("neighbours_data contains NaN or infinite values")
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(m, m))
+    for array in (matrix.data, matrix.indices, matrix.indptr):
+        array.flags.writeable = False
+    return matrix
+
+
+def _check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str, np.ndarray]:
+    """The consolidation window: all four arrays or none (an older snapshot: empty)."""
+    present = [entry for entry in _WINDOW_ENTRIES if entry in entries]
+    if not present:
+        return {name: np.zeros(0, dtype=WINDOW_DTYPES[name]) for name in WINDOW_FIELDS}
+    if len(present) != len(_WINDOW_ENTRIES):
+        raise SnapshotError(f"consolidation window incomplete: only {sorted(present)}")
+    window = {name: entries[entry] for entry, name in _WINDOW_ENTRIES.items()}
+    lengths = set()
+    for name, array in window.items():
+        if array.dtype != WINDOW_DTYPES[name] or array.ndim != 1:
+            raise SnapshotError(
+                f"window_{name} must be 1-d {np.dtype(WINDOW_DTYPES[name])}, got "
+                f"{array.ndim}-d {array.dtype}"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise SnapshotError(f"window_{name} contains NaN or infinite values")
+        lengths.add(len(array))
+    if len(lengths) != 1:
+        raise SnapshotError("window arrays differ in length")
+    for side in SIDES:
+        rows = window[f"{side}s"]
+        if len(rows) and (rows.min() < 0 or rows.max() >= n[side]):
+            raise SnapshotError(f"window_{side}s has a row outside 0..{n[side] - 1}")
+    ratings = window["ratings"]
+    if len(ratings) and (ratings.min() < 0 or ratings.max() > 5):
+        raise SnapshotError("window_ratings must be between 0 and 5")
+    return window
 
 
 def _check_manifest(manifest: Any) -> None:
@@ -336,15 +446,16 @@ def _read_entries(payload: bytes, wanted: set[str]) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
+    optional = set(_WINDOW_ENTRIES) | set(_NEIGHBOUR_ENTRIES) | set(EVENT_COUNTS)
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             infos = archive.infolist()
             names = [info.filename.removesuffix(".npy") for info in infos]
             if len(set(names)) != len(names):
                 raise SnapshotError("payload has duplicate entries")
-            if not expected <= set(names) <= expected | set(EVENT_COUNTS):
+            if not expected <= set(names) <= expected | optional:
                 missing = sorted(expected - set(names))
-                extra = sorted(set(names) - expected - set(EVENT_COUNTS))
+                extra = sorted(set(names) - expected - optional)
                 raise SnapshotError(
                     f"payload entries differ: missing {missing}, unexpected {extra}"
                 )

@@ -79,7 +79,12 @@ def read_text_file(
     show_default=True,
     help="File format (auto detects it from the first line).",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: STREAMREC_CONSOLIDATE_EPOCHS (a bootstrap is the service's consolidation).",
+)
 @click.option(
     "--loss",
     type=click.Choice(["warp", "bpr", "logistic", "warp-kos"]),
@@ -123,7 +128,7 @@ def read_text_file(
 def train(
     ratings_file: Path,
     fmt: str,
-    epochs: int,
+    epochs: int | None,
     loss: str | None,
     components: int | None,
     threshold: float | None,
@@ -161,6 +166,8 @@ def train(
             click.echo(f"{streamed}; nothing to do (--skip-if-streamed)")
             return
         raise click.ClickException(f"{streamed}; not replacing it (use --force to roll it back)")
+    epochs = config.consolidate_epochs if epochs is None else epochs
+    asyncio.run(_check_store(url, settings))  # fail before training, not after
 
     ratings = read_ratings(ratings_file, fmt)
     if not ratings:
@@ -206,17 +213,16 @@ def _model_config(
     threshold: float | None,
     learning_rate: float | None,
 ):
-    from models.config import ModelConfig
+    """The service's model config (:func:`app.settings.model_config_of`), with the options."""
+    from app.settings import model_config_of
 
     try:
-        return ModelConfig(
-            loss=loss or settings.loss,
-            no_components=components or settings.no_components,
-            learning_rate=learning_rate or settings.learning_rate,
-            positive_threshold=settings.positive_threshold if threshold is None else threshold,
-            epochs_per_batch=settings.epochs_per_batch,
-            num_threads=settings.num_threads,
-            seed=settings.seed,
+        return model_config_of(
+            settings,
+            loss=loss,
+            no_components=components,
+            learning_rate=learning_rate,
+            positive_threshold=threshold,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

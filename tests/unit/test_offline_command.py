@@ -98,6 +98,32 @@ def test_bad_arguments_exit_non_zero(tmp_path):
     assert too_many.exit_code == 2 and "more than half" in too_many.output
 
 
+def test_the_offline_job_bootstraps_with_the_services_model_config(tmp_path, monkeypatch):
+    from app.settings import MODEL_FIELDS, Settings, get_settings, model_config_of
+    from models.config import ModelConfig
+
+    defaults = ModelConfig()
+    assert {name: getattr(Settings(), name) for name in MODEL_FIELDS} == {
+        name: getattr(defaults, name) for name in MODEL_FIELDS
+    }  # one place for the defaults: ModelConfig
+    monkeypatch.setenv("STREAMREC_MAX_SAMPLED", "17")
+    monkeypatch.setenv("STREAMREC_CONSOLIDATE_EPOCHS", "2")
+    get_settings.cache_clear()
+    try:
+        data = tmp_path / "demo.csv"
+        store = f"file://{tmp_path / 'store'}"
+        assert run("generate", str(data), "--ratings", "2000").exit_code == 0
+        result = run("train", str(data), "--json", "--out", store)
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        service = model_config_of(get_settings())
+    finally:
+        get_settings.cache_clear()
+    assert report["config"] == service.to_dict()
+    assert service.max_sampled == 17
+    assert report["epochs"] == 2  # the bootstrap trains like a consolidation
+
+
 def test_train_refuses_to_replace_a_model_that_streaming_trained(tmp_path):
     from app.settings import Settings
     from app.stores import write_current_snapshot

@@ -11,7 +11,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -123,13 +125,17 @@ def _launch(binary: str, profile: str, width: int, height: int) -> subprocess.Po
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
 @contextlib.asynccontextmanager
 async def chromium_page(binary: str, width: int = 1400, height: int = 1000) -> AsyncIterator[Page]:
     """A fresh headless Chromium (own profile, no sandbox: CI runs as root) and one tab."""
-    with tempfile.TemporaryDirectory(prefix="streamrec-chromium-") as profile:
+    # Chromium's helper processes may still be writing to the profile as it goes away.
+    with tempfile.TemporaryDirectory(
+        prefix="streamrec-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         proc = _launch(binary, profile, width, height)
         try:
             port = await _devtools_port(Path(profile), proc)
@@ -159,6 +165,8 @@ async def chromium_page(binary: str, width: int = 1400, height: int = 1000) -> A
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its helpers (own session, see _launch)
 
 
 async def _devtools_port(profile: Path, proc: subprocess.Popen[bytes]) -> int:

@@ -55,9 +55,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     worker = WorkerProcess("all", free_port(), tmp / "worker.log", env).start()
     try:
         worker.wait_ready(model=False)
-        # Publish only once the group has settled: ratings sent during the first assignment
-        # are not all seen by a consumer group that has no committed offsets yet.
-        wanted = {f"{settings.ratings_topic}:{p}" for p in range(settings.topic_partitions)}
+        # Publish only once the group has settled (the request partitions are Faust's; the
+        # ingest and the trainer read ratings themselves, from the same assignment).
+        wanted = {f"{settings.requests_topic}:{p}" for p in range(settings.topic_partitions)}
         wait_for(
             lambda: (
                 (body := worker.get("/health/")[1])
@@ -65,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 and wanted <= set(body["partitions"])
             ),
             timeout=60,
-            what="the worker to own every ratings partition",
+            what=lambda: f"the worker to own every request partition ({worker.get('/health/')})",
         )
         ratings = generate_ratings(USERS, ITEMS, RATINGS, GENRES, seed=5)
         # A steady stream: the trainer fits many micro-batches, each one a hit-rate point.

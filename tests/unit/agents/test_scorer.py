@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from agents.scorer import Scorer, reply_for
@@ -127,3 +128,20 @@ def test_item_index_follows_the_served_view(tiny_view):  # noqa: F811
     holder.publish(tiny_view)
     first = holder.item_index(tiny_view)
     assert holder.item_index(tiny_view) is first and len(first) == len(ITEMS)
+
+
+def test_replies_blend_with_the_seen_items_even_when_they_are_not_excluded():
+    import scipy.sparse as sp
+
+    from tests.unit.models.conftest import make_tiny_view
+
+    holder = ModelHolder()
+    neighbours = sp.csr_matrix(([1.0], ([1], [2])), shape=(3, 3), dtype=np.float32)  # b -> c
+    holder.publish(make_tiny_view(neighbours=neighbours, blend_weight=1.0))
+    seen = decode_row(remember(None, ["b"], 100))
+    plain = reply_for(RecRequest("r", "alice", 4, False, None), holder, decode_row(None))
+    assert [i.item for i in plain.items] == ["a", "b", "c", "d"]  # the model's order
+    blended = reply_for(RecRequest("r", "alice", 4, False, None), holder, seen)
+    assert [i.item for i in blended.items][:2] == ["c", "a"]  # c: the neighbour of seen b
+    excluded = reply_for(RecRequest("r", "alice", 4, True, None), holder, seen)
+    assert [i.item for i in excluded.items] == ["c", "a", "d"]

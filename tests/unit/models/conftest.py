@@ -26,10 +26,10 @@ def movielens() -> Path:
 ITEMS = ["a", "b", "c", "d"]
 
 
-@pytest.fixture
-def tiny_view() -> ScoringView:
+def make_tiny_view(**extra) -> ScoringView:
     """Two warm users, one cold user, four items with hand-picked scores:
-    alice: a=3, b=2, c=1, d=0   bob: d=4, c=3, b=2, a=1   (user bias 10 shifts all)."""
+    alice: a=3, b=2, c=1, d=0   bob: d=4, c=3, b=2, a=1   (user bias 10 shifts all).
+    ``extra``: more ScoringView arguments (neighbours, blend_weight)."""
     return ScoringView(
         version=7,
         user_ids=["alice", "bob", "carol"],
@@ -42,4 +42,11 @@ def tiny_view() -> ScoringView:
         item_biases=np.zeros(4, dtype=np.float32),
         popularity=np.array([1.0, 5.0, 5.0, 2.0]),
         user_positives=np.array([3, 2, 0], dtype=np.int64),
+        **extra,
     )
+
+
+@pytest.fixture
+def tiny_view() -> ScoringView:
+    """:func:`make_tiny_view` without blending."""
+    return make_tiny_view()

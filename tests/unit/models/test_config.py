@@ -33,6 +33,11 @@ def test_config_is_frozen():
         ({"item_alpha": -0.1}, "alpha"),
         ({"dedupe_memory": 0}, "dedupe_memory"),
         ({"loss": "warp-kos", "use_weights": True}, "warp-kos"),
+        ({"consolidate_every": -1}, "consolidate_every must be >= 0"),
+        ({"consolidate_epochs": 0}, "consolidate_epochs must be >= 1"),
+        ({"consolidation_window": -5}, "consolidation_window must be >= 0"),
+        ({"blend_neighbours": -1}, "blend_neighbours must be >= 0"),
+        ({"blend_weight": -0.5}, "blend_weight must be >= 0"),
     ],
 )
 def test_invalid_configs_are_refused(kwargs, message):

@@ -8,6 +8,7 @@ from models.evaluation import (
     evaluate,
     positives_by_user,
     prequential,
+    ranking_metrics,
     split_latest_per_user,
     split_random,
 )
@@ -118,3 +119,24 @@ def test_split_random_is_seeded():
     assert split_random(events, 0.2, seed=1) == (train, test)
     with pytest.raises(ValueError):
         split_random(events, 1.0)
+
+
+def test_ranking_metrics_of_lists_match_evaluate(tiny_view):
+    lists = {"alice": ["b", "c"], "bob": ["d", "c", "a"], "carol": ["b", "c"]}
+    m = ranking_metrics(lists, TEST, k=2)  # bob's "a" at rank 3 does not count
+    e = evaluate(tiny_view, TEST, train=TRAIN, k=2, exclude_train=True)
+    assert m == pytest.approx(
+        {
+            "users": 3,
+            "precision": e.precision,
+            "recall": e.recall,
+            "ndcg": e.ndcg,
+            "hit_rate": e.hit_rate,
+        }
+    )
+    missing = ranking_metrics({"alice": ["c"]}, TEST, k=1)  # bob and carol: no list
+    assert missing == pytest.approx(
+        {"users": 3, "precision": 1 / 3, "recall": 1 / 3, "ndcg": 1 / 3, "hit_rate": 1 / 3}
+    )
+    with pytest.raises(ValueError, match="k must be"):
+        ranking_metrics(lists, TEST, k=0)

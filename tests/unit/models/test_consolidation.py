@@ -1,0 +1,331 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from models import snapshot
+from models.config import ModelConfig
+from models.consolidation import InteractionWindow, item_neighbours
+from models.evaluation import evaluate, positives_by_user, split_latest_per_user
+from models.incremental import IncrementalModel, NonFiniteModel
+from models.snapshot import SnapshotError
+from models.synthetic import generate_ratings
+from tests.unit.models.conftest import make_tiny_view
+from tests.unit.models.test_incremental import assert_same_state, check_arrays, ratings
+
+
+def arrays(n: int, start: int = 0) -> tuple[np.ndarray, ...]:
+    idx = np.arange(start, start + n)
+    return idx, idx + 100, np.full(n, 4.0), idx.astype(np.float64)
+
+
+# --- InteractionWindow ------------------------------------------------------------------
+def test_window_keeps_the_newest_events_in_arrival_order():
+    window = InteractionWindow(10)
+    for start in (0, 4, 8, 12):
+        window.append(*arrays(4, start))
+    assert len(window) == 10
+    got = window.arrays()
+    np.testing.assert_array_equal(got["users"], np.arange(6, 16))
+    np.testing.assert_array_equal(got["items"], np.arange(106, 116))
+    assert {k: v.dtype for k, v in got.items()} == {
+        "users": np.int32,
+        "items": np.int32,
+        "ratings": np.float32,
+        "stamps": np.float64,
+    }
+    window.append(*arrays(25, 100))  # one batch larger than the window
+    np.testing.assert_array_equal(window.arrays()["users"], np.arange(115, 125))
+
+
+def test_window_copies_what_it_is_given_and_capacity_zero_keeps_nothing():
+    users, items, ratings_, stamps = arrays(3)
+    window = InteractionWindow(5)
+    window.append(users, items, ratings_, stamps)
+    users[:] = -1
+    np.testing.assert_array_equal(window.arrays()["users"], [0, 1, 2])
+    empty = InteractionWindow(0)
+    empty.append(*arrays(3))
+    assert len(empty) == 0 and len(empty.arrays()["users"]) == 0
+    with pytest.raises(ValueError, match="same length"):
+        window.append(users, items[:2], ratings_, stamps)
+    with pytest.raises(ValueError, match="capacity"):
+        InteractionWindow(-1)
+
+
+def test_window_round_trips_through_arrays_and_a_smaller_capacity_keeps_the_newest():
+    window = InteractionWindow(8)
+    for start in (0, 3, 6):
+        window.append(*arrays(3, start))
+    again = InteractionWindow.from_arrays(8, window.arrays())
+    for name, array in window.arrays().items():
+        np.testing.assert_array_equal(again.arrays()[name], array)
+    smaller = InteractionWindow.from_arrays(2, window.arrays())
+    np.testing.assert_array_equal(smaller.arrays()["users"], [7, 8])
+
+
+# --- consolidation in IncrementalModel ----------------------------------------------------
+def config(**kw) -> ModelConfig:
+    return ModelConfig(**{"no_components": 8, "consolidate_every": 500, **kw})
+
+
+def test_streaming_batches_consolidate_every_n_events_and_offline_batches_never():
+    model = IncrementalModel(config())
+    results = [model.train_batch(b) for b in np.array_split(ratings(50, 40, 1200), 6)]
+    assert [r.consolidated for r in results] == [False, False, True, False, False, True]
+    assert model.since_consolidation == 0
+    assert model.window_size == 1200
+    offline = IncrementalModel(config())
+    assert not offline.train_batch(ratings(50, 40, 1200), epochs=3).consolidated
+    assert offline.since_consolidation == 0 and offline.window_size == 1200
+    check_arrays(model)
+
+
+def test_consolidation_retrains_every_window_positive_and_beats_micro_batches():
+    events = generate_ratings(n_users=200, n_items=100, n_ratings=8_000, n_clusters=5, seed=2)
+    train, test = split_latest_per_user(events, 5)
+    train.sort(key=lambda e: e.ts)
+    truth, seen = positives_by_user(test, 4.0), positives_by_user(train)
+    scores = {}
+    for every in (0, 2000):
+        model = IncrementalModel(
+            config(consolidate_every=every, epochs_per_batch=1, blend_neighbours=0)
+        )
+        for start in range(0, len(train), 500):
+            model.train_batch(train[start : start + 500])
+        scores[every] = evaluate(model.view(), truth, train=seen).precision
+    assert scores[2000] > 1.2 * scores[0], scores
+
+
+def test_users_whose_positives_left_the_window_go_back_to_popularity():
+    model = IncrementalModel(config(consolidation_window=100, consolidate_every=100))
+    model.train_batch(ratings(5, 10, 60, prefix="old", rating=5.0))
+    assert model.view().model_row("u0") is not None
+    newcomers = [
+        dataclasses.replace(e, user="n" + e.user)
+        for e in ratings(5, 10, 100, prefix="new", rating=5.0, ts0=1000)
+    ]
+    assert model.train_batch(newcomers).consolidated
+    view = model.view()
+    assert view.model_row("u0") is None  # its rows were re-initialised: popularity again
+    assert view.model_row("nu0") is not None
+    assert model.n_users == 10  # ids are kept
+
+
+def test_a_snapshot_without_a_window_does_not_consolidate_on_a_few_events():
+    model = IncrementalModel(config())
+    model.train_batch(ratings(50, 40, 2000))
+    payload, manifest = model.to_bytes()
+    state = snapshot.decode(payload, manifest)
+    state.window = {}  # as written before consolidation existed
+    old = IncrementalModel.from_bytes(*snapshot.encode(state))
+    assert old.window_size == 0
+    assert not old.train_batch(ratings(50, 40, 600, prefix="later", ts0=5000)).consolidated
+    assert old.window_size == 600 and old.since_consolidation == 600
+
+
+def test_snapshot_then_continue_equals_never_stopping_across_consolidations():
+    batches = [ratings(60, 40, 300, seed=s, prefix=f"b{s}-", ts0=1000 * s) for s in range(6)]
+    straight = IncrementalModel(config())
+    for batch in batches:
+        straight.train_batch(batch)
+    resumed = IncrementalModel(config())
+    for batch in batches[:3]:
+        resumed.train_batch(batch)
+    resumed = IncrementalModel.from_bytes(*resumed.to_bytes())
+    assert resumed.since_consolidation == 300  # consolidated after batch 2 (600 >= 500)
+    for batch in batches[3:]:
+        resumed.train_batch(batch)
+    assert_same_state(straight, resumed)
+    np.testing.assert_array_equal(
+        straight.view().score_rows(np.arange(60)), resumed.view().score_rows(np.arange(60))
+    )
+
+
+def test_a_diverging_consolidation_leaves_the_model_as_it_was(monkeypatch):
+    model = IncrementalModel(config(consolidate_every=0))
+    model.train_batch(ratings(30, 20, 400))
+    before = {name: array.copy() for name, array in model.state_arrays().items()}
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteModel("boom")
+
+    monkeypatch.setattr(model, "_fit", diverge)
+    assert model.consolidate() is False
+    for name, array in model.state_arrays().items():
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
+    assert IncrementalModel(config()).consolidate() is False  # empty window
+
+
+# --- snapshots of the window ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def good() -> tuple[bytes, dict]:
+    model = IncrementalModel(config(consolidate_every=10_000))
+    model.train_batch(ratings(7, 5, 60))
+    return model.to_bytes()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("users", np.array([0, 99] * 30, dtype=np.int32), "row outside"),
+        ("items", np.full(60, -1, dtype=np.int32), "row outside"),
+        ("ratings", np.full(60, 7.0, dtype=np.float32), "between 0 and 5"),
+        ("stamps", np.full(60, np.nan), "NaN"),
+        ("users", np.zeros(60, dtype=np.int64), "must be 1-d int32"),
+        ("users", np.zeros(3, dtype=np.int32), "differ in length"),
+    ],
+)
+def test_bad_windows_are_refused(good, field, value, message):
+    state = snapshot.decode(*good)
+    state.window = {**state.window, field: value}
+    with pytest.raises(SnapshotError, match=message):
+        snapshot.decode(*snapshot.encode(state))
+
+
+def test_a_partial_window_is_refused(good):
+    from tests.unit.models.test_snapshot import rezip, with_checksum
+
+    payload = rezip(good[0], {"window_items": None})
+    with pytest.raises(SnapshotError, match="window incomplete"):
+        snapshot.decode(*with_checksum(payload, good[1]))
+
+
+# --- item neighbours and blending --------------------------------------------------------
+def test_item_neighbours_are_cosine_similarities_top_n_per_item_without_self():
+    # users 0,1 like items 0 and 1; user 2 likes 1 and 2; user 3 likes 3 only
+    users = np.array([0, 0, 1, 1, 2, 2, 3, 0])
+    items = np.array([0, 1, 0, 1, 1, 2, 3, 0])  # (0, 0) twice: still one co-occurrence
+    full = item_neighbours(users, items, 4, 4, neighbours=10).toarray()
+    expected = np.zeros((4, 4), dtype=np.float32)
+    expected[0, 1] = expected[1, 0] = 2 / np.sqrt(2 * 3)
+    expected[1, 2] = expected[2, 1] = 1 / np.sqrt(3 * 1)
+    np.testing.assert_allclose(full, expected, rtol=1e-6)
+    top1 = item_neighbours(users, items, 4, 4, neighbours=1)
+    assert top1.dtype == np.float32
+    assert [list(top1[r].indices) for r in range(4)] == [[1], [0], [1], []]
+    with pytest.raises(ValueError, match="neighbours"):
+        item_neighbours(users, items, 4, 4, neighbours=0)
+
+
+def blend_view(weight=1.0):
+    neighbours = sp.csr_matrix(([1.0], ([1], [2])), shape=(3, 3), dtype=np.float32)
+    # b -> c; d is newer than the matrix, so it has no neighbours
+    return make_tiny_view(neighbours=neighbours, blend_weight=weight)
+
+
+def test_blending_moves_the_neighbours_of_the_history_up():
+    view = blend_view()
+    plain = [s.item for s in view.recommend("alice", k=4).items]
+    assert plain == ["a", "b", "c", "d"]  # no history: the model's order
+    blended = view.recommend("alice", k=4, history=["b"])
+    assert [s.item for s in blended.items][:2] == ["c", "a"]  # c is b's neighbour
+    assert blended.source == "model"
+    assert [s.item for s in view.recommend("alice", k=4, exclude=["b"], history=["b"]).items] == [
+        "c",
+        "a",
+        "d",
+    ]
+    many = view.recommend_many(["alice", "bob"], k=4, excludes=[["b"], []], histories=[["b"], []])
+    assert many[0].items == view.recommend("alice", k=4, exclude=["b"], history=["b"]).items
+    assert many[1].items == view.recommend("bob", k=4).items
+    assert view.recommend("carol", history=["b"]).source == "popularity"  # cold: unchanged
+    off = blend_view(weight=0.0)
+    assert [s.item for s in off.recommend("alice", k=4, history=["b"]).items] == plain
+    for history in (["d"], ["zzz"], ["a"]):  # no neighbours for these: nothing to blend
+        assert [s.item for s in view.recommend("alice", k=4, history=history).items] == plain
+
+
+def test_a_view_refuses_neighbours_larger_than_its_items():
+    with pytest.raises(ValueError, match="neighbours"):
+        make_tiny_view(neighbours=sp.identity(5, format="csr", dtype=np.float32), blend_weight=1)
+
+
+def test_consolidation_and_offline_batches_build_neighbours_that_snapshots_keep():
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    assert model.view().blend(np.ones(1, dtype=np.float32), np.array([0])).tolist() == [1.0]
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=2)
+    neighbours = model._neighbours
+    assert neighbours is not None and neighbours.shape == (12, 12)
+    assert (np.diff(neighbours.indptr) <= 3).all() and neighbours.nnz > 0
+    restored = IncrementalModel.from_bytes(*model.to_bytes())
+    np.testing.assert_array_equal(restored._neighbours.toarray(), neighbours.toarray())
+    history = ["i1", "i2"]
+    assert restored.view().recommend("u1", history=history) == model.view().recommend(
+        "u1", history=history
+    )
+    streaming = IncrementalModel(config(consolidate_every=300, blend_neighbours=3))
+    streaming.train_batch(ratings(30, 12, 200, rating=5.0))
+    assert streaming._neighbours is None  # streaming batches do not rebuild them ...
+    assert streaming.train_batch(ratings(30, 12, 200, prefix="b", rating=5.0)).consolidated
+    assert streaming._neighbours is not None  # ... consolidations do
+    none = IncrementalModel(config(blend_neighbours=0))
+    none.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    assert none._neighbours is None
+
+
+def _bad_indices(neighbours):
+    indices = neighbours.indices.copy()
+    indices[0] = 99
+    return indices
+
+
+@pytest.mark.parametrize(
+    ("entry", "bad", "message"),
+    [
+        ("neighbours_indices", _bad_indices, "column outside"),
+        ("neighbours_indptr", lambda n: n.indptr[::-1].astype(np.int64), "valid CSR"),
+        ("neighbours_data", lambda n: n.data.astype(np.float64), "1-d float32"),
+        ("neighbours_data", lambda n: np.full_like(n.data, np.inf), "NaN or infinite"),
+    ],
+)
+def test_bad_neighbours_are_refused(entry, bad, message):
+    from tests.unit.models.test_snapshot import npy, rezip, with_checksum
+
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    payload, manifest = model.to_bytes()
+    tampered = rezip(payload, {entry: npy(bad(model._neighbours))})
+    with pytest.raises(SnapshotError, match=message):
+        snapshot.decode(*with_checksum(tampered, manifest))
+    partial = rezip(payload, {"neighbours_data": None})
+    with pytest.raises(SnapshotError, match="neighbours incomplete"):
+        snapshot.decode(*with_checksum(partial, manifest))
+
+
+# --- with model deltas (models.delta) ------------------------------------------------------
+def test_after_a_consolidation_the_next_delta_carries_every_row_and_views_agree():
+    model = IncrementalModel(config(consolidate_every=600, blend_neighbours=3))
+    model.train_batch(ratings(40, 20, 400, rating=5.0))
+    base = model.view()
+    small = model.train_batch(ratings(40, 20, 100, prefix="s", rating=5.0, ts0=500))
+    assert not small.consolidated
+    delta = model.take_delta()  # a micro-batch: only its rows
+    assert len(delta.user_rows) < model.n_users
+    follower = base.with_delta(delta)
+    assert model.train_batch(ratings(40, 20, 200, prefix="c", rating=5.0, ts0=900)).consolidated
+    full = model.take_delta()
+    np.testing.assert_array_equal(full.user_rows, np.arange(model.n_users))
+    np.testing.assert_array_equal(full.item_rows, np.arange(model.n_items))
+    follower = follower.with_delta(full)  # a scorer following deltas: the consolidated rows
+    trainer = model.view()
+    users = [f"u{n}" for n in range(40)]
+    np.testing.assert_array_equal(
+        follower.score_rows(np.arange(40)), model.full_view().score_rows(np.arange(40))
+    )
+    assert trainer.blends_with(model._neighbours)  # the trainer's views: the new neighbours
+    assert follower.blends_with(base._neighbours)  # deltas keep the loaded ones
+    history = ["i1", "i2"]
+    many = trainer.recommend_many(users, 5, histories=[history] * 40)
+    one = [model.full_view().recommend(u, 5, history=history) for u in users]
+    assert [[s.item for s in r.items] for r in many] == [[s.item for s in r.items] for r in one]
+
+
+def test_a_scorer_loading_a_snapshot_gets_its_neighbours():
+    model = IncrementalModel(config(consolidate_every=0, blend_neighbours=3))
+    model.train_batch(ratings(30, 12, 600, rating=5.0), epochs=1)
+    view, _ = snapshot.load_scoring_view(*model.to_bytes())
+    assert view.blends_with(None) is False
+    history = ["i1", "i2"]
+    assert view.recommend("u1", history=history) == model.view().recommend("u1", history=history)
