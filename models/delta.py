@@ -122,6 +122,10 @@ class ModelDelta:
     snapshot_needed: bool = False
     """A marker without rows: the batch was too large for a message; load the snapshot of
     ``version`` (the trainer writes it at once)."""
+    replaces_neighbours: bool = False
+    """Not on the wire: the trainer's own mark that this delta comes with new blending
+    neighbours (a consolidation). Neighbours travel with snapshots, so the trainer sends a
+    "snapshot needed" marker for it instead of the rows."""
 
     @property
     def rows_touched(self) -> int:
