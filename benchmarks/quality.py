@@ -36,6 +36,9 @@ from models.evaluation import evaluate, positives_by_user, prequential, split_la
 from models.events import Rating
 from models.incremental import IncrementalModel
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 30
+
 PROTOCOLS = {"all": 0.0, ">=4": 4.0}
 
 

@@ -8,7 +8,9 @@ runs in a process of its own (a crash, a hang or a memory figure of one module n
 touches another), against the dev services of the settings (``streamrec dev up``); the
 modules that start workers use a fresh namespace of topics and store
 (:func:`benchmarks.common.namespace`). A module that fails or runs out of time yields one
-figure with ``value=None`` and a note saying why; the run goes on.
+figure with ``value=None`` and a note saying why; the run goes on. Modules run cheapest
+first (a module may say ``QUICK_SECONDS = 20``), each within an equal share of the time
+left, so one slow module times out alone instead of starving the rest.
 
 Prints a table (``--json``: one JSON object per figure, ``Figure.to_dict()``), and with
 ``--write-docs`` replaces the results block of docs/benchmarks.md with the table and the
@@ -43,11 +45,32 @@ DOCS = PROJECT_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 
 
+#: Seconds a module's quick figures are expected to take when it does not say
+#: (``QUICK_SECONDS = ...`` at module level).
+DEFAULT_QUICK_SECONDS = 60.0
+
+
 def module_names() -> list[str]:
     """Every module of the ``benchmarks`` package except the helpers (figures or not)."""
     return sorted(
         m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name not in NOT_BENCHMARKS
     )
+
+
+def expected_seconds(name: str) -> float:
+    """The module's ``QUICK_SECONDS`` (read from its source: nothing is imported here)."""
+    path = Path(benchmarks.__path__[0]) / f"{name}.py"
+    if not path.is_file():
+        return DEFAULT_QUICK_SECONDS
+    found = re.search(r"^QUICK_SECONDS\s*=\s*([0-9.]+)", path.read_text(), re.M)
+    return float(found.group(1)) if found else DEFAULT_QUICK_SECONDS
+
+
+def schedule(names: list[str]) -> list[str]:
+    """Cheapest first: each module gets an equal share of what is left of the budget, so
+    time a fast module leaves goes to the slower ones after it, and one slow module cannot
+    starve all the others (it times out in its share, with a note saying so)."""
+    return sorted(names, key=lambda n: (expected_seconds(n), n))
 
 
 def failed(name: str, note: str) -> Figure:
@@ -178,14 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if n in args.only]
     started = time.monotonic()
     figures: list[Figure] = []
-    for name in names:
+    names = schedule(names)
+    for done, name in enumerate(names):
         left = BUDGET[args.quick] - (time.monotonic() - started)
         if left < 5:
             figures.append(failed(name, "not run: the run's time budget was spent"))
             continue
+        share = min(left / (len(names) - done), MODULE_LIMIT[args.quick])
         t0 = time.monotonic()
-        print(f"running benchmarks.{name} ...", file=sys.stderr, flush=True)
-        got = run_module(name, args.quick, min(left, MODULE_LIMIT[args.quick]))
+        print(f"running benchmarks.{name} (at most {share:.0f}s) ...", file=sys.stderr, flush=True)
+        got = run_module(name, args.quick, share)
         print(f"  {len(got)} figure(s) in {time.monotonic() - t0:.0f}s", file=sys.stderr)
         figures += got
         if args.json:

@@ -22,6 +22,9 @@ from models.config import ModelConfig
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 15
+
 
 def build(users: int, items: int, ratings: int, components: int) -> IncrementalModel:
     model = IncrementalModel(ModelConfig(no_components=components, positive_threshold=0.0))

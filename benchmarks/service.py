@@ -36,6 +36,9 @@ from benchmarks.trainer import publish_until_trained, raw_consume_rate
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 30
+
 
 async def tail_consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(

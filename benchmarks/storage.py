@@ -34,6 +34,9 @@ from app.stores import s3_config_from_settings
 from benchmarks.common import Figure, table
 from storage import open_store
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 20
+
 MiB = 1024 * 1024
 SIZES = {"1 MiB": (1 * MiB, 20), "64 MiB": (64 * MiB, 4)}  # payload bytes, repetitions
 

@@ -34,6 +34,9 @@ from benchmarks.common import Figure, machine, namespace, table
 from models.synthetic import generate_ratings
 from models.wire import encode_rating
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 45
+
 #: The issue's target (goal: 0.5) for publish -> trained vs raw consume.
 TARGET = 0.25
 
@@ -167,7 +170,7 @@ def start_profile(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
 
 
 def figures(quick: bool) -> list[Figure]:
-    r = run(100_000 if quick else 300_000)
+    r = run(50_000 if quick else 300_000)
     cases = (
         (
             "publish -> trained",

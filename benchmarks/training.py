@@ -28,6 +28,9 @@ from models.incremental import IncrementalModel
 from models.snapshot import STATE_ARRAYS
 from models.synthetic import generate_ratings
 
+#: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
+QUICK_SECONDS = 5
+
 
 def raw_copy(model: IncrementalModel) -> LightFM:
     """A plain LightFM holding a copy of the model's current state (exact n rows)."""

@@ -301,6 +301,7 @@ class Traffic:
         self.sent_at: dict[str, float] = {}
         self.replies: list[dict[str, Any]] = []
         self.send_failures = 0
+        self.producer_restarts = 0
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="traffic", daemon=True)
@@ -351,7 +352,7 @@ class Traffic:
             self.errors.append(exc)
             self._ready.set()
 
-    async def _run(self) -> None:
+    async def _new_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             **kafka_client_options(self.settings),
             acks="all",
@@ -360,18 +361,30 @@ class Traffic:
             linger_ms=5,
         )
         await producer.start()
+        return producer
+
+    async def _replace_producer(self, stuck: AIOKafkaProducer) -> None:
+        """A client's last resort: a producer that no longer answers is replaced (its
+        unacknowledged messages are sent again by the new one, same bytes and ids)."""
+        async with self._replacing:
+            if self._producer is not stuck:
+                return  # the other sender replaced it already
+            self.producer_restarts += 1
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stuck.stop(), 5)
+            self._producer = await self._new_producer()
+
+    async def _run(self) -> None:
+        self._replacing = asyncio.Lock()
+        self._producer = await self._new_producer()
         consumer = None
         try:
             if self.reply_topic is not None:
                 consumer = await self._reply_consumer()
             self._ready.set()
             tasks = [
-                asyncio.create_task(
-                    self._send_all(producer, self.settings.ratings_topic, "rating")
-                ),
-                asyncio.create_task(
-                    self._send_all(producer, self.settings.requests_topic, "request")
-                ),
+                asyncio.create_task(self._send_all(self.settings.ratings_topic, "rating")),
+                asyncio.create_task(self._send_all(self.settings.requests_topic, "request")),
             ]
             if consumer is not None:
                 tasks.append(asyncio.create_task(self._read_replies(consumer)))
@@ -386,7 +399,7 @@ class Traffic:
         finally:
             if consumer is not None:
                 await consumer.stop()
-            await producer.stop()
+            await self._producer.stop()
 
     async def _reply_consumer(self) -> AIOKafkaConsumer:
         consumer = AIOKafkaConsumer(
@@ -410,7 +423,7 @@ class Traffic:
             for messages in batch.values():
                 self.replies.extend(json.loads(m.value) for m in messages)
 
-    async def _send_all(self, producer: AIOKafkaProducer, topic: str, kind: str) -> None:
+    async def _send_all(self, topic: str, kind: str) -> None:
         items = self.events if kind == "rating" else self.requests
         rate = self.rating_rate if kind == "rating" else self.request_rate
         chunk = max(1, min(500, int(rate / 10) if rate else 500))
@@ -418,7 +431,7 @@ class Traffic:
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
             messages = [(m["user"].encode(), json.dumps(m).encode()) for m in part]
-            await self._send_chunk(producer, topic, messages)
+            await self._send_chunk(topic, messages)
             if kind == "rating":
                 self.sent_ratings += len(part)
             else:
@@ -430,26 +443,40 @@ class Traffic:
                 if ahead > 0:
                     await asyncio.sleep(ahead)
 
-    async def _send_chunk(
-        self, producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]
-    ) -> None:
+    async def _send_chunk(self, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
         """Send all of ``messages``; whatever the broker did not acknowledge is sent again."""
-        pending = messages
+        pending, attempts = messages, 0
         while pending:
-            futures = []
-            for key, value in pending:
-                try:
-                    futures.append(await producer.send(topic, key=key, value=value))
-                except KafkaError:
-                    futures.append(None)
-            results = await asyncio.gather(
-                *(f if f is not None else _failed() for f in futures), return_exceptions=True
-            )
+            producer = self._producer
+            try:
+                results = await asyncio.wait_for(self._attempt(producer, topic, pending), 30)
+            except TimeoutError:
+                results = [TimeoutError()] * len(pending)
             failed = [m for m, r in zip(pending, results, strict=True) if isinstance(r, Exception)]
             if failed:
                 self.send_failures += len(failed)
+                attempts += 1
+                # aiokafka's idempotent producer does not recover from a broker that lost
+                # its in-flight batches (OutOfOrderSequenceNumber, retried for ever): after
+                # three failed attempts, a new producer (a new producer id) sends them again.
+                if attempts % 3 == 0:
+                    await self._replace_producer(producer)
                 await asyncio.sleep(0.5)
             pending = failed
+
+    @staticmethod
+    async def _attempt(
+        producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]
+    ) -> list[Any]:
+        futures = []
+        for key, value in messages:
+            try:
+                futures.append(await producer.send(topic, key=key, value=value))
+            except KafkaError:
+                futures.append(None)
+        return await asyncio.gather(
+            *(f if f is not None else _failed() for f in futures), return_exceptions=True
+        )
 
 
 async def _failed() -> None:

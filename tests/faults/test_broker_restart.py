@@ -78,7 +78,8 @@ def broker_restart(tmp: Path, base: Settings, broker: KafkaBroker, *, down: floa
             assert worker.get("/health/")[0] == 200
         print(
             f"broker down {restarted_in:.1f}s; {traffic.send_failures} sends failed and were "
-            f"sent again; {len(requests)} requests answered, "
+            f"sent again ({traffic.producer_restarts} producer restarts); "
+            f"{len(requests)} requests answered, "
             f"{sum(traffic.answered().values()) - len(requests)} twice"
         )
 

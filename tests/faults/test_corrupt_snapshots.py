@@ -2,7 +2,9 @@
 manifest, a pickle payload, an object array) are promoted and announced like a buggy or
 hostile writer would. Scorers refuse each with a clear reason and keep serving the previous
 model; the refusal shows in ``/model/`` and ``/metrics``; a restarted trainer falls back to
-the newest good snapshot (and says so) instead of crash-looping."""
+the newest good snapshot (and says so) instead of crash-looping, and when that snapshot is
+older than the group's committed offsets (bit rot in the newest one), retrains the ratings
+in between, once."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import hashlib
 import io
 import json
 import pickle
+import re
+import time
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -107,6 +111,16 @@ async def plant(cluster: Cluster, good: int, version: int, corrupt: Callable[...
         await producer.stop()
 
 
+async def rot(cluster: Cluster, version: int) -> None:
+    """Flip bytes in the middle of a stored payload, as a failing disk would."""
+    bucket, _, prefix = cluster.settings.model_store.removeprefix("s3://").partition("/")
+    key = f"{prefix}/{payload_key(version)}"
+    async with await _s3(cluster) as s3:
+        body = await (await s3.get_object(Bucket=bucket, Key=key))["Body"].read()
+        bad, _ = flipped(body, {})
+        await s3.put_object(Bucket=bucket, Key=key, Body=bad)
+
+
 def refused(worker: WorkerProcess) -> float:
     samples = Cluster.metric(worker, "streamrec_model_loads_total")
     return samples.get('{outcome="refused"}', 0.0)
@@ -124,6 +138,7 @@ def test_corrupt_snapshots_are_refused_and_the_trainer_falls_back(cluster: Clust
         timeout=30,
         what=f"scorers to serve v{good}",
     )
+    time.sleep(4)  # let the group commit v{good}'s offsets (the trainer commits them late)
     cluster.trainer.kill()  # restarted below, with a corrupt snapshot as the current one
 
     planted = {}
@@ -145,19 +160,23 @@ def test_corrupt_snapshots_are_refused_and_the_trainer_falls_back(cluster: Clust
             status, health = scorer.get("/health/")
             assert status == 200 and health["model_version"] == good
 
+    # Bit rot in the trainer's own newest snapshot: the restart must fall back further, to
+    # a snapshot that covers fewer ratings than the group's committed offsets, and retrain
+    # the ratings in between (it rewinds the consumer), once.
+    asyncio.run(rot(cluster, good))
     trainer = cluster.start_trainer()
     trainer.wait_ready(model=True)
-    info = cluster.info(trainer)
-    assert info["version"] >= good and info["trained_events"] == before + len(events)
-    assert info["last_refused"]["version"] in planted
     log = trainer.log_path.read_text()
-    assert f"Falling back to snapshot v{good}, the newest good one" in log
-    for version in planted:
+    fallback = re.search(r"Falling back to snapshot v(\d+), the newest good one", log)
+    assert fallback and int(fallback.group(1)) < good, log[-2000:]
+    for version in [*planted, good]:
         assert f"Refused snapshot v{version} on restore" in log
-
+    assert cluster.info(trainer)["last_refused"]["version"] in {*planted, good}
     more = ratings(500, users=50, items=30, seed=6, prefix="cx")
     with Traffic(cluster.settings, events=more) as traffic:
         wait_for(lambda: traffic.done_sending, timeout=60, what="more ratings sent")
+    # The trainer's consumer starts at the restored snapshot's offsets, not the group's
+    # committed ones: the ratings after the fallback snapshot are retrained, once.
     model = cluster.wait_snapshot_covers(before + len(events) + len(more), timeout=90)
     assert model.version > max(planted), "new versions continue after the planted ones"
     assert_counts_exact(model, events, prefix="cs", before=before + len(more))

@@ -66,3 +66,10 @@ def test_write_docs_replaces_only_the_results_block(tmp_path: Path) -> None:
     second = docs.read_text()
     assert second.count(run_all.BEGIN) == 1 and "timed out" not in second
     assert second.rstrip().endswith("## After")
+
+
+def test_cheap_modules_run_first_each_in_a_share_of_the_budget() -> None:
+    order = run_all.schedule(run_all.module_names())
+    costs = [run_all.expected_seconds(n) for n in order]
+    assert costs == sorted(costs) and order[0] == "training"  # QUICK_SECONDS = 5
+    assert run_all.expected_seconds("no_such_module_hint") == run_all.DEFAULT_QUICK_SECONDS
