@@ -43,19 +43,23 @@ class DeltaPublisher:
         delta = model.last_delta
         if delta is None or delta.version != view.version:
             return None  # the view was built whole (the first one): nothing to chain to
-        if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
-            raw = await asyncio.to_thread(delta.encode)
+        if delta.replaces_neighbours:  # a consolidation: neighbours come with snapshots
+            log.info("Delta v%d brings new blending neighbours: 'snapshot needed'", delta.version)
+            raw, marker = delta.as_marker().encode(), True
         else:
-            raw = delta.encode()
-        marker = len(raw) > self.max_bytes
-        if marker:
-            log.warning(
-                "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
-                delta.version,
-                len(raw),
-                self.max_bytes,
-            )
-            raw = delta.as_marker().encode()
+            if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
+                raw = await asyncio.to_thread(delta.encode)
+            else:
+                raw = delta.encode()
+            marker = len(raw) > self.max_bytes
+            if marker:
+                log.warning(
+                    "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
+                    delta.version,
+                    len(raw),
+                    self.max_bytes,
+                )
+                raw = delta.as_marker().encode()
         try:
             offset = await self._send(delta, raw)
         except asyncio.CancelledError:

@@ -134,6 +134,12 @@ def register(app: faust.App, runtime: Runtime) -> None:
             age = _age_seconds(info.get("created_at") or (info.get("snapshot") or {}).get("at"))
             if age is not None:
                 info["snapshot_age_seconds"] = age
+            chain = info.get("deltas")
+            if chain and chain.get("last_applied"):  # how long ago the trainer published it
+                info["deltas"] = {
+                    **chain,
+                    "last_delta_age_seconds": _age_seconds(chain["last_applied"]["published_at"]),
+                }
             info["role"] = runtime.role
             info["loaded_at"] = holder.loaded_at
             return self.json(info, status=200 if holder.ready else 503)

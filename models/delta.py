@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -122,6 +122,10 @@ class ModelDelta:
     snapshot_needed: bool = False
     """A marker without rows: the batch was too large for a message; load the snapshot of
     ``version`` (the trainer writes it at once)."""
+    replaces_neighbours: bool = False
+    """Not on the wire: the trainer's own mark that this delta comes with new blending
+    neighbours (a consolidation). Neighbours travel with snapshots, so the trainer sends a
+    "snapshot needed" marker for it instead of the rows."""
 
     @property
     def rows_touched(self) -> int:
@@ -141,9 +145,6 @@ class ModelDelta:
             popularity_ts=self.popularity_ts,
             snapshot_needed=True,
         )
-
-    def with_lineage(self, lineage: str, origin: int, start: int) -> ModelDelta:
-        return replace(self, lineage=lineage, origin=origin, start=start)
 
     # --- wire --------------------------------------------------------------------------
     def encode(self) -> bytes:
@@ -325,10 +326,6 @@ class Chain:
     """Loaded by an operator's promote/rollback: only a lineage that starts from it moves on."""
     target: str | None = None
     """After a resync: the lineage being caught up to; other lineages' deltas are skipped."""
-
-    def loaded(self, version: int, lineage: str | None, *, pinned: bool = False) -> Chain:
-        """The chain after loading the snapshot ``version`` (written by ``lineage``)."""
-        return Chain(lineage, version, version, pinned, self.target)
 
     def applied(self, delta: ModelDelta) -> Chain:
         return Chain(delta.lineage, delta.version, None, self.pinned, None)

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -649,6 +649,8 @@ class IncrementalModel:
         if self._neighbours is not None and not self._view.blends_with(self._neighbours):
             # rebuilt by a consolidation or an offline batch (deltas carry rows only)
             self._view = self._view.with_neighbours(self._neighbours, self.config.blend_weight)
+            if delta is not None:  # scorers get the new neighbours from a snapshot
+                delta = replace(delta, replaces_neighbours=True)
         self.last_delta = delta
         return self._view
 

@@ -119,6 +119,8 @@ def test_new_users_ratings_reach_both_scorers_without_a_snapshot(deployment: Dep
         assert chain["applied"] > 0 and chain["resyncs"] == 0, chain
         assert chain["lineage"] == trainer["delta"]["lineage"]
         assert chain["last_applied"]["version"] == trainer["version"]
+        assert chain["lag_versions"] == 0 and 0 <= chain["lag_seconds"] < FRESH_BOUND
+        assert chain["last_delta_age_seconds"] >= chain["lag_seconds"]
     _, metrics = deployment.scorers[0].get("/metrics")
     assert "streamrec_delta_lag_seconds_count" in metrics
 
@@ -182,3 +184,21 @@ def test_a_restarted_trainer_starts_a_lineage_the_scorers_follow(deployment: Dep
         timeout=FRESH_BOUND,
         what="the new lineage's user in replies",
     )
+
+
+def test_a_scorer_started_after_a_snapshot_reads_on_from_its_offset(
+    deployment: Deployment,
+) -> None:
+    # The first trainer's shutdown wrote a snapshot; the new trainer's deltas follow it.
+    late = WorkerProcess(
+        "scorer", free_port(), deployment.tmp / "scorer-after-snapshot.log", deployment.env
+    ).start()
+    try:
+        late.wait_ready(model=True)
+        wait_for(lambda: caught_up(deployment, [late]), timeout=60, what="the late scorer")
+        chain = info(late)["deltas"]
+        assert chain["resyncs"] == 0 and chain["applied"] >= 1, chain
+        assert chain["lineage"] == info(deployment.trainer)["delta"]["lineage"]
+        assert "Serving model v" in late.log_path.read_text()  # it started from the snapshot
+    finally:
+        late.stop()

@@ -81,3 +81,14 @@ async def test_a_view_built_whole_publishes_nothing() -> None:
     model.version = 3  # only a hand-set version (a restore following the store): no delta
     assert await DeltaPublisher(sink, max_bytes=1 << 20).publish(model, model.view()) is None
     assert not sink.sent
+
+
+async def test_a_consolidation_sends_a_marker_for_the_snapshot_with_its_neighbours() -> None:
+    model, sink = trained_model(), ListSink()
+    model.view()
+    assert model.consolidate()  # retrains on the window, new blending neighbours
+    model.train_batch(ratings(10, 10, 20, prefix="after-", ts0=500))  # (it ends a batch)
+    view = model.view()
+    assert model.last_delta.replaces_neighbours and view.blends_with(model._neighbours)
+    info = await DeltaPublisher(sink, max_bytes=1 << 20).publish(model, view)
+    assert info["snapshot_needed"] and ModelDelta.decode(sink.sent[0][1]).snapshot_needed
