@@ -52,6 +52,8 @@ from models.snapshot import load_scoring_view
 from models.synthetic import generate_ratings
 from models.wire import Reply, encode_rating, encode_request
 
+QUICK_SECONDS = 70  # run_all --quick: 10 trials per shape
+
 TARGET_P50, TARGET_P95, GOAL_ALL_P50 = 2.0, 3.0, 1.0  # seconds (issue 10)
 
 

@@ -22,6 +22,8 @@ from benchmarks.common import table
 from benchmarks.quality_service import DATASETS, baselines, load_split, offline_replay
 from models.config import ModelConfig
 
+QUICK_SECONDS = 1  # no figures: a sweep tool
+
 
 def parse_variant(text: str, base: ModelConfig) -> ModelConfig:
     if text == "base":

@@ -9,8 +9,9 @@ touches another), against the dev services of the settings (``streamrec dev up``
 modules that start workers use a fresh namespace of topics and store
 (:func:`benchmarks.common.namespace`). A module that fails or runs out of time yields one
 figure with ``value=None`` and a note saying why; the run goes on. Modules run cheapest
-first (a module may say ``QUICK_SECONDS = 20``), each within an equal share of the time
-left, so one slow module times out alone instead of starving the rest.
+first (a module may say ``QUICK_SECONDS = 20``), each within a share of the time left in
+proportion to what it expects, so one slow module times out alone instead of starving the
+rest.
 
 Prints a table (``--json``: one JSON object per figure, ``Figure.to_dict()``), and with
 ``--write-docs`` replaces the results block of docs/benchmarks.md with the table and the
@@ -67,10 +68,18 @@ def expected_seconds(name: str) -> float:
 
 
 def schedule(names: list[str]) -> list[str]:
-    """Cheapest first: each module gets an equal share of what is left of the budget, so
+    """Cheapest first: each module gets its share (:func:`share_of`) of what is left, so
     time a fast module leaves goes to the slower ones after it, and one slow module cannot
     starve all the others (it times out in its share, with a note saying so)."""
     return sorted(names, key=lambda n: (expected_seconds(n), n))
+
+
+def share_of(name: str, pending: list[str], left: float) -> float:
+    """``name``'s part of the ``left`` seconds: in proportion to its expected time among the
+    ``pending`` modules (itself included), so a slow module is not cut to a fast one's share
+    and time a module leaves unused goes to those after it."""
+    expected = [expected_seconds(n) for n in pending]
+    return left * expected_seconds(name) / max(sum(expected), 1e-9)
 
 
 def failed(name: str, note: str) -> Figure:
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if left < 5:
             figures.append(failed(name, "not run: the run's time budget was spent"))
             continue
-        share = min(left / (len(names) - done), MODULE_LIMIT[args.quick])
+        share = min(share_of(name, names[done:], left), MODULE_LIMIT[args.quick])
         t0 = time.monotonic()
         print(f"running benchmarks.{name} (at most {share:.0f}s) ...", file=sys.stderr, flush=True)
         got = run_module(name, args.quick, share)

@@ -47,6 +47,8 @@ from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 from models.wire import Reply, encode_rating
 
+QUICK_SECONDS = 130  # run_all --quick: four scorer starts dominate
+
 
 @dataclass
 class Deployment:

@@ -28,6 +28,8 @@ from app.settings import Settings
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import Figure, machine, table
 
+QUICK_SECONDS = 10  # run_all --quick
+
 PAYLOAD = b"x" * 1024
 ROUNDS = 5  # best of, interleaved: the machine is shared and its load swings
 

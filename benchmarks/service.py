@@ -31,13 +31,13 @@ from app.service import model_config
 from app.settings import Settings
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
-from benchmarks.common import Figure, namespace, table
+from benchmarks.common import namespace, table
 from benchmarks.trainer import publish_until_trained, raw_consume_rate
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
 #: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
-QUICK_SECONDS = 30
+QUICK_SECONDS = 1  # no figures: benchmarks.scorer owns the request figures
 
 
 async def tail_consumer(settings: Settings, topic: str) -> AIOKafkaConsumer:
@@ -201,36 +201,6 @@ def run(n_requests: int, n_ratings: int, *, training: bool = True) -> dict[str, 
             "ratio": trained_rate / raw_rate,
         }
     return report
-
-
-def figures(quick: bool) -> list[Figure]:
-    """Request latency and throughput through one scorer vs the raw echo (the trainer's
-    figure is ``benchmarks.trainer``'s)."""
-    r = run(2000, 20_000, training=False)
-    latency = [
-        (f"request -> reply {q}, one at a time, vs raw echo", r[f"latency_{q}_ms"], goal)
-        for q, goal in (("p50", 1.5), ("p99", 2.0))
-    ]
-    return [
-        *(
-            Figure(
-                name,
-                baseline=round(fig["raw_echo"], 2),
-                value=round(fig["service"], 2),
-                goal=goal,
-                better="lower",
-                unit="ms",
-            )
-            for name, fig, goal in latency
-        ),
-        Figure(
-            f"replies/s, one scorer, {r['requests']:,} in flight, vs raw echo",
-            baseline=round(r["replies_per_second"]["raw_echo"]),
-            value=round(r["replies_per_second"]["service"]),
-            goal=0.3,
-            unit="replies/s",
-        ),
-    ]
 
 
 def main() -> None:

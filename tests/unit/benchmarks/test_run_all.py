@@ -71,5 +71,9 @@ def test_write_docs_replaces_only_the_results_block(tmp_path: Path) -> None:
 def test_cheap_modules_run_first_each_in_a_share_of_the_budget() -> None:
     order = run_all.schedule(run_all.module_names())
     costs = [run_all.expected_seconds(n) for n in order]
-    assert costs == sorted(costs) and order[0] == "training"  # QUICK_SECONDS = 5
+    assert costs == sorted(costs) and order[-1] == "scorer"  # the slowest, QUICK_SECONDS = 130
     assert run_all.expected_seconds("no_such_module_hint") == run_all.DEFAULT_QUICK_SECONDS
+    # Shares follow the expected times, and together they are exactly what is left.
+    pending = ["training", "scorer"]
+    shares = [run_all.share_of(n, pending, 270.0) for n in pending]
+    assert shares[1] == 26 * shares[0] and sum(shares) == 270.0
