@@ -21,12 +21,14 @@ machine description. ``--quick`` keeps the whole run under 5 minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import pkgutil
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,35 @@ def collect(name: str, quick: bool) -> list[Figure]:
         return [failed(name, f"{type(exc).__name__}: {exc}".strip()[:500])]
 
 
+def end_session(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the child's whole session (its workers too), SIGKILL what is left after
+    ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        if wait is None:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _session_alive(proc.pid):
+            time.sleep(0.2)
+        if not _session_alive(proc.pid):
+            break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum} (the run's time budget)")
+
+
+def _session_alive(sid: int) -> bool:
+    try:
+        os.killpg(sid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run_module(name: str, quick: bool, timeout: float) -> list[Figure]:
     """``collect(name)`` in a child process with ``timeout``; its figures come back as JSON."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,21 +137,24 @@ def run_module(name: str, quick: bool, timeout: float) -> list[Figure]:
         command = [sys.executable, "-m", "benchmarks.run_all", "--child", name, "--out", str(out)]
         if quick:
             command.append("--quick")
+        # A session of its own, so that a timeout ends the module's worker subprocesses too
+        # (subprocess.run's timeout would kill only the child and orphan its workers).
+        proc = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(
-                command,
-                cwd=PROJECT_ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                start_new_session=True,
-            )
+            output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            end_session(proc)
             return [failed(name, f"timed out after {timeout:.0f}s")]
         try:
             rows = json.loads(out.read_text())
         except (OSError, ValueError):
-            tail = proc.stdout.decode(errors="replace").strip().splitlines()[-3:]
+            tail = output.decode(errors="replace").strip().splitlines()[-3:]
             return [failed(name, f"exit code {proc.returncode}: {' | '.join(tail)}"[:500])]
     return [Figure(**row) for row in rows]
 
@@ -198,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.child:  # one module, in the process run_module started
+        # A timeout's SIGTERM unwinds the module (its ``finally`` blocks stop its workers,
+        # which run in sessions of their own) instead of killing it where it stands.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         figures = collect(args.child, args.quick)
         args.out.write_text(json.dumps([dataclasses.asdict(f) for f in figures]))
         return 0
