@@ -396,7 +396,16 @@ def test_rollback_reaches_the_scorers_at_once(deployment: Deployment) -> None:
 
     latest = snapshot_version(deployment)
     wait_for(lambda: scorers_serve(deployment, latest), timeout=30, what="scorers to catch up")
-    target = 1  # the first snapshot the trainer wrote
+    listed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "models", "list", "--json"],
+        env={**os.environ, **deployment.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    # The first snapshot the trainer wrote (versions count batches; snapshots are rarer).
+    target = min(s["version"] for s in json.loads(listed.stdout)["snapshots"] if s["complete"])
     assert latest > target
     run = subprocess.run(
         [sys.executable, "-m", "app.cli", "models", "rollback", "--to", str(target)],
