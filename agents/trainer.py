@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +50,7 @@ from agents.state import ModelHolder
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import Rating
-from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
+from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
 from storage.errors import SnapshotExists
@@ -257,8 +258,13 @@ class Trainer:
     _snapshot_version: int = -1
     _snapshot_offsets: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
+    #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
+    _consolidating: tuple[Consolidation, threading.Thread] | None = None
 
     def __post_init__(self) -> None:
+        # Consolidations (a retrain on the whole window, seconds) run beside the batches
+        # instead of inside one, and are installed when done (models.incremental).
+        self.model.defer_consolidation = True
         self._snapshot_version = self.model.version
         self._snapshot_offsets = dict(self.model.offsets)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
@@ -383,16 +389,75 @@ class Trainer:
             self._batches_since_snapshot = self.snapshot_every_batches
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
-        """Runs in a worker thread: score-then-train, copy out an immutable view."""
+        """Runs in a worker thread: install a finished consolidation, score-then-train,
+        start a consolidation the batch cut, copy out an immutable view."""
+        self._install_consolidation()
         hit_rate = hit_rate_before_training(
             self.holder.view, ratings, self.model.config, self.eval_k
         )
         result = self.model.train_batch(ratings)
+        self._start_consolidation(self.model.take_consolidation())
         return result, hit_rate, self.model.view()
+
+    # --- consolidations ------------------------------------------------------------------
+    def _start_consolidation(self, job: Consolidation | None) -> None:
+        """Run ``job`` in a thread of its own while batches go on training (its fit releases
+        the GIL); installed by the first training step after it ends."""
+        if job is None:
+            return
+        thread = threading.Thread(
+            target=self._consolidate, args=(job,), name="consolidation", daemon=True
+        )
+        self._consolidating = (job, thread)
+        thread.start()
+
+    @staticmethod
+    def _consolidate(job: Consolidation) -> None:
+        try:
+            job.run()
+        except Exception:  # the model goes on without it; the next mark cuts another
+            log.exception("Consolidation of %d interactions failed", job.events)
+
+    def consolidation_ready(self) -> bool:
+        """A finished consolidation waits to be installed, or one is due to start."""
+        if self._consolidating is not None:
+            return not self._consolidating[1].is_alive()
+        return self.model.consolidation_due()
+
+    def _install_consolidation(self) -> bool:
+        """Install the consolidation that ended, if any (in the training thread)."""
+        if self._consolidating is None or self._consolidating[1].is_alive():
+            return False
+        (job, _), self._consolidating = self._consolidating, None
+        installed = self.model.install(job)
+        log.info(
+            "Consolidation %s: %d interactions, %.1f s, %d batches replayed onto it",
+            "installed" if installed else "failed (non-finite); the model goes on without it",
+            job.events,
+            job.seconds,
+            len(job.tail),
+        )
+        return installed
+
+    def _consolidate_idle(self) -> ScoringView | None:
+        """In a worker thread, with no batch to train: install a finished consolidation and
+        start one that is due; the new view if one was installed (a new version)."""
+        installed = self._install_consolidation()
+        if installed:
+            self.model.version += 1  # a new state: deltas and snapshots need a new version
+        self._start_consolidation(self.model.cut_consolidation())
+        return self.model.view() if installed else None
 
     # --- snapshots and commits ---------------------------------------------------------
     async def tick(self) -> None:
-        """Called by a timer: snapshot when training is pending and the interval has passed."""
+        """Called by a timer: install a finished consolidation (or start a due one) when no
+        batch does; snapshot when training is pending and the interval has passed."""
+        if self.consolidation_ready():
+            async with self._lock:
+                view = await asyncio.to_thread(self._consolidate_idle)
+            if view is not None:
+                self.holder.publish(view, **self._info())
+                await self._publish_delta(view)
         self._start_snapshot()
 
     def _start_snapshot(self) -> None:

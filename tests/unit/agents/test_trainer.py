@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -105,7 +105,7 @@ class FakeDLQ:
 async def start(
     store: SnapshotStore, consumer: FakeConsumer, dlq: FakeDLQ, **kw
 ) -> tuple[Trainer, asyncio.Task[None]]:
-    model = await restore_model(store, CONFIG)
+    model = await restore_model(store, kw.pop("config", CONFIG))
     trainer = Trainer(
         model=model,
         holder=ModelHolder(),
@@ -193,6 +193,30 @@ async def test_batches_are_what_is_available_up_to_batch_max(store) -> None:
     consumer.produce_ratings(lone)
     await until(lambda: trainer.model.trained_events == 1001, within=5)
     assert consumer.batches[-1] == 1
+    await stop(trainer, task)
+
+
+async def test_consolidations_run_beside_the_batches_and_the_idle_tick_installs_them(
+    store,
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(200, 60, 3000, 4, seed=5)
+    consumer.produce_ratings(ratings)
+    config = replace(CONFIG, consolidate_every=1000, consolidate_epochs=3, blend_neighbours=5)
+    trainer, task = await start(store, consumer, dlq, batch_max=300, config=config)
+    model = trainer.model
+    assert model.defer_consolidation
+    await until(lambda: model.trained_events == 3000)
+    for _ in range(400):  # the app's timer: installs the last one once no batch comes
+        await trainer.tick()
+        if not trainer.consolidation_ready() and not model.consolidation_pending:
+            break
+        await asyncio.sleep(0.02)
+    assert not model.consolidation_pending and model.since_consolidation < 1000
+    assert model._neighbours is not None  # installed (only consolidations build them here)
+    assert trainer.holder.view is not None and trainer.holder.view.version == model.version
+    users, items = model.event_counts()
+    assert sum(users.values()) == sum(items.values()) == 3000  # each rating applied once
     await stop(trainer, task)
 
 
