@@ -27,7 +27,14 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   and raises :class:`NonFiniteModel`; nothing non-finite is ever published;
 * every applied event joins the consolidation window (:mod:`models.consolidation`); a
   streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
-  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`.
+  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`;
+* with :attr:`IncrementalModel.defer_consolidation` that batch only cuts a
+  :class:`Consolidation` (the window's interactions as they are): its ``run`` retrains on a
+  :class:`_Fitter` of its own, in any thread, while batches go on training (each is kept in
+  its ``tail``); :meth:`IncrementalModel.install` replays the tail onto it and swaps it in.
+  Replaying a batch exactly (same rows initialised from the same seeds, the same fit) makes
+  the result bit-identical to consolidating inline (one thread) when no mark is crossed
+  before the install; marks crossed meanwhile cut nothing (the next cut follows the install).
 
 Known limitation: WARP/BPR only know this batch's positives when sampling negatives, so an
 item a user liked in an earlier batch can be drawn as a negative for them (rarely: about
