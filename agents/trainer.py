@@ -57,6 +57,10 @@ from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
 
+#: The longest a consolidation waits after one of its epochs while the batches have a
+#: backlog (:meth:`Trainer._yield_to_batches`): under a sustained flood it still progresses.
+CONSOLIDATION_MAX_PAUSE = 2.0
+
 #: Positives of one batch scored for the prequential hit-rate (a sample, so the test step
 #: costs the same for a batch of 20 and of 20,000).
 EVAL_SAMPLE = 64
@@ -266,6 +270,8 @@ class Trainer:
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
     #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
     _consolidating: tuple[Consolidation, threading.Thread] | None = None
+    #: The last fetch was full (``batch_max``): ratings arrive faster than they train.
+    _backlog: bool = False
 
     def __post_init__(self) -> None:
         # Consolidations (a retrain on the whole window, seconds) run beside the batches
@@ -295,6 +301,7 @@ class Trainer:
                     timeout_ms=int(poll_seconds * 1000), max_records=batch_max
                 )
                 messages = [m for batch in records.values() for m in batch]
+                self._backlog = len(messages) >= batch_max
                 await self._commit_snapshot_offsets()
                 if not messages:
                     continue
@@ -421,6 +428,7 @@ class Trainer:
         the GIL); installed by the first training step after it ends."""
         if job is None:
             return
+        job.between_epochs = self._yield_to_batches
         thread = threading.Thread(
             target=self._consolidate, args=(job,), name="consolidation", daemon=True
         )
@@ -435,6 +443,15 @@ class Trainer:
             job.run()
         except Exception:  # the model goes on without it; the next mark cuts another
             log.exception("Consolidation of %d interactions failed", job.events)
+
+    def _yield_to_batches(self) -> None:
+        """Between a consolidation's epochs (its thread): wait while the batches have a
+        backlog, at most :data:`CONSOLIDATION_MAX_PAUSE`. On a machine without a spare core
+        the stream is trained first and the consolidation takes what is left; a cooperative
+        pause, because a lower OS priority stalls the batches (see :meth:`_consolidate`)."""
+        deadline = time.monotonic() + CONSOLIDATION_MAX_PAUSE
+        while self._backlog and not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def consolidation_ready(self) -> bool:
         """A finished consolidation waits to be installed, or one is due to start."""

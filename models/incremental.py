@@ -887,6 +887,9 @@ class Consolidation:
         self.fitter: _Fitter | None = None  # set by run() unless the retrain went non-finite
         self.neighbours: sp.csr_matrix | None = None
         self.seconds = 0.0
+        self.between_epochs: Callable[[], None] | None = None
+        """Called after each epoch of the retrain (the trainer uses it to yield the CPU to
+        the batches while they have a backlog); it changes when, never what, it trains."""
 
     @property
     def events(self) -> int:
@@ -906,7 +909,7 @@ class Consolidation:
             fitter.init_rows(side, 0, n)
         try:
             if len(w.rows):
-                fitter.fit(w, None, _CONSOLIDATE["fit"])
+                fitter.fit(w, self._after_epoch, _CONSOLIDATE["fit"])
         except NonFiniteModel:
             return self
         self.neighbours = _neighbours(self.config, w.rows, w.cols, w.labels, w.n_users, w.n_items)
@@ -914,6 +917,10 @@ class Consolidation:
         self.replay()
         self.seconds = time.perf_counter() - started
         return self
+
+    def _after_epoch(self, done: int) -> None:
+        if self.between_epochs is not None:
+            self.between_epochs()
 
     def replay(self) -> None:
         """Replay the tail batches not replayed yet (each as its batch trained it: its new

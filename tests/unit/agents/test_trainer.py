@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
+import agents.trainer as trainer_module
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.config import ModelConfig
@@ -218,6 +220,21 @@ async def test_consolidations_run_beside_the_batches_and_the_idle_tick_installs_
     users, items = model.event_counts()
     assert sum(users.values()) == sum(items.values()) == 3000  # each rating applied once
     await stop(trainer, task)
+
+
+async def test_a_consolidation_yields_to_a_backlog_between_epochs_for_a_bounded_time(
+    store, monkeypatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "CONSOLIDATION_MAX_PAUSE", 0.2)
+    trainer, task = await start(store, FakeConsumer(), FakeDLQ())
+    started = time.monotonic()
+    trainer._yield_to_batches()  # no backlog: no wait
+    assert time.monotonic() - started < 0.1
+    trainer._backlog = True  # the last fetch was full
+    started = time.monotonic()
+    trainer._yield_to_batches()
+    assert 0.2 <= time.monotonic() - started < 2.0
+    await stop(trainer, task, snapshot=False)
 
 
 async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(store) -> None:

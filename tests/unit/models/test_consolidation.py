@@ -223,6 +223,20 @@ def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch()
     assert not deferred.install(job)  # once
 
 
+def test_between_epochs_is_called_after_every_epoch_and_changes_nothing():
+    inline, deferred = IncrementalModel(config()), IncrementalModel(config())
+    deferred.defer_consolidation = True
+    for batch in growing_batches(2):
+        inline.train_batch(batch)
+        deferred.train_batch(batch)
+    job = deferred.take_consolidation()
+    calls: list[int] = []
+    job.between_epochs = lambda: calls.append(len(calls))
+    assert deferred.install(job.run())
+    assert len(calls) == config().consolidate_epochs
+    assert_same_state(inline, deferred)
+
+
 def test_a_snapshot_while_a_consolidation_is_pending_consolidates_after_restore():
     model = IncrementalModel(config())
     model.defer_consolidation = True
