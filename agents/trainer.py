@@ -270,7 +270,7 @@ class Trainer:
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
     #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
     _consolidating: tuple[Consolidation, threading.Thread] | None = None
-    #: The last fetch was full (``batch_max``): ratings arrive faster than they train.
+    #: The last fetch brought at least half of ``batch_max``: ratings are waiting.
     _backlog: bool = False
 
     def __post_init__(self) -> None:
@@ -301,7 +301,8 @@ class Trainer:
                     timeout_ms=int(poll_seconds * 1000), max_records=batch_max
                 )
                 messages = [m for batch in records.values() for m in batch]
-                self._backlog = len(messages) >= batch_max
+                # Half a batch_max or more: fetched in bulk, i.e. ratings are waiting.
+                self._backlog = 2 * len(messages) >= batch_max
                 await self._commit_snapshot_offsets()
                 if not messages:
                     continue

@@ -230,7 +230,7 @@ async def test_a_consolidation_yields_to_a_backlog_between_epochs_for_a_bounded_
     started = time.monotonic()
     trainer._yield_to_batches()  # no backlog: no wait
     assert time.monotonic() - started < 0.1
-    trainer._backlog = True  # the last fetch was full
+    trainer._backlog = True  # the last fetch was large: ratings are waiting
     started = time.monotonic()
     trainer._yield_to_batches()
     assert 0.2 <= time.monotonic() - started < 2.0
