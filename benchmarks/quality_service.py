@@ -429,10 +429,17 @@ def figures_of(report: dict[str, Any]) -> list[Figure]:
                     value=round(pre["incremental"], 4),
                     goal=1.2,
                     unit="HR@10",
-                    note=f"trained every {pre['window_seconds']:g} s of the ratings' time",
+                    note=_trained_every(pre, report),
                 )
             )
     return out
+
+
+def _trained_every(pre: dict[str, Any], report: dict[str, Any]) -> str:
+    window = pre["window_seconds"]
+    if window:
+        return f"trained every {window:g} s of the ratings' time"
+    return f"trained every {report['batch_max']} events"
 
 
 def figures(quick: bool = False) -> list[Figure]:
@@ -480,13 +487,9 @@ def main() -> None:
         for key in ("prequential", "prequential at full speed"):
             if key in data:
                 pre = data[key]
-                every = (
-                    f"every {pre['window_seconds']:g} s of rating time"
-                    if pre["window_seconds"]
-                    else f"every {report['batch_max']} events"
-                )
                 print(
-                    f"{key} HR@10 (2nd half, trained {every}, {pre['batches']} batches): "
+                    f"{key} HR@10 (2nd half, {_trained_every(pre, report)}, "
+                    f"{pre['batches']} batches): "
                     f"incremental {pre['incremental']:.4f}, frozen {pre['frozen']:.4f}, "
                     f"ratio {pre['ratio']:.2f}; answered by the model "
                     f"{pre['incremental model share']:.0%} / {pre['frozen model share']:.0%}, "
