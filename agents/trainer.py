@@ -31,6 +31,7 @@ There is exactly one trainer per deployment (LightFM trains on one node).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -269,9 +270,11 @@ class Trainer:
     _snapshot_offsets: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
     #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
-    _consolidating: tuple[Consolidation, threading.Thread] | None = None
+    _consolidating: tuple[Consolidation, threading.Event] | None = None  # the job, its end
     #: The last fetch brought at least half of ``batch_max``: ratings are waiting.
     _backlog: bool = False
+    _loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the consolidation thread
+    _background: set[asyncio.Future[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # Consolidations (a retrain on the whole window, seconds) run beside the batches
@@ -295,6 +298,7 @@ class Trainer:
         """
         consumer = self.consumer
         assert consumer is not None, "attach the consumer before running"
+        self._loop = asyncio.get_running_loop()
         try:
             while not self._stopping:
                 records = await consumer.getmany(
@@ -426,24 +430,36 @@ class Trainer:
     # --- consolidations ------------------------------------------------------------------
     def _start_consolidation(self, job: Consolidation | None) -> None:
         """Run ``job`` in a thread of its own while batches go on training (its fit releases
-        the GIL); installed by the first training step after it ends."""
+        the GIL); installed as soon as it ends (or by a training step that comes first)."""
         if job is None:
             return
         job.between_epochs = self._yield_to_batches
-        thread = threading.Thread(
-            target=self._consolidate, args=(job,), name="consolidation", daemon=True
-        )
-        self._consolidating = (job, thread)
-        thread.start()
+        done = threading.Event()
+        self._consolidating = (job, done)
+        threading.Thread(
+            target=self._consolidate, args=(job, done), name="consolidation", daemon=True
+        ).start()
 
-    @staticmethod
-    def _consolidate(job: Consolidation) -> None:
+    def _consolidate(self, job: Consolidation, done: threading.Event) -> None:
         # (Not niced: a low-priority thread descheduled while it holds the GIL stalls the
         # batches behind it; measured 3.5x slower micro-batches at niceness 10.)
         try:
             job.run()
         except Exception:  # the model goes on without it; the next mark cuts another
             log.exception("Consolidation of %d interactions failed", job.events)
+        finally:
+            done.set()  # the thread touches the job no more
+        loop = self._loop
+        if loop is not None and not loop.is_closed():  # install it now, not at the next tick
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._consolidated)
+
+    def _consolidated(self) -> None:
+        """On the loop, when a consolidation thread ends: install it (unless a batch does
+        first) and start the next one if due."""
+        task = asyncio.ensure_future(self.tick_consolidation())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _yield_to_batches(self) -> None:
         """Between a consolidation's epochs (its thread): wait while the batches have a
@@ -457,12 +473,12 @@ class Trainer:
     def consolidation_ready(self) -> bool:
         """A finished consolidation waits to be installed, or one is due to start."""
         if self._consolidating is not None:
-            return not self._consolidating[1].is_alive()
+            return self._consolidating[1].is_set()
         return self.model.consolidation_due()
 
     def _install_consolidation(self) -> bool:
         """Install the consolidation that ended, if any (in the training thread)."""
-        if self._consolidating is None or self._consolidating[1].is_alive():
+        if self._consolidating is None or not self._consolidating[1].is_set():
             return False
         (job, _), self._consolidating = self._consolidating, None
         installed = self.model.install(job)
@@ -487,14 +503,18 @@ class Trainer:
     # --- snapshots and commits ---------------------------------------------------------
     async def tick(self) -> None:
         """Called by a timer: install a finished consolidation (or start a due one) when no
-        batch does; snapshot when training is pending and the interval has passed."""
+        batch did; snapshot when training is pending and the interval has passed."""
+        await self.tick_consolidation()
+        self._start_snapshot()
+
+    async def tick_consolidation(self) -> None:
+        """Install a finished consolidation and start a due one, then publish the view."""
         if self.consolidation_ready():
             async with self._lock:
                 view = await asyncio.to_thread(self._consolidate_idle)
             if view is not None:
                 self.holder.publish(view, **self._info())
                 await self._publish_delta(view)
-        self._start_snapshot()
 
     def _start_snapshot(self) -> None:
         """Write a snapshot in the background if one is due and none is being written.
@@ -650,6 +670,10 @@ class Trainer:
             "n_users": self.model.n_users,
             "n_items": self.model.n_items,
             "offsets": dict(self.model.offsets),
+            # A consolidation cut, running, or due and not yet cut: the served model is
+            # the micro-batches' until it is installed (a few seconds at most when idle).
+            "consolidation_pending": self.model.consolidation_pending
+            or self.model.consolidation_due(),
         }
 
 
