@@ -32,6 +32,7 @@ from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.kafka import DeadLetterQueue, KnownTopics, dead_letter_marks
+from agents.lease import Lease
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, TrainerRebalance, restore_model
@@ -102,15 +103,24 @@ class FaustSeenTable:
     is JSON: keys would come back as ``'"u7"'``); and the record is sent at ``flush`` (once
     per changed row per commit, by the producer directly: Faust's ``send_changelog`` queues
     in its producer buffer, whose back-pressure stalls every stream of the worker).
+
+    With a ``lease`` (:mod:`agents.lease`), a flush after the process stood still past its
+    session timeout sends nothing: it drops the changed rows (the reader has not committed
+    their ratings and reads them again) and raises :class:`~agents.lease.LeaseLost`.
     """
 
     def __init__(
-        self, app: faust.App, table: Any, make_way: Callable[[], Awaitable[None]] | None = None
+        self,
+        app: faust.App,
+        table: Any,
+        make_way: Callable[[], Awaitable[None]] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.app = app
         self.table = table
         self.changelog = table.changelog_topic.get_topic_name()
         self.make_way = make_way
+        self.lease = lease
         self._dirty: dict[str, int] = {}
         self._lock = threading.Lock()  # put runs in the ingest thread, flush on the loop
 
@@ -125,6 +135,8 @@ class FaustSeenTable:
     async def flush(self, chunk: int = 500) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
+        if self.lease is not None:
+            self.lease.check()  # stale rows must not become the changelog's last word
         send, data = self.app.producer.send, self.table.data
         for n, (user, partition) in enumerate(dirty.items(), 1):
             row = data.get(user)
@@ -496,7 +508,8 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         partitions=s.topic_partitions,
         changelog_topic=changelog,
     )
-    seen = FaustSeenTable(app, table)
+    lease = Lease(s.session_timeout)
+    seen = FaustSeenTable(app, table, lease=lease)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -547,11 +560,16 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
         # at a time, and a request needs the loop several times on its way through.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-        await reader.run()
+        lease.start()
+        try:
+            await reader.run()
+        finally:
+            lease.stop()
 
     @app.on_rebalance_complete.connect
     async def own_ratings(sender: Any, **kwargs: Any) -> None:  # after table recovery
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.requests_topic}
+        lease.renew()
         reader.own(mine)
 
     @app.on_partitions_revoked.connect
