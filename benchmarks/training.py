@@ -34,6 +34,9 @@ from models.incremental import IncrementalModel
 from models.snapshot import STATE_ARRAYS
 from models.synthetic import generate_ratings
 
+#: Events each steady-state case trains at least (in more rounds for small batches).
+MIN_EVENTS = 20_000
+
 #: What ``figures(quick=True)`` takes on the dev machine, roughly (benchmarks.run_all).
 QUICK_SECONDS = 5
 
@@ -96,7 +99,11 @@ def measure(
 ) -> dict:
     """The report: one case per batch size in steady state, and one of growth."""
     sizes = (500, 2000, 20_000)
-    stream = generate_ratings(users, items, warmup + rounds * (sum(sizes) + 2000), 16, seed=3)
+    # Small batches take a few ms each: run enough of them (>= MIN_EVENTS events per case)
+    # that one scheduler hiccup on a shared machine does not decide the figure.
+    per_size = {size: max(rounds, -(-MIN_EVENTS // size)) for size in sizes}
+    needed = warmup + sum(n * size for size, n in per_size.items()) + rounds * 2000
+    stream = generate_ratings(users, items, needed, 16, seed=3)
     config = ModelConfig(
         loss=loss,
         no_components=components,
@@ -111,8 +118,9 @@ def measure(
     cases = []
     offset = warmup
     for size in sizes:
-        batches = [stream[offset + i * size : offset + (i + 1) * size] for i in range(rounds)]
-        offset += rounds * size
+        n = per_size[size]
+        batches = [stream[offset + i * size : offset + (i + 1) * size] for i in range(n)]
+        offset += n * size
         cases.append({"case": "steady state", **run_case(model, batches, threads)})
     growth = []
     for r in range(rounds):  # a quarter of each batch from brand-new users
