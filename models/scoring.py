@@ -121,7 +121,7 @@ class ScoringView:
             items=IdMap(item_ids),
             n_items=n_items,
             k=user_embeddings.shape[1],
-            user_rows=RowBlocks.from_array(_pack(user_embeddings, user_biases, user_positives)),
+            user_rows=_packed_blocks(user_embeddings, user_biases, user_positives),
             item_embeddings=item_embeddings,
             item_biases=item_biases,
             popularity=popularity,
@@ -200,12 +200,10 @@ class ScoringView:
             items=items,
             n_items=n_items,
             k=arrays["user_embeddings"].shape[1],
-            user_rows=RowBlocks.from_array(
-                _pack(
-                    arrays["user_embeddings"][:n_users],
-                    arrays["user_biases"][:n_users],
-                    arrays["user_positives"][:n_users],
-                )
+            user_rows=_packed_blocks(
+                arrays["user_embeddings"][:n_users],
+                arrays["user_biases"][:n_users],
+                arrays["user_positives"][:n_users],
             ),
             item_embeddings=np.array(arrays["item_embeddings"][:n_items]),
             item_biases=np.array(arrays["item_biases"][:n_items]),
@@ -551,14 +549,31 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
-def _pack(embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray) -> np.ndarray:
+def _pack(
+    embeddings: np.ndarray,
+    biases: np.ndarray,
+    positives: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """User rows as one float32 array: embedding, bias, positives count (exact below 2**24;
     scoring only asks whether it is zero). One block structure instead of three."""
-    out = np.empty((len(embeddings), embeddings.shape[1] + 2), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(embeddings), embeddings.shape[1] + 2), dtype=np.float32)
     out[:, :-2] = embeddings
     out[:, -2] = biases
     out[:, -1] = np.minimum(positives, 1 << 24)
     return out
+
+
+def _packed_blocks(
+    embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray
+) -> RowBlocks:
+    """:func:`_pack` written straight into the blocks' buffer (one copy of the user rows,
+    not two: they are most of a scorer's memory)."""
+    n = len(embeddings)
+    whole = RowBlocks.buffer(n, (embeddings.shape[1] + 2,), np.dtype(np.float32))
+    _pack(embeddings, biases, positives, out=whole[:n])
+    return RowBlocks.adopt(whole, n)
 
 
 def _grown(array: np.ndarray, n: int) -> np.ndarray:
