@@ -222,7 +222,9 @@ class ModelFollower:
             await self._seek_after(manifest, chain)
         return True
 
-    async def _fetch(self, version: int) -> tuple[ScoringView, dict[str, Any] | None, dict[str, Any]]:
+    async def _fetch(
+        self, version: int
+    ) -> tuple[ScoringView, dict[str, Any] | None, dict[str, Any]]:
         """Snapshot ``version`` as a view, its delta chain and its manifest. The payload (as
         large as the whole training state) is dropped with this frame, before the view is
         published: a worker that reports ready no longer holds it (measured: 93 MiB for

@@ -565,9 +565,7 @@ def _pack(
     return out
 
 
-def _packed_blocks(
-    embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray
-) -> RowBlocks:
+def _packed_blocks(embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray) -> RowBlocks:
     """:func:`_pack` written straight into the blocks' buffer (one copy of the user rows,
     not two: they are most of a scorer's memory)."""
     n = len(embeddings)
