@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
@@ -68,6 +69,20 @@ def deployment(name: str, **overrides: Any) -> Deployment:
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings, role="scorer"))
     return Deployment(settings, env, home, prefix)
+
+
+async def drop_topics(dep: Deployment) -> None:
+    """Delete the deployment's topics: a broker that keeps every run's namespace makes each
+    client's metadata update parse all of them (measured: 127 ms of one scorer's event loop
+    with 923 topics, the largest stall of a flood; docs/benchmarks.md "Profiles: scorer")."""
+    admin = AIOKafkaAdminClient(**kafka_client_options(dep.settings))
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(f"{dep.prefix}-")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
 
 
 def serve_model(dep: Deployment, model: IncrementalModel) -> None:
@@ -280,6 +295,7 @@ def speed_figures(quick: bool) -> tuple[list[Figure], float]:
     finally:
         for w in workers:
             w.stop()
+        asyncio.run(drop_topics(dep))
 
     idle_p99 = ours["p99_ms"]
     figures = [
@@ -362,6 +378,7 @@ def memory_figure(small_rss: float, quick: bool) -> Figure:
         peak = peak_rss_bytes(worker)
     finally:
         worker.stop()
+        asyncio.run(drop_topics(dep))
     return Figure(
         "memory: RSS a scorer adds for 100k users x 10k items x 64 dims vs raw array bytes",
         float(raw_bytes),
