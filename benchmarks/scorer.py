@@ -182,8 +182,9 @@ def ingest_under_requests(
     dep: Deployment, worker: WorkerProcess, total: int, users: list[str]
 ) -> dict[str, float]:
     """While ``worker`` (just started) works through a backlog of ratings, time one-at-a-time
-    requests; the ingest rate is the slope of its ``seen_ratings`` counter between 10% and
-    90% of the backlog (startup and the tail left out)."""
+    requests; the ingest rate is the slope of its ``seen_ratings`` counter from the last
+    sample at 10% of the backlog or less to the first at 90% or more (startup and the tail
+    left out)."""
     samples: list[tuple[float, float]] = []
 
     async def run() -> list[float]:
@@ -200,7 +201,10 @@ def ingest_under_requests(
         return await timing
 
     latencies = asyncio.run(run())
-    (t_lo, c_lo) = next((t, c) for t, c in samples if c >= 0.1 * total)
+    # The last sample at or below 10% and the first at or above 90%: never the same sample
+    # (a scorer that ingests faster than it is sampled had a slope of 0/0 -> 0).
+    low = [(t, c) for t, c in samples if c <= 0.1 * total]
+    t_lo, c_lo = low[-1] if low else samples[0]
     (t_hi, c_hi) = next((t, c) for t, c in samples if c >= 0.9 * total)
     return {
         "ingest_per_second": (c_hi - c_lo) / max(t_hi - t_lo, 1e-3),
