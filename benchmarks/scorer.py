@@ -144,13 +144,21 @@ async def publish_fast(settings: Settings, ratings: list[Rating]) -> float:
     return len(ratings) / (time.perf_counter() - start)
 
 
-async def latencies_until(settings: Settings, users: list[str], done: asyncio.Event) -> list[float]:
-    """Round-trip seconds of one-at-a-time requests, sent until ``done`` is set."""
+async def latencies_until(
+    settings: Settings,
+    users: list[str],
+    done: asyncio.Event,
+    go: asyncio.Event | None = None,
+) -> list[float]:
+    """Round-trip seconds of one-at-a-time requests, sent from when ``go`` is set (the
+    client is started before it) until ``done`` is set."""
     consumer = await tail_consumer(settings, settings.responses_topic)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
     out: list[float] = []
     try:
+        if go is not None:
+            await go.wait()
         n = 0
         while not done.is_set():
             rid, user = uuid.uuid4().hex, users[n % len(users)]
@@ -181,23 +189,42 @@ def p99(values: list[float]) -> float:
 def ingest_under_requests(
     dep: Deployment, worker: WorkerProcess, total: int, users: list[str]
 ) -> dict[str, float]:
-    """While ``worker`` (just started) works through a backlog of ratings, time one-at-a-time
-    requests; the ingest rate is the slope of its ``seen_ratings`` counter from the last
-    sample at 10% of the backlog or less to the first at 90% or more (startup and the tail
-    left out)."""
+    """Start ``worker`` (not yet started) on a backlog of ratings and time one-at-a-time
+    requests from the moment it is ready until the backlog is in (the request client is
+    started first, so that no part of the flood goes unprobed). The ingest rate is the
+    slope of its ``seen_ratings`` counter, sampled from the process start, from the last
+    sample at 10% of the backlog or less to the first at 90% or more."""
     samples: list[tuple[float, float]] = []
 
+    def ready() -> bool:
+        try:
+            return worker.get("/health/", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     async def run() -> list[float]:
-        done = asyncio.Event()
-        timing = asyncio.create_task(latencies_until(dep.settings, users, done))
+        done, go = asyncio.Event(), asyncio.Event()
+        timing = asyncio.create_task(latencies_until(dep.settings, users, done, go))
+        await asyncio.sleep(2)  # the client's consumer and producer start meanwhile
+        worker.start()
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            count = await asyncio.to_thread(metric, worker, "streamrec_seen_ratings_total")
-            samples.append((time.perf_counter(), count))
-            if count >= total:
-                break
-            await asyncio.sleep(0.05)
-        done.set()
+        try:
+            while time.monotonic() < deadline:
+                if not worker.running():
+                    raise RuntimeError(f"scorer exited:\n{worker.log_tail()}")
+                try:
+                    count = await asyncio.to_thread(metric, worker, "streamrec_seen_ratings_total")
+                except OSError:  # not serving yet
+                    count = 0.0
+                samples.append((time.perf_counter(), count))
+                if not go.is_set() and await asyncio.to_thread(ready):
+                    go.set()
+                if count >= total and go.is_set():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            go.set()
+            done.set()
         return await timing
 
     latencies = asyncio.run(run())
@@ -208,8 +235,8 @@ def ingest_under_requests(
     (t_hi, c_hi) = next((t, c) for t, c in samples if c >= 0.9 * total)
     return {
         "ingest_per_second": (c_hi - c_lo) / max(t_hi - t_lo, 1e-3),
-        "flood_p99_s": p99(latencies),
-        "flood_p50_s": statistics.median(latencies),
+        "flood_p99_s": p99(latencies) if latencies else float("nan"),
+        "flood_p50_s": statistics.median(latencies) if latencies else float("nan"),
         "flood_requests": len(latencies),
     }
 
@@ -293,7 +320,7 @@ def speed_figures(quick: bool) -> tuple[list[Figure], float]:
         # The flood: a backlog published while no scorer runs, so that the restarted scorer
         # ingests as fast as it can (not as fast as one producer publishes).
         publish_rate = asyncio.run(publish_fast(s, backlog))
-        workers = [start_scorer(dep, 3)]
+        workers = [WorkerProcess("scorer", free_port(), dep.home / "scorer-3.log", dep.env)]
         flood = ingest_under_requests(dep, workers[0], n_ratings, users)
         raw_consume = asyncio.run(raw_consume_rate(s, s.ratings_topic, n_ratings))
     finally:
