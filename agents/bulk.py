@@ -113,6 +113,7 @@ class PartitionedReader:
                     committed_at = time.monotonic()
         finally:
             self._holding = frozenset()
+            self._released.set()  # a failed reader holds nothing either
             try:
                 await self._commit(consumer, assigned)
             except Exception as exc:  # the broker is gone: the next owner re-reads a little

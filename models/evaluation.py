@@ -268,6 +268,7 @@ def prequential(
     model: IncrementalModel,
     *,
     batch_size: int = 1000,
+    window_seconds: float | None = None,
     k: int = 10,
     freeze_after: int | None = None,
     exclude_seen: bool = True,
@@ -276,44 +277,128 @@ def prequential(
     """Replay ``events`` in time order in micro-batches: score each batch's positives with
     the current model, then train on the batch. ``freeze_after=N`` stops training after
     the first N events (the frozen baseline); scoring and seen-item tracking go on.
-    ``popularity=True`` recommends the current popularity ranking to everyone (baseline)."""
+    ``popularity=True`` recommends the current popularity ranking to everyone (baseline).
+
+    Batches hold at most ``batch_size`` events. ``window_seconds``: a batch also ends where
+    the events' time (``ts``) enters the next window of that many seconds, so the model
+    learns at most one window late, as a trainer keeping pace with the stream would,
+    instead of ``batch_size`` events late, as one fed a replay at full speed."""
+    options = _Replay(batch_size, window_seconds, k, freeze_after, exclude_seen, popularity)
+    live, _ = _replay(events, model, options, compare=False)
+    return PrequentialResult(k=k, frozen_after=freeze_after, curve=live)
+
+
+def prequential_vs_frozen(
+    events: Sequence[Rating],
+    model: IncrementalModel,
+    *,
+    freeze_after: int,
+    batch_size: int = 1000,
+    window_seconds: float | None = None,
+    k: int = 10,
+    exclude_seen: bool = True,
+) -> tuple[PrequentialResult, PrequentialResult]:
+    """``(incremental, frozen)``: :func:`prequential` without and with ``freeze_after``, in
+    one replay. The frozen model is the scoring view taken once the first ``freeze_after``
+    events are trained: everything the model holds stays as it was then (embeddings,
+    biases, ids, popularity, blending neighbours), since a view never changes as training
+    goes on. Both are asked with the same seen items, which are the user's input, not model
+    state: they grow with every event for both, as the scorer's seen-items table would for
+    a deployment whose trainer stopped."""
+    options = _Replay(batch_size, window_seconds, k, freeze_after, exclude_seen, False)
+    live, frozen = _replay(events, model, options, compare=True)
+    return (
+        PrequentialResult(k=k, frozen_after=None, curve=live),
+        PrequentialResult(k=k, frozen_after=freeze_after, curve=frozen),
+    )
+
+
+Curve = list[tuple[int, int, int, int, int]]
+
+
+@dataclass(frozen=True)
+class _Replay:
+    batch_size: int
+    window_seconds: float | None
+    k: int
+    freeze_after: int | None
+    exclude_seen: bool
+    popularity: bool
+
+
+def _replay(
+    events: Sequence[Rating], model: IncrementalModel, options: _Replay, *, compare: bool
+) -> tuple[Curve, Curve]:
+    """The test-then-train loop. ``compare``: train on after ``freeze_after`` and also score
+    every later batch with the view frozen there (the second curve; otherwise empty)."""
+    batch_size, window_seconds, freeze_after = (
+        options.batch_size,
+        options.window_seconds,
+        options.freeze_after,
+    )
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if window_seconds is not None and not window_seconds > 0:
+        raise ValueError("window_seconds must be > 0")
     ordered = sorted(events, key=lambda e: e.ts)
     threshold = model.config.positive_threshold
     bounds = sorted(
-        {*range(0, len(ordered), batch_size), len(ordered)} | _cut(freeze_after, ordered)
+        {*range(0, len(ordered), batch_size), len(ordered)}
+        | _cut(freeze_after, ordered)
+        | _windows(window_seconds, ordered)
     )
     seen: dict[str, set[str]] = defaultdict(set)
-    curve = []
+    live: Curve = []
+    frozen_curve: Curve = []
     view = model.view()
+    frozen: ScoringView | None = None
+    step = {
+        "threshold": threshold,
+        "k": options.k,
+        "seen": seen if options.exclude_seen else None,
+        "popularity": options.popularity,
+    }
     for start, stop in itertools.pairwise(bounds):
         batch = ordered[start:stop]
         if view.version != model.version:
             view = model.view()
-        marks = positive_hits(
-            view,
-            batch,
-            threshold=threshold,
-            k=k,
-            seen=seen if exclude_seen else None,
-            popularity=popularity,
-        )
-        curve.append(
-            (
-                stop,
-                len(marks),
-                sum(hit for hit, _ in marks),
-                sum(by_model for _, by_model in marks),
-                sum(hit and by_model for hit, by_model in marks),
+        if compare and frozen is None and freeze_after is not None and start >= freeze_after:
+            frozen = view
+        live.append(_test_step(view, batch, stop, **step))
+        if compare:
+            frozen_curve.append(
+                live[-1] if frozen is None else _test_step(frozen, batch, stop, **step)
             )
-        )
         for e in batch:
             seen[e.user].add(e.item)
-        if freeze_after is None or stop <= freeze_after:
+        if compare or freeze_after is None or stop <= freeze_after:
             model.train_batch(batch)
-    return PrequentialResult(k=k, frozen_after=freeze_after, curve=curve)
+    return live, frozen_curve
+
+
+def _test_step(
+    view: ScoringView, batch: Sequence[Rating], stop: int, **options
+) -> tuple[int, int, int, int, int]:
+    """One curve row (see :class:`PrequentialResult`): ``batch``'s positives under ``view``."""
+    marks = positive_hits(view, batch, **options)
+    return (
+        stop,
+        len(marks),
+        sum(hit for hit, _ in marks),
+        sum(by_model for _, by_model in marks),
+        sum(hit and by_model for hit, by_model in marks),
+    )
 
 
 def _cut(freeze_after: int | None, ordered: Sequence[Rating]) -> set[int]:
     if freeze_after is None or not 0 < freeze_after < len(ordered):
         return set()
     return {freeze_after}
+
+
+def _windows(window_seconds: float | None, ordered: Sequence[Rating]) -> set[int]:
+    """Positions where the time-ordered events enter a new window of ``window_seconds``."""
+    if window_seconds is None or not ordered:
+        return set()
+    windows = np.floor(np.array([e.ts for e in ordered], dtype=np.float64) / window_seconds)
+    return set((np.flatnonzero(np.diff(windows)) + 1).tolist())

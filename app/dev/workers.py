@@ -66,6 +66,7 @@ class WorkerProcess:
             **(SCORER_ENV if self.role in ("scorer", "all") else {}),
             **self.env,
             "STREAMREC_WEB_PORT": str(self.web_port),
+            "PYTHONUNBUFFERED": "1",  # a killed worker's log ends where the worker did
         }
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

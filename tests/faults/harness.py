@@ -38,7 +38,8 @@ from app.settings import Settings
 from app.stores import store_from_url
 from app.topics import TopicSpec, ensure_topics
 from models.incremental import IncrementalModel
-from tests.integration.service.conftest import create_bucket
+from models.wire import DeadLetter
+from tests.integration.service.conftest import KafkaClient, create_bucket
 
 #: Worker settings for fault runs: small batches and frequent snapshots so that crashes hit
 #: every phase (fetch, fit, snapshot write, promote, announce) many times in a short run.
@@ -337,8 +338,19 @@ class Traffic:
         if missing:
             pytest.fail(
                 f"{len(missing)} of {len(self.sent_at)} requests unanswered after {timeout:g}s, "
-                f"e.g. {sorted(missing)[:5]}"
+                f"e.g. {sorted(missing)[:5]}; dead-lettered: {self.dead_lettered(missing)}"
             )
+
+    def dead_lettered(self, request_ids: set[str]) -> dict[str, int]:
+        """How many of ``request_ids`` are in the requests DLQ, by reason (for diagnosis)."""
+        letters = asyncio.run(KafkaClient(self.settings).read_all(self.settings.requests_dlq_topic))
+        reasons: Counter[str] = Counter()
+        for message in letters:
+            letter = DeadLetter.parse(message.key, message.value, dict(message.headers))
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(letter.value or b"").get("request_id") in request_ids:
+                    reasons[letter.reason] += 1
+        return dict(reasons)
 
     def check(self) -> None:
         if self.errors:

@@ -129,9 +129,14 @@ def refused(worker: WorkerProcess) -> float:
 def test_corrupt_snapshots_are_refused_and_the_trainer_falls_back(cluster: Cluster) -> None:
     events = ratings(2000, users=50, items=30, seed=5, prefix="cs")
     before = cluster.trained()
-    with Traffic(cluster.settings, events=events) as traffic:
-        wait_for(lambda: traffic.done_sending, timeout=60, what="ratings sent")
-    good_model = cluster.wait_snapshot_covers(before + len(events), timeout=90)
+    # In two halves, each covered by a snapshot: the bit rot below needs a good snapshot
+    # older than the newest to fall back to (on a loaded machine the trainer's batches
+    # grow, and one snapshot could cover all 2,000 with nothing older in the store).
+    half = len(events) // 2
+    for sent in (half, len(events)):
+        with Traffic(cluster.settings, events=events[sent - half : sent]) as traffic:
+            wait_for(lambda t=traffic: t.done_sending, timeout=60, what="ratings sent")
+        good_model = cluster.wait_snapshot_covers(before + sent, timeout=90)
     good = good_model.version
     wait_for(
         lambda: all(cluster.info(s).get("version") == good for s in cluster.scorers),

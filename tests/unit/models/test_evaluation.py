@@ -8,12 +8,14 @@ from models.evaluation import (
     evaluate,
     positives_by_user,
     prequential,
+    prequential_vs_frozen,
     ranking_metrics,
     split_latest_per_user,
     split_random,
 )
 from models.events import Rating
 from models.incremental import IncrementalModel
+from models.synthetic import generate_ratings
 
 # tiny_view scores (see conftest): alice a=13 b=12 c=11 d=10; bob d=4 c=3 b=2 a=1;
 # carol is cold, so popularity: b=5 c=5 d=2 a=1.
@@ -101,6 +103,34 @@ def test_prequential_popularity_baseline_uses_recency():
     # batch 1: empty model, e1 misses.  batch 2: one count each, y (ts 2) is more recent
     # than x (ts 1), so the top 1 is y: e3 (x) misses, e4 (y) hits.
     assert result.curve == [(2, 1, 0, 0, 0), (4, 2, 1, 0, 0)]
+
+
+def test_prequential_windows_end_batches_at_the_events_time():
+    model = IncrementalModel(ModelConfig(no_components=4))
+    result = prequential(STREAM, model, batch_size=10, window_seconds=2.0, k=10)
+    # windows of 2 s: ts 1 | ts 2, 3 | ts 4.  e3 (u2, x) is scored after e1 trained x: hit.
+    assert [row[:3] for row in result.curve] == [(1, 1, 0), (3, 1, 1), (4, 1, 1)]
+    assert model.version == 3
+    with pytest.raises(ValueError):
+        prequential(STREAM, model, window_seconds=0.0)
+    with pytest.raises(ValueError):
+        prequential(STREAM, model, batch_size=0)
+
+
+def test_prequential_vs_frozen_is_the_two_replays_in_one():
+    events = generate_ratings(n_users=60, n_items=40, n_ratings=1_200, n_clusters=3, seed=4)
+    config = ModelConfig(no_components=4, consolidate_every=400, blend_neighbours=10)
+    half = 600  # a batch boundary, so the incremental replay's batches are the same
+    incremental, frozen = prequential_vs_frozen(
+        events, IncrementalModel(config), freeze_after=half, batch_size=100
+    )
+    alone = prequential(events, IncrementalModel(config), batch_size=100)
+    stopped = prequential(events, IncrementalModel(config), batch_size=100, freeze_after=half)
+    assert incremental.curve == alone.curve
+    assert frozen.curve == stopped.curve and frozen.frozen_after == half
+    # the frozen view really is frozen: after the half the two curves part
+    assert incremental.curve[6:] != frozen.curve[6:]
+    assert incremental.curve[:6] == frozen.curve[:6]
 
 
 def test_split_latest_per_user_holds_out_the_newest_ratings():
