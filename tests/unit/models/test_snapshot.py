@@ -2,6 +2,7 @@ import copy
 import hashlib
 import io
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -239,6 +240,19 @@ def test_scoring_load_reads_only_the_scoring_arrays(model, good):
     bad[-100] ^= 1
     with pytest.raises(SnapshotError, match="checksum"):
         snapshot.decode_scoring(bytes(bad), manifest)
+
+
+def test_scoring_load_copies_nothing_it_does_not_keep(good):
+    payload, manifest = good
+    scoring = snapshot.decode_scoring(payload, manifest)
+    whole = np.frombuffer(payload, dtype=np.uint8)
+    for name, array in scoring.arrays.items():  # read in place, not copied
+        assert np.shares_memory(array, whole) and not array.flags.writeable, name
+    del scoring
+    before = sys.getrefcount(payload)
+    view, _ = snapshot.load_scoring_view(payload, manifest)
+    assert sys.getrefcount(payload) == before  # the view holds no part of the payload
+    assert view.n_users > 0
 
 
 def test_bad_delta_chain_is_refused(good):
