@@ -20,7 +20,7 @@ import platform
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -491,19 +491,25 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.
     """Read one .npy entry after checking its header: no object dtype, and a declared size
     that fits the stored bytes (so a forged header cannot make us allocate gigabytes)."""
     with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise SnapshotError(f"{name}: unsupported .npy version {version}")
-        if dtype.hasobject:
-            raise SnapshotError(f"{name} is an object array (pickle); refused")
+        shape, _, dtype = _npy_header(f, name)
         if math.prod(shape) * dtype.itemsize > info.file_size:
             raise SnapshotError(f"{name}: header declares more data than is stored")
     with archive.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the .npy at ``f``; refuses object dtypes."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise SnapshotError(f"{name}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise SnapshotError(f"{name} is an object array (pickle); refused")
+    return shape, fortran, dtype
 
 
 def _npy_view(payload: bytes, info: zipfile.ZipInfo, name: str) -> np.ndarray:
@@ -525,15 +531,7 @@ def _npy_view(payload: bytes, info: zipfile.ZipInfo, name: str) -> np.ndarray:
     if header_end > len(data):
         raise SnapshotError(f"{name}: .npy header longer than the entry")
     head = io.BytesIO(bytes(data[:header_end]))
-    version = np.lib.format.read_magic(head)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
-    elif version in ((2, 0), (3, 0)):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    else:
-        raise SnapshotError(f"{name}: unsupported .npy version {version}")
-    if dtype.hasobject:
-        raise SnapshotError(f"{name} is an object array (pickle); refused")
+    shape, fortran, dtype = _npy_header(head, name)
     count = math.prod(shape)
     if head.tell() != header_end or header_end + count * dtype.itemsize > len(data):
         raise SnapshotError(f"{name}: header declares more data than is stored")

@@ -110,10 +110,22 @@ def test_not_a_zip_is_refused(good):
         IncrementalModel.from_bytes(*with_checksum(b"garbage", good[1]))
 
 
-def test_pickled_object_array_is_refused(good):
+LOADERS = [IncrementalModel.from_bytes, snapshot.load_scoring_view]  # copies, views
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_pickled_object_array_is_refused(good, load):
     payload = rezip(good[0], {"user_biases": npy(np.array([{"x": 1}], dtype=object), True)})
     with pytest.raises(SnapshotError, match="object array"):
-        IncrementalModel.from_bytes(*with_checksum(payload, good[1]))
+        load(*with_checksum(payload, good[1]))
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_a_header_that_declares_more_than_is_stored_is_refused(good, load):
+    forged = npy(np.zeros(3, dtype=np.float32)).replace(b"(3,)", b"(9999999,)")
+    payload = rezip(good[0], {"item_biases": forged})
+    with pytest.raises(SnapshotError, match="declares more data"):
+        load(*with_checksum(payload, good[1]))
 
 
 @pytest.mark.parametrize(
