@@ -279,11 +279,21 @@ def through_service(split: Split) -> dict[str, Any]:
         published = time.perf_counter() - started
 
         def covered() -> bool:
+            """The scorer serves the trainer's model of every rating, consolidation included
+            (a consolidation covering the stream's tail is installed a few seconds after the
+            last micro-batch; until then the scorer serves the micro-batches' model)."""
             _, body = scorer.get("/model/")
             _, text = scorer.get("/metrics")
-            trained = body.get("trained_events", 0) if isinstance(body, dict) else 0
+            _, trainer_body = trainer.get("/model/")
+            if not isinstance(body, dict) or not isinstance(trainer_body, dict):
+                return False
             ingested = _metric(str(text), "streamrec_events_in_total", settings.ratings_topic)
-            return trained >= n and ingested >= n
+            return (
+                body.get("trained_events", 0) >= n
+                and ingested >= n
+                and not trainer_body.get("consolidation_pending", False)
+                and body.get("version") == trainer_body.get("version")
+            )
 
         deadline = time.monotonic() + 30 * 60
         while not covered():

@@ -163,6 +163,7 @@ def start_profile(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
     assert worker.proc is not None
     return subprocess.Popen(
         [py_spy, "record", "-p", str(worker.proc.pid), "-o", str(out), "-r", "200", "--idle"]
+        + ["--threads"]  # per-thread stacks: the loop, the decode and fit workers, consolidation
         + (["-f", "raw"] if out.suffix == ".txt" else []),
         stdout=subprocess.DEVNULL,
         stderr=sys.stderr,

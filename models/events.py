@@ -103,7 +103,7 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
 
 def _well_formed_rating(obj: Any) -> Rating | None:
     """The rating if ``obj`` is the common case that passes every rule at a glance (string
-    ids within the length limit, float rating in range, finite float ts >= 0); otherwise
+    ids within the length limit, a number rating in range, a finite number ts >= 0); otherwise
     ``None``, and :func:`parse_rating` applies the rules one by one (and says which failed).
     The trainer decodes every rating, so this is its hot path."""
     if type(obj) is not dict:
@@ -123,13 +123,19 @@ def _well_formed_rating(obj: Any) -> Rating | None:
         and 0 < len(event_id) <= MAX_ID_LENGTH
         and 0 < len(user) <= MAX_ID_LENGTH
         and 0 < len(item) <= MAX_ID_LENGTH
-        and type(rating) is float
+        and (type(rating) is float or type(rating) is int)  # not bool (a subclass of int)
         and MIN_RATING <= rating <= MAX_RATING
-        and type(ts) is float
-        and 0.0 <= ts < math.inf
+        and (type(ts) is float or (type(ts) is int and ts < _EXACT_INT))
+        and 0 <= ts < math.inf
     ):
+        rating, ts = float(rating), float(ts)  # as the slow path's _finite_number returns
         return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
     return None
+
+
+#: Integers below this convert to float exactly and never overflow (MovieLens timestamps
+#: are integers: the common case, so the fast path takes them).
+_EXACT_INT = 2**53
 
 
 def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:

@@ -27,7 +27,14 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   and raises :class:`NonFiniteModel`; nothing non-finite is ever published;
 * every applied event joins the consolidation window (:mod:`models.consolidation`); a
   streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
-  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`.
+  been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`;
+* with :attr:`IncrementalModel.defer_consolidation` that batch only cuts a
+  :class:`Consolidation` (the window's interactions as they are): its ``run`` retrains on a
+  :class:`_Fitter` of its own, in any thread, while batches go on training (each is kept in
+  its ``tail``); :meth:`IncrementalModel.install` replays the tail onto it and swaps it in.
+  Replaying a batch exactly (same rows initialised from the same seeds, the same fit) makes
+  the result bit-identical to consolidating inline (one thread) when no mark is crossed
+  before the install; marks crossed meanwhile cut nothing (the next cut follows the install).
 
 Known limitation: WARP/BPR only know this batch's positives when sampling negatives, so an
 item a user liked in an earlier batch can be drawn as a negative for them (rarely: about
@@ -37,6 +44,7 @@ every positive of the window is known.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -139,26 +147,12 @@ class IncrementalModel:
         self.last_delta: ModelDelta | None = None
         """The delta that made the latest :meth:`view` from the one before (None if that
         view was built whole)."""
-        # One RandomState, re-seeded from (seed, version, stream) before each use: creating
-        # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
-        self._random = np.random.RandomState(config.seed)
-        self._lfm = LightFM(
-            no_components=config.no_components,
-            k=config.kos_k,
-            n=config.kos_n,
-            learning_schedule=config.learning_schedule,
-            loss=config.loss,
-            learning_rate=config.learning_rate,
-            rho=config.rho,
-            epsilon=config.epsilon,
-            item_alpha=config.item_alpha,
-            user_alpha=config.user_alpha,
-            max_sampled=config.max_sampled,
-            random_state=config.seed,
-        )
-        for name in STATE_ARRAYS:
-            rows = (0, config.no_components) if "embedding" in name else (0,)
-            setattr(self._lfm, name, np.zeros(rows, dtype=np.float32))
+        self._fitter = _Fitter(config)
+        self.defer_consolidation = False
+        """True: a due consolidation is cut (:meth:`take_consolidation`) for the caller to
+        run in another thread and :meth:`install`, instead of running inside the batch."""
+        self._job: Consolidation | None = None  # cut and not yet installed (or dropped)
+        self._job_taken = False
 
     # --- sizes -------------------------------------------------------------------------
     @property
@@ -172,7 +166,12 @@ class IncrementalModel:
     @property
     def capacity(self) -> tuple[int, int]:
         """Allocated (user rows, item rows)."""
-        return len(self._lfm.user_biases), len(self._lfm.item_biases)
+        return self._fitter.capacity
+
+    @property
+    def _lfm(self) -> LightFM:
+        """The LightFM instance that holds (and trains) the twelve arrays."""
+        return self._fitter.lfm
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Read-only views of the used rows of the twelve arrays (tests, snapshots)."""
@@ -214,14 +213,18 @@ class IncrementalModel:
         item_idx = self.items.add_many([e.item for e in fresh])
         ratings = np.array([e.rating for e in fresh], dtype=np.float64)
         stamps = np.array([e.ts for e in fresh], dtype=np.float64)
+        step = None
         try:
-            self._grow(version, n_users0, n_items0)
+            self._fitter.grow(version, n_users0, n_items0, self.n_users, self.n_items)
+            self._resize_counts(n_users0, n_items0)
             rows, cols, labels, weights = self._interactions(user_idx, item_idx, ratings, stamps)
+            step = _Step(
+                version, n_users0, n_items0, self.n_users, self.n_items, rows, cols, labels,
+                weights, epochs,
+            )  # fmt: skip
             changed_items = _EMPTY_ROWS
             if len(rows):
-                changed_items = self._fit(
-                    version, rows, cols, labels, weights, epochs, on_epoch, n_users0
-                )
+                changed_items = self._fitter.fit(step, on_epoch)
         except BaseException:
             self.users.truncate(n_users0)
             self.items.truncate(n_items0)
@@ -239,10 +242,16 @@ class IncrementalModel:
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
+        if self._job is not None:  # a consolidation is running: it replays this batch
+            self._job.tail.append(step)
         consolidated = False
         if streaming:
             self.since_consolidation += len(fresh)
-            consolidated = self.consolidation_due() and self.consolidate()
+            if self.consolidation_due():
+                if self.defer_consolidation:
+                    self._cut()
+                else:
+                    consolidated = self.consolidate()
         else:
             self._refresh_neighbours(*self._window_interactions()[:3])
         return self._result(
@@ -266,11 +275,13 @@ class IncrementalModel:
     def consolidation_due(self) -> bool:
         """``consolidate_every`` streamed events since the last consolidation, and a window
         that holds the whole history or is full. (A model restored from a snapshot without
-        a window must not be retrained on its few newest events alone.)"""
+        a window must not be retrained on its few newest events alone.) Never while a
+        deferred consolidation is outstanding."""
         every, window = self.config.consolidate_every, self._window
         return (
             every > 0
             and window.capacity > 0
+            and self._job is None
             and self.since_consolidation >= every
             and len(window) >= min(window.capacity, self.trained_events)
         )
@@ -283,38 +294,77 @@ class IncrementalModel:
         popularity). Ids, popularity, dedupe memory and the version are unchanged.
 
         Returns False, leaving the model as it was, if the window is empty or the retrain
-        went non-finite. Blocking and CPU-bound, like :meth:`train_batch`.
+        went non-finite. Blocking and CPU-bound, like :meth:`train_batch`. (A deferred
+        consolidation still outstanding is dropped: this one replaces it.)
         """
-        self.since_consolidation = 0
-        if not len(self._window):
+        job = self._cut(epochs)
+        if job is None:
             return False
-        rows, cols, labels, weights = self._window_interactions()
-        lfm = self._lfm
-        before = {name: getattr(lfm, name) for name in STATE_ARRAYS}
-        for side, n in (("user", self.n_users), ("item", self.n_items)):
-            self._reallocate(side, 0, len(getattr(lfm, f"{side}_biases")))
-            self._random.seed(derive_seed(self.config.seed, self.version, _CONSOLIDATE[side]))
-            self._init_rows(side, 0, n, self._random)
-        epochs = self.config.consolidate_epochs if epochs is None else epochs
-        try:
-            if len(rows):
-                self._fit(
-                    self.version, rows, cols, labels, weights, epochs, None, 0, _CONSOLIDATE["fit"]
-                )
-        except BaseException as exc:
-            for name, array in before.items():
-                setattr(lfm, name, array)
-            if isinstance(exc, NonFiniteModel):
-                return False
-            raise
-        positives = np.zeros(self.capacity[0], dtype=np.int64)
-        np.add.at(positives, rows[labels > 0], 1)
-        self._user_positives = positives
+        job.run()
+        return self.install(job)
+
+    def take_consolidation(self) -> Consolidation | None:
+        """With :attr:`defer_consolidation`: the consolidation a batch cut, once (None if
+        none). Run :meth:`Consolidation.run` in any thread while batches go on training,
+        then :meth:`install` it from the training thread."""
+        if self._job is None or self._job_taken:
+            return None
+        self._job_taken = True
+        return self._job
+
+    def cut_consolidation(self) -> Consolidation | None:
+        """Cut a consolidation now if one is due (e.g. no batch arrived since one was
+        installed with a long tail), for :meth:`take_consolidation`."""
+        if self.consolidation_due():
+            self._cut()
+        return self.take_consolidation()
+
+    def install(self, job: Consolidation) -> bool:
+        """Swap in a finished consolidation, first replaying onto it the batches trained
+        since it was cut (the ones its :meth:`Consolidation.run` has not replayed yet), in
+        this thread. The state is then exactly what consolidating inside the cutting batch
+        would have given (one thread). False (nothing changes) if the retrain went
+        non-finite or ``job`` is not the outstanding one."""
+        if job is not self._job:
+            return False
+        self._job = None
+        if job.fitter is None:  # non-finite (or never run)
+            return False
+        job.replay()
+        self._fitter = job.fitter
+        users, items = self.capacity
+        self._user_positives = np.zeros(users, dtype=np.int64)
+        for step in (job.window, *job.tail):
+            np.add.at(self._user_positives, step.rows[step.labels > 0], 1)
+        self._popularity = _resized(self._popularity, self.n_items, items)
+        self._user_events = _resized(self._user_events, self.n_users, users)
+        self._item_events = _resized(self._item_events, self.n_items, items)
         # Every row changed: the next delta carries the whole model (models.delta).
         self._dirty_users.append(np.arange(self.n_users, dtype=np.int64))
         self._dirty_items.append(np.arange(self.n_items, dtype=np.int64))
-        self._refresh_neighbours(rows, cols, labels)
+        if job.neighbours is not None:
+            self._neighbours = job.neighbours
         return True
+
+    def _cut(self, epochs: int | None = None) -> Consolidation | None:
+        """The consolidation of the window as it is now (None if the window is empty)."""
+        self.since_consolidation = 0
+        self._job = None
+        if not len(self._window):
+            return None
+        rows, cols, labels, weights = self._window_interactions()
+        epochs = self.config.consolidate_epochs if epochs is None else epochs
+        window = _Step(
+            self.version, 0, 0, self.n_users, self.n_items, rows, cols, labels, weights, epochs
+        )
+        self._job = Consolidation(self.config, window, self.capacity)
+        self._job_taken = False
+        return self._job
+
+    @property
+    def consolidation_pending(self) -> bool:
+        """A consolidation was cut and is not installed yet."""
+        return self._job is not None
 
     def _window_interactions(
         self,
@@ -330,15 +380,9 @@ class IncrementalModel:
 
     def _refresh_neighbours(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> None:
         """Rebuild the item-kNN neighbours for blending from these interactions' positives."""
-        if self.config.blend_neighbours < 1:
-            return
-        positive = labels > 0
-        neighbours = item_neighbours(
-            rows[positive], cols[positive], self.n_users, self.n_items, self.config.blend_neighbours
-        )
-        for array in (neighbours.data, neighbours.indices, neighbours.indptr):
-            array.flags.writeable = False
-        self._neighbours = neighbours
+        neighbours = _neighbours(self.config, rows, cols, labels, self.n_users, self.n_items)
+        if neighbours is not None:
+            self._neighbours = neighbours
 
     def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         seen = self._recent_set
@@ -384,144 +428,19 @@ class IncrementalModel:
             weights = np.where(positive, r, 1.0 - r).astype(np.float32)
         return users[last].astype(np.int32), items[last].astype(np.int32), labels, weights
 
-    def _fit(
-        self,
-        version: int,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        labels: np.ndarray,
-        weights: np.ndarray | None,
-        epochs: int,
-        on_epoch: Callable[[int], None] | None,
-        n_users0: int,
-        stream: int = _FIT_STREAM,
-    ) -> np.ndarray:
-        n_users, n_items = self.n_users, self.n_items
-        cap_users, cap_items = self.capacity
-        interactions = sp.coo_matrix((labels, (rows, cols)), shape=(n_users, n_items))
-        sample_weight = None
-        if weights is not None:
-            sample_weight = sp.coo_matrix((weights, (rows, cols)), shape=(n_users, n_items))
-        user_features = _identity(n_users, cap_users)
-        item_features = _identity(n_items, cap_items)
-        backup = self._backup(rows, n_users0)
-        lfm = self._lfm
-        self._random.seed(derive_seed(self.config.seed, version, stream))
-        lfm.random_state = self._random
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
-                for done in range(1, epochs + 1):
-                    lfm.fit_partial(
-                        interactions,
-                        user_features=user_features,
-                        item_features=item_features,
-                        sample_weight=sample_weight,
-                        epochs=1,
-                        num_threads=self.config.num_threads,
-                    )
-                    if on_epoch is not None:
-                        on_epoch(done)
-                bad = self._non_finite(backup, rows)
-            if bad:
-                raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
-        except BaseException as exc:
-            self._restore(backup)
-            if isinstance(exc, ValueError) and "finite" in str(exc):
-                raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
-            raise
-        return self._changed_item_rows(backup)
-
-    def _changed_item_rows(self, backup: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """Item rows whose embedding or bias this fit changed (negatives sampled by WARP/BPR
-        change too), found against the backup the fit took anyway."""
-        which, before = backup["item_embeddings"]
-        now = self._lfm.item_embeddings[which]
-        changed = (now != before).any(axis=1)
-        changed |= self._lfm.item_biases[which] != backup["item_biases"][1]
-        return which[changed]
-
     def _trained_user_rows(self, rows: np.ndarray, n_users0: int) -> np.ndarray:
         """User rows a fit may have changed (all of them under user regularisation)."""
         if self.config.user_alpha > 0:
             return np.arange(n_users0)
         return rows.astype(np.int64)
 
-    def _backup(self, rows: np.ndarray, n_users0: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Copies of everything a fit can change, to roll back a non-finite batch.
-
-        Item rows: any existing item can be sampled as a negative, so all of them. User
-        rows: only this batch's users, unless user_alpha > 0 (regularisation rescales all).
-        """
-        if self.config.user_alpha > 0:
-            user_rows = np.arange(n_users0)
-        else:
-            user_rows = np.unique(rows[rows < n_users0]).astype(np.int64)
-        item_rows = np.arange(self.n_items)
-        backup = {}
-        for name in STATE_ARRAYS:
-            which = user_rows if name[0] == "u" else item_rows
-            backup[name] = (which, getattr(self._lfm, name)[which])  # fancy index = copy
-        return backup
-
-    def _restore(self, backup: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        for name, (which, values) in backup.items():
-            getattr(self._lfm, name)[which] = values
-
-    def _non_finite(
-        self, backup: dict[str, tuple[np.ndarray, np.ndarray]], rows: np.ndarray
-    ) -> str | None:
-        """The first array with a NaN/inf in a row this fit could have changed, if any.
-
-        LightFM itself checks the embeddings and biases after every epoch (and raises); this
-        covers the gradient accumulators and momentum, in the rows that can have changed
-        (those backed up, plus this batch's users)."""
-        user_rows = np.union1d(backup["user_biases"][0], rows)
-        for name in _UNCHECKED_BY_LIGHTFM:
-            which = user_rows if name[0] == "u" else slice(0, self.n_items)
-            if not np.isfinite(np.sum(getattr(self._lfm, name)[which], dtype=np.float64)):
-                return name
-        return None
-
-    def _grow(self, version: int, n_users0: int, n_items0: int) -> None:
-        """Make room for new users/items (capacity doubling) and initialise their rows."""
-        for side, old, new, stream in (
-            ("user", n_users0, self.n_users, _USER_INIT_STREAM),
-            ("item", n_items0, self.n_items, _ITEM_INIT_STREAM),
-        ):
-            if new == old:
-                continue
-            capacity = len(getattr(self._lfm, f"{side}_biases"))
-            if new > capacity:
-                capacity = max(capacity, self.config.initial_capacity)
-                while capacity < new:
-                    capacity *= 2
-                self._reallocate(side, old, capacity)
-            self._random.seed(derive_seed(self.config.seed, version, stream))
-            self._init_rows(side, old, new, self._random)
-        self._user_positives = _resized(self._user_positives, n_users0, self.capacity[0])
-        self._popularity = _resized(self._popularity, n_items0, self.capacity[1])
-        self._user_events = _resized(self._user_events, n_users0, self.capacity[0])
-        self._item_events = _resized(self._item_events, n_items0, self.capacity[1])
-
-    def _reallocate(self, side: str, used: int, capacity: int) -> None:
-        for part in PARTS:
-            name = f"{side}_{part}"
-            old = getattr(self._lfm, name)
-            new = np.zeros((capacity, *old.shape[1:]), dtype=np.float32)
-            new[:used] = old[:used]
-            setattr(self._lfm, name, new)
-
-    def _init_rows(self, side: str, start: int, stop: int, rng: np.random.RandomState) -> None:
-        """LightFM's own initialisation (``LightFM._initialize``) for rows start..stop."""
-        k = self.config.no_components
-        lfm = self._lfm
-        accumulator = 1.0 if self.config.learning_schedule == "adagrad" else 0.0
-        getattr(lfm, f"{side}_embeddings")[start:stop] = (rng.rand(stop - start, k) - 0.5) / k
-        getattr(lfm, f"{side}_embedding_gradients")[start:stop] = accumulator
-        getattr(lfm, f"{side}_embedding_momentum")[start:stop] = 0.0
-        getattr(lfm, f"{side}_biases")[start:stop] = 0.0
-        getattr(lfm, f"{side}_bias_gradients")[start:stop] = accumulator
-        getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
+    def _resize_counts(self, n_users0: int, n_items0: int) -> None:
+        """The per-row counts follow the arrays' capacity (after growth)."""
+        users, items = self.capacity
+        self._user_positives = _resized(self._user_positives, n_users0, users)
+        self._popularity = _resized(self._popularity, n_items0, items)
+        self._user_events = _resized(self._user_events, n_users0, users)
+        self._item_events = _resized(self._item_events, n_items0, items)
 
     def _count_popularity(self, items: np.ndarray, stamps: np.ndarray) -> None:
         """Add events to the recency-decayed counts, kept as of the newest event time."""
@@ -704,7 +623,13 @@ class IncrementalModel:
                 recent_event_ids=list(self._recent),
                 arrays=arrays,
                 window=self._window.arrays(),
-                since_consolidation=self.since_consolidation,
+                # A consolidation cut but not installed is not in this state: the restored
+                # model consolidates at its first streamed batch instead.
+                since_consolidation=(
+                    max(self.since_consolidation, self.config.consolidate_every)
+                    if self._job is not None
+                    else self.since_consolidation
+                ),
                 neighbours=self._neighbours,
                 chain=self._chain(),
             )
@@ -732,7 +657,7 @@ class IncrementalModel:
             capacity = max(model.config.initial_capacity, 1)
             while capacity < n:
                 capacity *= 2
-            model._reallocate(side, 0, capacity)
+            model._fitter.reallocate(side, 0, capacity)
             for part in PARTS:
                 getattr(model._lfm, f"{side}_{part}")[:n] = state.arrays[f"{side}_{part}"]
         model._popularity = np.zeros(len(model._lfm.item_biases), dtype=np.float64)
@@ -748,6 +673,289 @@ class IncrementalModel:
         model.origin = state.version
         model._reset_changes()
         return model
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One fit as a batch made it: enough to replay it exactly onto another state."""
+
+    version: int  # seeds the fit and the initialisation of the rows the batch added
+    n_users0: int  # rows before the batch (rows n_users0..n_users are new)
+    n_items0: int
+    n_users: int  # the interaction matrix's shape
+    n_items: int
+    rows: np.ndarray  # int32 user rows
+    cols: np.ndarray  # int32 item rows
+    labels: np.ndarray  # float32 +1/-1
+    weights: np.ndarray | None
+    epochs: int
+
+
+class _Fitter:
+    """The twelve state arrays, the LightFM instance that trains them and the random
+    stream its fits and initialisations draw from: everything a fit touches."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        # One RandomState, re-seeded from (seed, version, stream) before each use: creating
+        # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
+        self.random = np.random.RandomState(config.seed)
+        self.lfm = LightFM(
+            no_components=config.no_components,
+            k=config.kos_k,
+            n=config.kos_n,
+            learning_schedule=config.learning_schedule,
+            loss=config.loss,
+            learning_rate=config.learning_rate,
+            rho=config.rho,
+            epsilon=config.epsilon,
+            item_alpha=config.item_alpha,
+            user_alpha=config.user_alpha,
+            max_sampled=config.max_sampled,
+            random_state=config.seed,
+        )
+        for name in STATE_ARRAYS:
+            rows = (0, config.no_components) if "embedding" in name else (0,)
+            setattr(self.lfm, name, np.zeros(rows, dtype=np.float32))
+        self._identity: dict[str, sp.csr_matrix] = {}
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        return len(self.lfm.user_biases), len(self.lfm.item_biases)
+
+    def grow(self, version: int, n_users0: int, n_items0: int, n_users: int, n_items: int) -> None:
+        """Make room for new users/items (capacity doubling) and initialise their rows."""
+        for side, old, new, stream in (
+            ("user", n_users0, n_users, _USER_INIT_STREAM),
+            ("item", n_items0, n_items, _ITEM_INIT_STREAM),
+        ):
+            if new == old:
+                continue
+            capacity = len(getattr(self.lfm, f"{side}_biases"))
+            if new > capacity:
+                capacity = max(capacity, self.config.initial_capacity)
+                while capacity < new:
+                    capacity *= 2
+                self.reallocate(side, old, capacity)
+            self.random.seed(derive_seed(self.config.seed, version, stream))
+            self.init_rows(side, old, new)
+
+    def reallocate(self, side: str, used: int, capacity: int) -> None:
+        for part in PARTS:
+            name = f"{side}_{part}"
+            old = getattr(self.lfm, name)
+            new = np.zeros((capacity, *old.shape[1:]), dtype=np.float32)
+            new[:used] = old[:used]
+            setattr(self.lfm, name, new)
+
+    def init_rows(self, side: str, start: int, stop: int) -> None:
+        """LightFM's own initialisation (``LightFM._initialize``) for rows start..stop,
+        drawn from :attr:`random` as seeded by the caller."""
+        k = self.config.no_components
+        lfm, rng = self.lfm, self.random
+        accumulator = 1.0 if self.config.learning_schedule == "adagrad" else 0.0
+        getattr(lfm, f"{side}_embeddings")[start:stop] = (rng.rand(stop - start, k) - 0.5) / k
+        getattr(lfm, f"{side}_embedding_gradients")[start:stop] = accumulator
+        getattr(lfm, f"{side}_embedding_momentum")[start:stop] = 0.0
+        getattr(lfm, f"{side}_biases")[start:stop] = 0.0
+        getattr(lfm, f"{side}_bias_gradients")[start:stop] = accumulator
+        getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
+
+    def identity(self, side: str, n: int) -> sp.csr_matrix:
+        """``I[:n, :capacity]`` of one side, cached: rebuilt only when n or the capacity
+        changed (a steady-state batch reuses both)."""
+        capacity = len(getattr(self.lfm, f"{side}_biases"))
+        cached = self._identity.get(side)
+        if cached is None or cached.shape != (n, capacity):
+            cached = self._identity[side] = _identity(n, capacity)
+        return cached
+
+    def fit(
+        self,
+        step: _Step,
+        on_epoch: Callable[[int], None] | None = None,
+        stream: int = _FIT_STREAM,
+    ) -> np.ndarray:
+        """Train ``step`` (rolled back whole, raising :class:`NonFiniteModel`, if it goes
+        non-finite); returns the item rows it changed."""
+        shape = (step.n_users, step.n_items)
+        rows, cols = step.rows, step.cols
+        interactions = sp.coo_matrix((step.labels, (rows, cols)), shape=shape)
+        sample_weight = None
+        if step.weights is not None:
+            sample_weight = sp.coo_matrix((step.weights, (rows, cols)), shape=shape)
+        user_features = self.identity("user", step.n_users)
+        item_features = self.identity("item", step.n_items)
+        backup = self._backup(rows, step.n_users0, step.n_items)
+        lfm = self.lfm
+        self.random.seed(derive_seed(self.config.seed, step.version, stream))
+        lfm.random_state = self.random
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
+                for done in range(1, step.epochs + 1):
+                    lfm.fit_partial(
+                        interactions,
+                        user_features=user_features,
+                        item_features=item_features,
+                        sample_weight=sample_weight,
+                        epochs=1,
+                        num_threads=self.config.num_threads,
+                    )
+                    if on_epoch is not None:
+                        on_epoch(done)
+                bad = self._non_finite(backup, rows, step.n_items)
+            if bad:
+                raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
+        except BaseException as exc:
+            self._restore(backup)
+            if isinstance(exc, ValueError) and "finite" in str(exc):
+                raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
+            raise
+        return self._changed_item_rows(backup)
+
+    def _changed_item_rows(
+        self, backup: dict[str, tuple[np.ndarray | slice, np.ndarray]]
+    ) -> np.ndarray:
+        """Item rows whose embedding or bias this fit changed (negatives sampled by WARP/BPR
+        change too), found against the backup the fit took anyway."""
+        which, before = backup["item_embeddings"]  # which: rows 0..n_items-1
+        changed = (self.lfm.item_embeddings[which] != before).any(axis=1)
+        changed |= self.lfm.item_biases[which] != backup["item_biases"][1]
+        return np.flatnonzero(changed).astype(np.int64)
+
+    def _backup(
+        self, rows: np.ndarray, n_users0: int, n_items: int
+    ) -> dict[str, tuple[np.ndarray | slice, np.ndarray]]:
+        """Copies of everything a fit can change, to roll back a non-finite batch.
+
+        Item rows: any existing item can be sampled as a negative, so all of them. User
+        rows: only this batch's users, unless user_alpha > 0 (regularisation rescales all).
+        """
+        if self.config.user_alpha > 0:
+            user_rows = np.arange(n_users0)
+        else:
+            user_rows = np.unique(rows[rows < n_users0]).astype(np.int64)
+        items = slice(0, n_items)  # a slice: one contiguous copy, not a gather
+        backup: dict[str, tuple[np.ndarray | slice, np.ndarray]] = {}
+        for name in STATE_ARRAYS:
+            array = getattr(self.lfm, name)
+            if name[0] == "u":
+                backup[name] = (user_rows, array[user_rows])  # fancy index = copy
+            else:
+                backup[name] = (items, array[items].copy())
+        return backup
+
+    def _restore(self, backup: dict[str, tuple[np.ndarray | slice, np.ndarray]]) -> None:
+        for name, (which, values) in backup.items():
+            getattr(self.lfm, name)[which] = values
+
+    def _non_finite(
+        self,
+        backup: dict[str, tuple[np.ndarray | slice, np.ndarray]],
+        rows: np.ndarray,
+        n_items: int,
+    ) -> str | None:
+        """The first array with a NaN/inf in a row this fit could have changed, if any.
+
+        LightFM itself checks the embeddings and biases after every epoch (and raises); this
+        covers the gradient accumulators and momentum, in the rows that can have changed
+        (those backed up, plus this batch's users)."""
+        user_rows = np.union1d(backup["user_biases"][0], rows)
+        for name in _UNCHECKED_BY_LIGHTFM:
+            which = user_rows if name[0] == "u" else slice(0, n_items)
+            if not np.isfinite(np.sum(getattr(self.lfm, name)[which], dtype=np.float64)):
+                return name
+        return None
+
+
+class Consolidation:
+    """A retrain from scratch on the window as one batch cut it (models/consolidation.py),
+    then the batches trained after that cut, replayed in order.
+
+    It owns everything it trains (a :class:`_Fitter` of its own), so :meth:`run` may run in
+    another thread while the model goes on training batches; the model appends each such
+    batch to :attr:`tail`, :meth:`run` replays what is there when its fit ends, and
+    :meth:`IncrementalModel.install` replays the rest and swaps the result in.
+    """
+
+    def __init__(self, config: ModelConfig, window: _Step, capacity: tuple[int, int]) -> None:
+        self.config = config
+        self.window = window
+        self.capacity = capacity
+        self.tail: list[_Step] = []
+        self.replayed = 0
+        self.fitter: _Fitter | None = None  # set by run() unless the retrain went non-finite
+        self.neighbours: sp.csr_matrix | None = None
+        self.seconds = 0.0
+        self.between_epochs: Callable[[], None] | None = None
+        """Called after each epoch of the retrain (the trainer uses it to yield the CPU to
+        the batches while they have a backlog); it changes when, never what, it trains."""
+
+    @property
+    def events(self) -> int:
+        """Interactions the retrain trains on."""
+        return len(self.window.rows)
+
+    def run(self) -> Consolidation:
+        """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
+        the tail so far. Returns itself."""
+        started = time.perf_counter()
+        w, seed = self.window, self.config.seed
+        fitter = _Fitter(self.config)
+        sides = (("user", w.n_users, self.capacity[0]), ("item", w.n_items, self.capacity[1]))
+        for side, n, capacity in sides:
+            fitter.reallocate(side, 0, capacity)
+            fitter.random.seed(derive_seed(seed, w.version, _CONSOLIDATE[side]))
+            fitter.init_rows(side, 0, n)
+        try:
+            if len(w.rows):
+                fitter.fit(w, self._after_epoch, _CONSOLIDATE["fit"])
+        except NonFiniteModel:
+            return self
+        self.neighbours = _neighbours(self.config, w.rows, w.cols, w.labels, w.n_users, w.n_items)
+        self.fitter = fitter
+        self.replay()
+        self.seconds = time.perf_counter() - started
+        return self
+
+    def _after_epoch(self, done: int) -> None:
+        if self.between_epochs is not None:
+            self.between_epochs()
+
+    def replay(self) -> None:
+        """Replay the tail batches not replayed yet (each as its batch trained it: its new
+        rows initialised from its version, then its fit; one that goes non-finite here is
+        rolled back and skipped)."""
+        fitter = self.fitter
+        assert fitter is not None
+        while self.replayed < len(self.tail):
+            step = self.tail[self.replayed]
+            fitter.grow(step.version, step.n_users0, step.n_items0, step.n_users, step.n_items)
+            if len(step.rows):
+                with contextlib.suppress(NonFiniteModel):
+                    fitter.fit(step)
+            self.replayed += 1
+
+
+def _neighbours(
+    config: ModelConfig,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    labels: np.ndarray,
+    n_users: int,
+    n_items: int,
+) -> sp.csr_matrix | None:
+    """The item-kNN neighbours for blending from these interactions' positives (None: no
+    blending)."""
+    if config.blend_neighbours < 1:
+        return None
+    positive = labels > 0
+    neighbours = item_neighbours(
+        rows[positive], cols[positive], n_users, n_items, config.blend_neighbours
+    )
+    for array in (neighbours.data, neighbours.indices, neighbours.indptr):
+        array.flags.writeable = False
+    return neighbours
 
 
 _EMPTY_ROWS = np.zeros(0, dtype=np.int64)

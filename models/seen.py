@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -32,6 +33,7 @@ _EMPTY = np.zeros(0, dtype=HASH_DTYPE)
 _EMPTY.flags.writeable = False
 
 
+@lru_cache(maxsize=1 << 17)  # a catalogue's ids repeat in every slice of ratings
 def item_hash(item: str) -> bytes:
     """The 8-byte hash of one item id (little-endian uint64 in a row)."""
     return hashlib.blake2b(item.encode(), digest_size=BYTES_PER_ITEM).digest()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
 
+import agents.trainer as trainer_module
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.config import ModelConfig
@@ -105,7 +107,7 @@ class FakeDLQ:
 async def start(
     store: SnapshotStore, consumer: FakeConsumer, dlq: FakeDLQ, **kw
 ) -> tuple[Trainer, asyncio.Task[None]]:
-    model = await restore_model(store, CONFIG)
+    model = await restore_model(store, kw.pop("config", CONFIG))
     trainer = Trainer(
         model=model,
         holder=ModelHolder(),
@@ -194,6 +196,45 @@ async def test_batches_are_what_is_available_up_to_batch_max(store) -> None:
     await until(lambda: trainer.model.trained_events == 1001, within=5)
     assert consumer.batches[-1] == 1
     await stop(trainer, task)
+
+
+async def test_consolidations_run_beside_the_batches_and_are_installed_when_they_end(
+    store,
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(200, 60, 3000, 4, seed=5)
+    consumer.produce_ratings(ratings)
+    config = replace(CONFIG, consolidate_every=1000, consolidate_epochs=3, blend_neighbours=5)
+    trainer, task = await start(store, consumer, dlq, batch_max=300, config=config)
+    model = trainer.model
+    assert model.defer_consolidation
+    await until(lambda: model.trained_events == 3000)
+    # No timer runs here: the consolidation thread's end installs it (and cuts the next
+    # one while due) on the loop; /model/ says when none is pending any more.
+    await until(lambda: trainer.holder.info.get("consolidation_pending") is False)
+    assert not model.consolidation_pending and model.since_consolidation < 1000
+    assert model._neighbours is not None  # installed (only consolidations build them here)
+    assert trainer.holder.view is not None and trainer.holder.view.version == model.version
+    users, items = model.event_counts()
+    assert sum(users.values()) == sum(items.values()) == 3000  # each rating applied once
+    await trainer.tick()  # nothing left to do
+    assert trainer.holder.view.version == model.version
+    await stop(trainer, task)
+
+
+async def test_a_consolidation_yields_to_a_backlog_between_epochs_for_a_bounded_time(
+    store, monkeypatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "CONSOLIDATION_MAX_PAUSE", 0.2)
+    trainer, task = await start(store, FakeConsumer(), FakeDLQ())
+    started = time.monotonic()
+    trainer._yield_to_batches()  # no backlog: no wait
+    assert time.monotonic() - started < 0.1
+    trainer._backlog = True  # the last fetch was large: ratings are waiting
+    started = time.monotonic()
+    trainer._yield_to_batches()
+    assert 0.2 <= time.monotonic() - started < 2.0
+    await stop(trainer, task, snapshot=False)
 
 
 async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(store) -> None:

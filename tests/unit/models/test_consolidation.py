@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import snapshot
+from models import incremental, snapshot
 from models.config import ModelConfig
 from models.consolidation import InteractionWindow, item_neighbours
 from models.evaluation import evaluate, positives_by_user, split_latest_per_user
@@ -143,6 +143,125 @@ def test_snapshot_then_continue_equals_never_stopping_across_consolidations():
     )
 
 
+def growing_batches(n: int = 8) -> list[list]:
+    """Batches of 300, each bringing new users and items (rows grown during a tail)."""
+    return [
+        ratings(40 + 15 * s, 30 + 5 * s, 300, seed=s, prefix=f"g{s}-", ts0=1000 * s)
+        for s in range(n)
+    ]
+
+
+@pytest.mark.parametrize("run_after, install_after", [(0, 0), (1, 3), (2, 2)])
+def test_a_deferred_consolidation_gives_the_state_of_consolidating_inline(run_after, install_after):
+    """Cut at the batch that crosses the mark, run ``run_after`` batches later (it replays
+    those), installed ``install_after`` batches later (install replays the rest): the
+    state is bit-identical to consolidating inside the cutting batch."""
+    batches = growing_batches()
+    inline = IncrementalModel(config())
+    for batch in batches:
+        inline.train_batch(batch)
+    deferred = IncrementalModel(config())
+    deferred.defer_consolidation = True
+    job, cut_at, installed = None, None, 0
+    for i, batch in enumerate(batches):
+        result = deferred.train_batch(batch)
+        assert not result.consolidated
+        if (taken := deferred.take_consolidation()) is not None:
+            job, cut_at = taken, i
+            assert deferred.consolidation_pending and not deferred.consolidation_due()
+            assert deferred.take_consolidation() is None  # handed out once
+        if job is not None and i == cut_at + run_after:
+            job.run()
+            assert job.replayed == run_after
+        if job is not None and i == cut_at + install_after:
+            assert deferred.install(job)
+            job, installed = None, installed + 1
+    check_arrays(deferred)
+    if (run_after, install_after) != (0, 0):  # marks crossed while one ran: fewer cuts
+        assert installed >= 1
+    else:  # 2,400 events, a mark every 500: as inline, a cut at every second batch
+        assert installed == 4
+        assert_same_state(inline, deferred)
+        np.testing.assert_array_equal(
+            inline.view().score_rows(np.arange(60)), deferred.view().score_rows(np.arange(60))
+        )
+
+
+def test_a_deferred_consolidation_with_no_tail_matches_inline_exactly_and_blends_the_same():
+    inline, deferred = IncrementalModel(config()), IncrementalModel(config())
+    deferred.defer_consolidation = True
+    for batch in growing_batches(2):
+        assert not deferred.train_batch(batch).consolidated
+        inline.train_batch(batch)
+    job = deferred.take_consolidation()
+    assert job is not None and inline.since_consolidation == deferred.since_consolidation == 0
+    assert deferred.install(job.run())
+    assert_same_state(inline, deferred)
+    assert (inline._neighbours != deferred._neighbours).nnz == 0
+
+
+def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch():
+    """A tail replayed partly by run() and partly by install() (new users and items in
+    both parts) gives exactly the inline state, as long as no mark is crossed meanwhile."""
+    batches = growing_batches(3)
+    inline = IncrementalModel(config())
+    deferred = IncrementalModel(config())
+    deferred.defer_consolidation = True
+    for batch in batches[:2]:
+        inline.train_batch(batch)
+        deferred.train_batch(batch)
+    job = deferred.take_consolidation()
+    assert job is not None
+    deferred.train_batch(batches[2][:150])  # replayed by run()
+    inline.train_batch(batches[2][:150])
+    job.run()
+    assert job.replayed == 1
+    deferred.train_batch(batches[2][150:])  # replayed by install()
+    inline.train_batch(batches[2][150:])
+    assert deferred.install(job)
+    assert_same_state(inline, deferred)
+    assert not deferred.install(job)  # once
+
+
+def test_between_epochs_is_called_after_every_epoch_and_changes_nothing():
+    inline, deferred = IncrementalModel(config()), IncrementalModel(config())
+    deferred.defer_consolidation = True
+    for batch in growing_batches(2):
+        inline.train_batch(batch)
+        deferred.train_batch(batch)
+    job = deferred.take_consolidation()
+    calls: list[int] = []
+    job.between_epochs = lambda: calls.append(len(calls))
+    assert deferred.install(job.run())
+    assert len(calls) == config().consolidate_epochs
+    assert_same_state(inline, deferred)
+
+
+def test_a_snapshot_while_a_consolidation_is_pending_consolidates_after_restore():
+    model = IncrementalModel(config())
+    model.defer_consolidation = True
+    for batch in growing_batches(2):
+        model.train_batch(batch)
+    assert model.take_consolidation() is not None
+    restored = IncrementalModel.from_bytes(*model.to_bytes())
+    assert not restored.consolidation_pending
+    assert restored.consolidation_due()
+    assert restored.train_batch(ratings(10, 10, 10, prefix="next", ts0=9e4)).consolidated
+    dropped = model.take_consolidation()
+    assert dropped is None and model.consolidate()  # an inline one replaces a pending one
+    assert not model.consolidation_pending
+
+
+def test_cut_consolidation_cuts_only_when_due():
+    model = IncrementalModel(config())
+    model.defer_consolidation = True
+    model.train_batch(ratings(40, 30, 300))
+    assert model.cut_consolidation() is None
+    model.since_consolidation = 500  # as after installing a consolidation with a long tail
+    job = model.cut_consolidation()
+    assert job is not None and job.events > 0 and model.since_consolidation == 0
+
+
 def test_a_diverging_consolidation_leaves_the_model_as_it_was(monkeypatch):
     model = IncrementalModel(config(consolidate_every=0))
     model.train_batch(ratings(30, 20, 400))
@@ -151,7 +270,7 @@ def test_a_diverging_consolidation_leaves_the_model_as_it_was(monkeypatch):
     def diverge(*args, **kwargs):
         raise NonFiniteModel("boom")
 
-    monkeypatch.setattr(model, "_fit", diverge)
+    monkeypatch.setattr(incremental._Fitter, "fit", diverge)  # the retrain's own fitter
     assert model.consolidate() is False
     for name, array in model.state_arrays().items():
         np.testing.assert_array_equal(array, before[name], err_msg=name)

@@ -1,7 +1,11 @@
 import math
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from models import events
 from models.events import (
     MAX_ID_LENGTH,
     InvalidEvent,
@@ -125,3 +129,34 @@ def test_topic_names():
     assert not is_topic_name("")
     assert not is_topic_name(".")
     assert not is_topic_name("a/b")
+
+
+_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+@given(rating=_NUMBERS, ts=_NUMBERS)
+def test_the_fast_path_accepts_and_returns_what_the_rules_do(rating: object, ts: object) -> None:
+    """parse_rating's fast path (the trainer's and ingest's hot path) agrees with the rules
+    one by one, for ints, floats, bools, huge and non-finite numbers, strings and None."""
+    obj = {"event_id": "e1", "user": "u1", "item": "i1", "rating": rating, "ts": ts}
+
+    def by_the_rules() -> object:
+        with patch.object(events, "_well_formed_rating", lambda obj: None):
+            try:
+                return events.parse_rating(obj)
+            except events.InvalidEvent as exc:
+                return type(exc)
+
+    try:
+        fast: object = events.parse_rating(obj)
+    except events.InvalidEvent as exc:
+        fast = type(exc)
+    assert fast == by_the_rules()
+    if isinstance(fast, events.Rating):
+        assert type(fast.rating) is float and type(fast.ts) is float
