@@ -41,8 +41,10 @@ NO_CATALOG: Catalog = MappingProxyType({})
 def title_of(catalog: Catalog, item: str) -> str | None:
     """The item's title if the catalog knows it."""
     entry = catalog.get(item)
-    title = entry.get("title") if isinstance(entry, Mapping) else None
-    return title if isinstance(title, str) else None
+    if entry is None:
+        return None
+    title = entry.get("title") if type(entry) is dict or isinstance(entry, Mapping) else None
+    return title if type(title) is str else None
 
 
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -81,7 +83,10 @@ def replies_for(
             replies.append(Reply(request.request_id, request.user, [], None, "none", latency))
             continue
         rec = recs[n]
-        items = [ReplyItem(s.item, float(s.score), title_of(catalog, s.item)) for s in rec.items]
+        if catalog:  # scores are floats already (ScoredItem)
+            items = [ReplyItem(s.item, s.score, title_of(catalog, s.item)) for s in rec.items]
+        else:  # no catalog loaded: no titles to look up
+            items = [ReplyItem(s.item, s.score) for s in rec.items]
         replies.append(
             Reply(request.request_id, request.user, items, rec.version, rec.source, latency)
         )
@@ -161,7 +166,11 @@ class Scorer:
         for message in messages:
             try:
                 request = decode_request(message.key, message.value, max_bytes=self.max_bytes)
-                target = await self._target(request.reply_to)
+                target = (
+                    self.default_reply
+                    if request.reply_to is None  # most requests: no coroutine to await
+                    else await self._target(request.reply_to)
+                )
             except Undecodable as exc:
                 await send_dead_letter(self.dlq, message, exc)
                 continue

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
@@ -68,6 +69,20 @@ def deployment(name: str, **overrides: Any) -> Deployment:
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings, role="scorer"))
     return Deployment(settings, env, home, prefix)
+
+
+async def drop_topics(dep: Deployment) -> None:
+    """Delete the deployment's topics: a broker that keeps every run's namespace makes each
+    client's metadata update parse all of them (measured: 127 ms of one scorer's event loop
+    with 923 topics, the largest stall of a flood; docs/benchmarks.md "Profiles: scorer")."""
+    admin = AIOKafkaAdminClient(**kafka_client_options(dep.settings))
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(f"{dep.prefix}-")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
 
 
 def serve_model(dep: Deployment, model: IncrementalModel) -> None:
@@ -129,13 +144,21 @@ async def publish_fast(settings: Settings, ratings: list[Rating]) -> float:
     return len(ratings) / (time.perf_counter() - start)
 
 
-async def latencies_until(settings: Settings, users: list[str], done: asyncio.Event) -> list[float]:
-    """Round-trip seconds of one-at-a-time requests, sent until ``done`` is set."""
+async def latencies_until(
+    settings: Settings,
+    users: list[str],
+    done: asyncio.Event,
+    go: asyncio.Event | None = None,
+) -> list[float]:
+    """Round-trip seconds of one-at-a-time requests, sent from when ``go`` is set (the
+    client is started before it) until ``done`` is set."""
     consumer = await tail_consumer(settings, settings.responses_topic)
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=0)
     await producer.start()
     out: list[float] = []
     try:
+        if go is not None:
+            await go.wait()
         n = 0
         while not done.is_set():
             rid, user = uuid.uuid4().hex, users[n % len(users)]
@@ -166,31 +189,54 @@ def p99(values: list[float]) -> float:
 def ingest_under_requests(
     dep: Deployment, worker: WorkerProcess, total: int, users: list[str]
 ) -> dict[str, float]:
-    """While ``worker`` (just started) works through a backlog of ratings, time one-at-a-time
-    requests; the ingest rate is the slope of its ``seen_ratings`` counter between 10% and
-    90% of the backlog (startup and the tail left out)."""
+    """Start ``worker`` (not yet started) on a backlog of ratings and time one-at-a-time
+    requests from the moment it is ready until the backlog is in (the request client is
+    started first, so that no part of the flood goes unprobed). The ingest rate is the
+    slope of its ``seen_ratings`` counter, sampled from the process start, from the last
+    sample at 10% of the backlog or less to the first at 90% or more."""
     samples: list[tuple[float, float]] = []
 
+    def ready() -> bool:
+        try:
+            return worker.get("/health/", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     async def run() -> list[float]:
-        done = asyncio.Event()
-        timing = asyncio.create_task(latencies_until(dep.settings, users, done))
+        done, go = asyncio.Event(), asyncio.Event()
+        timing = asyncio.create_task(latencies_until(dep.settings, users, done, go))
+        await asyncio.sleep(2)  # the client's consumer and producer start meanwhile
+        worker.start()
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            count = await asyncio.to_thread(metric, worker, "streamrec_seen_ratings_total")
-            samples.append((time.perf_counter(), count))
-            if count >= total:
-                break
-            await asyncio.sleep(0.05)
-        done.set()
+        try:
+            while time.monotonic() < deadline:
+                if not worker.running():
+                    raise RuntimeError(f"scorer exited:\n{worker.log_tail()}")
+                try:
+                    count = await asyncio.to_thread(metric, worker, "streamrec_seen_ratings_total")
+                except OSError:  # not serving yet
+                    count = 0.0
+                samples.append((time.perf_counter(), count))
+                if not go.is_set() and await asyncio.to_thread(ready):
+                    go.set()
+                if count >= total and go.is_set():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            go.set()
+            done.set()
         return await timing
 
     latencies = asyncio.run(run())
-    (t_lo, c_lo) = next((t, c) for t, c in samples if c >= 0.1 * total)
+    # The last sample at or below 10% and the first at or above 90%: never the same sample
+    # (a scorer that ingests faster than it is sampled had a slope of 0/0 -> 0).
+    low = [(t, c) for t, c in samples if c <= 0.1 * total]
+    t_lo, c_lo = low[-1] if low else samples[0]
     (t_hi, c_hi) = next((t, c) for t, c in samples if c >= 0.9 * total)
     return {
         "ingest_per_second": (c_hi - c_lo) / max(t_hi - t_lo, 1e-3),
-        "flood_p99_s": p99(latencies),
-        "flood_p50_s": statistics.median(latencies),
+        "flood_p99_s": p99(latencies) if latencies else float("nan"),
+        "flood_p50_s": statistics.median(latencies) if latencies else float("nan"),
         "flood_requests": len(latencies),
     }
 
@@ -201,6 +247,14 @@ def cpu_seconds(worker: WorkerProcess) -> float:
 
 def rss_bytes(worker: WorkerProcess) -> float:
     return metric(worker, "process_resident_memory_bytes")
+
+
+def peak_rss_bytes(worker: WorkerProcess) -> float:
+    """The worker's peak RSS so far (``VmHWM``; the benchmark runs on the worker's machine)."""
+    assert worker.proc is not None
+    status = Path(f"/proc/{worker.proc.pid}/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return float(kib) * 1024
 
 
 def speed_figures(quick: bool) -> tuple[list[Figure], float]:
@@ -266,12 +320,13 @@ def speed_figures(quick: bool) -> tuple[list[Figure], float]:
         # The flood: a backlog published while no scorer runs, so that the restarted scorer
         # ingests as fast as it can (not as fast as one producer publishes).
         publish_rate = asyncio.run(publish_fast(s, backlog))
-        workers = [start_scorer(dep, 3)]
+        workers = [WorkerProcess("scorer", free_port(), dep.home / "scorer-3.log", dep.env)]
         flood = ingest_under_requests(dep, workers[0], n_ratings, users)
         raw_consume = asyncio.run(raw_consume_rate(s, s.ratings_topic, n_ratings))
     finally:
         for w in workers:
             w.stop()
+        asyncio.run(drop_topics(dep))
 
     idle_p99 = ours["p99_ms"]
     figures = [
@@ -351,8 +406,10 @@ def memory_figure(small_rss: float, quick: bool) -> Figure:
     worker = start_scorer(dep, 1)
     try:
         rss = rss_bytes(worker)
+        peak = peak_rss_bytes(worker)
     finally:
         worker.stop()
+        asyncio.run(drop_topics(dep))
     return Figure(
         "memory: RSS a scorer adds for 100k users x 10k items x 64 dims vs raw array bytes",
         float(raw_bytes),
@@ -360,7 +417,8 @@ def memory_figure(small_rss: float, quick: bool) -> Figure:
         2.0,
         "lower",
         "bytes",
-        note=f"total RSS {rss / 2**20:.0f} MiB; the same scorer on a 2k x 1k model "
+        note=f"total RSS {rss / 2**20:.0f} MiB (peak while loading {peak / 2**20:.0f} MiB); "
+        f"the same scorer on a 2k x 1k model "
         f"{small_rss / 2**20:.0f} MiB; arrays {raw_bytes / 2**20:.1f} MiB",
     )
 

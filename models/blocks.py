@@ -43,12 +43,27 @@ class RowBlocks:
     def from_array(cls, array: np.ndarray) -> RowBlocks:
         """Copy ``array`` (rows along axis 0) into blocks (views of one new array)."""
         n = len(array)
-        n_blocks = (n + _MASK) >> BLOCK_SHIFT
-        whole = np.zeros((n_blocks * BLOCK_ROWS, *array.shape[1:]), dtype=array.dtype)
+        whole = cls.buffer(n, tuple(array.shape[1:]), array.dtype)
         whole[:n] = array
+        return cls.adopt(whole, n)
+
+    @staticmethod
+    def buffer(n: int, row_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A zeroed array for ``n`` rows rounded up to whole blocks: fill its first ``n``
+        rows, then :meth:`adopt` it (no second copy of a large array while loading)."""
+        n_blocks = (n + _MASK) >> BLOCK_SHIFT
+        return np.zeros((n_blocks * BLOCK_ROWS, *row_shape), dtype=dtype)
+
+    @classmethod
+    def adopt(cls, whole: np.ndarray, n: int) -> RowBlocks:
+        """Blocks over the first ``n`` rows of ``whole`` (from :meth:`buffer`), which
+        becomes read-only and is not copied."""
+        n_blocks = (n + _MASK) >> BLOCK_SHIFT
+        if len(whole) != n_blocks * BLOCK_ROWS:
+            raise ValueError(f"{len(whole)} rows are not {n_blocks} whole blocks")
         whole.flags.writeable = False
-        blocks = list(whole.reshape(n_blocks, BLOCK_ROWS, *array.shape[1:]))
-        return cls(blocks, n, tuple(array.shape[1:]), array.dtype)
+        blocks = list(whole.reshape(n_blocks, BLOCK_ROWS, *whole.shape[1:]))
+        return cls(blocks, n, tuple(whole.shape[1:]), whole.dtype)
 
     @classmethod
     def empty(cls, row_shape: tuple[int, ...], dtype: np.dtype) -> RowBlocks:

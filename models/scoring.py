@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,8 +21,10 @@ from models.idmap import IdMap
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
 
 
-@dataclass(frozen=True, slots=True)
-class ScoredItem:
+class ScoredItem(NamedTuple):
+    """One recommended item (a named tuple: a reply makes ten of these, and a frozen
+    dataclass costs ~3x as much to build)."""
+
     item: str
     score: float
 
@@ -121,7 +123,7 @@ class ScoringView:
             items=IdMap(item_ids),
             n_items=n_items,
             k=user_embeddings.shape[1],
-            user_rows=RowBlocks.from_array(_pack(user_embeddings, user_biases, user_positives)),
+            user_rows=_packed_blocks(user_embeddings, user_biases, user_positives),
             item_embeddings=item_embeddings,
             item_biases=item_biases,
             popularity=popularity,
@@ -200,12 +202,10 @@ class ScoringView:
             items=items,
             n_items=n_items,
             k=arrays["user_embeddings"].shape[1],
-            user_rows=RowBlocks.from_array(
-                _pack(
-                    arrays["user_embeddings"][:n_users],
-                    arrays["user_biases"][:n_users],
-                    arrays["user_positives"][:n_users],
-                )
+            user_rows=_packed_blocks(
+                arrays["user_embeddings"][:n_users],
+                arrays["user_biases"][:n_users],
+                arrays["user_positives"][:n_users],
             ),
             item_embeddings=np.array(arrays["item_embeddings"][:n_items]),
             item_biases=np.array(arrays["item_biases"][:n_items]),
@@ -515,7 +515,7 @@ class ScoringView:
 
     def _scored(self, idx: list[int], vals: list[float]) -> list[ScoredItem]:
         id_of = self._items.id_of
-        return [ScoredItem(id_of(i), float(v)) for i, v in zip(idx, vals, strict=True)]
+        return list(map(ScoredItem, map(id_of, idx), vals))  # vals: Python floats (tolist)
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -551,14 +551,29 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be a positive integer, got {k!r}")
 
 
-def _pack(embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray) -> np.ndarray:
+def _pack(
+    embeddings: np.ndarray,
+    biases: np.ndarray,
+    positives: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """User rows as one float32 array: embedding, bias, positives count (exact below 2**24;
     scoring only asks whether it is zero). One block structure instead of three."""
-    out = np.empty((len(embeddings), embeddings.shape[1] + 2), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(embeddings), embeddings.shape[1] + 2), dtype=np.float32)
     out[:, :-2] = embeddings
     out[:, -2] = biases
     out[:, -1] = np.minimum(positives, 1 << 24)
     return out
+
+
+def _packed_blocks(embeddings: np.ndarray, biases: np.ndarray, positives: np.ndarray) -> RowBlocks:
+    """:func:`_pack` written straight into the blocks' buffer (one copy of the user rows,
+    not two: they are most of a scorer's memory)."""
+    n = len(embeddings)
+    whole = RowBlocks.buffer(n, (embeddings.shape[1] + 2,), np.dtype(np.float32))
+    _pack(embeddings, biases, positives, out=whole[:n])
+    return RowBlocks.adopt(whole, n)
 
 
 def _grown(array: np.ndarray, n: int) -> np.ndarray:

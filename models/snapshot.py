@@ -20,7 +20,7 @@ import platform
 import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -204,7 +204,10 @@ def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
 
 @dataclass
 class ScoringSnapshot:
-    """Only what scoring needs from a snapshot: no gradients, momentum or event ids."""
+    """Only what scoring needs from a snapshot: no gradients, momentum or event ids.
+
+    ``arrays`` are read-only views of the payload (no copy while loading: a scorer's peak
+    memory is the payload plus what the view copies out of it)."""
 
     version: int
     config: ModelConfig
@@ -220,7 +223,7 @@ def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
     :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
     meta, config, ids, arrays, extra = _decode(
-        payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"), neighbours=True
+        payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"), neighbours=True, views=True
     )
     return ScoringSnapshot(
         version=meta["version"],
@@ -260,11 +263,13 @@ def _decode(
     *,
     window: bool = False,
     neighbours: bool = False,
+    views: bool = False,
 ) -> tuple[
     dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
 ]:
     """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
-    and (into the last dict) the consolidation ``window`` and the blending ``neighbours``."""
+    and (into the last dict) the consolidation ``window`` and the blending ``neighbours``.
+    ``views``: the arrays are read-only views of ``payload`` instead of copies."""
     _check_manifest(manifest)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != manifest["sha256"]:
@@ -274,7 +279,7 @@ def _decode(
     wanted = {"meta", *names, *(f"{n}_{s}" for n in id_lists for s in ("blob", "offsets"))}
     wanted |= set(_WINDOW_ENTRIES) if window else set()
     wanted |= set(_NEIGHBOUR_ENTRIES) if neighbours else set()
-    entries = _read_entries(payload, wanted)
+    entries = _read_entries(payload, wanted, views=views)
     meta = _read_meta(entries.pop("meta"))
     for key in _MIRRORED:
         if meta.get(key) != manifest.get(key):
@@ -372,7 +377,8 @@ def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_ma
     for entry, dtype in _NEIGHBOUR_ENTRIES.items():
         if entries[entry].dtype != dtype or entries[entry].ndim != 1:
             raise SnapshotError(f"{entry} must be 1-d {dtype}, got {entries[entry].dtype}")
-    data, indices, indptr = (entries[entry] for entry in _NEIGHBOUR_ENTRIES)
+    # copies: the matrix outlives the load, and a view would keep the whole payload alive
+    data, indices, indptr = (np.array(entries[entry]) for entry in _NEIGHBOUR_ENTRIES)
     m = len(indptr) - 1
     if not 0 <= m <= n_items:
         raise SnapshotError(f"neighbours has {m} rows, expected 0..{n_items}")
@@ -442,7 +448,9 @@ def _check_manifest(manifest: Any) -> None:
             raise SnapshotError("manifest 'offsets' must map 'topic:partition' to an int offset")
 
 
-def _read_entries(payload: bytes, wanted: set[str]) -> dict[str, np.ndarray]:
+def _read_entries(
+    payload: bytes, wanted: set[str], *, views: bool = False
+) -> dict[str, np.ndarray]:
     expected = {"meta", "popularity", "user_positives"}
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
@@ -467,7 +475,9 @@ def _read_entries(payload: bytes, wanted: set[str]) -> dict[str, np.ndarray]:
                     raise SnapshotError(
                         f"{name} is compressed; snapshots store arrays uncompressed"
                     )
-                entries[name] = _read_npy(archive, info, name)
+                entries[name] = (
+                    _npy_view(payload, info, name) if views else _read_npy(archive, info, name)
+                )
             return entries
     except SnapshotError:
         raise
@@ -481,19 +491,52 @@ def _read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.
     """Read one .npy entry after checking its header: no object dtype, and a declared size
     that fits the stored bytes (so a forged header cannot make us allocate gigabytes)."""
     with archive.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise SnapshotError(f"{name}: unsupported .npy version {version}")
-        if dtype.hasobject:
-            raise SnapshotError(f"{name} is an object array (pickle); refused")
+        shape, _, dtype = _npy_header(f, name)
         if math.prod(shape) * dtype.itemsize > info.file_size:
             raise SnapshotError(f"{name}: header declares more data than is stored")
     with archive.open(info) as f:
         return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _npy_header(f: IO[bytes], name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the .npy at ``f``; refuses object dtypes."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise SnapshotError(f"{name}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise SnapshotError(f"{name} is an object array (pickle); refused")
+    return shape, fortran, dtype
+
+
+def _npy_view(payload: bytes, info: zipfile.ZipInfo, name: str) -> np.ndarray:
+    """One stored (uncompressed) .npy entry as a read-only view of ``payload``, with the
+    checks of :func:`_read_npy` (no object dtype, a declared size that fits the entry).
+    The zip CRC is not read; the payload's sha256 was checked before."""
+    at = info.header_offset
+    local = payload[at : at + 30]
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise SnapshotError(f"{name}: bad local zip header")
+    start = (
+        at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    )
+    data = memoryview(payload)[start : start + info.file_size]
+    if len(data) != info.file_size or bytes(data[:6]) != b"\x93NUMPY":
+        raise SnapshotError(f"{name}: not a .npy entry")
+    size_bytes = 2 if data[6] == 1 else 4
+    header_end = 8 + size_bytes + int.from_bytes(data[8 : 8 + size_bytes], "little")
+    if header_end > len(data):
+        raise SnapshotError(f"{name}: .npy header longer than the entry")
+    head = io.BytesIO(bytes(data[:header_end]))
+    shape, fortran, dtype = _npy_header(head, name)
+    count = math.prod(shape)
+    if head.tell() != header_end or header_end + count * dtype.itemsize > len(data):
+        raise SnapshotError(f"{name}: header declares more data than is stored")
+    array = np.frombuffer(payload, dtype=dtype, count=count, offset=start + header_end)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _read_meta(array: np.ndarray) -> dict[str, Any]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 
-from agents.scorer import Scorer, reply_for
+from agents.scorer import Scorer, reply_for, title_of
 from agents.state import ModelHolder
 from models.events import RecRequest
 from models.seen import decode_row, remember
@@ -145,3 +146,21 @@ def test_replies_blend_with_the_seen_items_even_when_they_are_not_excluded():
     assert [i.item for i in blended.items][:2] == ["c", "a"]  # c: the neighbour of seen b
     excluded = reply_for(RecRequest("r", "alice", 4, True, None), holder, seen)
     assert [i.item for i in excluded.items] == ["c", "a", "d"]
+
+
+def test_titles_come_from_the_catalog_when_it_has_them(tiny_view):  # noqa: F811
+    holder = ModelHolder()
+    holder.publish(tiny_view)
+    catalog = {"a": {"title": "A (1995)"}, "b": {"title": 7}, "c": "not a row"}
+    request = RecRequest("r", "alice", 4, False, None)
+    titled = reply_for(request, holder, decode_row(None), catalog=catalog)
+    assert {i.item: i.title for i in titled.items} == {
+        "a": "A (1995)",
+        "b": None,
+        "c": None,
+        "d": None,
+    }
+    plain = reply_for(request, holder, decode_row(None))  # no catalog: no lookups, no titles
+    assert [i.item for i in plain.items] == [i.item for i in titled.items]
+    assert all(i.title is None for i in plain.items)
+    assert title_of(MappingProxyType({"a": MappingProxyType({"title": "T"})}), "a") == "T"

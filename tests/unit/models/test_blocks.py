@@ -27,6 +27,18 @@ def test_rows_are_read_only():
     assert blocks.row(1).sum() == 0
 
 
+def test_adopt_wraps_a_filled_buffer_without_copying_it():
+    n = 2 * BLOCK_ROWS + 3
+    whole = RowBlocks.buffer(n, (2,), np.dtype(np.float32))
+    assert whole.shape == (3 * BLOCK_ROWS, 2) and not whole.any()
+    whole[:n] = np.arange(2 * n).reshape(n, 2)
+    blocks = RowBlocks.adopt(whole, n)
+    assert np.shares_memory(blocks.row(n - 1), whole) and not whole.flags.writeable
+    np.testing.assert_array_equal(blocks.to_array(), whole[:n])
+    with pytest.raises(ValueError, match="whole blocks"):
+        RowBlocks.adopt(np.zeros((n, 2), dtype=np.float32), n)
+
+
 def test_update_copies_only_touched_blocks_and_leaves_the_original():
     n = 10 * BLOCK_ROWS
     before = RowBlocks.from_array(np.zeros(n, dtype=np.int64))

@@ -2,6 +2,7 @@ import copy
 import hashlib
 import io
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -109,10 +110,22 @@ def test_not_a_zip_is_refused(good):
         IncrementalModel.from_bytes(*with_checksum(b"garbage", good[1]))
 
 
-def test_pickled_object_array_is_refused(good):
+LOADERS = [IncrementalModel.from_bytes, snapshot.load_scoring_view]  # copies, views
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_pickled_object_array_is_refused(good, load):
     payload = rezip(good[0], {"user_biases": npy(np.array([{"x": 1}], dtype=object), True)})
     with pytest.raises(SnapshotError, match="object array"):
-        IncrementalModel.from_bytes(*with_checksum(payload, good[1]))
+        load(*with_checksum(payload, good[1]))
+
+
+@pytest.mark.parametrize("load", LOADERS)
+def test_a_header_that_declares_more_than_is_stored_is_refused(good, load):
+    forged = npy(np.zeros(3, dtype=np.float32)).replace(b"(3,)", b"(9999999,)")
+    payload = rezip(good[0], {"item_biases": forged})
+    with pytest.raises(SnapshotError, match="declares more data"):
+        load(*with_checksum(payload, good[1]))
 
 
 @pytest.mark.parametrize(
@@ -239,6 +252,19 @@ def test_scoring_load_reads_only_the_scoring_arrays(model, good):
     bad[-100] ^= 1
     with pytest.raises(SnapshotError, match="checksum"):
         snapshot.decode_scoring(bytes(bad), manifest)
+
+
+def test_scoring_load_copies_nothing_it_does_not_keep(good):
+    payload, manifest = good
+    scoring = snapshot.decode_scoring(payload, manifest)
+    whole = np.frombuffer(payload, dtype=np.uint8)
+    for name, array in scoring.arrays.items():  # read in place, not copied
+        assert np.shares_memory(array, whole) and not array.flags.writeable, name
+    del scoring
+    before = sys.getrefcount(payload)
+    view, _ = snapshot.load_scoring_view(payload, manifest)
+    assert sys.getrefcount(payload) == before  # the view holds no part of the payload
+    assert view.n_users > 0
 
 
 def test_bad_delta_chain_is_refused(good):
