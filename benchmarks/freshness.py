@@ -35,10 +35,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.dev.workers import WorkerProcess, create_bucket, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
 from app.service import model_config
 from app.settings import PROJECT_ROOT, Settings
@@ -180,17 +179,6 @@ def _metric(worker: WorkerProcess, name: str) -> float:
     )
 
 
-async def _bucket(settings: Settings, bucket: str) -> None:
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
-    ) as s3:
-        await s3.create_bucket(Bucket=bucket)
-
-
 @contextmanager
 def _deployment(shape: str, home: Path, quick: bool) -> Iterator[tuple[Settings, dict]]:
     """Workers of ``shape`` (``production`` or ``all``) at default settings, bootstrapped
@@ -198,7 +186,7 @@ def _deployment(shape: str, home: Path, quick: bool) -> Iterator[tuple[Settings,
     base = Settings()
     prefix = f"fresh-{shape}-{uuid.uuid4().hex[:8]}"
     bucket = prefix
-    asyncio.run(_bucket(base, bucket))
+    asyncio.run(create_bucket(base, bucket))
     env = isolated_env(prefix, base, model_store=f"s3://{bucket}/m", datadir=home / prefix)
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings))

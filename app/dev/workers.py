@@ -159,6 +159,21 @@ def isolated_env(
     return env
 
 
+async def create_bucket(settings: Settings, bucket: str) -> None:
+    """Create ``bucket`` at ``settings``' S3 endpoint: an isolated deployment's store of its
+    own (the end-to-end tests, fault tests and benchmarks each make one per run)."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+    ) as s3:
+        await s3.create_bucket(Bucket=bucket)
+
+
 def settings_for(env: dict[str, str]) -> Settings:
     """The Settings a worker started with ``env`` sees (ignoring the caller's own env)."""
     return Settings(**{k.removeprefix("STREAMREC_").lower(): v for k, v in env.items()})

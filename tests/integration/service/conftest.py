@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.kafka import send_bulk
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.dev.workers import (  # create_bucket: imported from here by other suites too
+    WorkerProcess,
+    create_bucket,
+    free_port,
+    isolated_env,
+    settings_for,
+)
 from app.kafka import kafka_client_options
 from app.settings import Settings
 from app.topics import ensure_topics
@@ -54,18 +59,6 @@ E2E_SETTINGS: dict[str, Any] = dict(
     log_level="info",
 )
 """Fast batches and frequent snapshots: the shared deployment of test_service.py."""
-
-
-async def create_bucket(settings: Settings, bucket: str) -> None:
-    session = get_session()
-    async with session.create_client(
-        "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
-    ) as s3:
-        await s3.create_bucket(Bucket=bucket)
 
 
 def new_deployment(prefix: str, tmp: Path, **overrides: Any) -> Iterator[Deployment]:

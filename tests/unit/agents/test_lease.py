@@ -55,7 +55,9 @@ print("lost" if lease.lost else "kept", flush=True)
 """
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+@pytest.mark.skipif(
+    not hasattr(signal, "SIGSTOP"), reason="SIGSTOP is POSIX only (the lease guards against it)"
+)
 def test_sigstop_past_the_timeout_loses_the_lease() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", SCRIPT],
