@@ -24,6 +24,7 @@ from tests.integration.dashboard.browser import (
 )
 from tests.integration.dashboard.conftest import RATINGS, Served
 from tests.integration.service.conftest import wait_for
+from tests.unit.test_catalog_command import u_item_line
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -265,6 +266,19 @@ def test_catalog_load_command(served: Served, tmp_path: Path) -> None:
     refused = streamrec(str(bad))
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert "movies.csv: line 3: title must be a non-empty string" in refused.stderr
+    # A latin-1 u.item (as MovieLens 100K ships it) reaches the worker decoded.
+    latin1 = tmp_path / "u.item"
+    latin1.write_bytes(u_item_line("90001", "Misérables, Les (1995)", ("Drama",)).encode("latin-1"))
+    loaded = streamrec(str(latin1))
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"published 1 items to {served.settings.items_topic!r}" in loaded.stdout
+    wait_for(
+        lambda: served.worker.get("/items/90001/")[1].get("title") == "Misérables, Les (1995)",
+        timeout=20,
+        what=lambda: (
+            f"the decoded title in the worker's catalog ({served.worker.get('/items/90001/')})"
+        ),
+    )
     u_item = data_dir() / "ml-100k" / "u.item"
     if not u_item.is_file():
         pytest.skip(
