@@ -342,13 +342,22 @@ def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
     Faust pauses every assigned partition when a rebalance starts and resumes them through
     ``resume_partitions`` once recovery is done (faust/tables/recovery.py); that one call is
     wrapped to leave ``topic`` out. The records are read in bulk instead (:mod:`agents.bulk`),
-    under a group of their own; Faust neither acks nor commits them."""
+    under a group of their own; Faust neither acks nor commits them. So Faust's check for
+    streams that stopped processing (``verify_event_path``, every few seconds after the
+    first 5 minutes: an error per partition whose records arrive but are not processed) is
+    left out for them as well."""
     resume_partitions = consumer.resume_partitions
+    verify_event_path = consumer.verify_event_path
 
     def resume_all_but_topic(tps: Any) -> None:
         resume_partitions({tp for tp in tps if tp.topic != topic})
 
+    def verify_all_but_topic(now: float, tp: Any) -> None:
+        if tp.topic != topic:
+            verify_event_path(now, tp)
+
     consumer.resume_partitions = resume_all_but_topic  # type: ignore[method-assign]
+    consumer.verify_event_path = verify_all_but_topic  # type: ignore[method-assign]
 
 
 async def faust_group_positions(
