@@ -163,11 +163,11 @@ async def _consolidation_trials(
     out = []
     async with Probe(settings) as probe:
         for cycle in range(cycles):
-            before = _marker_at(trainer)
+            before = _snapshot_due_at(trainer)
             filler = generate_ratings(400, 300, every, 8, seed=100 + cycle)
             await probe.publish([dataclasses.replace(r, event_id=uuid.uuid4().hex) for r in filler])
             deadline = time.monotonic() + 120
-            marker = None
+            sent = None  # when the consolidation's delta was sent
             t = 0
             while time.monotonic() < deadline:
                 user = f"straddle-{cycle}-{t}-{uuid.uuid4().hex[:6]}"
@@ -178,18 +178,18 @@ async def _consolidation_trials(
                 ]
                 acked = await probe.publish(ratings)
                 served = await probe.until_model(user, time.monotonic() + 60)
-                marker = marker or _marker_at(trainer, after=before)
-                if marker is None or marker > served:
+                sent = sent or _snapshot_due_at(trainer, after=before)
+                if sent is None or sent > served:
                     continue  # before the consolidation was installed: an ordinary trial
-                out.append({"seconds": served - acked, "marker_to_served": served - marker})
-                if acked > marker:
-                    break  # the first trial published after the marker: the cycle is done
+                out.append({"seconds": served - acked, "delta_to_served": served - sent})
+                if acked > sent:
+                    break  # the first trial published after it: the cycle is done
             else:
-                raise TimeoutError("no consolidation marker within 120 s")
+                raise TimeoutError("no consolidation delta within 120 s")
     return out
 
 
-def _marker_at(trainer: WorkerProcess, after: float | None = None) -> float | None:
+def _snapshot_due_at(trainer: WorkerProcess, after: float | None = None) -> float | None:
     """When the trainer last sent a delta that needs a snapshot soon (``/model/``), if
     after ``after``; with ``after`` None, the last one's time (0.0 if none)."""
     at = (trainer.get("/model/")[1].get("snapshot_due") or {}).get("at") or 0.0
@@ -375,7 +375,7 @@ def run(trials: int, quick: bool) -> dict[str, Any]:
                     "trials": len(across),
                     "p50": statistics.median(across),
                     "max": max(across),
-                    "marker_to_served_max": max(t["marker_to_served"] for t in straddling),
+                    "delta_to_served_max": max(t["delta_to_served"] for t in straddling),
                     "seconds": [round(x, 3) for x in across],
                 }
             result[shape] = entry
@@ -422,8 +422,8 @@ def figures_from(result: dict[str, Any]) -> list[Figure]:
             "lower",
             "s",
             f"{cons['trials']} trials straddling {result['consolidation_cycles']} consolidations "
-            f"(default consolidate_every): p50 {cons['p50']:.3f}s; marker -> reply max "
-            f"{cons['marker_to_served_max']:.3f}s",
+            f"(default consolidate_every): p50 {cons['p50']:.3f}s; its delta -> reply max "
+            f"{cons['delta_to_served_max']:.3f}s",
         ),
         Figure(
             "freshness p50, --role all vs the 1 s goal",
