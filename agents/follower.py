@@ -281,8 +281,12 @@ class ModelFollower:
         return moved
 
     async def _on_delta(self, message: Message) -> bool:
-        if message.offset in self._bad or self._waiting:
-            metrics.DELTAS_SKIPPED.labels("waiting" if self._waiting else "bad").inc()
+        if self._waiting:
+            metrics.DELTAS_SKIPPED.labels("waiting").inc()
+            return False
+        if message.offset in self._bad:  # refused before: never served, nothing it lacks
+            metrics.DELTAS_SKIPPED.labels("bad").inc()
+            self._reflected, self._behind_since = message.offset, None
             return False
         started = time.perf_counter()
         try:
@@ -402,7 +406,14 @@ class ModelFollower:
             return False  # failed, or a load or a later consolidation came first
         due, snapshot = fetched
         neighbours, weight = snapshot.blending()
-        self.holder.publish(view.with_neighbours(neighbours, weight))
+        try:
+            blended = view.with_neighbours(neighbours, weight)
+        except ValueError as exc:  # more items than the view (never expected): keep the old
+            log.error(
+                "Neighbours of snapshot for v%d do not fit view v%d: %s", due, view.version, exc
+            )
+            return False
+        self.holder.publish(blended)
         self._neighbours_due = None
         log.info("Blending neighbours of consolidation v%d installed (view v%d)", due, view.version)
         return True
