@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
 from agents.kafka import KafkaOptions, partitions_of
-from agents.ports import Message, SnapshotStore
+from agents.ports import Message, SnapshotStore, received_at
 from agents.state import ModelHolder
 from models.delta import FRESH, Chain, next_step
 from models.scoring import ScoringView
@@ -332,7 +332,7 @@ class ModelFollower:
             self._neighbours_due = delta.version
         self.holder.publish(view, trained_events=delta.trained_events)
         now = time.time()
-        published = _published(message, now)
+        published = received_at(message)
         lag = max(0.0, now - published)
         self._reflected, self._behind_since, self._lag = message.offset, None, lag
         self._applied += 1
@@ -357,7 +357,7 @@ class ModelFollower:
         them), starts the clock of ``/model/``'s lag if the view was not behind yet."""
         reflected = self._reflected
         if self._behind_since is None and (reflected is None or message.offset > reflected):
-            self._behind_since = _published(message, time.time())
+            self._behind_since = received_at(message)
 
     def _refresh_lag(self) -> None:
         """``/model/``'s lag, kept live (after every delta received or applied, every load
@@ -490,11 +490,6 @@ class ModelFollower:
             batch = await consumer.getmany(*ends, timeout_ms=1000)
             latest = _last_update([m for msgs in batch.values() for m in msgs]) or latest
         return latest
-
-
-def _published(message: Message, now: float) -> float:
-    """When the trainer published ``message`` (its Kafka timestamp; ``now`` if none)."""
-    return (message.timestamp or now * 1000) / 1000
 
 
 def _components(delta: ModelDelta) -> int:

@@ -16,7 +16,7 @@ from models.events import MAX_K
 from models.scoring import ScoringView
 from models.seen import decode_row, item_hashes
 from models.wire import Reply
-from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink, FakeStream
+from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 
 UNSEEN = MAX_K  # a reply of MAX_K items has room for every unseen item, and no more
 
@@ -107,8 +107,7 @@ async def test_every_one_of_the_default_bound_of_seen_items_is_excluded(bound: i
         max_batch=10,
     )
     body = {"request_id": "r", "user": "alice", "k": MAX_K, "exclude_seen": True}
-    stream = FakeStream.of([FakeMessage("rec-requests", 0, 0, b"alice", json.dumps(body).encode())])
-    await scorer.run(stream, stream.idle)
+    await scorer.handle([FakeMessage("rec-requests", 0, 0, b"alice", json.dumps(body).encode())])
     (sent,) = replies.sent
     reply = Reply.parse(sent["value"])
     assert reply.source == "model"
