@@ -284,6 +284,10 @@ class ScoringView:
         view._init_neighbours(neighbours, blend_weight)
         return view
 
+    def blending(self) -> tuple[sp.csr_matrix | None, float]:
+        """The blending neighbours and weight (for :meth:`with_neighbours` on another view)."""
+        return self._neighbours, self._blend_weight
+
     def blends_with(self, neighbours: sp.csr_matrix | None) -> bool:
         """Whether this view's blending neighbours are ``neighbours`` (the same object)."""
         return self._neighbours is neighbours
