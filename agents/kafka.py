@@ -55,23 +55,36 @@ async def committed_offsets(
 
 
 class KnownTopics:
-    """Which topics exist, for validating ``reply_to``; refreshed at most every few seconds."""
+    """Which topics exist, for validating ``reply_to``.
+
+    A name seen to exist is remembered. A name not known yet makes the list be read again,
+    unless that name was missed within the last ``refresh_seconds`` (so a flood of requests
+    to a missing topic costs one metadata request per name and interval, not one each):
+    a client that creates its reply topic and sends a request at once is answered, where a
+    list refreshed only every few seconds dead-lettered its first requests.
+    """
 
     def __init__(self, options: KafkaOptions, refresh_seconds: float = 5.0) -> None:
         self._options = options
         self._refresh = refresh_seconds
         self._names: set[str] = set()
-        self._checked = float("-inf")
+        self._missed: dict[str, float] = {}  # name -> when the list last lacked it
         self._lock = asyncio.Lock()
 
     async def exists(self, name: str) -> bool:
         if name in self._names:
             return True
+        if time.monotonic() - self._missed.get(name, float("-inf")) < self._refresh:
+            return False
         async with self._lock:
-            if time.monotonic() - self._checked >= self._refresh:
+            if name not in self._names:
                 self._names = await list_topics(self._options)
-                self._checked = time.monotonic()
-        return name in self._names
+        if name in self._names:
+            return True
+        if len(self._missed) >= 10_000:  # bounded: names of missing topics are the client's
+            self._missed.clear()
+        self._missed[name] = time.monotonic()
+        return False
 
 
 Record = tuple[int | None, bytes | None, bytes | None]

@@ -251,7 +251,11 @@ class KafkaBroker(ManagedProcess):
         self.config_file.write_text(self._server_properties())
         (self.home / "log4j2.properties").write_text(LOG4J2)
         if not (self.data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # Kafka's own format (base64url of 16 random bytes); one in 64 starts with "-",
+            # which kafka-storage's argument parser takes for an option: never such a one.
+            cluster_id = "-"
+            while cluster_id.startswith("-"):
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             done = subprocess.run(
                 [java, *self._jvm_flags(tool=True), "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(self.config_file)],
