@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
+from app.topics import faust_app_id
 from tests.faults.harness import Cluster, Traffic, ratings, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
@@ -43,28 +45,69 @@ def check_replies(traffic: Traffic, requests: list[dict[str, Any]]) -> Counter[s
     return traffic.answered()
 
 
-@pytest.mark.parametrize("in_flight", [5000])
+def partition_of(request: dict[str, Any], partitions: int) -> int:
+    """The requests partition a client's keyed send puts ``request`` in (Kafka's murmur2)."""
+    every = list(range(partitions))
+    return DefaultPartitioner()(request["user"].encode(), every, every)
+
+
+@pytest.mark.parametrize(("total", "seconds"), [(5000, 8.0)])
 def test_killed_scorer_under_load_leaves_every_request_answered(
-    cluster: Cluster, in_flight: int
+    cluster: Cluster, total: int, seconds: float
 ) -> None:
+    """Requests flow at ``total / seconds`` per second (paced, so however fast the scorers
+    are, the kill lands mid-stream) and one of two scorers is SIGKILLed half-way through.
+
+    Asserted: at the kill a real share of the requests had no reply yet and the victim had
+    requests it had not committed; afterwards every request is answered, for its user; and a
+    request is answered twice only if the victim could have answered it before dying without
+    committing it: its partition was the victim's, it was sent before the kill, and there are
+    at most as many such duplicates as records the victim's group had left uncommitted on
+    its partitions at the kill.
+    """
     two_scorers(cluster)
+    s = cluster.settings
     reply_topic = cluster.reply_topic("kill")
-    requests = requests_for("sk", in_flight, reply_topic)
+    requests = requests_for("sk", total, reply_topic)
     victim = cluster.scorers[-1]
-    with Traffic(cluster.settings, requests=requests, reply_topic=reply_topic) as traffic:
-        wait_for(lambda: traffic.done_sending, timeout=60, what="the requests to be sent")
-        answered_at_kill = len(traffic.answered())
-        victim.kill()  # SIGKILL, with most requests still in flight
+    victims = set(cluster.owned(victim, s.requests_topic))
+    with Traffic(s, requests=requests, request_rate=total / seconds, reply_topic=reply_topic) as t:
+        wait_for(lambda: t.sent_requests >= total // 2, timeout=60, what="half the requests sent",
+                 every=0.02)  # fmt: skip
+        sent_at_kill, answered_at_kill = t.sent_requests, len(t.answered())
+        killed_at = time.time()
+        victim.kill()  # SIGKILL, requests still arriving on its partitions
+        uncommitted = cluster.uncommitted(
+            faust_app_id(s, "scorer"), s.requests_topic, sorted(victims)
+        )
         cluster.scorers.remove(victim)
-        traffic.wait_answered(cluster.settings.session_timeout + 90)
+        wait_for(lambda: t.done_sending, timeout=60, what="every request sent")
+        t.wait_answered(s.session_timeout + 90)
         time.sleep(2)  # late duplicates, if any, arrive now
-        answered = check_replies(traffic, requests)
+        answered = check_replies(t, requests)
+        sent_at = dict(t.sent_at)
     assert set(answered) == {r["request_id"] for r in requests}
-    duplicates = sum(n - 1 for n in answered.values())
+    unanswered_at_kill = total - answered_at_kill
+    duplicated = {rid: n - 1 for rid, n in answered.items() if n > 1}
+    by_id = {r["request_id"]: r for r in requests}
     print(
-        f"{in_flight} requests, {answered_at_kill} answered when the scorer was killed, "
-        f"{duplicates} answered twice (same request_id)"
+        f"{total} requests over {seconds:g}s; at the kill {sent_at_kill} sent, "
+        f"{answered_at_kill} answered ({unanswered_at_kill} without a reply, "
+        f"{sent_at_kill - answered_at_kill} of them sent), {uncommitted} uncommitted on the "
+        f"victim's partitions {sorted(victims)}; {sum(duplicated.values())} answered twice"
     )
+    assert unanswered_at_kill >= 0.2 * total, "the kill must land while requests are in flight"
+    assert uncommitted > 0, "the victim must die with requests it had not acknowledged"
+    # A duplicate is a request the victim consumed (maybe answered) and never committed,
+    # read again by the survivor; 1 s of grace: a send's time is taken at its ack.
+    foreign = {
+        rid
+        for rid in duplicated
+        if partition_of(by_id[rid], s.topic_partitions) not in victims
+        or sent_at[rid] > killed_at + 1
+    }
+    assert not foreign, f"answered twice, but not the victim's in-flight work: {sorted(foreign)}"
+    assert sum(duplicated.values()) <= uncommitted
 
 
 @dataclass
