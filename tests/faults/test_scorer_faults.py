@@ -3,6 +3,8 @@ paused (SIGSTOP) past the session timeout, then resumed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -11,8 +13,10 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.topics import faust_app_id
+from app.topics import faust_app_id, seen_changelog
+from models.seen import encode_row, item_hashes
 from tests.faults.harness import Cluster, Traffic, ratings, wait_for
+from tests.integration.service.conftest import KafkaClient
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 
@@ -113,19 +117,53 @@ def test_killed_scorer_under_load_leaves_every_request_answered(
 @dataclass
 class PausedRun:
     expected: dict[str, list[str]]  # each user's distinct items, most recent last
-    observed: dict[int, dict[str, list[str]]]  # scorer web port -> user -> seen items
+    observed: dict[int, dict[str, list[str]]]  # scorer web port -> user -> seen, oldest first
+    changelog: dict[str, bytes]  # user -> the seen-items changelog's last row
+    survivor_owned: list[int]  # the most request partitions the other scorer held in the pause
+    partitions: int
+    slow_log: str
     slow_running: bool
+
+
+def expected_seen(events: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each user's distinct rated items, most recently rated last (what a row holds)."""
+    expected: dict[str, list[str]] = {}
+    for event in events:
+        items = expected.setdefault(event["user"], [])
+        if event["item"] in items:
+            items.remove(event["item"])
+        items.append(event["item"])
+    return expected
+
+
+def rows_of(seen: dict[str, list[str]]) -> dict[str, bytes]:
+    return {user: encode_row(item_hashes(items)) for user, items in seen.items()}
+
+
+def last_rows(settings: Any, users: set[str]) -> dict[str, bytes]:
+    """The last record of each of ``users`` in the scorers' ``seen-items`` changelog: what
+    a worker recovering the table ends up with."""
+    topic = seen_changelog(settings, "scorer")
+    records = asyncio.run(KafkaClient(settings).read_all(topic))
+    rows: dict[str, bytes] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        user = record.key.decode()
+        if user in users:
+            rows[user] = record.value
+    return rows
 
 
 @pytest.fixture(scope="module")
 def paused_run(cluster: Cluster) -> PausedRun:
     """Ratings and requests flow while one scorer is SIGSTOPped past the session timeout."""
     two_scorers(cluster)
-    slow = cluster.scorers[-1]
+    slow, survivor = cluster.scorers[-1], cluster.scorers[0]
+    topic = cluster.settings.requests_topic
     events = ratings(1500, users=30, items=40, seed=7, prefix="sp")
     reply_topic = cluster.reply_topic("pause")
     requests = requests_for("sp", 100, reply_topic, users=30)
     pause = cluster.settings.session_timeout + 6
+    most: list[int] = []
     with Traffic(
         cluster.settings,
         events=events,
@@ -136,43 +174,55 @@ def paused_run(cluster: Cluster) -> PausedRun:
     ) as traffic:
         time.sleep(1)
         cluster.pause(slow)  # SIGSTOP: no heartbeats; the group evicts it after the timeout
-        time.sleep(pause)
+        resume_at = time.monotonic() + pause
+        while time.monotonic() < resume_at:  # watch the survivor take the slow one's share
+            with contextlib.suppress(OSError, KeyError, TypeError):
+                most = max(most, cluster.owned(survivor, topic), key=len)
+            time.sleep(0.5)
         cluster.resume(slow)
         wait_for(lambda: traffic.done_sending, timeout=60, what="all traffic sent")
         cluster.wait_settled(timeout=120)  # it rejoined: both scorers own partitions again
         traffic.wait_answered(60)
         check_replies(traffic, requests)
 
-    expected: dict[str, list[str]] = {}
-    for event in events:
-        items = expected.setdefault(event["user"], [])
-        if event["item"] in items:
-            items.remove(event["item"])
-        items.append(event["item"])
+    expected = expected_seen(events)
+    want_rows = rows_of(expected)
 
-    def read() -> dict[int, dict[str, list[str]]]:
-        return {
-            scorer.web_port: {u: scorer.get(f"/users/{u}/")[1]["seen"] for u in expected}
+    def read() -> tuple[dict[int, dict[str, list[str]]], dict[str, bytes]]:
+        views = {  # the view lists newest first
+            scorer.web_port: {u: scorer.get(f"/users/{u}/")[1]["seen"][::-1] for u in expected}
             for scorer in cluster.scorers
         }
+        return views, last_rows(cluster.settings, set(expected))
 
-    observed = read()
+    observed, changelog = read()
     deadline = time.monotonic() + 30
-    while observed != expected and time.monotonic() < deadline:  # ingest may still catch up
-        time.sleep(2)
-        observed = read()
-        if all(o == expected for o in observed.values()):
+    while time.monotonic() < deadline:  # ingest may still catch up
+        if all(o == expected for o in observed.values()) and changelog == want_rows:
             break
-    return PausedRun(expected, observed, slow.running())
+        time.sleep(2)
+        observed, changelog = read()
+    log = slow.log_path.read_text(errors="replace")
+    partitions = cluster.settings.topic_partitions
+    return PausedRun(expected, observed, changelog, most, partitions, log, slow.running())
 
 
-def test_paused_scorer_rejoins_without_duplicating_table_rows(paused_run: PausedRun) -> None:
+def test_paused_scorer_is_evicted_and_rejoins_with_exact_rows(paused_run: PausedRun) -> None:
+    """The pause really evicted the scorer (the other took every request partition; the
+    resumed one's lease saw the stall), and afterwards every user's row is exactly the
+    items rated, most recent last: in both scorers' views and as the changelog's last
+    record (a stale row written by the resumed scorer would be that last record)."""
     assert paused_run.slow_running
-    first, *others = paused_run.observed.values()
-    assert all(o == first for o in others), "both scorers answer /users/ from one table"
-    for user, seen in first.items():
-        assert len(seen) == len(set(seen)), f"{user} has duplicate rows: {seen}"
-        assert set(seen) <= set(paused_run.expected[user]), f"{user} has items never rated"
+    assert len(paused_run.survivor_owned) == paused_run.partitions, (
+        f"the paused scorer was never evicted: the other owned {paused_run.survivor_owned}"
+    )
+    assert "The process stood still for" in paused_run.slow_log, "its lease saw no stall"
+    for port, table in paused_run.observed.items():
+        wrong = {u: seen for u, seen in table.items() if seen != paused_run.expected[u]}
+        assert not wrong, f"scorer :{port}: rows differ from the ratings sent: {wrong}"
+    want = rows_of(paused_run.expected)
+    stale = sorted(u for u in want if paused_run.changelog.get(u) != want[u])
+    assert not stale, f"the changelog's last row is not the ratings sent for {stale}"
 
 
 def test_paused_scorer_loses_no_seen_items(paused_run: PausedRun) -> None:
