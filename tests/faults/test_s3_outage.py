@@ -86,6 +86,7 @@ def s3_outage(tmp: Path, base: Settings, server: SeaweedServer, *, outage: float
                 r for r, at in traffic.sent_at.items() if down_at <= at < time.time() - 3
             }
             failed_in_outage = snapshot_failures(cluster) - failed_before
+            restart_at = time.time()  # it may serve before start() has seen it ready
             server.start()
             up_at = time.time()
             wait_for(lambda: traffic.done_sending, timeout=120, what="all traffic sent")
@@ -106,9 +107,13 @@ def s3_outage(tmp: Path, base: Settings, server: SeaweedServer, *, outage: float
             KafkaClient(cluster.settings).read_all(cluster.settings.model_updates_topic)
         )
         updates = [json.loads(m.value) for m in messages]
-        during = [m.offset for m in messages if down_at + 1 < m.timestamp / 1000 < up_at]
-        assert not during, "announced while the store was unreachable"
-        after = [m for m in messages if m.timestamp / 1000 > up_at]
+        during = [
+            (u["version"], round(m.timestamp / 1000 - down_at, 2))
+            for m, u in zip(messages, updates, strict=True)
+            if down_at + 1 < m.timestamp / 1000 < restart_at
+        ]
+        assert not during, f"announced (version, s after the stop) while S3 was down: {during}"
+        after = [m for m in messages if m.timestamp / 1000 > restart_at]
         assert after, "snapshots resume once S3 is back"
 
         async def verify() -> None:
@@ -119,7 +124,8 @@ def s3_outage(tmp: Path, base: Settings, server: SeaweedServer, *, outage: float
 
         asyncio.run(verify())
         print(
-            f"S3 down {up_at - down_at:.1f}s: trained {trained_in_outage} events meanwhile, "
+            f"S3 down {restart_at - down_at:.1f}s (ready again {up_at - down_at:.1f}s after "
+            f"the stop): trained {trained_in_outage} events meanwhile, "
             f"{len(asked_in_outage)} requests asked and answered meanwhile, {failed_in_outage} "
             f"snapshot attempts failed in the outage (botocore attempts {S3_ATTEMPTS}, then the "
             f"trainer retried), {len(updates)} announcements verified"
