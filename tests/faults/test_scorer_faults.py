@@ -1,5 +1,5 @@
-"""Faults 2 and 7: a scorer SIGKILLed with thousands of requests in flight, and a scorer
-paused (SIGSTOP) past the session timeout, then resumed."""
+"""Faults 2 and 7: a scorer SIGKILLed half-way through a stream of 5,000 requests, and a
+scorer paused (SIGSTOP) past the session timeout, then resumed."""
 
 from __future__ import annotations
 
