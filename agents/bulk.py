@@ -10,6 +10,11 @@ Which partitions: the ones Faust assigned this worker for the co-partitioned top
 rebalance (and table recovery) completes, and awaits :meth:`PartitionedReader.release`
 when partitions are revoked, so two workers never write the same table partition and the
 next owner recovers every row written before it.
+
+A reader's group holds only its commits (partitions are assigned, not subscribed, so the
+group has no members and any reader may commit to it). A partition the group has never
+committed starts where ``start_from`` says, if given (the position of the group that read
+the topic before, so that an upgrade does not re-read history), else at its beginning.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,6 +46,10 @@ class PartitionedReader:
     max_records: int = 2000  # per fetch
     slice_records: int = 250  # per ``handle`` call; the loop is yielded between slices
     commit_seconds: float = 1.0
+    # Where partitions this group never committed start (partitions left out: earliest).
+    start_from: (
+        Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, int]]] | None
+    ) = None
     _wanted: frozenset[int] = frozenset()
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,13 +95,19 @@ class PartitionedReader:
         )
         await consumer.start()
         assigned: frozenset[int] = frozenset()
+        handled: dict[int, int] = {}  # partition -> the offset after its last handled record
+        committing: asyncio.Task[None] | None = None
         committed_at = time.monotonic()
         try:
             while True:
                 wanted = self._wanted
                 if wanted != assigned:
-                    await self._commit(consumer, assigned)
+                    await _finish(committing)
+                    committing = None
+                    await self._commit(consumer, handled)
+                    handled = {}
                     consumer.assign([TopicPartition(self.topic, p) for p in sorted(wanted)])
+                    await self._position_new(consumer, wanted - assigned)
                     assigned = self._holding = wanted
                     log.info("Reading %s partitions %s in bulk", self.topic, sorted(assigned))
                 if not assigned:
@@ -104,35 +119,52 @@ class PartitionedReader:
                 messages = [m for tp in sorted(batch) for m in batch[tp]]
                 for start in range(0, len(messages), self.slice_records):
                     if self._wanted != assigned:  # released: the rest is the next owner's
-                        _rewind(consumer, messages[start:])
                         break
-                    await self.handle(messages[start : start + self.slice_records])
+                    part = messages[start : start + self.slice_records]
+                    await self.handle(part)
+                    for m in part:
+                        handled[m.partition] = m.offset + 1
                     await self.make_way()  # requests first: one slice at a time
-                if time.monotonic() - committed_at >= self.commit_seconds:
-                    await self._commit(consumer, assigned)
+                # Commit in the background (a flush of many rows waits on the broker), one
+                # commit at a time, of what was handled when it started.
+                due = time.monotonic() - committed_at >= self.commit_seconds
+                if due and handled and (committing is None or committing.done()):
+                    await _finish(committing)
+                    committing = asyncio.create_task(self._commit(consumer, dict(handled)))
                     committed_at = time.monotonic()
         finally:
             self._holding = frozenset()
-            self._released.set()  # a failed reader holds nothing either
             try:
-                await self._commit(consumer, assigned)
+                await _finish(committing)
+                await self._commit(consumer, handled)
             except Exception as exc:  # the broker is gone: the next owner re-reads a little
                 log.warning("Bulk reader of %s could not commit on stop: %s", self.topic, exc)
             finally:
+                self._released.set()  # a failed reader holds nothing either
                 await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer, assigned: frozenset[int]) -> None:
-        if not assigned:
+    async def _position_new(self, consumer: AIOKafkaConsumer, new: frozenset[int]) -> None:
+        """Seek partitions this group never committed to where ``start_from`` says."""
+        if self.start_from is None or not new:
+            return
+        tps = [TopicPartition(self.topic, p) for p in sorted(new)]
+        never = [tp for tp in tps if await consumer.committed(tp) is None]
+        if never:
+            for tp, offset in (await self.start_from(never)).items():
+                consumer.seek(tp, offset)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, handled: Mapping[int, int]) -> None:
+        """Make what was handled durable (``flush``), then commit exactly the records
+        handled: a record fetched but not handled (a release, a failure) is read again."""
+        if not handled:
             return
         await self.flush()
-        await consumer.commit()
+        await consumer.commit(
+            {TopicPartition(self.topic, p): offset for p, offset in handled.items()}
+        )
 
 
-def _rewind(consumer: AIOKafkaConsumer, unhandled: Sequence[Message]) -> None:
-    """Seek each partition back to its first unhandled message (committed positions then
-    cover only what was handled)."""
-    first: dict[int, int] = {}
-    for m in unhandled:
-        first[m.partition] = min(first.get(m.partition, m.offset), m.offset)
-    for partition, offset in first.items():
-        consumer.seek(TopicPartition(unhandled[0].topic, partition), offset)
+async def _finish(task: asyncio.Task[None] | None) -> None:
+    """Wait for a background commit; its failure is the reader's."""
+    if task is not None:
+        await task

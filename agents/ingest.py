@@ -62,6 +62,7 @@ class Ingest:
     seen: SeenTable
     max_bytes: int
     seen_limit: int
+    recorded: int = 0  # valid ratings recorded so far (the SEEN_RATINGS counter, cheap to read)
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Record one slice of ``ratings`` messages: decoded and merged in a worker thread
@@ -80,4 +81,5 @@ class Ingest:
         for user, (partition, items) in by_user.items():
             seen.put(user, remember(seen.get(user), items, limit), partition)
         metrics.SEEN_RATINGS.inc(len(messages) - len(bad))
+        self.recorded += len(messages) - len(bad)
         return bad

@@ -40,6 +40,20 @@ async def partitions_of(options: KafkaOptions, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def committed_offsets(
+    options: KafkaOptions, group_id: str, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The offsets ``group_id`` has committed for ``partitions`` (those it never committed
+    are left out). Read with the admin API: it works whether or not the group has members."""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group_id, partitions=list(partitions))
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
 class KnownTopics:
     """Which topics exist, for validating ``reply_to``; refreshed at most every few seconds."""
 

@@ -6,13 +6,14 @@ a list-backed fake. The snapshot store's port is :class:`storage.SnapshotStore`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from models.wire import DeadLetter, Undecodable
 from storage import SnapshotStore
 
-__all__ = ["Event", "EventStream", "Message", "SeenTable", "Sink", "SnapshotStore", "dead_letter"]
+__all__ = ["Message", "SeenTable", "Sink", "SnapshotStore", "dead_letter", "received_at"]
 
 
 class Sink(Protocol):
@@ -28,30 +29,20 @@ class Sink(Protocol):
 
 
 class Message(Protocol):
-    """One consumed Kafka record (Faust's ``Message``, aiokafka's ``ConsumerRecord``)."""
+    """One consumed Kafka record (aiokafka's ``ConsumerRecord``: the agents read in bulk)."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: float | int | None
+    timestamp: int | None  # milliseconds since the epoch, as Kafka stores it (-1: none)
 
 
-class Event(Protocol):
-    """One event of a stream (Faust's ``EventT``): the consumed message."""
-
-    message: Message
-
-
-class EventStream(Protocol):
-    """A stream an agent iterates (Faust's ``StreamT``): events, acked by the agent."""
-
-    def noack(self) -> EventStream: ...
-
-    def events(self) -> AsyncIterator[Event]: ...
-
-    async def ack(self, event: Event) -> bool: ...
+def received_at(message: Message) -> float:
+    """The record's Kafka timestamp in unix seconds; now, if it has none."""
+    stamp = message.timestamp
+    return stamp / 1000 if stamp is not None and stamp > 0 else time.time()
 
 
 class SeenTable(Protocol):

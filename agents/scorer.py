@@ -3,11 +3,14 @@
 Scorers scale out as one consumer group: requests are keyed (and so partitioned) by user,
 like ratings, so the ``seen-items`` rows a scorer needs are in its own table partitions.
 
-The agent takes every request its stream has already buffered (at most ``max_batch``; a
-lone request is answered at once, there is no waiting window), scores them together with
-one matrix product per batch (:meth:`models.scoring.ScoringView.recommend_batch`), excludes
-each user's seen items by hash in numpy, and sends the replies without awaiting each
-delivery (a send returns once the reply is queued in the producer).
+Requests come in bulk (app/ reads ``rec-requests`` with :class:`agents.bulk.PartitionedReader`,
+as the ingest reads ratings, because Faust's per-event stream delivered about a thousand
+requests/s): :meth:`Scorer.handle` takes whatever one fetch brought, at most ``max_batch`` at
+a time (a lone request is answered at once, there is no waiting window), scores each batch
+with one matrix product (:meth:`models.scoring.ScoringView.recommend_batch`), excludes each
+user's seen items by hash in numpy, and sends the replies without awaiting each delivery (a
+send returns once the reply is queued in the producer); :meth:`Scorer.delivered` waits
+for them, and the reader commits past the requests only after it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ from typing import Any
 import numpy as np
 
 from agents import metrics
-from agents.batching import buffered_batches
 from agents.ingest import send_dead_letter
-from agents.ports import EventStream, Message, SeenTable, Sink
+from agents.ports import Message, SeenTable, Sink, received_at
 from agents.state import ModelHolder
 from models.events import RecRequest
 from models.seen import decode_row
@@ -120,37 +122,47 @@ class Scorer:
     max_bytes: int
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
-    _idle: Callable[[], bool] = field(default=lambda: True, init=False, repr=False)
+    max_undelivered: int = 5000  # replies on their way before handle waits for them
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
+    _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
 
-    async def run(self, stream: EventStream, idle: Callable[[], bool]) -> None:
-        """Answer ``stream`` (a Faust stream) in batches; ``idle()``: nothing more buffered."""
-        self._idle = idle
-        manual = stream.noack()
-        async for events in buffered_batches(manual.events(), idle, self.max_batch):
-            self._answering = True
-            try:
-                await self.answer([event.message for event in events])
-                for event in events:  # acked once answered: a crash before that answers again
-                    await manual.ack(event)
-            finally:
-                self._answering = False
-                self._last_request = time.monotonic()
+    async def handle(self, messages: Sequence[Message]) -> None:
+        """Answer what one fetch of ``rec-requests`` brought, ``max_batch`` at a time;
+        returns once the replies are queued in the producer (dead letters: delivered).
+        :meth:`delivered` waits for the replies themselves."""
+        self._answering = True
+        try:
+            for start in range(0, len(messages), self.max_batch):
+                await self.answer(messages[start : start + self.max_batch])
+            if len(self._undelivered) > self.max_undelivered:
+                await self.delivered()
+        finally:
+            self._answering = False
+            self._last_request = time.monotonic()
+
+    async def delivered(self) -> None:
+        """Wait until every reply sent so far is delivered: the request reader's ``flush``,
+        awaited before it commits the requests' offsets."""
+        try:
+            if self._undelivered:  # every one so far, also those another caller awaits
+                await asyncio.gather(*self._undelivered)
+        finally:  # a failed delivery fails this wait once, then the reader re-reads
+            self._undelivered = [d for d in self._undelivered if not d.done()]
 
     async def make_way(self, recent: float = 0.1, step: float = 0.001, most: float = 0.05) -> None:
         """Give requests the event loop: bulk work (ingest) awaits this between slices.
 
         Returns at once when no request came lately; otherwise waits while requests are
-        buffered or being answered, and then a moment more, so that a request still on its
-        way (fetch → queue → this agent) gets through before the next slice. Never longer
-        than ``most`` (Faust pauses this agent during a rebalance, buffered requests and
-        all, while the ingest must go on to release its partitions)."""
+        being answered, and then a moment more, so that a request still on its way (the
+        next fetch of the request reader) gets through before the next slice. Never longer
+        than ``most``: the ingest must go on (a rebalance waits for it to release its
+        partitions)."""
         await asyncio.sleep(0)
-        if time.monotonic() - self._last_request > recent and self._idle():
+        if time.monotonic() - self._last_request > recent and not self._answering:
             return
         deadline = time.monotonic() + most
-        while (self._answering or not self._idle()) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while self._answering and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(step)
         await asyncio.sleep(step)
 
@@ -176,7 +188,7 @@ class Scorer:
                 continue
             requests.append(request)
             targets.append(target)
-            received.append(message.timestamp or time.time())
+            received.append(received_at(message))
         if not requests:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
@@ -188,11 +200,11 @@ class Scorer:
             deliveries.append(await target.send(key=key, value=value))  # queued, not delivered
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
-        # Delivered before the batch is acked (the caller acks after this returns): a crash
-        # then answers again rather than never. One wait for the whole batch, not per reply.
-        pending = [d for d in deliveries if inspect.isawaitable(d)]
-        if pending:
-            await asyncio.gather(*pending)
+        # Delivered before their requests are committed (the reader awaits ``delivered``
+        # first): a crash then answers again rather than never. Not awaited here, so the
+        # next fetch is scored while these are on their way.
+        pending = [asyncio.ensure_future(d) for d in deliveries if inspect.isawaitable(d)]
+        self._undelivered += pending
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
 

@@ -14,24 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import mode
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.serializers import codecs
-from faust.types import TP, ConsumerT
+from faust.types import ConsumerT
 
 from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
-from agents.kafka import DeadLetterQueue, KnownTopics, dead_letter_marks
+from agents.kafka import DeadLetterQueue, KnownTopics, committed_offsets, dead_letter_marks
 from agents.lease import Lease
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
@@ -81,6 +82,7 @@ class Runtime:
     holder: ModelHolder = field(default_factory=ModelHolder)
     trainer: Trainer | None = None
     seen: FaustSeenTable | None = None  # the seen-items table (scorer/all roles)
+    ingest: Ingest | None = None  # the ingest agent (scorer/all roles)
     catalog: Any = None  # the catalog GlobalTable (every role)
     series: Series | None = None  # the dashboard's sampled time series
     topics: dict[str, Any] = field(default_factory=dict)
@@ -100,9 +102,12 @@ class FaustSeenTable:
     partition is given, not taken from the current event (ingest reads outside Faust's
     streams, and one slice holds ratings of many partitions); the key is written raw, as the
     changelog topic reads it back on recovery (the table's own key serializer for ``str``
-    is JSON: keys would come back as ``'"u7"'``); and the record is sent at ``flush`` (once
-    per changed row per commit, by the producer directly: Faust's ``send_changelog`` queues
-    in its producer buffer, whose back-pressure stalls every stream of the worker).
+    is JSON: keys would come back as ``'"u7"'``); and the record is sent at ``flush``, once
+    per changed row per commit, in whole record batches by a producer of the ingest's own
+    (Faust's ``send_changelog`` queues in its producer buffer, whose back-pressure stalls
+    every stream of the worker; one ``send`` per row cost the ingest ~12% of its CPU).
+    Rows are read and written in the memory store's dict (``store="memory://"``): the
+    Table's and the Store's own accessors add hooks per call that the ingest pays per user.
 
     With a ``lease`` (:mod:`agents.lease`), a flush after the process stood still past its
     session timeout sends nothing: it drops the changed rows (the reader has not committed
@@ -111,40 +116,56 @@ class FaustSeenTable:
 
     def __init__(
         self,
-        app: faust.App,
         table: Any,
         make_way: Callable[[], Awaitable[None]] | None = None,
         lease: Lease | None = None,
     ) -> None:
-        self.app = app
         self.table = table
+        self.rows: dict[str, bytes] = table.data.data  # the memory store's dict
         self.changelog = table.changelog_topic.get_topic_name()
         self.make_way = make_way
         self.lease = lease
+        self.producer: AIOKafkaProducer | None = None  # started by the ingest (app/)
         self._dirty: dict[str, int] = {}
         self._lock = threading.Lock()  # put runs in the ingest thread, flush on the loop
 
     def get(self, user: str) -> bytes | None:
-        return self.table.get(user)
+        return self.rows.get(user)
 
     def put(self, user: str, row: bytes, partition: int) -> None:
-        self.table.data[user] = row
+        self.rows[user] = row
         with self._lock:
             self._dirty[user] = partition
 
-    async def flush(self, chunk: int = 500) -> None:
+    async def flush(self, chunk: int = 2000) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
         if self.lease is not None:
             self.lease.check()  # stale rows must not become the changelog's last word
-        send, data = self.app.producer.send, self.table.data
+        if not dirty:
+            return
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("the seen-items table has no producer to flush with")
+        batches: dict[int, Any] = {}
+        sent = []
+        rows, topic = self.rows, self.changelog
         for n, (user, partition) in enumerate(dirty.items(), 1):
-            row = data.get(user)
+            row = rows.get(user)
             if row is not None:
-                await send(self.changelog, user_key(user), row, partition, None, None)
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = producer.create_batch()
+                if batch.append(key=user_key(user), value=row, timestamp=None) is None:
+                    sent.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = batches[partition] = producer.create_batch()
+                    batch.append(key=user_key(user), value=row, timestamp=None)
             if n % chunk == 0 and self.make_way is not None:
                 await self.make_way()
-        await self.app.producer.flush()
+        for partition, batch in batches.items():
+            if batch.record_count():
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*sent)  # durable before the reader commits their ratings
 
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
@@ -271,28 +292,31 @@ class ImmediateSink:
         return await producer.send(name, key, value, None, None, headers)
 
 
-def reread_uncommitted_from_start(consumer: ConsumerT, topic: str) -> None:
-    """Make Faust re-read what it drops during a rebalance on partitions never committed.
+def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
+    """Keep Faust's consumer from ever handing on ``topic``'s records: its partitions stay
+    paused in it, while Faust's group still assigns them (they decide which ``seen-items``
+    partitions a worker holds, and which partitions the bulk readers read).
 
-    Records that Faust fetched while its flow was stopped (a rebalance, a recovery) are
-    dropped and "seeked back to committed offsets"; but aiokafka's ``seek_to_committed``
-    leaves a partition alone whose committed offset is none (or 0), so there the dropped
-    records were lost for good: a scorer taking over the requests partition of a scorer
-    SIGKILLed before its first commit skipped up to a whole fetch (the scorer-kill fault
-    test lost 280-387 of 5,000 requests, committed past them). ``consumer.seek_to_committed``
-    is wrapped so that such partitions of ``topic`` are seeked to their start, as the
-    consumer's ``earliest`` reset would have read them. (Changelog and global-table
-    partitions are left to Faust's recovery, which seeks them itself.)"""
-    seek_to_committed = consumer.seek_to_committed
+    Faust pauses every assigned partition when a rebalance starts and resumes them through
+    ``resume_partitions`` once recovery is done (faust/tables/recovery.py); that one call is
+    wrapped to leave ``topic`` out. The records are read in bulk instead (:mod:`agents.bulk`),
+    under a group of their own; Faust neither acks nor commits them."""
+    resume_partitions = consumer.resume_partitions
 
-    async def seek_to_committed_or_start() -> Mapping[TP, int]:
-        committed = await seek_to_committed()
-        for tp, offset in committed.items():
-            if tp.topic == topic and not offset:
-                await consumer.seek(tp, 0)
-        return committed
+    def resume_all_but_topic(tps: Any) -> None:
+        resume_partitions({tp for tp in tps if tp.topic != topic})
 
-    consumer.seek_to_committed = seek_to_committed_or_start  # type: ignore[method-assign]
+    consumer.resume_partitions = resume_all_but_topic  # type: ignore[method-assign]
+
+
+async def faust_group_positions(
+    settings: Settings, role: str, partitions: Sequence[TopicPartition]
+) -> Mapping[TopicPartition, int]:
+    """Where Faust's own group got to (an upgrade from streamrec versions whose Faust stream
+    read the requests): a new request reader starts there, not at the topic's beginning."""
+    return await committed_offsets(
+        kafka_client_options(settings), faust_app_id(settings, role), partitions
+    )
 
 
 class CatalogTable(faust.GlobalTable):
@@ -517,7 +541,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         changelog_topic=changelog,
     )
     lease = Lease(s.session_timeout)
-    seen = FaustSeenTable(app, table, lease=lease)
+    seen = FaustSeenTable(table, lease=lease)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
     responses = runtime.topics[s.responses_topic]
@@ -529,12 +553,13 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             reply_topics[name] = ImmediateSink(raw_topic(app, name))
         return reply_topics[name]
 
-    reread_uncommitted_from_start(app.consumer, s.requests_topic)
+    never_fetch_through_faust(app.consumer, s.requests_topic)
     ingest = Ingest(
         seen=seen,
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
     )
+    runtime.ingest = ingest
     scorer = Scorer(
         holder=runtime.holder,
         seen=seen,
@@ -550,47 +575,83 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         catalog=runtime.catalog_rows,
     )
 
-    # Ratings are read in bulk, outside Faust's streams (agents/bulk.py), from the partitions
-    # Faust assigned this worker for requests and the table: the same numbers, co-partitioned.
-    reader = PartitionedReader(
-        kafka_client_options(s),
-        s.ratings_topic,
-        group_id=f"{faust_app_id(s, runtime.role)}-ingest",
-        handle=ingest.handle,
-        flush=seen.flush,
-        slice_records=s.ingest_batch_max,
-        make_way=scorer.make_way,
-    )
+    # Ratings and requests are read in bulk, outside Faust's streams (agents/bulk.py), from
+    # the partitions Faust assigned this worker for requests and the table: the same
+    # numbers, co-partitioned. Requests first: the ingest yields to them between slices.
+    app_id = faust_app_id(s, runtime.role)
+    readers = [
+        PartitionedReader(
+            kafka_client_options(s),
+            s.requests_topic,
+            group_id=f"{app_id}-requests",
+            handle=scorer.handle,
+            flush=scorer.delivered,  # replies delivered before their requests are committed
+            max_records=s.request_batch_max,
+            slice_records=s.request_batch_max,
+            start_from=functools.partial(faust_group_positions, s, runtime.role),
+        ),
+        PartitionedReader(
+            kafka_client_options(s),
+            s.ratings_topic,
+            group_id=f"{app_id}-ingest",
+            handle=ingest.handle,
+            flush=seen.flush,
+            slice_records=s.ingest_batch_max,
+            make_way=scorer.make_way,
+        ),
+    ]
     seen.make_way = scorer.make_way
+
+    @app.task
+    async def read_requests() -> None:
+        await readers[0].run()
 
     @app.task
     async def read_ratings() -> None:
         # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
         # at a time, and a request needs the loop several times on its way through.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        seen.producer = AIOKafkaProducer(
+            **kafka_client_options(s),
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=1024 * 1024,
+            max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+        )
+        await seen.producer.start()
         lease.start()
         try:
-            await reader.run()
+            await readers[1].run()
         finally:
             lease.stop()
+            await seen.producer.stop()
 
     @app.on_rebalance_complete.connect
-    async def own_ratings(sender: Any, **kwargs: Any) -> None:  # after table recovery
+    async def own_partitions(sender: Any, **kwargs: Any) -> None:  # after table recovery
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.requests_topic}
         lease.renew()
-        reader.own(mine)
+        for reader in readers:
+            reader.own(mine)
 
     @app.on_partitions_revoked.connect
-    async def release_ratings(sender: Any, revoked: Any, **kwargs: Any) -> None:
+    async def release_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
         try:
-            await asyncio.wait_for(reader.release(), timeout=s.session_timeout)
+            await asyncio.wait_for(
+                asyncio.gather(*(reader.release() for reader in readers)),
+                timeout=s.session_timeout,
+            )
         except TimeoutError:
-            log.error("Ingest did not release its partitions within %gs", s.session_timeout)
+            log.error("Bulk readers did not release their partitions in %gs", s.session_timeout)
 
-    # The scorer takes what its stream has buffered (its channel's queue) as one batch.
+    # Faust's group assigns the request partitions to the workers through this agent's
+    # subscription; its consumer never hands their records on (never_fetch_through_faust).
     @app.agent(requests, name="scorer")
     async def scorer_agent(stream: Any) -> None:
-        await scorer.run(stream, idle=stream.channel.empty)
+        warned = False
+        async for _ in stream:  # the request reader (its own group) answers these too
+            if not warned:
+                log.warning("Requests reached Faust's stream; they are not answered there")
+                warned = True
 
     if follow_updates:
 

@@ -43,17 +43,54 @@ def store_from_settings(settings: Settings | None = None) -> SnapshotStore:
     return store_from_url(settings.model_store, settings)
 
 
-async def write_current_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
+class StreamedModelError(Exception):
+    """The store's current model was trained by streaming; an offline one would roll it back."""
+
+
+async def streamed_model(store: SnapshotStore) -> str | None:
+    """Why the store's current model must not be replaced by an offline one, or None.
+
+    A streamed model's manifest covers Kafka offsets (the trainer records the next offset
+    per ratings partition); an offline one covers none.
+    """
+    current = await store.current()
+    if current is None:
+        return None
+    _, manifest = await store.get(current)
+    offsets = manifest.get("offsets") or {}
+    if not offsets:
+        return None
+    return (
+        f"current v{current} was trained by streaming "
+        f"({manifest.get('trained_events')} events, {sum(offsets.values())} Kafka offsets)"
+    )
+
+
+async def write_current_snapshot(
+    url: str, settings: Settings, model: IncrementalModel, *, over_streamed: bool = True
+) -> str:
     """Write ``model`` as the next version of the store at ``url`` and promote it to current.
 
     Used by the offline job, the demo and the benchmarks. Versions only grow (the store is
     write-once), so ``model.version`` moves past the newest version already there.
+
+    Unless ``over_streamed``, a current model trained by streaming (streaming may have
+    produced one while ``model`` was trained) raises :class:`StreamedModelError`: checked
+    before the write, so nothing is written, and again right before the promotion (if it
+    came during the write, the version just written stays there, not current).
     """
+
+    async def refuse_streamed() -> None:
+        if not over_streamed and (streamed := await streamed_model(store)) is not None:
+            raise StreamedModelError(streamed)
+
     async with store_from_url(url, settings) as store:
+        await refuse_streamed()
         latest = await store.latest()
         if latest is not None and latest >= model.version:
             model.version = latest + 1
         payload, manifest = await asyncio.to_thread(model.to_bytes)
         uri = await store.put(model.version, payload, manifest)
+        await refuse_streamed()
         await store.promote(model.version)
         return uri

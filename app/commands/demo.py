@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -39,6 +40,29 @@ def _show(title: str, reply: dict[str, Any]) -> None:
     named = [e["title"] for e in reply["items"][:3] if "title" in e]
     if named:
         _say(f"  {pad}  top: {' · '.join(named)}")
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as the user can reach it from where they ran the demo."""
+    here = Path.cwd()
+    return path.relative_to(here) if path.is_relative_to(here) else path
+
+
+def closing_hints(home: Path, logs: Path, model_store: str, *, keep: bool) -> list[str]:
+    """What the demo prints once its workers have stopped: only what is still there (the
+    files under ``home``: ``logs`` and the model store), never the workers' URLs, which are
+    gone."""
+    lines = [
+        f"Done; the workers have stopped. Everything the demo wrote is under {_shown(home)}/:",
+        f"   streamrec models list --store {model_store}   (its snapshots)",
+        f"   less {_shown(logs / 'scorer.log')}   (the workers' logs)",
+    ]
+    if not keep:
+        lines += [
+            "   Run `streamrec demo --keep` (or `bash dev/demo.sh --keep`) to keep the workers",
+            "   and open the live dashboard.",
+        ]
+    return lines
 
 
 @click.command()
@@ -231,10 +255,5 @@ def _run(
     finally:
         for worker in workers:
             worker.stop()
-    where = home.relative_to(PROJECT_ROOT)
-    _say(f"Done; the workers have stopped. Everything the demo wrote is under {where}/:")
-    _say(f"   streamrec models list --store {settings.model_store}   (its snapshots)")
-    _say(f"   less {logs.relative_to(PROJECT_ROOT)}/scorer.log   (the workers' logs)")
-    if not keep:
-        _say("   Run `streamrec demo --keep` (or `bash dev/demo.sh --keep`) to keep the workers")
-        _say("   and open the live dashboard.")
+    for line in closing_hints(home, logs, settings.model_store, keep=keep):
+        _say(line)

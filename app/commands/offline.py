@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 import click
 
@@ -150,6 +150,7 @@ def train(
     """
     from app.progress import progress_bar
     from app.settings import get_settings
+    from app.stores import StreamedModelError
     from models.evaluation import split_latest_per_user, split_random
     from models.incremental import IncrementalModel
 
@@ -160,14 +161,12 @@ def train(
     config = _model_config(settings, loss, components, threshold, learning_rate)
     if force and skip_if_streamed:
         raise click.UsageError("use either --force or --skip-if-streamed, not both")
-    streamed = asyncio.run(_check_store(url, settings, inspect=not force))  # fail early
-    if streamed is not None and not force:
-        if skip_if_streamed:
-            click.echo(f"{streamed}; nothing to do (--skip-if-streamed)")
-            return
-        raise click.ClickException(f"{streamed}; not replacing it (use --force to roll it back)")
+    # Fail before training, not after: the store must answer and (unless --force) its
+    # current model must not be a streamed one. Checked again right before the promotion.
+    streamed = asyncio.run(_check_store(url, settings, inspect=not force))
+    if streamed is not None:
+        _refuse_streamed(streamed, skip_if_streamed)
     epochs = config.consolidate_epochs if epochs is None else epochs
-    asyncio.run(_check_store(url, settings))  # fail before training, not after
 
     ratings = read_ratings(ratings_file, fmt)
     if not ratings:
@@ -187,7 +186,10 @@ def train(
     seconds = time.perf_counter() - started
 
     metrics = _evaluate(model, train_set, test_set, config.positive_threshold, k)
-    uri = asyncio.run(_write_snapshot(url, settings, model))
+    try:
+        uri = asyncio.run(_write_snapshot(url, settings, model, over_streamed=force))
+    except StreamedModelError as exc:  # streaming promoted a model while this one trained
+        _refuse_streamed(f"model store {url}: {exc}", skip_if_streamed)
     report = {
         "file": str(ratings_file),
         "ratings": len(ratings),
@@ -250,38 +252,38 @@ def _evaluate(
 
 
 async def _check_store(url: str, settings: Settings, *, inspect: bool = True) -> str | None:
-    """Check the store answers; say so if its current model was trained by streaming.
-
-    A streamed model's manifest covers Kafka offsets (the trainer records the next offset
-    per ratings partition); an offline one covers none.
-    """
-    from app.stores import store_from_url
+    """Check the store answers; say so if its current model was trained by streaming
+    (:func:`app.stores.streamed_model`)."""
+    from app.stores import store_from_url, streamed_model
     from storage.errors import StorageError
 
     try:
         async with store_from_url(url, settings) as store:
-            current = await store.current()
-            if current is None or not inspect:
-                return None
-            _, manifest = await store.get(current)
+            await store.current()
+            streamed = await streamed_model(store) if inspect else None
     except StorageError as exc:
         raise click.ClickException(f"model store {url}: {exc}") from None
-    offsets = manifest.get("offsets") or {}
-    if not offsets:
-        return None
-    return (
-        f"model store {url}: current v{current} was trained by streaming "
-        f"({manifest.get('trained_events')} events, {sum(offsets.values())} Kafka offsets)"
-    )
+    return None if streamed is None else f"model store {url}: {streamed}"
 
 
-async def _write_snapshot(url: str, settings: Settings, model: IncrementalModel) -> str:
+def _refuse_streamed(streamed: str, skip_if_streamed: bool) -> NoReturn:
+    """Not promoting over a streamed model: one clear line and exit 1, or with
+    --skip-if-streamed a note and exit 0 (bootstrap jobs run on every deploy)."""
+    if skip_if_streamed:
+        click.echo(f"{streamed}; not replacing it (--skip-if-streamed)")
+        click.get_current_context().exit(0)
+    raise click.ClickException(f"{streamed}; not replacing it (use --force to roll it back)")
+
+
+async def _write_snapshot(
+    url: str, settings: Settings, model: IncrementalModel, *, over_streamed: bool
+) -> str:
     """:func:`app.stores.write_current_snapshot`, with storage errors as one clear line."""
     from app.stores import write_current_snapshot
     from storage.errors import StorageError
 
     try:
-        return await write_current_snapshot(url, settings, model)
+        return await write_current_snapshot(url, settings, model, over_streamed=over_streamed)
     except StorageError as exc:
         raise click.ClickException(f"writing the snapshot to {url}: {exc}") from None
 

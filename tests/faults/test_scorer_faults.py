@@ -81,9 +81,9 @@ def test_killed_scorer_under_load_leaves_every_request_answered(
         sent_at_kill, answered_at_kill = t.sent_requests, len(t.answered())
         killed_at = time.time()
         victim.kill()  # SIGKILL, requests still arriving on its partitions
-        uncommitted = cluster.uncommitted(
-            faust_app_id(s, "scorer"), s.requests_topic, sorted(victims)
-        )
+        # The scorers' bulk request reader commits in this group (app/service.py).
+        group = f"{faust_app_id(s, 'scorer')}-requests"
+        uncommitted = cluster.uncommitted(group, s.requests_topic, sorted(victims))
         cluster.scorers.remove(victim)
         wait_for(lambda: t.done_sending, timeout=60, what="every request sent")
         t.wait_answered(s.session_timeout + 90)

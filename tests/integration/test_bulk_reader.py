@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.bulk import PartitionedReader
 from agents.ports import Message
@@ -85,3 +85,38 @@ async def test_release_hands_partitions_over_at_the_committed_offset(
         task_b.cancel()
     assert first.seen == [(0, o) for o in range(50)]
     assert sorted(second.seen) == [(0, o) for o in range(50, 60)] + [(1, o) for o in range(50)]
+
+
+async def test_a_partition_the_group_never_committed_starts_where_start_from_says(
+    settings: Settings, kafka_options: dict[str, Any], unique_name: Callable[[str], str]
+) -> None:
+    topic, group = unique_name("bulk-start"), unique_name("bulk-start-group")
+    await ensure_topics(settings, [TopicSpec(topic, 2)])
+    await produce(kafka_options, topic, 0, 30)
+    await produce(kafka_options, topic, 1, 30)
+    asked: list[list[int]] = []
+
+    async def start_from(tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        asked.append(sorted(tp.partition for tp in tps))
+        return {tp: 20 for tp in tps if tp.partition == 0}  # partition 1: no earlier group
+
+    recorder = Recorder()
+    reader = PartitionedReader(
+        kafka_options, topic, group, recorder.handle, recorder.flush, start_from=start_from
+    )
+    task = asyncio.create_task(reader.run())
+    try:
+        reader.own({0, 1})
+        await recorder.reach(40)
+        await asyncio.wait_for(reader.release(), 30)
+        expected = [(0, o) for o in range(20, 30)] + [(1, o) for o in range(30)]
+        assert sorted(recorder.seen) == expected
+        # Once the group has committed, its own offsets win: start_from is not asked again.
+        await produce(kafka_options, topic, 0, 5)
+        reader.own({0, 1})
+        await recorder.reach(45)
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+    assert asked == [[0, 1]]
+    assert sorted(recorder.seen) == sorted(expected + [(0, o) for o in range(30, 35)])

@@ -67,6 +67,8 @@ def test_demo_keep_serves_the_dashboard_until_ctrl_c() -> None:
     assert proc.returncode == 0, "".join(lines) + rest
     assert "Done; the workers have stopped" in rest
     assert "streamrec models list --store file://" in rest
-    assert "--keep" not in rest.split("Done;")[1]  # no advice to do what was just done
+    closing = rest.split("Done;")[1]
+    assert "--keep" not in closing  # no advice to do what was just done
+    assert "http://" not in closing  # the workers' URLs are gone now
     with pytest.raises(OSError):
         http_json(url, timeout=2)

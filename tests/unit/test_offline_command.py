@@ -152,7 +152,7 @@ def test_train_refuses_to_replace_a_model_that_streaming_trained(tmp_path):
     assert "100 Kafka offsets" in refused.output and "--force" in refused.output
 
     skipped = run("train", str(data), "--out", store, "--skip-if-streamed")
-    assert skipped.exit_code == 0 and "nothing to do" in skipped.output
+    assert skipped.exit_code == 0 and "not replacing it (--skip-if-streamed)" in skipped.output
 
     async def current():
         async with store_from_url(store) as s:
@@ -162,3 +162,66 @@ def test_train_refuses_to_replace_a_model_that_streaming_trained(tmp_path):
     forced = run("train", str(data), "--epochs", "1", "--out", store, "--force")
     assert forced.exit_code == 0, forced.output
     assert asyncio.run(current()) > version
+
+
+def test_train_rechecks_for_a_streamed_model_right_before_promoting(tmp_path, monkeypatch):
+    """Streaming promotes a model while the offline job trains: the job must not roll it
+    back (one clear line, exit 1), unless --force; --skip-if-streamed exits 0."""
+    from app.commands import offline
+    from app.settings import Settings
+    from app.stores import write_current_snapshot
+    from models.config import ModelConfig
+    from models.synthetic import generate_ratings
+
+    data = tmp_path / "r.csv"
+    store = f"file://{tmp_path / 'store'}"
+    assert (
+        run("generate", str(data), "--users", "50", "--items", "40", "--ratings", "600").exit_code
+        == 0
+    )
+    assert run("train", str(data), "--epochs", "1", "--out", store).exit_code == 0  # offline v1
+
+    async def current():
+        async with store_from_url(store) as s:
+            return await s.current()
+
+    evaluate = offline._evaluate
+    promoted = []
+
+    def trainer_promotes_meanwhile(*args):  # after training, before the snapshot is written
+        streamed = IncrementalModel(ModelConfig(no_components=4))
+        streamed.train_batch(generate_ratings(20, 20, 100, 2, seed=1))
+        streamed.offsets = {"ratings:0": 70}
+        asyncio.run(write_current_snapshot(store, Settings(), streamed))
+        promoted.append(streamed.version)
+        return evaluate(*args)
+
+    monkeypatch.setattr(offline, "_evaluate", trainer_promotes_meanwhile)
+    refused = CliRunner().invoke(main, ["train", str(data), "--epochs", "1", "--out", store])
+    assert refused.exit_code == 1, refused.output
+    assert refused.stdout == ""  # no report of a promotion that did not happen
+    (line,) = [x for x in refused.stderr.splitlines() if "streaming" in x]
+    assert f"current v{promoted[-1]} was trained by streaming" in line
+    assert "70 Kafka offsets" in line and "--force" in line
+    assert asyncio.run(current()) == promoted[-1]  # the streamed model is still current
+
+    async def latest():
+        async with store_from_url(store) as s:
+            return await s.latest()
+
+    assert asyncio.run(latest()) == promoted[-1]  # and nothing was written after it
+
+    # --force promotes over the model streamed meanwhile; it is offline and current then.
+    forced = run("train", str(data), "--epochs", "1", "--out", store, "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    offline_version = json.loads(forced.stdout)["snapshot"]["version"]
+    assert asyncio.run(current()) == offline_version > promoted[-1]
+
+    skipped = CliRunner().invoke(
+        main, ["train", str(data), "--epochs", "1", "--out", store, "--skip-if-streamed"]
+    )
+    assert skipped.exit_code == 0, skipped.output
+    assert len(promoted) == 3  # it trained: the first check passed, the second one held
+    assert f"current v{promoted[-1]} was trained by streaming" in skipped.stdout
+    assert "not replacing it (--skip-if-streamed)" in skipped.stdout
+    assert asyncio.run(current()) == promoted[-1]

@@ -1,7 +1,7 @@
 """Headless Chromium driven over the Chrome DevTools protocol (a websocket, via aiohttp).
 
-Only what the dashboard test needs: open a page, collect console errors and uncaught
-exceptions, evaluate expressions, take a screenshot.
+Only what the dashboard tests need: open a page, collect console errors and uncaught
+exceptions, evaluate expressions, take a screenshot; and read a duration a card shows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,10 +25,18 @@ from typing import Any
 import aiohttp
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+NO_VALUE = "\u2013"  # an en dash: what a dashboard card shows before it has a value
 
 
 def find_chromium() -> str | None:
     return next((path for name in CANDIDATES if (path := shutil.which(name))), None)
+
+
+def shown_seconds(text: str) -> float:
+    """The seconds a dashboard card shows (``412 ms``, ``3.4 s``, ``5 min``)."""
+    match = re.fullmatch(r"(\d+(?:\.\d)?) (ms|s|min)", text)
+    assert match, f"not a duration: {text!r}"
+    return float(match[1]) * {"ms": 0.001, "s": 1.0, "min": 60.0}[match[2]]
 
 
 class Page:

@@ -16,9 +16,15 @@ from app.commands.service import format_reply, request_recommendation
 from app.settings import PROJECT_ROOT
 from app.web import PAGE_MAX
 from models.catalog import CatalogItem
-from tests.integration.dashboard.browser import chromium_page, find_chromium
+from tests.integration.dashboard.browser import (
+    NO_VALUE,
+    chromium_page,
+    find_chromium,
+    shown_seconds,
+)
 from tests.integration.dashboard.conftest import RATINGS, Served
 from tests.integration.service.conftest import wait_for
+from tests.unit.test_catalog_command import u_item_line
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
@@ -62,6 +68,9 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
                   seen: document.querySelectorAll('#user-seen li').length,
                   version: document.getElementById('stat-version').textContent,
                   trained: document.getElementById('stat-trained').textContent,
+                  batch: document.getElementById('stat-batch').textContent,
+                  batchNote: document.getElementById('stat-batch-note').textContent,
+                  fresh: document.getElementById('stat-fresh').textContent,
                   role: document.getElementById('role').textContent,
                   failures: window.streamrecDashboard.failures,
                 })"""
@@ -78,6 +87,12 @@ def test_dashboard_in_a_real_browser(served: Served) -> None:
     assert facts["circles"] >= 2 and facts["rateDots"] >= 2
     assert facts["role"] == "all" and facts["version"].startswith("v")
     assert facts["trained"] == f"{RATINGS:,}"
+    # Batch latency: the last micro-batch's fit, as the series has it (training is over).
+    last = served.worker.get("/dashboard/series/")[1]["points"][-1]
+    assert last["batch_seconds"] is not None
+    assert shown_seconds(facts["batch"]) == pytest.approx(last["batch_seconds"], abs=0.051)
+    assert facts["batchNote"] == "last micro-batch fit"
+    assert facts["fresh"] == NO_VALUE  # role all applies no deltas (see test_deltas for a scorer)
     known = titles(served)
     assert len(facts["recs"]) == 10
     assert all(known[r["item"]] == r["title"] for r in facts["recs"]), facts["recs"]
@@ -187,6 +202,10 @@ def test_series_is_bounded_and_feeds_the_charts(served: Served) -> None:
     assert 2 <= len(points) <= 120
     last = points[-1]
     assert last["model_version"] >= 1 and last["trained_events"] == RATINGS
+    # Batch latency: the fit of the last micro-batch, the one /model/ reports.
+    _, model = served.worker.get("/model/")
+    assert last["batch_seconds"] == model["last_batch"]["seconds"] > 0
+    assert sum(p["batch_seconds"] is not None for p in points) >= 2
     assert any(p["ratings_per_s"] for p in points) and any(p["hit_rate"] for p in points)
     assert isinstance(last["dead_letters"], dict)
     _, newer = served.worker.get(f"/dashboard/series/?since={last['t']}")
@@ -247,6 +266,19 @@ def test_catalog_load_command(served: Served, tmp_path: Path) -> None:
     refused = streamrec(str(bad))
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert "movies.csv: line 3: title must be a non-empty string" in refused.stderr
+    # A latin-1 u.item (as MovieLens 100K ships it) reaches the worker decoded.
+    latin1 = tmp_path / "u.item"
+    latin1.write_bytes(u_item_line("90001", "Misérables, Les (1995)", ("Drama",)).encode("latin-1"))
+    loaded = streamrec(str(latin1))
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"published 1 items to {served.settings.items_topic!r}" in loaded.stdout
+    wait_for(
+        lambda: served.worker.get("/items/90001/")[1].get("title") == "Misérables, Les (1995)",
+        timeout=20,
+        what=lambda: (
+            f"the decoded title in the worker's catalog ({served.worker.get('/items/90001/')})"
+        ),
+    )
     u_item = data_dir() / "ml-100k" / "u.item"
     if not u_item.is_file():
         pytest.skip(

@@ -10,6 +10,7 @@ a restarted trainer starts a new lineage that the running scorers follow.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,12 @@ from app.commands.service import publish_ratings, request_recommendation
 from app.dev.workers import WorkerProcess, free_port
 from app.settings import Settings
 from models.events import Rating
+from tests.integration.dashboard.browser import (
+    NO_VALUE,
+    chromium_page,
+    find_chromium,
+    shown_seconds,
+)
 from tests.integration.service.conftest import Deployment, new_deployment, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
@@ -31,8 +38,11 @@ FRESH_BOUND = 10.0  # seconds: the issue's generous bound for "within seconds"
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("deltas")
-    # Default snapshot and batch settings; only a smaller model and a faster group session.
-    for deployment in new_deployment("deltas", tmp, no_components=16, session_timeout=8):
+    # Default snapshot and batch settings; only a smaller model, a faster group session and
+    # dashboard samples every second (the freshness panel's test waits for one).
+    for deployment in new_deployment(
+        "deltas", tmp, no_components=16, session_timeout=8, dashboard_sample_seconds=1
+    ):
         defaults = Settings.model_fields
         assert (
             deployment.settings.snapshot_every_seconds == defaults["snapshot_every_seconds"].default
@@ -123,6 +133,51 @@ def test_new_users_ratings_reach_both_scorers_without_a_snapshot(deployment: Dep
         assert chain["last_delta_age_seconds"] >= chain["lag_seconds"]
     _, metrics = deployment.scorers[0].get("/metrics")
     assert "streamrec_delta_lag_seconds_count" in metrics
+
+
+def test_scorers_dashboards_show_their_delta_lag(deployment: Deployment) -> None:
+    """The freshness panel: a scorer's series reports the lag of the last delta it applied,
+    and its page (in a real Chromium, where one is installed) shows it."""
+    before = info(deployment.trainer).get("trained_events", 0)
+    background(deployment, 10, 3000.0)  # 100 ratings
+
+    def settled() -> bool:  # every rating trained and its delta applied: nothing moves now
+        return info(deployment.trainer).get("trained_events", 0) >= before + 100 and caught_up(
+            deployment
+        )
+
+    wait_for(settled, timeout=60, what="scorers to follow the deltas of every rating")
+    scorer = deployment.scorers[0]
+    lag = info(scorer)["deltas"]["lag_seconds"]
+    assert 0 <= lag < FRESH_BOUND
+
+    def sampled() -> Any:  # a point taken since the last delta was applied
+        points = scorer.get("/dashboard/series/")[1]["points"]
+        return points and points[-1]["freshness_seconds"] == lag and points[-1]
+
+    last = wait_for(sampled, timeout=10, what=lambda: f"the scorer's series to show {lag}")
+    assert last["model_version"] == trainer_version(deployment)
+    _, trainer = deployment.trainer.get("/dashboard/series/")
+    assert all(p["freshness_seconds"] is None for p in trainer["points"])  # it applies none
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does)")
+
+    async def page_shows() -> tuple[str, str, list[str]]:
+        async with chromium_page(binary) as page:
+            await page.open(scorer.url + "/")
+            shown = await page.wait_for(
+                f"(t => t !== {json.dumps(NO_VALUE)} && t)"
+                "(document.getElementById('stat-fresh').textContent)"
+            )
+            note = await page.evaluate("document.getElementById('stat-fresh-note').textContent")
+            return shown, note, page.errors
+
+    shown, note, errors = asyncio.run(page_shows())
+    assert errors == [], errors
+    assert note == "delta lag behind the trainer"
+    assert shown_seconds(shown) == pytest.approx(lag, abs=0.051)  # nothing trained since
 
 
 def test_a_scorer_started_late_catches_up(deployment: Deployment) -> None:

@@ -281,6 +281,9 @@ def test_no_rated_item_is_ever_recommended(deployment: Deployment, kafka: KafkaC
         timeout=30,
         what="the 1,000 ratings in the seen-items table",
     )
+    # /health/ counts what each scorer's ingest recorded (its own partitions only).
+    counts = [s.get("/health/")[1]["seen_ratings"] for s in deployment.scorers]
+    assert sum(counts) >= len(events) and max(counts) >= len(rated), counts
     everything = recommend(deployment, user, k=1000, exclude_seen=False)
     assert everything["source"] == "model"
     assert len({e["item"] for e in everything["items"]} & set(rated)) > 500  # could fail

@@ -1,9 +1,8 @@
-"""Small fakes of what app/ passes the agents: a stream of events, sinks, the seen table."""
+"""Small fakes of what app/ passes the agents: consumed records, sinks, the seen table."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,54 +14,7 @@ class FakeMessage:
     offset: int
     key: bytes | None
     value: bytes | None
-    timestamp: float | None = None
-
-
-@dataclass
-class FakeEvent:
-    message: FakeMessage
-
-
-@dataclass
-class FakeStream:
-    """Events in order; ``idle()`` is true once everything put so far has been taken.
-
-    ``arrivals`` splits the messages into groups that "arrive" together: the next group
-    becomes buffered only when the agent has taken the previous one (as a consumer would
-    see them when a batch is handled slower than requests arrive)."""
-
-    arrivals: list[list[FakeMessage]]
-    acked: list[FakeMessage] = field(default_factory=list)
-    _buffered: int = 0
-    _acks: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    @classmethod
-    def of(cls, messages: list[FakeMessage]) -> FakeStream:
-        return cls([messages])
-
-    def noack(self) -> FakeStream:
-        return self
-
-    def idle(self) -> bool:
-        return self._buffered == 0
-
-    async def events(self) -> AsyncIterator[FakeEvent]:
-        delivered = 0
-        for group in self.arrivals:
-            # The next group arrives once the agent has answered (acked) the previous one.
-            async with self._acks:
-                await self._acks.wait_for(lambda n=delivered: len(self.acked) >= n)
-            self._buffered = len(group)
-            for message in group:
-                self._buffered -= 1
-                delivered += 1
-                yield FakeEvent(message)
-
-    async def ack(self, event: FakeEvent) -> bool:
-        async with self._acks:
-            self.acked.append(event.message)
-            self._acks.notify_all()
-        return True
+    timestamp: int | None = None  # ms, as aiokafka's ConsumerRecord
 
 
 @dataclass

@@ -41,7 +41,7 @@ from models.wire import (
     decode_request,
 )
 from storage import open_store
-from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink, FakeStream
+from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 from tests.unit.agents.test_trainer import MAX_BYTES as TRAINER_MAX_BYTES
 from tests.unit.agents.test_trainer import (
     PARTITIONS,
@@ -261,7 +261,7 @@ async def test_the_scorer_agent_answers_or_dead_letters_every_request(
     pairs: list[tuple[bytes | None, bytes | None]], max_batch: int, loaded: bool
 ) -> None:
     messages = messages_of(pairs, "rec-requests")
-    replies, dlq, other, stream = FakeSink(), FakeSink(), FakeSink(), FakeStream.of(messages)
+    replies, dlq, other = FakeSink(), FakeSink(), FakeSink()
     scorer = Scorer(
         holder=served_holder() if loaded else ModelHolder(),
         seen=FakeSeenTable(),
@@ -273,14 +273,13 @@ async def test_the_scorer_agent_answers_or_dead_letters_every_request(
         max_bytes=LIMIT,
         max_batch=max_batch,
     )
-    await scorer.run(stream, stream.idle)  # nothing may escape
+    await scorer.handle(messages)  # nothing may escape
     bad = check_dead_letters(dlq.sent, messages)
     answered = [Reply.parse(s["value"]) for s in replies.sent + other.sent]
     good = [m for m in messages if m.offset not in bad]
     assert sorted(r.request_id for r in answered) == sorted(
         decode_request(m.key, m.value, max_bytes=LIMIT).request_id for m in good
     )
-    assert stream.acked == messages
 
 
 TRAINER_FUZZ = settings(FUZZ, max_examples=40)  # each example runs a trainer on a store

@@ -1,7 +1,8 @@
-"""The scorer agent against a fake stream, fake sinks and a tiny view (no Kafka)."""
+"""The scorer agent against fake messages, fake sinks and a tiny view (no Kafka)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import MappingProxyType
 
@@ -13,13 +14,13 @@ from agents.state import ModelHolder
 from models.events import RecRequest
 from models.seen import decode_row, remember
 from models.wire import DLQ_KIND, Reply
-from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink, FakeStream
+from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 from tests.unit.models.conftest import ITEMS, tiny_view  # noqa: F401  (fixture)
 
 
 def request_message(user: str, rid: str, offset: int, **body) -> FakeMessage:
     value = json.dumps({"request_id": rid, "user": user, **body}).encode()
-    return FakeMessage("rec-requests", 0, offset, user.encode(), value, timestamp=None)
+    return FakeMessage("rec-requests", 0, offset, user.encode(), value, timestamp=-1)
 
 
 @pytest.fixture
@@ -59,8 +60,7 @@ async def test_a_batch_is_scored_together_one_reply_per_request(setup):
         request_message("alice", "r4", 3, k=4, exclude_seen=False),
         request_message("carol", "r5", 4, k=10),
     ]
-    stream = FakeStream.of(messages)
-    await scorer.run(stream, stream.idle)
+    await scorer.handle(messages)
     got = {r.request_id: r for r in replies_of(replies) + replies_of(other)}
     assert sorted(got) == ["r1", "r2", "r3", "r4", "r5"]
     assert [i.item for i in got["r1"].items] == ["b", "c"]  # a is seen: excluded
@@ -69,10 +69,10 @@ async def test_a_batch_is_scored_together_one_reply_per_request(setup):
     assert [i.item for i in got["r4"].items] == ["a", "b", "c", "d"]  # exclude_seen off
     assert got["r5"].source == "popularity" and len(got["r5"].items) == 4
     assert all(r.latency_ms is not None and r.model_version == 7 for r in got.values())
-    assert stream.acked == messages and dlq.sent == []
+    assert dlq.sent == []
 
 
-async def test_batches_take_what_is_buffered_and_no_more_than_max(setup):
+async def test_a_fetch_is_answered_in_batches_of_at_most_max(setup):
     scorer, _, replies, _, _ = setup
     seen_batches: list[int] = []
     answer = scorer.answer
@@ -84,8 +84,8 @@ async def test_batches_take_what_is_buffered_and_no_more_than_max(setup):
     scorer.answer = spy  # type: ignore[method-assign]
     lone = [request_message("bob", "lone", 0)]
     burst = [request_message("bob", f"b{n}", n + 1) for n in range(7)]
-    stream = FakeStream([lone, burst])
-    await scorer.run(stream, stream.idle)
+    await scorer.handle(lone)
+    await scorer.handle(burst)
     # The lone request is answered alone, at once; the burst in slices of at most 3.
     assert seen_batches == [1, 3, 3, 1]
     assert len(replies.sent) == 8
@@ -96,8 +96,7 @@ async def test_every_seen_item_is_excluded_up_to_the_bound(setup):
     many = [f"x{n}" for n in range(20_000)]
     table.put("alice", remember(None, [*many, "a", "b", "c"], 10_000), 0)
     assert len(decode_row(table.get("alice"))) == 10_000
-    stream = FakeStream.of([request_message("alice", "r", 0, k=10)])
-    await scorer.run(stream, stream.idle)
+    await scorer.handle([request_message("alice", "r", 0, k=10)])
     (reply,) = replies_of(replies)
     assert [i.item for i in reply.items] == ["d"]
 
@@ -111,12 +110,10 @@ async def test_bad_requests_are_dead_lettered_with_their_kind(setup):
         request_message("bob", "z", 3, reply_to="no-such-topic"),
         request_message("bob", "ok", 4),
     ]
-    stream = FakeStream.of(messages)
-    await scorer.run(stream, stream.idle)
+    await scorer.handle(messages)
     kinds = [d["headers"][DLQ_KIND] for d in dlq.sent]
     assert kinds == [b"malformed", b"invalid", b"reply_to", b"reply_to"]
     assert [r.request_id for r in replies_of(replies)] == ["ok"]
-    assert stream.acked == messages
 
 
 def test_reply_without_a_model_is_empty_and_says_so():
@@ -164,3 +161,59 @@ def test_titles_come_from_the_catalog_when_it_has_them(tiny_view):  # noqa: F811
     assert [i.item for i in plain.items] == [i.item for i in titled.items]
     assert all(i.title is None for i in plain.items)
     assert title_of(MappingProxyType({"a": MappingProxyType({"title": "T"})}), "a") == "T"
+
+
+class SlowSink(FakeSink):
+    """A sink whose sends return a delivery future the test resolves (as a producer's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[asyncio.Future[None]] = []
+
+    async def send(self, *, key=None, value=None, headers=None):  # type: ignore[override]
+        await super().send(key=key, value=value, headers=headers)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+
+async def test_replies_are_delivered_before_delivered_returns(setup):
+    scorer, *_ = setup
+    sink = SlowSink()
+    scorer.default_reply = sink
+    await scorer.handle([request_message("bob", f"r{n}", n) for n in range(5)])
+    assert len(sink.sent) == 5  # queued; handle did not wait for their delivery
+    waiting = asyncio.ensure_future(scorer.delivered())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the reader's commit waits for every reply
+    for future in sink.futures[:-1]:
+        future.set_result(None)
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    sink.futures[-1].set_result(None)
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_failed_delivery_fails_one_wait_then_is_forgotten(setup):
+    scorer, *_ = setup
+    sink = SlowSink()
+    scorer.default_reply = sink
+    await scorer.handle([request_message("bob", "r", 0)])
+    sink.futures[0].set_exception(ConnectionError("broker gone"))
+    with pytest.raises(ConnectionError):
+        await scorer.delivered()  # the reader fails and re-reads from its committed offset
+    await asyncio.wait_for(scorer.delivered(), 1)  # and the next attempt can commit
+
+
+async def test_too_many_undelivered_replies_make_handle_wait(setup):
+    scorer, *_ = setup
+    sink = SlowSink()
+    scorer.default_reply = sink
+    scorer.max_undelivered = 3
+    await scorer.handle([request_message("bob", f"r{n}", n) for n in range(3)])
+    blocked = asyncio.ensure_future(scorer.handle([request_message("bob", "r3", 3)]))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # bounded: it waits for the replies on their way
+    for future in sink.futures:
+        future.set_result(None)
+    await asyncio.wait_for(blocked, 1)
