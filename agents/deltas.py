@@ -7,6 +7,13 @@ model (``model.delta_offset``), so the next snapshot tells scorers where to read
 
 A delta larger than the topic accepts is replaced by a "snapshot needed" marker and the
 trainer writes a snapshot at once; scorers load that snapshot instead.
+
+A consolidation's delta carries every row (it retrained them all) but not its new blending
+neighbours, which travel with snapshots: scorers apply the rows and go on applying the
+deltas after it, blending with their old neighbours until the trainer's next snapshot
+(written at once) brings the new ones. (Until 2026-12-02 it was a marker, and scorers
+ignored every delta until the snapshot was written and loaded: 1.7-3.1 s of stall, see
+docs/benchmarks.md "Freshness across a consolidation".)
 """
 
 from __future__ import annotations
@@ -39,27 +46,32 @@ class DeltaPublisher:
 
     async def publish(self, model: IncrementalModel, view: ScoringView) -> dict[str, Any] | None:
         """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
-        ``snapshot_needed`` True if the delta was too large and a snapshot must follow."""
+        ``snapshot_needed`` True if the delta was too large and a snapshot must follow, and
+        ``neighbours_follow`` True if the scorers take its blending neighbours from the next
+        snapshot (a consolidation's)."""
         delta = model.last_delta
         if delta is None or delta.version != view.version:
             return None  # the view was built whole (the first one): nothing to chain to
-        if delta.replaces_neighbours:  # a consolidation: neighbours come with snapshots
-            log.info("Delta v%d brings new blending neighbours: 'snapshot needed'", delta.version)
-            raw, marker = delta.as_marker().encode(), True
+        if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
+            raw = await asyncio.to_thread(delta.encode)
         else:
-            if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
-                raw = await asyncio.to_thread(delta.encode)
-            else:
-                raw = delta.encode()
-            marker = len(raw) > self.max_bytes
-            if marker:
-                log.warning(
-                    "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
-                    delta.version,
-                    len(raw),
-                    self.max_bytes,
-                )
-                raw = delta.as_marker().encode()
+            raw = delta.encode()
+        marker = len(raw) > self.max_bytes
+        if marker:
+            log.warning(
+                "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
+                delta.version,
+                len(raw),
+                self.max_bytes,
+            )
+            raw = delta.as_marker().encode()
+        elif delta.replaces_neighbours:
+            log.info(
+                "Delta v%d (a consolidation, %d rows) sent; its blending neighbours follow "
+                "with the next snapshot",
+                delta.version,
+                delta.rows_touched,
+            )
         try:
             offset = await self._send(delta, raw)
         except asyncio.CancelledError:
@@ -83,6 +95,7 @@ class DeltaPublisher:
             "offset": offset,
             "at": time.time(),
             "snapshot_needed": marker,
+            "neighbours_follow": delta.replaces_neighbours and not marker,
         }
 
     async def _send(self, delta: ModelDelta, raw: bytes) -> int | None:

@@ -17,7 +17,10 @@ second or so. The chain rule (which delta applies to which view) is
   snapshot twice for the same reason; it then waits for the next announced snapshot;
 * ``streamrec models promote/rollback`` announcements pin the view: deltas of other states
   are ignored until the trainer announces its next snapshot or a trainer run starts from
-  the pinned snapshot.
+  the pinned snapshot;
+* a consolidation's delta (every row, ``replaces_neighbours``) is applied like any other;
+  its new blending neighbours come with the trainer's next snapshot, fetched beside the
+  deltas and swapped into the view then served (the rows stay the deltas').
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
 from agents.kafka import KafkaOptions, partitions_of
-from agents.ports import Message, SnapshotStore
+from agents.ports import Message, SnapshotStore, received_at
 from agents.state import ModelHolder
 from models.delta import FRESH, Chain, next_step
 from models.scoring import ScoringView
@@ -69,6 +72,13 @@ class ModelFollower:
     _announced: tuple[ModelUpdate, float] | None = None
     _applied: int = 0
     _resyncs: int = 0
+    _reflected: int | None = None  # the delta offset the served view reflects, if known
+    _behind_since: float | None = None  # publish time of the oldest delta not yet served
+    _lag: float = 0.0  # publish -> serve seconds of the last delta applied
+    #: The version of the newest consolidation delta applied whose neighbours the view
+    #: lacks; a snapshot of it or later brings them (fetched by ``_neighbour_fetch``).
+    _neighbours_due: int | None = None
+    _neighbour_fetch: asyncio.Task[tuple[int, ScoringView] | None] | None = None
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         """Follow forever; a broken connection or store is logged and retried, never fatal."""
@@ -118,6 +128,8 @@ class ModelFollower:
                 batch = await consumer.getmany(timeout_ms=1000)
                 await self._handle(batch)
                 await self._load_overdue_announcement()
+                self.install_neighbours()
+                self._refresh_lag()
         finally:
             self._consumer = None
             await consumer.stop()
@@ -149,6 +161,7 @@ class ModelFollower:
             return
         if self._reached(update):  # the deltas got here first: note the checkpoint only
             self._note_snapshot(update)
+            self._fetch_neighbours(update)
         elif update.lineage is None:  # not a trainer's (e.g. an offline bootstrap): no
             await self.load(update.version, update, seek=True)  # deltas will bring it
         else:
@@ -174,6 +187,7 @@ class ModelFollower:
         if self._reached(update):
             self._announced = None
             self._note_snapshot(update)
+            self._fetch_neighbours(update)
         elif time.monotonic() - since >= self.snapshot_grace_seconds:
             self._announced = None
             log.warning("Deltas did not reach announced v%d in time: loading it", update.version)
@@ -207,6 +221,7 @@ class ModelFollower:
             return False
         lineage = None if chain is None else chain["lineage"]
         chain_version = view.version if chain is None else chain["version"]
+        self._neighbours_due = None  # the snapshot's own (deltas read again set it again)
         self.chain = Chain(lineage, chain_version, version, pinned, target)
         self._waiting = False
         self._announced = None
@@ -220,6 +235,10 @@ class ModelFollower:
         log.info("Serving model v%d%s", view.version, " (pinned)" if pinned else "")
         if seek:
             await self._seek_after(manifest, chain)
+            offset = None if chain is None else chain["offset"]
+            self._reflected = None if offset is None else offset - 1
+            self._behind_since, self._lag = None, 0.0
+            self._refresh_lag()
         return True
 
     async def _fetch(
@@ -256,8 +275,18 @@ class ModelFollower:
     # --- deltas ------------------------------------------------------------------------
     async def on_delta(self, message: Message) -> bool:
         """Handle one delta message; True if the delta position moved (a resync seeked)."""
-        if message.offset in self._bad or self._waiting:
-            metrics.DELTAS_SKIPPED.labels("waiting" if self._waiting else "bad").inc()
+        self._received(message)
+        moved = await self._on_delta(message)
+        self._refresh_lag()
+        return moved
+
+    async def _on_delta(self, message: Message) -> bool:
+        if self._waiting:
+            metrics.DELTAS_SKIPPED.labels("waiting").inc()
+            return False
+        if message.offset in self._bad:  # refused before: never served, nothing it lacks
+            metrics.DELTAS_SKIPPED.labels("bad").inc()
+            self._reflected, self._behind_since = message.offset, None
             return False
         started = time.perf_counter()
         try:
@@ -271,6 +300,8 @@ class ModelFollower:
         step = next_step(self.chain, delta)
         if step in ("skip", "ignore"):
             metrics.DELTAS_SKIPPED.labels(step).inc()
+            if step == "skip":  # nothing the view lacks (ignored ones: pinned, it lags)
+                self._reflected, self._behind_since = message.offset, None
             return False
         if step == "resync":
             return await self.resync("gap", target=delta.lineage)
@@ -297,10 +328,13 @@ class ModelFollower:
         except DeltaError as exc:
             return await self._refuse(message, exc)
         self.chain = self.chain.applied(delta)
+        if delta.replaces_neighbours:  # the rows are served now, the neighbours follow
+            self._neighbours_due = delta.version
         self.holder.publish(view, trained_events=delta.trained_events)
         now = time.time()
-        published = (message.timestamp or now * 1000) / 1000
+        published = received_at(message)
         lag = max(0.0, now - published)
+        self._reflected, self._behind_since, self._lag = message.offset, None, lag
         self._applied += 1
         metrics.DELTAS_APPLIED.inc()
         metrics.DELTA_APPLY_SECONDS.observe(time.perf_counter() - started)
@@ -315,10 +349,74 @@ class ModelFollower:
                 "published_at": published,
                 "applied_at": now,
             },
-            lag_seconds=round(lag, 4),
-            lag_versions=self._behind(message.offset),
         )
         return False
+
+    def _received(self, message: Message) -> None:
+        """Every delta received, served or not (a scorer waiting for a snapshot ignores
+        them), starts the clock of ``/model/``'s lag if the view was not behind yet."""
+        reflected = self._reflected
+        if self._behind_since is None and (reflected is None or message.offset > reflected):
+            self._behind_since = received_at(message)
+
+    def _refresh_lag(self) -> None:
+        """``/model/``'s lag, kept live (after every delta received or applied, every load
+        and every poll of the topics): ``lag_versions`` is how many trainer states the
+        served view is behind (deltas on the topic after the one it reflects, or an
+        announced snapshot further on); ``lag_seconds`` is the age of the oldest delta not
+        yet served, or if none, the publish -> serve time of the last one applied."""
+        behind = self._behind()
+        announced = self._announced
+        if announced is not None and announced[0].lineage == self.chain.lineage:
+            update = announced[0]
+            ahead = (update.chain_version or update.version) - self.chain.version
+            behind = max(behind or 0, ahead)
+        since = self._behind_since
+        lag = self._lag if since is None else max(0.0, time.time() - since)
+        self._chain_info(lag_seconds=round(lag, 4), lag_versions=behind)
+
+    def _fetch_neighbours(self, update: ModelUpdate) -> None:
+        """A snapshot the deltas reached: if it has the neighbours of a consolidation the
+        view serves the rows of, fetch it beside the deltas (:meth:`install_neighbours`)."""
+        due = self._neighbours_due
+        if due is None or (update.chain_version or update.version) < due:
+            return
+        if self._neighbour_fetch is not None and not self._neighbour_fetch.done():
+            return  # the next announcement (or the next consolidation's) tries again
+        self._neighbour_fetch = asyncio.create_task(self._neighbours_of(update.version, due))
+
+    async def _neighbours_of(self, version: int, due: int) -> tuple[int, ScoringView] | None:
+        try:
+            view, _, _ = await self._fetch(version)
+        except Exception as exc:  # kept blending with the old ones; a later snapshot retries
+            log.error("Could not fetch the neighbours of snapshot v%d: %s", version, exc)
+            return None
+        return due, view
+
+    def install_neighbours(self) -> bool:
+        """Serve the fetched snapshot's blending neighbours with the current rows (between
+        delta batches: one reference assignment, like a delta). True if installed."""
+        task = self._neighbour_fetch
+        if task is None or not task.done():
+            return False
+        self._neighbour_fetch = None
+        fetched = None if task.cancelled() else task.result()
+        view = self.holder.view
+        if fetched is None or view is None or self._neighbours_due != fetched[0]:
+            return False  # failed, or a load or a later consolidation came first
+        due, snapshot = fetched
+        neighbours, weight = snapshot.blending()
+        try:
+            blended = view.with_neighbours(neighbours, weight)
+        except ValueError as exc:  # more items than the view (never expected): keep the old
+            log.error(
+                "Neighbours of snapshot for v%d do not fit view v%d: %s", due, view.version, exc
+            )
+            return False
+        self.holder.publish(blended)
+        self._neighbours_due = None
+        log.info("Blending neighbours of consolidation v%d installed (view v%d)", due, view.version)
+        return True
 
     async def _refuse(self, message: Message, exc: Exception) -> bool:
         """A delta that cannot be verified: never served; resync from the store."""
@@ -350,10 +448,10 @@ class ModelFollower:
             )
         return True
 
-    def _behind(self, offset: int) -> int | None:
-        """Deltas on the topic after ``offset`` (versions the view is behind the trainer)."""
-        consumer = self._consumer
-        if consumer is None or not self.deltas_topic:
+    def _behind(self) -> int | None:
+        """Deltas on the topic after the one the served view reflects (None: unknown)."""
+        consumer, offset = self._consumer, self._reflected
+        if consumer is None or not self.deltas_topic or offset is None:
             return None
         high = consumer.highwater(TopicPartition(self.deltas_topic, 0))
         return None if high is None else max(0, high - offset - 1)

@@ -74,24 +74,29 @@ class KnownTopics:
         return name in self._names
 
 
-async def send_bulk(
-    producer: AIOKafkaProducer,
-    topic: str,
-    messages: Iterable[tuple[bytes | None, bytes | None]],
-) -> int:
-    """Produce keyed ``messages`` as whole record batches, ~2x faster than one ``send`` each.
+Record = tuple[int | None, bytes | None, bytes | None]
+"""(partition, key, value): a partition of ``None`` is the key's default partition."""
 
-    Partitions are chosen by the producer's default partitioner (murmur2 of the key, as
-    ``send`` and the Java client choose), so keyed co-partitioning is unchanged. Returns
-    once every batch is acknowledged; returns how many messages were sent.
+
+async def send_records(
+    producer: AIOKafkaProducer, topic: str, records: Iterable[Record]
+) -> list[asyncio.Future[Any]]:
+    """Produce ``records`` as whole record batches, one open batch per partition, each sent
+    as it fills; returns the batches' delivery futures, not awaited. ~3-4x cheaper per
+    record than one ``send`` each (which looks up metadata and partitions every time).
+
+    A record without a partition goes where ``send`` and the Java client would put it (the
+    murmur2 of its key), so keyed co-partitioning is unchanged.
     """
     partitioner = DefaultPartitioner()
-    partitions = sorted(await producer.partitions_for(topic))
+    partitions: list[int] | None = None
     batches: dict[int, Any] = {}
     pending = []
-    sent = 0
-    for key, value in messages:
-        partition = partitioner(key, partitions, partitions)
+    for partition, key, value in records:
+        if partition is None:
+            if partitions is None:
+                partitions = sorted(await producer.partitions_for(topic))
+            partition = partitioner(key, partitions, partitions)
         batch = batches.get(partition)
         if batch is None:
             batch = batches[partition] = producer.create_batch()
@@ -100,12 +105,22 @@ async def send_bulk(
             batch = batches[partition] = producer.create_batch()
             if batch.append(key=key, value=value, timestamp=None) is None:
                 raise ValueError(f"a message of {len(value or b'')} bytes exceeds the batch size")
-        sent += 1
     for partition, batch in batches.items():
         if batch.record_count():
             pending.append(await producer.send_batch(batch, topic, partition=partition))
-    await asyncio.gather(*pending)
-    return sent
+    return pending
+
+
+async def send_bulk(
+    producer: AIOKafkaProducer,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+) -> int:
+    """Produce keyed ``messages`` (:func:`send_records`); returns once every batch is
+    acknowledged, with how many messages were sent."""
+    records = [(None, key, value) for key, value in messages]
+    await asyncio.gather(*await send_records(producer, topic, records))
+    return len(records)
 
 
 class DeadLetterQueue:

@@ -7,13 +7,21 @@ a list-backed fake. The snapshot store's port is :class:`storage.SnapshotStore`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, Protocol
 
 from models.wire import DeadLetter, Undecodable
 from storage import SnapshotStore
 
-__all__ = ["Message", "SeenTable", "Sink", "SnapshotStore", "dead_letter", "received_at"]
+__all__ = [
+    "BatchSink",
+    "Message",
+    "SeenTable",
+    "Sink",
+    "SnapshotStore",
+    "dead_letter",
+    "received_at",
+]
 
 
 class Sink(Protocol):
@@ -26,6 +34,15 @@ class Sink(Protocol):
         value: bytes | None = None,
         headers: Mapping[str, bytes] | None = None,
     ) -> Any: ...
+
+
+class BatchSink(Protocol):
+    """A topic messages go to in bulk (``(key, value)`` pairs, partitioned by key):
+    ``send_many`` queues them all and returns their deliveries, not awaited."""
+
+    async def send_many(
+        self, messages: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Awaitable[Any]]: ...
 
 
 class Message(Protocol):

@@ -28,7 +28,7 @@ import numpy as np
 
 from agents import metrics
 from agents.ingest import send_dead_letter
-from agents.ports import Message, SeenTable, Sink, received_at
+from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
 from agents.state import ModelHolder
 from models.events import RecRequest
 from models.seen import decode_row
@@ -114,9 +114,9 @@ class Scorer:
 
     holder: ModelHolder
     seen: SeenTable  # the seen-items table
-    default_reply: Sink  # rec-responses
+    default_reply: BatchSink  # rec-responses
     dlq: Sink  # rec-requests-dlq
-    reply_topic: Callable[[str], Sink]  # name -> topic (cached by the app)
+    reply_topic: Callable[[str], BatchSink]  # name -> topic (cached by the app)
     topic_exists: Callable[[str], Awaitable[bool]]
     forbidden_replies: frozenset[str]
     max_bytes: int
@@ -173,7 +173,7 @@ class Scorer:
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
         metrics.AGENT_BATCH.labels("scorer").observe(len(messages))
         requests: list[RecRequest] = []
-        targets: list[Sink] = []
+        targets: list[BatchSink] = []
         received: list[float] = []
         for message in messages:
             try:
@@ -194,12 +194,17 @@ class Scorer:
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         sources: Counter[str] = Counter()
-        deliveries = []
+        by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
         for reply, target in zip(replies, targets, strict=True):
-            key, value = reply.encode()
-            deliveries.append(await target.send(key=key, value=value))  # queued, not delivered
+            entry = by_target.get(id(target))
+            if entry is None:
+                entry = by_target[id(target)] = (target, [])
+            entry[1].append(reply.encode())
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
+        deliveries = []
+        for target, messages in by_target.values():  # queued, not delivered
+            deliveries += await target.send_many(messages)
         # Delivered before their requests are committed (the reader awaits ``delivered``
         # first): a crash then answers again rather than never. Not awaited here, so the
         # next fetch is scored while these are on their way.
@@ -208,7 +213,7 @@ class Scorer:
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
 
-    async def _target(self, reply_to: str | None) -> Sink:
+    async def _target(self, reply_to: str | None) -> BatchSink:
         if reply_to is None:
             return self.default_reply
         if reply_to in self.forbidden_replies or reply_to.startswith("__"):

@@ -269,6 +269,9 @@ class Trainer:
     _snapshot_version: int = -1
     _snapshot_offsets: dict[str, int] = field(default_factory=dict)
     _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
+    #: The newest delta that needs a snapshot soon (a marker, or a consolidation's whose
+    #: neighbours travel with it): a snapshot of its version (or later) is due at once.
+    _urgent_version: int = -1
     #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
     _consolidating: tuple[Consolidation, threading.Event] | None = None  # the job, its end
     #: The last fetch brought at least half of ``batch_max``: ratings are waiting.
@@ -413,8 +416,26 @@ class Trainer:
         if published is None:
             return
         self.holder.info["delta"] = published
-        if published["snapshot_needed"]:
-            self._batches_since_snapshot = self.snapshot_every_batches
+        marker, neighbours = published["snapshot_needed"], published.get("neighbours_follow")
+        if marker or neighbours:
+            self.holder.info["snapshot_due"] = {
+                "version": published["version"],
+                "at": published.get("at", time.time()),
+                "reason": "marker" if marker else "neighbours",
+            }
+            self._urgent_version = max(self._urgent_version, published["version"])
+            self._snapshot_soon()
+
+    def _snapshot_soon(self) -> None:
+        """Scorers ignore deltas from a "snapshot needed" marker on until they have loaded
+        a snapshot, and blend with old neighbours after a consolidation's delta until a
+        snapshot brings the new ones: write it at once, or as soon as the write in progress
+        ends (cut before, that one does not cover it), not at the next batch or tick."""
+        writer = self._writer
+        if writer is None or writer.done():
+            self._start_snapshot()
+        else:
+            writer.add_done_callback(lambda _: self._stopping or self._start_snapshot())
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,
@@ -543,7 +564,8 @@ class Trainer:
         if not self._progress_unsaved():
             return False
         return (
-            self._batches_since_snapshot >= self.snapshot_every_batches
+            self._snapshot_version < self._urgent_version
+            or self._batches_since_snapshot >= self.snapshot_every_batches
             or time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
         )
 

@@ -32,7 +32,14 @@ from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
-from agents.kafka import DeadLetterQueue, KnownTopics, committed_offsets, dead_letter_marks
+from agents.kafka import (
+    DeadLetterQueue,
+    KnownTopics,
+    Record,
+    committed_offsets,
+    dead_letter_marks,
+    send_records,
+)
 from agents.lease import Lease
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
@@ -147,24 +154,17 @@ class FaustSeenTable:
         producer = self.producer
         if producer is None:
             raise RuntimeError("the seen-items table has no producer to flush with")
-        batches: dict[int, Any] = {}
+        rows = self.rows
+        records: list[Record] = [
+            (partition, user_key(user), row)
+            for user, partition in dirty.items()
+            if (row := rows.get(user)) is not None
+        ]
         sent = []
-        rows, topic = self.rows, self.changelog
-        for n, (user, partition) in enumerate(dirty.items(), 1):
-            row = rows.get(user)
-            if row is not None:
-                batch = batches.get(partition)
-                if batch is None:
-                    batch = batches[partition] = producer.create_batch()
-                if batch.append(key=user_key(user), value=row, timestamp=None) is None:
-                    sent.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = batches[partition] = producer.create_batch()
-                    batch.append(key=user_key(user), value=row, timestamp=None)
-            if n % chunk == 0 and self.make_way is not None:
+        for start in range(0, len(records), chunk):  # requests get the loop between chunks
+            sent += await send_records(producer, self.changelog, records[start : start + chunk])
+            if self.make_way is not None:
                 await self.make_way()
-        for partition, batch in batches.items():
-            if batch.record_count():
-                sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)  # durable before the reader commits their ratings
 
 
@@ -265,18 +265,14 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
 class ImmediateSink:
     """A topic whose sends go out now; ``send`` returns the delivery future.
 
-    Faust attaches a send made while an event is being processed to that event and delays
-    it until the event is acked. The trainer acks only at snapshots, so its deltas would
-    wait for the next snapshot; and the scorer answers a batch of requests from several
-    partitions, where an attached reply waits on another partition's offset than its
-    request's: a crash after the request's commit lost the reply. So the scorer sends its
-    replies and dead letters now and awaits their delivery before it acks the batch.
-
+    For the trainer's deltas and the scorer's request dead letters. Faust attaches a send
+    made while an event is being processed to that event and delays it until the event is
+    acked (the trainer acks only at snapshots, so its deltas would wait for the next one).
     The send goes to the app's producer directly, not through ``Topic.send``: that path
     awaits ``app.maybe_start_producer`` (a mode ``stampede``: three ``asyncio.sleep(0)``
-    per call), so every reply gave the event loop away three times; measured in the
-    scorer under 2,000 requests in flight, ~1.3 ms a reply with the CPU 65% idle
-    (docs/benchmarks.md, "Profiles: scorer"). The producer is started with the app."""
+    per call; measured ~1.3 ms a reply when replies went this way, docs/benchmarks.md
+    "Profiles: scorer"). The producer is started with the app. Replies go in bulk
+    (:class:`BulkTopic`)."""
 
     topic: faust.TopicT
 
@@ -292,6 +288,52 @@ class ImmediateSink:
         return await producer.send(name, key, value, None, None, headers)
 
 
+@dataclass
+class OwnProducer:
+    """An idempotent aiokafka producer of the worker's own (``acks=all``), started and
+    stopped by the task that sends with it (Faust's producer sends one record at a time,
+    and its buffer's back-pressure pauses every stream of the worker)."""
+
+    options: Mapping[str, Any]
+    producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> AIOKafkaProducer:
+        self.producer = AIOKafkaProducer(
+            **self.options,
+            acks="all",
+            enable_idempotence=True,
+            max_batch_size=1024 * 1024,
+            max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
+        )
+        await self.producer.start()
+        return self.producer
+
+    async def stop(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.stop()
+
+    def started(self) -> AIOKafkaProducer:
+        if self.producer is None:
+            raise RuntimeError("the worker's producer is not started")
+        return self.producer
+
+
+@dataclass(frozen=True)
+class BulkTopic:
+    """A topic as :class:`agents.ports.BatchSink`: messages go out in record batches
+    (:func:`agents.kafka.send_records`), through ``producer``."""
+
+    name: str
+    producer: OwnProducer
+
+    async def send_many(
+        self, messages: Sequence[tuple[bytes | None, bytes | None]]
+    ) -> list[Awaitable[Any]]:
+        records = [(None, key, value) for key, value in messages]
+        return list(await send_records(self.producer.started(), self.name, records))
+
+
 def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
     """Keep Faust's consumer from ever handing on ``topic``'s records: its partitions stay
     paused in it, while Faust's group still assigns them (they decide which ``seen-items``
@@ -300,13 +342,22 @@ def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
     Faust pauses every assigned partition when a rebalance starts and resumes them through
     ``resume_partitions`` once recovery is done (faust/tables/recovery.py); that one call is
     wrapped to leave ``topic`` out. The records are read in bulk instead (:mod:`agents.bulk`),
-    under a group of their own; Faust neither acks nor commits them."""
+    under a group of their own; Faust neither acks nor commits them. So Faust's check for
+    streams that stopped processing (``verify_event_path``, every few seconds after the
+    first 5 minutes: an error per partition whose records arrive but are not processed) is
+    left out for them as well."""
     resume_partitions = consumer.resume_partitions
+    verify_event_path = consumer.verify_event_path
 
     def resume_all_but_topic(tps: Any) -> None:
         resume_partitions({tp for tp in tps if tp.topic != topic})
 
+    def verify_all_but_topic(now: float, tp: Any) -> None:
+        if tp.topic != topic:
+            verify_event_path(now, tp)
+
     consumer.resume_partitions = resume_all_but_topic  # type: ignore[method-assign]
+    consumer.verify_event_path = verify_all_but_topic  # type: ignore[method-assign]
 
 
 async def faust_group_positions(
@@ -544,13 +595,13 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
     seen = FaustSeenTable(table, lease=lease)
     runtime.seen = seen
     requests = runtime.topics[s.requests_topic]
-    responses = runtime.topics[s.responses_topic]
     requests_dlq = runtime.topics[s.requests_dlq_topic]
-    reply_topics: dict[str, Any] = {}
+    replies = OwnProducer(kafka_client_options(s))
+    reply_topics: dict[str, BulkTopic] = {}
 
-    def reply_topic(name: str) -> Any:
+    def reply_topic(name: str) -> BulkTopic:
         if name not in reply_topics:
-            reply_topics[name] = ImmediateSink(raw_topic(app, name))
+            reply_topics[name] = BulkTopic(name, replies)
         return reply_topics[name]
 
     never_fetch_through_faust(app.consumer, s.requests_topic)
@@ -563,7 +614,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
     scorer = Scorer(
         holder=runtime.holder,
         seen=seen,
-        default_reply=ImmediateSink(responses),
+        default_reply=reply_topic(s.responses_topic),
         dlq=ImmediateSink(requests_dlq),
         reply_topic=reply_topic,
         topic_exists=KnownTopics(kafka_client_options(s)).exists,
@@ -604,27 +655,25 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
 
     @app.task
     async def read_requests() -> None:
-        await readers[0].run()
+        await replies.start()
+        try:
+            await readers[0].run()
+        finally:
+            await replies.stop()
 
     @app.task
     async def read_ratings() -> None:
         # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
         # at a time, and a request needs the loop several times on its way through.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-        seen.producer = AIOKafkaProducer(
-            **kafka_client_options(s),
-            acks="all",
-            enable_idempotence=True,
-            max_batch_size=1024 * 1024,
-            max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
-        )
-        await seen.producer.start()
+        changelog = OwnProducer(kafka_client_options(s))  # not the replies': a flush of
+        seen.producer = await changelog.start()  # many rows must not delay a reply
         lease.start()
         try:
             await readers[1].run()
         finally:
             lease.stop()
-            await seen.producer.stop()
+            await changelog.stop()
 
     @app.on_rebalance_complete.connect
     async def own_partitions(sender: Any, **kwargs: Any) -> None:  # after table recovery

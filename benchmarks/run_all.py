@@ -69,6 +69,14 @@ def expected_seconds(name: str) -> float:
     return float(found.group(1)) if found else DEFAULT_QUICK_SECONDS
 
 
+def has_figures(name: str) -> bool:
+    """Whether the module defines ``figures()`` (read from its source, like
+    :func:`expected_seconds`): a tool such as ``benchmarks.service`` is not run at all,
+    where a child process would only time out importing it."""
+    path = Path(benchmarks.__path__[0]) / f"{name}.py"
+    return path.is_file() and re.search(r"^def figures\(", path.read_text(), re.M) is not None
+
+
 def schedule(names: list[str]) -> list[str]:
     """Cheapest first: each module gets its share (:func:`share_of`) of what is left, so
     time a fast module leaves goes to the slower ones after it, and one slow module cannot
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in names if n in args.only]
     started = time.monotonic()
     figures: list[Figure] = []
-    names = schedule(names)
+    names = schedule([n for n in names if has_figures(n)])
     for done, name in enumerate(names):
         left = BUDGET[args.quick] - (time.monotonic() - started)
         if left < 5:

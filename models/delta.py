@@ -60,7 +60,10 @@ _SCALARS: dict[str, type | tuple[type, ...]] = {
     "popularity_decay": (int, float),
     "popularity_ts": (int, float, type(None)),
     "snapshot_needed": bool,
+    "replaces_neighbours": bool,
 }
+#: Scalars a message may leave out (older trainers did not send them), with their default.
+_OPTIONAL_SCALARS: dict[str, Any] = {"replaces_neighbours": False}
 #: name -> (dtype, ndim); 2-d arrays are (rows, no_components).
 _ARRAYS: dict[str, tuple[str, int]] = {
     "user_rows": ("<i8", 1),
@@ -123,9 +126,9 @@ class ModelDelta:
     """A marker without rows: the batch was too large for a message; load the snapshot of
     ``version`` (the trainer writes it at once)."""
     replaces_neighbours: bool = False
-    """Not on the wire: the trainer's own mark that this delta comes with new blending
-    neighbours (a consolidation). Neighbours travel with snapshots, so the trainer sends a
-    "snapshot needed" marker for it instead of the rows."""
+    """This delta's state (a consolidation) has new blending neighbours. Neighbours travel
+    with snapshots only: a scorer applies the rows, blends with its old neighbours for the
+    moment and takes the new ones from the trainer's next snapshot (written at once)."""
 
     @property
     def rows_touched(self) -> int:
@@ -217,6 +220,8 @@ class ModelDelta:
 
 
 def _check_scalars(scalars: Any) -> dict[str, Any]:
+    if isinstance(scalars, dict):
+        scalars = {**_OPTIONAL_SCALARS, **scalars}
     if not isinstance(scalars, dict) or set(scalars) != set(_SCALARS):
         raise DeltaError("delta header has the wrong fields")
     for name, kind in _SCALARS.items():

@@ -284,6 +284,10 @@ class ScoringView:
         view._init_neighbours(neighbours, blend_weight)
         return view
 
+    def blending(self) -> tuple[sp.csr_matrix | None, float]:
+        """The blending neighbours and weight (for :meth:`with_neighbours` on another view)."""
+        return self._neighbours, self._blend_weight
+
     def blends_with(self, neighbours: sp.csr_matrix | None) -> bool:
         """Whether this view's blending neighbours are ``neighbours`` (the same object)."""
         return self._neighbours is neighbours
@@ -519,6 +523,7 @@ class ScoringView:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_NEG_INF = float("-inf")
 
 
 def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
@@ -538,10 +543,9 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]
     top_scores = np.take_along_axis(part_scores, order, axis=1)
     out = []
     for idx, vals in zip(top.tolist(), top_scores.tolist(), strict=True):
-        keep = [j for j, v in enumerate(vals) if v != -np.inf]
-        if len(keep) < len(vals):
-            idx = [idx[j] for j in keep]
-            vals = [vals[j] for j in keep]
+        if vals and vals[-1] == _NEG_INF:  # best first: the excluded ones are the tail
+            cut = vals.index(_NEG_INF)
+            idx, vals = idx[:cut], vals[:cut]
         out.append((idx, vals))
     return out
 

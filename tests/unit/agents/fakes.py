@@ -30,6 +30,11 @@ class FakeSink:
     ) -> None:
         self.sent.append({"key": key, "value": value, "headers": dict(headers or {})})
 
+    async def send_many(self, messages: list[tuple[bytes | None, bytes | None]]) -> list[Any]:
+        """As a producer's bulk send: one delivery per message that returned one."""
+        deliveries = [await self.send(key=key, value=value) for key, value in messages]
+        return [d for d in deliveries if d is not None]
+
 
 @dataclass
 class FakeSeenTable:

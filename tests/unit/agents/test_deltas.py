@@ -9,6 +9,7 @@ from typing import Any
 from agents.deltas import DeltaPublisher
 from models.config import ModelConfig
 from models.incremental import IncrementalModel
+from models.scoring import ScoringView
 from models.wire import ModelDelta
 from tests.unit.models.test_incremental import ratings
 
@@ -83,12 +84,29 @@ async def test_a_view_built_whole_publishes_nothing() -> None:
     assert not sink.sent
 
 
-async def test_a_consolidation_sends_a_marker_for_the_snapshot_with_its_neighbours() -> None:
-    model, sink = trained_model(), ListSink()
+def consolidated_model() -> tuple[IncrementalModel, ScoringView]:
+    model = trained_model()
     model.view()
     assert model.consolidate()  # retrains on the window, new blending neighbours
     model.train_batch(ratings(10, 10, 20, prefix="after-", ts0=500))  # (it ends a batch)
     view = model.view()
     assert model.last_delta.replaces_neighbours and view.blends_with(model._neighbours)
+    return model, view
+
+
+async def test_a_consolidation_sends_its_rows_and_says_its_neighbours_follow() -> None:
+    model, view = consolidated_model()
+    sink = ListSink()
     info = await DeltaPublisher(sink, max_bytes=1 << 20).publish(model, view)
-    assert info["snapshot_needed"] and ModelDelta.decode(sink.sent[0][1]).snapshot_needed
+    assert not info["snapshot_needed"] and info["neighbours_follow"]
+    delta = ModelDelta.decode(sink.sent[0][1])
+    assert delta.replaces_neighbours and not delta.snapshot_needed  # on the wire
+    assert delta.rows_touched == delta.n_users + delta.n_items  # every row was retrained
+
+
+async def test_a_consolidation_too_large_for_a_message_is_a_marker() -> None:
+    model, view = consolidated_model()
+    sink = ListSink()
+    info = await DeltaPublisher(sink, max_bytes=256).publish(model, view)
+    assert info["snapshot_needed"] and not info["neighbours_follow"]
+    assert ModelDelta.decode(sink.sent[0][1]).snapshot_needed

@@ -7,6 +7,7 @@ tests/integration/service/test_deltas.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -211,3 +212,75 @@ async def test_an_announcement_the_deltas_reached_is_not_loaded(
     await follower.on_update(await trainer.snapshot(store))
     assert follower.holder.view is served
     assert follower.holder.info["snapshot"]["version"] == trainer.model.version
+
+
+async def test_lag_stays_live_while_waiting_for_a_snapshot(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    consumer = follower._consumer
+    old = (time.time() - 30) * 1000  # published 30 s ago
+    for seed in range(2):
+        record = replace(trainer.batch(seed), timestamp=old)
+        consumer.high = record.offset + 1
+        await follower.on_delta(record)
+    chain = follower.holder.info["deltas"]
+    assert chain["lag_versions"] == 0 and chain["lag_seconds"] >= 30  # publish -> serve
+    # A consolidation's marker, then two deltas the waiting scorer ignores.
+    unsent = ModelDelta.decode(trainer.batch(2).value)
+    trainer.records.pop()  # the trainer sends the marker instead of these rows
+    waiting_since = time.time() - 8
+    marker = trainer.record(unsent.as_marker().encode())
+    later = [marker, trainer.batch(3), trainer.batch(4)]
+    for n, record in enumerate(later):
+        record = replace(record, timestamp=(waiting_since + n) * 1000)
+        consumer.high = record.offset + 1
+        await follower.on_delta(record)
+        chain = follower.holder.info["deltas"]
+        assert chain["waiting_for_snapshot"] and chain["lag_versions"] == n + 1, chain
+        assert 8 <= chain["lag_seconds"] < 30, chain  # the marker's age, not the last apply
+    assert follower.holder.view.version == 2 and chain["last_applied"]["version"] == 2
+    # No new message: the follow loop's refresh still ages the lag.
+    follower._behind_since -= 5
+    follower._refresh_lag()
+    assert follower.holder.info["deltas"]["lag_seconds"] >= 13
+    # A snapshot announced ahead of the chain counts too, before it is loaded.
+    update = await trainer.snapshot(store)
+    follower._waiting = False
+    await follower.on_update(update)
+    assert follower._announced is not None  # deltas may still bring it: a grace period
+    follower._refresh_lag()
+    assert follower.holder.info["deltas"]["lag_versions"] >= update.version - 2
+    # Loaded: nothing on the topic after the snapshot's offset, so no lag.
+    follower._waiting = True
+    await follower.on_update(update)
+    chain = follower.holder.info["deltas"]
+    assert same(follower.holder.view, trainer.model)
+    assert chain["lag_versions"] == 0 and chain["lag_seconds"] == 0, chain
+
+
+async def test_a_consolidations_rows_are_served_at_once_and_its_neighbours_follow(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    config = ModelConfig(no_components=8, initial_capacity=4, blend_neighbours=5)
+    trainer = Trainer(IncrementalModel(config))
+    await follower.on_delta(trainer.batch(0))
+    assert trainer.model.consolidate()  # retrained: every row, and new neighbours
+    consolidation = trainer.batch(1)
+    assert ModelDelta.decode(consolidation.value).replaces_neighbours
+    await follower.on_delta(consolidation)
+    # Not waiting for a snapshot: the rows are served, the deltas after it apply too.
+    assert not follower._waiting and same(follower.holder.view, trainer.model)
+    assert follower.holder.view.blending()[0] is None  # (the old neighbours: none yet)
+    await follower.on_delta(trainer.batch(2))
+    assert same(follower.holder.view, trainer.model)
+    # The snapshot the deltas reached brings the neighbours, fetched beside the deltas.
+    await follower.on_update(await trainer.snapshot(store))
+    assert follower._neighbour_fetch is not None
+    await follower._neighbour_fetch
+    assert follower.install_neighbours()
+    view = follower.holder.view
+    neighbours, _ = view.blending()
+    assert neighbours is not None and (neighbours != trainer.model._neighbours).nnz == 0
+    assert same(view, trainer.model) and follower._neighbours_due is None
+    assert not follower.install_neighbours()  # once

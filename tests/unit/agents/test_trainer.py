@@ -19,13 +19,15 @@ import pytest
 from aiokafka import TopicPartition
 
 import agents.trainer as trainer_module
+from agents.deltas import DeltaPublisher
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.config import ModelConfig
 from models.synthetic import generate_ratings
-from models.wire import DeadLetter, encode_rating
+from models.wire import DeadLetter, ModelDelta, encode_rating
 from storage import SnapshotStore, open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSink
+from tests.unit.agents.test_deltas import ListSink
 
 TOPIC = "ratings"
 PARTITIONS = 4
@@ -220,6 +222,57 @@ async def test_consolidations_run_beside_the_batches_and_are_installed_when_they
     assert sum(users.values()) == sum(items.values()) == 3000  # each rating applied once
     await trainer.tick()  # nothing left to do
     assert trainer.holder.view.version == model.version
+    await stop(trainer, task)
+
+
+async def test_a_consolidations_delta_gets_its_snapshot_without_waiting_for_a_tick(
+    store,
+) -> None:
+    # One batch crosses the mark; the consolidation ends after it, with no batch to follow
+    # and no timer running. Its delta carries the rows; scorers need the snapshot for the
+    # new blending neighbours.
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    consumer.produce_ratings(generate_ratings(200, 60, 1000, 4, seed=5))
+    config = replace(CONFIG, consolidate_every=1000, consolidate_epochs=3, blend_neighbours=5)
+    trainer, task = await start(store, consumer, dlq, batch_max=1000, config=config)
+    sink = ListSink()
+    trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20)
+    await until(lambda: any(ModelDelta.decode(raw).replaces_neighbours for _, raw in sink.sent))
+    delta = ModelDelta.decode(sink.sent[-1][1])
+    assert not delta.snapshot_needed
+    assert delta.rows_touched == delta.n_users + delta.n_items  # every row
+    marker = delta.version
+    due = trainer.holder.info["snapshot_due"]  # /model/ shows it
+    assert due["version"] == marker and due["reason"] == "neighbours"
+    await until(lambda: trainer.holder.info.get("snapshot", {}).get("version", -1) >= marker)
+    assert await store.current() >= marker and trainer.updates.sent  # written and announced
+    await stop(trainer, task)
+
+
+async def test_a_marker_during_a_snapshot_write_gets_the_next_one_right_after(store) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    consumer.produce_ratings(generate_ratings(100, 40, 200, 4, seed=6))
+    trainer, task = await start(store, consumer, dlq)
+    await until(lambda: trainer.model.trained_events == 200)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    put = store.put
+
+    async def slow_put(*args, **kwargs):
+        entered.set()
+        await gate.wait()
+        return await put(*args, **kwargs)
+
+    store.put = slow_put  # type: ignore[method-assign]
+    writer = asyncio.create_task(trainer._snapshot())
+    trainer._writer = writer
+    await entered.wait()  # its state is cut: it will not cover the marker
+    trainer.model.version += 1  # the consolidation's new state, announced by a marker
+    trainer._urgent_version = trainer.model.version
+    trainer._snapshot_soon()
+    gate.set()
+    assert await writer
+    # No batch, no tick: a second snapshot, of the marker's state, follows the first.
+    await until(lambda: trainer.holder.info["snapshot"]["version"] >= trainer._urgent_version)
     await stop(trainer, task)
 
 

@@ -47,6 +47,8 @@ def test_every_benchmark_module_is_found() -> None:
     names = run_all.module_names()
     assert {"training", "scoring", "storage", "service", "quality", "trainer"} <= set(names)
     assert "run_all" not in names and "common" not in names
+    # service is a tool (no figures: benchmarks.scorer owns the request figures): not run
+    assert not run_all.has_figures("service") and run_all.has_figures("scorer")
 
 
 def test_write_docs_replaces_only_the_results_block(tmp_path: Path) -> None:

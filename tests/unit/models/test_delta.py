@@ -82,6 +82,21 @@ def test_any_flipped_byte_is_refused():
         ModelDelta.decode(None)
 
 
+def test_replaces_neighbours_is_on_the_wire_and_optional():
+    _, (delta, *_) = trained(1)
+    flagged = replace(delta, replaces_neighbours=True)
+    assert ModelDelta.decode(flagged.encode()).replaces_neighbours
+    # An older trainer's message has no such field: it decodes as False.
+    older = reheader(flagged.encode(), lambda h: h["scalars"].pop("replaces_neighbours"))
+    assert not ModelDelta.decode(older).replaces_neighbours
+
+    def wrong_type(h):
+        h["scalars"]["replaces_neighbours"] = 1
+
+    with pytest.raises(DeltaError, match="wrong type"):
+        ModelDelta.decode(reheader(flagged.encode(), wrong_type))
+
+
 def test_a_consistent_but_malformed_header_is_refused():
     _, (delta, *_) = trained(1)
     raw = delta.encode()

@@ -90,3 +90,14 @@ def test_merge_keeps_at_most_limit():
     row = merge_row(item_hashes([]), item_hashes([str(i) for i in range(50)]), limit=10)
     assert row.tolist() == item_hashes([str(i) for i in range(40, 50)]).tolist()
     assert isinstance(row, np.ndarray)
+
+
+def test_many_new_items_on_a_long_row_take_the_array_path_with_the_same_result():
+    old = [f"x{n}" for n in range(10_000)]
+    new = [f"y{n}" for n in range(1_000)] + ["x5"]  # one re-rated: it moves to the end
+    row = remember(remember(None, old, 10_000), new, 10_000)
+    kept = [i for i in old if i != "x5"][-(10_000 - len(new)) :] + new
+    assert decode_row(row).tolist() == item_hashes(kept).tolist()
+    fresh = [f"z{n}" for n in range(1_000)]  # all new: the byte path would append them
+    row = remember(row, fresh, 10_000)
+    assert decode_row(row).tolist() == item_hashes((kept + fresh)[-10_000:]).tolist()
