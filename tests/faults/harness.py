@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from agents.follower import REFUSED
@@ -243,6 +244,33 @@ class Cluster:
         _, text = worker.get("/metrics")
         samples = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(name))
         return {labels.removeprefix(name): float(value) for labels, value in samples}
+
+    def owned(self, worker: WorkerProcess, topic: str) -> list[int]:
+        """The partitions of ``topic`` that ``worker`` says (in ``/health/``) it owns."""
+        _, body = worker.get("/health/", timeout=3)
+        return sorted(
+            int(p.rsplit(":", 1)[1]) for p in body["partitions"] if p.startswith(f"{topic}:")
+        )
+
+    async def _uncommitted(self, group: str, topic: str, partitions: list[int]) -> int:
+        parts = [TopicPartition(topic, p) for p in partitions]
+        admin = AIOKafkaAdminClient(**kafka_client_options(self.settings))
+        consumer = AIOKafkaConsumer(**kafka_client_options(self.settings), group_id=None)
+        await admin.start()
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets(parts)
+            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+        finally:
+            await consumer.stop()
+            await admin.close()
+        at = {tp: max(0, meta.offset) for tp, meta in committed.items()}
+        return sum(end - at.get(tp, 0) for tp, end in ends.items())
+
+    def uncommitted(self, group: str, topic: str, partitions: list[int]) -> int:
+        """Records of ``topic``'s ``partitions`` after ``group``'s committed offsets (all of
+        them where it committed none): what its members have not acknowledged yet."""
+        return asyncio.run(self._uncommitted(group, topic, partitions))
 
     def reply_topic(self, name: str) -> str:
         topic = f"{self.settings.responses_topic}-{name}"

@@ -1,5 +1,6 @@
 """Bad input, property-based (hypothesis): arbitrary bytes, arbitrary JSON and boundary
-values into the wire decoders and the agents.
+values into the wire decoders and the agents (the trainer runs its own fetch loop on the
+local store).
 
 Every message is either processed or dead-lettered with a kind and a reason; no exception
 escapes a decoder (other than :class:`Undecodable`) or an agent; a dead letter carries the
@@ -13,10 +14,12 @@ from __future__ import annotations
 import functools
 import json
 import math
+import tempfile
+from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agents.ingest import Ingest
@@ -37,7 +40,18 @@ from models.wire import (
     decode_rating,
     decode_request,
 )
+from storage import open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
+from tests.unit.agents.test_trainer import MAX_BYTES as TRAINER_MAX_BYTES
+from tests.unit.agents.test_trainer import (
+    PARTITIONS,
+    TOPIC,
+    FakeConsumer,
+    FakeDLQ,
+    stop,
+    until,
+)
+from tests.unit.agents.test_trainer import start as start_trainer  # "start" is a loop name here
 
 LIMIT = 64 * 1024
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -266,3 +280,53 @@ async def test_the_scorer_agent_answers_or_dead_letters_every_request(
     assert sorted(r.request_id for r in answered) == sorted(
         decode_request(m.key, m.value, max_bytes=LIMIT).request_id for m in good
     )
+
+
+TRAINER_FUZZ = settings(FUZZ, max_examples=40)  # each example runs a trainer on a store
+
+
+@TRAINER_FUZZ
+@given(st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS, max_size=16), st.integers(1, 6))
+async def test_the_trainer_agent_trains_valid_ratings_and_dead_letters_the_rest(
+    pairs: list[tuple[bytes | None, bytes | None]], batch_max: int
+) -> None:
+    """The trainer's own fetch loop (``Trainer.run``, as tests/unit/agents/test_trainer.py
+    drives it: a fake consumer of four partitions, a fake DLQ, the real local store) on
+    arbitrary keys and values: every offset is consumed, each valid rating trained once
+    (per user and per item counts exact), each invalid one dead-lettered once with its kind
+    and reason and the original bytes; no exception escapes."""
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    for n, (key, value) in enumerate(pairs):
+        consumer.produce(key, value, partition=n % PARTITIONS)
+    valid: list[Rating] = []
+    invalid: dict[tuple[int, int], str] = {}  # (partition, offset) -> kind
+    for p, records in consumer.log.items():
+        for m in records:
+            try:
+                valid.append(decode_rating(m.key, m.value, max_bytes=TRAINER_MAX_BYTES))
+            except Undecodable as exc:
+                invalid[(p, m.offset)] = exc.kind
+    assume(len({r.event_id for r in valid}) == len(valid))  # a repeated id is trained once
+    with tempfile.TemporaryDirectory() as tmp:
+        async with open_store(f"file://{tmp}") as store:
+            trainer, task = await start_trainer(store, consumer, dlq, batch_max=batch_max)
+            ends = {f"{TOPIC}:{p}": len(r) for p, r in consumer.log.items() if r}
+
+            def consumed() -> bool:
+                if task.done():
+                    task.result()  # an exception that escaped the agent fails here
+                return all(trainer.model.offsets.get(k) == n for k, n in ends.items())
+
+            await until(consumed)
+            await stop(trainer, task, snapshot=False)
+    letters = {(d.partition, d.offset): d for d in dlq.letters}
+    assert len(letters) == len(dlq.letters), "one dead letter per bad message"
+    assert {at: d.kind for at, d in letters.items()} == invalid
+    for (p, offset), letter in letters.items():
+        original = consumer.log[p][offset]
+        assert (letter.key, letter.value) == (original.key, original.value)
+        assert letter.reason and letter.topic == TOPIC
+    assert trainer.model.trained_events == len(valid)
+    users, items = trainer.model.event_counts()
+    assert users == dict(Counter(r.user for r in valid))
+    assert items == dict(Counter(r.item for r in valid))

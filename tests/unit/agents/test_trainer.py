@@ -31,6 +31,7 @@ from tests.unit.agents.test_deltas import ListSink
 
 TOPIC = "ratings"
 PARTITIONS = 4
+MAX_BYTES = 4096  # the trainer's message size limit in these tests
 # A dedupe memory of one event id: the model's own duplicate filter cannot hide a rating
 # that the trainer's offsets let through twice.
 CONFIG = ModelConfig(no_components=8, epochs_per_batch=1, seed=1, dedupe_memory=1)
@@ -117,7 +118,7 @@ async def start(
         updates=FakeSink(),
         dead_letters=dlq,
         dead_lettered=dlq.marks(),
-        max_bytes=4096,
+        max_bytes=MAX_BYTES,
         snapshot_every_batches=kw.pop("snapshot_every_batches", 1000),
         snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
         consumer=consumer,
@@ -363,7 +364,7 @@ def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
         for o, r in enumerate(generate_ratings(5, 5, 6, 1, seed=1))
     ]
     records.insert(3, FakeMessage(TOPIC, 0, 99, b"u1", b"nope"))
-    batch = DecodedBatch.of(records, max_bytes=4096)
+    batch = DecodedBatch.of(records, max_bytes=MAX_BYTES)
     assert len(batch.ratings) == 6 and [d.offset for d in batch.dead_letters] == [99]
     assert batch.next_offsets == {f"{TOPIC}:0": 100} and batch.first_offsets[f"{TOPIC}:0"] == 0
     assert batch.after({}, {}) is batch
