@@ -55,6 +55,7 @@ from app.topics import (
     DLQ_MAX_MESSAGE_BYTES,
     SEEN_TABLE,
     TopicSpec,
+    bulk_group,
     delta_topic_max_bytes,
     faust_app_id,
     seen_changelog,
@@ -629,12 +630,11 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
     # Ratings and requests are read in bulk, outside Faust's streams (agents/bulk.py), from
     # the partitions Faust assigned this worker for requests and the table: the same
     # numbers, co-partitioned. Requests first: the ingest yields to them between slices.
-    app_id = faust_app_id(s, runtime.role)
     readers = [
         PartitionedReader(
             kafka_client_options(s),
             s.requests_topic,
-            group_id=f"{app_id}-requests",
+            group_id=bulk_group(s, runtime.role, "requests"),
             handle=scorer.handle,
             flush=scorer.delivered,  # replies delivered before their requests are committed
             max_records=s.request_batch_max,
@@ -644,7 +644,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         PartitionedReader(
             kafka_client_options(s),
             s.ratings_topic,
-            group_id=f"{app_id}-ingest",
+            group_id=bulk_group(s, runtime.role, "ingest"),
             handle=ingest.handle,
             flush=seen.flush,
             slice_records=s.ingest_batch_max,

@@ -56,6 +56,12 @@ def trainer_group(settings: Settings) -> str:
     return f"{faust_app_id(settings, 'trainer')}-ratings"
 
 
+def bulk_group(settings: Settings, role: str, path: str) -> str:
+    """The group a worker's bulk reader (:mod:`agents.bulk`) commits its offsets in:
+    ``path`` is ``"requests"`` (the scorer) or ``"ingest"`` (the ratings it records)."""
+    return f"{faust_app_id(settings, role)}-{path}"
+
+
 def seen_changelog(settings: Settings, role: str) -> str:
     """The ``seen-items`` table's changelog topic, named as Faust would name it."""
     return f"{faust_app_id(settings, role)}-{SEEN_TABLE}-changelog"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app.topics import faust_app_id, seen_changelog
+from app.topics import bulk_group, seen_changelog
 from models.seen import encode_row, item_hashes
 from tests.faults.harness import Cluster, Traffic, ratings, wait_for
 from tests.integration.service.conftest import KafkaClient
@@ -82,7 +82,7 @@ def test_killed_scorer_under_load_leaves_every_request_answered(
         killed_at = time.time()
         victim.kill()  # SIGKILL, requests still arriving on its partitions
         # The scorers' bulk request reader commits in this group (app/service.py).
-        group = f"{faust_app_id(s, 'scorer')}-requests"
+        group = bulk_group(s, "scorer", "requests")
         uncommitted = cluster.uncommitted(group, s.requests_topic, sorted(victims))
         cluster.scorers.remove(victim)
         wait_for(lambda: t.done_sending, timeout=60, what="every request sent")
