@@ -20,7 +20,13 @@ async def test_admin_creates_a_topic_with_four_partitions(kafka_options, unique_
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-        described = await admin.describe_topics([topic])
+        # The controller has it; the broker's metadata may lag a moment (KRaft propagates
+        # asynchronously: a loaded broker once answered UNKNOWN_TOPIC_OR_PARTITION here).
+        for _ in range(50):
+            described = await admin.describe_topics([topic])
+            if described[0]["error_code"] != 3:
+                break
+            await asyncio.sleep(0.2)
         assert described[0]["error_code"] == 0
         assert len(described[0]["partitions"]) == PARTITIONS
         await admin.delete_topics([topic])
