@@ -87,8 +87,8 @@ def replies_for(
         rec = recs[n]
         if catalog:  # scores are floats already (ScoredItem)
             items = [ReplyItem(s.item, s.score, title_of(catalog, s.item)) for s in rec.items]
-        else:  # no catalog loaded: no titles to look up
-            items = [ReplyItem(s.item, s.score) for s in rec.items]
+        else:  # no catalog loaded: the scored items are the reply's items
+            items = rec.items
         replies.append(
             Reply(request.request_id, request.user, items, rec.version, rec.source, latency)
         )

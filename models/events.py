@@ -140,6 +140,20 @@ _EXACT_INT = 2**53
 
 def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
     """Validate a decoded recommendation request (``k`` defaults to ``default_k``)."""
+    if type(obj) is dict:  # the common case at a glance: the scorer's hot path
+        request_id, user = obj.get("request_id"), obj.get("user")
+        k, exclude_seen = obj.get("k", default_k), obj.get("exclude_seen", True)
+        if (
+            type(request_id) is str
+            and type(user) is str
+            and 0 < len(request_id) <= MAX_ID_LENGTH
+            and 0 < len(user) <= MAX_ID_LENGTH
+            and type(k) is int
+            and 1 <= k <= MAX_K
+            and type(exclude_seen) is bool
+            and obj.get("reply_to") is None
+        ):
+            return RecRequest(request_id, user, k, exclude_seen, None)
     if not isinstance(obj, Mapping):
         raise InvalidEvent(f"a request must be a JSON object, got {_type_name(obj)}")
     missing = [f for f in ("request_id", "user") if f not in obj]

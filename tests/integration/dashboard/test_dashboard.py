@@ -16,6 +16,7 @@ from app.commands.service import format_reply, request_recommendation
 from app.settings import PROJECT_ROOT
 from app.web import PAGE_MAX
 from models.catalog import CatalogItem
+from models.wire import reply_item_body
 from tests.integration.dashboard.browser import (
     NO_VALUE,
     chromium_page,
@@ -107,7 +108,7 @@ def test_replies_carry_titles_and_the_cli_prints_them(served: Served) -> None:
     known = titles(served)
     for entry in reply.items:
         assert entry.title == known[entry.item]
-        assert set(entry.to_dict()) == {"item", "score", "title"}
+        assert set(reply_item_body(entry)) == {"item", "score", "title"}
     printed = format_reply(reply)
     assert all(e.title in printed for e in reply.items)
 

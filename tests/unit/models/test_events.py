@@ -2,7 +2,7 @@ import math
 from unittest.mock import patch
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import events
@@ -160,3 +160,43 @@ def test_the_fast_path_accepts_and_returns_what_the_rules_do(rating: object, ts:
     assert fast == by_the_rules()
     if isinstance(fast, events.Rating):
         assert type(fast.rating) is float and type(fast.ts) is float
+
+
+_IDS = st.one_of(st.text(min_size=1, max_size=3), st.sampled_from(["", "x" * 300, 7, None]))
+_ODD = st.one_of(st.none(), st.booleans(), st.floats(-1, 20), st.text(max_size=2))
+
+
+@settings(max_examples=300)
+@given(
+    request_id=_IDS,
+    user=_IDS,
+    k=st.one_of(st.integers(-2, 1002), _ODD),
+    exclude_seen=st.one_of(st.booleans(), _ODD),
+    reply_to=st.one_of(st.none(), st.sampled_from(["client-replies", "a/b", ""]), _ODD),
+    absent=st.sets(
+        st.sampled_from(["request_id", "user", "k", "exclude_seen", "reply_to"]), max_size=1
+    ),
+)
+def test_the_request_fast_path_agrees_with_the_rules(
+    request_id: object,
+    user: object,
+    k: object,
+    exclude_seen: object,
+    reply_to: object,
+    absent: set[str],
+) -> None:
+    """parse_request's glance at a plain dict (the scorer's hot path) accepts and returns
+    exactly what the rules one by one do (they run for any other Mapping)."""
+    from types import MappingProxyType
+
+    values = {"request_id": request_id, "user": user, "k": k}
+    values |= {"exclude_seen": exclude_seen, "reply_to": reply_to}
+    fields = {name: v for name, v in values.items() if name not in absent}
+
+    def outcome(obj: object) -> object:
+        try:
+            return events.parse_request(obj)  # type: ignore[arg-type]
+        except events.InvalidEvent as exc:
+            return str(exc)
+
+    assert outcome(dict(fields)) == outcome(MappingProxyType(dict(fields)))
