@@ -145,7 +145,7 @@ class FaustSeenTable:
         with self._lock:
             self._dirty[user] = partition
 
-    async def flush(self, chunk: int = 2000) -> None:
+    async def flush(self, chunk: int = 500) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
         if self.lease is not None:
@@ -647,6 +647,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             group_id=bulk_group(s, runtime.role, "ingest"),
             handle=ingest.handle,
             flush=seen.flush,
+            max_records=s.ingest_batch_max,  # one slice a fetch: aiokafka unpacks a fetch on the loop
             slice_records=s.ingest_batch_max,
             make_way=scorer.make_way,
         ),
@@ -664,8 +665,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
     @app.task
     async def read_ratings() -> None:
         # The ingest thread would hold the GIL for up to 5 ms (the default switch interval)
-        # at a time, and a request needs the loop several times on its way through.
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        # at a time, and a request needs the loop several times on its way through: each
+        # of those steps may wait one interval for the GIL (docs/benchmarks.md, session 4).
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
         changelog = OwnProducer(kafka_client_options(s))  # not the replies': a flush of
         seen.producer = await changelog.start()  # many rows must not delay a reply
         lease.start()
