@@ -647,7 +647,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             group_id=bulk_group(s, runtime.role, "ingest"),
             handle=ingest.handle,
             flush=seen.flush,
-            max_records=s.ingest_batch_max,  # one slice a fetch: aiokafka unpacks a fetch on the loop
+            max_records=s.ingest_batch_max,  # a slice a fetch: aiokafka unpacks it on the loop
             slice_records=s.ingest_batch_max,
             make_way=scorer.make_way,
         ),
