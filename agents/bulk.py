@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.kafka import KafkaOptions
+from agents.kafka import KafkaOptions, committed_offsets
 from agents.ports import Message
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,8 @@ class PartitionedReader:
         if self.start_from is None or not new:
             return
         tps = [TopicPartition(self.topic, p) for p in sorted(new)]
-        never = [tp for tp in tps if await consumer.committed(tp) is None]
+        ours = await committed_offsets(self.kafka, self.group_id, tps)  # one round trip
+        never = [tp for tp in tps if tp not in ours]
         if never:
             for tp, offset in (await self.start_from(never)).items():
                 consumer.seek(tp, offset)

@@ -502,15 +502,9 @@ def trainer_service(
             store = await self._stack.enter_async_context(store_from_settings(s))
             model = await restore_model(store, model_config(s), runtime.holder)
             marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
-            producer = AIOKafkaProducer(
-                **options,
-                acks="all",
-                enable_idempotence=True,
-                max_batch_size=1024 * 1024,
-                max_request_size=DLQ_MAX_MESSAGE_BYTES + 1024 * 1024,
-            )
-            await producer.start()
-            self._stack.push_async_callback(producer.stop)
+            own = OwnProducer(options)
+            producer = await own.start()
+            self._stack.push_async_callback(own.stop)
             consumer = AIOKafkaConsumer(
                 **options,
                 group_id=trainer_group(s),

@@ -48,13 +48,18 @@ async def produce(options: dict[str, Any], topic: str, partition: int, n: int) -
         await producer.stop()
 
 
+async def two_partitions(settings: Settings, options: dict[str, Any], topic: str, n: int) -> None:
+    """``topic`` with two partitions of ``n`` records each."""
+    await ensure_topics(settings, [TopicSpec(topic, 2)])
+    await produce(options, topic, 0, n)
+    await produce(options, topic, 1, n)
+
+
 async def test_release_hands_partitions_over_at_the_committed_offset(
     settings: Settings, kafka_options: dict[str, Any], unique_name: Callable[[str], str]
 ) -> None:
     topic, group = unique_name("bulk"), unique_name("bulk-group")
-    await ensure_topics(settings, [TopicSpec(topic, 2)])
-    await produce(kafka_options, topic, 0, 50)
-    await produce(kafka_options, topic, 1, 50)
+    await two_partitions(settings, kafka_options, topic, 50)
 
     def reader(recorder: Recorder) -> PartitionedReader:
         return PartitionedReader(
@@ -91,9 +96,7 @@ async def test_a_partition_the_group_never_committed_starts_where_start_from_say
     settings: Settings, kafka_options: dict[str, Any], unique_name: Callable[[str], str]
 ) -> None:
     topic, group = unique_name("bulk-start"), unique_name("bulk-start-group")
-    await ensure_topics(settings, [TopicSpec(topic, 2)])
-    await produce(kafka_options, topic, 0, 30)
-    await produce(kafka_options, topic, 1, 30)
+    await two_partitions(settings, kafka_options, topic, 30)
     asked: list[list[int]] = []
 
     async def start_from(tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 NO_VALUE = "\u2013"  # an en dash: what a dashboard card shows before it has a value
@@ -30,6 +31,14 @@ NO_VALUE = "\u2013"  # an en dash: what a dashboard card shows before it has a v
 
 def find_chromium() -> str | None:
     return next((path for name in CANDIDATES if (path := shutil.which(name))), None)
+
+
+def chromium_or_skip() -> str:
+    """The Chromium binary; skips the test, saying how to get one, when there is none."""
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does)")
+    return binary
 
 
 def shown_seconds(text: str) -> float:

@@ -19,8 +19,8 @@ from models.catalog import CatalogItem
 from models.wire import reply_item_body
 from tests.integration.dashboard.browser import (
     NO_VALUE,
+    chromium_or_skip,
     chromium_page,
-    find_chromium,
     shown_seconds,
 )
 from tests.integration.dashboard.conftest import RATINGS, Served
@@ -37,9 +37,7 @@ def titles(served: Served) -> dict[str, str]:
 
 
 def test_dashboard_in_a_real_browser(served: Served) -> None:
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does)")
+    binary = chromium_or_skip()
     user = "u1"
 
     async def drive() -> tuple[dict, list[str]]:

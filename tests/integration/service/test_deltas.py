@@ -27,8 +27,8 @@ from app.stores import store_from_settings
 from models.events import Rating
 from tests.integration.dashboard.browser import (
     NO_VALUE,
+    chromium_or_skip,
     chromium_page,
-    find_chromium,
     shown_seconds,
 )
 from tests.integration.service.conftest import (
@@ -185,9 +185,7 @@ def test_scorers_dashboards_show_their_delta_lag(deployment: Deployment) -> None
     _, trainer = deployment.trainer.get("/dashboard/series/")
     assert all(p["freshness_seconds"] is None for p in trainer["points"])  # it applies none
 
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium; .ci/run does)")
+    binary = chromium_or_skip()
 
     async def page_shows() -> tuple[str, str, list[str]]:
         async with chromium_page(binary) as page:
