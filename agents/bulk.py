@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.health import ReaderHealth
 from agents.kafka import KafkaOptions, committed_offsets
 from agents.ports import Message
 
 log = logging.getLogger(__name__)
+
+HEALTHY_SECONDS = 10.0
+"""A reader round that ran this long without failing counts as working (see
+:mod:`agents.health`; one that handled messages counts at once)."""
 
 
 @dataclass
@@ -50,6 +55,9 @@ class PartitionedReader:
     start_from: (
         Callable[[Sequence[TopicPartition]], Awaitable[Mapping[TopicPartition, int]]] | None
     ) = None
+    #: Where failures are reported (app/ passes the worker's: /health/ degrades on it).
+    health: ReaderHealth = field(default_factory=ReaderHealth)
+    name: str = ""  # the reader's name in health and metrics (default: the topic)
     _wanted: frozenset[int] = frozenset()
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -76,14 +84,8 @@ class PartitionedReader:
                 await self._read()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.error(
-                    "Bulk reader of %s failed (%s: %s); retrying in %gs",
-                    self.topic,
-                    type(exc).__name__,
-                    exc,
-                    retry_seconds,
-                )
+            except Exception as exc:  # logged once per kind; one that keeps failing: 503
+                self.health.failed(self.name or self.topic, exc, retry_seconds=retry_seconds)
                 await asyncio.sleep(retry_seconds)
 
     async def _read(self) -> None:
@@ -93,6 +95,7 @@ class PartitionedReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
+        started = time.monotonic()
         await consumer.start()
         assigned: frozenset[int] = frozenset()
         handled: dict[int, int] = {}  # partition -> the offset after its last handled record
@@ -125,6 +128,8 @@ class PartitionedReader:
                     for m in part:
                         handled[m.partition] = m.offset + 1
                     await self.make_way()  # requests first: one slice at a time
+                if messages or time.monotonic() - started >= HEALTHY_SECONDS:
+                    self.health.ok(self.name or self.topic)  # handled some, or ran a while
                 # Commit in the background (a flush of many rows waits on the broker), one
                 # commit at a time, of what was handled when it started.
                 due = time.monotonic() - committed_at >= self.commit_seconds

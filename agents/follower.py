@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
+from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of
 from agents.ports import Message, SnapshotStore, received_at
 from agents.state import ModelHolder
@@ -63,6 +64,8 @@ class ModelFollower:
     deltas_topic: str | None = None  # model-deltas (None: follow snapshots only)
     max_delta_bytes: int = 16 * 1024 * 1024
     snapshot_grace_seconds: float = 10.0
+    #: Where failures are reported (app/ passes the worker's: /health/ degrades on it).
+    health: ReaderHealth = field(default_factory=ReaderHealth)
     """An announced snapshot ahead of the deltas applied is loaded after this long."""
     chain: Chain = field(default_factory=Chain)
     _consumer: AIOKafkaConsumer | None = None
@@ -87,13 +90,8 @@ class ModelFollower:
                 await self.follow()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.error(
-                    "Model follower failed (%s: %s); retrying in %gs",
-                    type(exc).__name__,
-                    exc,
-                    retry_seconds,
-                )
+            except Exception as exc:  # logged once per kind; one that keeps failing: 503
+                self.health.failed("follower", exc, retry_seconds=retry_seconds)
                 await asyncio.sleep(retry_seconds)
 
     async def follow(self) -> None:
@@ -130,6 +128,7 @@ class ModelFollower:
                 await self._load_overdue_announcement()
                 self.install_neighbours()
                 self._refresh_lag()
+                self.health.ok("follower")
         finally:
             self._consumer = None
             await consumer.stop()
@@ -297,6 +296,8 @@ class ModelFollower:
                 delta = ModelDelta.decode(raw)
         except DeltaError as exc:
             return await self._refuse(message, exc)
+        except Exception as exc:  # last resort: refused like any delta that fails to verify
+            return await self._refuse(message, record_error("follower", exc))
         step = next_step(self.chain, delta)
         if step in ("skip", "ignore"):
             metrics.DELTAS_SKIPPED.labels(step).inc()
@@ -512,4 +513,6 @@ def _last_update(messages: list[Any]) -> ModelUpdate | None:
             return ModelUpdate.parse(message.value)
         except Undecodable as exc:
             log.warning("Ignoring a malformed model update at offset %d: %s", message.offset, exc)
+        except Exception as exc:  # last resort: ignored like a malformed one
+            record_error("follower", exc)
     return None

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import metrics
+from agents.health import record_error
 from agents.ports import Message, SeenTable, Sink, dead_letter
 from models.seen import remember
 from models.wire import Undecodable, decode_rating
@@ -46,6 +47,9 @@ def rated_by_user(
             rating = decode_rating(message.key, message.value, max_bytes=max_bytes)
         except Undecodable as exc:
             bad.append((message, exc))
+            continue
+        except Exception as exc:  # last resort: this record is skipped, not the reader
+            bad.append((message, record_error("ingest", exc)))
             continue
         entry = by_user.get(rating.user)
         if entry is None:
@@ -81,5 +85,7 @@ class Ingest:
         for user, (partition, items) in by_user.items():
             seen.put(user, remember(seen.get(user), items, limit), partition)
         metrics.SEEN_RATINGS.inc(len(messages) - len(bad))
+        for message, exc in bad:  # skipped here, dead-lettered by the trainer
+            metrics.SKIPPED_MESSAGES.labels(message.topic, exc.kind).inc()
         self.recorded += len(messages) - len(bad)
         return bad

@@ -115,3 +115,23 @@ RESYNCS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+SKIPPED_MESSAGES = Counter(
+    "streamrec_skipped_messages_total",
+    "Messages a scorer-side reader skipped as undecodable (the trainer dead-letters them), "
+    "by topic and reason kind",
+    ["topic", "kind"],
+    registry=REGISTRY,
+)
+READER_FAILURES = Counter(
+    "streamrec_reader_failures_total",
+    "Failures of a reader loop (it starts over), or of one record that the reader "
+    "dead-lettered or skipped on an unexpected error, by reader and exception type",
+    ["reader", "error"],
+    registry=REGISTRY,
+)
+READER_FAILING = Gauge(
+    "streamrec_reader_failing",
+    "1 while a reader keeps failing (/health/ answers 503), else 0, by reader",
+    ["reader"],
+    registry=REGISTRY,
+)

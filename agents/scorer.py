@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from agents import metrics
+from agents.health import record_error
 from agents.ingest import send_dead_letter
 from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
 from agents.state import ModelHolder
@@ -175,6 +176,7 @@ class Scorer:
         requests: list[RecRequest] = []
         targets: list[BatchSink] = []
         received: list[float] = []
+        accepted: list[Message] = []
         for message in messages:
             try:
                 request = decode_request(message.key, message.value, max_bytes=self.max_bytes)
@@ -186,20 +188,46 @@ class Scorer:
             except Undecodable as exc:
                 await send_dead_letter(self.dlq, message, exc)
                 continue
+            except Exception as exc:  # last resort: this request is dead, not the reader
+                await send_dead_letter(self.dlq, message, record_error("scorer", exc))
+                continue
             requests.append(request)
             targets.append(target)
             received.append(received_at(message))
+            accepted.append(message)
         if not requests:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
-        replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
+        try:
+            replies: list[Reply | None] = list(
+                replies_for(requests, self.holder, seen, received, catalog=self.catalog)
+            )
+        except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
+            replies = [
+                await self._reply_alone(*args)
+                for args in zip(requests, seen, received, accepted, strict=True)
+            ]
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
-        for reply, target in zip(replies, targets, strict=True):
+        for reply, target, message in zip(replies, targets, accepted, strict=True):
+            if reply is None:
+                continue
+            try:
+                encoded = reply.encode()
+            except Exception as exc:  # e.g. a title that is not UTF-8 (the catalog refuses
+                # them; this is the last resort): the request is dead-lettered, not retried
+                await send_dead_letter(
+                    self.dlq,
+                    message,
+                    Undecodable(
+                        "invalid", f"the reply cannot be encoded: {type(exc).__name__}: {exc}"
+                    ),
+                )
+                continue
             entry = by_target.get(id(target))
             if entry is None:
                 entry = by_target[id(target)] = (target, [])
-            entry[1].append(reply.encode())
+            entry[1].append(encoded)
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         deliveries = []
@@ -212,6 +240,16 @@ class Scorer:
         self._undelivered += pending
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
+
+    async def _reply_alone(
+        self, request: RecRequest, seen: np.ndarray, received: float, message: Message
+    ) -> Reply | None:
+        """The reply to one request, or None once it is dead-lettered for raising."""
+        try:
+            return replies_for([request], self.holder, [seen], [received], catalog=self.catalog)[0]
+        except Exception as exc:
+            await send_dead_letter(self.dlq, message, record_error("scorer", exc))
+            return None
 
     async def _target(self, reply_to: str | None) -> BatchSink:
         if reply_to is None:

@@ -46,6 +46,7 @@ from aiokafka.errors import KafkaError
 from agents import metrics
 from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
+from agents.health import record_error
 from agents.ports import Message, Sink, SnapshotStore, dead_letter
 from agents.state import ModelHolder
 from models.config import ModelConfig
@@ -200,6 +201,9 @@ class DecodedBatch:
                 append(decode_rating(m.key, m.value, max_bytes=max_bytes))
             except Undecodable as exc:
                 letters.append(dead_letter(m, exc))
+                continue
+            except Exception as exc:  # last resort: this record is dead, not the trainer
+                letters.append(dead_letter(m, record_error("trainer", exc)))
                 continue
             position((m.partition, offset))
         first = {offset_key(*tp): low for tp, (low, _) in spans.items()}
@@ -387,6 +391,8 @@ class Trainer:
         metrics.BATCH_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch.ratings))
         metrics.TRAINED_EVENTS.inc(result.applied)
+        if result.duplicates:  # the dedupe memory dropped a redelivered rating
+            metrics.SKIPPED_EVENTS.labels("duplicate").inc(result.duplicates)
         metrics.MODEL_VERSION.set(self.model.version)
         self.holder.publish(
             view,

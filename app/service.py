@@ -28,9 +28,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.serializers import codecs
 from faust.types import ConsumerT
 
+from agents import metrics
 from agents.bulk import PartitionedReader
 from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
+from agents.health import ReaderHealth, record_error
 from agents.ingest import Ingest
 from agents.kafka import (
     DeadLetterQueue,
@@ -93,6 +95,7 @@ class Runtime:
     ingest: Ingest | None = None  # the ingest agent (scorer/all roles)
     catalog: Any = None  # the catalog GlobalTable (every role)
     series: Series | None = None  # the dashboard's sampled time series
+    health: ReaderHealth = field(default_factory=ReaderHealth)  # readers failing: /health/ 503
     topics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -403,9 +406,11 @@ class CatalogValues(codecs.Codec):
     memory store ignores a tombstone that follows a value in the same changelog batch.
     """
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(max_bytes=max_bytes)
+    def __init__(self, max_bytes: int, topic: str = "items") -> None:
+        super().__init__(max_bytes=max_bytes, topic=topic)
         self.max_bytes = max_bytes
+        self.topic = topic
+        self._logged: set[str] = set()  # the kinds of malformed entries logged so far
 
     def _dumps(self, obj: Any) -> bytes:
         return encode_json(obj)
@@ -414,8 +419,16 @@ class CatalogValues(codecs.Codec):
         try:
             return catalog_item_body(decode_catalog_value(s, max_bytes=self.max_bytes))
         except Undecodable as exc:
-            log.warning("Ignoring a malformed catalog entry (%s): %s", exc.kind, exc.reason)
-            return {}
+            rejected = exc
+        except Exception as exc:  # last resort: one entry, never the table's recovery
+            rejected = record_error("catalog", exc)
+        metrics.SKIPPED_MESSAGES.labels(self.topic, rejected.kind).inc()
+        if rejected.kind not in self._logged:  # one line per kind, not one per entry
+            self._logged.add(rejected.kind)
+            log.warning(
+                "Ignoring malformed catalog entries (%s), e.g.: %s", rejected.kind, rejected.reason
+            )
+        return {}
 
 
 def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
@@ -428,7 +441,7 @@ def _add_catalog(app: faust.App, runtime: Runtime, spec: TopicSpec) -> None:
         spec.name,
         key_type=str,
         key_serializer=CatalogKeys(),
-        value_serializer=CatalogValues(runtime.settings.max_message_bytes),
+        value_serializer=CatalogValues(runtime.settings.max_message_bytes, spec.name),
         partitions=spec.partitions,
         config=spec.config,
     )
@@ -543,6 +556,7 @@ def trainer_service(
                 await trainer.run(batch_max=s.batch_max, poll_seconds=s.batch_seconds)
             except Exception as exc:
                 log.exception("The trainer failed: %r", exc)
+                runtime.health.failed("trainer", exc)
                 await self.crash(exc)
 
         async def on_stop(self) -> None:
@@ -634,6 +648,8 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             max_records=s.request_batch_max,
             slice_records=s.request_batch_max,
             start_from=functools.partial(faust_group_positions, s, runtime.role),
+            health=runtime.health,
+            name="requests",
         ),
         PartitionedReader(
             kafka_client_options(s),
@@ -644,6 +660,8 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             max_records=s.ingest_batch_max,  # a slice a fetch: aiokafka unpacks it on the loop
             slice_records=s.ingest_batch_max,
             make_way=scorer.make_way,
+            health=runtime.health,
+            name="ingest",
         ),
     ]
     seen.make_way = scorer.make_way
@@ -710,5 +728,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
                     s.model_updates_topic,
                     deltas_topic=s.model_deltas_topic,
                     max_delta_bytes=delta_topic_max_bytes(s),
+                    health=runtime.health,
                 )
                 await follower.run()

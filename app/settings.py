@@ -35,6 +35,7 @@ MODEL_FIELDS = (
     "consolidation_window",
     "blend_neighbours",
     "blend_weight",
+    "dedupe_memory",
 )
 """Settings that are ModelConfig fields (same name): STREAMREC_LOSS, ..."""
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -147,6 +148,12 @@ class Settings(BaseSettings):
     )
     blend_weight: float = Field(
         _MODEL.blend_weight, ge=0, description="Weight of item-kNN scores blended into the model's"
+    )
+    dedupe_memory: int = Field(
+        _MODEL.dedupe_memory,
+        ge=1,
+        description="Recent event ids remembered to drop a redelivered rating (a new model's; "
+        "a restored one keeps its snapshot's)",
     )
 
     # --- Agents ------------------------------------------------------------------------

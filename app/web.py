@@ -127,7 +127,11 @@ def register(app: faust.App, runtime: Runtime) -> None:
             }
             if runtime.ingest is not None:  # a cheap progress probe (/metrics costs ~20 ms)
                 body["seen_ratings"] = runtime.ingest.recorded
-            return self.json(body, status=200 if view is not None else 503)
+            failing = runtime.health.problems()  # readers that keep failing (agents.health)
+            if failing:
+                body["status"], body["failing"] = "degraded", failing
+            healthy = view is not None and not failing
+            return self.json(body, status=200 if healthy else 503)
 
     @app.page("/model/")
     class Model(Base):

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.events import InvalidEvent, canonical_id
+from models.events import InvalidEvent, canonical_id, check_text
 
 CATALOG_FORMATS = ("mlitem", "mlmovies", "csv")
 MAX_TITLE_LENGTH = 500
@@ -83,6 +83,7 @@ def parse_catalog_item(obj: Mapping[str, Any]) -> CatalogItem:
         raise InvalidEvent("title must be a non-empty string")
     if len(title) > MAX_TITLE_LENGTH:
         raise InvalidEvent(f"title is longer than {MAX_TITLE_LENGTH} characters ({len(title)})")
+    check_text(title, "title")  # every reply with the item would fail to encode
     genres = obj.get("genres", [])
     if not isinstance(genres, list | tuple) or not all(
         isinstance(g, str) and 0 < len(g) <= MAX_TITLE_LENGTH for g in genres
@@ -90,6 +91,8 @@ def parse_catalog_item(obj: Mapping[str, Any]) -> CatalogItem:
         raise InvalidEvent("genres must be a list of non-empty strings")
     if len(genres) > MAX_GENRES:
         raise InvalidEvent(f"at most {MAX_GENRES} genres, got {len(genres)}")
+    for genre in genres:
+        check_text(genre, "genre")
     return CatalogItem(item=item, title=title.strip(), genres=tuple(genres))
 
 

@@ -63,12 +63,38 @@ def canonical_id(value: Any, field: str) -> str:
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise InvalidEvent(f"{field} must be a string or an integer, got {_type_name(value)}")
-    text = value if isinstance(value, str) else str(value)
+    if isinstance(value, int):
+        if value.bit_length() > _ID_INT_BITS:  # str() would be too long, or raise (4,300 digits)
+            raise InvalidEvent(f"{field} is an integer of more than {MAX_ID_LENGTH} digits")
+        text = str(value)
+    else:
+        text = value
     if not text:
         raise InvalidEvent(f"{field} must not be empty")
     if len(text) > MAX_ID_LENGTH:
         raise InvalidEvent(f"{field} is longer than {MAX_ID_LENGTH} characters ({len(text)})")
+    check_text(text, field)
     return text
+
+
+#: An int id of more bits than this has more than MAX_ID_LENGTH digits (and str() of one
+#: past 4,300 digits raises ValueError): refused before it is converted.
+_ID_INT_BITS = math.ceil((MAX_ID_LENGTH + 1) * math.log2(10))
+
+
+def check_text(text: str, field: str) -> None:
+    """Raise :class:`InvalidEvent` unless ``text`` can be encoded as UTF-8: a lone
+    surrogate (``"\\ud800"`` in JSON) cannot, and would fail every key, reply, changelog
+    row and snapshot the string reached. The one rule for every string read from outside."""
+    if text.isascii():  # O(1): the common case
+        return
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(
+            f"{field} is not valid UTF-8: a lone surrogate {text[exc.start]!r} "
+            f"at character {exc.start}"
+        ) from None
 
 
 def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None) -> Rating:
@@ -123,6 +149,9 @@ def _well_formed_rating(obj: Any) -> Rating | None:
         and 0 < len(event_id) <= MAX_ID_LENGTH
         and 0 < len(user) <= MAX_ID_LENGTH
         and 0 < len(item) <= MAX_ID_LENGTH
+        and event_id.isascii()  # O(1); other ids go through canonical_id's UTF-8 check
+        and user.isascii()
+        and item.isascii()
         and (type(rating) is float or type(rating) is int)  # not bool (a subclass of int)
         and MIN_RATING <= rating <= MAX_RATING
         and (type(ts) is float or (type(ts) is int and ts < _EXACT_INT))
@@ -148,6 +177,8 @@ def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
             and type(user) is str
             and 0 < len(request_id) <= MAX_ID_LENGTH
             and 0 < len(user) <= MAX_ID_LENGTH
+            and request_id.isascii()
+            and user.isascii()
             and type(k) is int
             and 1 <= k <= MAX_K
             and type(exclude_seen) is bool
@@ -171,7 +202,8 @@ def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
         raise InvalidEvent(f"exclude_seen must be true or false, got {_type_name(exclude_seen)}")
     reply_to = obj.get("reply_to")
     if reply_to is not None and not is_topic_name(reply_to):
-        raise InvalidEvent(f"reply_to is not a valid Kafka topic name: {str(reply_to)[:60]!r}")
+        shown = reply_to[:60] if isinstance(reply_to, str) else _type_name(reply_to)
+        raise InvalidEvent(f"reply_to is not a valid Kafka topic name: {shown!r}")
     return RecRequest(
         request_id=request_id, user=user, k=k, exclude_seen=exclude_seen, reply_to=reply_to
     )

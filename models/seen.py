@@ -36,7 +36,11 @@ _EMPTY.flags.writeable = False
 @lru_cache(maxsize=1 << 17)  # a catalogue's ids repeat in every slice of ratings
 def item_hash(item: str) -> bytes:
     """The 8-byte hash of one item id (little-endian uint64 in a row)."""
-    return hashlib.blake2b(item.encode(), digest_size=BYTES_PER_ITEM).digest()
+    # surrogatepass: the same bytes for every valid id, and no exception for a string that
+    # is not valid UTF-8 (rejected upstream; an old row may still hold one)
+    return hashlib.blake2b(
+        item.encode("utf-8", "surrogatepass"), digest_size=BYTES_PER_ITEM
+    ).digest()
 
 
 def item_hashes(items: Iterable[str]) -> np.ndarray:
@@ -62,7 +66,7 @@ def decode_row(raw: bytes | None) -> np.ndarray:
         return np.frombuffer(raw, dtype=HASH_DTYPE, offset=ROW_HEADER)
     try:
         legacy = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: 4,300+ digits
         return _EMPTY
     if isinstance(legacy, list):
         return item_hashes(str(i) for i in legacy)

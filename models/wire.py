@@ -31,6 +31,7 @@ here (:class:`ModelDelta` with ``encode``/``decode``, :class:`DeltaError`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from models.events import (
     Rating,
     RecRequest,
     canonical_id,
+    check_text,
     parse_rating,
     parse_request,
 )
@@ -89,9 +91,33 @@ def decode_object(raw: bytes | None, *, max_bytes: int) -> Mapping[str, Any]:
         obj = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise Undecodable("malformed", f"not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer past 4,300 digits (int's str limit)
+        raise Undecodable("invalid", f"a number out of range: {exc}") from None
     if not isinstance(obj, dict):
         raise Undecodable("malformed", f"expected a JSON object, got {type(obj).__name__}")
+    _check_strings(obj)
     return obj
+
+
+def _check_strings(obj: Any) -> None:
+    """Raise :class:`Undecodable` (``invalid``) if a string of ``obj`` (keys too) is not
+    valid UTF-8: ``json`` turns a ``\\ud800`` escape, and the bytes of a surrogate, into a
+    lone surrogate, which no key, reply, changelog row or snapshot can encode again.
+    (orjson refuses them: only what it refused comes through ``json``.)"""
+    stack: list[tuple[str, Any]] = [("the message", obj)]
+    try:
+        while stack:
+            where, value = stack.pop()
+            if type(value) is str:
+                check_text(value, where)
+            elif type(value) is dict:
+                for key, item in value.items():
+                    check_text(key, "a field name")
+                    stack.append((key, item))
+            elif type(value) is list:
+                stack.extend((where, item) for item in value)
+    except InvalidEvent as exc:
+        raise Undecodable("invalid", exc.reason) from None
 
 
 # --- the keyed-by-user rule ------------------------------------------------------------
@@ -214,8 +240,8 @@ class Reply:
             items = [
                 ReplyItem(
                     item=canonical_id(i["item"], "item"),
-                    score=float(i["score"]),
-                    title=i.get("title"),
+                    score=_finite(i["score"], "score"),
+                    title=_optional_text(i.get("title"), "title"),
                 )
                 for i in obj["items"]
             ]
@@ -223,17 +249,40 @@ class Reply:
             if source not in REPLY_SOURCES:
                 raise InvalidEvent(f"unknown source {source!r}")
             version = obj.get("model_version")
+            if version is not None and (type(version) is not int or version < 0):
+                raise InvalidEvent(f"model_version must be an integer >= 0, got {version!r}")
             latency = obj.get("latency_ms")
             return cls(
                 request_id=canonical_id(obj["request_id"], "request_id"),
                 user=canonical_id(obj["user"], "user"),
                 items=items,
-                model_version=None if version is None else int(version),
+                model_version=version,
                 source=source,
-                latency_ms=None if latency is None else float(latency),
+                latency_ms=None if latency is None else _finite(latency, "latency_ms"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise Undecodable("invalid", f"not a reply: {exc}") from None
+        except InvalidEvent as exc:
+            raise Undecodable("invalid", f"not a reply: {exc.reason}") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise Undecodable("invalid", f"not a reply: {type(exc).__name__}: {exc}") from None
+
+
+def _finite(value: Any, field: str) -> float:
+    """A finite JSON number (not a bool, not a string), or :class:`InvalidEvent`."""
+    if type(value) is int and value.bit_length() > 1023:  # float() would overflow
+        raise InvalidEvent(f"{field} is out of range")
+    if type(value) not in (int, float):
+        raise InvalidEvent(f"{field} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InvalidEvent(f"{field} must be finite, got {value}")
+    return float(value)
+
+
+def _optional_text(value: Any, field: str) -> str | None:
+    if value is not None:
+        if type(value) is not str:
+            raise InvalidEvent(f"{field} must be a string")
+        check_text(value, field)
+    return value
 
 
 # --- model updates ---------------------------------------------------------------------
@@ -298,11 +347,14 @@ class ModelUpdate:
             isinstance(chain_version, bool) or not isinstance(chain_version, int)
         ):
             raise Undecodable("invalid", "model update chain_version must be an int")
+        trained = obj.get("trained_events") or 0
+        if isinstance(trained, bool) or not isinstance(trained, int):
+            raise Undecodable("invalid", "model update trained_events must be an int")
         return cls(
             version=version,
             uri=str(obj.get("uri", "")),
             sha256=str(obj.get("sha256", "")),
-            trained_events=int(obj.get("trained_events") or 0),
+            trained_events=trained,
             metrics=metrics,
             lineage=lineage,
             chain_version=chain_version,
@@ -365,9 +417,10 @@ class DeadLetter:
 
     @property
     def headers(self) -> dict[str, bytes]:
+        # The reason may quote the input: a lone surrogate in it is escaped, never fatal.
         return {
             DLQ_KIND: self.kind.encode(),
-            DLQ_REASON: self.reason.encode(),
+            DLQ_REASON: self.reason.encode("utf-8", "backslashreplace"),
             DLQ_TOPIC: self.topic.encode(),
             DLQ_PARTITION: str(self.partition).encode(),
             DLQ_OFFSET: str(self.offset).encode(),
@@ -402,5 +455,5 @@ class DeadLetter:
                 partition=int(headers[DLQ_PARTITION]),
                 offset=int(headers[DLQ_OFFSET]),
             )
-        except (KeyError, UnicodeDecodeError, ValueError) as exc:
+        except (KeyError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as exc:
             raise Undecodable("invalid", f"not a dead letter: {exc}") from None

@@ -41,6 +41,7 @@ from models.wire import (
     decode_request,
 )
 from storage import open_store
+from tests.unit import hostile
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 from tests.unit.agents.test_trainer import MAX_BYTES as TRAINER_MAX_BYTES
 from tests.unit.agents.test_trainer import (
@@ -56,25 +57,10 @@ from tests.unit.agents.test_trainer import start as start_trainer  # "start" is 
 LIMIT = 64 * 1024
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# --- strategies ---------------------------------------------------------------------------
-BOUNDARY_NUMBERS = st.sampled_from(
-    [math.nan, math.inf, -math.inf, 0, -0.0, -1, 5, 5.000001, 1e308, 10**400, -(10**400), 2**63]
-)
-IDS = st.one_of(
-    st.text(max_size=MAX_ID_LENGTH + 2),  # unicode, empty, one past the limit
-    st.sampled_from(["", " ", "\x00", "é", "🎬", "a" * MAX_ID_LENGTH, "a" * (MAX_ID_LENGTH + 1)]),
-    st.integers(),
-    st.booleans(),
-    st.none(),
-    BOUNDARY_NUMBERS,
-)
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+# --- strategies (the whole input space: tests/unit/hostile.py) ---------------------------
+BOUNDARY_NUMBERS = hostile.NUMBERS
+IDS = hostile.IDS
+JSON = hostile.JSON
 
 
 def rating_like() -> st.SearchStrategy[dict[str, Any]]:
@@ -109,13 +95,10 @@ def sized(n: int) -> bytes:
     return json.dumps({**body, "pad": "x" * room}).encode()
 
 
-def encoded(obj: Any) -> bytes:
-    return json.dumps(obj, allow_nan=True).encode()  # NaN/Infinity literals on purpose
-
+encoded = hostile.to_json  # NaN/Infinity literals, huge integers, escaped surrogates
 
 VALUES = st.one_of(
-    st.binary(max_size=300),
-    JSON.map(encoded),
+    hostile.RAW,
     rating_like().map(encoded),
     request_like().map(encoded),
     st.sampled_from([sized(LIMIT - 1), sized(LIMIT), sized(LIMIT + 1), b"", b"null"]),

@@ -118,7 +118,7 @@ async def start(
         updates=FakeSink(),
         dead_letters=dlq,
         dead_lettered=dlq.marks(),
-        max_bytes=MAX_BYTES,
+        max_bytes=kw.pop("max_bytes", MAX_BYTES),
         snapshot_every_batches=kw.pop("snapshot_every_batches", 1000),
         snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
         consumer=consumer,

@@ -15,6 +15,7 @@ from models.events import (
     parse_rating,
     parse_request,
 )
+from tests.unit import hostile
 
 GOOD = {"event_id": "e1", "user": "u1", "item": "i1", "rating": 4.5, "ts": 1_700_000_000}
 
@@ -137,14 +138,18 @@ _NUMBERS = st.one_of(
     st.booleans(),
     st.text(max_size=3),
     st.none(),
+    hostile.NUMBERS,  # past 4,300 digits, ms/µs timestamps, 1e300
 )
 
 
-@given(rating=_NUMBERS, ts=_NUMBERS)
-def test_the_fast_path_accepts_and_returns_what_the_rules_do(rating: object, ts: object) -> None:
+@given(rating=_NUMBERS, ts=_NUMBERS, user=st.one_of(st.just("u1"), hostile.IDS))
+def test_the_fast_path_accepts_and_returns_what_the_rules_do(
+    rating: object, ts: object, user: object
+) -> None:
     """parse_rating's fast path (the trainer's and ingest's hot path) agrees with the rules
-    one by one, for ints, floats, bools, huge and non-finite numbers, strings and None."""
-    obj = {"event_id": "e1", "user": "u1", "item": "i1", "rating": rating, "ts": ts}
+    one by one, for ints, floats, bools, huge and non-finite numbers, strings and None, and
+    ids of any unicode (lone surrogates) or any integer (past 4,300 digits)."""
+    obj = {"event_id": "e1", "user": user, "item": "i1", "rating": rating, "ts": ts}
 
     def by_the_rules() -> object:
         with patch.object(events, "_well_formed_rating", lambda obj: None):
@@ -162,7 +167,9 @@ def test_the_fast_path_accepts_and_returns_what_the_rules_do(rating: object, ts:
         assert type(fast.rating) is float and type(fast.ts) is float
 
 
-_IDS = st.one_of(st.text(min_size=1, max_size=3), st.sampled_from(["", "x" * 300, 7, None]))
+_IDS = st.one_of(
+    st.text(min_size=1, max_size=3), st.sampled_from(["", "x" * 300, 7, None]), hostile.IDS
+)
 _ODD = st.one_of(st.none(), st.booleans(), st.floats(-1, 20), st.text(max_size=2))
 
 
