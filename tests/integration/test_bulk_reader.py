@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from agents.bulk import PartitionedReader
+from agents.health import ReaderHealth
 from agents.ports import Message
 from app.settings import Settings
 from app.topics import TopicSpec, ensure_topics
@@ -123,3 +124,36 @@ async def test_a_partition_the_group_never_committed_starts_where_start_from_say
         task.cancel()
     assert asked == [[0, 1]]
     assert sorted(recorder.seen) == sorted(expected + [(0, o) for o in range(30, 35)])
+
+
+async def test_a_reader_that_keeps_failing_is_reported_until_it_works_again(
+    settings: Settings, kafka_options: dict[str, Any], unique_name: Callable[[str], str]
+) -> None:
+    """A handler that fails on every fetch (a poison record no rule catches, a sink that is
+    gone) makes the reader start over again and again: after two failed rounds it is
+    *failing* (what /health/ answers 503 on), and once a round works it is not."""
+    topic, group = unique_name("bulk-failing"), unique_name("bulk-group")
+    await two_partitions(settings, kafka_options, topic, 5)
+    recorder, broken = Recorder(), True
+
+    async def handle(messages: Sequence[Message]) -> None:
+        if broken:
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+        await recorder.handle(messages)
+
+    health = ReaderHealth()
+    reader = PartitionedReader(
+        kafka_options, topic, group, handle, recorder.flush, health=health, name="ingest"
+    )
+    task = asyncio.create_task(reader.run(retry_seconds=0.2))
+    try:
+        reader.own({0, 1})
+        async with asyncio.timeout(30):
+            while "ingest" not in health.problems():  # noqa: ASYNC110 (state, not an event)
+                await asyncio.sleep(0.05)
+        assert "ValueError: Exceeds the limit" in health.problems()["ingest"]
+        broken = False
+        await recorder.reach(10)  # nothing was committed past the failing records
+        assert health.problems() == {}
+    finally:
+        task.cancel()
