@@ -195,6 +195,13 @@ def test_sigkill_mid_stream_of_200k_ratings_loses_nothing_and_repeats_nothing(
     trainer_only.start()
     asyncio.run(client.produce_bulk(trainer_only.topic("ratings"), messages[: len(messages) // 2]))
     wait_for(lambda: trainer_only.trained() >= 30_000, timeout=120, what="training under way")
+    # Killed after a snapshot, so the restart resumes from its offsets (replaying what was
+    # trained after it); killed before any, it would only retrain from nothing.
+    wait_for(
+        lambda: asyncio.run(newest_manifest(trainer_only.settings)),
+        timeout=60,
+        what="a snapshot before the kill",
+    )
     assert trainer_only.duplicates_dropped() == 0
     trainer_only.worker.kill()  # SIGKILL: no final snapshot, no commit
     asyncio.run(client.produce_bulk(trainer_only.topic("ratings"), messages[len(messages) // 2 :]))
