@@ -12,21 +12,28 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import agents.follower as follower_module
 import agents.ingest as ingest_module
 import agents.scorer as scorer_module
 import agents.trainer as trainer_module
 from agents import metrics
+from agents.follower import ModelFollower
 from agents.health import ReaderHealth
 from agents.ingest import Ingest
 from agents.scorer import Scorer
 from agents.state import ModelHolder
-from models.wire import DLQ_KIND, DLQ_REASON, Reply, decode_rating
+from models.delta import ModelDelta
+from models.wire import DLQ_KIND, DLQ_REASON, ModelUpdate, Reply, Undecodable, decode_rating
 from storage import open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
+from tests.unit.agents.test_follower import DELTAS, UPDATES
+from tests.unit.agents.test_follower import FakeConsumer as FollowerConsumer
+from tests.unit.agents.test_follower import Trainer as FollowedTrainer
 from tests.unit.agents.test_trainer import FakeConsumer, FakeDLQ, start, stop, until
 from tests.unit.models.conftest import tiny_view  # noqa: F401  (fixture)
 
@@ -261,3 +268,32 @@ def test_a_reader_that_keeps_failing_is_reported_once_per_kind(
             metrics.REGISTRY.get_sample_value("streamrec_reader_failing", {"reader": "ingest"}) == 0
         )
         assert "works again" in caplog.records[-1].getMessage()
+
+
+# --- the model follower ---------------------------------------------------------------------
+async def test_an_unexpected_exception_on_one_delta_is_refused_like_a_corrupt_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The follower's last resort: a delta whose decoding raises anything is refused (never
+    served, a resync from the store), and the follower goes on."""
+    async with open_store(f"file://{tmp_path}") as snapshots:
+        follower = ModelFollower(ModelHolder(), snapshots, {}, UPDATES, deltas_topic=DELTAS)
+        follower._consumer = FollowerConsumer()  # type: ignore[assignment]
+        trainer = FollowedTrainer()
+        await follower.on_delta(trainer.batch(0))
+        await trainer.snapshot(snapshots)
+        poison = trainer.batch(1)
+        real = ModelDelta.decode
+
+        def flaky(raw: bytes) -> ModelDelta:
+            if raw == poison.value:
+                raise OverflowError("a bug no rule foresaw")
+            return real(raw)
+
+        monkeypatch.setattr(follower_module.ModelDelta, "decode", staticmethod(flaky))
+        assert await follower.on_delta(poison)  # refused: resynced from the snapshot
+        assert follower.holder.view.version == 1
+        assert poison.offset in follower._bad
+        assert not await follower.on_delta(trainer.batch(2))  # and it goes on
+    with pytest.raises(Undecodable):  # an announcement's int() of Infinity: refused, too
+        ModelUpdate.parse(b'{"version": 1, "trained_events": 1e400}')
