@@ -199,8 +199,8 @@ class Scorer:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
-            replies: list[Reply | None] = list(
-                replies_for(requests, self.holder, seen, received, catalog=self.catalog)
+            replies: Sequence[Reply | None] = replies_for(
+                requests, self.holder, seen, received, catalog=self.catalog
             )
         except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
             replies = [

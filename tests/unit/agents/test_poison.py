@@ -297,3 +297,25 @@ async def test_an_unexpected_exception_on_one_delta_is_refused_like_a_corrupt_on
         assert not await follower.on_delta(trainer.batch(2))  # and it goes on
     with pytest.raises(Undecodable):  # an announcement's int() of Infinity: refused, too
         ModelUpdate.parse(b'{"version": 1, "trained_events": 1e400}')
+
+
+async def test_a_request_whose_scoring_raises_is_dead_lettered_and_the_batch_answered(
+    tiny_view,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Scoring is per batch: one request that makes it raise is found by scoring each
+    alone, and only that one is dead-lettered."""
+    real = scorer_module.replies_for
+
+    def flaky(requests: Any, *args: Any, **kw: Any) -> Any:
+        if any(r.user == "u2" for r in requests):
+            raise IndexError("a bug no rule foresaw")
+        return real(requests, *args, **kw)
+
+    monkeypatch.setattr(scorer_module, "replies_for", flaky)
+    scorer, replies, dlq = scorer_of(tiny_view)
+    await scorer.handle([request("r0", "u1"), request("r1", "u2"), request("r2", "u3")])
+    assert sorted(Reply.parse(s["value"]).request_id for s in replies.sent) == ["r0", "r2"]
+    [letter] = dlq.sent
+    assert letter["headers"][DLQ_KIND] == b"malformed"
+    assert b"IndexError" in letter["headers"][DLQ_REASON]
