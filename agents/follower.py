@@ -495,7 +495,7 @@ class ModelFollower:
 def _components(delta: ModelDelta) -> int:
     for array in (delta.user_embeddings, delta.item_embeddings):
         if array.ndim == 2 and len(array):
-            return array.shape[1]
+            return int(array.shape[1])
     raise DeltaError("the first delta of a fresh model has no embedding rows")
 
 

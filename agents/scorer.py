@@ -203,8 +203,8 @@ class Scorer:
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         deliveries = []
-        for target, messages in by_target.values():  # queued, not delivered
-            deliveries += await target.send_many(messages)
+        for target, encoded in by_target.values():  # queued, not delivered
+            deliveries += await target.send_many(encoded)
         # Delivered before their requests are committed (the reader awaits ``delivered``
         # first): a crash then answers again rather than never. Not awaited here, so the
         # next fetch is scored while these are on their way.

@@ -435,7 +435,12 @@ class Trainer:
         if writer is None or writer.done():
             self._start_snapshot()
         else:
-            writer.add_done_callback(lambda _: self._stopping or self._start_snapshot())
+            writer.add_done_callback(self._snapshot_after)
+
+    def _snapshot_after(self, _: object) -> None:
+        """A write in progress ended: start the one :meth:`_snapshot_soon` asked for."""
+        if not self._stopping:
+            self._start_snapshot()
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,

@@ -216,7 +216,8 @@ class ModelDelta:
                 )
             except ValueError as exc:
                 raise DeltaError(f"new {side} ids: {exc}") from None
-        return cls(**values, new_user_ids=ids["user"], new_item_ids=ids["item"], **arrays)
+        fields: dict[str, Any] = {**values, **arrays}
+        return cls(**fields, new_user_ids=ids["user"], new_item_ids=ids["item"])
 
 
 def _check_scalars(scalars: Any) -> dict[str, Any]:

@@ -50,6 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -604,7 +605,7 @@ class IncrementalModel:
         )
 
     # --- snapshots ---------------------------------------------------------------------
-    def to_bytes(self) -> tuple[bytes, dict]:
+    def to_bytes(self) -> tuple[bytes, dict[str, Any]]:
         """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity[: self.n_items]
@@ -636,7 +637,7 @@ class IncrementalModel:
         )
 
     @classmethod
-    def from_bytes(cls, payload: bytes, manifest: dict) -> IncrementalModel:
+    def from_bytes(cls, payload: bytes, manifest: dict[str, Any]) -> IncrementalModel:
         """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong."""
         state = decode(payload, manifest)
         model = cls(state.config)
@@ -860,7 +861,7 @@ class _Fitter:
         LightFM itself checks the embeddings and biases after every epoch (and raises); this
         covers the gradient accumulators and momentum, in the rows that can have changed
         (those backed up, plus this batch's users)."""
-        user_rows = np.union1d(backup["user_biases"][0], rows)
+        user_rows = np.union1d(cast(np.ndarray, backup["user_biases"][0]), rows)  # user rows
         for name in _UNCHECKED_BY_LIGHTFM:
             which = user_rows if name[0] == "u" else slice(0, n_items)
             if not np.isfinite(np.sum(getattr(self.lfm, name)[which], dtype=np.float64)):

@@ -46,7 +46,7 @@ STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
 _WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
 """The consolidation window's arrays; optional (snapshots written before it have none)."""
-_NEIGHBOUR_ENTRIES = {
+_NEIGHBOUR_ENTRIES: dict[str, np.dtype] = {
     "neighbours_data": np.dtype(np.float32),
     "neighbours_indices": np.dtype(np.int32),
     "neighbours_indptr": np.dtype(np.int64),
@@ -56,7 +56,7 @@ EVENT_COUNTS = ("user_events", "item_events")
 """Exact applied-event counts per user and per item (int64). Optional on read: snapshots
 written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+_MANIFEST_TYPES: dict[str, type] = {
     "format": str,
     "version": int,
     "sha256": str,
@@ -315,7 +315,7 @@ def _decode(
     expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     for side in SIDES:
         for part in PARTS:
-            shape = (n[side], k) if part.startswith("embedding") else (n[side],)
+            shape: tuple[int, ...] = (n[side], k) if part.startswith("embedding") else (n[side],)
             expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
     expected["popularity"] = (np.dtype(np.float64), (n["item"],))
     expected["user_positives"] = (np.dtype(np.int64), (n["user"],))
