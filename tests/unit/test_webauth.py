@@ -21,6 +21,8 @@ from app.settings import Settings, SettingsError, load_settings, web_token_of
 from app.webauth import OPEN_ROUTES, bearer_matches, is_loopback
 
 TOKEN = "t0k3n-for-the-unit-tests_0123456789"
+OPEN = {"/", "/static/{name}", "/health/", "/metrics"}
+"""No user data, no lineage: the probes, the scrape, the dashboard page and its assets."""
 
 
 # --- the settings --------------------------------------------------------------------------
@@ -155,9 +157,9 @@ def test_every_route_but_the_open_ones_needs_the_token(tmp_path: Path) -> None:
     app = worker_app(tmp_path, web_token=TOKEN)
     routes = paths_of(app)
     assert {"/users/{user_id}/", "/model/", "/dashboard/series/", "/items/popular/"} <= set(routes)
-    assert set(routes) >= OPEN_ROUTES
+    assert OPEN_ROUTES == OPEN and set(routes) >= OPEN
     # Faust adds /router/ when the worker starts; unknown paths are refused as well
-    guarded = [*sorted(set(routes) - OPEN_ROUTES), "/router/", "/no/such/view/"]
+    guarded = [*sorted(set(routes) - OPEN), "/router/", "/no/such/view/"]
     wrong = {"Authorization": f"Bearer {TOKEN[:-1]}"}
     asked = [(routes.get(c, c), h) for c in guarded for h in ({}, wrong)]
     for (path, headers), (status, response_headers, body) in zip(
@@ -173,8 +175,8 @@ def test_every_route_but_the_open_ones_needs_the_token(tmp_path: Path) -> None:
 def test_the_open_routes_need_no_token(tmp_path: Path) -> None:
     app = worker_app(tmp_path, web_token=TOKEN)
     routes = paths_of(app)
-    answers = ask(app, [(routes[c], {}) for c in sorted(OPEN_ROUTES)])
-    statuses = dict(zip(sorted(OPEN_ROUTES), (a[0] for a in answers), strict=True))
+    answers = ask(app, [(routes[c], {}) for c in sorted(OPEN)])
+    statuses = dict(zip(sorted(OPEN), (a[0] for a in answers), strict=True))
     # /health/ runs (and fails: no consumer without a broker) instead of being refused;
     # tests/integration/service/test_web_auth.py sees it answer 200 on a live worker.
     assert statuses.pop("/health/") not in (401, 200)
