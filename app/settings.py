@@ -7,6 +7,7 @@ set variables that exist here; a test checks that.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -202,6 +203,14 @@ class Settings(BaseSettings):
     dashboard_points: int = Field(
         360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
     )
+    web_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every web view but /, /static/, /health/ and /metrics needs "
+        "(unset: the views are open, as on a developer machine)",
+    )
+    web_token_file: Path | None = Field(
+        None, description="A file holding STREAMREC_WEB_TOKEN (e.g. a mounted secret)"
+    )
     log_level: str = "info"
 
     # --- Dev services (streamrec dev up) -------------------------------------------------
@@ -222,7 +231,7 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator(*KAFKA_CREDENTIAL_FIELDS, mode="before")
+    @field_validator(*KAFKA_CREDENTIAL_FIELDS, "web_token", "web_token_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
@@ -239,6 +248,50 @@ class Settings(BaseSettings):
         if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
             raise ValueError("STREAMREC_KAFKA_SSL_KEY_FILE needs STREAMREC_KAFKA_SSL_CERT_FILE")
         return self
+
+    @model_validator(mode="after")
+    def _web_token(self) -> Settings:
+        web_token_of(self)  # a bad token or token file stops the worker before it starts
+        return self
+
+
+WEB_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{16,4096}={0,2}")
+"""An RFC 6750 ``b64token`` of at least 16 characters (``secrets.token_urlsafe(32)`` makes
+one): what a browser can put in a header, and what ``hmac.compare_digest`` can compare."""
+
+
+def web_token_of(settings: Settings) -> bytes | None:
+    """The web views' bearer token of ``settings`` (see :func:`read_web_token`)."""
+    return read_web_token(settings.web_token, settings.web_token_file)
+
+
+def read_web_token(token: SecretStr | None, file: Path | None) -> bytes | None:
+    """The bearer token: STREAMREC_WEB_TOKEN, or the content of STREAMREC_WEB_TOKEN_FILE
+    without surrounding whitespace, or None when neither is set.
+
+    Setting both is an error (which one wins would be a guess); so is a file that cannot
+    be read or a token that is not :data:`WEB_TOKEN_PATTERN`. Messages never show a token.
+    """
+    if token is not None and file is not None:
+        raise ValueError("set STREAMREC_WEB_TOKEN or STREAMREC_WEB_TOKEN_FILE, not both")
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"STREAMREC_WEB_TOKEN_FILE {str(file)!r} cannot be read: {type(exc).__name__}"
+            ) from None
+        name = "the content of STREAMREC_WEB_TOKEN_FILE"
+    elif token is not None:
+        value, name = token.get_secret_value(), "STREAMREC_WEB_TOKEN"
+    else:
+        return None
+    if not WEB_TOKEN_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{name} must be 16 or more of A-Z a-z 0-9 . _ ~ + / - (an RFC 6750 token; "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value.encode("ascii")
 
 
 SECRET_FIELDS = frozenset(

@@ -129,10 +129,15 @@ def test_invalid_secret_values_are_never_echoed():
 
 
 def test_secret_settings_are_hidden_in_reprs_and_dumps():
-    settings = secure("SASL_SSL", kafka_ssl_key_password="key-pw-3f9", s3_secret_key="s3-pw-88a")
-    assert {"kafka_sasl_password", "kafka_ssl_key_password", "s3_secret_key"} == SECRET_FIELDS
+    web = "web-token-0c1d2e3f4a5b"
+    settings = secure(
+        "SASL_SSL", kafka_ssl_key_password="key-pw-3f9", s3_secret_key="s3-pw-88a", web_token=web
+    )
+    assert {
+        "kafka_sasl_password", "kafka_ssl_key_password", "s3_secret_key", "web_token"
+    } == SECRET_FIELDS  # fmt: skip
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
-        for secret in (PASSWORD, "key-pw-3f9", "s3-pw-88a"):
+        for secret in (PASSWORD, "key-pw-3f9", "s3-pw-88a", web):
             assert secret not in shown
 
 
