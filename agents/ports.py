@@ -67,9 +67,9 @@ def reference_time(message: Message, wall: float) -> float:
     """The clock a rating's ``ts`` is judged by (:func:`models.events.check_event_time`):
     its Kafka record's timestamp, capped by the reader's wall clock ``wall``.
 
-    The record's timestamp (the producer's clock at send time, which the broker refuses when
-    it is more than ``message.timestamp.after.max.ms`` ahead of its own, an hour by default
-    since Kafka 4.0; or the broker's own under ``LogAppendTime``) is a property of the
+    The record's timestamp (the producer's clock at send time, which a broker refuses when
+    it is more than the topic's ``message.timestamp.after.max.ms`` ahead of its own; or the
+    broker's own clock under ``message.timestamp.type=LogAppendTime``) is a property of the
     record: the trainer and every scorer's ingest judge a rating alike, and so does a
     restarted trainer reading it again, however late (a backlog, a replay); the wall clock
     would let the verdict change with the delay and break "dead-lettered exactly once". The
