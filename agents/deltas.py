@@ -29,7 +29,7 @@ from agents import metrics
 from agents.ports import Sink
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
-from models.wire import ModelDelta, delta_key
+from models.wire import DeltaError, ModelDelta, delta_key
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,22 @@ class DeltaPublisher:
         delta = model.last_delta
         if delta is None or delta.version != view.version:
             return None  # the view was built whole (the first one): nothing to chain to
-        if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
+        refused = self._refused(delta)
+        if refused is not None:  # scorers would refuse it, resync and wait for a snapshot
+            log.error(
+                "Delta v%d would be refused by the scorers (%s): sending 'snapshot needed' "
+                "instead, and a snapshot at once",
+                delta.version,
+                refused,
+            )
+            raw = delta.as_marker().encode()
+        elif delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
             raw = await asyncio.to_thread(delta.encode)
         else:
             raw = delta.encode()
-        marker = len(raw) > self.max_bytes
-        if marker:
+        marker = refused is not None
+        if not marker and len(raw) > self.max_bytes:
+            marker = True
             log.warning(
                 "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
                 delta.version,
@@ -65,7 +75,7 @@ class DeltaPublisher:
                 self.max_bytes,
             )
             raw = delta.as_marker().encode()
-        elif delta.replaces_neighbours:
+        elif not marker and delta.replaces_neighbours:
             log.info(
                 "Delta v%d (a consolidation, %d rows) sent; its blending neighbours follow "
                 "with the next snapshot",
@@ -84,9 +94,11 @@ class DeltaPublisher:
             return {"version": delta.version, "error": str(exc), "snapshot_needed": True}
         if offset is not None:
             model.delta_offset = offset + 1
-        metrics.DELTAS_PUBLISHED.labels("marker" if marker else "rows").inc()
+        kind = "refused" if refused is not None else "marker" if marker else "rows"
+        metrics.DELTAS_PUBLISHED.labels(kind).inc()
         metrics.DELTA_BYTES.observe(len(raw))
         return {
+            **({"refused": refused} if refused is not None else {}),
             "lineage": delta.lineage,
             "version": delta.version,
             "base_version": delta.base_version,
@@ -97,6 +109,19 @@ class DeltaPublisher:
             "snapshot_needed": marker,
             "neighbours_follow": delta.replaces_neighbours and not marker,
         }
+
+    @staticmethod
+    def _refused(delta: ModelDelta) -> str | None:
+        """Why scorers would refuse ``delta`` (the checks of their decode, on the object:
+        :meth:`models.delta.ModelDelta.verify`), or None. A delta the model already made a
+        marker (it did not apply to the trainer's own view) is refused as well."""
+        if delta.snapshot_needed:
+            return "it did not apply to the trainer's own view"
+        try:
+            delta.verify()
+        except DeltaError as exc:
+            return str(exc)
+        return None
 
     async def _send(self, delta: ModelDelta, raw: bytes) -> int | None:
         """Send and wait for the broker's ack; the record's offset (if the sink reports it)."""

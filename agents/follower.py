@@ -14,7 +14,8 @@ second or so. The chain rule (which delta applies to which view) is
   ever sees a half-applied delta;
 * a gap, a delta that cannot be verified, or a new trainer run makes it *resync*: load the
   snapshot the chain can continue from, then read on. A resync never loads the same
-  snapshot twice for the same reason; it then waits for the next announced snapshot;
+  snapshot twice for the same reason; it then waits for the next announced snapshot. A
+  resync, and a wait, ask the trainer for a snapshot at once (:mod:`agents.resync`);
 * ``streamrec models promote/rollback`` announcements pin the view: deltas of other states
   are ignored until the trainer announces its next snapshot or a trainer run starts from
   the pinned snapshot;
@@ -35,8 +36,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
-from agents.kafka import KafkaOptions, partitions_of
+from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
+from agents.resync import SnapshotAsker
 from agents.state import ModelHolder
 from models.delta import FRESH, Chain, next_step
 from models.scoring import ScoringView
@@ -64,6 +66,8 @@ class ModelFollower:
     max_delta_bytes: int = 16 * 1024 * 1024
     snapshot_grace_seconds: float = 10.0
     """An announced snapshot ahead of the deltas applied is loaded after this long."""
+    asker: SnapshotAsker | None = None
+    """Asks the trainer for a snapshot when the chain breaks (None: wait for the next)."""
     chain: Chain = field(default_factory=Chain)
     _consumer: AIOKafkaConsumer | None = None
     _waiting: bool = False  # stalled: deltas ignored until the next announced snapshot
@@ -82,19 +86,7 @@ class ModelFollower:
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         """Follow forever; a broken connection or store is logged and retried, never fatal."""
-        while True:
-            try:
-                await self.follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error(
-                    "Model follower failed (%s: %s); retrying in %gs",
-                    type(exc).__name__,
-                    exc,
-                    retry_seconds,
-                )
-                await asyncio.sleep(retry_seconds)
+        await retry_forever("Model follower", self.follow, retry_seconds)
 
     async def follow(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -127,6 +119,8 @@ class ModelFollower:
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 await self._handle(batch)
+                if self._waiting:  # until an announcement comes (a request may be lost)
+                    await self._ask("waiting")
                 await self._load_overdue_announcement()
                 self.install_neighbours()
                 self._refresh_lag()
@@ -426,7 +420,10 @@ class ModelFollower:
 
     async def resync(self, reason: str, *, target: str | None = None) -> bool:
         """Load the store's current snapshot and read deltas on from where it ends; if that
-        snapshot was already loaded by a resync, wait for the next announcement instead."""
+        snapshot was already loaded by a resync, wait for the next announcement instead.
+        Either way, ask the trainer for a snapshot now: the current one may be a whole
+        snapshot interval older than the chain."""
+        await self._ask(reason)
         version = await self.store.current()
         if version is None:
             version = await self.store.latest()
@@ -447,6 +444,10 @@ class ModelFollower:
                 self.chain.lineage, self.chain.version, self.chain.snapshot, self.chain.pinned
             )
         return True
+
+    async def _ask(self, reason: str) -> None:
+        if self.asker is not None:
+            await self.asker.ask(reason, self.chain)
 
     def _behind(self) -> int | None:
         """Deltas on the topic after the one the served view reflects (None: unknown)."""

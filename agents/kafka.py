@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -16,6 +17,25 @@ from models.wire import DeadLetter, Undecodable
 KafkaOptions = Mapping[str, Any]
 """Connection keyword arguments for every aiokafka client (``bootstrap_servers``, security);
 built once by ``app.kafka.kafka_client_options`` and passed down to the agents."""
+
+log = logging.getLogger(__name__)
+
+
+async def retry_forever(
+    what: str, attempt: Callable[[], Awaitable[None]], retry_seconds: float = 5.0
+) -> None:
+    """Run ``attempt`` for ever: a failure (a broken connection, a store down) is logged
+    and retried after ``retry_seconds``, never fatal; cancelling stops it."""
+    while True:
+        try:
+            await attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "%s failed (%s: %s); retrying in %gs", what, type(exc).__name__, exc, retry_seconds
+            )
+            await asyncio.sleep(retry_seconds)
 
 
 async def list_topics(options: KafkaOptions) -> set[str]:

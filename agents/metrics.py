@@ -78,7 +78,8 @@ MODEL_LOADS = Counter(
 )
 DELTAS_PUBLISHED = Counter(
     "streamrec_deltas_published_total",
-    "Model deltas the trainer published, by kind (rows, or a 'snapshot needed' marker)",
+    "Model deltas the trainer published, by kind (rows, a 'snapshot needed' marker, or "
+    "'refused': a marker sent for a delta the scorers would refuse)",
     ["kind"],
     registry=REGISTRY,
 )
@@ -113,5 +114,12 @@ RESYNCS = Counter(
     "streamrec_resyncs_total",
     "Views reloaded from the snapshot store because the delta chain could not go on, by reason",
     ["reason"],
+    registry=REGISTRY,
+)
+SNAPSHOT_REQUESTS = Counter(
+    "streamrec_snapshot_requests_total",
+    "Snapshots asked for on model-requests by scorers whose delta chain broke, by outcome "
+    "(sent by a scorer; answered or rate_limited by the trainer)",
+    ["outcome"],
     registry=REGISTRY,
 )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -46,14 +47,15 @@ from aiokafka.errors import KafkaError
 from agents import metrics
 from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
-from agents.ports import Message, Sink, SnapshotStore, dead_letter
+from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
+from agents.resync import ANSWER_EVERY
 from agents.state import ModelHolder
 from models.config import ModelConfig
 from models.evaluation import positive_hits
-from models.events import Rating
+from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
-from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
+from models.wire import DeadLetter, ModelUpdate, SnapshotRequest, Undecodable, decode_rating
 from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,16 @@ class DecodedBatch:
     topic: str | None = None
 
     @classmethod
-    def of(cls, messages: Sequence[Message], max_bytes: int) -> DecodedBatch:
+    def of(
+        cls,
+        messages: Sequence[Message],
+        max_bytes: int,
+        max_skew: float = MAX_FUTURE_SKEW_SECONDS,
+    ) -> DecodedBatch:
+        """Decode ``messages``; a rating stamped more than ``max_skew`` seconds past its
+        record's timestamp (:func:`agents.ports.reference_time`) is a ``ts_in_future`` dead
+        letter."""
+        wall = time.time()
         ratings: list[Rating] = []
         positions: list[tuple[int, int]] = []
         letters: list[DeadLetter] = []
@@ -197,7 +208,15 @@ class DecodedBatch:
             elif offset > span[1]:
                 span[1] = offset
             try:
-                append(decode_rating(m.key, m.value, max_bytes=max_bytes))
+                append(
+                    decode_rating(
+                        m.key,
+                        m.value,
+                        max_bytes=max_bytes,
+                        reference=reference_time(m, wall),
+                        max_skew=max_skew,
+                    )
+                )
             except Undecodable as exc:
                 letters.append(dead_letter(m, exc))
                 continue
@@ -259,6 +278,11 @@ class Trainer:
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
+    #: How far past its record's timestamp a rating's ``ts`` may be (else ``ts_in_future``).
+    max_future_skew: float = MAX_FUTURE_SKEW_SECONDS
+    #: At most one snapshot per this many seconds for scorers' requests (agents.resync).
+    answer_every: float = ANSWER_EVERY
+    _answered_at: float = -math.inf
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: asyncio.Task[None] | None = None  # the newest batch's step
     _in_flight_before: asyncio.Task[None] | None = None  # the one before it, if running
@@ -283,6 +307,7 @@ class Trainer:
         # Consolidations (a retrain on the whole window, seconds) run beside the batches
         # instead of inside one, and are installed when done (models.incremental).
         self.model.defer_consolidation = True
+        self.model.max_future_skew = self.max_future_skew  # its popularity clock's ceiling
         self._snapshot_version = self.model.version
         self._snapshot_offsets = dict(self.model.offsets)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
@@ -337,7 +362,9 @@ class Trainer:
     async def _step(self, messages: Sequence[Message], previous: asyncio.Task[None] | None) -> None:
         """Decode ``messages`` (while ``previous``, the batch fetched before, trains), then
         train them after it."""
-        decoded = await asyncio.to_thread(DecodedBatch.of, messages, self.max_bytes)
+        decoded = await asyncio.to_thread(
+            DecodedBatch.of, messages, self.max_bytes, self.max_future_skew
+        )
         if previous is not None:
             await previous  # in fetch order; a failure fails this batch too
         async with self._lock:
@@ -421,7 +448,11 @@ class Trainer:
             self.holder.info["snapshot_due"] = {
                 "version": published["version"],
                 "at": published.get("at", time.time()),
-                "reason": "marker" if marker else "neighbours",
+                "reason": "refused"
+                if "refused" in published
+                else "marker"
+                if marker
+                else "neighbours",
             }
             self._urgent_version = max(self._urgent_version, published["version"])
             self._snapshot_soon()
@@ -441,6 +472,29 @@ class Trainer:
         """A write in progress ended: start the one :meth:`_snapshot_soon` asked for."""
         if not self._stopping:
             self._start_snapshot()
+
+    def snapshot_requested(self, request: SnapshotRequest) -> bool:
+        """A scorer's delta chain broke (:mod:`agents.resync`): snapshot at once, so that it
+        serves the trainer's state within seconds, not after the snapshot interval. At most
+        one per :attr:`answer_every` seconds; with nothing unsaved, the next batch's state
+        is snapshotted at once. True if answered."""
+        now = time.monotonic()
+        if now - self._answered_at < self.answer_every:
+            metrics.SNAPSHOT_REQUESTS.labels("rate_limited").inc()
+            return False
+        self._answered_at = now
+        metrics.SNAPSHOT_REQUESTS.labels("answered").inc()
+        unsaved = self._progress_unsaved()
+        log.info(
+            "A scorer asked for a snapshot (%s; it serves v%d): %s",
+            request.reason,
+            request.version,
+            "writing one now" if unsaved else "the next batch's state will be snapshotted",
+        )
+        self._urgent_version = max(self._urgent_version, self.model.version + (not unsaved))
+        if unsaved:
+            self._snapshot_soon()
+        return True
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,

@@ -41,6 +41,7 @@ from agents.kafka import (
     send_records,
 )
 from agents.lease import Lease
+from agents.resync import SnapshotAsker, serve_snapshot_requests
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, TrainerRebalance, restore_model
@@ -496,6 +497,7 @@ def trainer_service(
     class TrainerService(mode.Service):
         _stack: contextlib.AsyncExitStack
         _task: asyncio.Task[None] | None = None
+        _requests: asyncio.Task[None] | None = None  # scorers asking for a snapshot
 
         async def on_start(self) -> None:
             self._stack = contextlib.AsyncExitStack()
@@ -526,6 +528,7 @@ def trainer_service(
                 snapshot_every_seconds=s.snapshot_every_seconds,
                 deltas=deltas,
                 consumer=consumer,
+                max_future_skew=s.max_future_skew_seconds,
             )
             await consumer.start()
             self._stack.push_async_callback(consumer.stop)
@@ -537,6 +540,12 @@ def trainer_service(
         async def on_started(self) -> None:
             assert runtime.trainer is not None
             self._task = asyncio.create_task(self._run(runtime.trainer))
+            if deltas is not None:  # scorers follow deltas: they may ask for a snapshot
+                self._requests = asyncio.create_task(
+                    serve_snapshot_requests(
+                        options, s.model_requests_topic, runtime.trainer.snapshot_requested
+                    )
+                )
 
         async def _run(self, trainer: Trainer) -> None:
             try:
@@ -547,6 +556,10 @@ def trainer_service(
 
         async def on_stop(self) -> None:
             trainer, runtime.trainer = runtime.trainer, None
+            if self._requests is not None:
+                self._requests.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._requests
             try:
                 if trainer is not None:
                     trainer.stop()
@@ -604,6 +617,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         seen=seen,
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
+        max_future_skew=s.max_future_skew_seconds,
     )
     runtime.ingest = ingest
     scorer = Scorer(
@@ -710,5 +724,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
                     s.model_updates_topic,
                     deltas_topic=s.model_deltas_topic,
                     max_delta_bytes=delta_topic_max_bytes(s),
+                    asker=SnapshotAsker(ImmediateSink(runtime.topics[s.model_requests_topic])),
                 )
                 await follower.run()

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.config import LOSSES, ModelConfig
+from models.events import MAX_FUTURE_SKEW_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     model_deltas_topic: str = Field(
         "model-deltas", description="One partition: the trainer's per-batch model deltas"
     )
+    model_requests_topic: str = Field(
+        "model-requests",
+        description="One partition: scorers whose delta chain broke ask the trainer for a "
+        "snapshot at once",
+    )
     delta_retention_seconds: float = Field(
         24 * 3600.0,
         gt=0,
@@ -91,6 +97,13 @@ class Settings(BaseSettings):
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
+    max_future_skew_seconds: float = Field(
+        MAX_FUTURE_SKEW_SECONDS,
+        ge=0,
+        allow_inf_nan=False,
+        description="A rating whose ts is further than this past its Kafka record's "
+        "timestamp is dead-lettered as ts_in_future (ms timestamps, clocks ahead)",
+    )
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
     kafka_security_protocol: SecurityProtocol = Field(

@@ -94,6 +94,8 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
                 "max.message.bytes": str(delta_topic_max_bytes(settings)),
             },
         ),
+        # Scorers whose delta chain broke ask the trainer for a snapshot (agents.resync).
+        TopicSpec(settings.model_requests_topic, 1, {"retention.ms": str(3600_000)}),
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
         TopicSpec(settings.items_topic, CATALOG_PARTITIONS, {"cleanup.policy": "compact"}),

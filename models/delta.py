@@ -145,8 +145,18 @@ class ModelDelta:
             n_users=self.n_users,
             n_items=self.n_items,
             trained_events=self.trained_events,
-            popularity_ts=self.popularity_ts,
+            popularity_ts=_finite_or_none(self.popularity_ts),
             snapshot_needed=True,
+        )
+
+    def verify(self) -> None:
+        """Raise :class:`DeltaError` if scorers would refuse this delta's message: the very
+        checks :meth:`decode` applies to every message (fields, ranges, every float finite
+        at its wire dtype, row groups), on this object. The trainer calls it before it
+        sends a delta (:mod:`agents.deltas`); a refused one goes out as a marker instead."""
+        _check_scalars({name: getattr(self, name) for name in _SCALARS})
+        _check_arrays(
+            {name: getattr(self, name) for name in _ARRAYS if not name.startswith("new_")}
         )
 
     # --- wire --------------------------------------------------------------------------
@@ -200,14 +210,7 @@ class ModelDelta:
         values = _check_scalars(scalars)
         data = body[data_start:]
         arrays = _read_arrays(layout, data)
-        k = arrays["user_embeddings"].shape[1] if arrays["user_embeddings"].ndim == 2 else 0
-        for rows_name, names in _ROW_GROUPS.items():
-            n = len(arrays[rows_name])
-            for name in names:
-                if len(arrays[name]) != n:
-                    raise DeltaError(f"{name} has {len(arrays[name])} rows, {rows_name} {n}")
-        if arrays["item_embeddings"].shape[1] != k and len(arrays["item_embeddings"]):
-            raise DeltaError("user and item embeddings have different widths")
+        _check_arrays(arrays)
         ids = {}
         for side in ("user", "item"):
             try:
@@ -270,11 +273,33 @@ def _read_arrays(layout: Any, data: memoryview) -> dict[str, np.ndarray]:
         if offset + size > len(data):
             raise DeltaError(f"delta array {name!r} runs past the message")
         array = np.frombuffer(data, dtype=dt, count=math.prod(shape), offset=offset)
-        array = array.reshape(shape).copy()  # own, aligned, writable until frozen by a view
-        if dt.kind == "f" and not np.isfinite(array).all():
-            raise DeltaError(f"delta array {name!r} has NaN or infinite values")
-        out[name] = array
+        out[name] = array.reshape(shape).copy()  # own, aligned, writable until frozen
     return out
+
+
+def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """Every float finite at its wire dtype; the rows of each group agree; one width."""
+    for name, array in arrays.items():
+        dtype, ndim = _ARRAYS[name]
+        if array.ndim != ndim:
+            raise DeltaError(f"delta array {name!r} has {array.ndim} dimensions, not {ndim}")
+        if np.dtype(dtype).kind == "f" and array.size:
+            with np.errstate(over="ignore"):  # a float64 past float32's range: inf, refused
+                wire = array if array.dtype == np.dtype(dtype) else array.astype(dtype)
+            if not np.isfinite(wire).all():
+                raise DeltaError(f"delta array {name!r} has NaN or infinite values")
+    k = arrays["user_embeddings"].shape[1]
+    for rows_name, names in _ROW_GROUPS.items():
+        n = len(arrays[rows_name])
+        for name in names:
+            if len(arrays[name]) != n:
+                raise DeltaError(f"{name} has {len(arrays[name])} rows, {rows_name} {n}")
+    if arrays["item_embeddings"].shape[1] != k and len(arrays["item_embeddings"]):
+        raise DeltaError("user and item embeddings have different widths")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # --- applying --------------------------------------------------------------------------

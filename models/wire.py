@@ -20,6 +20,7 @@ rec-requests      user          :class:`models.events.RecRequest`
 rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
 model-updates     ``b"model"``  :class:`ModelUpdate`
 model-deltas      lineage       :class:`ModelDelta` (binary, checksummed)
+model-requests    ``snapshot``  :class:`SnapshotRequest`
 items             item          :class:`models.catalog.CatalogItem` (compacted)
 ``*-dlq``         original      original bytes; :class:`DeadLetter` headers
 ================  ============  ===========================================
@@ -31,6 +32,7 @@ here (:class:`ModelDelta` with ``encode``/``decode``, :class:`DeltaError`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -41,18 +43,21 @@ from models.catalog import CatalogItem, parse_catalog_item
 from models.delta import DeltaError as DeltaError  # re-exported: the delta message's owner
 from models.delta import ModelDelta as ModelDelta
 from models.events import (
+    MAX_FUTURE_SKEW_SECONDS,
+    EventInFuture,
     InvalidEvent,
     Rating,
     RecRequest,
     canonical_id,
+    check_event_time,
     parse_rating,
     parse_request,
 )
 from models.scoring import ScoredItem
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
-DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
-DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty"]
+DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future")
+DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future"]
 
 #: Where a reply's items came from (see :class:`models.scoring.Recommendation`).
 REPLY_SOURCES = ("model", "popularity", "none")
@@ -125,8 +130,19 @@ def _decode_fast(value: bytes | None, max_bytes: int) -> Mapping[str, Any]:
 
 
 # --- ratings ---------------------------------------------------------------------------
-def decode_rating(key: bytes | None, value: bytes | None, *, max_bytes: int) -> Rating:
+def decode_rating(
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int,
+    reference: float | None = None,
+    max_skew: float = MAX_FUTURE_SKEW_SECONDS,
+) -> Rating:
     """The rating in one ``ratings`` message, or :class:`Undecodable` saying why not.
+
+    With a ``reference`` time (unix seconds: the agents pass
+    :func:`agents.ports.reference_time` of the record), a ``ts`` more than ``max_skew``
+    past it is refused as ``ts_in_future`` (:func:`models.events.check_event_time`).
 
     The trainer decodes every rating, so the common case is parsed with orjson (several
     times faster than ``json``); anything it does not take (and every other value) goes
@@ -138,6 +154,11 @@ def decode_rating(key: bytes | None, value: bytes | None, *, max_bytes: int) -> 
     except InvalidEvent as exc:
         raise Undecodable("invalid", str(exc)) from None
     check_user_key(key, rating.user, "ratings")
+    if reference is not None:
+        try:
+            check_event_time(rating.ts, reference, max_skew)
+        except EventInFuture as exc:
+            raise Undecodable("ts_in_future", str(exc)) from None
     return rating
 
 
@@ -340,6 +361,47 @@ def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: in
 def delta_key(delta: ModelDelta) -> bytes:
     """The Kafka key of a delta message: its lineage (the topic has one partition)."""
     return delta.lineage.encode()
+
+
+# --- snapshot requests -----------------------------------------------------------------
+SNAPSHOT_REQUEST_KEY = b"snapshot"
+"""The one key of ``model-requests`` messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """A scorer whose delta chain broke asks the trainer for a snapshot now
+    (``model-requests``), instead of serving an old one until the next interval."""
+
+    reason: str
+    """Why (``"gap"``, ``"invalid delta"``, ``"waiting"``, ...)."""
+    at: float
+    """When it was sent (unix seconds); the trainer ignores requests much older."""
+    lineage: str | None = None
+    """The lineage the scorer's view belongs to, if any."""
+    version: int = -1
+    """The version it serves (-1: none)."""
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return SNAPSHOT_REQUEST_KEY, encode_json(asdict(self))
+
+    @classmethod
+    def parse(cls, value: bytes | None, *, max_bytes: int = 4096) -> SnapshotRequest:
+        obj = decode_object(value, max_bytes=max_bytes)
+        reason, at = obj.get("reason"), obj.get("at")
+        lineage, version = obj.get("lineage"), obj.get("version", -1)
+        if not isinstance(reason, str) or len(reason) > MAX_REQUEST_REASON:
+            raise Undecodable("invalid", "snapshot request without a short reason")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise Undecodable("invalid", "snapshot request without a finite 'at' time")
+        if lineage is not None and not isinstance(lineage, str):
+            raise Undecodable("invalid", "snapshot request lineage must be a string")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise Undecodable("invalid", "snapshot request version must be an int")
+        return cls(reason=reason, at=float(at), lineage=lineage, version=version)
+
+
+MAX_REQUEST_REASON = 200
 
 
 # --- dead letters ----------------------------------------------------------------------

@@ -146,6 +146,7 @@ TOPIC_FIELDS = (
     "responses",
     "model_updates",
     "model_deltas",
+    "model_requests",
     "ratings_dlq",
     "requests_dlq",
     "items",
