@@ -51,8 +51,8 @@ from models.events import (
 from models.scoring import ScoredItem
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
-DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
-DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty"]
+DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "capacity")
+DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty", "capacity"]
 
 #: Where a reply's items came from (see :class:`models.scoring.Recommendation`).
 REPLY_SOURCES = ("model", "popularity", "none")
