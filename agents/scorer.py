@@ -133,8 +133,8 @@ class Scorer:
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Answer what one fetch of ``rec-requests`` brought, ``max_batch`` at a time;
-        returns once the replies are queued in the producer (dead letters: delivered).
-        :meth:`delivered` waits for the replies themselves."""
+        returns once the replies and dead letters are queued in the producer;
+        :meth:`delivered` waits for their delivery."""
         self._answering = True
         try:
             for start in range(0, len(messages), self.max_batch):
@@ -189,7 +189,7 @@ class Scorer:
                     else await self._target(request.reply_to)
                 )
             except Undecodable as exc:
-                await send_dead_letter(self.dlq, message, exc)
+                self._queue(await send_dead_letter(self.dlq, message, exc))
                 continue
             requests.append(request)
             sources_of.append(message)
@@ -205,7 +205,8 @@ class Scorer:
             encoded = reply.encode()
             too_large = reply_size_refusal(len(encoded[1]), self.max_reply_bytes)
             if too_large is not None:  # not sent (Kafka would refuse it and stall the reader)
-                await send_dead_letter(self.dlq, message, Undecodable("too_large", too_large))
+                letter = Undecodable("too_large", too_large)
+                self._queue(await send_dead_letter(self.dlq, message, letter))
                 continue
             entry = by_target.get(id(target))
             if entry is None:
@@ -223,6 +224,11 @@ class Scorer:
         self._undelivered += pending
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
+
+    def _queue(self, delivery: Any) -> None:
+        """A dead letter's delivery: awaited by :meth:`delivered`, with the replies."""
+        if inspect.isawaitable(delivery):
+            self._undelivered.append(asyncio.ensure_future(delivery))
 
     async def _target(self, reply_to: str | None) -> BatchSink:
         if reply_to is None:

@@ -264,3 +264,50 @@ def test_the_delta_topic_is_bounded_in_bytes_on_the_broker(deployment: Deploymen
     assert configs["retention.bytes"] == str(64 * 1024 * 1024)
     segment = int(configs["segment.bytes"])  # deleted a segment at a time
     assert segment == 16 * 1024 * 1024 and segment >= int(configs["max.message.bytes"])
+
+
+def test_many_random_reply_to_names_do_not_stall_a_scorer(
+    deployment: Deployment, kafka: KafkaClient
+) -> None:
+    """1,000 requests naming random (missing) topics under the allowed prefix, with a lone
+    request after every 200 of them: one topic list read per second at most, so the lone
+    requests are answered at once (their latency: from their send to the reply)."""
+    settings = deployment.settings
+    prefix = f"{settings.responses_topic}-"  # allowed (app.dev.workers.isolated_env)
+    assert prefix in settings.reply_prefixes
+    idle = [recommend(deployment, f"known-{n}", k=5)["latency_ms"] for n in range(5)]
+    run = uuid.uuid4().hex[:8]
+
+    def request(n: int, **body: Any) -> tuple[bytes, bytes]:
+        user = f"known-{n % KNOWN}"
+        value = {"request_id": f"{run}-{n}", "user": user, "k": 5, **body}
+        return user.encode(), json.dumps(value).encode()
+
+    flood = []
+    for n in range(1000):
+        flood.append(request(n, reply_to=f"{prefix}{uuid.uuid4().hex}"))
+        if n % 200 == 199:
+            flood.append(request(10_000 + n))  # a lone request, answered on rec-responses
+    started = time.monotonic()
+    asyncio.run(kafka.produce_bulk(deployment.topic("requests"), flood))
+    refused = [
+        m
+        for m in letters(kafka, deployment, "requests_dlq", "reply_to", 1000)
+        if json.loads(m.value)["request_id"].startswith(run)
+    ]
+    seconds = time.monotonic() - started
+    assert len(refused) == 1000
+    assert all(b"does not exist" in dict(m.headers)[DLQ_REASON] for m in refused)
+
+    def lone_replies() -> list[float] | None:
+        found = asyncio.run(kafka.read_all(settings.responses_topic))
+        replies = [json.loads(m.value) for m in found]
+        mine = [r["latency_ms"] for r in replies if r["request_id"].startswith(f"{run}-1")]
+        return mine if len(mine) == 5 else None
+
+    during = wait_for(lone_replies, timeout=30, what="the lone requests' replies")
+    print(  # the measured figures (pytest -s)
+        f"random reply_to flood: 1000 dead-lettered in {seconds:.1f} s; lone-request "
+        f"latency idle {sorted(idle)} ms, during {sorted(during)} ms"
+    )
+    assert max(during) < 1000, (idle, during)  # no stall (main: one admin connection a name)

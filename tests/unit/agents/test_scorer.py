@@ -264,3 +264,17 @@ async def test_a_reply_over_max_reply_bytes_dead_letters_its_request(setup):
     assert size > 1600
     assert [r.request_id for r in replies_of(replies)] == ["small"]
     await scorer.delivered()  # the reader commits past both
+
+
+async def test_dead_letters_are_queued_together_and_delivered_before_the_commit(setup):
+    scorer, *_ = setup
+    dlq = SlowSink()
+    scorer.dlq = dlq
+    await scorer.handle([request_message("bob", f"r{n}", n, k=0) for n in range(50)])
+    assert len(dlq.sent) == 50  # all queued: handle did not wait for each delivery
+    waiting = asyncio.ensure_future(scorer.delivered())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the reader commits only after every dead letter is delivered
+    for future in dlq.futures:
+        future.set_result(None)
+    await asyncio.wait_for(waiting, 1)
