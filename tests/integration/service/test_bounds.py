@@ -111,6 +111,22 @@ def test_a_flood_of_new_users_past_the_bound_is_dead_lettered_and_known_users_tr
     assert deployment.trainer.get("/health/")[0] == 200  # alive, and not restarted
     assert deployment.trainer.running()
 
+    # SIGKILLed and restarted under a second flood: it refuses the same way, exactly once.
+    deployment.trainer.kill()
+    flood2 = [
+        rating(f"fake2-{uuid.uuid4().hex}", items[n % 30], 5.0, 9500.0 + n) for n in range(200)
+    ]
+    more = [rating(f"known-{n}", items[(n + 11) % 30], 5.0, 9800.0 + n) for n in range(KNOWN)]
+    publish(kafka, deployment, flood2 + more)
+    trainer = deployment.restart_trainer()
+    trainer.wait_ready(timeout=120)
+    wait_for(lambda: trained(deployment) == total + len(more), timeout=90, what="the restart")
+    refused = letters(kafka, deployment, "ratings_dlq", "capacity", len(flood) - admitted + 200)
+    assert len(refused) == len(flood) - admitted + 200  # none twice, none missed
+    time.sleep(3)  # no crash loop: still up
+    assert trainer.running() and trainer.get("/health/")[0] == 200
+    assert model_info(trainer)["n_users"] == MAX_USERS
+
 
 def test_a_reply_too_large_for_kafka_dead_letters_its_request_and_the_reader_goes_on(
     deployment: Deployment, kafka: KafkaClient
