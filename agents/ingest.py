@@ -16,10 +16,10 @@ them exactly once (agents/trainer.py).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents import metrics
 from agents.ports import Message, SeenTable, Sink, dead_letter, reference_time
@@ -28,13 +28,14 @@ from models.seen import remember
 from models.wire import Undecodable, decode_rating
 
 
-async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
-    """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
+async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> Any:
+    """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers;
+    returns the delivery (if ``dlq`` gives one), not awaited: the caller awaits it before
+    it acks the original (one at a time, 1,000 dead letters took ~2 s)."""
     letter = dead_letter(message, exc)
     delivery = await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
-    if inspect.isawaitable(delivery):  # delivered before the caller acks the original
-        await delivery
     metrics.DEAD_LETTERS.labels(message.topic, exc.kind).inc()
+    return delivery
 
 
 def rated_by_user(

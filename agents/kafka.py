@@ -38,15 +38,6 @@ async def retry_forever(
             await asyncio.sleep(retry_seconds)
 
 
-async def list_topics(options: KafkaOptions) -> set[str]:
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
-
-
 async def partitions_of(options: KafkaOptions, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty if it does not exist."""
     admin = AIOKafkaAdminClient(**options)
@@ -75,36 +66,47 @@ async def committed_offsets(
 
 
 class KnownTopics:
-    """Which topics exist, for validating ``reply_to``.
+    """Which topics exist, for validating ``reply_to``: one long-lived admin client and
+    one topic list for every name.
 
-    A name seen to exist is remembered. A name not known yet makes the list be read again,
-    unless that name was missed within the last ``refresh_seconds`` (so a flood of requests
-    to a missing topic costs one metadata request per name and interval, not one each):
-    a client that creates its reply topic and sends a request at once is answered, where a
-    list refreshed only every few seconds dead-lettered its first requests.
+    A name in the list is known. An unknown name makes the list be read again, but at most
+    once per ``refresh_seconds`` for all names together: a flood of requests naming random
+    topics costs one metadata request per interval, never one connection or request each
+    (they are refused at once, without waiting). So a client that creates its reply topic
+    and sends a request at once is answered, unless the list was read for another unknown
+    name less than ``refresh_seconds`` before (then its first requests are dead-lettered:
+    create reply topics a moment before using them). :meth:`close` closes the client.
     """
 
-    def __init__(self, options: KafkaOptions, refresh_seconds: float = 5.0) -> None:
+    def __init__(self, options: KafkaOptions, refresh_seconds: float = 1.0) -> None:
         self._options = options
         self._refresh = refresh_seconds
         self._names: set[str] = set()
-        self._missed: dict[str, float] = {}  # name -> when the list last lacked it
+        self._read_at = float("-inf")  # when the list was last read (monotonic)
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
+        self.reads = 0  # lists read (tests, /model/)
 
     async def exists(self, name: str) -> bool:
         if name in self._names:
             return True
-        if time.monotonic() - self._missed.get(name, float("-inf")) < self._refresh:
+        if time.monotonic() - self._read_at < self._refresh:
             return False
         async with self._lock:
-            if name not in self._names:
-                self._names = await list_topics(self._options)
-        if name in self._names:
-            return True
-        if len(self._missed) >= 10_000:  # bounded: names of missing topics are the client's
-            self._missed.clear()
-        self._missed[name] = time.monotonic()
-        return False
+            if name not in self._names and time.monotonic() - self._read_at >= self._refresh:
+                self._read_at = time.monotonic()  # also when it fails: no retry storm
+                if self._admin is None:
+                    admin = AIOKafkaAdminClient(**self._options)
+                    await admin.start()
+                    self._admin = admin
+                self.reads += 1
+                self._names = set(await self._admin.list_topics())
+        return name in self._names
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
 
 
 Record = tuple[int | None, bytes | None, bytes | None]

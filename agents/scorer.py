@@ -30,6 +30,7 @@ from agents import metrics
 from agents.ingest import send_dead_letter
 from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
 from agents.state import ModelHolder
+from models.bounds import reply_size_refusal, reply_to_refusal
 from models.events import RecRequest
 from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
@@ -118,8 +119,11 @@ class Scorer:
     dlq: Sink  # rec-requests-dlq
     reply_topic: Callable[[str], BatchSink]  # name -> topic (cached by the app)
     topic_exists: Callable[[str], Awaitable[bool]]
-    forbidden_replies: frozenset[str]
+    forbidden_replies: frozenset[str]  # streamrec's own topics (never a reply_to)
     max_bytes: int
+    responses_topic: str = "rec-responses"  # default_reply's name (reply_to may name it)
+    reply_prefixes: tuple[str, ...] = ()  # STREAMREC_REPLY_TOPIC_PREFIXES
+    max_reply_bytes: int = 512 * 1024  # a larger reply dead-letters its request
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
     max_undelivered: int = 5000  # replies on their way before handle waits for them
@@ -129,8 +133,8 @@ class Scorer:
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Answer what one fetch of ``rec-requests`` brought, ``max_batch`` at a time;
-        returns once the replies are queued in the producer (dead letters: delivered).
-        :meth:`delivered` waits for the replies themselves."""
+        returns once the replies and dead letters are queued in the producer;
+        :meth:`delivered` waits for their delivery."""
         self._answering = True
         try:
             for start in range(0, len(messages), self.max_batch):
@@ -173,6 +177,7 @@ class Scorer:
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
         metrics.AGENT_BATCH.labels("scorer").observe(len(messages))
         requests: list[RecRequest] = []
+        sources_of: list[Message] = []  # the message of each request
         targets: list[BatchSink] = []
         received: list[float] = []
         for message in messages:
@@ -184,9 +189,10 @@ class Scorer:
                     else await self._target(request.reply_to)
                 )
             except Undecodable as exc:
-                await send_dead_letter(self.dlq, message, exc)
+                self._queue(await send_dead_letter(self.dlq, message, exc))
                 continue
             requests.append(request)
+            sources_of.append(message)
             targets.append(target)
             received.append(received_at(message))
         if not requests:
@@ -195,16 +201,22 @@ class Scorer:
         replies = replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
-        for reply, target in zip(replies, targets, strict=True):
+        for reply, target, message in zip(replies, targets, sources_of, strict=True):
+            encoded = reply.encode()
+            too_large = reply_size_refusal(len(encoded[1]), self.max_reply_bytes)
+            if too_large is not None:  # not sent (Kafka would refuse it and stall the reader)
+                letter = Undecodable("too_large", too_large)
+                self._queue(await send_dead_letter(self.dlq, message, letter))
+                continue
             entry = by_target.get(id(target))
             if entry is None:
                 entry = by_target[id(target)] = (target, [])
-            entry[1].append(reply.encode())
+            entry[1].append(encoded)
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         deliveries = []
-        for target, encoded in by_target.values():  # queued, not delivered
-            deliveries += await target.send_many(encoded)
+        for target, batch in by_target.values():  # queued, not delivered
+            deliveries += await target.send_many(batch)
         # Delivered before their requests are committed (the reader awaits ``delivered``
         # first): a crash then answers again rather than never. Not awaited here, so the
         # next fetch is scored while these are on their way.
@@ -213,11 +225,24 @@ class Scorer:
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
 
+    def _queue(self, delivery: Any) -> None:
+        """A dead letter's delivery: awaited by :meth:`delivered`, with the replies."""
+        if inspect.isawaitable(delivery):
+            self._undelivered.append(asyncio.ensure_future(delivery))
+
     async def _target(self, reply_to: str | None) -> BatchSink:
         if reply_to is None:
             return self.default_reply
-        if reply_to in self.forbidden_replies or reply_to.startswith("__"):
-            raise Undecodable("reply_to", f"reply_to {reply_to!r} is one of streamrec's own topics")
+        refused = reply_to_refusal(
+            reply_to,
+            responses_topic=self.responses_topic,
+            prefixes=self.reply_prefixes,
+            own_topics=self.forbidden_replies,
+        )
+        if refused is not None:
+            raise Undecodable("reply_to", refused)
+        if reply_to == self.responses_topic:
+            return self.default_reply
         if not await self.topic_exists(reply_to):
             raise Undecodable("reply_to", f"reply_to topic {reply_to!r} does not exist")
         return self.reply_topic(reply_to)

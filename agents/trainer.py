@@ -50,6 +50,7 @@ from agents.follower import REFUSED
 from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
 from agents.resync import ANSWER_EVERY
 from agents.state import ModelHolder
+from models.bounds import Capacity, over_capacity
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
@@ -181,6 +182,7 @@ class DecodedBatch:
     next_offsets: dict[str, int]  # "topic:partition" -> next offset after the batch
     events: int  # messages in the batch
     topic: str | None = None
+    messages: Sequence[Message] = ()  # as fetched (the original bytes of dead letters)
 
     @classmethod
     def of(
@@ -224,7 +226,31 @@ class DecodedBatch:
         first = {offset_key(*tp): low for tp, (low, _) in spans.items()}
         next_ = {offset_key(*tp): high + 1 for tp, (_, high) in spans.items()}
         topic = messages[0].topic if messages else None
-        return cls(ratings, positions, letters, first, next_, len(messages), topic)
+        return cls(ratings, positions, letters, first, next_, len(messages), topic, messages)
+
+    def within(self, model: IncrementalModel, capacity: Capacity) -> DecodedBatch:
+        """This batch without the ratings that would grow ``model`` past ``capacity``
+        (:func:`models.bounds.over_capacity`): they become dead letters of kind
+        ``capacity``, in offset order with the others."""
+        refused = over_capacity(
+            self.ratings, model.users, model.items, model.n_users, model.n_items, capacity
+        )
+        if not refused:
+            return self
+        by_position = {(m.partition, m.offset): m for m in self.messages}
+        letters = list(self.dead_letters)
+        for n, reason in refused:
+            message = by_position[self.positions[n]]
+            letters.append(dead_letter(message, Undecodable("capacity", reason)))
+        letters.sort(key=lambda d: (d.partition, d.offset))
+        out = {n for n, _ in refused}
+        keep = [n for n in range(len(self.ratings)) if n not in out]
+        return replace(
+            self,
+            ratings=[self.ratings[n] for n in keep],
+            positions=[self.positions[n] for n in keep],
+            dead_letters=letters,
+        )
 
     def after(self, covered: Mapping[str, int], dead_lettered: Mapping[int, int]) -> DecodedBatch:
         """This batch without what ``covered`` (the model's offsets) already trained and
@@ -276,6 +302,7 @@ class Trainer:
     dead_lettered: dict[int, int] = field(default_factory=dict)
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
+    capacity: Capacity = field(default_factory=Capacity)  # the most users and items
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
     #: How far past its record's timestamp a rating's ``ts`` may be (else ``ts_in_future``).
@@ -287,6 +314,7 @@ class Trainer:
     _in_flight: asyncio.Task[None] | None = None  # the newest batch's step
     _in_flight_before: asyncio.Task[None] | None = None  # the one before it, if running
     _stopping: bool = False
+    _full_logged: bool = False  # the first capacity dead letter was logged
     _uncommitted: dict[str, int] | None = None  # offsets of a snapshot not yet committed
     _batches_since_snapshot: int = 0
     _last_snapshot_at: float = field(default_factory=time.monotonic)
@@ -368,7 +396,8 @@ class Trainer:
         if previous is not None:
             await previous  # in fetch order; a failure fails this batch too
         async with self._lock:
-            batch = decoded.after(self.model.offsets, self.dead_lettered)
+            batch = decoded.within(self.model, self.capacity)
+            batch = batch.after(self.model.offsets, self.dead_lettered)
             await self.send_dead_letters(batch)
             await self.train_batch(batch)
         self._start_snapshot()
@@ -379,6 +408,13 @@ class Trainer:
         if not batch.dead_letters:
             return
         await self.dead_letters.send(batch.dead_letters)
+        if not self._full_logged and any(d.kind == "capacity" for d in batch.dead_letters):
+            self._full_logged = True  # one line, not one per rating
+            log.warning(
+                "The model is full (%s): ratings of new users or items are dead-lettered "
+                "(kind capacity); known ones keep training",
+                self.capacity,
+            )
         for letter in batch.dead_letters:
             metrics.DEAD_LETTERS.labels(letter.topic, letter.kind).inc()
             if letter.offset > self.dead_lettered.get(letter.partition, -1):

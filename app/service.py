@@ -63,6 +63,7 @@ from app.topics import (
     topic_specs,
     trainer_group,
 )
+from models.bounds import Capacity
 from models.config import ModelConfig
 from models.wire import (
     Undecodable,
@@ -522,6 +523,7 @@ def trainer_service(
                 store=store,
                 updates=updates,
                 dead_letters=DeadLetterQueue(producer, s.ratings_dlq_topic),
+                capacity=Capacity(s.max_users, s.max_items),
                 dead_lettered=marks,
                 max_bytes=s.max_message_bytes,
                 snapshot_every_batches=s.snapshot_every_batches,
@@ -612,6 +614,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             reply_topics[name] = BulkTopic(name, replies)
         return reply_topics[name]
 
+    known_topics = KnownTopics(kafka_client_options(s))  # one admin client per process
     never_fetch_through_faust(app.consumer, s.requests_topic)
     ingest = Ingest(
         seen=seen,
@@ -626,11 +629,14 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         default_reply=reply_topic(s.responses_topic),
         dlq=ImmediateSink(requests_dlq),
         reply_topic=reply_topic,
-        topic_exists=KnownTopics(kafka_client_options(s)).exists,
+        topic_exists=known_topics.exists,
         # Every topic streamrec owns, except the default reply topic itself.
         forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
         - {s.responses_topic},
         max_bytes=s.max_message_bytes,
+        responses_topic=s.responses_topic,
+        reply_prefixes=s.reply_prefixes,
+        max_reply_bytes=s.max_reply_bytes,
         max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
     )
@@ -668,6 +674,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         try:
             await readers[0].run()
         finally:
+            await known_topics.close()
             await replies.stop()
 
     @app.task

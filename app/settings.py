@@ -16,6 +16,7 @@ import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.bounds import reply_prefix_problem
 from models.config import LOSSES, ModelConfig
 from models.events import MAX_FUTURE_SKEW_SECONDS
 
@@ -58,6 +59,11 @@ KAFKA_CREDENTIAL_FIELDS = (
 """Optional Kafka credentials and TLS files (an empty value means unset)."""
 
 
+MAX_USERS_DEFAULT = 400_000
+MAX_ITEMS_DEFAULT = 100_000
+"""STREAMREC_MAX_USERS/ITEMS defaults: what the k8s/ memory limits hold (docs/deploy.md#sizing)."""
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a raw ValidationError (e.g. from Settings() in a traceback) never
     # prints the values given, which include the secrets; load_settings names them safely.
@@ -93,6 +99,12 @@ class Settings(BaseSettings):
         le=15 * 1024 * 1024,
         description="Largest delta message; a larger batch sends 'snapshot needed' instead",
     )
+    delta_retention_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=32 * 1024 * 1024,
+        description="Most bytes the delta topic keeps (retention.bytes; older segments go "
+        "first); a scorer whose deltas were deleted loads the next snapshot",
+    )
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
@@ -103,6 +115,19 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="A rating whose ts is further than this past its Kafka record's "
         "timestamp is dead-lettered as ts_in_future (ms timestamps, clocks ahead)",
+    )
+    max_reply_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=1_000_000,
+        description="Largest reply sent (under Kafka's 1 MiB default max.message.bytes); "
+        "the request of a larger one is dead-lettered as too_large",
+    )
+    reply_topic_prefixes: str = Field(
+        "",
+        description="Comma-separated prefixes of the topics a request's reply_to may name "
+        "besides the responses topic (empty: only the responses topic); internal topics "
+        "and streamrec's own never",
     )
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
@@ -197,6 +222,18 @@ class Settings(BaseSettings):
         description="Records per Kafka fetch Faust hands a worker's streams at once",
     )
     default_k: int = Field(10, ge=1, le=1000)
+    max_users: int = Field(
+        MAX_USERS_DEFAULT,
+        ge=1,
+        description="Most users the model holds; ratings of new users past it are "
+        "dead-lettered (kind capacity). Sizing: docs/deploy.md",
+    )
+    max_items: int = Field(
+        MAX_ITEMS_DEFAULT,
+        ge=1,
+        description="Most items the model holds; ratings of new items past it are "
+        "dead-lettered (kind capacity). Sizing: docs/deploy.md",
+    )
     session_timeout: float = Field(
         20.0,
         ge=6,
@@ -248,6 +285,20 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
+
+    @field_validator("reply_topic_prefixes")
+    @classmethod
+    def _reply_prefixes(cls, value: str) -> str:
+        for prefix in _split(value):
+            problem = reply_prefix_problem(prefix)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @property
+    def reply_prefixes(self) -> tuple[str, ...]:
+        """STREAMREC_REPLY_TOPIC_PREFIXES as a tuple."""
+        return _split(self.reply_topic_prefixes)
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:
@@ -305,6 +356,10 @@ def read_web_token(token: SecretStr | None, file: Path | None) -> bytes | None:
             "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return value.encode("ascii")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 SECRET_FIELDS = frozenset(

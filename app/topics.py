@@ -91,6 +91,15 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
             1,
             {
                 "retention.ms": str(int(settings.delta_retention_seconds * 1000)),
+                # Deleted a segment at a time: segments of a quarter of the bound (at
+                # least one delta) keep the disk used under 1.25x the bound.
+                "retention.bytes": str(settings.delta_retention_bytes),
+                "segment.bytes": str(
+                    max(
+                        delta_topic_max_bytes(settings),
+                        min(settings.delta_retention_bytes // 4, 1 << 30),
+                    )
+                ),
                 "max.message.bytes": str(delta_topic_max_bytes(settings)),
             },
         ),

@@ -56,8 +56,10 @@ from models.events import (
 from models.scoring import ScoredItem
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
-DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future")
-DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future"]
+DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future", "capacity")
+DlqKind = Literal[
+    "malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future", "capacity"
+]
 
 #: Where a reply's items came from (see :class:`models.scoring.Recommendation`).
 REPLY_SOURCES = ("model", "popularity", "none")

@@ -170,6 +170,8 @@ def isolated_env(
             f"STREAMREC_{name.upper()}_TOPIC": f"{prefix}-{getattr(base, name + '_topic')}"
             for name in TOPIC_FIELDS
         },
+        # Clients' own reply topics: "<responses topic>-<name>" (tests, fault harness).
+        "STREAMREC_REPLY_TOPIC_PREFIXES": f"{prefix}-{base.responses_topic}-",
     }
     env.update({f"STREAMREC_{k.upper()}": str(v) for k, v in overrides.items()})
     return env

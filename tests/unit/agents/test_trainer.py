@@ -22,6 +22,7 @@ import agents.trainer as trainer_module
 from agents.deltas import DeltaPublisher
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
+from models.bounds import Capacity
 from models.config import ModelConfig
 from models.synthetic import generate_ratings
 from models.wire import DeadLetter, ModelDelta, encode_rating
@@ -122,6 +123,7 @@ async def start(
         snapshot_every_batches=kw.pop("snapshot_every_batches", 1000),
         snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
         consumer=consumer,
+        capacity=kw.pop("capacity", Capacity()),
     )
     await trainer.on_assigned({TopicPartition(TOPIC, p) for p in range(PARTITIONS)})
     task = asyncio.create_task(trainer.run(batch_max=kw.pop("batch_max", 500), poll_seconds=0.05))
@@ -371,3 +373,63 @@ def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
     later = batch.after({f"{TOPIC}:0": 4}, {})
     assert [p for p in later.positions] == [(0, 4), (0, 5)] and len(later.dead_letters) == 1
     assert batch.after({}, {0: 99}).dead_letters == []
+
+
+async def test_a_flood_of_new_users_past_the_bound_is_dead_lettered_the_same_after_a_crash(
+    store,
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    known = generate_ratings(30, 20, 300, 4, seed=7)
+    consumer.produce_ratings(known)
+    capacity = Capacity(max_users=40, max_items=25)
+    trainer, task = await start(store, consumer, dlq, capacity=capacity, snapshot_every_batches=1)
+    await until(lambda: trainer.model.trained_events == len(known))
+    await until(lambda: store_has_offsets(trainer))
+    users0 = trainer.model.n_users
+    trainer.snapshot_every_batches = 1 << 30  # no snapshot covers the flood
+    flood = [
+        replace(r, event_id=f"flood-{n}", user=f"fake-{n}", item=r.item if n % 2 else f"new-{n}")
+        for n, r in enumerate(generate_ratings(60, 20, 500, 4, seed=8))
+    ]
+    again_known = [replace(r, event_id=f"again-{r.event_id}") for r in known[:100]]
+    consumer.produce_ratings(flood + again_known)
+    await until(lambda: trainer.model.trained_events == len(known) + 100 + 40 - users0)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    assert trainer.model.n_users == 40 and trainer.model.n_items <= 25
+    sent = len(dlq.letters)
+    assert sent == len(flood) - (40 - users0)
+    assert {d.kind for d in dlq.letters} == {"capacity"}
+    assert all("STREAMREC_MAX_" in d.reason and d.value is not None for d in dlq.letters)
+    values = {encode_rating(r)[1] for r in flood}
+    assert all(d.value in values for d in dlq.letters)  # the original bytes
+    task.cancel()  # a crash before the next snapshot: the flood is read again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq, capacity=capacity)
+    await until(lambda: sum(again.model.offsets.values()) == consumer.end())
+    await stop(again, task)
+    assert again.model.n_users == 40 and again.model.trained_events == trainer.model.trained_events
+    assert len(dlq.letters) == sent  # the same ones refused, none sent twice
+
+
+def test_capacity_letters_keep_offset_order_with_the_other_dead_letters() -> None:
+    records = [
+        FakeMessage(TOPIC, 0, o, *encode_rating(replace(r, user=f"new-{o}")))
+        for o, r in enumerate(generate_ratings(5, 5, 6, 1, seed=1))
+    ]
+    records.insert(3, FakeMessage(TOPIC, 0, 3, b"u1", b"nope"))
+    for n, record in enumerate(records):
+        record.offset = n
+    batch = DecodedBatch.of(records, max_bytes=MAX_BYTES)
+    model = trainer_module.IncrementalModel(CONFIG)
+    within = batch.within(model, Capacity(max_users=2))
+    assert [r.user for r in within.ratings] == ["new-0", "new-1"]
+    assert [(d.offset, d.kind) for d in within.dead_letters] == [
+        (2, "capacity"),
+        (3, "malformed"),
+        (4, "capacity"),
+        (5, "capacity"),
+        (6, "capacity"),
+    ]
+    assert batch.within(model, Capacity()) is batch
