@@ -115,3 +115,11 @@ RESYNCS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+MODEL_REFUSED = Counter(
+    "streamrec_model_refused_total",
+    "Model messages and snapshots refused as untrusted, by what (delta, update, snapshot) "
+    "and why (unsigned, unknown_key, bad_signature; chain: a delta that does not make the "
+    "next version)",
+    ["message", "reason"],
+    registry=REGISTRY,
+)

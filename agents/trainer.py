@@ -53,6 +53,8 @@ from models.evaluation import positive_hits
 from models.events import Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
+from models.signing import Keyring
+from models.snapshot import UntrustedSnapshot, sign_manifest
 from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
 from storage.errors import SnapshotExists
 
@@ -93,7 +95,10 @@ def offset_key(topic: str, partition: int) -> str:
 
 
 async def restore_model(
-    store: SnapshotStore, config: ModelConfig, holder: ModelHolder | None = None
+    store: SnapshotStore,
+    config: ModelConfig,
+    holder: ModelHolder | None = None,
+    keys: Keyring | None = None,
 ) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
@@ -106,6 +111,7 @@ async def restore_model(
     logged, counted and recorded in ``holder`` (``/model/`` shows it), and the newest good
     one is restored instead, so a bad write never makes the trainer crash-loop. If snapshots
     exist but every one is refused, it stops with that error rather than start from nothing.
+    With ``keys``, a snapshot not signed by one of them is refused like a corrupt one.
     """
     latest = await store.latest()
     current = await store.current()
@@ -118,9 +124,11 @@ async def restore_model(
     for version in candidates:
         try:
             payload, manifest = await store.get(version)
-            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
         except REFUSED as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UntrustedSnapshot):
+                metrics.MODEL_REFUSED.labels("snapshot", exc.kind).inc()
             refused.append(f"v{version} ({reason})")
             metrics.MODEL_LOADS.labels("refused").inc()
             if holder is not None:
@@ -257,6 +265,8 @@ class Trainer:
     dead_lettered: dict[int, int] = field(default_factory=dict)
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """Signs snapshot manifests and announcements (deltas: ``deltas.keys``)."""
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -583,6 +593,7 @@ class Trainer:
                 # version; snapshots are write-once.
                 self.model.version += 1
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            manifest = sign_manifest(manifest, self.keys)
             covered_batches = self._batches_since_snapshot
             info = self._info()
             batch_info = {
@@ -635,7 +646,7 @@ class Trainer:
             n_users=info["n_users"],
             n_items=info["n_items"],
             created_at=manifest["created_at"],
-        )
+        ).signed(self.keys)
         key, value = update.encode()
         await self.updates.send(key=key, value=value)
         return uri

@@ -47,7 +47,7 @@ from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
 from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
-from app.settings import Settings, model_config_of
+from app.settings import Settings, model_config_of, model_keys
 from app.stores import store_from_settings
 from app.topics import (
     CATALOG_PARTITIONS,
@@ -63,6 +63,7 @@ from app.topics import (
     trainer_group,
 )
 from models.config import ModelConfig
+from models.signing import DEV_KEY, Keyring
 from models.wire import (
     Undecodable,
     catalog_item_body,
@@ -194,6 +195,24 @@ def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     )
 
 
+_dev_key_said = False
+
+
+def worker_model_keys(settings: Settings) -> Keyring:
+    """:func:`app.settings.model_keys`; with no key set, the warning that the dev key is
+    used goes to the log once per process."""
+    global _dev_key_said
+    keys = model_keys(settings)
+    if keys.signing == DEV_KEY and not _dev_key_said:
+        _dev_key_said = True
+        log.warning(
+            "No STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE: model deltas, announcements "
+            "and snapshots are signed with the fixed dev key, which anyone can forge; set a "
+            "secret key outside development (docs/deploy.md, 'Model key')"
+        )
+    return keys
+
+
 def create_app(settings: Settings, role: str | None = None) -> faust.App:
     role = role or settings.role
     if role not in ROLES:
@@ -253,7 +272,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         deltas = None
         if role == "trainer":  # in one process the scorer shares the trainer's own view
             deltas = DeltaPublisher(
-                ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
+                ImmediateSink(topics[settings.model_deltas_topic]),
+                settings.delta_max_bytes,
+                keys=worker_model_keys(settings),
             )
         _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
@@ -500,7 +521,8 @@ def trainer_service(
         async def on_start(self) -> None:
             self._stack = contextlib.AsyncExitStack()
             store = await self._stack.enter_async_context(store_from_settings(s))
-            model = await restore_model(store, model_config(s), runtime.holder)
+            keys = worker_model_keys(s)
+            model = await restore_model(store, model_config(s), runtime.holder, keys)
             marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
             own = OwnProducer(options)
             producer = await own.start()
@@ -526,6 +548,7 @@ def trainer_service(
                 snapshot_every_seconds=s.snapshot_every_seconds,
                 deltas=deltas,
                 consumer=consumer,
+                keys=keys,
             )
             await consumer.start()
             self._stack.push_async_callback(consumer.stop)
@@ -710,5 +733,6 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
                     s.model_updates_topic,
                     deltas_topic=s.model_deltas_topic,
                     max_delta_bytes=delta_topic_max_bytes(s),
+                    keys=worker_model_keys(s),
                 )
                 await follower.run()

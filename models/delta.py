@@ -18,7 +18,8 @@ The chain
 its versions may repeat those of the run before it, and only ``(lineage, version)``
 names a state. Every delta also says where its lineage began: ``origin`` (the snapshot
 version the run restored, :data:`FRESH` for an empty model) and ``start`` (the run's
-first base version). :func:`next_step` is the one rule a scorer follows.
+first base version). Every delta makes exactly the next version (``version ==
+base_version + 1``). :func:`next_step` is the one rule a scorer follows.
 
 Encoding
 --------
@@ -313,7 +314,7 @@ def check_applies(delta: ModelDelta, *, version: int, n_users: int, n_items: int
 
 
 # --- the chain rule ---------------------------------------------------------------------
-Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore"]
+Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +347,13 @@ def next_step(chain: Chain, delta: ModelDelta) -> Step:
     * ``reload_origin`` — the first delta of a new lineage that began from another
       snapshot: load that snapshot, then join;
     * ``resync`` — a gap: load the newest snapshot and read on from where it ends;
-    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win.
+    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win;
+    * ``refuse`` — it does not extend a chain by exactly one version (``version !=
+      base_version + 1``): no trainer writes it; dropped, and the chain goes on as if it
+      had never been read (a huge version must not make the real deltas look old).
     """
+    if delta.version != delta.base_version + 1:
+        return "refuse"
     if chain.target is not None and delta.lineage != chain.target:
         return "skip"
     if delta.lineage == chain.lineage:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -49,6 +49,7 @@ from models.events import (
     parse_request,
 )
 from models.scoring import ScoredItem
+from models.signing import Keyring, check_fields, seal, sign_fields, verify
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
 DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
@@ -238,6 +239,9 @@ class Reply:
 
 # --- model updates ---------------------------------------------------------------------
 MODEL_UPDATE_KEY = b"model"
+UPDATE_PURPOSE = "model-update"
+DELTA_PURPOSE = "delta"
+"""What the signatures of announcements and of deltas are for (:mod:`models.signing`)."""
 """The one key of the compacted ``model-updates`` topic: the latest announcement wins."""
 
 
@@ -255,6 +259,19 @@ class ModelUpdate:
     chain_version: int | None = None
     """The version of the last delta the snapshot includes (scorers that got there by
     deltas need not load it)."""
+    signature: str | None = None
+    """``"<key id>:<hex HMAC>"`` over the other fields (:mod:`models.signing`): made by
+    :meth:`signed` (the trainer, ``streamrec models promote/rollback``), checked by
+    :meth:`check` (every scorer, before acting on it)."""
+
+    def signed(self, keys: Keyring) -> ModelUpdate:
+        """This announcement signed with ``keys``' signing key."""
+        body = self.to_dict()
+        return replace(self, signature=sign_fields(body, keys, purpose=UPDATE_PURPOSE))
+
+    def check(self, keys: Keyring) -> None:
+        """Raise :class:`models.signing.SignatureError` unless a key of ``keys`` signed it."""
+        check_fields(self.to_dict(), keys, purpose=UPDATE_PURPOSE)
 
     @property
     def reason(self) -> str | None:
@@ -292,6 +309,9 @@ class ModelUpdate:
         if not isinstance(metrics, dict):
             raise Undecodable("invalid", "model update metrics must be an object")
         lineage, chain_version = obj.get("lineage"), obj.get("chain_version")
+        signature = obj.get("signature")
+        if signature is not None and not isinstance(signature, str):
+            raise Undecodable("invalid", "model update signature must be a string")
         if lineage is not None and not isinstance(lineage, str):
             raise Undecodable("invalid", "model update lineage must be a string")
         if chain_version is not None and (
@@ -306,6 +326,7 @@ class ModelUpdate:
             metrics=metrics,
             lineage=lineage,
             chain_version=chain_version,
+            signature=signature,
         )
 
 
@@ -340,6 +361,16 @@ def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: in
 def delta_key(delta: ModelDelta) -> bytes:
     """The Kafka key of a delta message: its lineage (the topic has one partition)."""
     return delta.lineage.encode()
+
+
+def seal_delta(raw: bytes, keys: Keyring) -> bytes:
+    """A delta's value on the topic: its encoding signed by the trainer."""
+    return seal(raw, keys, purpose=DELTA_PURPOSE)
+
+
+def open_delta(value: bytes | None, keys: Keyring) -> bytes:
+    """The encoded delta in a signed value, or :class:`models.signing.SignatureError`."""
+    return verify(value, keys, purpose=DELTA_PURPOSE)
 
 
 # --- dead letters ----------------------------------------------------------------------

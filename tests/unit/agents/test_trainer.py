@@ -23,11 +23,18 @@ from agents.deltas import DeltaPublisher
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.config import ModelConfig
+from models.signing import Keyring
 from models.synthetic import generate_ratings
-from models.wire import DeadLetter, ModelDelta, encode_rating
+from models.wire import DeadLetter, ModelDelta, encode_rating, open_delta
 from storage import SnapshotStore, open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSink
 from tests.unit.agents.test_deltas import ListSink
+
+
+def opened(raw: bytes | None) -> ModelDelta:
+    """The delta in a signed delta message (the trainer signs with the dev key here)."""
+    return ModelDelta.decode(open_delta(raw, Keyring.dev()))
+
 
 TOPIC = "ratings"
 PARTITIONS = 4
@@ -237,8 +244,8 @@ async def test_a_consolidations_delta_gets_its_snapshot_without_waiting_for_a_ti
     trainer, task = await start(store, consumer, dlq, batch_max=1000, config=config)
     sink = ListSink()
     trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20)
-    await until(lambda: any(ModelDelta.decode(raw).replaces_neighbours for _, raw in sink.sent))
-    delta = ModelDelta.decode(sink.sent[-1][1])
+    await until(lambda: any(opened(raw).replaces_neighbours for _, raw in sink.sent))
+    delta = opened(sink.sent[-1][1])
     assert not delta.snapshot_needed
     assert delta.rows_touched == delta.n_users + delta.n_items  # every row
     marker = delta.version

@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.config import ModelConfig
 from models.delta import FRESH, MAGIC, Chain, DeltaError, ModelDelta, check_applies, next_step
@@ -242,10 +244,43 @@ def d(lineage="L", base=5, version=6, origin=3, start=3):
         # catching up to a target lineage: others are skipped, even our own
         (Chain("old", 3, 3, target="L"), d("old", 3, 4), "skip"),
         (Chain("old", 3, 3, target="L"), d("L", 3, 4), "join"),
+        # a delta must make exactly the next version: a forged huge one is refused, on the
+        # live lineage (it would make every real delta after it look applied) or another
+        (Chain("L", 5, None), d("L", 5, 10**15), "refuse"),
+        (Chain("L", 5, None), d("L", 5, 7), "refuse"),
+        (Chain("L", 5, 5, pinned=True), d("L", 5, 10**15), "refuse"),
+        (Chain("old", 3, 3), d("L", 3, 10**15), "refuse"),
+        (Chain("old", 3, 3, target="L"), d("L", 3, 10**15), "refuse"),
+        (Chain(), d("L", 0, 2, origin=FRESH, start=0), "refuse"),
     ],
 )
 def test_next_step(chain, delta, step):
     assert next_step(chain, delta) == step
+
+
+def test_a_refused_delta_leaves_the_chain_to_the_real_ones():
+    chain = Chain("L", 5, None)
+    assert next_step(chain, d("L", 5, 10**15)) == "refuse"  # the scorer keeps `chain`
+    real = d("L", 5, 6)
+    assert next_step(chain, real) == "apply"
+    assert next_step(chain.applied(real), d("L", 6, 7)) == "apply"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    served=st.integers(0, 10**6),
+    base=st.integers(0, 10**6),
+    ahead=st.integers(1, 10**30),
+    lineage=st.sampled_from(["L", "other"]),
+    pinned=st.booleans(),
+)
+def test_only_a_one_version_step_is_ever_applied(served, base, ahead, lineage, pinned):
+    chain = Chain("L", served, None, pinned)
+    step = next_step(chain, d(lineage, base, base + ahead, origin=base, start=base))
+    if step in ("apply", "join"):
+        assert ahead == 1
+    if ahead != 1:
+        assert step == "refuse"
 
 
 def test_chain_after_apply_forgets_the_snapshot_and_target():
