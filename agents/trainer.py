@@ -591,7 +591,7 @@ class Trainer:
             if self.model.version == self._snapshot_version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
-                self.model.version += 1
+                await self._next_version()
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
             manifest = sign_manifest(manifest, self.keys)
             covered_batches = self._batches_since_snapshot
@@ -606,7 +606,9 @@ class Trainer:
             raise
         except Exception as exc:
             if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
-                self.model.version = max(self.model.version, manifest["version"] + 1)
+                async with self._lock:
+                    if self.model.version <= manifest["version"]:
+                        await self._next_version()
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
@@ -627,6 +629,15 @@ class Trainer:
             manifest["offsets"],
         )
         return True
+
+    async def _next_version(self) -> None:
+        """A new version without trained rows, carried to the scorers by a delta without
+        rows: every delta makes exactly the next version (:func:`models.delta.next_step`
+        refuses any other step). Called under the lock."""
+        self.model.version += 1
+        view = self.model.view()
+        self.holder.publish(view, **self._info())
+        await self._publish_delta(view)
 
     async def _write_snapshot(
         self,

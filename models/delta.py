@@ -19,7 +19,8 @@ its versions may repeat those of the run before it, and only ``(lineage, version
 names a state. Every delta also says where its lineage began: ``origin`` (the snapshot
 version the run restored, :data:`FRESH` for an empty model) and ``start`` (the run's
 first base version). Every delta makes exactly the next version (``version ==
-base_version + 1``). :func:`next_step` is the one rule a scorer follows.
+base_version + 1``), except a run's first (it may continue after the newest version in
+the store). :func:`next_step` is the one rule a scorer follows.
 
 Encoding
 --------
@@ -348,11 +349,14 @@ def next_step(chain: Chain, delta: ModelDelta) -> Step:
       snapshot: load that snapshot, then join;
     * ``resync`` — a gap: load the newest snapshot and read on from where it ends;
     * ``ignore`` — pinned by promote/rollback: deltas of other states do not win;
-    * ``refuse`` — it does not extend a chain by exactly one version (``version !=
+    * ``refuse`` — it does not extend its chain by exactly one version (``version !=
       base_version + 1``): no trainer writes it; dropped, and the chain goes on as if it
-      had never been read (a huge version must not make the real deltas look old).
+      had never been read (a huge version must not make the real deltas look old). Only
+      a run's first delta (a new lineage, ``base_version == start``) may make a later
+      version: a restored trainer's versions continue after the newest in the store.
     """
-    if delta.version != delta.base_version + 1:
+    first_of_run = delta.lineage != chain.lineage and delta.base_version == delta.start
+    if delta.version != delta.base_version + 1 and not first_of_run:
         return "refuse"
     if chain.target is not None and delta.lineage != chain.target:
         return "skip"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.config import ModelConfig
 from models.signing import Keyring
 from models.synthetic import generate_ratings
-from models.wire import DeadLetter, ModelDelta, encode_rating, open_delta
+from models.wire import DeadLetter, ModelDelta, ModelUpdate, encode_rating, open_delta
 from storage import SnapshotStore, open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSink
 from tests.unit.agents.test_deltas import ListSink
@@ -378,3 +379,36 @@ def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
     later = batch.after({f"{TOPIC}:0": 4}, {})
     assert [p for p in later.positions] == [(0, 4), (0, 5)] and len(later.dead_letters) == 1
     assert batch.after({}, {0: 99}).dead_letters == []
+
+
+async def test_every_delta_makes_the_next_version_and_everything_is_signed(store) -> None:
+    """A snapshot of moved offsets only (a batch of invalid ratings) needs a new version:
+    a delta without rows carries it, so the chain never skips one (next_step refuses any
+    other step). Snapshots and their announcements are signed with the trainer's key."""
+    keys = Keyring(b"the trainer's own model key")
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    consumer.produce_ratings(generate_ratings(50, 20, 200, 2, seed=7))
+    trainer, task = await start(store, consumer, dlq)
+    trainer.keys = keys
+    sink = ListSink()
+    trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20, keys=keys)
+    await until(lambda: trainer.model.trained_events == 200)
+    await trainer.snapshot_now("test")
+    for key, value, _ in bad_messages():  # offsets move, no rows
+        consumer.produce(key, value, partition=1)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    await trainer.snapshot_now("test")
+    consumer.produce_ratings(generate_ratings(50, 20, 260, 2, seed=8)[200:])
+    await until(lambda: trainer.model.trained_events == 260)
+    await stop(trainer, task)
+    deltas = [ModelDelta.decode(open_delta(raw, keys)) for _, raw in sink.sent]
+    assert any(d.rows_touched == 0 for d in deltas)  # the offsets-only version's
+    steps = itertools.pairwise(deltas)
+    assert all(b.version == a.version + 1 == b.base_version + 1 for a, b in steps)
+    restored = await restore_model(store, CONFIG, keys=keys)  # signed: restored
+    assert restored.version == await store.latest()
+    with pytest.raises(RuntimeError, match="untrusted snapshot"):
+        await restore_model(store, CONFIG, keys=Keyring(b"some other key, not the trainer's"))
+    assert trainer.updates.sent
+    for sent in trainer.updates.sent:
+        ModelUpdate.parse(sent["value"]).check(keys)
