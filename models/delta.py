@@ -307,8 +307,8 @@ def check_applies(delta: ModelDelta, *, version: int, n_users: int, n_items: int
         if int(np.count_nonzero(rows >= n_old)) != n_new - n_old:
             raise DeltaError(f"{rows_name} do not set every new row")
     for name in ("user_embeddings", "item_embeddings"):
-        array = getattr(delta, name)
-        if len(array) and array.shape[1] != k:
+        array = getattr(delta, name)  # empty ones too: (0, 0) made with_delta raise
+        if array.shape[1] != k:
             raise DeltaError(f"{name} have {array.shape[1]} components, the view has {k}")
     if (delta.user_positives < 0).any() or (delta.popularity_values < 0).any():
         raise DeltaError("user positives and popularity must be >= 0")

@@ -177,6 +177,29 @@ def test_a_delta_that_does_not_fit_changes_nothing():
     assert view.version == deltas[0].version and view.n_users == deltas[0].n_users
 
 
+def test_a_delta_without_rows_of_the_wrong_width_is_refused_not_a_crash():
+    # Found by the forged-delta test: empty (0, 0) embeddings passed the width check and
+    # made with_delta raise a ValueError, which restarted the scorer's follower in a loop.
+    model, _ = trained(1)
+    view = model.view()
+    empty = ModelDelta(
+        lineage="L",
+        origin=-1,
+        start=0,
+        base_version=view.version,
+        version=view.version + 1,
+        n_users=view.n_users,
+        n_items=view.n_items,
+        trained_events=0,
+    )
+    with pytest.raises(DeltaError, match="components"):
+        view.with_delta(empty)
+    k = view.no_components
+    fits = replace(empty, user_embeddings=np.zeros((0, k), np.float32))
+    fits = replace(fits, item_embeddings=np.zeros((0, k), np.float32))
+    assert view.with_delta(fits).version == view.version + 1
+
+
 def test_check_applies_refuses_inconsistent_rows():
     _, (delta, *_) = trained(1)
     fits = dict(version=0, n_users=0, n_items=0, k=8)
