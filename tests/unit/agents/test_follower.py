@@ -416,3 +416,24 @@ async def test_unsigned_legacy_snapshots_load_only_when_allowed(
     follower.keys = Keyring(KEYS.signing, allow_unsigned_snapshots=True)
     assert await follower.load(manifest["version"], None, seek=False)
     assert follower.holder.view.version == manifest["version"]
+
+
+async def test_rotation_old_and_new_keys_verify_until_the_old_one_is_dropped(
+    follower: ModelFollower,
+) -> None:
+    old, new = Keyring(b"the old model key, 2025"), Keyring(b"the new model key, 2026")
+    trainer = Trainer()
+    follower.keys = Keyring(new.signing, (old.signing,))  # step 1: scorers verify both
+
+    def signed(keys: Keyring, seed: int) -> Record:
+        record = trainer.batch(seed)
+        record.value = seal_delta(open_delta(record.value, KEYS), keys)
+        return record
+
+    await follower.on_delta(signed(old, 0))  # the trainer still signs with the old key
+    await follower.on_delta(signed(new, 1))  # step 2: it switched
+    assert follower.holder.view.version == 2 and "refused" not in follower.holder.info
+    follower.keys = new  # step 3: the old key dropped
+    assert not await follower.on_delta(signed(old, 2))
+    assert follower.holder.view.version == 2
+    assert follower.holder.info["refused"]["last"]["kind"] == "unknown_key"
