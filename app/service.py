@@ -274,7 +274,7 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
             deltas = DeltaPublisher(
                 ImmediateSink(topics[settings.model_deltas_topic]),
                 settings.delta_max_bytes,
-                keys=worker_model_keys(settings),
+                keys=model_keys(settings),  # said in the log when the trainer starts
             )
         _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
