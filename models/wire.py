@@ -301,7 +301,15 @@ class ModelUpdate:
 
     @classmethod
     def parse(cls, value: bytes | None, *, max_bytes: int = 1 << 20) -> ModelUpdate:
-        obj = decode_object(value, max_bytes=max_bytes)
+        """An announcement read from ``model-updates`` (anyone may write there: whatever it
+        holds is refused with :class:`Undecodable`, never another error), not yet trusted:
+        :meth:`check` its signature before acting on it."""
+        try:
+            obj = decode_object(value, max_bytes=max_bytes)
+        except Undecodable:
+            raise
+        except ValueError as exc:  # an integer past 4,300 digits, say
+            raise Undecodable("malformed", f"not valid JSON: {exc}") from None
         version = obj.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise Undecodable("invalid", f"model update without a valid version: {version!r}")
@@ -312,6 +320,9 @@ class ModelUpdate:
         signature = obj.get("signature")
         if signature is not None and not isinstance(signature, str):
             raise Undecodable("invalid", "model update signature must be a string")
+        trained = obj.get("trained_events") or 0
+        if isinstance(trained, bool) or not isinstance(trained, int) or trained < 0:
+            raise Undecodable("invalid", "model update trained_events must be an int >= 0")
         if lineage is not None and not isinstance(lineage, str):
             raise Undecodable("invalid", "model update lineage must be a string")
         if chain_version is not None and (
@@ -322,7 +333,7 @@ class ModelUpdate:
             version=version,
             uri=str(obj.get("uri", "")),
             sha256=str(obj.get("sha256", "")),
-            trained_events=int(obj.get("trained_events") or 0),
+            trained_events=trained,
             metrics=metrics,
             lineage=lineage,
             chain_version=chain_version,

@@ -243,3 +243,42 @@ def test_rotation_accepts_old_and_new_then_only_new(model):
         open_delta(delta_old, NEW)
     with pytest.raises(SignatureError):
         update().signed(OLD).check(NEW)
+
+
+HOSTILE = st.one_of(
+    st.integers(min_value=-(10**5000), max_value=10**5000),
+    st.floats(),
+    st.text(alphabet=st.characters(codec=None, categories=None)),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(
+            ["version", "uri", "sha256", "trained_events", "metrics", "lineage", "signature"]
+        ),
+        HOSTILE,
+    ),
+    huge=st.booleans(),
+)
+def test_any_announcement_is_parsed_or_refused_never_a_crash(fields, huge):
+    """Anyone can write to model-updates: huge integers, NaN, lone surrogates, wrong types
+    are Undecodable or unsigned (on main some raised ValueError/OverflowError, which
+    restarted the follower in a loop)."""
+    body = {"version": 3, **fields}
+    if huge:
+        body["metrics"] = {"reason": "rollback", "n": 10**5000}
+    try:
+        text = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
+    except ValueError:  # the stdlib refuses to write integers past 4,300 digits itself
+        text = b'{"version": 3, "trained_events": ' + b"9" * 5000 + b"}"
+    try:
+        update = ModelUpdate.parse(text)
+    except Undecodable:
+        return
+    with pytest.raises(SignatureError):
+        update.check(OLD)
