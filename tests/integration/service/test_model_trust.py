@@ -8,12 +8,16 @@ first snapshot, unsigned and signed with another key. The scorers refuse all of 
 (``streamrec_model_refused_total``, ``/model/``'s ``refused``), are not pinned, and keep
 applying the trainer's real deltas: their version keeps advancing with the trainer's. A
 scorer started after the forgery (the forged rollback is the newest announcement on the
-compacted topic) is not fooled either.
+compacted topic) is not fooled either. The operator's own rollback (``streamrec models
+rollback``, holding the key) is signed, and followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -166,3 +170,21 @@ def test_forged_deltas_and_rollbacks_are_refused_and_real_deltas_go_on(
             assert body["deltas"]["lineage"] == lineage
     finally:
         late.stop()
+
+    # The operator's rollback (the CLI, holding the key) is signed: the scorers follow it.
+    run = subprocess.run(
+        [sys.executable, "-m", "app.cli", "models", "rollback", "--to", str(first)],
+        env={**os.environ, **deployment.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and "announced" in run.stdout, run.stderr
+    wait_for(
+        lambda: all(
+            info(s).get("version") == first and info(s)["deltas"]["pinned"]
+            for s in deployment.scorers
+        ),
+        timeout=30,
+        what=f"scorers to serve the operator's rollback to v{first}",
+    )
