@@ -28,6 +28,8 @@ Encoding
 each array's dtype, shape and offset; arrays are raw little-endian bytes, 8-byte aligned.
 Decoding checks the checksum, then accepts only the expected arrays with their fixed
 dtypes: no pickle, no object arrays, nothing allocated beyond the message's own size.
+On the topic the encoding travels signed by the trainer (:func:`models.wire.seal_delta`,
+:mod:`models.signing`); the checksum only proves it is intact, the signature who wrote it.
 """
 
 from __future__ import annotations
