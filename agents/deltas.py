@@ -22,14 +22,15 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
 from agents.ports import Sink
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
-from models.wire import DeltaError, ModelDelta, delta_key
+from models.signing import Keyring
+from models.wire import DeltaError, ModelDelta, delta_key, seal_delta
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class DeltaPublisher:
 
     sink: Sink  # model-deltas; send() must not wait for the batch's events to be acked
     max_bytes: int
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """Every delta is signed with ``keys.signing`` (scorers refuse what is not)."""
 
     async def publish(self, model: IncrementalModel, view: ScoringView) -> dict[str, Any] | None:
         """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
@@ -60,11 +63,11 @@ class DeltaPublisher:
                 delta.version,
                 refused,
             )
-            raw = delta.as_marker().encode()
+            raw = self._encode(delta.as_marker())
         elif delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
-            raw = await asyncio.to_thread(delta.encode)
+            raw = await asyncio.to_thread(self._encode, delta)
         else:
-            raw = delta.encode()
+            raw = self._encode(delta)
         marker = refused is not None
         if not marker and len(raw) > self.max_bytes:
             marker = True
@@ -74,7 +77,7 @@ class DeltaPublisher:
                 len(raw),
                 self.max_bytes,
             )
-            raw = delta.as_marker().encode()
+            raw = self._encode(delta.as_marker())
         elif not marker and delta.replaces_neighbours:
             log.info(
                 "Delta v%d (a consolidation, %d rows) sent; its blending neighbours follow "
@@ -122,6 +125,9 @@ class DeltaPublisher:
         except DeltaError as exc:
             return str(exc)
         return None
+
+    def _encode(self, delta: ModelDelta) -> bytes:
+        return seal_delta(delta.encode(), self.keys)
 
     async def _send(self, delta: ModelDelta, raw: bytes) -> int | None:
         """Send and wait for the broker's ack; the record's offset (if the sink reports it)."""

@@ -119,7 +119,15 @@ RESYNCS = Counter(
 SNAPSHOT_REQUESTS = Counter(
     "streamrec_snapshot_requests_total",
     "Snapshots asked for on model-requests by scorers whose delta chain broke, by outcome "
-    "(sent by a scorer; answered or rate_limited by the trainer)",
+    "(sent by a scorer; answered, rate_limited, malformed or untrusted at the trainer)",
     ["outcome"],
+)
+
+MODEL_REFUSED = Counter(
+    "streamrec_model_refused_total",
+    "Model messages and snapshots refused as untrusted, by what (delta, update, snapshot) "
+    "and why (unsigned, unknown_key, bad_signature; chain: a delta that does not make the "
+    "next version)",
+    ["message", "reason"],
     registry=REGISTRY,
 )

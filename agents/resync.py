@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -28,7 +28,13 @@ from agents import metrics
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Sink
 from models.delta import Chain
-from models.wire import SnapshotRequest, Undecodable
+from models.signing import Keyring, SignatureError
+from models.wire import (
+    SnapshotRequest,
+    Undecodable,
+    open_snapshot_request,
+    seal_snapshot_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class SnapshotAsker:
 
     sink: Sink  # model-requests
     every: float = ASK_EVERY
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)  # signs the requests
     _last: float = -math.inf
 
     async def ask(self, reason: str, chain: Chain) -> bool:
@@ -57,7 +64,8 @@ class SnapshotAsker:
         if now - self._last < self.every:
             return False
         self._last = now
-        key, value = SnapshotRequest(reason, time.time(), chain.lineage, chain.version).encode()
+        request = SnapshotRequest(reason, time.time(), chain.lineage, chain.version)
+        key, value = seal_snapshot_request(request, self.keys)
         try:
             await self.sink.send(key=key, value=value)
         except asyncio.CancelledError:
@@ -77,6 +85,7 @@ async def serve_snapshot_requests(
     topic: str,
     on_request: Callable[[SnapshotRequest], object],
     *,
+    keys: Keyring,
     max_age: float = REQUEST_MAX_AGE,
     retry_seconds: float = 5.0,
 ) -> None:
@@ -84,7 +93,7 @@ async def serve_snapshot_requests(
     with every fresh, well-formed request (a broken connection is logged and retried)."""
     await retry_forever(
         "Reading snapshot requests",
-        functools.partial(_serve, kafka, topic, on_request, max_age),
+        functools.partial(_serve, kafka, topic, on_request, keys, max_age),
         retry_seconds,
     )
 
@@ -93,6 +102,7 @@ async def _serve(
     kafka: KafkaOptions,
     topic: str,
     on_request: Callable[[SnapshotRequest], object],
+    keys: Keyring,
     max_age: float,
 ) -> None:
     parts: list[int] = []
@@ -106,18 +116,19 @@ async def _serve(
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
-        warned = False
+        warned: set[str] = set()
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             for messages in batch.values():
                 for message in messages:
                     try:
-                        request = SnapshotRequest.parse(message.value)
-                    except Undecodable as exc:  # logged once; a flood is not a log flood
-                        metrics.SNAPSHOT_REQUESTS.labels("malformed").inc()
-                        if not warned:
-                            log.warning("Ignoring malformed snapshot requests: %s", exc)
-                            warned = True
+                        request = open_snapshot_request(message.value, keys)
+                    except (Undecodable, SignatureError) as exc:  # one log line per kind
+                        kind = "untrusted" if isinstance(exc, SignatureError) else "malformed"
+                        metrics.SNAPSHOT_REQUESTS.labels(kind).inc()
+                        if kind not in warned:
+                            log.warning("Ignoring %s snapshot requests: %s", kind, exc)
+                            warned.add(kind)
                         continue
                     if time.time() - request.at > max_age:
                         continue

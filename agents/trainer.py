@@ -56,6 +56,8 @@ from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
+from models.signing import Keyring
+from models.snapshot import UntrustedSnapshot, sign_manifest
 from models.wire import DeadLetter, ModelUpdate, SnapshotRequest, Undecodable, decode_rating
 from storage.errors import SnapshotExists
 
@@ -96,7 +98,10 @@ def offset_key(topic: str, partition: int) -> str:
 
 
 async def restore_model(
-    store: SnapshotStore, config: ModelConfig, holder: ModelHolder | None = None
+    store: SnapshotStore,
+    config: ModelConfig,
+    holder: ModelHolder | None = None,
+    keys: Keyring | None = None,
 ) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
@@ -109,6 +114,7 @@ async def restore_model(
     logged, counted and recorded in ``holder`` (``/model/`` shows it), and the newest good
     one is restored instead, so a bad write never makes the trainer crash-loop. If snapshots
     exist but every one is refused, it stops with that error rather than start from nothing.
+    With ``keys``, a snapshot not signed by one of them is refused like a corrupt one.
     """
     latest = await store.latest()
     current = await store.current()
@@ -121,9 +127,11 @@ async def restore_model(
     for version in candidates:
         try:
             payload, manifest = await store.get(version)
-            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
         except REFUSED as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UntrustedSnapshot):
+                metrics.MODEL_REFUSED.labels("snapshot", exc.kind).inc()
             refused.append(f"v{version} ({reason})")
             metrics.MODEL_LOADS.labels("refused").inc()
             if holder is not None:
@@ -303,6 +311,8 @@ class Trainer:
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
     capacity: Capacity = field(default_factory=Capacity)  # the most users and items
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """Signs snapshot manifests and announcements (deltas: ``deltas.keys``)."""
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
     #: How far past its record's timestamp a rating's ``ts`` may be (else ``ts_in_future``).
@@ -676,8 +686,9 @@ class Trainer:
             if self.model.version == self._snapshot_version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
-                self.model.version += 1
+                await self._next_version()
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            manifest = sign_manifest(manifest, self.keys)
             covered_batches = self._batches_since_snapshot
             info = self._info()
             batch_info = {
@@ -690,7 +701,9 @@ class Trainer:
             raise
         except Exception as exc:
             if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
-                self.model.version = max(self.model.version, manifest["version"] + 1)
+                async with self._lock:
+                    if self.model.version <= manifest["version"]:
+                        await self._next_version()
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
@@ -712,6 +725,15 @@ class Trainer:
         )
         return True
 
+    async def _next_version(self) -> None:
+        """A new version without trained rows, carried to the scorers by a delta without
+        rows: every delta makes exactly the next version (:func:`models.delta.next_step`
+        refuses any other step). Called under the lock."""
+        self.model.version += 1
+        view = self.model.view()
+        self.holder.publish(view, **self._info())
+        await self._publish_delta(view)
+
     async def _write_snapshot(
         self,
         payload: bytes,
@@ -730,7 +752,7 @@ class Trainer:
             n_users=info["n_users"],
             n_items=info["n_items"],
             created_at=manifest["created_at"],
-        )
+        ).signed(self.keys)
         key, value = update.encode()
         await self.updates.send(key=key, value=value)
         return uri

@@ -48,7 +48,7 @@ from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
 from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
-from app.settings import Settings, model_config_of
+from app.settings import Settings, model_config_of, model_keys
 from app.stores import store_from_settings
 from app.topics import (
     CATALOG_PARTITIONS,
@@ -65,6 +65,7 @@ from app.topics import (
 )
 from models.bounds import Capacity
 from models.config import ModelConfig
+from models.signing import DEV_KEY, Keyring
 from models.wire import (
     Undecodable,
     catalog_item_body,
@@ -196,6 +197,24 @@ def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     )
 
 
+_dev_key_said = False
+
+
+def worker_model_keys(settings: Settings) -> Keyring:
+    """:func:`app.settings.model_keys`; with no key set, the warning that the dev key is
+    used goes to the log once per process."""
+    global _dev_key_said
+    keys = model_keys(settings)
+    if keys.signing == DEV_KEY and not _dev_key_said:
+        _dev_key_said = True
+        log.warning(
+            "No STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE: model deltas, announcements "
+            "and snapshots are signed with the fixed dev key, which anyone can forge; set a "
+            "secret key outside development (docs/deploy.md, 'Model key')"
+        )
+    return keys
+
+
 def create_app(settings: Settings, role: str | None = None) -> faust.App:
     role = role or settings.role
     if role not in ROLES:
@@ -255,7 +274,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         deltas = None
         if role == "trainer":  # in one process the scorer shares the trainer's own view
             deltas = DeltaPublisher(
-                ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
+                ImmediateSink(topics[settings.model_deltas_topic]),
+                settings.delta_max_bytes,
+                keys=model_keys(settings),  # said in the log when the trainer starts
             )
         _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
@@ -503,7 +524,8 @@ def trainer_service(
         async def on_start(self) -> None:
             self._stack = contextlib.AsyncExitStack()
             store = await self._stack.enter_async_context(store_from_settings(s))
-            model = await restore_model(store, model_config(s), runtime.holder)
+            keys = worker_model_keys(s)
+            model = await restore_model(store, model_config(s), runtime.holder, keys)
             marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
             own = OwnProducer(options)
             producer = await own.start()
@@ -531,6 +553,7 @@ def trainer_service(
                 deltas=deltas,
                 consumer=consumer,
                 max_future_skew=s.max_future_skew_seconds,
+                keys=keys,
             )
             await consumer.start()
             self._stack.push_async_callback(consumer.stop)
@@ -545,7 +568,10 @@ def trainer_service(
             if deltas is not None:  # scorers follow deltas: they may ask for a snapshot
                 self._requests = asyncio.create_task(
                     serve_snapshot_requests(
-                        options, s.model_requests_topic, runtime.trainer.snapshot_requested
+                        options,
+                        s.model_requests_topic,
+                        runtime.trainer.snapshot_requested,
+                        keys=runtime.trainer.keys,
                     )
                 )
 
@@ -723,6 +749,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
 
         @app.task
         async def follow_model_updates() -> None:
+            keys = worker_model_keys(s)
             async with store_from_settings(s) as store:
                 follower = ModelFollower(
                     runtime.holder,
@@ -731,6 +758,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
                     s.model_updates_topic,
                     deltas_topic=s.model_deltas_topic,
                     max_delta_bytes=delta_topic_max_bytes(s),
-                    asker=SnapshotAsker(ImmediateSink(runtime.topics[s.model_requests_topic])),
+                    asker=SnapshotAsker(
+                        ImmediateSink(runtime.topics[s.model_requests_topic]), keys=keys
+                    ),
+                    keys=keys,
                 )
                 await follower.run()

@@ -19,6 +19,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from models.bounds import reply_prefix_problem
 from models.config import LOSSES, ModelConfig
 from models.events import MAX_FUTURE_SKEW_SECONDS
+from models.signing import DEV_KEY, Keyring, parse_keys
+
+MIN_KEY_CHARS = 16
+"""The shortest model key accepted (a secret, not a password to remember)."""
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,6 +161,25 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("streamrec-dev-secret")
     s3_max_attempts: int = Field(5, ge=1, description="botocore retry attempts")
 
+    # --- Model signing (models.signing; docs/deploy.md "Model key") ---------------------
+    model_key: SecretStr | None = Field(
+        None,
+        description="Secret (>= 16 characters) that signs and verifies model deltas, "
+        "announcements and snapshots (HMAC-SHA256); unset with no file: a fixed dev key",
+    )
+    model_key_file: Path | None = Field(
+        None, description="File holding the model key (a mounted secret), instead of the var"
+    )
+    model_verify_keys_file: Path | None = Field(
+        None,
+        description="File of further keys, one per line, that verify but never sign (key rotation)",
+    )
+    allow_unsigned_snapshots: bool = Field(
+        False,
+        description="Load snapshots that carry no signature (stores written before signing); "
+        "wrongly signed ones are refused regardless",
+    )
+
     # --- Model (defaults: models.config.ModelConfig; see model_config_of) --------------
     loss: str = Field(_MODEL.loss, pattern=f"^({'|'.join(LOSSES)})$")
     no_components: int = Field(_MODEL.no_components, ge=1)
@@ -281,7 +304,15 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator(*KAFKA_CREDENTIAL_FIELDS, "web_token", "web_token_file", mode="before")
+    @field_validator(
+        *KAFKA_CREDENTIAL_FIELDS,
+        "model_key",
+        "model_key_file",
+        "model_verify_keys_file",
+        "web_token",
+        "web_token_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
@@ -311,6 +342,10 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
             raise ValueError("STREAMREC_KAFKA_SSL_KEY_FILE needs STREAMREC_KAFKA_SSL_CERT_FILE")
+        if self.model_key is not None and self.model_key_file is not None:
+            raise ValueError("set STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE, not both")
+        if self.model_key is not None and len(self.model_key.get_secret_value()) < MIN_KEY_CHARS:
+            raise ValueError(f"STREAMREC_MODEL_KEY must have at least {MIN_KEY_CHARS} characters")
         return self
 
     @model_validator(mode="after")
@@ -366,6 +401,39 @@ SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
 )
 """Settings whose values are never printed, logged or shown (their SecretStr fields)."""
+
+
+def model_keys(settings: Settings) -> Keyring:
+    """The keys this process signs and verifies model messages with: the model key (the
+    var or the file) signs; it and every key in the verify-keys file verify. With no key
+    set, the fixed dev key (:data:`models.signing.DEV_KEY`; workers say so in their log,
+    :func:`app.service.worker_model_keys`)."""
+    if settings.model_key_file is not None:
+        signing = _read_secret(settings.model_key_file, "STREAMREC_MODEL_KEY_FILE")
+    elif settings.model_key is not None:
+        signing = settings.model_key.get_secret_value()
+    else:
+        signing = None
+    extra: tuple[bytes, ...] = ()
+    if settings.model_verify_keys_file is not None:
+        text = _read_secret(settings.model_verify_keys_file, "STREAMREC_MODEL_VERIFY_KEYS_FILE")
+        extra = parse_keys(text.splitlines())
+        if any(len(key) < MIN_KEY_CHARS for key in extra):
+            raise SettingsError(
+                f"every key in STREAMREC_MODEL_VERIFY_KEYS_FILE needs {MIN_KEY_CHARS}+ characters"
+            )
+    if signing is None:
+        return Keyring(DEV_KEY, extra, settings.allow_unsigned_snapshots)
+    if len(signing) < MIN_KEY_CHARS:
+        raise SettingsError(f"the model key needs at least {MIN_KEY_CHARS} characters")
+    return Keyring(signing.encode(), extra, settings.allow_unsigned_snapshots)
+
+
+def _read_secret(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}={str(path)!r}: cannot read it ({exc})") from None
 
 
 def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:

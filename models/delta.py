@@ -18,7 +18,9 @@ The chain
 its versions may repeat those of the run before it, and only ``(lineage, version)``
 names a state. Every delta also says where its lineage began: ``origin`` (the snapshot
 version the run restored, :data:`FRESH` for an empty model) and ``start`` (the run's
-first base version). :func:`next_step` is the one rule a scorer follows.
+first base version). Every delta makes exactly the next version (``version ==
+base_version + 1``), except a run's first (it may continue after the newest version in
+the store). :func:`next_step` is the one rule a scorer follows.
 
 Encoding
 --------
@@ -26,6 +28,8 @@ Encoding
 each array's dtype, shape and offset; arrays are raw little-endian bytes, 8-byte aligned.
 Decoding checks the checksum, then accepts only the expected arrays with their fixed
 dtypes: no pickle, no object arrays, nothing allocated beyond the message's own size.
+On the topic the encoding travels signed by the trainer (:func:`models.wire.seal_delta`,
+:mod:`models.signing`); the checksum only proves it is intact, the signature who wrote it.
 """
 
 from __future__ import annotations
@@ -331,15 +335,15 @@ def check_applies(delta: ModelDelta, *, version: int, n_users: int, n_items: int
         if int(np.count_nonzero(rows >= n_old)) != n_new - n_old:
             raise DeltaError(f"{rows_name} do not set every new row")
     for name in ("user_embeddings", "item_embeddings"):
-        array = getattr(delta, name)
-        if len(array) and array.shape[1] != k:
+        array = getattr(delta, name)  # empty ones too: (0, 0) made with_delta raise
+        if array.shape[1] != k:
             raise DeltaError(f"{name} have {array.shape[1]} components, the view has {k}")
     if (delta.user_positives < 0).any() or (delta.popularity_values < 0).any():
         raise DeltaError("user positives and popularity must be >= 0")
 
 
 # --- the chain rule ---------------------------------------------------------------------
-Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore"]
+Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,8 +376,16 @@ def next_step(chain: Chain, delta: ModelDelta) -> Step:
     * ``reload_origin`` — the first delta of a new lineage that began from another
       snapshot: load that snapshot, then join;
     * ``resync`` — a gap: load the newest snapshot and read on from where it ends;
-    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win.
+    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win;
+    * ``refuse`` — it does not extend its chain by exactly one version (``version !=
+      base_version + 1``): no trainer writes it; dropped, and the chain goes on as if it
+      had never been read (a huge version must not make the real deltas look old). Only
+      a run's first delta (a new lineage, ``base_version == start``) may make a later
+      version: a restored trainer's versions continue after the newest in the store.
     """
+    first_of_run = delta.lineage != chain.lineage and delta.base_version == delta.start
+    if delta.version != delta.base_version + 1 and not first_of_run:
+        return "refuse"
     if chain.target is not None and delta.lineage != chain.target:
         return "skip"
     if delta.lineage == chain.lineage:

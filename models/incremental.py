@@ -62,6 +62,7 @@ from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
 from models.idmap import IdMap
 from models.scoring import ScoringView
+from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
 
 _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
@@ -667,9 +668,12 @@ class IncrementalModel:
         )
 
     @classmethod
-    def from_bytes(cls, payload: bytes, manifest: dict[str, Any]) -> IncrementalModel:
-        """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong."""
-        state = decode(payload, manifest)
+    def from_bytes(
+        cls, payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
+    ) -> IncrementalModel:
+        """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong
+        (with ``keys``: also on a manifest not signed by one of them)."""
+        state = decode(payload, manifest, keys)
         model = cls(state.config)
         model.users = IdMap(state.user_ids)
         model.items = IdMap(state.item_ids)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -54,6 +54,7 @@ from models.events import (
     parse_request,
 )
 from models.scoring import ScoredItem
+from models.signing import Keyring, check_fields, seal, sign_fields, verify
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
 DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future", "capacity")
@@ -261,6 +262,9 @@ class Reply:
 
 # --- model updates ---------------------------------------------------------------------
 MODEL_UPDATE_KEY = b"model"
+UPDATE_PURPOSE = "model-update"
+DELTA_PURPOSE = "delta"
+"""What the signatures of announcements and of deltas are for (:mod:`models.signing`)."""
 """The one key of the compacted ``model-updates`` topic: the latest announcement wins."""
 
 
@@ -278,6 +282,19 @@ class ModelUpdate:
     chain_version: int | None = None
     """The version of the last delta the snapshot includes (scorers that got there by
     deltas need not load it)."""
+    signature: str | None = None
+    """``"<key id>:<hex HMAC>"`` over the other fields (:mod:`models.signing`): made by
+    :meth:`signed` (the trainer, ``streamrec models promote/rollback``), checked by
+    :meth:`check` (every scorer, before acting on it)."""
+
+    def signed(self, keys: Keyring) -> ModelUpdate:
+        """This announcement signed with ``keys``' signing key."""
+        body = self.to_dict()
+        return replace(self, signature=sign_fields(body, keys, purpose=UPDATE_PURPOSE))
+
+    def check(self, keys: Keyring) -> None:
+        """Raise :class:`models.signing.SignatureError` unless a key of ``keys`` signed it."""
+        check_fields(self.to_dict(), keys, purpose=UPDATE_PURPOSE)
 
     @property
     def reason(self) -> str | None:
@@ -307,7 +324,15 @@ class ModelUpdate:
 
     @classmethod
     def parse(cls, value: bytes | None, *, max_bytes: int = 1 << 20) -> ModelUpdate:
-        obj = decode_object(value, max_bytes=max_bytes)
+        """An announcement read from ``model-updates`` (anyone may write there: whatever it
+        holds is refused with :class:`Undecodable`, never another error), not yet trusted:
+        :meth:`check` its signature before acting on it."""
+        try:
+            obj = decode_object(value, max_bytes=max_bytes)
+        except Undecodable:
+            raise
+        except ValueError as exc:  # an integer past 4,300 digits, say
+            raise Undecodable("malformed", f"not valid JSON: {exc}") from None
         version = obj.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise Undecodable("invalid", f"model update without a valid version: {version!r}")
@@ -315,6 +340,12 @@ class ModelUpdate:
         if not isinstance(metrics, dict):
             raise Undecodable("invalid", "model update metrics must be an object")
         lineage, chain_version = obj.get("lineage"), obj.get("chain_version")
+        signature = obj.get("signature")
+        if signature is not None and not isinstance(signature, str):
+            raise Undecodable("invalid", "model update signature must be a string")
+        trained = obj.get("trained_events") or 0
+        if isinstance(trained, bool) or not isinstance(trained, int) or trained < 0:
+            raise Undecodable("invalid", "model update trained_events must be an int >= 0")
         if lineage is not None and not isinstance(lineage, str):
             raise Undecodable("invalid", "model update lineage must be a string")
         if chain_version is not None and (
@@ -325,10 +356,11 @@ class ModelUpdate:
             version=version,
             uri=str(obj.get("uri", "")),
             sha256=str(obj.get("sha256", "")),
-            trained_events=int(obj.get("trained_events") or 0),
+            trained_events=trained,
             metrics=metrics,
             lineage=lineage,
             chain_version=chain_version,
+            signature=signature,
         )
 
 
@@ -404,6 +436,32 @@ class SnapshotRequest:
 
 
 MAX_REQUEST_REASON = 200
+
+
+SNAPSHOT_REQUEST_PURPOSE = "snapshot-request"
+
+
+def seal_snapshot_request(request: SnapshotRequest, keys: Keyring) -> tuple[bytes, bytes]:
+    """A snapshot request's key and value on ``model-requests``, signed (any worker holding
+    the model key may ask; anyone else who can write to the topic cannot)."""
+    key, value = request.encode()
+    return key, seal(value, keys, purpose=SNAPSHOT_REQUEST_PURPOSE)
+
+
+def open_snapshot_request(value: bytes | None, keys: Keyring) -> SnapshotRequest:
+    """The request in a signed value: :class:`models.signing.SignatureError` if it is not
+    signed by a trusted key, :class:`Undecodable` if it is not a request."""
+    return SnapshotRequest.parse(verify(value, keys, purpose=SNAPSHOT_REQUEST_PURPOSE))
+
+
+def seal_delta(raw: bytes, keys: Keyring) -> bytes:
+    """A delta's value on the topic: its encoding signed by the trainer."""
+    return seal(raw, keys, purpose=DELTA_PURPOSE)
+
+
+def open_delta(value: bytes | None, keys: Keyring) -> bytes:
+    """The encoded delta in a signed value, or :class:`models.signing.SignatureError`."""
+    return verify(value, keys, purpose=DELTA_PURPOSE)
 
 
 # --- dead letters ----------------------------------------------------------------------

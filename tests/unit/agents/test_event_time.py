@@ -25,7 +25,14 @@ from agents.state import ModelHolder
 from agents.trainer import DecodedBatch
 from models.delta import ModelDelta
 from models.scoring import ScoringView
-from models.wire import SnapshotRequest
+from models.signing import Keyring, SignatureError
+from models.wire import (
+    SnapshotRequest,
+    open_delta,
+    open_snapshot_request,
+    seal_delta,
+    seal_snapshot_request,
+)
 from storage import open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 from tests.unit.agents.test_deltas import ListSink
@@ -134,7 +141,9 @@ async def test_1990s_history_then_live_ratings_every_delta_applies_and_popularit
     assert letter.kind == "ts_in_future" and json.loads(letter.value)["ts"] == now * 1000
     assert len(sink.sent) > history, "the live batches sent deltas"
     for _, raw in sink.sent[history:]:
-        delta = ModelDelta.decode(raw)  # a scorer's checks: refused on main (decay 0.0)
+        delta = ModelDelta.decode(
+            open_delta(raw, Keyring.dev())
+        )  # a scorer's checks: refused on main (decay 0.0)
         assert not delta.snapshot_needed and 0 < delta.popularity_decay <= 1
         served = served.with_delta(delta)
     assert served.version == trainer.model.version
@@ -168,7 +177,9 @@ async def test_a_delta_the_scorers_would_refuse_goes_out_as_a_marker_and_a_snaps
     model.view = broken_view  # type: ignore[method-assign]
     produce(consumer, "late", "i0", time.time(), now_ms)
     await until(lambda: len(sink.sent) > before)
-    marker = ModelDelta.decode(sink.sent[-1][1])  # what scorers get: valid, "load the snapshot"
+    marker = ModelDelta.decode(
+        open_delta(sink.sent[-1][1], Keyring.dev())
+    )  # what scorers get: valid, "load the snapshot"
     assert marker.snapshot_needed and marker.version == model.version
     due = trainer.holder.info["snapshot_due"]
     assert due["reason"] == "refused" and due["version"] == marker.version
@@ -211,10 +222,11 @@ async def test_a_follower_whose_chain_breaks_asks_the_trainer_for_a_snapshot(sto
     await follower.on_delta(trainer.batch(0))
     await trainer.snapshot(store)
     good = trainer.batch(1)
-    bad = replace(good, value=good.value[:-1] + bytes([good.value[-1] ^ 1]))
+    inner = open_delta(good.value, Keyring.dev())  # signed by the trainer, but corrupt:
+    bad = replace(good, value=seal_delta(inner[:-1] + bytes([inner[-1] ^ 1]), Keyring.dev()))
     assert await follower.on_delta(bad)  # refused: resync from the current snapshot
     (sent,) = sink.sent
-    request = SnapshotRequest.parse(sent["value"])
+    request = open_snapshot_request(sent["value"], Keyring.dev())  # signed
     assert sent["key"] == b"snapshot" and request.reason == "invalid delta"
     assert request.version == 1 and abs(request.at - time.time()) < 60
     # The chain then has a gap and the snapshot was loaded: it waits, and asks no more
@@ -224,7 +236,7 @@ async def test_a_follower_whose_chain_breaks_asks_the_trainer_for_a_snapshot(sto
     assert follower._waiting and len(sink.sent) == 1
     asker.every = 0.0
     await follower._ask("waiting")
-    assert SnapshotRequest.parse(sink.sent[-1]["value"]).reason == "waiting"
+    assert open_snapshot_request(sink.sent[-1]["value"], Keyring.dev()).reason == "waiting"
     # The trainer's answer arrives: fresh again.
     await follower.on_update(await trainer.snapshot(store))
     assert not follower._waiting and follower.holder.view.version == trainer.model.version
@@ -239,3 +251,17 @@ async def test_an_asker_that_cannot_send_does_not_raise() -> None:
 
     assert not await SnapshotAsker(Down()).ask("gap", Chain())
     await asyncio.sleep(0)
+
+
+def test_a_snapshot_request_counts_only_when_signed_by_a_model_key() -> None:
+    """Anyone who can write to model-requests could otherwise make the trainer snapshot
+    (a whole-model write) every two seconds: the trainer opens only signed requests."""
+    request = SnapshotRequest("gap", time.time(), "lineage", 7)
+    key, value = seal_snapshot_request(request, Keyring.dev())
+    assert key == b"snapshot" and open_snapshot_request(value, Keyring.dev()) == request
+    with pytest.raises(SignatureError, match="not signed"):
+        open_snapshot_request(request.encode()[1], Keyring.dev())  # plain JSON: forged
+    other = Keyring(b"a key the trainer does not hold")
+    with pytest.raises(SignatureError) as refused:
+        open_snapshot_request(seal_snapshot_request(request, other)[1], Keyring.dev())
+    assert refused.value.kind == "unknown_key"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,18 @@ from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
 from models.bounds import Capacity
 from models.config import ModelConfig
+from models.signing import Keyring
 from models.synthetic import generate_ratings
-from models.wire import DeadLetter, ModelDelta, encode_rating
+from models.wire import DeadLetter, ModelDelta, ModelUpdate, encode_rating, open_delta
 from storage import SnapshotStore, open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSink
 from tests.unit.agents.test_deltas import ListSink
+
+
+def opened(raw: bytes | None) -> ModelDelta:
+    """The delta in a signed delta message (the trainer signs with the dev key here)."""
+    return ModelDelta.decode(open_delta(raw, Keyring.dev()))
+
 
 TOPIC = "ratings"
 PARTITIONS = 4
@@ -239,8 +247,8 @@ async def test_a_consolidations_delta_gets_its_snapshot_without_waiting_for_a_ti
     trainer, task = await start(store, consumer, dlq, batch_max=1000, config=config)
     sink = ListSink()
     trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20)
-    await until(lambda: any(ModelDelta.decode(raw).replaces_neighbours for _, raw in sink.sent))
-    delta = ModelDelta.decode(sink.sent[-1][1])
+    await until(lambda: any(opened(raw).replaces_neighbours for _, raw in sink.sent))
+    delta = opened(sink.sent[-1][1])
     assert not delta.snapshot_needed
     assert delta.rows_touched == delta.n_users + delta.n_items  # every row
     marker = delta.version
@@ -433,3 +441,36 @@ def test_capacity_letters_keep_offset_order_with_the_other_dead_letters() -> Non
         (6, "capacity"),
     ]
     assert batch.within(model, Capacity()) is batch
+
+
+async def test_every_delta_makes_the_next_version_and_everything_is_signed(store) -> None:
+    """A snapshot of moved offsets only (a batch of invalid ratings) needs a new version:
+    a delta without rows carries it, so the chain never skips one (next_step refuses any
+    other step). Snapshots and their announcements are signed with the trainer's key."""
+    keys = Keyring(b"the trainer's own model key")
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    consumer.produce_ratings(generate_ratings(50, 20, 200, 2, seed=7))
+    trainer, task = await start(store, consumer, dlq)
+    trainer.keys = keys
+    sink = ListSink()
+    trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20, keys=keys)
+    await until(lambda: trainer.model.trained_events == 200)
+    await trainer.snapshot_now("test")
+    for key, value, _ in bad_messages():  # offsets move, no rows
+        consumer.produce(key, value, partition=1)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    await trainer.snapshot_now("test")
+    consumer.produce_ratings(generate_ratings(50, 20, 260, 2, seed=8)[200:])
+    await until(lambda: trainer.model.trained_events == 260)
+    await stop(trainer, task)
+    deltas = [ModelDelta.decode(open_delta(raw, keys)) for _, raw in sink.sent]
+    assert any(d.rows_touched == 0 for d in deltas)  # the offsets-only version's
+    steps = itertools.pairwise(deltas)
+    assert all(b.version == a.version + 1 == b.base_version + 1 for a, b in steps)
+    restored = await restore_model(store, CONFIG, keys=keys)  # signed: restored
+    assert restored.version == await store.latest()
+    with pytest.raises(RuntimeError, match="untrusted snapshot"):
+        await restore_model(store, CONFIG, keys=Keyring(b"some other key, not the trainer's"))
+    assert trainer.updates.sent
+    for sent in trainer.updates.sent:
+        ModelUpdate.parse(sent["value"]).check(keys)
