@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.kafka import kafka_client_options
 from app.settings import Settings
-from app.topics import TopicSpec, ensure_topics
+from app.topics import TopicSpec, ensure_topics, faust_app_id
 from models.delta import ModelDelta
 from models.wire import MODEL_UPDATE_KEY, DeadLetter, DeltaError, ModelUpdate, delta_key
 from tests.faults.harness import Cluster
@@ -355,7 +355,7 @@ def _hostile_run(cluster: Cluster) -> Run:
     tag = uuid.uuid4().hex[:6]
     allowed = f"{ALLOWED_PREFIX}{tag}"
     other = f"otherapp-orders-{tag}"
-    leader = f"{s.app_id}-__assignor-__leader"
+    leader = f"{faust_app_id(s, 'scorer')}-__assignor-__leader"  # the scorers' own Faust app
     asyncio.run(ensure_topics(s, [TopicSpec(allowed, s.topic_partitions), TopicSpec(other, 2)]))
     orders = [(f"o{n}".encode(), json.dumps({"order": n}).encode()) for n in range(3)]
     asyncio.run(KafkaClient(s).produce(other, orders))
@@ -738,6 +738,7 @@ def test_every_valid_request_answered_exactly_once(run: Run) -> None:
 
 def test_nothing_written_outside_the_reply_allow_list(run: Run) -> None:
     for topic, (before, after, records) in run.guarded.items():
+        assert before, f"{topic} does not exist: the reply_to check would prove nothing"
         replies = [v for v in records if looks_like_reply(v)]
         assert not replies, f"{len(replies)} streamrec replies written to {topic}"
         assert after == before, f"{topic} end offsets moved: {before} -> {after}"
