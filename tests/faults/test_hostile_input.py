@@ -481,7 +481,7 @@ def _hostile_run(cluster: Cluster) -> Run:
             )
             before = refusal_keys(cluster.scorers)
             client.send(s.model_deltas_topic, [(delta_key(forged), forged.encode())])
-            seen: dict[int, set[int]] = {s.web_port: set() for s in cluster.scorers}
+            seen: dict[int, set[int]] = {sc.web_port: set() for sc in cluster.scorers}
             deadline = time.monotonic() + 6
             while time.monotonic() < deadline:
                 for scorer in cluster.scorers:
@@ -496,9 +496,9 @@ def _hostile_run(cluster: Cluster) -> Run:
             out.forged_versions_seen = seen
             out.forged_chain = {
                 sc.web_port: {
-                    k: v
-                    for k, v in _model(sc).items()
-                    if k in ("version", "deltas", "last_refused")
+                    name: value
+                    for name, value in _model(sc).items()
+                    if name in ("version", "deltas", "refused", "last_refused")
                 }
                 for sc in cluster.scorers
             }
@@ -676,6 +676,8 @@ def test_flood_of_new_users_bounded_by_max_users(run: Run) -> None:
 
 
 def test_forged_delta_and_announcement_refused_and_scorers_follow(run: Run) -> None:
+    assert run.forged_chain, "no real delta on the topic to forge one from"
+    assert run.rollback_version is not None, "no announcement on the topic to forge a rollback of"
     served_forged = {p: v for p, v in run.forged_versions_seen.items() if FORGED_VERSION in v}
     assert not served_forged, (
         f"scorers served the forged delta's v{FORGED_VERSION}: {served_forged}"
