@@ -22,14 +22,15 @@ import asyncio
 import inspect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agents import metrics
 from agents.ports import Sink
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
-from models.wire import ModelDelta, delta_key
+from models.signing import Keyring
+from models.wire import DeltaError, ModelDelta, delta_key, seal_delta
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class DeltaPublisher:
 
     sink: Sink  # model-deltas; send() must not wait for the batch's events to be acked
     max_bytes: int
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """Every delta is signed with ``keys.signing`` (scorers refuse what is not)."""
 
     async def publish(self, model: IncrementalModel, view: ScoringView) -> dict[str, Any] | None:
         """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
@@ -52,20 +55,30 @@ class DeltaPublisher:
         delta = model.last_delta
         if delta is None or delta.version != view.version:
             return None  # the view was built whole (the first one): nothing to chain to
-        if delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
-            raw = await asyncio.to_thread(delta.encode)
+        refused = self._refused(delta)
+        if refused is not None:  # scorers would refuse it, resync and wait for a snapshot
+            log.error(
+                "Delta v%d would be refused by the scorers (%s): sending 'snapshot needed' "
+                "instead, and a snapshot at once",
+                delta.version,
+                refused,
+            )
+            raw = self._encode(delta.as_marker())
+        elif delta.rows_touched > _ENCODE_OFF_LOOP_ROWS:
+            raw = await asyncio.to_thread(self._encode, delta)
         else:
-            raw = delta.encode()
-        marker = len(raw) > self.max_bytes
-        if marker:
+            raw = self._encode(delta)
+        marker = refused is not None
+        if not marker and len(raw) > self.max_bytes:
+            marker = True
             log.warning(
                 "Delta v%d is %d bytes (limit %d): sending 'snapshot needed' instead",
                 delta.version,
                 len(raw),
                 self.max_bytes,
             )
-            raw = delta.as_marker().encode()
-        elif delta.replaces_neighbours:
+            raw = self._encode(delta.as_marker())
+        elif not marker and delta.replaces_neighbours:
             log.info(
                 "Delta v%d (a consolidation, %d rows) sent; its blending neighbours follow "
                 "with the next snapshot",
@@ -84,9 +97,11 @@ class DeltaPublisher:
             return {"version": delta.version, "error": str(exc), "snapshot_needed": True}
         if offset is not None:
             model.delta_offset = offset + 1
-        metrics.DELTAS_PUBLISHED.labels("marker" if marker else "rows").inc()
+        kind = "refused" if refused is not None else "marker" if marker else "rows"
+        metrics.DELTAS_PUBLISHED.labels(kind).inc()
         metrics.DELTA_BYTES.observe(len(raw))
         return {
+            **({"refused": refused} if refused is not None else {}),
             "lineage": delta.lineage,
             "version": delta.version,
             "base_version": delta.base_version,
@@ -97,6 +112,22 @@ class DeltaPublisher:
             "snapshot_needed": marker,
             "neighbours_follow": delta.replaces_neighbours and not marker,
         }
+
+    @staticmethod
+    def _refused(delta: ModelDelta) -> str | None:
+        """Why scorers would refuse ``delta`` (the checks of their decode, on the object:
+        :meth:`models.delta.ModelDelta.verify`), or None. A delta the model already made a
+        marker (it did not apply to the trainer's own view) is refused as well."""
+        if delta.snapshot_needed:
+            return "it did not apply to the trainer's own view"
+        try:
+            delta.verify()
+        except DeltaError as exc:
+            return str(exc)
+        return None
+
+    def _encode(self, delta: ModelDelta) -> bytes:
+        return seal_delta(delta.encode(), self.keys)
 
     async def _send(self, delta: ModelDelta, raw: bytes) -> int | None:
         """Send and wait for the broker's ack; the record's offset (if the sink reports it)."""

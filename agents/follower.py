@@ -14,10 +14,16 @@ second or so. The chain rule (which delta applies to which view) is
   ever sees a half-applied delta;
 * a gap, a delta that cannot be verified, or a new trainer run makes it *resync*: load the
   snapshot the chain can continue from, then read on. A resync never loads the same
-  snapshot twice for the same reason; it then waits for the next announced snapshot;
+  snapshot twice for the same reason; it then waits for the next announced snapshot. A
+  resync, and a wait, ask the trainer for a snapshot at once (:mod:`agents.resync`);
 * ``streamrec models promote/rollback`` announcements pin the view: deltas of other states
   are ignored until the trainer announces its next snapshot or a trainer run starts from
   the pinned snapshot;
+* only what the trainer signed is trusted (:mod:`models.signing`): a delta, an
+  announcement or a snapshot that is unsigned or signed with a key this worker does not
+  hold is refused (counted in ``streamrec_model_refused_total``, the last one shown in
+  ``/model/``'s ``refused``, one log line per kind) and changes nothing: no resync, no pin;
+  so is a delta that does not make exactly the next version (:func:`models.delta.next_step`);
 * a consolidation's delta (every row, ``replaces_neighbours``) is applied like any other;
   its new blending neighbours come with the trainer's next snapshot, fetched beside the
   deltas and swapped into the view then served (the rows stay the deltas').
@@ -36,13 +42,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
 from agents.health import ReaderHealth, record_error
-from agents.kafka import KafkaOptions, partitions_of
+from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
+from agents.resync import SnapshotAsker
 from agents.state import ModelHolder
 from models.delta import FRESH, Chain, next_step
 from models.scoring import ScoringView
-from models.snapshot import SnapshotError, load_scoring_view
-from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable
+from models.signing import Keyring, SignatureError
+from models.snapshot import SnapshotError, UntrustedSnapshot, load_scoring_view
+from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable, open_delta
 from storage.errors import IntegrityError, SnapshotNotFound
 
 #: Why a snapshot is refused rather than retried: its bytes are wrong, not the connection.
@@ -67,7 +75,12 @@ class ModelFollower:
     #: Where failures are reported (app/ passes the worker's: /health/ degrades on it).
     health: ReaderHealth = field(default_factory=ReaderHealth)
     """An announced snapshot ahead of the deltas applied is loaded after this long."""
+    asker: SnapshotAsker | None = None
+    """Asks the trainer for a snapshot when the chain breaks (None: wait for the next)."""
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """The keys deltas, announcements and snapshots must be signed with."""
     chain: Chain = field(default_factory=Chain)
+    _refused: dict[str, int] = field(default_factory=dict)  # "what/kind" -> count
     _consumer: AIOKafkaConsumer | None = None
     _waiting: bool = False  # stalled: deltas ignored until the next announced snapshot
     _resynced: set[int] = field(default_factory=set)  # snapshots loaded by resyncs
@@ -85,14 +98,7 @@ class ModelFollower:
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         """Follow forever; a broken connection or store is logged and retried, never fatal."""
-        while True:
-            try:
-                await self.follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # logged once per kind; one that keeps failing: 503
-                self.health.failed("follower", exc, retry_seconds=retry_seconds)
-                await asyncio.sleep(retry_seconds)
+        await retry_forever("follower", self.follow, retry_seconds, health=self.health)
 
     async def follow(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -125,6 +131,8 @@ class ModelFollower:
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 await self._handle(batch)
+                if self._waiting:  # until an announcement comes (a request may be lost)
+                    await self._ask("waiting")
                 await self._load_overdue_announcement()
                 self.install_neighbours()
                 self._refresh_lag()
@@ -137,7 +145,7 @@ class ModelFollower:
         """Announcements first (they may move the delta position), then deltas in order."""
         for tp, messages in batch.items():
             if tp.topic == self.topic:
-                update = _last_update(messages)
+                update = self._last_update(messages)
                 if update is not None:
                     await self.on_update(update)
         for tp, messages in batch.items():
@@ -209,6 +217,8 @@ class ModelFollower:
             view, chain, manifest = await self._fetch(version)
         except REFUSED as exc:  # corrupt or not a snapshot: refused, the current view stays
             metrics.MODEL_LOADS.labels("refused").inc()
+            if isinstance(exc, UntrustedSnapshot):
+                self._untrusted("snapshot", exc.kind, str(exc), version=version)
             self.holder.refuse(version, f"{type(exc).__name__}: {exc}")
             log.error("Refused snapshot v%s; still serving v%s: %s", version, self._version(), exc)
             return False
@@ -248,7 +258,7 @@ class ModelFollower:
         published: a worker that reports ready no longer holds it (measured: 93 MiB for
         100k users x 10k items x 64 dims, held another second while the deltas seeked)."""
         payload, manifest = await self.store.get(version)
-        view, chain = await asyncio.to_thread(load_scoring_view, payload, manifest)
+        view, chain = await asyncio.to_thread(load_scoring_view, payload, manifest, self.keys)
         return view, chain, manifest
 
     async def _seek_after(self, manifest: dict[str, Any], chain: dict[str, Any] | None) -> None:
@@ -289,7 +299,12 @@ class ModelFollower:
             return False
         started = time.perf_counter()
         try:
-            raw = message.value or b""
+            raw = open_delta(message.value, self.keys)
+        except SignatureError as exc:  # not the trainer's: as if never read (no resync)
+            self._untrusted("delta", exc.kind, exc.reason, offset=message.offset)
+            self._reflected, self._behind_since = message.offset, None
+            return False
+        try:
             if len(raw) > _OFF_LOOP_BYTES:
                 delta = await asyncio.to_thread(ModelDelta.decode, raw)
             else:
@@ -299,6 +314,11 @@ class ModelFollower:
         except Exception as exc:  # last resort: refused like any delta that fails to verify
             return await self._refuse(message, record_error("follower", exc))
         step = next_step(self.chain, delta)
+        if step == "refuse":
+            reason = f"delta v{delta.base_version}->v{delta.version} does not make the next version"
+            self._untrusted("delta", "chain", reason, offset=message.offset)
+            self._reflected, self._behind_since = message.offset, None
+            return False
         if step in ("skip", "ignore"):
             metrics.DELTAS_SKIPPED.labels(step).inc()
             if step == "skip":  # nothing the view lacks (ignored ones: pinned, it lags)
@@ -427,7 +447,10 @@ class ModelFollower:
 
     async def resync(self, reason: str, *, target: str | None = None) -> bool:
         """Load the store's current snapshot and read deltas on from where it ends; if that
-        snapshot was already loaded by a resync, wait for the next announcement instead."""
+        snapshot was already loaded by a resync, wait for the next announcement instead.
+        Either way, ask the trainer for a snapshot now: the current one may be a whole
+        snapshot interval older than the chain."""
+        await self._ask(reason)
         version = await self.store.current()
         if version is None:
             version = await self.store.latest()
@@ -448,6 +471,10 @@ class ModelFollower:
                 self.chain.lineage, self.chain.version, self.chain.snapshot, self.chain.pinned
             )
         return True
+
+    async def _ask(self, reason: str) -> None:
+        if self.asker is not None:
+            await self.asker.ask(reason, self.chain)
 
     def _behind(self) -> int | None:
         """Deltas on the topic after the one the served view reflects (None: unknown)."""
@@ -489,14 +516,54 @@ class ModelFollower:
         latest = None
         while await _behind(consumer, ends):
             batch = await consumer.getmany(*ends, timeout_ms=1000)
-            latest = _last_update([m for msgs in batch.values() for m in msgs]) or latest
+            latest = self._last_update([m for msgs in batch.values() for m in msgs]) or latest
         return latest
+
+    def _last_update(self, messages: list[Any]) -> ModelUpdate | None:
+        """The newest well-formed announcement signed by a trusted key, if any."""
+        for message in reversed(messages):
+            try:
+                update = ModelUpdate.parse(message.value)
+            except Undecodable as exc:
+                log.warning(
+                    "Ignoring a malformed model update at offset %d: %s", message.offset, exc
+                )
+                continue
+            except Exception as exc:  # last resort: ignored like a malformed one
+                record_error("follower", exc)
+                continue
+            try:
+                update.check(self.keys)
+            except SignatureError as exc:
+                self._untrusted("update", exc.kind, exc.reason, offset=message.offset)
+                continue
+            return update
+        return None
+
+    def _untrusted(self, what: str, kind: str, reason: str, **where: int) -> None:
+        """Count and show a refused message or snapshot; log the first of each kind."""
+        label = f"{what}/{kind}"
+        metrics.MODEL_REFUSED.labels(what, kind).inc()
+        if label not in self._refused:
+            log.error(
+                "Refusing an untrusted model %s (%s): %s; further ones are counted in "
+                "streamrec_model_refused_total and shown in /model/",
+                what,
+                kind,
+                reason,
+            )
+        self._refused[label] = self._refused.get(label, 0) + 1
+        self.holder.info["refused"] = {
+            "counts": dict(self._refused),
+            "last": {"message": what, "kind": kind, "reason": reason[:500], **where},
+            "at": time.time(),
+        }
 
 
 def _components(delta: ModelDelta) -> int:
     for array in (delta.user_embeddings, delta.item_embeddings):
         if array.ndim == 2 and len(array):
-            return array.shape[1]
+            return int(array.shape[1])
     raise DeltaError("the first delta of a fresh model has no embedding rows")
 
 
@@ -505,14 +572,3 @@ async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -
         if await consumer.position(tp) < end:
             return True
     return False
-
-
-def _last_update(messages: list[Any]) -> ModelUpdate | None:
-    for message in reversed(messages):
-        try:
-            return ModelUpdate.parse(message.value)
-        except Undecodable as exc:
-            log.warning("Ignoring a malformed model update at offset %d: %s", message.offset, exc)
-        except Exception as exc:  # last resort: ignored like a malformed one
-            record_error("follower", exc)
-    return None

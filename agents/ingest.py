@@ -8,43 +8,55 @@ changelog gets each changed row once per commit interval, to the partition the u
 ratings came from, before the offsets covering it are committed: a restarted worker
 recovers the same rows.
 
-Invalid ratings are skipped here: the trainer, which sees every rating whatever roles run,
-dead-letters each of them exactly once (agents/trainer.py).
+Invalid ratings are skipped here, by the trainer's rules (a ``ts`` too far past its record's
+timestamp too): the trainer, which sees every rating whatever roles run, dead-letters each of
+them exactly once (agents/trainer.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agents import metrics
 from agents.health import record_error
-from agents.ports import Message, SeenTable, Sink, dead_letter
+from agents.ports import Message, SeenTable, Sink, dead_letter, reference_time
+from models.events import MAX_FUTURE_SKEW_SECONDS
 from models.seen import remember
 from models.wire import Undecodable, decode_rating
 
 
-async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> None:
-    """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers."""
+async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> Any:
+    """Send ``message`` (original key and bytes) to ``dlq`` with the reason in its headers;
+    returns the delivery (if ``dlq`` gives one), not awaited: the caller awaits it before
+    it acks the original (one at a time, 1,000 dead letters took ~2 s)."""
     letter = dead_letter(message, exc)
     delivery = await dlq.send(key=letter.key, value=letter.value, headers=letter.headers)
-    if inspect.isawaitable(delivery):  # delivered before the caller acks the original
-        await delivery
     metrics.DEAD_LETTERS.labels(message.topic, exc.kind).inc()
+    return delivery
 
 
 def rated_by_user(
-    messages: Sequence[Message], max_bytes: int
+    messages: Sequence[Message], max_bytes: int, max_skew: float = MAX_FUTURE_SKEW_SECONDS
 ) -> tuple[dict[str, tuple[int, list[str]]], list[tuple[Message, Undecodable]]]:
     """A batch decoded: per user, (the partition of its ratings, the items in rating order);
-    and the messages that are not valid ratings, with why."""
+    and the messages that are not valid ratings, with why (the trainer's rules, the
+    event-time rule included: :func:`agents.ports.reference_time`)."""
     by_user: dict[str, tuple[int, list[str]]] = {}
     bad: list[tuple[Message, Undecodable]] = []
+    wall = time.time()
     for message in messages:
         try:
-            rating = decode_rating(message.key, message.value, max_bytes=max_bytes)
+            rating = decode_rating(
+                message.key,
+                message.value,
+                max_bytes=max_bytes,
+                reference=reference_time(message, wall),
+                max_skew=max_skew,
+            )
         except Undecodable as exc:
             bad.append((message, exc))
             continue
@@ -66,6 +78,7 @@ class Ingest:
     seen: SeenTable
     max_bytes: int
     seen_limit: int
+    max_future_skew: float = MAX_FUTURE_SKEW_SECONDS  # the trainer's, for the same verdicts
     recorded: int = 0  # valid ratings recorded so far (the SEEN_RATINGS counter, cheap to read)
 
     async def handle(self, messages: Sequence[Message]) -> None:
@@ -80,7 +93,7 @@ class Ingest:
         """Decode ``messages`` and write one row per user; returns the invalid ones."""
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
         metrics.AGENT_BATCH.labels("ingest").observe(len(messages))
-        by_user, bad = rated_by_user(messages, self.max_bytes)
+        by_user, bad = rated_by_user(messages, self.max_bytes, self.max_future_skew)
         seen, limit = self.seen, self.seen_limit
         for user, (partition, items) in by_user.items():
             seen.put(user, remember(seen.get(user), items, limit), partition)

@@ -3,28 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from agents.health import ReaderHealth
 from models.wire import DeadLetter, Undecodable
 
 KafkaOptions = Mapping[str, Any]
 """Connection keyword arguments for every aiokafka client (``bootstrap_servers``, security);
 built once by ``app.kafka.kafka_client_options`` and passed down to the agents."""
 
+log = logging.getLogger(__name__)
 
-async def list_topics(options: KafkaOptions) -> set[str]:
-    admin = AIOKafkaAdminClient(**options)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+
+async def retry_forever(
+    what: str,
+    attempt: Callable[[], Awaitable[None]],
+    retry_seconds: float = 5.0,
+    *,
+    health: ReaderHealth | None = None,
+) -> None:
+    """Run ``attempt`` for ever: a failure (a broken connection, a store down) is logged
+    and retried after ``retry_seconds``, never fatal; cancelling stops it. With ``health``,
+    failures are reported there as reader ``what`` (logged once per kind; one that keeps
+    failing degrades /health/)."""
+    while True:
+        try:
+            await attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if health is not None:
+                health.failed(what, exc, retry_seconds=retry_seconds)
+            else:
+                log.error(
+                    "%s failed (%s: %s); retrying in %gs",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    retry_seconds,
+                )
+            await asyncio.sleep(retry_seconds)
 
 
 async def partitions_of(options: KafkaOptions, topic: str) -> list[int]:
@@ -55,36 +80,47 @@ async def committed_offsets(
 
 
 class KnownTopics:
-    """Which topics exist, for validating ``reply_to``.
+    """Which topics exist, for validating ``reply_to``: one long-lived admin client and
+    one topic list for every name.
 
-    A name seen to exist is remembered. A name not known yet makes the list be read again,
-    unless that name was missed within the last ``refresh_seconds`` (so a flood of requests
-    to a missing topic costs one metadata request per name and interval, not one each):
-    a client that creates its reply topic and sends a request at once is answered, where a
-    list refreshed only every few seconds dead-lettered its first requests.
+    A name in the list is known. An unknown name makes the list be read again, but at most
+    once per ``refresh_seconds`` for all names together: a flood of requests naming random
+    topics costs one metadata request per interval, never one connection or request each
+    (they are refused at once, without waiting). So a client that creates its reply topic
+    and sends a request at once is answered, unless the list was read for another unknown
+    name less than ``refresh_seconds`` before (then its first requests are dead-lettered:
+    create reply topics a moment before using them). :meth:`close` closes the client.
     """
 
-    def __init__(self, options: KafkaOptions, refresh_seconds: float = 5.0) -> None:
+    def __init__(self, options: KafkaOptions, refresh_seconds: float = 1.0) -> None:
         self._options = options
         self._refresh = refresh_seconds
         self._names: set[str] = set()
-        self._missed: dict[str, float] = {}  # name -> when the list last lacked it
+        self._read_at = float("-inf")  # when the list was last read (monotonic)
+        self._admin: AIOKafkaAdminClient | None = None
         self._lock = asyncio.Lock()
+        self.reads = 0  # lists read (tests, /model/)
 
     async def exists(self, name: str) -> bool:
         if name in self._names:
             return True
-        if time.monotonic() - self._missed.get(name, float("-inf")) < self._refresh:
+        if time.monotonic() - self._read_at < self._refresh:
             return False
         async with self._lock:
-            if name not in self._names:
-                self._names = await list_topics(self._options)
-        if name in self._names:
-            return True
-        if len(self._missed) >= 10_000:  # bounded: names of missing topics are the client's
-            self._missed.clear()
-        self._missed[name] = time.monotonic()
-        return False
+            if name not in self._names and time.monotonic() - self._read_at >= self._refresh:
+                self._read_at = time.monotonic()  # also when it fails: no retry storm
+                if self._admin is None:
+                    admin = AIOKafkaAdminClient(**self._options)
+                    await admin.start()
+                    self._admin = admin
+                self.reads += 1
+                self._names = set(await self._admin.list_topics())
+        return name in self._names
+
+    async def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await admin.close()
 
 
 Record = tuple[int | None, bytes | None, bytes | None]

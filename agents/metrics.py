@@ -78,7 +78,8 @@ MODEL_LOADS = Counter(
 )
 DELTAS_PUBLISHED = Counter(
     "streamrec_deltas_published_total",
-    "Model deltas the trainer published, by kind (rows, or a 'snapshot needed' marker)",
+    "Model deltas the trainer published, by kind (rows, a 'snapshot needed' marker, or "
+    "'refused': a marker sent for a delta the scorers would refuse)",
     ["kind"],
     registry=REGISTRY,
 )
@@ -133,5 +134,20 @@ READER_FAILING = Gauge(
     "streamrec_reader_failing",
     "1 while a reader keeps failing (/health/ answers 503), else 0, by reader",
     ["reader"],
+    registry=REGISTRY,
+)
+SNAPSHOT_REQUESTS = Counter(
+    "streamrec_snapshot_requests_total",
+    "Snapshots asked for on model-requests by scorers whose delta chain broke, by outcome "
+    "(sent by a scorer; answered, rate_limited, malformed or untrusted at the trainer)",
+    ["outcome"],
+)
+
+MODEL_REFUSED = Counter(
+    "streamrec_model_refused_total",
+    "Model messages and snapshots refused as untrusted, by what (delta, update, snapshot) "
+    "and why (unsigned, unknown_key, bad_signature; chain: a delta that does not make the "
+    "next version)",
+    ["message", "reason"],
     registry=REGISTRY,
 )

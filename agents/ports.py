@@ -21,6 +21,7 @@ __all__ = [
     "SnapshotStore",
     "dead_letter",
     "received_at",
+    "reference_time",
 ]
 
 
@@ -60,6 +61,25 @@ def received_at(message: Message) -> float:
     """The record's Kafka timestamp in unix seconds; now, if it has none."""
     stamp = message.timestamp
     return stamp / 1000 if stamp is not None and stamp > 0 else time.time()
+
+
+def reference_time(message: Message, wall: float) -> float:
+    """The clock a rating's ``ts`` is judged by (:func:`models.events.check_event_time`):
+    its Kafka record's timestamp, capped by the reader's wall clock ``wall``.
+
+    The record's timestamp (the producer's clock at send time, which a broker refuses when
+    it is more than the topic's ``message.timestamp.after.max.ms`` ahead of its own; or the
+    broker's own clock under ``message.timestamp.type=LogAppendTime``) is a property of the
+    record: the trainer and every scorer's ingest judge a rating alike, and so does a
+    restarted trainer reading it again, however late (a backlog, a replay); the wall clock
+    would let the verdict change with the delay and break "dead-lettered exactly once". The
+    cap keeps a producer clock set ahead from widening the window. A record without a
+    timestamp is judged by ``wall``.
+    """
+    stamp = message.timestamp
+    if stamp is None or stamp < 0:
+        return wall
+    return min(stamp / 1000, wall)
 
 
 class SeenTable(Protocol):

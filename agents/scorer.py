@@ -31,6 +31,7 @@ from agents.health import record_error
 from agents.ingest import send_dead_letter
 from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
 from agents.state import ModelHolder
+from models.bounds import reply_size_refusal, reply_to_refusal
 from models.events import RecRequest
 from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
@@ -119,8 +120,11 @@ class Scorer:
     dlq: Sink  # rec-requests-dlq
     reply_topic: Callable[[str], BatchSink]  # name -> topic (cached by the app)
     topic_exists: Callable[[str], Awaitable[bool]]
-    forbidden_replies: frozenset[str]
+    forbidden_replies: frozenset[str]  # streamrec's own topics (never a reply_to)
     max_bytes: int
+    responses_topic: str = "rec-responses"  # default_reply's name (reply_to may name it)
+    reply_prefixes: tuple[str, ...] = ()  # STREAMREC_REPLY_TOPIC_PREFIXES
+    max_reply_bytes: int = 512 * 1024  # a larger reply dead-letters its request
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
     max_undelivered: int = 5000  # replies on their way before handle waits for them
@@ -130,8 +134,8 @@ class Scorer:
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Answer what one fetch of ``rec-requests`` brought, ``max_batch`` at a time;
-        returns once the replies are queued in the producer (dead letters: delivered).
-        :meth:`delivered` waits for the replies themselves."""
+        returns once the replies and dead letters are queued in the producer;
+        :meth:`delivered` waits for their delivery."""
         self._answering = True
         try:
             for start in range(0, len(messages), self.max_batch):
@@ -174,9 +178,9 @@ class Scorer:
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
         metrics.AGENT_BATCH.labels("scorer").observe(len(messages))
         requests: list[RecRequest] = []
+        sources_of: list[Message] = []  # the message of each request
         targets: list[BatchSink] = []
         received: list[float] = []
-        accepted: list[Message] = []
         for message in messages:
             try:
                 request = decode_request(message.key, message.value, max_bytes=self.max_bytes)
@@ -186,15 +190,15 @@ class Scorer:
                     else await self._target(request.reply_to)
                 )
             except Undecodable as exc:
-                await send_dead_letter(self.dlq, message, exc)
+                self._queue(await send_dead_letter(self.dlq, message, exc))
                 continue
             except Exception as exc:  # last resort: this request is dead, not the reader
-                await send_dead_letter(self.dlq, message, record_error("scorer", exc))
+                self._queue(await send_dead_letter(self.dlq, message, record_error("scorer", exc)))
                 continue
             requests.append(request)
+            sources_of.append(message)
             targets.append(target)
             received.append(received_at(message))
-            accepted.append(message)
         if not requests:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
@@ -205,24 +209,24 @@ class Scorer:
         except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
             replies = [
                 await self._reply_alone(*args)
-                for args in zip(requests, seen, received, accepted, strict=True)
+                for args in zip(requests, seen, received, sources_of, strict=True)
             ]
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
-        for reply, target, message in zip(replies, targets, accepted, strict=True):
-            if reply is None:
+        for reply, target, message in zip(replies, targets, sources_of, strict=True):
+            if reply is None:  # dead-lettered: its scoring raised
                 continue
             try:
                 encoded = reply.encode()
             except Exception as exc:  # e.g. a title that is not UTF-8 (the catalog refuses
                 # them; this is the last resort): the request is dead-lettered, not retried
-                await send_dead_letter(
-                    self.dlq,
-                    message,
-                    Undecodable(
-                        "invalid", f"the reply cannot be encoded: {type(exc).__name__}: {exc}"
-                    ),
-                )
+                why = f"the reply cannot be encoded: {type(exc).__name__}: {exc}"
+                self._queue(await send_dead_letter(self.dlq, message, Undecodable("invalid", why)))
+                continue
+            too_large = reply_size_refusal(len(encoded[1]), self.max_reply_bytes)
+            if too_large is not None:  # not sent (Kafka would refuse it and stall the reader)
+                letter = Undecodable("too_large", too_large)
+                self._queue(await send_dead_letter(self.dlq, message, letter))
                 continue
             entry = by_target.get(id(target))
             if entry is None:
@@ -231,8 +235,8 @@ class Scorer:
             sources[reply.source] += 1
             metrics.REQUEST_SECONDS.observe((reply.latency_ms or 0.0) / 1000)
         deliveries = []
-        for target, messages in by_target.values():  # queued, not delivered
-            deliveries += await target.send_many(messages)
+        for target, batch in by_target.values():  # queued, not delivered
+            deliveries += await target.send_many(batch)
         # Delivered before their requests are committed (the reader awaits ``delivered``
         # first): a crash then answers again rather than never. Not awaited here, so the
         # next fetch is scored while these are on their way.
@@ -248,14 +252,27 @@ class Scorer:
         try:
             return replies_for([request], self.holder, [seen], [received], catalog=self.catalog)[0]
         except Exception as exc:
-            await send_dead_letter(self.dlq, message, record_error("scorer", exc))
+            self._queue(await send_dead_letter(self.dlq, message, record_error("scorer", exc)))
             return None
+
+    def _queue(self, delivery: Any) -> None:
+        """A dead letter's delivery: awaited by :meth:`delivered`, with the replies."""
+        if inspect.isawaitable(delivery):
+            self._undelivered.append(asyncio.ensure_future(delivery))
 
     async def _target(self, reply_to: str | None) -> BatchSink:
         if reply_to is None:
             return self.default_reply
-        if reply_to in self.forbidden_replies or reply_to.startswith("__"):
-            raise Undecodable("reply_to", f"reply_to {reply_to!r} is one of streamrec's own topics")
+        refused = reply_to_refusal(
+            reply_to,
+            responses_topic=self.responses_topic,
+            prefixes=self.reply_prefixes,
+            own_topics=self.forbidden_replies,
+        )
+        if refused is not None:
+            raise Undecodable("reply_to", refused)
+        if reply_to == self.responses_topic:
+            return self.default_reply
         if not await self.topic_exists(reply_to):
             raise Undecodable("reply_to", f"reply_to topic {reply_to!r} does not exist")
         return self.reply_topic(reply_to)

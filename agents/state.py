@@ -39,12 +39,12 @@ class ModelHolder:
     def item_index(self, view: ScoringView) -> ItemHashIndex:
         """Item hash → row of ``view`` (for excluding seen items); built once per view,
         only the new items hashed when ``view`` extends the previous one's catalogue."""
-        if self._index_view is not view:
+        index = self._index
+        if index is None or self._index_view is not view:
             ids = view.item_ids()
-            index = self._index
-            self._index = ItemHashIndex(ids) if index is None else index.extended(ids)
+            index = self._index = ItemHashIndex(ids) if index is None else index.extended(ids)
             self._index_view = view
-        return self._index
+        return index
 
     @property
     def ready(self) -> bool:

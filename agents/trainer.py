@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -47,14 +48,18 @@ from agents import metrics
 from agents.deltas import DeltaPublisher
 from agents.follower import REFUSED
 from agents.health import record_error
-from agents.ports import Message, Sink, SnapshotStore, dead_letter
+from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
+from agents.resync import ANSWER_EVERY
 from agents.state import ModelHolder
+from models.bounds import Capacity, over_capacity
 from models.config import ModelConfig
 from models.evaluation import positive_hits
-from models.events import Rating
+from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
-from models.wire import DeadLetter, ModelUpdate, Undecodable, decode_rating
+from models.signing import Keyring
+from models.snapshot import UntrustedSnapshot, sign_manifest
+from models.wire import DeadLetter, ModelUpdate, SnapshotRequest, Undecodable, decode_rating
 from storage.errors import SnapshotExists
 
 log = logging.getLogger(__name__)
@@ -94,7 +99,10 @@ def offset_key(topic: str, partition: int) -> str:
 
 
 async def restore_model(
-    store: SnapshotStore, config: ModelConfig, holder: ModelHolder | None = None
+    store: SnapshotStore,
+    config: ModelConfig,
+    holder: ModelHolder | None = None,
+    keys: Keyring | None = None,
 ) -> IncrementalModel:
     """The store's current snapshot (the newest if none is promoted), or a fresh model.
 
@@ -107,6 +115,7 @@ async def restore_model(
     logged, counted and recorded in ``holder`` (``/model/`` shows it), and the newest good
     one is restored instead, so a bad write never makes the trainer crash-loop. If snapshots
     exist but every one is refused, it stops with that error rather than start from nothing.
+    With ``keys``, a snapshot not signed by one of them is refused like a corrupt one.
     """
     latest = await store.latest()
     current = await store.current()
@@ -119,9 +128,11 @@ async def restore_model(
     for version in candidates:
         try:
             payload, manifest = await store.get(version)
-            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest)
+            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
         except REFUSED as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UntrustedSnapshot):
+                metrics.MODEL_REFUSED.labels("snapshot", exc.kind).inc()
             refused.append(f"v{version} ({reason})")
             metrics.MODEL_LOADS.labels("refused").inc()
             if holder is not None:
@@ -180,9 +191,19 @@ class DecodedBatch:
     next_offsets: dict[str, int]  # "topic:partition" -> next offset after the batch
     events: int  # messages in the batch
     topic: str | None = None
+    messages: Sequence[Message] = ()  # as fetched (the original bytes of dead letters)
 
     @classmethod
-    def of(cls, messages: Sequence[Message], max_bytes: int) -> DecodedBatch:
+    def of(
+        cls,
+        messages: Sequence[Message],
+        max_bytes: int,
+        max_skew: float = MAX_FUTURE_SKEW_SECONDS,
+    ) -> DecodedBatch:
+        """Decode ``messages``; a rating stamped more than ``max_skew`` seconds past its
+        record's timestamp (:func:`agents.ports.reference_time`) is a ``ts_in_future`` dead
+        letter."""
+        wall = time.time()
         ratings: list[Rating] = []
         positions: list[tuple[int, int]] = []
         letters: list[DeadLetter] = []
@@ -198,7 +219,15 @@ class DecodedBatch:
             elif offset > span[1]:
                 span[1] = offset
             try:
-                append(decode_rating(m.key, m.value, max_bytes=max_bytes))
+                append(
+                    decode_rating(
+                        m.key,
+                        m.value,
+                        max_bytes=max_bytes,
+                        reference=reference_time(m, wall),
+                        max_skew=max_skew,
+                    )
+                )
             except Undecodable as exc:
                 letters.append(dead_letter(m, exc))
                 continue
@@ -209,7 +238,31 @@ class DecodedBatch:
         first = {offset_key(*tp): low for tp, (low, _) in spans.items()}
         next_ = {offset_key(*tp): high + 1 for tp, (_, high) in spans.items()}
         topic = messages[0].topic if messages else None
-        return cls(ratings, positions, letters, first, next_, len(messages), topic)
+        return cls(ratings, positions, letters, first, next_, len(messages), topic, messages)
+
+    def within(self, model: IncrementalModel, capacity: Capacity) -> DecodedBatch:
+        """This batch without the ratings that would grow ``model`` past ``capacity``
+        (:func:`models.bounds.over_capacity`): they become dead letters of kind
+        ``capacity``, in offset order with the others."""
+        refused = over_capacity(
+            self.ratings, model.users, model.items, model.n_users, model.n_items, capacity
+        )
+        if not refused:
+            return self
+        by_position = {(m.partition, m.offset): m for m in self.messages}
+        letters = list(self.dead_letters)
+        for n, reason in refused:
+            message = by_position[self.positions[n]]
+            letters.append(dead_letter(message, Undecodable("capacity", reason)))
+        letters.sort(key=lambda d: (d.partition, d.offset))
+        out = {n for n, _ in refused}
+        keep = [n for n in range(len(self.ratings)) if n not in out]
+        return replace(
+            self,
+            ratings=[self.ratings[n] for n in keep],
+            positions=[self.positions[n] for n in keep],
+            dead_letters=letters,
+        )
 
     def after(self, covered: Mapping[str, int], dead_lettered: Mapping[int, int]) -> DecodedBatch:
         """This batch without what ``covered`` (the model's offsets) already trained and
@@ -261,12 +314,21 @@ class Trainer:
     dead_lettered: dict[int, int] = field(default_factory=dict)
     eval_k: int = 10
     deltas: DeltaPublisher | None = None  # model-deltas (None: scorers follow snapshots only)
+    capacity: Capacity = field(default_factory=Capacity)  # the most users and items
+    keys: Keyring = field(default_factory=Keyring.dev, repr=False)
+    """Signs snapshot manifests and announcements (deltas: ``deltas.keys``)."""
     #: Set before the consumer subscribes: the rebalance callbacks seek it.
     consumer: RatingsConsumer | None = None
+    #: How far past its record's timestamp a rating's ``ts`` may be (else ``ts_in_future``).
+    max_future_skew: float = MAX_FUTURE_SKEW_SECONDS
+    #: At most one snapshot per this many seconds for scorers' requests (agents.resync).
+    answer_every: float = ANSWER_EVERY
+    _answered_at: float = -math.inf
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _in_flight: asyncio.Task[None] | None = None  # the newest batch's step
     _in_flight_before: asyncio.Task[None] | None = None  # the one before it, if running
     _stopping: bool = False
+    _full_logged: bool = False  # the first capacity dead letter was logged
     _uncommitted: dict[str, int] | None = None  # offsets of a snapshot not yet committed
     _batches_since_snapshot: int = 0
     _last_snapshot_at: float = field(default_factory=time.monotonic)
@@ -287,6 +349,7 @@ class Trainer:
         # Consolidations (a retrain on the whole window, seconds) run beside the batches
         # instead of inside one, and are installed when done (models.incremental).
         self.model.defer_consolidation = True
+        self.model.max_future_skew = self.max_future_skew  # its popularity clock's ceiling
         self._snapshot_version = self.model.version
         self._snapshot_offsets = dict(self.model.offsets)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
@@ -341,11 +404,14 @@ class Trainer:
     async def _step(self, messages: Sequence[Message], previous: asyncio.Task[None] | None) -> None:
         """Decode ``messages`` (while ``previous``, the batch fetched before, trains), then
         train them after it."""
-        decoded = await asyncio.to_thread(DecodedBatch.of, messages, self.max_bytes)
+        decoded = await asyncio.to_thread(
+            DecodedBatch.of, messages, self.max_bytes, self.max_future_skew
+        )
         if previous is not None:
             await previous  # in fetch order; a failure fails this batch too
         async with self._lock:
-            batch = decoded.after(self.model.offsets, self.dead_lettered)
+            batch = decoded.within(self.model, self.capacity)
+            batch = batch.after(self.model.offsets, self.dead_lettered)
             await self.send_dead_letters(batch)
             await self.train_batch(batch)
         self._start_snapshot()
@@ -356,6 +422,13 @@ class Trainer:
         if not batch.dead_letters:
             return
         await self.dead_letters.send(batch.dead_letters)
+        if not self._full_logged and any(d.kind == "capacity" for d in batch.dead_letters):
+            self._full_logged = True  # one line, not one per rating
+            log.warning(
+                "The model is full (%s): ratings of new users or items are dead-lettered "
+                "(kind capacity); known ones keep training",
+                self.capacity,
+            )
         for letter in batch.dead_letters:
             metrics.DEAD_LETTERS.labels(letter.topic, letter.kind).inc()
             if letter.offset > self.dead_lettered.get(letter.partition, -1):
@@ -427,7 +500,11 @@ class Trainer:
             self.holder.info["snapshot_due"] = {
                 "version": published["version"],
                 "at": published.get("at", time.time()),
-                "reason": "marker" if marker else "neighbours",
+                "reason": "refused"
+                if "refused" in published
+                else "marker"
+                if marker
+                else "neighbours",
             }
             self._urgent_version = max(self._urgent_version, published["version"])
             self._snapshot_soon()
@@ -441,7 +518,35 @@ class Trainer:
         if writer is None or writer.done():
             self._start_snapshot()
         else:
-            writer.add_done_callback(lambda _: self._stopping or self._start_snapshot())
+            writer.add_done_callback(self._snapshot_after)
+
+    def _snapshot_after(self, _: object) -> None:
+        """A write in progress ended: start the one :meth:`_snapshot_soon` asked for."""
+        if not self._stopping:
+            self._start_snapshot()
+
+    def snapshot_requested(self, request: SnapshotRequest) -> bool:
+        """A scorer's delta chain broke (:mod:`agents.resync`): snapshot at once, so that it
+        serves the trainer's state within seconds, not after the snapshot interval. At most
+        one per :attr:`answer_every` seconds; with nothing unsaved, the next batch's state
+        is snapshotted at once. True if answered."""
+        now = time.monotonic()
+        if now - self._answered_at < self.answer_every:
+            metrics.SNAPSHOT_REQUESTS.labels("rate_limited").inc()
+            return False
+        self._answered_at = now
+        metrics.SNAPSHOT_REQUESTS.labels("answered").inc()
+        unsaved = self._progress_unsaved()
+        log.info(
+            "A scorer asked for a snapshot (%s; it serves v%d): %s",
+            request.reason,
+            request.version,
+            "writing one now" if unsaved else "the next batch's state will be snapshotted",
+        )
+        self._urgent_version = max(self._urgent_version, self.model.version + (not unsaved))
+        if unsaved:
+            self._snapshot_soon()
+        return True
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,
@@ -587,8 +692,9 @@ class Trainer:
             if self.model.version == self._snapshot_version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
-                self.model.version += 1
+                await self._next_version()
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
+            manifest = sign_manifest(manifest, self.keys)
             covered_batches = self._batches_since_snapshot
             info = self._info()
             batch_info = {
@@ -601,7 +707,9 @@ class Trainer:
             raise
         except Exception as exc:
             if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
-                self.model.version = max(self.model.version, manifest["version"] + 1)
+                async with self._lock:
+                    if self.model.version <= manifest["version"]:
+                        await self._next_version()
             log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
             self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
             return False
@@ -623,6 +731,15 @@ class Trainer:
         )
         return True
 
+    async def _next_version(self) -> None:
+        """A new version without trained rows, carried to the scorers by a delta without
+        rows: every delta makes exactly the next version (:func:`models.delta.next_step`
+        refuses any other step). Called under the lock."""
+        self.model.version += 1
+        view = self.model.view()
+        self.holder.publish(view, **self._info())
+        await self._publish_delta(view)
+
     async def _write_snapshot(
         self,
         payload: bytes,
@@ -641,7 +758,7 @@ class Trainer:
             n_users=info["n_users"],
             n_items=info["n_items"],
             created_at=manifest["created_at"],
-        )
+        ).signed(self.keys)
         key, value = update.encode()
         await self.updates.send(key=key, value=value)
         return uri

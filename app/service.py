@@ -43,13 +43,14 @@ from agents.kafka import (
     send_records,
 )
 from agents.lease import Lease
+from agents.resync import SnapshotAsker, serve_snapshot_requests
 from agents.scorer import NO_CATALOG, Catalog, Scorer
 from agents.state import ModelHolder
 from agents.trainer import Trainer, TrainerRebalance, restore_model
 from app import web
 from app.dashboard import Series
 from app.kafka import faust_broker_options, kafka_client_options
-from app.settings import Settings, model_config_of
+from app.settings import Settings, model_config_of, model_keys
 from app.stores import store_from_settings
 from app.topics import (
     CATALOG_PARTITIONS,
@@ -64,7 +65,9 @@ from app.topics import (
     topic_specs,
     trainer_group,
 )
+from models.bounds import Capacity
 from models.config import ModelConfig
+from models.signing import DEV_KEY, Keyring
 from models.wire import (
     Undecodable,
     catalog_item_body,
@@ -197,6 +200,24 @@ def table_topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     )
 
 
+_dev_key_said = False
+
+
+def worker_model_keys(settings: Settings) -> Keyring:
+    """:func:`app.settings.model_keys`; with no key set, the warning that the dev key is
+    used goes to the log once per process."""
+    global _dev_key_said
+    keys = model_keys(settings)
+    if keys.signing == DEV_KEY and not _dev_key_said:
+        _dev_key_said = True
+        log.warning(
+            "No STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE: model deltas, announcements "
+            "and snapshots are signed with the fixed dev key, which anyone can forge; set a "
+            "secret key outside development (docs/deploy.md, 'Model key')"
+        )
+    return keys
+
+
 def create_app(settings: Settings, role: str | None = None) -> faust.App:
     role = role or settings.role
     if role not in ROLES:
@@ -256,7 +277,9 @@ def create_app(settings: Settings, role: str | None = None) -> faust.App:
         deltas = None
         if role == "trainer":  # in one process the scorer shares the trainer's own view
             deltas = DeltaPublisher(
-                ImmediateSink(topics[settings.model_deltas_topic]), settings.delta_max_bytes
+                ImmediateSink(topics[settings.model_deltas_topic]),
+                settings.delta_max_bytes,
+                keys=model_keys(settings),  # said in the log when the trainer starts
             )
         _add_trainer(app, runtime, model_updates, deltas)
     if role in ("scorer", "all"):
@@ -509,11 +532,13 @@ def trainer_service(
     class TrainerService(mode.Service):
         _stack: contextlib.AsyncExitStack
         _task: asyncio.Task[None] | None = None
+        _requests: asyncio.Task[None] | None = None  # scorers asking for a snapshot
 
         async def on_start(self) -> None:
             self._stack = contextlib.AsyncExitStack()
             store = await self._stack.enter_async_context(store_from_settings(s))
-            model = await restore_model(store, model_config(s), runtime.holder)
+            keys = worker_model_keys(s)
+            model = await restore_model(store, model_config(s), runtime.holder, keys)
             marks = await dead_letter_marks(options, s.ratings_dlq_topic, s.ratings_topic)
             own = OwnProducer(options)
             producer = await own.start()
@@ -533,12 +558,15 @@ def trainer_service(
                 store=store,
                 updates=updates,
                 dead_letters=DeadLetterQueue(producer, s.ratings_dlq_topic),
+                capacity=Capacity(s.max_users, s.max_items),
                 dead_lettered=marks,
                 max_bytes=s.max_message_bytes,
                 snapshot_every_batches=s.snapshot_every_batches,
                 snapshot_every_seconds=s.snapshot_every_seconds,
                 deltas=deltas,
                 consumer=consumer,
+                max_future_skew=s.max_future_skew_seconds,
+                keys=keys,
             )
             await consumer.start()
             self._stack.push_async_callback(consumer.stop)
@@ -550,6 +578,15 @@ def trainer_service(
         async def on_started(self) -> None:
             assert runtime.trainer is not None
             self._task = asyncio.create_task(self._run(runtime.trainer))
+            if deltas is not None:  # scorers follow deltas: they may ask for a snapshot
+                self._requests = asyncio.create_task(
+                    serve_snapshot_requests(
+                        options,
+                        s.model_requests_topic,
+                        runtime.trainer.snapshot_requested,
+                        keys=runtime.trainer.keys,
+                    )
+                )
 
         async def _run(self, trainer: Trainer) -> None:
             try:
@@ -561,6 +598,10 @@ def trainer_service(
 
         async def on_stop(self) -> None:
             trainer, runtime.trainer = runtime.trainer, None
+            if self._requests is not None:
+                self._requests.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._requests
             try:
                 if trainer is not None:
                     trainer.stop()
@@ -613,11 +654,13 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
             reply_topics[name] = BulkTopic(name, replies)
         return reply_topics[name]
 
+    known_topics = KnownTopics(kafka_client_options(s))  # one admin client per process
     never_fetch_through_faust(app.consumer, s.requests_topic)
     ingest = Ingest(
         seen=seen,
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
+        max_future_skew=s.max_future_skew_seconds,
     )
     runtime.ingest = ingest
     scorer = Scorer(
@@ -626,11 +669,14 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         default_reply=reply_topic(s.responses_topic),
         dlq=ImmediateSink(requests_dlq),
         reply_topic=reply_topic,
-        topic_exists=KnownTopics(kafka_client_options(s)).exists,
+        topic_exists=known_topics.exists,
         # Every topic streamrec owns, except the default reply topic itself.
         forbidden_replies=frozenset(t.name for t in topic_specs(s, runtime.role))
         - {s.responses_topic},
         max_bytes=s.max_message_bytes,
+        responses_topic=s.responses_topic,
+        reply_prefixes=s.reply_prefixes,
+        max_reply_bytes=s.max_reply_bytes,
         max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
     )
@@ -672,6 +718,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
         try:
             await readers[0].run()
         finally:
+            await known_topics.close()
             await replies.stop()
 
     @app.task
@@ -720,6 +767,7 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
 
         @app.task
         async def follow_model_updates() -> None:
+            keys = worker_model_keys(s)
             async with store_from_settings(s) as store:
                 follower = ModelFollower(
                     runtime.holder,
@@ -729,5 +777,9 @@ def _add_scorer(app: faust.App, runtime: Runtime, *, follow_updates: bool) -> No
                     deltas_topic=s.model_deltas_topic,
                     max_delta_bytes=delta_topic_max_bytes(s),
                     health=runtime.health,
+                    asker=SnapshotAsker(
+                        ImmediateSink(runtime.topics[s.model_requests_topic]), keys=keys
+                    ),
+                    keys=keys,
                 )
                 await follower.run()

@@ -7,6 +7,7 @@ set variables that exist here; a test checks that.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -15,7 +16,13 @@ import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.bounds import reply_prefix_problem
 from models.config import LOSSES, ModelConfig
+from models.events import MAX_FUTURE_SKEW_SECONDS
+from models.signing import DEV_KEY, Keyring, parse_keys
+
+MIN_KEY_CHARS = 16
+"""The shortest model key accepted (a secret, not a password to remember)."""
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +64,11 @@ KAFKA_CREDENTIAL_FIELDS = (
 """Optional Kafka credentials and TLS files (an empty value means unset)."""
 
 
+MAX_USERS_DEFAULT = 400_000
+MAX_ITEMS_DEFAULT = 100_000
+"""STREAMREC_MAX_USERS/ITEMS defaults: what the k8s/ memory limits hold (docs/deploy.md#sizing)."""
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a raw ValidationError (e.g. from Settings() in a traceback) never
     # prints the values given, which include the secrets; load_settings names them safely.
@@ -76,6 +88,11 @@ class Settings(BaseSettings):
     model_deltas_topic: str = Field(
         "model-deltas", description="One partition: the trainer's per-batch model deltas"
     )
+    model_requests_topic: str = Field(
+        "model-requests",
+        description="One partition: scorers whose delta chain broke ask the trainer for a "
+        "snapshot at once",
+    )
     delta_retention_seconds: float = Field(
         24 * 3600.0,
         gt=0,
@@ -87,10 +104,36 @@ class Settings(BaseSettings):
         le=15 * 1024 * 1024,
         description="Largest delta message; a larger batch sends 'snapshot needed' instead",
     )
+    delta_retention_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=32 * 1024 * 1024,
+        description="Most bytes the delta topic keeps (retention.bytes; older segments go "
+        "first); a scorer whose deltas were deleted loads the next snapshot",
+    )
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
+    max_future_skew_seconds: float = Field(
+        MAX_FUTURE_SKEW_SECONDS,
+        ge=0,
+        allow_inf_nan=False,
+        description="A rating whose ts is further than this past its Kafka record's "
+        "timestamp is dead-lettered as ts_in_future (ms timestamps, clocks ahead)",
+    )
+    max_reply_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=1_000_000,
+        description="Largest reply sent (under Kafka's 1 MiB default max.message.bytes); "
+        "the request of a larger one is dead-lettered as too_large",
+    )
+    reply_topic_prefixes: str = Field(
+        "",
+        description="Comma-separated prefixes of the topics a request's reply_to may name "
+        "besides the responses topic (empty: only the responses topic); internal topics "
+        "and streamrec's own never",
+    )
 
     # --- Kafka security (every client: Faust app, admin, follower, CLI, benchmarks) -------
     kafka_security_protocol: SecurityProtocol = Field(
@@ -118,6 +161,25 @@ class Settings(BaseSettings):
     s3_access_key: str = "streamrec"
     s3_secret_key: SecretStr = SecretStr("streamrec-dev-secret")
     s3_max_attempts: int = Field(5, ge=1, description="botocore retry attempts")
+
+    # --- Model signing (models.signing; docs/deploy.md "Model key") ---------------------
+    model_key: SecretStr | None = Field(
+        None,
+        description="Secret (>= 16 characters) that signs and verifies model deltas, "
+        "announcements and snapshots (HMAC-SHA256); unset with no file: a fixed dev key",
+    )
+    model_key_file: Path | None = Field(
+        None, description="File holding the model key (a mounted secret), instead of the var"
+    )
+    model_verify_keys_file: Path | None = Field(
+        None,
+        description="File of further keys, one per line, that verify but never sign (key rotation)",
+    )
+    allow_unsigned_snapshots: bool = Field(
+        False,
+        description="Load snapshots that carry no signature (stores written before signing); "
+        "wrongly signed ones are refused regardless",
+    )
 
     # --- Model (defaults: models.config.ModelConfig; see model_config_of) --------------
     loss: str = Field(_MODEL.loss, pattern=f"^({'|'.join(LOSSES)})$")
@@ -190,6 +252,18 @@ class Settings(BaseSettings):
         description="Records per Kafka fetch Faust hands a worker's streams at once",
     )
     default_k: int = Field(10, ge=1, le=1000)
+    max_users: int = Field(
+        MAX_USERS_DEFAULT,
+        ge=1,
+        description="Most users the model holds; ratings of new users past it are "
+        "dead-lettered (kind capacity). Sizing: docs/deploy.md",
+    )
+    max_items: int = Field(
+        MAX_ITEMS_DEFAULT,
+        ge=1,
+        description="Most items the model holds; ratings of new items past it are "
+        "dead-lettered (kind capacity). Sizing: docs/deploy.md",
+    )
     session_timeout: float = Field(
         20.0,
         ge=6,
@@ -208,6 +282,14 @@ class Settings(BaseSettings):
     )
     dashboard_points: int = Field(
         360, ge=2, le=10_000, description="Samples the dashboard keeps (a ring buffer)"
+    )
+    web_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every web view but /, /static/, /health/ and /metrics needs "
+        "(unset: the views are open, as on a developer machine)",
+    )
+    web_token_file: Path | None = Field(
+        None, description="A file holding STREAMREC_WEB_TOKEN (e.g. a mounted secret)"
     )
     log_level: str = "info"
 
@@ -229,10 +311,32 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator(*KAFKA_CREDENTIAL_FIELDS, mode="before")
+    @field_validator(
+        *KAFKA_CREDENTIAL_FIELDS,
+        "model_key",
+        "model_key_file",
+        "model_verify_keys_file",
+        "web_token",
+        "web_token_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
+
+    @field_validator("reply_topic_prefixes")
+    @classmethod
+    def _reply_prefixes(cls, value: str) -> str:
+        for prefix in _split(value):
+            problem = reply_prefix_problem(prefix)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @property
+    def reply_prefixes(self) -> tuple[str, ...]:
+        """STREAMREC_REPLY_TOPIC_PREFIXES as a tuple."""
+        return _split(self.reply_topic_prefixes)
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:
@@ -245,13 +349,98 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
             raise ValueError("STREAMREC_KAFKA_SSL_KEY_FILE needs STREAMREC_KAFKA_SSL_CERT_FILE")
+        if self.model_key is not None and self.model_key_file is not None:
+            raise ValueError("set STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE, not both")
+        if self.model_key is not None and len(self.model_key.get_secret_value()) < MIN_KEY_CHARS:
+            raise ValueError(f"STREAMREC_MODEL_KEY must have at least {MIN_KEY_CHARS} characters")
         return self
+
+    @model_validator(mode="after")
+    def _web_token(self) -> Settings:
+        web_token_of(self)  # a bad token or token file stops the worker before it starts
+        return self
+
+
+WEB_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]{16,4096}={0,2}")
+"""An RFC 6750 ``b64token`` of at least 16 characters (``secrets.token_urlsafe(32)`` makes
+one): what a browser can put in a header, and what ``hmac.compare_digest`` can compare."""
+
+
+def web_token_of(settings: Settings) -> bytes | None:
+    """The web views' bearer token of ``settings`` (see :func:`read_web_token`)."""
+    return read_web_token(settings.web_token, settings.web_token_file)
+
+
+def read_web_token(token: SecretStr | None, file: Path | None) -> bytes | None:
+    """The bearer token: STREAMREC_WEB_TOKEN, or the content of STREAMREC_WEB_TOKEN_FILE
+    without surrounding whitespace, or None when neither is set.
+
+    Setting both is an error (which one wins would be a guess); so is a file that cannot
+    be read or a token that is not :data:`WEB_TOKEN_PATTERN`. Messages never show a token.
+    """
+    if token is not None and file is not None:
+        raise ValueError("set STREAMREC_WEB_TOKEN or STREAMREC_WEB_TOKEN_FILE, not both")
+    if file is not None:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"STREAMREC_WEB_TOKEN_FILE {str(file)!r} cannot be read: {type(exc).__name__}"
+            ) from None
+        name = "the content of STREAMREC_WEB_TOKEN_FILE"
+    elif token is not None:
+        value, name = token.get_secret_value(), "STREAMREC_WEB_TOKEN"
+    else:
+        return None
+    if not WEB_TOKEN_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{name} must be 16 or more of A-Z a-z 0-9 . _ ~ + / - (an RFC 6750 token; "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return value.encode("ascii")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if "SecretStr" in str(info.annotation)
 )
 """Settings whose values are never printed, logged or shown (their SecretStr fields)."""
+
+
+def model_keys(settings: Settings) -> Keyring:
+    """The keys this process signs and verifies model messages with: the model key (the
+    var or the file) signs; it and every key in the verify-keys file verify. With no key
+    set, the fixed dev key (:data:`models.signing.DEV_KEY`; workers say so in their log,
+    :func:`app.service.worker_model_keys`)."""
+    if settings.model_key_file is not None:
+        signing = _read_secret(settings.model_key_file, "STREAMREC_MODEL_KEY_FILE")
+    elif settings.model_key is not None:
+        signing = settings.model_key.get_secret_value()
+    else:
+        signing = None
+    extra: tuple[bytes, ...] = ()
+    if settings.model_verify_keys_file is not None:
+        text = _read_secret(settings.model_verify_keys_file, "STREAMREC_MODEL_VERIFY_KEYS_FILE")
+        extra = parse_keys(text.splitlines())
+        if any(len(key) < MIN_KEY_CHARS for key in extra):
+            raise SettingsError(
+                f"every key in STREAMREC_MODEL_VERIFY_KEYS_FILE needs {MIN_KEY_CHARS}+ characters"
+            )
+    if signing is None:
+        return Keyring(DEV_KEY, extra, settings.allow_unsigned_snapshots)
+    if len(signing) < MIN_KEY_CHARS:
+        raise SettingsError(f"the model key needs at least {MIN_KEY_CHARS} characters")
+    return Keyring(signing.encode(), extra, settings.allow_unsigned_snapshots)
+
+
+def _read_secret(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}={str(path)!r}: cannot read it ({exc})") from None
 
 
 def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:

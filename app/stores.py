@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, model_keys
 from storage import S3Config, SnapshotStore, open_store
 
 if TYPE_CHECKING:
@@ -89,7 +89,10 @@ async def write_current_snapshot(
         latest = await store.latest()
         if latest is not None and latest >= model.version:
             model.version = latest + 1
+        from models.snapshot import sign_manifest
+
         payload, manifest = await asyncio.to_thread(model.to_bytes)
+        manifest = sign_manifest(manifest, model_keys(settings))
         uri = await store.put(model.version, payload, manifest)
         await refuse_streamed()
         await store.promote(model.version)

@@ -91,9 +91,20 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
             1,
             {
                 "retention.ms": str(int(settings.delta_retention_seconds * 1000)),
+                # Deleted a segment at a time: segments of a quarter of the bound (at
+                # least one delta) keep the disk used under 1.25x the bound.
+                "retention.bytes": str(settings.delta_retention_bytes),
+                "segment.bytes": str(
+                    max(
+                        delta_topic_max_bytes(settings),
+                        min(settings.delta_retention_bytes // 4, 1 << 30),
+                    )
+                ),
                 "max.message.bytes": str(delta_topic_max_bytes(settings)),
             },
         ),
+        # Scorers whose delta chain broke ask the trainer for a snapshot (agents.resync).
+        TopicSpec(settings.model_requests_topic, 1, {"retention.ms": str(3600_000)}),
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
         TopicSpec(settings.items_topic, CATALOG_PARTITIONS, {"cleanup.policy": "compact"}),

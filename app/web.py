@@ -4,7 +4,8 @@ Every view is read-only (GET; Faust answers other methods with 405) and bounded:
 paged with ``?limit=`` and ``?offset=``, and no page is longer than :data:`PAGE_MAX`.
 ``/users/{id}/`` is routed (``app.table_route``) to the worker that owns the user's
 ``seen-items`` partition, so it answers from any scorer (a plain table view would return
-nothing on non-owners; Faust issue 187).
+nothing on non-owners; Faust issue 187). With STREAMREC_WEB_TOKEN set, every view but
+``/``, ``/static/``, ``/health/`` and ``/metrics`` needs it (:mod:`app.webauth`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client import generate_latest
 
 from agents import metrics
 from agents.scorer import Catalog, reply_for, title_of
+from app import webauth
 from app.dashboard import ASSETS, asset
 from models.events import MAX_K, InvalidEvent, parse_request
 from models.seen import decode_row
@@ -76,6 +78,7 @@ def _titles(catalog: Catalog, items: list[str]) -> dict[str, str]:
 
 
 def register(app: faust.App, runtime: Runtime) -> None:
+    webauth.install(app, runtime.settings)  # the bearer token, when one is set
     holder = runtime.holder
     catalog: Catalog = runtime.catalog_rows
 

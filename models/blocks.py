@@ -10,6 +10,7 @@ one index into one block.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class RowBlocks:
         """Row ``i`` (a read-only view; a numpy scalar for 1-d arrays)."""
         if not 0 <= i < self._n:
             raise IndexError(f"row {i} out of range for {self._n} rows")
-        return self._blocks[i >> BLOCK_SHIFT][i & _MASK]
+        return cast(np.ndarray, self._blocks[i >> BLOCK_SHIFT][i & _MASK])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """A new array of the given rows (like ``array[rows]``)."""

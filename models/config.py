@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 LOSSES = ("warp", "bpr", "logistic", "warp-kos")
 SCHEDULES = ("adagrad", "adadelta")
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "int": int,
+    "float": (int, float),
+    "str": str,
+    "bool": bool,
+}
+"""The Python types each annotated field type accepts (checked in ``__post_init__``)."""
 
 
 @dataclass(frozen=True)
@@ -61,14 +71,14 @@ class ModelConfig:
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
-    def _problems(self):
+    def _problems(self) -> Iterator[str]:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[f.type]
+            expected: type | tuple[type, ...] = _TYPES[str(f.type)]
             if isinstance(value, bool) != (f.type == "bool") or not isinstance(value, expected):
                 yield f"{f.name} must be {f.type}, got {type(value).__name__}"
                 return
-            if f.type == "float" and not math.isfinite(value):
+            if f.type == "float" and not math.isfinite(getattr(self, f.name)):
                 yield f"{f.name} must be finite"
         if self.loss not in LOSSES:
             yield f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}"

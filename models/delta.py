@@ -18,7 +18,9 @@ The chain
 its versions may repeat those of the run before it, and only ``(lineage, version)``
 names a state. Every delta also says where its lineage began: ``origin`` (the snapshot
 version the run restored, :data:`FRESH` for an empty model) and ``start`` (the run's
-first base version). :func:`next_step` is the one rule a scorer follows.
+first base version). Every delta makes exactly the next version (``version ==
+base_version + 1``), except a run's first (it may continue after the newest version in
+the store). :func:`next_step` is the one rule a scorer follows.
 
 Encoding
 --------
@@ -26,6 +28,8 @@ Encoding
 each array's dtype, shape and offset; arrays are raw little-endian bytes, 8-byte aligned.
 Decoding checks the checksum, then accepts only the expected arrays with their fixed
 dtypes: no pickle, no object arrays, nothing allocated beyond the message's own size.
+On the topic the encoding travels signed by the trainer (:func:`models.wire.seal_delta`,
+:mod:`models.signing`); the checksum only proves it is intact, the signature who wrote it.
 """
 
 from __future__ import annotations
@@ -145,8 +149,18 @@ class ModelDelta:
             n_users=self.n_users,
             n_items=self.n_items,
             trained_events=self.trained_events,
-            popularity_ts=self.popularity_ts,
+            popularity_ts=_finite_or_none(self.popularity_ts),
             snapshot_needed=True,
+        )
+
+    def verify(self) -> None:
+        """Raise :class:`DeltaError` if scorers would refuse this delta's message: the very
+        checks :meth:`decode` applies to every message (fields, ranges, every float finite
+        at its wire dtype, row groups), on this object. The trainer calls it before it
+        sends a delta (:mod:`agents.deltas`); a refused one goes out as a marker instead."""
+        _check_scalars({name: getattr(self, name) for name in _SCALARS})
+        _check_arrays(
+            {name: getattr(self, name) for name in _ARRAYS if not name.startswith("new_")}
         )
 
     # --- wire --------------------------------------------------------------------------
@@ -200,14 +214,7 @@ class ModelDelta:
         values = _check_scalars(scalars)
         data = body[data_start:]
         arrays = _read_arrays(layout, data)
-        k = arrays["user_embeddings"].shape[1] if arrays["user_embeddings"].ndim == 2 else 0
-        for rows_name, names in _ROW_GROUPS.items():
-            n = len(arrays[rows_name])
-            for name in names:
-                if len(arrays[name]) != n:
-                    raise DeltaError(f"{name} has {len(arrays[name])} rows, {rows_name} {n}")
-        if arrays["item_embeddings"].shape[1] != k and len(arrays["item_embeddings"]):
-            raise DeltaError("user and item embeddings have different widths")
+        _check_arrays(arrays)
         ids = {}
         for side in ("user", "item"):
             try:
@@ -216,7 +223,8 @@ class ModelDelta:
                 )
             except ValueError as exc:
                 raise DeltaError(f"new {side} ids: {exc}") from None
-        return cls(**values, new_user_ids=ids["user"], new_item_ids=ids["item"], **arrays)
+        fields: dict[str, Any] = {**values, **arrays}
+        return cls(**fields, new_user_ids=ids["user"], new_item_ids=ids["item"])
 
 
 def _check_scalars(scalars: Any) -> dict[str, Any]:
@@ -269,11 +277,33 @@ def _read_arrays(layout: Any, data: memoryview) -> dict[str, np.ndarray]:
         if offset + size > len(data):
             raise DeltaError(f"delta array {name!r} runs past the message")
         array = np.frombuffer(data, dtype=dt, count=math.prod(shape), offset=offset)
-        array = array.reshape(shape).copy()  # own, aligned, writable until frozen by a view
-        if dt.kind == "f" and not np.isfinite(array).all():
-            raise DeltaError(f"delta array {name!r} has NaN or infinite values")
-        out[name] = array
+        out[name] = array.reshape(shape).copy()  # own, aligned, writable until frozen
     return out
+
+
+def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
+    """Every float finite at its wire dtype; the rows of each group agree; one width."""
+    for name, array in arrays.items():
+        dtype, ndim = _ARRAYS[name]
+        if array.ndim != ndim:
+            raise DeltaError(f"delta array {name!r} has {array.ndim} dimensions, not {ndim}")
+        if np.dtype(dtype).kind == "f" and array.size:
+            with np.errstate(over="ignore"):  # a float64 past float32's range: inf, refused
+                wire = array if array.dtype == np.dtype(dtype) else array.astype(dtype)
+            if not np.isfinite(wire).all():
+                raise DeltaError(f"delta array {name!r} has NaN or infinite values")
+    k = arrays["user_embeddings"].shape[1]
+    for rows_name, names in _ROW_GROUPS.items():
+        n = len(arrays[rows_name])
+        for name in names:
+            if len(arrays[name]) != n:
+                raise DeltaError(f"{name} has {len(arrays[name])} rows, {rows_name} {n}")
+    if arrays["item_embeddings"].shape[1] != k and len(arrays["item_embeddings"]):
+        raise DeltaError("user and item embeddings have different widths")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # --- applying --------------------------------------------------------------------------
@@ -305,15 +335,15 @@ def check_applies(delta: ModelDelta, *, version: int, n_users: int, n_items: int
         if int(np.count_nonzero(rows >= n_old)) != n_new - n_old:
             raise DeltaError(f"{rows_name} do not set every new row")
     for name in ("user_embeddings", "item_embeddings"):
-        array = getattr(delta, name)
-        if len(array) and array.shape[1] != k:
+        array = getattr(delta, name)  # empty ones too: (0, 0) made with_delta raise
+        if array.shape[1] != k:
             raise DeltaError(f"{name} have {array.shape[1]} components, the view has {k}")
     if (delta.user_positives < 0).any() or (delta.popularity_values < 0).any():
         raise DeltaError("user positives and popularity must be >= 0")
 
 
 # --- the chain rule ---------------------------------------------------------------------
-Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore"]
+Step = Literal["apply", "skip", "join", "reload_origin", "resync", "ignore", "refuse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +376,16 @@ def next_step(chain: Chain, delta: ModelDelta) -> Step:
     * ``reload_origin`` — the first delta of a new lineage that began from another
       snapshot: load that snapshot, then join;
     * ``resync`` — a gap: load the newest snapshot and read on from where it ends;
-    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win.
+    * ``ignore`` — pinned by promote/rollback: deltas of other states do not win;
+    * ``refuse`` — it does not extend its chain by exactly one version (``version !=
+      base_version + 1``): no trainer writes it; dropped, and the chain goes on as if it
+      had never been read (a huge version must not make the real deltas look old). Only
+      a run's first delta (a new lineage, ``base_version == start``) may make a later
+      version: a restored trainer's versions continue after the newest in the store.
     """
+    first_of_run = delta.lineage != chain.lineage and delta.base_version == delta.start
+    if delta.version != delta.base_version + 1 and not first_of_run:
+        return "refuse"
     if chain.target is not None and delta.lineage != chain.target:
         return "skip"
     if delta.lineage == chain.lineage:

@@ -20,6 +20,7 @@ import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Metrics:
     hit_rate: float
     auc: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -377,7 +378,7 @@ def _replay(
 
 
 def _test_step(
-    view: ScoringView, batch: Sequence[Rating], stop: int, **options
+    view: ScoringView, batch: Sequence[Rating], stop: int, **options: Any
 ) -> tuple[int, int, int, int, int]:
     """One curve row (see :class:`PrequentialResult`): ``batch``'s positives under ``view``."""
     marks = positive_hits(view, batch, **options)

@@ -16,6 +16,10 @@ from typing import Any
 MAX_ID_LENGTH = 256
 """Longest user, item, event or request id (characters, after canonicalisation)."""
 
+MAX_FUTURE_SKEW_SECONDS = 300.0
+"""How far past its reference clock a rating's ``ts`` may be by default
+(``STREAMREC_MAX_FUTURE_SKEW_SECONDS``; :func:`check_event_time`)."""
+
 MIN_RATING = 0.0
 MAX_RATING = 5.0
 MAX_K = 1000
@@ -31,6 +35,11 @@ class InvalidEvent(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class EventInFuture(InvalidEvent):
+    """A rating stamped further in the future than its reference clock allows
+    (:func:`check_event_time`): dead-lettered as ``ts_in_future``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +216,32 @@ def parse_request(obj: Mapping[str, Any], *, default_k: int = 10) -> RecRequest:
     return RecRequest(
         request_id=request_id, user=user, k=k, exclude_seen=exclude_seen, reply_to=reply_to
     )
+
+
+def latest_event_time(reference: float, max_skew: float = MAX_FUTURE_SKEW_SECONDS) -> float:
+    """The latest ``ts`` a rating may carry when its reference clock reads ``reference``
+    (unix seconds): ``reference + max_skew``."""
+    return reference + max_skew
+
+
+def check_event_time(
+    ts: float, reference: float, max_skew: float = MAX_FUTURE_SKEW_SECONDS
+) -> None:
+    """Raise :class:`EventInFuture` if ``ts`` is past :func:`latest_event_time`.
+
+    The one event-time rule. ``reference`` is the clock the rating is judged by (the agents
+    pass its Kafka record's timestamp, capped by their wall clock:
+    :func:`agents.ports.reference_time`). A ``ts`` in milliseconds or microseconds (a
+    common producer mistake) or far in the future would move the popularity's reference
+    time ahead, and every later rating would count as decades old.
+    """
+    limit = latest_event_time(reference, max_skew)
+    if ts > limit:
+        raise EventInFuture(
+            f"ts {ts:.17g} is {ts - reference:.3g} s past its reference clock "
+            f"{reference:.17g} (at most {max_skew:g} s allowed; milliseconds instead of "
+            "seconds?)"
+        )
 
 
 def is_topic_name(value: Any) -> bool:

@@ -50,6 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,9 +59,10 @@ from lightfm import LightFM
 from models.config import ModelConfig
 from models.consolidation import InteractionWindow, item_neighbours
 from models.delta import FRESH, DeltaError, ModelDelta
-from models.events import Rating
+from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
 from models.idmap import IdMap
 from models.scoring import ScoringView
+from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
 
 _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
@@ -68,6 +70,11 @@ _UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "mo
 # Random streams derived from (seed, version, stream).
 _FIT_STREAM, _USER_INIT_STREAM, _ITEM_INIT_STREAM = 0, 1, 2
 _CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
+
+
+#: The smallest popularity decay factor a delta carries (the smallest normal float64);
+#: below it, a delta carries every item's count instead (see ``_count_popularity``).
+_MIN_DECAY = float(np.finfo(np.float64).tiny)
 
 
 class NonFiniteModel(RuntimeError):
@@ -120,6 +127,10 @@ class IncrementalModel:
         self._recent_set: set[str] = set()
         self._popularity = np.zeros(0, dtype=np.float64)
         self._popularity_ts: float | None = None
+        self.clock: Callable[[], float] = time.time
+        """The wall clock popularity's reference time is capped by (tests set their own)."""
+        self.max_future_skew = MAX_FUTURE_SKEW_SECONDS
+        """How far past :attr:`clock` an event time may count (the trainer sets its own)."""
         self._user_positives = np.zeros(0, dtype=np.int64)
         self._window = InteractionWindow(config.consolidation_window)
         self.since_consolidation = 0
@@ -443,18 +454,38 @@ class IncrementalModel:
         self._item_events = _resized(self._item_events, n_items0, items)
 
     def _count_popularity(self, items: np.ndarray, stamps: np.ndarray) -> None:
-        """Add events to the recency-decayed counts, kept as of the newest event time."""
+        """Add events to the recency-decayed counts, kept as of the reference time: the
+        newest event time, which never moves backwards and never past the clock's
+        :meth:`event_time_ceiling`.
+
+        Whatever the timestamps (a 30-year gap, 0, 1e300, NaN): a stamp past the ceiling
+        counts as of the ceiling, a non-finite or negative one as of the epoch; every
+        weight is in [0, 1]; and the delta's decay factor stays in (0, 1]. A gap so long
+        that the factor would underflow (about 1,000 half-lives: 20 years at 7 days) decays
+        the counts exactly (to 0, as they are) and the next delta carries every item's
+        count instead of the factor."""
         half_life = self.config.popularity_half_life_seconds
+        ceiling = self.event_time_ceiling()
+        stamps = np.clip(np.nan_to_num(stamps, nan=0.0, posinf=ceiling), 0.0, ceiling)
         newest = float(stamps.max())
         ref = self._popularity_ts
         if ref is None or newest > ref:
             if ref is not None:
                 factor = 2.0 ** (-(newest - ref) / half_life)
                 self._popularity[: self.n_items] *= factor
-                self._decay *= factor
+                if self._decay * factor >= _MIN_DECAY:
+                    self._decay *= factor
+                else:  # too small for one factor (0.0 at worst): send every count instead
+                    self._dirty_popularity.append(np.arange(self.n_items))
             ref = newest
         np.add.at(self._popularity, items, 2.0 ** (-(ref - stamps) / half_life))
         self._popularity_ts = ref
+
+    def event_time_ceiling(self) -> float:
+        """The latest event time popularity counts by: :attr:`clock` plus
+        :attr:`max_future_skew` (the trainer dead-letters ratings stamped past that
+        anyway; this keeps any other path, e.g. a file, from freezing popularity)."""
+        return latest_event_time(self.clock(), self.max_future_skew)
 
     def _result(
         self,
@@ -561,8 +592,9 @@ class IncrementalModel:
         if previous is not None and delta is not None and previous.version == delta.base_version:
             try:
                 self._view = previous.with_delta(delta)
-            except DeltaError:  # a bug, never expected: serve a whole view, publish nothing
-                self._view, delta = self.full_view(), None
+            except DeltaError:  # a bug, never expected: serve a whole view, and have the
+                # scorers load the snapshot the trainer writes at once for a marker
+                self._view, delta = self.full_view(), delta.as_marker()
         else:  # the first view (or one after take_delta was called directly): build whole
             self._view = self.full_view()
         if self._neighbours is not None and not self._view.blends_with(self._neighbours):
@@ -604,7 +636,7 @@ class IncrementalModel:
         )
 
     # --- snapshots ---------------------------------------------------------------------
-    def to_bytes(self) -> tuple[bytes, dict]:
+    def to_bytes(self) -> tuple[bytes, dict[str, Any]]:
         """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity[: self.n_items]
@@ -636,16 +668,22 @@ class IncrementalModel:
         )
 
     @classmethod
-    def from_bytes(cls, payload: bytes, manifest: dict) -> IncrementalModel:
-        """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong."""
-        state = decode(payload, manifest)
+    def from_bytes(
+        cls, payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
+    ) -> IncrementalModel:
+        """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong
+        (with ``keys``: also on a manifest not signed by one of them)."""
+        state = decode(payload, manifest, keys)
         model = cls(state.config)
         model.users = IdMap(state.user_ids)
         model.items = IdMap(state.item_ids)
         model.version = state.version
         model.trained_events = state.trained_events
         model.offsets = dict(state.offsets)
-        model._popularity_ts = state.popularity_ts
+        # A reference time past the clock (a state poisoned by a far-future ts before the
+        # event-time rule) would weigh every later rating 0: it restarts at the ceiling.
+        ts = state.popularity_ts
+        model._popularity_ts = ts if ts is None else min(ts, model.event_time_ceiling())
         model._recent = deque(state.recent_event_ids)
         model._recent_set = set(state.recent_event_ids)
         model._window = InteractionWindow.from_arrays(
@@ -860,7 +898,7 @@ class _Fitter:
         LightFM itself checks the embeddings and biases after every epoch (and raises); this
         covers the gradient accumulators and momentum, in the rows that can have changed
         (those backed up, plus this batch's users)."""
-        user_rows = np.union1d(backup["user_biases"][0], rows)
+        user_rows = np.union1d(cast(np.ndarray, backup["user_biases"][0]), rows)  # user rows
         for name in _UNCHECKED_BY_LIGHTFM:
             which = user_rows if name[0] == "u" else slice(0, n_items)
             if not np.isfinite(np.sum(getattr(self.lfm, name)[which], dtype=np.float64)):

@@ -364,7 +364,7 @@ class ScoringView:
         scores = users[:, :dim] @ self._item_embeddings.T
         scores += self._item_biases
         scores += users[:, dim, None]
-        return scores
+        return np.asarray(scores)
 
     def blend(self, scores: np.ndarray, history: np.ndarray) -> np.ndarray:
         """``scores`` (one user's model scores over every item) blended in place with the
@@ -471,7 +471,7 @@ class ScoringView:
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
-            if blend:
+            if blend and history_rows is not None:
                 for r, pos in enumerate(positions):
                     self.blend(scores[r], history_rows[pos])
             masks = [exclude_rows[pos] for pos in positions]

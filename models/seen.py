@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 
@@ -156,7 +157,7 @@ class ItemHashIndex:
         pos = np.searchsorted(self._sorted, hashes)
         pos[pos == len(self._sorted)] = 0
         found = self._sorted[pos] == hashes
-        return self._order[pos[found]].astype(np.int64, copy=False)
+        return cast(np.ndarray, self._order[pos[found]].astype(np.int64, copy=False))
 
     def items(self, hashes: np.ndarray) -> list[str]:
         """The ids of the known hashes among ``hashes``, in the order given."""

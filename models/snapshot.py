@@ -7,6 +7,11 @@ covers all of it. Loading refuses anything that is not exactly what :func:`encod
 wrong checksum, a compressed or unexpected zip entry, an object (pickle) array, a wrong
 dtype or shape, a non-finite value, a zero adagrad accumulator, duplicate ids, or a
 manifest that disagrees with the payload.
+
+Authenticity: the trainer (and ``streamrec train``) signs the manifest
+(:func:`sign_manifest`, HMAC over every manifest field, the payload's sha256 included);
+every load that is given a :class:`models.signing.Keyring` refuses a snapshot whose
+signature is missing (unless ``allow_unsigned_snapshots``) or is not from a trusted key.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.idmap import IdMap, decode_strings, encode_strings
 from models.scoring import ScoringView
+from models.signing import Keyring, SignatureError, check_fields, sign_fields
 
 FORMAT = "streamrec-lightfm-npz/1"
 SIDES = ("user", "item")
@@ -46,7 +52,7 @@ STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
 _WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
 """The consolidation window's arrays; optional (snapshots written before it have none)."""
-_NEIGHBOUR_ENTRIES = {
+_NEIGHBOUR_ENTRIES: dict[str, np.dtype] = {
     "neighbours_data": np.dtype(np.float32),
     "neighbours_indices": np.dtype(np.int32),
     "neighbours_indptr": np.dtype(np.int64),
@@ -56,7 +62,7 @@ EVENT_COUNTS = ("user_events", "item_events")
 """Exact applied-event counts per user and per item (int64). Optional on read: snapshots
 written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+_MANIFEST_TYPES: dict[str, type] = {
     "format": str,
     "version": int,
     "sha256": str,
@@ -93,6 +99,15 @@ _ALL_ARRAYS = (*STATE_ARRAYS, "popularity", "user_positives", *EVENT_COUNTS)
 
 class SnapshotError(ValueError):
     """A snapshot was refused; the message says why."""
+
+
+class UntrustedSnapshot(SnapshotError):
+    """A snapshot whose manifest is not signed by a trusted key; ``kind`` says how
+    (:data:`models.signing.REFUSAL_KINDS`)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"untrusted snapshot ({kind}): {reason}")
+        self.kind = kind
 
 
 @dataclass
@@ -173,10 +188,32 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
     return payload, manifest
 
 
-def decode(payload: bytes, manifest: dict[str, Any]) -> SnapshotState:
-    """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason."""
+SIGNATURE_PURPOSE = "snapshot"
+
+
+def sign_manifest(manifest: dict[str, Any], keys: Keyring) -> dict[str, Any]:
+    """``manifest`` with its ``signature`` (over every other field, the payload's sha256
+    included) made with ``keys``' signing key."""
+    signature = sign_fields(manifest, keys, purpose=SIGNATURE_PURPOSE)
+    return {**manifest, "signature": signature}
+
+
+def check_signature(manifest: dict[str, Any], keys: Keyring) -> None:
+    """Raise :class:`UntrustedSnapshot` unless ``manifest`` is signed by a key of ``keys``
+    (an unsigned one passes only with ``keys.allow_unsigned_snapshots``)."""
+    if "signature" not in manifest and keys.allow_unsigned_snapshots:
+        return
+    try:
+        check_fields(manifest, keys, purpose=SIGNATURE_PURPOSE)
+    except SignatureError as exc:
+        raise UntrustedSnapshot(exc.kind, exc.reason) from None
+
+
+def decode(payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None) -> SnapshotState:
+    """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason.
+    With ``keys``, the manifest's signature is checked first (:func:`check_signature`)."""
     meta, config, ids, arrays, extra = _decode(
-        payload, manifest, _ALL_ARRAYS, _ID_LISTS, window=True, neighbours=True
+        payload, manifest, _ALL_ARRAYS, _ID_LISTS, window=True, neighbours=True, keys=keys
     )
     for side in SIDES:
         for part in ("embedding_gradients", "bias_gradients"):
@@ -219,11 +256,19 @@ class ScoringSnapshot:
     neighbours: sp.csr_matrix | None = None  # for blending
 
 
-def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
+def decode_scoring(
+    payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
+) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
     :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
     meta, config, ids, arrays, extra = _decode(
-        payload, manifest, SCORING_ARRAYS, ("user_ids", "item_ids"), neighbours=True, views=True
+        payload,
+        manifest,
+        SCORING_ARRAYS,
+        ("user_ids", "item_ids"),
+        neighbours=True,
+        views=True,
+        keys=keys,
     )
     return ScoringSnapshot(
         version=meta["version"],
@@ -238,11 +283,12 @@ def decode_scoring(payload: bytes, manifest: dict[str, Any]) -> ScoringSnapshot:
 
 
 def load_scoring_view(
-    payload: bytes, manifest: dict[str, Any]
+    payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
 ) -> tuple[ScoringView, dict[str, Any] | None]:
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
-    ``delta_chain`` (where deltas continue from it; None if it does not say)."""
-    snap = decode_scoring(payload, manifest)
+    ``delta_chain`` (where deltas continue from it; None if it does not say). With
+    ``keys``, the manifest's signature is checked first."""
+    snap = decode_scoring(payload, manifest, keys)
     view = ScoringView.from_arrays(
         version=snap.version,
         users=IdMap(snap.user_ids),
@@ -264,6 +310,7 @@ def _decode(
     window: bool = False,
     neighbours: bool = False,
     views: bool = False,
+    keys: Keyring | None = None,
 ) -> tuple[
     dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
 ]:
@@ -271,6 +318,8 @@ def _decode(
     and (into the last dict) the consolidation ``window`` and the blending ``neighbours``.
     ``views``: the arrays are read-only views of ``payload`` instead of copies."""
     _check_manifest(manifest)
+    if keys is not None:
+        check_signature(manifest, keys)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != manifest["sha256"]:
         raise SnapshotError(
@@ -315,7 +364,7 @@ def _decode(
     expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
     for side in SIDES:
         for part in PARTS:
-            shape = (n[side], k) if part.startswith("embedding") else (n[side],)
+            shape: tuple[int, ...] = (n[side], k) if part.startswith("embedding") else (n[side],)
             expected[f"{side}_{part}"] = (np.dtype(np.float32), shape)
     expected["popularity"] = (np.dtype(np.float64), (n["item"],))
     expected["user_positives"] = (np.dtype(np.int64), (n["user"],))

@@ -20,6 +20,7 @@ rec-requests      user          :class:`models.events.RecRequest`
 rec-responses     user          :class:`Reply` (items are :class:`ReplyItem`)
 model-updates     ``b"model"``  :class:`ModelUpdate`
 model-deltas      lineage       :class:`ModelDelta` (binary, checksummed)
+model-requests    ``snapshot``  :class:`SnapshotRequest`
 items             item          :class:`models.catalog.CatalogItem` (compacted)
 ``*-dlq``         original      original bytes; :class:`DeadLetter` headers
 ================  ============  ===========================================
@@ -33,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -42,19 +43,25 @@ from models.catalog import CatalogItem, parse_catalog_item
 from models.delta import DeltaError as DeltaError  # re-exported: the delta message's owner
 from models.delta import ModelDelta as ModelDelta
 from models.events import (
+    MAX_FUTURE_SKEW_SECONDS,
+    EventInFuture,
     InvalidEvent,
     Rating,
     RecRequest,
     canonical_id,
+    check_event_time,
     check_text,
     parse_rating,
     parse_request,
 )
 from models.scoring import ScoredItem
+from models.signing import Keyring, check_fields, seal, sign_fields, verify
 
 #: Why a message was dead-lettered: the ``streamrec.dlq.kind`` header's values.
-DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty")
-DlqKind = Literal["malformed", "invalid", "too_large", "reply_to", "empty"]
+DLQ_KINDS = ("malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future", "capacity")
+DlqKind = Literal[
+    "malformed", "invalid", "too_large", "reply_to", "empty", "ts_in_future", "capacity"
+]
 
 #: Where a reply's items came from (see :class:`models.scoring.Recommendation`).
 REPLY_SOURCES = ("model", "popularity", "none")
@@ -151,8 +158,19 @@ def _decode_fast(value: bytes | None, max_bytes: int) -> Mapping[str, Any]:
 
 
 # --- ratings ---------------------------------------------------------------------------
-def decode_rating(key: bytes | None, value: bytes | None, *, max_bytes: int) -> Rating:
+def decode_rating(
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int,
+    reference: float | None = None,
+    max_skew: float = MAX_FUTURE_SKEW_SECONDS,
+) -> Rating:
     """The rating in one ``ratings`` message, or :class:`Undecodable` saying why not.
+
+    With a ``reference`` time (unix seconds: the agents pass
+    :func:`agents.ports.reference_time` of the record), a ``ts`` more than ``max_skew``
+    past it is refused as ``ts_in_future`` (:func:`models.events.check_event_time`).
 
     The trainer decodes every rating, so the common case is parsed with orjson (several
     times faster than ``json``); anything it does not take (and every other value) goes
@@ -164,6 +182,11 @@ def decode_rating(key: bytes | None, value: bytes | None, *, max_bytes: int) -> 
     except InvalidEvent as exc:
         raise Undecodable("invalid", str(exc)) from None
     check_user_key(key, rating.user, "ratings")
+    if reference is not None:
+        try:
+            check_event_time(rating.ts, reference, max_skew)
+        except EventInFuture as exc:
+            raise Undecodable("ts_in_future", str(exc)) from None
     return rating
 
 
@@ -287,6 +310,9 @@ def _optional_text(value: Any, field: str) -> str | None:
 
 # --- model updates ---------------------------------------------------------------------
 MODEL_UPDATE_KEY = b"model"
+UPDATE_PURPOSE = "model-update"
+DELTA_PURPOSE = "delta"
+"""What the signatures of announcements and of deltas are for (:mod:`models.signing`)."""
 """The one key of the compacted ``model-updates`` topic: the latest announcement wins."""
 
 
@@ -304,6 +330,19 @@ class ModelUpdate:
     chain_version: int | None = None
     """The version of the last delta the snapshot includes (scorers that got there by
     deltas need not load it)."""
+    signature: str | None = None
+    """``"<key id>:<hex HMAC>"`` over the other fields (:mod:`models.signing`): made by
+    :meth:`signed` (the trainer, ``streamrec models promote/rollback``), checked by
+    :meth:`check` (every scorer, before acting on it)."""
+
+    def signed(self, keys: Keyring) -> ModelUpdate:
+        """This announcement signed with ``keys``' signing key."""
+        body = self.to_dict()
+        return replace(self, signature=sign_fields(body, keys, purpose=UPDATE_PURPOSE))
+
+    def check(self, keys: Keyring) -> None:
+        """Raise :class:`models.signing.SignatureError` unless a key of ``keys`` signed it."""
+        check_fields(self.to_dict(), keys, purpose=UPDATE_PURPOSE)
 
     @property
     def reason(self) -> str | None:
@@ -333,7 +372,15 @@ class ModelUpdate:
 
     @classmethod
     def parse(cls, value: bytes | None, *, max_bytes: int = 1 << 20) -> ModelUpdate:
-        obj = decode_object(value, max_bytes=max_bytes)
+        """An announcement read from ``model-updates`` (anyone may write there: whatever it
+        holds is refused with :class:`Undecodable`, never another error), not yet trusted:
+        :meth:`check` its signature before acting on it."""
+        try:
+            obj = decode_object(value, max_bytes=max_bytes)
+        except Undecodable:
+            raise
+        except ValueError as exc:  # an integer past 4,300 digits, say
+            raise Undecodable("malformed", f"not valid JSON: {exc}") from None
         version = obj.get("version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise Undecodable("invalid", f"model update without a valid version: {version!r}")
@@ -341,6 +388,12 @@ class ModelUpdate:
         if not isinstance(metrics, dict):
             raise Undecodable("invalid", "model update metrics must be an object")
         lineage, chain_version = obj.get("lineage"), obj.get("chain_version")
+        signature = obj.get("signature")
+        if signature is not None and not isinstance(signature, str):
+            raise Undecodable("invalid", "model update signature must be a string")
+        trained = obj.get("trained_events") or 0
+        if isinstance(trained, bool) or not isinstance(trained, int) or trained < 0:
+            raise Undecodable("invalid", "model update trained_events must be an int >= 0")
         if lineage is not None and not isinstance(lineage, str):
             raise Undecodable("invalid", "model update lineage must be a string")
         if chain_version is not None and (
@@ -358,6 +411,7 @@ class ModelUpdate:
             metrics=metrics,
             lineage=lineage,
             chain_version=chain_version,
+            signature=signature,
         )
 
 
@@ -392,6 +446,73 @@ def decode_catalog_item(key: bytes | None, value: bytes | None, *, max_bytes: in
 def delta_key(delta: ModelDelta) -> bytes:
     """The Kafka key of a delta message: its lineage (the topic has one partition)."""
     return delta.lineage.encode()
+
+
+# --- snapshot requests -----------------------------------------------------------------
+SNAPSHOT_REQUEST_KEY = b"snapshot"
+"""The one key of ``model-requests`` messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """A scorer whose delta chain broke asks the trainer for a snapshot now
+    (``model-requests``), instead of serving an old one until the next interval."""
+
+    reason: str
+    """Why (``"gap"``, ``"invalid delta"``, ``"waiting"``, ...)."""
+    at: float
+    """When it was sent (unix seconds); the trainer ignores requests much older."""
+    lineage: str | None = None
+    """The lineage the scorer's view belongs to, if any."""
+    version: int = -1
+    """The version it serves (-1: none)."""
+
+    def encode(self) -> tuple[bytes, bytes]:
+        return SNAPSHOT_REQUEST_KEY, encode_json(asdict(self))
+
+    @classmethod
+    def parse(cls, value: bytes | None, *, max_bytes: int = 4096) -> SnapshotRequest:
+        obj = decode_object(value, max_bytes=max_bytes)
+        reason, at = obj.get("reason"), obj.get("at")
+        lineage, version = obj.get("lineage"), obj.get("version", -1)
+        if not isinstance(reason, str) or len(reason) > MAX_REQUEST_REASON:
+            raise Undecodable("invalid", "snapshot request without a short reason")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise Undecodable("invalid", "snapshot request without a finite 'at' time")
+        if lineage is not None and not isinstance(lineage, str):
+            raise Undecodable("invalid", "snapshot request lineage must be a string")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise Undecodable("invalid", "snapshot request version must be an int")
+        return cls(reason=reason, at=float(at), lineage=lineage, version=version)
+
+
+MAX_REQUEST_REASON = 200
+
+
+SNAPSHOT_REQUEST_PURPOSE = "snapshot-request"
+
+
+def seal_snapshot_request(request: SnapshotRequest, keys: Keyring) -> tuple[bytes, bytes]:
+    """A snapshot request's key and value on ``model-requests``, signed (any worker holding
+    the model key may ask; anyone else who can write to the topic cannot)."""
+    key, value = request.encode()
+    return key, seal(value, keys, purpose=SNAPSHOT_REQUEST_PURPOSE)
+
+
+def open_snapshot_request(value: bytes | None, keys: Keyring) -> SnapshotRequest:
+    """The request in a signed value: :class:`models.signing.SignatureError` if it is not
+    signed by a trusted key, :class:`Undecodable` if it is not a request."""
+    return SnapshotRequest.parse(verify(value, keys, purpose=SNAPSHOT_REQUEST_PURPOSE))
+
+
+def seal_delta(raw: bytes, keys: Keyring) -> bytes:
+    """A delta's value on the topic: its encoding signed by the trainer."""
+    return seal(raw, keys, purpose=DELTA_PURPOSE)
+
+
+def open_delta(value: bytes | None, keys: Keyring) -> bytes:
+    """The encoded delta in a signed value, or :class:`models.signing.SignatureError`."""
+    return verify(value, keys, purpose=DELTA_PURPOSE)
 
 
 # --- dead letters ----------------------------------------------------------------------

@@ -179,7 +179,8 @@ class S3SnapshotStore(BaseStore):
             with self._translate("GET", key):
                 response = await s3.get_object(Bucket=self.bucket, Key=self._key(key))
                 async with response["Body"] as body:
-                    return await body.read()
+                    data: bytes = await body.read()
+                    return data
         except SnapshotNotFound:
             return None
 

@@ -248,6 +248,11 @@ def _run(
                 f"   Try: curl {scorer.url}/users/{user}/   curl {scorer.url}/items/popular/   "
                 f"curl {scorer.url}/metrics"
             )
+            if scorer.token is not None:
+                _say(
+                    "   The views need STREAMREC_WEB_TOKEN: add #token=<it> to the dashboard URL "
+                    "and -H 'Authorization: Bearer <it>' to curl."
+                )
             _say("   Workers keep running; Ctrl-C stops them.")
             with contextlib.suppress(KeyboardInterrupt):
                 while all(w.running() for w in workers):

@@ -121,10 +121,20 @@ announce_option = click.option(
 
 
 async def _announcement(store: SnapshotStore, version: int, reason: str) -> ModelUpdate:
-    """The model-updates message for ``version`` (its manifest is read and verified)."""
+    """The model-updates message for ``version`` (its manifest is read and verified, its
+    signature too: scorers would refuse an untrusted one), signed with the model key (the
+    operator holds the same secret as the trainer)."""
+    from app.settings import get_settings, model_keys
+    from models.snapshot import SnapshotError, check_signature
+
+    keys = model_keys(get_settings())
     _, manifest = await store.get(version)
+    try:
+        check_signature(manifest, keys)
+    except SnapshotError as exc:
+        raise click.ClickException(f"v{version}: {exc}; scorers would refuse it") from None
     uri = next((i.uri for i in await store.list() if i.version == version), "")
-    return ModelUpdate.from_manifest(uri, manifest, reason=reason)
+    return ModelUpdate.from_manifest(uri, manifest, reason=reason).signed(keys)
 
 
 def _announce(update: ModelUpdate) -> None:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from app.kafka import connection_env
-from app.settings import Settings
+from app.settings import Settings, read_web_token
 
 SCORER_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 """Scorers run single-threaded BLAS (docs/benchmarks.md): compose, k8s and dev workers alike."""
@@ -32,10 +34,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+def http_json(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     """GET ``url``; returns (status, decoded JSON or text). Connection errors raise OSError."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status, body = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read()
@@ -82,8 +87,18 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def token(self) -> bytes | None:
+        """The web token the worker runs with (its env over the caller's), or None."""
+        env = {**os.environ, **self.env}
+        token, file = env.get("STREAMREC_WEB_TOKEN"), env.get("STREAMREC_WEB_TOKEN_FILE")
+        return read_web_token(SecretStr(token) if token else None, Path(file) if file else None)
+
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        return http_json(self.url + path, timeout=timeout)
+        """GET one of the worker's views, with its bearer token when it has one."""
+        token = self.token
+        auth = {} if token is None else {"Authorization": f"Bearer {token.decode()}"}
+        return http_json(self.url + path, timeout=timeout, headers=auth)
 
     def wait_ready(self, timeout: float = 90.0, *, model: bool = True) -> None:
         """Wait until the web views answer (and ``/health/`` is 200 when ``model``)."""
@@ -131,6 +146,7 @@ TOPIC_FIELDS = (
     "responses",
     "model_updates",
     "model_deltas",
+    "model_requests",
     "ratings_dlq",
     "requests_dlq",
     "items",
@@ -154,6 +170,8 @@ def isolated_env(
             f"STREAMREC_{name.upper()}_TOPIC": f"{prefix}-{getattr(base, name + '_topic')}"
             for name in TOPIC_FIELDS
         },
+        # Clients' own reply topics: "<responses topic>-<name>" (tests, fault harness).
+        "STREAMREC_REPLY_TOPIC_PREFIXES": f"{prefix}-{base.responses_topic}-",
     }
     env.update({f"STREAMREC_{k.upper()}": str(v) for k, v in overrides.items()})
     return env

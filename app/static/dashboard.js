@@ -3,14 +3,48 @@
 
 const REFRESH_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
-const state = { refreshes: 0, failures: 0, lastError: null, lookups: 0 };
+const state = { refreshes: 0, failures: 0, lastError: null, lookups: 0, unauthorized: 0 };
 const series = { role: null, max: 0, points: [] }; // grown with ?since=, trimmed to max
 window.streamrecDashboard = state; // read by the browser test
 
 const $ = (id) => document.getElementById(id);
 
+// The worker may want a bearer token (STREAMREC_WEB_TOKEN). It arrives once, in the URL
+// (#token=... or ?token=...), moves into sessionStorage (this tab only) and leaves the URL
+// and the history; or the user types it into the form the page shows after a 401.
+const TOKEN_KEY = "streamrec.token";
+let token = null;
+try { token = sessionStorage.getItem(TOKEN_KEY); } catch (_) { token = null; }
+function setToken(value) {
+  token = value || null;
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token); else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (_) { /* storage disabled: the token lives as long as the page */ }
+}
+(function takeTokenFromURL() {
+  const url = new URL(location.href);
+  const fragment = new URLSearchParams(url.hash.slice(1));
+  const given = fragment.get("token") || url.searchParams.get("token");
+  if (!fragment.has("token") && !url.searchParams.has("token")) return;
+  fragment.delete("token");
+  url.searchParams.delete("token");
+  url.hash = fragment.toString();
+  history.replaceState(null, "", url.toString());
+  setToken(given);
+})();
+
+function needToken(rejected) {
+  state.unauthorized += 1;
+  $("auth").hidden = false;
+  const status = $("status");
+  status.textContent = rejected ? "token rejected (HTTP 401)" : "token needed (HTTP 401)";
+  status.className = "status down";
+}
+
 async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, { cache: "no-store", headers });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
   return { status: response.status, body };
@@ -173,10 +207,13 @@ async function refresh() {
     const [health, model, newer, popular] = await Promise.all([
       getJSON("/health/"), getJSON("/model/"), getJSON(`/dashboard/series/${since}`), getJSON("/items/popular/?limit=10"),
     ]);
-    renderModel(health.body, model.body);
+    const refused = [model, newer, popular].some((r) => r.status === 401);
+    renderModel(health.body, refused ? null : model.body);
     if (newer.status === 200) renderSeries(mergeSeries(newer.body));
     if (popular.status === 200) fillList("popular", popular.body.items, 3);
-    else fillList("popular", [], 3, "no model loaded yet");
+    else fillList("popular", [], 3, refused ? "needs the web token" : "no model loaded yet");
+    if (refused) needToken(token !== null);
+    else $("auth").hidden = true;
     state.refreshes += 1;
     text("updated", `updated ${new Date().toTimeString().slice(0, 8)}`);
   } catch (err) {
@@ -192,6 +229,7 @@ async function lookup(user) {
   text("user-summary", `looking up ${user} …`);
   const { status, body } = await getJSON(`/users/${encodeURIComponent(user)}/?limit=20`);
   if (status !== 200 || !body) {
+    if (status === 401) needToken(token !== null);
     text("user-summary", `lookup failed (HTTP ${status}) ${body && body.error ? body.error : ""}`);
     return;
   }
@@ -208,6 +246,13 @@ $("lookup").addEventListener("submit", (event) => {
   event.preventDefault();
   const user = $("user-id").value.trim();
   if (user) lookup(user).catch((err) => { state.lastError = String(err); text("user-summary", "lookup failed"); });
+});
+
+$("auth").addEventListener("submit", (event) => {
+  event.preventDefault();
+  setToken($("auth-token").value.trim());
+  $("auth-token").value = "";
+  refresh();
 });
 
 const wanted = new URLSearchParams(location.search).get("user");

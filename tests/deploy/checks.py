@@ -28,6 +28,7 @@ import pydantic
 import yaml
 
 from app.settings import SECRET_FIELDS, Settings
+from app.webauth import is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -734,12 +735,50 @@ def check_k8s(root: Path) -> list[str]:
             labels = pod_template(r).get("metadata", {}).get("labels")
             if not labels_match(selector, labels):
                 problems.append(f"{policy}: does not select the pods of {r}")
+        web_ports = {int(c.env.get("STREAMREC_WEB_PORT", "6066")) for c in containers}
+        problems += _check_web_ingress(policy, web_ports)
     for secret in (r for r in resources if r.kind == "Secret"):
         if secret.data.get("data"):
             problems.append(f"{secret}: use stringData placeholders; `data` looks like real values")
         for key, value in (secret.data.get("stringData") or {}).items():
             if not str(value).startswith("REPLACE_ME"):
                 problems.append(f"{secret}: {key} is not a REPLACE_ME placeholder")
+    return problems
+
+
+def _selects_all(selector: dict[str, Any] | None) -> bool:
+    return (
+        selector is not None
+        and not selector.get("matchLabels")
+        and not (selector.get("matchExpressions"))
+    )
+
+
+def _admits_everyone(peer: dict[str, Any]) -> bool:
+    """Whether a NetworkPolicy peer is "any pod": empty, 0.0.0.0/0, or only empty selectors
+    (``podSelector: {}`` is every pod of the namespace, ``namespaceSelector: {}`` of all)."""
+    if "ipBlock" in peer:
+        return peer["ipBlock"].get("cidr") in ("0.0.0.0/0", "::/0")
+    pods, namespaces = peer.get("podSelector"), peer.get("namespaceSelector")
+    return (pods is None or _selects_all(pods)) and (namespaces is None or _selects_all(namespaces))
+
+
+def _check_web_ingress(policy: Resource, web_ports: set[int]) -> list[str]:
+    """The web port admits named clients only: the views hold user histories and lineage."""
+    problems = []
+    for rule in policy.data["spec"].get("ingress") or []:
+        ports = rule.get("ports") or [{}]
+        covered = {
+            web
+            for web in web_ports
+            for p in ports
+            if p.get("port") in (None, web, "web")
+            or (isinstance(p.get("port"), int) and p["port"] <= web <= p.get("endPort", 0))
+        }
+        peers = rule.get("from") or [{}]
+        for web in sorted(covered):
+            if any(_admits_everyone(peer) for peer in peers):
+                problems.append(f"{policy}: admits the web port {web} from every pod; name who")
     return problems
 
 
@@ -980,13 +1019,35 @@ def check_env(root: Path) -> list[str]:
             for err in e.errors():
                 field = ".".join(str(p) for p in err["loc"])
                 problems.append(f"{c.where}: STREAMREC_{field.upper()}: {err['msg']}")
+        problems += _check_web_token(c)
         if c.where.startswith("compose:"):
             continue
         for key, source in c.sources.items():
             secret = key.startswith("STREAMREC_") and env_field(key) in secret_fields
             if secret and not source.startswith("secret"):
                 problems.append(f"{c.where}: {key} comes from {source}, not a Secret")
+    for kind, group in (("compose", compose_containers(root)), ("k8s", k8s)):
+        tokens = {
+            c.sources.get("STREAMREC_WEB_TOKEN", "") + "=" + c.env.get("STREAMREC_WEB_TOKEN", "")
+            for c in group
+            if worker_role(c.command, c.env) is not None
+        }
+        if len(tokens) > 1:  # Faust routes /users/{id}/ with the client's token to its owner
+            problems.append(f"{kind}: the workers' STREAMREC_WEB_TOKEN differ; they must share one")
     return problems
+
+
+def _check_web_token(c: Container) -> list[str]:
+    """A worker whose web views bind a public address needs the web token."""
+    if worker_role(c.command, c.env) is None:
+        return []
+    bind = c.env.get("STREAMREC_WEB_BIND", str(Settings.model_fields["web_bind"].default))
+    tokened = {"STREAMREC_WEB_TOKEN", "STREAMREC_WEB_TOKEN_FILE"} & {
+        k for k, v in c.env.items() if v
+    }
+    if is_loopback(bind) or tokened:
+        return []
+    return [f"{c.where}: the web views bind {bind} without STREAMREC_WEB_TOKEN (or _FILE)"]
 
 
 # --- for the tests that break a copy on purpose --------------------------------------------

@@ -154,6 +154,27 @@ _CONTAINER = ["spec", "template", "spec", "containers", 0]
             _set(["metadata", "labels", "streamrec/stage"], _DELETE),
             "Secret/streamrec-s3 is needed by the bootstrap stage",
         ),
+        # the web views hold user histories and lineage: port 6066 from named clients only
+        (
+            "networkpolicy.yaml",
+            _set(["spec", "ingress", 0, "from"], _DELETE),
+            "admits the web port 6066 from every pod",
+        ),
+        (
+            "networkpolicy.yaml",
+            _set(["spec", "ingress", 0, "from", 1], {"podSelector": {}}),
+            "admits the web port 6066 from every pod",
+        ),
+        (
+            "networkpolicy.yaml",
+            _set(["spec", "ingress", 0, "from", 2], {"namespaceSelector": {}}),
+            "admits the web port 6066 from every pod",
+        ),
+        (
+            "networkpolicy.yaml",
+            _set(["spec", "ingress", 0, "from", 0], {"ipBlock": {"cidr": "0.0.0.0/0"}}),
+            "admits the web port 6066 from every pod",
+        ),
     ],
 )
 def test_k8s_checks_bite(deploy_copy: Path, file: str, mutate, expected: str) -> None:

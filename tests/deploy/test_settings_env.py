@@ -28,6 +28,10 @@ def _compose_env(key: str, value: str):
     return mutate
 
 
+def _container(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]["containers"][0]
+
+
 def _secret_in_configmap(doc: dict[str, Any]) -> None:
     doc["data"]["STREAMREC_S3_SECRET_KEY"] = "REPLACE_ME"
 
@@ -79,6 +83,41 @@ def _literal_secret_env(doc: dict[str, Any]) -> None:
             "k8s/configmap.yaml",
             lambda d: d["data"].update(STREAMREC_KAFKA_SECURITY_PROTOCOL="TLS"),
             "STREAMREC_KAFKA_SECURITY_PROTOCOL: Input should be",
+        ),
+        # the image binds 0.0.0.0: every worker needs the web token, the same one, from a Secret
+        (
+            "k8s/scorer.yaml",
+            lambda d: _container(d)["env"].pop(1),
+            "streamrec-scorer:scorer: the web views bind 0.0.0.0 without STREAMREC_WEB_TOKEN",
+        ),
+        (
+            "docker-compose.yml",
+            lambda d: d["services"]["scorer-1"]["environment"].pop("STREAMREC_WEB_TOKEN"),
+            "compose:scorer-1: the web views bind 0.0.0.0 without STREAMREC_WEB_TOKEN",
+        ),
+        (
+            "docker-compose.yml",
+            _compose_env("STREAMREC_WEB_TOKEN", "another-token-of-scorer-1"),
+            "compose: the workers' STREAMREC_WEB_TOKEN differ",
+        ),
+        (
+            "k8s/scorer.yaml",
+            lambda d: _container(d)["env"][1]["valueFrom"]["secretKeyRef"].update(
+                name="streamrec-s3", key="STREAMREC_S3_SECRET_KEY"
+            ),
+            "k8s: the workers' STREAMREC_WEB_TOKEN differ",
+        ),
+        (
+            "k8s/trainer.yaml",
+            lambda d: _container(d)["env"].__setitem__(
+                1, {"name": "STREAMREC_WEB_TOKEN", "value": "REPLACE_ME_WEB_TOKEN"}
+            ),
+            "STREAMREC_WEB_TOKEN comes from env, not a Secret",
+        ),
+        (
+            "docker-compose.yml",
+            _compose_env("STREAMREC_WEB_TOKEN", "short"),
+            "must be 16 or more of",
         ),
     ],
 )

@@ -26,6 +26,8 @@ from aiokafka import AIOKafkaProducer
 
 from app.dev.workers import WorkerProcess
 from app.kafka import kafka_client_options
+from app.settings import model_keys
+from models.snapshot import sign_manifest
 from models.wire import ModelUpdate
 from storage.base import manifest_key, payload_key
 from tests.faults.harness import Cluster, Traffic, assert_counts_exact, ratings, wait_for
@@ -90,11 +92,15 @@ async def _s3(cluster: Cluster) -> Any:
 
 async def plant(cluster: Cluster, good: int, version: int, corrupt: Callable[..., Any]) -> None:
     """Write a corrupted copy of snapshot ``good`` as ``version`` straight into the bucket,
-    promote it (the pointer only checks that both objects exist) and announce it."""
+    promote it (the pointer only checks that both objects exist) and announce it, signed
+    with the deployment's model key: a buggy trainer, not a forger (tests/integration/
+    service/test_model_trust.py has those)."""
+    keys = model_keys(cluster.settings)
     bucket, _, prefix = cluster.settings.model_store.removeprefix("s3://").partition("/")
     async with cluster.store() as store:
         payload, manifest = await store.get(good)
     payload, manifest = corrupt(payload, {**manifest, "version": version})
+    manifest = sign_manifest(manifest, keys)
     async with await _s3(cluster) as s3:
         await s3.put_object(Bucket=bucket, Key=f"{prefix}/{payload_key(version)}", Body=payload)
         await s3.put_object(
@@ -105,7 +111,7 @@ async def plant(cluster: Cluster, good: int, version: int, corrupt: Callable[...
     producer = AIOKafkaProducer(**kafka_client_options(cluster.settings), acks="all")
     await producer.start()
     try:
-        key, value = ModelUpdate(version, "planted", manifest["sha256"], 0).encode()
+        key, value = ModelUpdate(version, "planted", manifest["sha256"], 0).signed(keys).encode()
         await producer.send_and_wait(cluster.settings.model_updates_topic, key=key, value=value)
     finally:
         await producer.stop()

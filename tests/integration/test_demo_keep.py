@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -17,7 +18,14 @@ from app.settings import PROJECT_ROOT
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 
-def test_demo_keep_serves_the_dashboard_until_ctrl_c() -> None:
+@pytest.mark.parametrize("token", [None, f"demo-{uuid.uuid4().hex}"], ids=["open", "token"])
+def test_demo_keep_serves_the_dashboard_until_ctrl_c(token: str | None) -> None:
+    env = os.environ.copy()
+    env.pop("STREAMREC_WEB_TOKEN_FILE", None)
+    if token is None:
+        env.pop("STREAMREC_WEB_TOKEN", None)
+    else:
+        env["STREAMREC_WEB_TOKEN"] = token
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -35,7 +43,7 @@ def test_demo_keep_serves_the_dashboard_until_ctrl_c() -> None:
             "4",
         ],
         cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -53,11 +61,21 @@ def test_demo_keep_serves_the_dashboard_until_ctrl_c() -> None:
             if line.startswith("8. Dashboard: "):
                 url = line.split()[2]
         assert url is not None, "".join(lines)
+        while "Ctrl-C stops them" not in lines[-1] and time.monotonic() < deadline:
+            lines.append(proc.stdout.readline())  # the hints under the URL
         assert "Done;" not in "".join(lines)  # the workers are still up
         status, page = http_json(url)
         assert status == 200 and "/static/dashboard.js" in page
-        status, popular = http_json(url.split("?")[0] + "items/popular/?limit=3")
+        popular_url = url.split("?")[0] + "items/popular/?limit=3"
+        auth = {} if token is None else {"Authorization": f"Bearer {token}"}
+        status, popular = http_json(popular_url, headers=auth)
         assert status == 200 and all("title" in e for e in popular["items"])
+        shown = "".join(lines)
+        assert "7. Trainer: model vNone" not in shown  # the demo read /model/ (with the token)
+        assert ("The views need STREAMREC_WEB_TOKEN" in shown) is (token is not None)
+        if token is not None:
+            assert http_json(popular_url)[0] == 401
+            assert token not in shown
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=90)
     finally:

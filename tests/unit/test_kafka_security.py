@@ -129,10 +129,19 @@ def test_invalid_secret_values_are_never_echoed():
 
 
 def test_secret_settings_are_hidden_in_reprs_and_dumps():
-    settings = secure("SASL_SSL", kafka_ssl_key_password="key-pw-3f9", s3_secret_key="s3-pw-88a")
-    assert {"kafka_sasl_password", "kafka_ssl_key_password", "s3_secret_key"} == SECRET_FIELDS
+    web, model = "web-token-0c1d2e3f4a5b", "model-key-9a8b7c6d5e4f"
+    settings = secure(
+        "SASL_SSL",
+        kafka_ssl_key_password="key-pw-3f9",
+        s3_secret_key="s3-pw-88a",
+        web_token=web,
+        model_key=model,
+    )
+    assert {
+        "kafka_sasl_password", "kafka_ssl_key_password", "s3_secret_key", "web_token", "model_key"
+    } == SECRET_FIELDS  # fmt: skip
     for shown in (repr(settings), str(settings), settings.model_dump_json()):
-        for secret in (PASSWORD, "key-pw-3f9", "s3-pw-88a"):
+        for secret in (PASSWORD, "key-pw-3f9", "s3-pw-88a", web, model):
             assert secret not in shown
 
 

@@ -3,10 +3,12 @@
 import asyncio
 import json
 
+import click
 from click.testing import CliRunner
 
 from app.cli import main
 from app.commands.offline import file_encoding, read_ratings
+from app.settings import load_settings, model_keys
 from app.stores import store_from_url
 from models.incremental import IncrementalModel
 
@@ -44,7 +46,8 @@ def test_generate_then_train_writes_a_current_snapshot(tmp_path):
 
     version, (payload, manifest) = asyncio.run(current())
     assert version == 1
-    restored = IncrementalModel.from_bytes(payload, manifest)
+    # The bootstrap signs what it writes (here with the dev key: no key is set).
+    restored = IncrementalModel.from_bytes(payload, manifest, model_keys(load_settings()))
     assert restored.n_users == report["users"]
     assert restored.config.no_components == 8
 
@@ -225,3 +228,37 @@ def test_train_rechecks_for_a_streamed_model_right_before_promoting(tmp_path, mo
     assert f"current v{promoted[-1]} was trained by streaming" in skipped.stdout
     assert "not replacing it (--skip-if-streamed)" in skipped.stdout
     assert asyncio.run(current()) == promoted[-1]
+
+
+def test_operator_announcements_are_signed_and_unsigned_snapshots_refused(tmp_path):
+    """``streamrec models promote/rollback`` sign their announcement with the model key,
+    and refuse to announce a snapshot scorers would refuse."""
+    from app.commands.store import _announcement
+    from models.config import ModelConfig
+    from models.snapshot import sign_manifest
+    from models.synthetic import generate_ratings
+    from models.wire import ModelUpdate
+
+    keys = model_keys(load_settings())
+    model = IncrementalModel(ModelConfig(no_components=4))
+    model.train_batch(generate_ratings(20, 20, 100, 2, seed=1))
+
+    async def announce() -> tuple[ModelUpdate, str]:
+        async with store_from_url(f"file://{tmp_path / 'store'}") as store:
+            model.version = 1
+            payload, manifest = model.to_bytes()
+            await store.put(1, payload, sign_manifest(manifest, keys))
+            model.version = 2
+            payload, manifest = model.to_bytes()
+            await store.put(2, payload, manifest)  # unsigned (an old store's)
+            update = await _announcement(store, 1, "rollback")
+            try:
+                await _announcement(store, 2, "promote")
+            except click.ClickException as exc:
+                return update, exc.message
+            return update, ""
+
+    update, refused = asyncio.run(announce())
+    ModelUpdate.parse(update.encode()[1]).check(keys)
+    assert update.reason == "rollback"
+    assert "untrusted snapshot (unsigned)" in refused and "scorers would refuse it" in refused

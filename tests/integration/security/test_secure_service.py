@@ -75,6 +75,7 @@ def deployment(
     tmp = tmp_path_factory.mktemp(f"secure-{run}")
     sasl_user, sasl_password = f"e2e-{run}", f"sasl-{secrets.token_hex(12)}"
     s3_secret = f"s3-{secrets.token_hex(12)}"
+    web_token = f"web-{secrets.token_urlsafe(18)}"  # WorkerProcess.get sends it
     s3 = SeaweedServer(
         Settings(
             dev_dir=tmp / "dev",
@@ -106,6 +107,7 @@ def deployment(
         s3_endpoint=s3.endpoint,
         s3_access_key=s3.access_key,
         s3_secret_key=s3_secret,
+        web_token=web_token,
         topic_partitions=2,
         batch_seconds=0.3,
         snapshot_every_seconds=1,
@@ -121,7 +123,7 @@ def deployment(
     deployment = SecureDeployment(
         env,
         worker_settings,
-        {"SASL password": sasl_password, "S3 secret key": s3_secret},
+        {"SASL password": sasl_password, "S3 secret key": s3_secret, "web token": web_token},
         trainer,
         scorer,
         s3,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import gc
 import hashlib
@@ -18,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from app.cli import main
 from app.dev.seaweed import DEV_BUCKET, SeaweedServer
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import Settings
 from app.stores import s3_config_from_settings, store_from_settings
 from storage import S3Config, SnapshotInfo, SnapshotStore, open_store
 from storage.errors import (
@@ -558,27 +557,3 @@ def test_empty_s3_settings_mean_botocore_defaults() -> None:
     assert (config.endpoint_url, config.access_key, config.secret_key) == (None, None, None)
     assert config.max_attempts == 7
     assert "secret" not in repr(s3_config_from_settings(Settings()))
-
-
-# --- layering -------------------------------------------------------------------------------
-
-
-def _imported_roots(package: str) -> dict[str, set[str]]:
-    """Top-level modules each file of a project package imports (absolute imports)."""
-    found = {}
-    for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
-        roots = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                roots |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                roots.add(node.module.split(".")[0])
-        found[str(path.relative_to(PROJECT_ROOT))] = roots
-    return found
-
-
-def test_storage_and_models_do_not_import_each_other() -> None:
-    forbidden = {"storage": {"faust", "mode", "models", "agents", "app"}, "models": {"storage"}}
-    for package, banned in forbidden.items():
-        for path, roots in _imported_roots(package).items():
-            assert not roots & banned, f"{path} imports {sorted(roots & banned)}"

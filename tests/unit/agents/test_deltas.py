@@ -10,8 +10,14 @@ from agents.deltas import DeltaPublisher
 from models.config import ModelConfig
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
-from models.wire import ModelDelta
+from models.signing import Keyring
+from models.wire import ModelDelta, open_delta
 from tests.unit.models.test_incremental import ratings
+
+
+def opened(raw: bytes | None) -> ModelDelta:
+    """The delta in a signed delta message (the trainer signs with the dev key here)."""
+    return ModelDelta.decode(open_delta(raw, Keyring.dev()))
 
 
 @dataclass
@@ -56,7 +62,7 @@ async def test_publishes_the_delta_that_made_the_view_and_records_the_offset() -
     view = model.view()
     info = await DeltaPublisher(sink, max_bytes=1 << 20).publish(model, view)
     ((key, value),) = sink.sent
-    delta = ModelDelta.decode(value)
+    delta = opened(value)
     assert key == model.lineage.encode() and delta.version == view.version == info["version"]
     assert model.delta_offset == 1 and info["offset"] == 0 and not info["snapshot_needed"]
     assert model.to_bytes()[1]["delta_chain"]["offset"] == 1  # the snapshot tells scorers
@@ -65,7 +71,7 @@ async def test_publishes_the_delta_that_made_the_view_and_records_the_offset() -
 async def test_a_delta_too_large_becomes_a_marker_and_asks_for_a_snapshot() -> None:
     model, sink = trained_model(), ListSink()
     info = await DeltaPublisher(sink, max_bytes=256).publish(model, model.view())
-    marker = ModelDelta.decode(sink.sent[0][1])
+    marker = opened(sink.sent[0][1])
     assert marker.snapshot_needed and marker.rows_touched == 0
     assert info["snapshot_needed"] and len(sink.sent[0][1]) < 2048
 
@@ -99,7 +105,7 @@ async def test_a_consolidation_sends_its_rows_and_says_its_neighbours_follow() -
     sink = ListSink()
     info = await DeltaPublisher(sink, max_bytes=1 << 20).publish(model, view)
     assert not info["snapshot_needed"] and info["neighbours_follow"]
-    delta = ModelDelta.decode(sink.sent[0][1])
+    delta = opened(sink.sent[0][1])
     assert delta.replaces_neighbours and not delta.snapshot_needed  # on the wire
     assert delta.rows_touched == delta.n_users + delta.n_items  # every row was retrained
 
@@ -109,4 +115,4 @@ async def test_a_consolidation_too_large_for_a_message_is_a_marker() -> None:
     sink = ListSink()
     info = await DeltaPublisher(sink, max_bytes=256).publish(model, view)
     assert info["snapshot_needed"] and not info["neighbours_follow"]
-    assert ModelDelta.decode(sink.sent[0][1]).snapshot_needed
+    assert opened(sink.sent[0][1]).snapshot_needed

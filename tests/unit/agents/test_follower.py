@@ -15,18 +15,28 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
 
+from agents import metrics
 from agents.follower import ModelFollower
 from agents.state import ModelHolder
 from models.config import ModelConfig
 from models.delta import ModelDelta
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
-from models.wire import ModelUpdate
+from models.signing import Keyring
+from models.snapshot import sign_manifest
+from models.wire import ModelUpdate, open_delta, seal_delta
 from storage import SnapshotStore, open_store
 from tests.unit.models.test_incremental import ratings
 
 UPDATES, DELTAS = "model-updates", "model-deltas"
+KEYS = Keyring.dev()  # the follower's default: the trainer here signs with it too
+
+
+def opened(record: Record) -> ModelDelta:
+    """The delta in a (signed) delta record."""
+    return ModelDelta.decode(open_delta(record.value, KEYS))
 
 
 @dataclass
@@ -75,15 +85,17 @@ class Trainer:
 
     def record(self, raw: bytes) -> Record:
         offset = len(self.records)
-        self.records.append(Record(DELTAS, 0, offset, b"k", raw, 1_000))
+        self.records.append(Record(DELTAS, 0, offset, b"k", seal_delta(raw, KEYS), 1_000))
         self.model.delta_offset = offset + 1
         return self.records[-1]
 
     async def snapshot(self, store: SnapshotStore) -> ModelUpdate:
         payload, manifest = self.model.to_bytes()
+        manifest = sign_manifest(manifest, KEYS)
         uri = await store.put(manifest["version"], payload, manifest)
         await store.promote(manifest["version"])
-        return ModelUpdate.from_manifest(uri, manifest, created_at=manifest["created_at"])
+        update = ModelUpdate.from_manifest(uri, manifest, created_at=manifest["created_at"])
+        return update.signed(KEYS)
 
 
 @pytest.fixture
@@ -127,7 +139,8 @@ async def test_a_corrupt_delta_is_never_served_and_resyncs(
     await follower.on_delta(trainer.batch(0))
     await trainer.snapshot(store)
     good = trainer.batch(1)
-    bad = replace(good, value=good.value[:-1] + bytes([good.value[-1] ^ 1]))
+    inner = open_delta(good.value, KEYS)  # signed, but corrupt (a trainer bug, say)
+    bad = replace(good, value=seal_delta(inner[:-1] + bytes([inner[-1] ^ 1]), KEYS))
     served = follower.holder.view
     assert await follower.on_delta(bad)  # resynced: the position moved
     assert follower.holder.view is not served and follower.holder.view.version == 1
@@ -182,7 +195,8 @@ async def test_rollback_pins_until_the_trainer_announces_again(
     for seed in (1, 2):
         await follower.on_delta(trainer.batch(seed))
     await store.rollback(to=first.version)
-    await follower.on_update(replace(first, metrics={"reason": "rollback"}))
+    rollback = replace(first, metrics={"reason": "rollback"}, signature=None)
+    await follower.on_update(rollback.signed(KEYS))  # an operator's: signed with the key
     assert follower.holder.view.version == first.version and follower.chain.pinned
     assert not await follower.on_delta(trainer.batch(3))  # the running lineage does not win
     assert follower.holder.view.version == first.version
@@ -196,7 +210,7 @@ async def test_a_too_large_delta_waits_for_its_snapshot(
     trainer = Trainer()
     await follower.on_delta(trainer.batch(0))
     trainer.batch(1)
-    marker = trainer.record(ModelDelta.decode(trainer.records[-1].value).as_marker().encode())
+    marker = trainer.record(opened(trainer.records[-1]).as_marker().encode())
     await follower.on_delta(marker)
     assert follower._waiting and follower.holder.view.version == 1
     await follower.on_update(await trainer.snapshot(store))
@@ -227,7 +241,7 @@ async def test_lag_stays_live_while_waiting_for_a_snapshot(
     chain = follower.holder.info["deltas"]
     assert chain["lag_versions"] == 0 and chain["lag_seconds"] >= 30  # publish -> serve
     # A consolidation's marker, then two deltas the waiting scorer ignores.
-    unsent = ModelDelta.decode(trainer.batch(2).value)
+    unsent = opened(trainer.batch(2))
     trainer.records.pop()  # the trainer sends the marker instead of these rows
     waiting_since = time.time() - 8
     marker = trainer.record(unsent.as_marker().encode())
@@ -267,7 +281,7 @@ async def test_a_consolidations_rows_are_served_at_once_and_its_neighbours_follo
     await follower.on_delta(trainer.batch(0))
     assert trainer.model.consolidate()  # retrained: every row, and new neighbours
     consolidation = trainer.batch(1)
-    assert ModelDelta.decode(consolidation.value).replaces_neighbours
+    assert opened(consolidation).replaces_neighbours
     await follower.on_delta(consolidation)
     # Not waiting for a snapshot: the rows are served, the deltas after it apply too.
     assert not follower._waiting and same(follower.holder.view, trainer.model)
@@ -284,3 +298,142 @@ async def test_a_consolidations_rows_are_served_at_once_and_its_neighbours_follo
     assert neighbours is not None and (neighbours != trainer.model._neighbours).nnz == 0
     assert same(view, trainer.model) and follower._neighbours_due is None
     assert not follower.install_neighbours()  # once
+
+
+# --- trust: only what the trainer signed, only deltas that make the next version -------
+ATTACKER = Keyring(b"an attacker's own key, not ours")
+
+
+def refused(what: str, kind: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value(
+            "streamrec_model_refused_total", {"message": what, "reason": kind}
+        )
+        or 0.0
+    )
+
+
+def forge(trainer: Trainer, value: bytes) -> Record:
+    """A record written straight to the delta topic by someone who is not the trainer."""
+    record = Record(DELTAS, 0, len(trainer.records), b"k", value, 1_000)
+    trainer.records.append(record)
+    return record
+
+
+def huge(follower: ModelFollower) -> ModelDelta:
+    """A delta on the live lineage, from the version served to a huge one, no rows."""
+    view, chain = follower.holder.view, follower.chain
+    assert view is not None and chain.lineage is not None
+    return ModelDelta(
+        lineage=chain.lineage,
+        origin=-1,
+        start=0,
+        base_version=chain.version,
+        version=10**15,
+        n_users=view.n_users,
+        n_items=view.n_items,
+        trained_events=0,
+    )
+
+
+async def test_forged_deltas_are_refused_and_the_real_ones_still_apply(
+    follower: ModelFollower,
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    before = {k: refused("delta", k) for k in ("unsigned", "unknown_key", "chain")}
+    raw = huge(follower).encode()
+    for value in (raw, seal_delta(raw, ATTACKER)):  # unsigned; signed with another key
+        assert not await follower.on_delta(forge(trainer, value))
+    # Signed with our key but not the next version (what main applied): the chain rule.
+    assert not await follower.on_delta(forge(trainer, seal_delta(raw, KEYS)))
+    assert follower.holder.view.version == 1 and follower.chain.version == 1
+    for seed in (1, 2):  # the trainer's real deltas apply: nothing was resynced or skipped
+        assert not await follower.on_delta(trainer.batch(seed))
+    assert same(follower.holder.view, trainer.model) and follower.holder.view.version == 3
+    info = follower.holder.info
+    assert info["deltas"]["resyncs"] == 0 and not info["deltas"]["waiting_for_snapshot"]
+    assert info["refused"]["counts"] == {
+        "delta/unsigned": 1,
+        "delta/unknown_key": 1,
+        "delta/chain": 1,
+    }
+    assert info["refused"]["last"]["kind"] == "chain"
+    assert "next version" in info["refused"]["last"]["reason"]
+    for kind, count in before.items():
+        assert refused("delta", kind) == count + 1, kind
+
+
+async def test_a_forged_rollback_does_not_pin(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    first = await trainer.snapshot(store)
+    await follower.on_delta(trainer.batch(1))
+    rollback = replace(first, metrics={"reason": "rollback"}, signature=None)
+    messages = [
+        Record(UPDATES, 0, 0, b"model", first.encode()[1]),  # the trainer's own
+        Record(UPDATES, 0, 1, b"model", rollback.encode()[1]),  # unsigned
+        Record(UPDATES, 0, 2, b"model", rollback.signed(ATTACKER).encode()[1]),
+        Record(UPDATES, 0, 3, b"model", replace(first, version=0).encode()[1]),  # tampered
+    ]
+    before = refused("update", "unsigned")
+    assert follower._last_update(messages) == first  # the newest one we trust
+    await follower._handle({TopicPartition(UPDATES, 0): messages[1:]})  # forged only: ignored
+    assert not follower.chain.pinned and follower.holder.view.version == 2
+    counts = follower.holder.info["refused"]["counts"]
+    assert counts == {"update/unsigned": 2, "update/unknown_key": 2, "update/bad_signature": 2}
+    assert refused("update", "unsigned") == before + 2
+
+
+async def test_an_unsigned_or_foreign_snapshot_is_refused(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    trainer.batch(1)
+    payload, manifest = trainer.model.to_bytes()
+    version = manifest["version"]
+    await store.put(version, payload, sign_manifest(manifest, ATTACKER))
+    update = ModelUpdate.from_manifest("x", manifest).signed(KEYS)  # even if announced
+    assert not await follower.load(version, update, seek=True)
+    assert follower.holder.view.version == 1  # still the trusted view
+    last = follower.holder.info["refused"]["last"]
+    assert last["message"] == "snapshot" and last["kind"] == "unknown_key"
+    assert "untrusted snapshot" in follower.holder.info["last_refused"]["reason"]
+
+
+async def test_unsigned_legacy_snapshots_load_only_when_allowed(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    trainer = Trainer()
+    trainer.batch(0)
+    payload, manifest = trainer.model.to_bytes()  # as written before signing existed
+    await store.put(manifest["version"], payload, manifest)
+    assert not await follower.load(manifest["version"], None, seek=False)
+    assert follower.holder.info["refused"]["last"]["kind"] == "unsigned"
+    follower.keys = Keyring(KEYS.signing, allow_unsigned_snapshots=True)
+    assert await follower.load(manifest["version"], None, seek=False)
+    assert follower.holder.view.version == manifest["version"]
+
+
+async def test_rotation_old_and_new_keys_verify_until_the_old_one_is_dropped(
+    follower: ModelFollower,
+) -> None:
+    old, new = Keyring(b"the old model key, 2025"), Keyring(b"the new model key, 2026")
+    trainer = Trainer()
+    follower.keys = Keyring(new.signing, (old.signing,))  # step 1: scorers verify both
+
+    def signed(keys: Keyring, seed: int) -> Record:
+        record = trainer.batch(seed)
+        record.value = seal_delta(open_delta(record.value, KEYS), keys)
+        return record
+
+    await follower.on_delta(signed(old, 0))  # the trainer still signs with the old key
+    await follower.on_delta(signed(new, 1))  # step 2: it switched
+    assert follower.holder.view.version == 2 and "refused" not in follower.holder.info
+    follower.keys = new  # step 3: the old key dropped
+    assert not await follower.on_delta(signed(old, 2))
+    assert follower.holder.view.version == 2
+    assert follower.holder.info["refused"]["last"]["kind"] == "unknown_key"

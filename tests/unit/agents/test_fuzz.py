@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import tempfile
+import time
 from collections import Counter
 from typing import Any
 
@@ -122,6 +123,24 @@ GOOD_RATINGS = st.fixed_dictionaries(
         "ts": st.floats(0, 2e9),
     }
 ).map(keyed)
+NOW = time.time()
+#: Timestamps of every era and unit: 1990s seconds, now, milliseconds and microseconds (a
+#: producer's mistake), the far future, the float limits.
+STAMPS = st.one_of(
+    st.floats(0, 2e9),
+    st.floats(8e8, 9.5e8),  # MovieLens 100k/1M: 1997-2000
+    st.sampled_from([0.0, NOW, NOW * 1e3, NOW * 1e6, 1e300, 2.0**53, 1.7976931348623157e308]),
+)
+#: Valid-looking ratings with any timestamp: trained, or dead-lettered as ``ts_in_future``.
+STAMPED_RATINGS = st.fixed_dictionaries(
+    {
+        "event_id": GOOD_IDS,
+        "user": GOOD_IDS,
+        "item": GOOD_IDS,
+        "rating": st.floats(0, 5),
+        "ts": STAMPS,
+    }
+).map(keyed)
 GOOD_REQUESTS = st.fixed_dictionaries(
     {"request_id": GOOD_IDS, "user": GOOD_IDS, "k": st.integers(1, 1000)},
     optional={"exclude_seen": st.booleans(), "reply_to": st.just("client-replies")},
@@ -198,7 +217,10 @@ def check_dead_letters(sent: list[dict[str, Any]], messages: list[FakeMessage]) 
 
 
 @FUZZ
-@given(st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS, max_size=12), st.integers(1, 5))
+@given(
+    st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS | STAMPED_RATINGS, max_size=12),
+    st.integers(1, 5),
+)
 async def test_the_trainer_trains_or_dead_letters_and_ingest_records_every_valid_rating(
     pairs: list[tuple[bytes | None, bytes | None]], max_batch: int
 ) -> None:
@@ -269,7 +291,10 @@ TRAINER_FUZZ = settings(FUZZ, max_examples=40)  # each example runs a trainer on
 
 
 @TRAINER_FUZZ
-@given(st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS, max_size=16), st.integers(1, 6))
+@given(
+    st.lists(st.tuples(KEYS, VALUES) | GOOD_RATINGS | STAMPED_RATINGS, max_size=16),
+    st.integers(1, 6),
+)
 async def test_the_trainer_agent_trains_valid_ratings_and_dead_letters_the_rest(
     pairs: list[tuple[bytes | None, bytes | None]], batch_max: int
 ) -> None:
@@ -286,7 +311,11 @@ async def test_the_trainer_agent_trains_valid_ratings_and_dead_letters_the_rest(
     for p, records in consumer.log.items():
         for m in records:
             try:
-                valid.append(decode_rating(m.key, m.value, max_bytes=TRAINER_MAX_BYTES))
+                valid.append(  # judged by the wall clock: the fake records have no timestamp
+                    decode_rating(
+                        m.key, m.value, max_bytes=TRAINER_MAX_BYTES, reference=time.time()
+                    )
+                )
             except Undecodable as exc:
                 invalid[(p, m.offset)] = exc.kind
     assume(len({r.event_id for r in valid}) == len(valid))  # a repeated id is trained once

@@ -28,10 +28,18 @@ from agents.ingest import Ingest
 from agents.scorer import Scorer
 from agents.state import ModelHolder
 from models.delta import ModelDelta
-from models.wire import DLQ_KIND, DLQ_REASON, ModelUpdate, Reply, Undecodable, decode_rating
+from models.wire import (
+    DLQ_KIND,
+    DLQ_REASON,
+    ModelUpdate,
+    Reply,
+    Undecodable,
+    decode_rating,
+    open_delta,
+)
 from storage import open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
-from tests.unit.agents.test_follower import DELTAS, UPDATES
+from tests.unit.agents.test_follower import DELTAS, KEYS, UPDATES
 from tests.unit.agents.test_follower import FakeConsumer as FollowerConsumer
 from tests.unit.agents.test_follower import Trainer as FollowedTrainer
 from tests.unit.agents.test_trainer import FakeConsumer, FakeDLQ, start, stop, until
@@ -100,10 +108,10 @@ async def test_an_unexpected_exception_on_one_rating_dead_letters_it_as_malforme
 ) -> None:
     """The last resort: a decoder bug on one record is that record's dead letter."""
 
-    def flaky(key: bytes | None, value: bytes | None, *, max_bytes: int) -> Any:
+    def flaky(key: bytes | None, value: bytes | None, **kw: Any) -> Any:
         if value is not None and b'"boom"' in value:
             raise RuntimeError("a bug no rule foresaw")
-        return decode_rating(key, value, max_bytes=max_bytes)
+        return decode_rating(key, value, **kw)
 
     monkeypatch.setattr(trainer_module, "decode_rating", flaky)
     consumer, dlq = FakeConsumer(), FakeDLQ()
@@ -146,10 +154,10 @@ async def test_the_ingest_skips_and_counts_poison_and_records_every_valid_rating
 async def test_an_unexpected_exception_on_one_rating_is_skipped_by_the_ingest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def flaky(key: bytes | None, value: bytes | None, *, max_bytes: int) -> Any:
+    def flaky(key: bytes | None, value: bytes | None, **kw: Any) -> Any:
         if b'"e3"' in (value or b""):
             raise LookupError("a bug no rule foresaw")
-        return decode_rating(key, value, max_bytes=max_bytes)
+        return decode_rating(key, value, **kw)
 
     monkeypatch.setattr(ingest_module, "decode_rating", flaky)
     messages = [FakeMessage("ratings-flaky", 0, n, b"u1", rating(n, user="u1")) for n in range(6)]
@@ -283,10 +291,11 @@ async def test_an_unexpected_exception_on_one_delta_is_refused_like_a_corrupt_on
         await follower.on_delta(trainer.batch(0))
         await trainer.snapshot(snapshots)
         poison = trainer.batch(1)
+        inner = open_delta(poison.value, KEYS)  # signed by the trainer: trusted, then decoded
         real = ModelDelta.decode
 
         def flaky(raw: bytes) -> ModelDelta:
-            if raw == poison.value:
+            if raw == inner:
                 raise OverflowError("a bug no rule foresaw")
             return real(raw)
 

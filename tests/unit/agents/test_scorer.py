@@ -13,7 +13,7 @@ from agents.scorer import Scorer, reply_for, title_of
 from agents.state import ModelHolder
 from models.events import RecRequest
 from models.seen import decode_row, remember
-from models.wire import DLQ_KIND, Reply
+from models.wire import DLQ_KIND, DLQ_REASON, Reply
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
 from tests.unit.models.conftest import ITEMS, tiny_view  # noqa: F401  (fixture)
 
@@ -38,12 +38,18 @@ def setup(tiny_view):  # noqa: F811
         forbidden_replies=frozenset({"ratings"}),
         max_bytes=65536,
         max_batch=3,
+        reply_prefixes=("client-",),
     )
     return scorer, table, replies, dlq, other
 
 
+EXISTING = {"client-replies", "__consumer_offsets", "billing-events", "ratings"}
+ASKED: list[str] = []
+
+
 async def _exists(name: str) -> bool:
-    return name == "client-replies"
+    ASKED.append(name)
+    return name in EXISTING
 
 
 def replies_of(sink: FakeSink) -> list[Reply]:
@@ -217,3 +223,58 @@ async def test_too_many_undelivered_replies_make_handle_wait(setup):
     for future in sink.futures:
         future.set_result(None)
     await asyncio.wait_for(blocked, 1)
+
+
+async def test_reply_to_outside_the_allow_list_is_dead_lettered_unasked(setup):
+    scorer, _, replies, dlq, other = setup
+    ASKED.clear()
+    names = [
+        "__consumer_offsets",
+        "billing-events",  # another application's topic: no allowed prefix
+        "streamrec-scorer-__assignor-__leader",  # Faust's leader topic
+        "client-x-changelog",
+        "ratings",
+        "rec-responses",  # the responses topic itself is fine
+    ]
+    messages = [request_message("bob", f"r{n}", n, reply_to=t) for n, t in enumerate(names)]
+    await scorer.handle(messages)
+    assert [d["headers"][DLQ_KIND] for d in dlq.sent] == [b"reply_to"] * 5
+    reasons = [d["headers"][DLQ_REASON].decode() for d in dlq.sent]
+    assert "internal" in reasons[0] and "allowed prefix" in reasons[1] and "internal" in reasons[2]
+    assert [d["value"] for d in dlq.sent] == [m.value for m in messages[:5]]
+    assert [r.request_id for r in replies_of(replies)] == ["r5"] and other.sent == []
+    assert ASKED == []  # refused by the rule: no metadata request for any of them
+
+
+async def test_a_reply_over_max_reply_bytes_dead_letters_its_request(setup):
+    scorer, _, replies, dlq, _ = setup
+    scorer.catalog = {item: {"title": "T" * 400} for item in ITEMS}
+    scorer.max_reply_bytes = 1200
+    await scorer.handle(
+        [
+            request_message("bob", "big", 0, k=4),  # 4 titles of 400 bytes: too large
+            request_message("bob", "small", 1, k=1),
+        ]
+    )
+    (letter,) = dlq.sent
+    assert letter["headers"][DLQ_KIND] == b"too_large"
+    reason = letter["headers"][DLQ_REASON].decode()
+    assert "STREAMREC_MAX_REPLY_BYTES" in reason and "1200" in reason
+    size = int(reason.split("reply is ")[1].split(" bytes")[0])
+    assert size > 1600
+    assert [r.request_id for r in replies_of(replies)] == ["small"]
+    await scorer.delivered()  # the reader commits past both
+
+
+async def test_dead_letters_are_queued_together_and_delivered_before_the_commit(setup):
+    scorer, *_ = setup
+    dlq = SlowSink()
+    scorer.dlq = dlq
+    await scorer.handle([request_message("bob", f"r{n}", n, k=0) for n in range(50)])
+    assert len(dlq.sent) == 50  # all queued: handle did not wait for each delivery
+    waiting = asyncio.ensure_future(scorer.delivered())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # the reader commits only after every dead letter is delivered
+    for future in dlq.futures:
+        future.set_result(None)
+    await asyncio.wait_for(waiting, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,20 @@ import agents.trainer as trainer_module
 from agents.deltas import DeltaPublisher
 from agents.state import ModelHolder
 from agents.trainer import DecodedBatch, Trainer, restore_model
+from models.bounds import Capacity
 from models.config import ModelConfig
+from models.signing import Keyring
 from models.synthetic import generate_ratings
-from models.wire import DeadLetter, ModelDelta, encode_rating
+from models.wire import DeadLetter, ModelDelta, ModelUpdate, encode_rating, open_delta
 from storage import SnapshotStore, open_store
 from tests.unit.agents.fakes import FakeMessage, FakeSink
 from tests.unit.agents.test_deltas import ListSink
+
+
+def opened(raw: bytes | None) -> ModelDelta:
+    """The delta in a signed delta message (the trainer signs with the dev key here)."""
+    return ModelDelta.decode(open_delta(raw, Keyring.dev()))
+
 
 TOPIC = "ratings"
 PARTITIONS = 4
@@ -122,6 +131,7 @@ async def start(
         snapshot_every_batches=kw.pop("snapshot_every_batches", 1000),
         snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
         consumer=consumer,
+        capacity=kw.pop("capacity", Capacity()),
     )
     await trainer.on_assigned({TopicPartition(TOPIC, p) for p in range(PARTITIONS)})
     task = asyncio.create_task(trainer.run(batch_max=kw.pop("batch_max", 500), poll_seconds=0.05))
@@ -237,8 +247,8 @@ async def test_a_consolidations_delta_gets_its_snapshot_without_waiting_for_a_ti
     trainer, task = await start(store, consumer, dlq, batch_max=1000, config=config)
     sink = ListSink()
     trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20)
-    await until(lambda: any(ModelDelta.decode(raw).replaces_neighbours for _, raw in sink.sent))
-    delta = ModelDelta.decode(sink.sent[-1][1])
+    await until(lambda: any(opened(raw).replaces_neighbours for _, raw in sink.sent))
+    delta = opened(sink.sent[-1][1])
     assert not delta.snapshot_needed
     assert delta.rows_touched == delta.n_users + delta.n_items  # every row
     marker = delta.version
@@ -371,3 +381,96 @@ def test_a_redelivered_batch_keeps_only_what_the_model_has_not_seen() -> None:
     later = batch.after({f"{TOPIC}:0": 4}, {})
     assert [p for p in later.positions] == [(0, 4), (0, 5)] and len(later.dead_letters) == 1
     assert batch.after({}, {0: 99}).dead_letters == []
+
+
+async def test_a_flood_of_new_users_past_the_bound_is_dead_lettered_the_same_after_a_crash(
+    store,
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    known = generate_ratings(30, 20, 300, 4, seed=7)
+    consumer.produce_ratings(known)
+    capacity = Capacity(max_users=40, max_items=25)
+    trainer, task = await start(store, consumer, dlq, capacity=capacity, snapshot_every_batches=1)
+    await until(lambda: trainer.model.trained_events == len(known))
+    await until(lambda: store_has_offsets(trainer))
+    users0 = trainer.model.n_users
+    trainer.snapshot_every_batches = 1 << 30  # no snapshot covers the flood
+    flood = [
+        replace(r, event_id=f"flood-{n}", user=f"fake-{n}", item=r.item if n % 2 else f"new-{n}")
+        for n, r in enumerate(generate_ratings(60, 20, 500, 4, seed=8))
+    ]
+    again_known = [replace(r, event_id=f"again-{r.event_id}") for r in known[:100]]
+    consumer.produce_ratings(flood + again_known)
+    await until(lambda: trainer.model.trained_events == len(known) + 100 + 40 - users0)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    assert trainer.model.n_users == 40 and trainer.model.n_items <= 25
+    sent = len(dlq.letters)
+    assert sent == len(flood) - (40 - users0)
+    assert {d.kind for d in dlq.letters} == {"capacity"}
+    assert all("STREAMREC_MAX_" in d.reason and d.value is not None for d in dlq.letters)
+    values = {encode_rating(r)[1] for r in flood}
+    assert all(d.value in values for d in dlq.letters)  # the original bytes
+    task.cancel()  # a crash before the next snapshot: the flood is read again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq, capacity=capacity)
+    await until(lambda: sum(again.model.offsets.values()) == consumer.end())
+    await stop(again, task)
+    assert again.model.n_users == 40 and again.model.trained_events == trainer.model.trained_events
+    assert len(dlq.letters) == sent  # the same ones refused, none sent twice
+
+
+def test_capacity_letters_keep_offset_order_with_the_other_dead_letters() -> None:
+    records = [
+        FakeMessage(TOPIC, 0, o, *encode_rating(replace(r, user=f"new-{o}")))
+        for o, r in enumerate(generate_ratings(5, 5, 6, 1, seed=1))
+    ]
+    records.insert(3, FakeMessage(TOPIC, 0, 3, b"u1", b"nope"))
+    for n, record in enumerate(records):
+        record.offset = n
+    batch = DecodedBatch.of(records, max_bytes=MAX_BYTES)
+    model = trainer_module.IncrementalModel(CONFIG)
+    within = batch.within(model, Capacity(max_users=2))
+    assert [r.user for r in within.ratings] == ["new-0", "new-1"]
+    assert [(d.offset, d.kind) for d in within.dead_letters] == [
+        (2, "capacity"),
+        (3, "malformed"),
+        (4, "capacity"),
+        (5, "capacity"),
+        (6, "capacity"),
+    ]
+    assert batch.within(model, Capacity()) is batch
+
+
+async def test_every_delta_makes_the_next_version_and_everything_is_signed(store) -> None:
+    """A snapshot of moved offsets only (a batch of invalid ratings) needs a new version:
+    a delta without rows carries it, so the chain never skips one (next_step refuses any
+    other step). Snapshots and their announcements are signed with the trainer's key."""
+    keys = Keyring(b"the trainer's own model key")
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    consumer.produce_ratings(generate_ratings(50, 20, 200, 2, seed=7))
+    trainer, task = await start(store, consumer, dlq)
+    trainer.keys = keys
+    sink = ListSink()
+    trainer.deltas = DeltaPublisher(sink, max_bytes=1 << 20, keys=keys)
+    await until(lambda: trainer.model.trained_events == 200)
+    await trainer.snapshot_now("test")
+    for key, value, _ in bad_messages():  # offsets move, no rows
+        consumer.produce(key, value, partition=1)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    await trainer.snapshot_now("test")
+    consumer.produce_ratings(generate_ratings(50, 20, 260, 2, seed=8)[200:])
+    await until(lambda: trainer.model.trained_events == 260)
+    await stop(trainer, task)
+    deltas = [ModelDelta.decode(open_delta(raw, keys)) for _, raw in sink.sent]
+    assert any(d.rows_touched == 0 for d in deltas)  # the offsets-only version's
+    steps = itertools.pairwise(deltas)
+    assert all(b.version == a.version + 1 == b.base_version + 1 for a, b in steps)
+    restored = await restore_model(store, CONFIG, keys=keys)  # signed: restored
+    assert restored.version == await store.latest()
+    with pytest.raises(RuntimeError, match="untrusted snapshot"):
+        await restore_model(store, CONFIG, keys=Keyring(b"some other key, not the trainer's"))
+    assert trainer.updates.sent
+    for sent in trainer.updates.sent:
+        ModelUpdate.parse(sent["value"]).check(keys)

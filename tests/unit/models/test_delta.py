@@ -5,6 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.config import ModelConfig
 from models.delta import FRESH, MAGIC, Chain, DeltaError, ModelDelta, check_applies, next_step
@@ -175,6 +177,29 @@ def test_a_delta_that_does_not_fit_changes_nothing():
     assert view.version == deltas[0].version and view.n_users == deltas[0].n_users
 
 
+def test_a_delta_without_rows_of_the_wrong_width_is_refused_not_a_crash():
+    # Found by the forged-delta test: empty (0, 0) embeddings passed the width check and
+    # made with_delta raise a ValueError, which restarted the scorer's follower in a loop.
+    model, _ = trained(1)
+    view = model.view()
+    empty = ModelDelta(
+        lineage="L",
+        origin=-1,
+        start=0,
+        base_version=view.version,
+        version=view.version + 1,
+        n_users=view.n_users,
+        n_items=view.n_items,
+        trained_events=0,
+    )
+    with pytest.raises(DeltaError, match="components"):
+        view.with_delta(empty)
+    k = view.no_components
+    fits = replace(empty, user_embeddings=np.zeros((0, k), np.float32))
+    fits = replace(fits, item_embeddings=np.zeros((0, k), np.float32))
+    assert view.with_delta(fits).version == view.version + 1
+
+
 def test_check_applies_refuses_inconsistent_rows():
     _, (delta, *_) = trained(1)
     fits = dict(version=0, n_users=0, n_items=0, k=8)
@@ -242,10 +267,49 @@ def d(lineage="L", base=5, version=6, origin=3, start=3):
         # catching up to a target lineage: others are skipped, even our own
         (Chain("old", 3, 3, target="L"), d("old", 3, 4), "skip"),
         (Chain("old", 3, 3, target="L"), d("L", 3, 4), "join"),
+        # a delta must make exactly the next version: a forged huge one is refused, on the
+        # live lineage (it would make every real delta after it look applied) or another
+        (Chain("L", 5, None), d("L", 5, 10**15), "refuse"),
+        (Chain("L", 5, None), d("L", 5, 7), "refuse"),
+        (Chain("L", 5, 5, pinned=True), d("L", 5, 10**15), "refuse"),
+        (Chain("L", 5, None), d("L", 5, 10**15, origin=5, start=5), "refuse"),
+        (Chain("old", 3, 3), d("L", 4, 10**15), "refuse"),
+        (Chain("old", 3, 3, target="L"), d("L", 4, 10**15), "refuse"),
+        # ... but a run's first delta may continue after the store's newest version
+        (Chain("old", 3, 3), d("L", 3, 9), "join"),
+        (Chain(), d("L", 0, 2, origin=FRESH, start=0), "join"),
     ],
 )
 def test_next_step(chain, delta, step):
     assert next_step(chain, delta) == step
+
+
+def test_a_refused_delta_leaves_the_chain_to_the_real_ones():
+    chain = Chain("L", 5, None)
+    assert next_step(chain, d("L", 5, 10**15)) == "refuse"  # the scorer keeps `chain`
+    real = d("L", 5, 6)
+    assert next_step(chain, real) == "apply"
+    assert next_step(chain.applied(real), d("L", 6, 7)) == "apply"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    served=st.integers(0, 10**6),
+    base=st.integers(0, 10**6),
+    start=st.integers(0, 10**6),
+    ahead=st.integers(1, 10**30),
+    lineage=st.sampled_from(["L", "other"]),
+    pinned=st.booleans(),
+)
+def test_only_a_one_version_step_is_ever_applied(served, base, start, ahead, lineage, pinned):
+    """On the live lineage, or mid-run on another, only version = base + 1 is followed."""
+    chain = Chain("L", served, None, pinned)
+    step = next_step(chain, d(lineage, base, base + ahead, origin=start, start=start))
+    first_of_run = lineage != "L" and base == start
+    if step in ("apply", "join", "resync", "reload_origin") and not first_of_run:
+        assert ahead == 1
+    if ahead != 1 and not first_of_run:
+        assert step == "refuse"
 
 
 def test_chain_after_apply_forgets_the_snapshot_and_target():
