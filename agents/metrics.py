@@ -141,6 +141,7 @@ SNAPSHOT_REQUESTS = Counter(
     "Snapshots asked for on model-requests by scorers whose delta chain broke, by outcome "
     "(sent by a scorer; answered, rate_limited, malformed or untrusted at the trainer)",
     ["outcome"],
+    registry=REGISTRY,
 )
 
 MODEL_REFUSED = Counter(

@@ -39,3 +39,15 @@ async def test_health_is_degraded_while_a_reader_keeps_failing(tiny_view) -> Non
     assert "ValueError: Exceeds the limit" in body["failing"]["ingest"]
     runtime.health.ok("ingest")
     assert (await get())[0] == 200
+
+
+def test_every_agent_metric_is_in_the_registry_metrics_renders() -> None:
+    """A metric made without ``registry=REGISTRY`` lands in prometheus' global registry and
+    never shows on ``/metrics`` (streamrec_snapshot_requests_total did, once)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from agents import metrics
+
+    made = [v for v in vars(metrics).values() if isinstance(v, Counter | Gauge | Histogram)]
+    registered = set(metrics.REGISTRY._collector_to_names)
+    assert made and [m._name for m in made if m not in registered] == []
