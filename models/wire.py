@@ -305,7 +305,8 @@ def _optional_text(value: Any, field: str) -> str | None:
         if type(value) is not str:
             raise InvalidEvent(f"{field} must be a string")
         check_text(value, field)
-    return value
+        return value
+    return None
 
 
 # --- model updates ---------------------------------------------------------------------

@@ -335,5 +335,5 @@ def test_malformed_catalog_entries_never_stall_a_worker(served: Served) -> None:
         )
     finally:
         late.stop()
-    assert "Ignoring a malformed catalog entry (malformed)" in late.log_path.read_text()
+    assert "Ignoring malformed catalog entries (malformed)" in late.log_path.read_text()
     asyncio.run(publish_catalog(served.settings, [renamed]))  # as it was

@@ -29,8 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from agents.kafka import partitions_of
 from app.commands.service import publish_ratings
 from app.kafka import kafka_client_options
+from app.settings import model_keys
 from models.events import Rating
-from models.wire import DLQ_KIND, RecRequest, Reply, encode_request
+from models.wire import DLQ_KIND, RecRequest, Reply, encode_request, seal_delta
 from tests.integration.service.conftest import (
     Deployment,
     KafkaClient,
@@ -137,9 +138,13 @@ def test_a_rating_in_milliseconds_is_dead_lettered_once_and_popularity_follows(
     poison = Rating(uuid.uuid4().hex, "clock-wrong", "poisoned", 5.0, now * 1000)
     live = ratings([f"fan{n}" for n in range(40)], ["hot-now"], now)
     publish(deployment, [*live[:5], poison, *live[5:]])
-    wait_for(lambda: caught_up(deployment), timeout=30, what="scorers after the ms rating")
-    for scorer in deployment.scorers:
-        assert popular(scorer)[0] == "hot-now"
+    wait_for(
+        lambda: (
+            caught_up(deployment) and all(popular(s)[0] == "hot-now" for s in deployment.scorers)
+        ),
+        timeout=30,
+        what=lambda: f"scorers after the ms rating: {[popular(s) for s in deployment.scorers]}",
+    )
     # Later live ratings still move popularity (on main every later rating weighed 0).
     publish(deployment, ratings([f"fan{n}" for n in range(60)], ["hotter"], time.time()))
 
@@ -161,15 +166,19 @@ def test_a_rating_in_milliseconds_is_dead_lettered_once_and_popularity_follows(
 def test_a_refused_delta_is_followed_by_a_requested_snapshot_within_seconds(
     deployment: Deployment, kafka: KafkaClient
 ) -> None:
-    """A delta the scorers cannot verify (here: corrupt bytes on the topic): they resync,
-    ask the trainer for a snapshot, and serve the trainer's state again within seconds
-    (the snapshot interval is 300 s; no new rating arrives meanwhile)."""
+    """A delta the scorers cannot apply (here: corrupt bytes, signed with the model key as
+    a trainer's own bad write would be; an unsigned one is refused as untrusted and changes
+    nothing): they resync, ask the trainer for a snapshot, and serve the trainer's state
+    again within seconds (the snapshot interval is 300 s; no new rating arrives meanwhile)."""
     publish(deployment, ratings(["pre"], ["hot-now"], time.time()))
     wait_for(lambda: caught_up(deployment), timeout=30, what="scorers before the bad delta")
     snapshot_before = info(deployment.trainer).get("snapshot", {}).get("version")
     started = time.monotonic()
     asyncio.run(
-        kafka.produce(deployment.settings.model_deltas_topic, [(b"bad", b"SRDELTA1 not a delta")])
+        kafka.produce(
+            deployment.settings.model_deltas_topic,
+            [(b"bad", seal_delta(b"SRDELTA1 not a delta", model_keys(deployment.settings)))],
+        )
     )
 
     def asked() -> bool:  # refused: each resyncs (no snapshot yet: waits) and asks

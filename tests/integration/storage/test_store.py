@@ -19,6 +19,8 @@ from app.cli import main
 from app.dev.seaweed import DEV_BUCKET, SeaweedServer
 from app.settings import Settings
 from app.stores import s3_config_from_settings, store_from_settings
+from models.signing import Keyring
+from models.snapshot import sign_manifest
 from storage import S3Config, SnapshotInfo, SnapshotStore, open_store
 from storage.errors import (
     AccessDenied,
@@ -478,10 +480,29 @@ def cli(*args: str) -> Result:
     return CliRunner().invoke(main, ["models", *args])
 
 
-def test_cli_manages_snapshots(store_url: str, store_config: S3Config) -> None:
-    async def setup() -> dict[int, bytes]:
+def test_cli_refuses_to_promote_a_snapshot_scorers_would_refuse(
+    store_url: str, store_config: S3Config
+) -> None:
+    async def setup() -> None:
         async with open_store(store_url, store_config) as store:
-            return await put(store, 1, 2, 3)
+            await put(store, 1)  # unsigned
+
+    asyncio.run(setup())
+    refused = cli("promote", "1", "--store", store_url, "--no-announce")
+    assert refused.exit_code == 1
+    assert "untrusted snapshot (unsigned)" in refused.output
+    assert "scorers would refuse it" in refused.output
+    assert cli("list", "--json", "--store", store_url).stdout.count('"current": null') == 1
+
+
+def test_cli_manages_snapshots(store_url: str, store_config: S3Config) -> None:
+    async def setup() -> None:
+        # The CLI moves the pointer only to snapshots scorers would trust: signed with the
+        # model key (the dev key, as no STREAMREC_MODEL_KEY is set here).
+        async with open_store(store_url, store_config) as store:
+            for version in (1, 2, 3):
+                payload, manifest = snapshot(version)
+                await store.put(version, payload, sign_manifest(manifest, Keyring.dev()))
 
     asyncio.run(setup())
     listed = cli("list", "--store", store_url)
