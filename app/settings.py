@@ -349,8 +349,8 @@ class Settings(BaseSettings):
             )
         if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
             raise ValueError("STREAMREC_KAFKA_SSL_KEY_FILE needs STREAMREC_KAFKA_SSL_CERT_FILE")
-        if self.model_key is not None and self.model_key_file is not None:
-            raise ValueError("set STREAMREC_MODEL_KEY or STREAMREC_MODEL_KEY_FILE, not both")
+        # Both the key and its file, or a file that cannot be read: one clear error now.
+        secret_or_file("STREAMREC_MODEL_KEY", self.model_key, self.model_key_file)
         if self.model_key is not None and len(self.model_key.get_secret_value()) < MIN_KEY_CHARS:
             raise ValueError(f"STREAMREC_MODEL_KEY must have at least {MIN_KEY_CHARS} characters")
         return self
@@ -372,32 +372,38 @@ def web_token_of(settings: Settings) -> bytes | None:
 
 
 def read_web_token(token: SecretStr | None, file: Path | None) -> bytes | None:
-    """The bearer token: STREAMREC_WEB_TOKEN, or the content of STREAMREC_WEB_TOKEN_FILE
-    without surrounding whitespace, or None when neither is set.
-
-    Setting both is an error (which one wins would be a guess); so is a file that cannot
-    be read or a token that is not :data:`WEB_TOKEN_PATTERN`. Messages never show a token.
-    """
-    if token is not None and file is not None:
-        raise ValueError("set STREAMREC_WEB_TOKEN or STREAMREC_WEB_TOKEN_FILE, not both")
-    if file is not None:
-        try:
-            value = file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(
-                f"STREAMREC_WEB_TOKEN_FILE {str(file)!r} cannot be read: {type(exc).__name__}"
-            ) from None
-        name = "the content of STREAMREC_WEB_TOKEN_FILE"
-    elif token is not None:
-        value, name = token.get_secret_value(), "STREAMREC_WEB_TOKEN"
-    else:
+    """The bearer token: STREAMREC_WEB_TOKEN or STREAMREC_WEB_TOKEN_FILE
+    (:func:`secret_or_file`), or None when neither is set; a token that is not
+    :data:`WEB_TOKEN_PATTERN` is an error. Messages never show a token."""
+    value = secret_or_file("STREAMREC_WEB_TOKEN", token, file)
+    if value is None:
         return None
     if not WEB_TOKEN_PATTERN.fullmatch(value):
+        name = "the content of STREAMREC_WEB_TOKEN_FILE" if file else "STREAMREC_WEB_TOKEN"
         raise ValueError(
             f"{name} must be 16 or more of A-Z a-z 0-9 . _ ~ + / - (an RFC 6750 token; "
             "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return value.encode("ascii")
+
+
+def secret_or_file(var: str, value: SecretStr | None, file: Path | None) -> str | None:
+    """The secret ``var`` (e.g. STREAMREC_MODEL_KEY) names, given as the variable itself or
+    as ``<var>_FILE``, a file holding it (a mounted secret; surrounding whitespace
+    stripped); None when neither is set. Setting both is an error (which one wins would be a
+    guess), and so is a file that cannot be read; messages never show the secret."""
+    if value is not None and file is not None:
+        raise ValueError(f"set {var} or {var}_FILE, not both")
+    if file is not None:
+        return _read_secret_file(file, f"{var}_FILE")
+    return None if value is None else value.get_secret_value()
+
+
+def _read_secret_file(path: Path, name: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name} {str(path)!r} cannot be read: {type(exc).__name__}") from None
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -415,15 +421,14 @@ def model_keys(settings: Settings) -> Keyring:
     var or the file) signs; it and every key in the verify-keys file verify. With no key
     set, the fixed dev key (:data:`models.signing.DEV_KEY`; workers say so in their log,
     :func:`app.service.worker_model_keys`)."""
-    if settings.model_key_file is not None:
-        signing = _read_secret(settings.model_key_file, "STREAMREC_MODEL_KEY_FILE")
-    elif settings.model_key is not None:
-        signing = settings.model_key.get_secret_value()
-    else:
-        signing = None
+    try:
+        signing = secret_or_file("STREAMREC_MODEL_KEY", settings.model_key, settings.model_key_file)
+        verifying = settings.model_verify_keys_file
+        text = _read_secret_file(verifying, "STREAMREC_MODEL_VERIFY_KEYS_FILE") if verifying else ""
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     extra: tuple[bytes, ...] = ()
-    if settings.model_verify_keys_file is not None:
-        text = _read_secret(settings.model_verify_keys_file, "STREAMREC_MODEL_VERIFY_KEYS_FILE")
+    if text:
         extra = parse_keys(text.splitlines())
         if any(len(key) < MIN_KEY_CHARS for key in extra):
             raise SettingsError(
@@ -434,13 +439,6 @@ def model_keys(settings: Settings) -> Keyring:
     if len(signing) < MIN_KEY_CHARS:
         raise SettingsError(f"the model key needs at least {MIN_KEY_CHARS} characters")
     return Keyring(signing.encode(), extra, settings.allow_unsigned_snapshots)
-
-
-def _read_secret(path: Path, name: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{name}={str(path)!r}: cannot read it ({exc})") from None
 
 
 def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:

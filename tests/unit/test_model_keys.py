@@ -69,7 +69,7 @@ def test_bad_settings_are_one_clear_error(overrides, message) -> None:
 
 
 def test_unreadable_or_short_key_files_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match="cannot read"):
+    with pytest.raises(SettingsError, match="cannot be read"):
         model_keys(load_settings(model_key_file=tmp_path / "missing"))
     short = tmp_path / "short"
     short.write_text("tiny\n")
