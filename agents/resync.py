@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
+from agents.health import ReaderHealth
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Sink
 from models.delta import Chain
@@ -88,6 +89,7 @@ async def serve_snapshot_requests(
     keys: Keyring,
     max_age: float = REQUEST_MAX_AGE,
     retry_seconds: float = 5.0,
+    health: ReaderHealth | None = None,
 ) -> None:
     """The trainer's side: read ``topic`` from its end, for ever, and call ``on_request``
     with every fresh, well-formed request (a broken connection is logged and retried)."""
@@ -95,6 +97,7 @@ async def serve_snapshot_requests(
         "Reading snapshot requests",
         functools.partial(_serve, kafka, topic, on_request, keys, max_age),
         retry_seconds,
+        health=health,
     )
 
 

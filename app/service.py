@@ -585,6 +585,7 @@ def trainer_service(
                         s.model_requests_topic,
                         runtime.trainer.snapshot_requested,
                         keys=runtime.trainer.keys,
+                        health=runtime.health,
                     )
                 )
 
