@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.checks import ROOT, check_compose, edit_yaml, validate_compose_schema
+from tests.deploy.checks import (
+    ROOT,
+    check_compose,
+    check_compose_override,
+    edit_yaml,
+    validate_compose_schema,
+)
 
 
 def test_compose_matches_the_compose_spec() -> None:
@@ -97,4 +103,27 @@ def _rename_bucket(doc: dict[str, Any]) -> None:
 def test_compose_rules_bite(deploy_copy: Path, mutate, expected: str) -> None:
     edit_yaml(deploy_copy / "docker-compose.yml", mutate)
     problems = check_compose(deploy_copy)
+    assert any(expected in p for p in problems), problems
+
+
+def test_local_override_changes_only_images_and_the_s3_server() -> None:
+    assert check_compose_override(ROOT) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["services"].setdefault("trainer", {}).update(image="x"),
+            "trainer may not change ['image']",
+        ),
+        (lambda d: d["services"]["kafka"].update(ports=["9095:9094"]), "kafka may not change"),
+        (lambda d: d["services"].update(extra={"image": "x"}), "extra is not a service"),
+        (lambda d: d.update(volumes={"v": {}}), "only services may change"),
+        (lambda d: d["services"]["minio"].update(environment=5), "compose schema"),
+    ],
+)
+def test_local_override_rules_bite(deploy_copy: Path, mutate, expected: str) -> None:
+    edit_yaml(deploy_copy / "docker-compose.local.yml", mutate)
+    problems = check_compose_override(deploy_copy)
     assert any(expected in p for p in problems), problems

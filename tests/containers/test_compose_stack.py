@@ -1,0 +1,305 @@
+"""The compose stack for real: local images, podman-compose up, the host talks to it, down.
+
+``streamrec dev images`` builds the images (cached), ``podman-compose -f docker-compose.yml
+-f docker-compose.local.yml up -d`` starts Kafka, S3, the bucket, generate, catalog,
+bootstrap, one trainer, two scorers and the publisher; the tests then use the published
+ports only (Kafka's host listener 9094, trainer 6066, scorers 6067/6068), as a user would.
+
+Not part of the normal run (marker ``containers``, deselected by default): the stack
+publishes 9094, which the dev broker's SASL_SSL listener takes while the suite runs, so
+.ci/run runs these after the suite with the dev services down (docs/deploy.md). Needs
+podman, podman-compose and root (debootstrap); skips saying so where podman is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from app.dev.images import image_tags, podman_env
+from app.dev.process import port_free
+from app.settings import PROJECT_ROOT, Settings
+
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
+
+PROJECT = "streamrec"  # the compose file's `name:`
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.local.yml")
+HOST_PORTS = {"kafka": 9094, "minio": 9000, "trainer": 6066, "scorer-1": 6067, "scorer-2": 6068}
+WORKERS = ("trainer", "scorer-1", "scorer-2")
+KAFKA = "127.0.0.1:9094"
+STREAMREC = str(Path(sys.executable).parent / "streamrec")
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 2.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, JSON body or text) of a GET on 127.0.0.1:port; (0, None) if nothing answers."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as answer:
+            status, body, kind = answer.status, answer.read(), answer.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        status, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
+    except OSError:
+        return 0, None
+    return status, json.loads(body) if kind == "application/json" else body.decode()
+
+
+def container(service: str) -> str:
+    return f"{PROJECT}_{service}_1"  # podman-compose's naming
+
+
+class Stack:
+    """The running stack, driven through podman-compose and podman."""
+
+    def __init__(self) -> None:
+        compose = shutil.which(
+            "podman-compose", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+        )
+        if compose is None:
+            pytest.skip("podman-compose is not installed (pip install -e '.[deploy]')")
+        self.compose = [compose, *(arg for f in COMPOSE_FILES for arg in ("-f", f))]
+        self.measured: dict[str, Any] = {}
+
+    def run(self, *argv: str, timeout: float = 300, check: bool = True) -> str:
+        done = subprocess.run(
+            argv, cwd=PROJECT_ROOT, env=podman_env(), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            pytest.fail(f"`{' '.join(argv[:4])} ...` exited {done.returncode}: {tail}")
+        return done.stdout
+
+    def podman(self, *argv: str, **kw: Any) -> str:
+        return self.run("podman", *argv, **kw)
+
+    def up(self) -> None:
+        self.run(*self.compose, "up", "-d", timeout=900)
+
+    def down(self) -> None:
+        self.run(*self.compose, "down", "-v", "-t", "20", timeout=300, check=False)
+
+    def leftovers(self) -> list[str]:
+        """Containers, pods, volumes and networks of the project that still exist."""
+        found = []
+        for kind in ("container", "pod", "volume", "network"):
+            every = ["-a"] if kind == "container" else []
+            listed = self.podman(kind, "ls", *every, "--format", "{{.Name}}").split()
+            found += [
+                f"{kind} {n}" for n in listed if n.startswith((f"{PROJECT}_", f"pod_{PROJECT}"))
+            ]
+        return found
+
+    def state(self, service: str) -> dict[str, Any]:
+        return json.loads(self.podman("inspect", "--format", "{{json .State}}", container(service)))
+
+    def healthy(self, service: str) -> bool:
+        """The image's HEALTHCHECK, run now (podman 4.3 runs it on a timer only under systemd)."""
+        return subprocess.run(
+            ["podman", "healthcheck", "run", container(service)], env=podman_env(),
+            capture_output=True, timeout=60,
+        ).returncode == 0  # fmt: skip
+
+    def memory(self) -> dict[str, str]:
+        out = self.podman("stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}")
+        return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def host_settings() -> Settings:
+    return Settings(kafka_bootstrap=KAFKA)
+
+
+def recommend(user: str, wait: float = 30.0):
+    from app.commands.service import request_recommendation
+
+    settings = host_settings()
+    return asyncio.run(request_recommendation(settings, user, 5, wait=wait))
+
+
+def end_offsets(topic: str) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from app.kafka import kafka_client_options
+
+    async def ask() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(**kafka_client_options(host_settings()), group_id=None)
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends = await consumer.end_offsets(parts)
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(ask())
+
+
+def generated_ratings() -> int:
+    command = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"][
+        "generate"
+    ]["command"]
+    return int(command[command.index("--ratings") + 1])
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (as root: apt-get install podman; .ci/run does)")
+    busy = {svc: p for svc, p in HOST_PORTS.items() if not port_free(p)}
+    if busy:
+        pytest.fail(
+            f"host ports the compose stack publishes are in use: {busy} (9094 is the dev "
+            "broker's SASL_SSL listener: stop the dev services first, `streamrec dev down`)"
+        )
+    s = Stack()
+    s.down()  # a stack an interrupted run left behind
+    began = time.monotonic()
+    images = subprocess.run(
+        [STREAMREC, "dev", "images"], cwd=PROJECT_ROOT, env=podman_env(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    if images.returncode != 0:
+        pytest.fail(f"streamrec dev images failed: {images.stderr.strip().splitlines()[-1:]}")
+    s.measured["images_seconds"] = round(time.monotonic() - began, 1)
+    s.measured["images"] = images.stdout.strip().splitlines()
+    began = time.monotonic()
+    try:
+        s.up()
+        for worker in WORKERS:
+            wait_for(
+                lambda w=worker: get(HOST_PORTS[w], "/health/")[0] == 200,
+                timeout=600, what=f"{worker}'s /health/ on {HOST_PORTS[worker]}",
+            )  # fmt: skip
+        s.measured["stack_start_seconds"] = round(time.monotonic() - began, 1)
+        yield s
+    finally:
+        s.down()
+        print(f"\ncompose stack measurements: {json.dumps(s.measured, indent=1)}")
+
+
+def test_images_have_the_names_the_override_uses() -> None:
+    """docker-compose.local.yml runs exactly the tags `streamrec dev images` builds."""
+    override = yaml.safe_load((PROJECT_ROOT / "docker-compose.local.yml").read_text())
+    tags = image_tags(Settings())
+    named = {svc: spec["image"] for svc, spec in override["services"].items() if "image" in spec}
+    assert named == {
+        "kafka": tags["kafka"],
+        "minio": tags["s3"],
+        "create-bucket": tags["streamrec"],
+    }
+    default = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+    assert tags["streamrec"].removeprefix("localhost/") == default["services"]["trainer"]["image"]
+
+
+def test_workers_answer_on_the_published_ports(stack: Stack) -> None:
+    for worker in WORKERS:
+        port = HOST_PORTS[worker]
+        status, health = get(port, "/health/")
+        assert status == 200 and health["status"] == "ok", health
+        assert health["role"] == ("trainer" if worker == "trainer" else "scorer")
+        status, model = get(port, "/model/")
+        assert status == 200 and model["version"] is not None, model
+        status, page = get(port, "/")
+        assert status == 200 and "<html" in page.lower()
+        assert stack.healthy(worker), f"{worker}: the image's HEALTHCHECK fails"
+    for job in ("create-bucket", "generate", "catalog", "bootstrap"):
+        state = stack.state(job)
+        assert state["Status"] == "exited" and state["ExitCode"] == 0, (job, state)
+    stack.measured["memory"] = stack.memory()
+
+
+def test_ratings_in_recommendations_out_over_kafka(stack: Stack, tmp_path: Path) -> None:
+    """Ratings published from the host train; a reply over Kafka names titles and leaves out
+    what the user rated."""
+    _, popular = get(HOST_PORTS["scorer-1"], "/items/popular/?k=6")
+    items = [entry["item"] for entry in popular["items"]]
+    assert all(entry.get("title") for entry in popular["items"]), popular
+    user = f"containers-{int(time.time())}"
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text(
+        "user,item,rating,timestamp\n"
+        + "".join(f"{user},{item},5,{int(time.time())}\n" for item in items[:3])
+    )
+    subprocess.run(
+        [STREAMREC, "publish", str(ratings)], check=True, timeout=120,
+        env={**os.environ, "STREAMREC_KAFKA_BOOTSTRAP": KAFKA}, capture_output=True,
+    )  # fmt: skip
+
+    def knows_user():
+        reply = recommend(user)
+        return reply if reply.source != "popular" and reply.items else None
+
+    reply = wait_for(knows_user, timeout=180, what=f"a personal reply for {user}", every=3)
+    assert all(entry.title for entry in reply.items), reply
+    assert not set(items[:3]) & {entry.item for entry in reply.items}, "rated items came back"
+
+
+def test_one_scorer_killed_the_other_answers_every_request(stack: Stack) -> None:
+    stack.podman("kill", container("scorer-1"))
+    began = time.monotonic()
+    answered = [recommend(f"u{n}", wait=60) for n in range(20)]
+    assert all(reply.items for reply in answered), [r.source for r in answered]
+    stack.measured["first_20_replies_after_scorer_kill_seconds"] = round(
+        time.monotonic() - began, 1
+    )
+    wait_for(
+        lambda: len(get(HOST_PORTS["scorer-2"], "/health/")[1]["partitions"]) >= 4,
+        timeout=120, what="scorer-2 owning every partition",
+    )  # fmt: skip
+    stack.podman("start", container("scorer-1"))
+    wait_for(lambda: get(HOST_PORTS["scorer-1"], "/health/")[0] == 200, 300, "scorer-1 back")
+
+
+def test_trainer_restart_resumes_at_its_snapshot(stack: Stack) -> None:
+    """Restarted mid-stream, the trainer loads its last snapshot and goes on from that
+    snapshot's Kafka offsets: once the publisher is done, it has trained every rating in
+    the topic exactly once on top of the bootstrap's."""
+    stack.podman("restart", "-t", "30", container("trainer"))
+    wait_for(lambda: get(HOST_PORTS["trainer"], "/health/")[0] == 200, 300, "trainer back")
+    _, model = get(HOST_PORTS["trainer"], "/model/")
+    assert model["version"] is not None, model
+    wait_for(
+        lambda: stack.state("publisher")["Status"] == "exited", timeout=900, what="the publisher"
+    )
+    assert stack.state("publisher")["ExitCode"] == 0
+    ends = end_offsets("ratings")
+    want = generated_ratings() + sum(ends.values())
+
+    def caught_up():
+        _, info = get(HOST_PORTS["trainer"], "/model/")
+        if info and info.get("trained_events", 0) > want:
+            pytest.fail(f"trained {info['trained_events']} events, at most {want} exist")
+        return info if info and info.get("trained_events") == want else None
+
+    info = wait_for(caught_up, timeout=600, what=f"the trainer to train {want} events")
+    assert sum(info["offsets"].values()) == sum(ends.values()), (info["offsets"], ends)
+
+
+def test_down_leaves_nothing_behind(stack: Stack) -> None:
+    stack.measured["memory_at_end"] = stack.memory()
+    stack.down()
+    assert stack.leftovers() == []
