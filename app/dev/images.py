@@ -46,7 +46,8 @@ STREAMREC_TAG = "localhost/streamrec:local"
 KAFKA_REPO = "localhost/streamrec-kafka"
 S3_REPO = "localhost/streamrec-seaweedfs"
 SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "python3-dev", "ca-certificates")
+BASE_PACKAGES = ("python3", "python-is-python3", "python3-venv", "python3-pip", "python3-dev",
+                 "ca-certificates")  # fmt: skip
 BASE_ENV = {
     "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
     "PIP_BREAK_SYSTEM_PACKAGES": "1",
@@ -57,6 +58,9 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 STREAMREC_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md",
                     "app", "agents", "models", "storage")  # fmt: skip
 NAMES = ("base", "streamrec", "kafka", "s3")
+# --format docker: the OCI format has no HEALTHCHECK, and podman would drop the Dockerfile's.
+BUILD_FLAGS = ("--format", "docker", "--pull=never", "--layers",
+               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")  # fmt: skip
 _TAIL = 15  # lines of a failed build's output kept for its error message
 _BUILD_STEP = re.compile(r"^(\[\d+/\d+\] )?(STEP \d+/\d+|COMMIT)")
 # debootstrap prints a line per package; only its phases are progress worth showing
@@ -202,10 +206,8 @@ class ImageBuilder:
     def _podman_build(self, name: str, context: Path, file: Path, inputs: str, *args: str) -> None:
         self._run(
             name,
-            [self.podman, "build", "--pull=never", "--layers",
-             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-             "--label", f"{INPUTS_LABEL}={inputs}", "-t", self.tags[name], "-f", str(file),
-             *args, str(context)],
+            [self.podman, "build", *BUILD_FLAGS, "--label", f"{INPUTS_LABEL}={inputs}",
+             "-t", self.tags[name], "-f", str(file), *args, str(context)],
             show=_BUILD_STEP.match,
         )  # fmt: skip
 
@@ -262,7 +264,9 @@ class ImageBuilder:
             shutil.rmtree(root, ignore_errors=True)
 
     def streamrec_inputs(self, base_id: str) -> str:
-        return inputs_hash("streamrec-1", base_id, files=_files(PROJECT_ROOT, STREAMREC_INPUTS))
+        return inputs_hash(
+            "streamrec-1", *BUILD_FLAGS, base_id, files=_files(PROJECT_ROOT, STREAMREC_INPUTS)
+        )
 
     def build_streamrec(self, inputs: str) -> None:
         self._podman_build(
@@ -277,7 +281,9 @@ class ImageBuilder:
     def kafka_inputs(self, base_id: str) -> str:
         jars = sorted(f"{p.name}:{p.stat().st_size}" for p in self._kafka_lib().glob("*.jar"))
         files = _files(IMAGES_DIR, ["kafka"])
-        return inputs_hash("kafka-1", base_id, LOG4J2, *jars, files=files, root=IMAGES_DIR)
+        return inputs_hash(
+            "kafka-1", *BUILD_FLAGS, base_id, LOG4J2, *jars, files=files, root=IMAGES_DIR
+        )
 
     def build_kafka(self, inputs: str) -> None:
         lib = self._kafka_lib()
@@ -296,7 +302,9 @@ class ImageBuilder:
 
     def s3_inputs(self, base_id: str) -> str:
         files = _files(IMAGES_DIR, ["seaweedfs"])
-        return inputs_hash("s3-1", base_id, seaweedfs_version(), files=files, root=IMAGES_DIR)
+        return inputs_hash(
+            "s3-1", *BUILD_FLAGS, base_id, seaweedfs_version(), files=files, root=IMAGES_DIR
+        )
 
     def build_s3(self, inputs: str) -> None:
         self._podman_build(

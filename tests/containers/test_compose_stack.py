@@ -37,9 +37,18 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
 PROJECT = "streamrec"  # the compose file's `name:`
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.local.yml")
-HOST_PORTS = {"kafka": 9094, "minio": 9000, "trainer": 6066, "scorer-1": 6067, "scorer-2": 6068}
+# The compose file's host ports: its defaults, or the HOST_PORT_* variables it reads.
+PORT_VARS = {
+    "kafka": ("HOST_PORT_KAFKA", 9094),
+    "minio": ("HOST_PORT_S3", 9000),
+    "minio-console": ("HOST_PORT_S3_CONSOLE", 9001),
+    "trainer": ("HOST_PORT_TRAINER", 6066),
+    "scorer-1": ("HOST_PORT_SCORER_1", 6067),
+    "scorer-2": ("HOST_PORT_SCORER_2", 6068),
+}
+HOST_PORTS = {svc: int(os.environ.get(var) or port) for svc, (var, port) in PORT_VARS.items()}
 WORKERS = ("trainer", "scorer-1", "scorer-2")
-KAFKA = "127.0.0.1:9094"
+KAFKA = f"127.0.0.1:{HOST_PORTS['kafka']}"
 STREAMREC = str(Path(sys.executable).parent / "streamrec")
 T = TypeVar("T")
 
@@ -172,8 +181,9 @@ def stack() -> Iterator[Stack]:
     busy = {svc: p for svc, p in HOST_PORTS.items() if not port_free(p)}
     if busy:
         pytest.fail(
-            f"host ports the compose stack publishes are in use: {busy} (9094 is the dev "
-            "broker's SASL_SSL listener: stop the dev services first, `streamrec dev down`)"
+            f"host ports the compose stack publishes are in use: {busy}; stop what holds them "
+            "(9094 is a dev broker's SASL_SSL listener: `streamrec dev down`) or move them "
+            f"with {', '.join(var for var, _ in PORT_VARS.values())}"
         )
     s = Stack()
     s.down()  # a stack an interrupted run left behind

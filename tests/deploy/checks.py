@@ -463,7 +463,7 @@ def _published_ports(service: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(port, dict):
             pairs.append((str(port.get("published", "")), str(port.get("target", ""))))
         else:
-            parts = str(port).split("/")[0].split(":")
+            parts = interpolate(str(port)).split("/")[0].split(":")
             pairs.append((parts[-2] if len(parts) >= 2 else "", parts[-1]))
     return pairs
 
