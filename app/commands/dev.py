@@ -186,3 +186,27 @@ def images(only: tuple[str, ...], force: bool) -> None:
     for image in built:
         state = "cached" if image.cached else f"built in {image.seconds:.0f} s"
         click.echo(f"{image.tag:<40} {image.size_bytes / 1e6:7.0f} MB  {state}")
+
+
+@dev.command()
+@click.argument("action", type=click.Choice(["up", "down"]))
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds for `up` to finish.")
+def stack(action: str, timeout: float) -> None:
+    """Start (in dependency order) or remove the compose stack on podman.
+
+    Runs docker-compose.yml with docker-compose.local.yml (images from `streamrec dev
+    images`) through podman-compose, one service at a time, checking each `depends_on`
+    condition itself: podman 4.3 (Debian 12) cannot do it alone. `down` removes the
+    containers, volumes and network.
+    """
+    from app.dev import DevServiceError
+    from app.dev.stack import Stack
+
+    _logging()
+    try:
+        if action == "up":
+            Stack().up(timeout)
+        else:
+            Stack().down()
+    except DevServiceError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,8 +110,24 @@ def copy_deploy_files(root: Path, dest: Path) -> Path:
     return dest
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags: ``!override VALUE`` as VALUE, ``!reset`` as None."""
+
+
+def _override(loader: ComposeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+ComposeLoader.add_constructor("!override", _override)
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
 def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=ComposeLoader)  # a SafeLoader: no objects
 
 
 def interpolate(value: str) -> str:
@@ -399,8 +416,10 @@ def check_compose_override(root: Path) -> list[str]:
     """docker-compose.local.yml differs from docker-compose.yml only as OVERRIDE_KEYS allows
     (every streamrec service keeps the image and build it has there)."""
     name = "docker-compose.local.yml"
-    problems = validate_compose_schema(root, name)
     override = load_yaml(root / name)
+    with tempfile.TemporaryDirectory() as tmp:  # the schema checker knows no !override tag
+        (Path(tmp) / name).write_text(json.dumps(override))
+        problems = validate_compose_schema(Path(tmp), name)
     services = compose_services(root)
     if set(override) != {"services"}:
         problems.append(

@@ -1,7 +1,7 @@
 #!/bin/sh
 # apache/kafka's configuration convention: KAFKA_<NAME> -> <name> with "_" -> ".",
 # "__" -> "_", "___" -> "-" (the JVM option variables below are not broker settings).
-set -eu
+set -euf  # -f: no globbing; the class path's /opt/kafka/libs/* is Java's wildcard
 config=/opt/kafka/config/server.properties
 : > "$config"
 env | sort | while IFS='=' read -r name value; do
