@@ -33,6 +33,8 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.local.yml")
 
 def podman_compose() -> str:
     """The podman-compose of this virtualenv (the deploy extra), else the one on PATH."""
+    if shutil.which("podman") is None:
+        raise DevServiceError("stack: podman is not installed (as root: apt-get install podman)")
     here = Path(sys.executable).parent / "podman-compose"
     found = str(here) if here.exists() else shutil.which("podman-compose")
     if found is None:

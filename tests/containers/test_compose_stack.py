@@ -30,11 +30,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from app.dev.images import image_tags, podman_env
+from app.dev.images import podman_env
 from app.dev.process import DevServiceError, port_free
 from app.dev.stack import Stack as ComposeStack
 from app.settings import PROJECT_ROOT, Settings
-from tests.deploy.checks import load_yaml
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
@@ -191,20 +190,6 @@ def stack() -> Iterator[Stack]:
         print(f"\ncompose stack measurements: {json.dumps(s.measured, indent=1)}")
 
 
-def test_images_have_the_names_the_override_uses() -> None:
-    """docker-compose.local.yml runs exactly the tags `streamrec dev images` builds."""
-    override = load_yaml(PROJECT_ROOT / "docker-compose.local.yml")
-    tags = image_tags(Settings())
-    named = {svc: spec["image"] for svc, spec in override["services"].items() if "image" in spec}
-    assert named == {
-        "kafka": tags["kafka"],
-        "minio": tags["s3"],
-        "create-bucket": tags["streamrec"],
-    }
-    default = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
-    assert tags["streamrec"].removeprefix("localhost/") == default["services"]["trainer"]["image"]
-
-
 def test_workers_answer_on_the_published_ports(stack: Stack) -> None:
     for worker in WORKERS:
         port = HOST_PORTS[worker]
@@ -303,8 +288,9 @@ def test_trainer_restart_resumes_at_its_snapshot(stack: Stack, tmp_path: Path) -
     stack.run("restart", "-t", "30", container("trainer"))
     wait_for(lambda: get(HOST_PORTS["trainer"], "/health/")[0] == 200, 300, "trainer back")
     after = wait_for(trainer_at(ends, before["trained_events"]), 60, "the trainer's resume")
-    # SIGTERM: the trainer wrote a snapshot on its way down and started from it
-    assert after["snapshot"]["version"] >= before["snapshot"]["version"], (before, after)
+    # SIGTERM: the trainer wrote a snapshot on its way down and started from it, at the
+    # topic's end: no batch since, so nothing was read again (a replay shows duplicates)
+    assert after.get("last_batch", {}).get("duplicates", 0) == 0, after
     _, popular = get(HOST_PORTS["scorer-2"], "/items/popular/?k=3")
     users = [f"restart-{int(time.time())}-{n}" for n in range(10)]
     sent = publish_new_ratings(tmp_path, users, [e["item"] for e in popular["items"]])

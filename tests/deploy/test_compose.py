@@ -12,6 +12,7 @@ from tests.deploy.checks import (
     check_compose,
     check_compose_override,
     edit_yaml,
+    load_yaml,
     validate_compose_schema,
 )
 
@@ -127,3 +128,20 @@ def test_local_override_rules_bite(deploy_copy: Path, mutate, expected: str) -> 
     edit_yaml(deploy_copy / "docker-compose.local.yml", mutate)
     problems = check_compose_override(deploy_copy)
     assert any(expected in p for p in problems), problems
+
+
+def test_local_override_runs_the_images_dev_images_builds() -> None:
+    """docker-compose.local.yml names exactly the tags `streamrec dev images` builds."""
+    from app.dev.images import image_tags
+    from app.settings import Settings
+
+    override = load_yaml(ROOT / "docker-compose.local.yml")
+    tags = image_tags(Settings())
+    named = {svc: spec["image"] for svc, spec in override["services"].items() if "image" in spec}
+    assert named == {
+        "kafka": tags["kafka"],
+        "minio": tags["s3"],
+        "create-bucket": tags["streamrec"],
+    }
+    default = load_yaml(ROOT / "docker-compose.yml")
+    assert tags["streamrec"].removeprefix("localhost/") == default["services"]["trainer"]["image"]
