@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -248,7 +249,9 @@ def test_one_scorer_killed_the_other_answers_every_request(stack: Stack) -> None
 
 def publish_new_ratings(tmp_path: Path, users: list[str], items: list[str]) -> int:
     """Publish, from the host over Kafka, every user rating every item; returns how many."""
-    ratings = tmp_path / "ratings.csv"
+    # events are named "<file name>:<line>": a file called ratings.csv would repeat the ids
+    # of the generated /data/ratings.csv, and the trainer would drop them as duplicates
+    ratings = tmp_path / f"containers-{uuid.uuid4().hex}.csv"
     now = int(time.time())
     rows = [f"{user},{item},5,{now}\n" for user in users for item in items]
     ratings.write_text("user,item,rating,timestamp\n" + "".join(rows))
