@@ -60,7 +60,7 @@ def main(debug: bool) -> None:
     StreamrecGroup.debug = debug
 
 
-main.add_command(dev.dev)  # dev up|down|status            (issue: infrastructure)
+main.add_command(dev.dev)  # dev up|down|status|images     (issue: infrastructure)
 main.add_command(offline.train)  # train RATINGS_FILE      (issue: models)
 main.add_command(offline.generate)  # generate OUT         (issue: models)
 main.add_command(store.models)  # models list|show|...     (issue: storage)

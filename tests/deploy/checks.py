@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,23 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 
 # What a temp copy needs for every check to run on it.
-DEPLOY_PATHS = ("Dockerfile", ".dockerignore", "docker-compose.yml", "k8s", "pyproject.toml")
+DEPLOY_PATHS = (
+    "Dockerfile",
+    ".dockerignore",
+    "docker-compose.yml",
+    "docker-compose.local.yml",
+    "k8s",
+    "pyproject.toml",
+)
 
 # Text scanned for STREAMREC_* names: each must be a field of the Settings object.
-ENV_NAME_FILES = ("Dockerfile", "docker-compose.yml", "k8s/*.yaml", "docs/deploy.md")
+ENV_NAME_FILES = (
+    "Dockerfile",
+    "docker-compose.yml",
+    "docker-compose.local.yml",
+    "k8s/*.yaml",
+    "docs/deploy.md",
+)
 ENV_NAME = re.compile(r"\bSTREAMREC_[A-Z0-9_]+\b")
 
 # Settings each streamrec command needs from its deployment, on top of the Settings fields
@@ -97,8 +111,24 @@ def copy_deploy_files(root: Path, dest: Path) -> Path:
     return dest
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags: ``!override VALUE`` as VALUE, ``!reset`` as None."""
+
+
+def _override(loader: ComposeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+ComposeLoader.add_constructor("!override", _override)
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
 def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
+    return yaml.load(path.read_text(), Loader=ComposeLoader)  # a SafeLoader: no objects
 
 
 def interpolate(value: str) -> str:
@@ -360,19 +390,52 @@ def run_hadolint(root: Path) -> list[str]:
 # --- Compose -------------------------------------------------------------------------------
 
 
-def validate_compose_schema(root: Path) -> list[str]:
-    """docker-compose.yml against the Compose Specification schema vendored in check-jsonschema."""
+def validate_compose_schema(root: Path, name: str = "docker-compose.yml") -> list[str]:
+    """A compose file against the Compose Specification schema vendored in check-jsonschema."""
     proc = run_tool(
         "check-jsonschema",
         "--builtin-schema",
         "vendor.compose-spec",
-        str(root / "docker-compose.yml"),
+        str(root / name),
     )
     if isinstance(proc, str):
         return [proc]
     if proc.returncode != 0:
         return [f"compose schema: {(proc.stdout + proc.stderr).strip()}"]
     return []
+
+
+# What docker-compose.local.yml may change: image names, and what the S3 stand-in needs.
+OVERRIDE_KEYS = {
+    "kafka": {"image"},
+    "minio": {"image", "command", "environment", "healthcheck"},
+    "create-bucket": {"image", "entrypoint", "command"},
+}
+
+
+def check_compose_override(root: Path) -> list[str]:
+    """docker-compose.local.yml differs from docker-compose.yml only as OVERRIDE_KEYS allows
+    (every streamrec service keeps the image and build it has there)."""
+    name = "docker-compose.local.yml"
+    override = load_yaml(root / name)
+    with tempfile.TemporaryDirectory() as tmp:  # the schema checker knows no !override tag
+        (Path(tmp) / name).write_text(json.dumps(override))
+        problems = validate_compose_schema(Path(tmp), name)
+    services = compose_services(root)
+    if set(override) != {"services"}:
+        problems.append(
+            f"docker-compose.local.yml: only services may change, not {sorted(override)}"
+        )
+    for name, spec in (override.get("services") or {}).items():
+        if name not in services:
+            problems.append(
+                f"docker-compose.local.yml: {name} is not a service of docker-compose.yml"
+            )
+            continue
+        extra = set(spec) - OVERRIDE_KEYS.get(name, set())
+        if extra:
+            problems.append(f"docker-compose.local.yml: {name} may not change {sorted(extra)}")
+    return problems
 
 
 @dataclass
@@ -420,7 +483,7 @@ def _published_ports(service: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(port, dict):
             pairs.append((str(port.get("published", "")), str(port.get("target", ""))))
         else:
-            parts = str(port).split("/")[0].split(":")
+            parts = interpolate(str(port)).split("/")[0].split(":")
             pairs.append((parts[-2] if len(parts) >= 2 else "", parts[-1]))
     return pairs
 

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.checks import ROOT, check_compose, edit_yaml, validate_compose_schema
+from tests.deploy.checks import (
+    ROOT,
+    check_compose,
+    check_compose_override,
+    edit_yaml,
+    load_yaml,
+    validate_compose_schema,
+)
 
 
 def test_compose_matches_the_compose_spec() -> None:
@@ -98,3 +105,43 @@ def test_compose_rules_bite(deploy_copy: Path, mutate, expected: str) -> None:
     edit_yaml(deploy_copy / "docker-compose.yml", mutate)
     problems = check_compose(deploy_copy)
     assert any(expected in p for p in problems), problems
+
+
+def test_local_override_changes_only_images_and_the_s3_server() -> None:
+    assert check_compose_override(ROOT) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (
+            lambda d: d["services"].setdefault("trainer", {}).update(image="x"),
+            "trainer may not change ['image']",
+        ),
+        (lambda d: d["services"]["kafka"].update(ports=["9095:9094"]), "kafka may not change"),
+        (lambda d: d["services"].update(extra={"image": "x"}), "extra is not a service"),
+        (lambda d: d.update(volumes={"v": {}}), "only services may change"),
+        (lambda d: d["services"]["minio"].update(environment=5), "compose schema"),
+    ],
+)
+def test_local_override_rules_bite(deploy_copy: Path, mutate, expected: str) -> None:
+    edit_yaml(deploy_copy / "docker-compose.local.yml", mutate)
+    problems = check_compose_override(deploy_copy)
+    assert any(expected in p for p in problems), problems
+
+
+def test_local_override_runs_the_images_dev_images_builds() -> None:
+    """docker-compose.local.yml names exactly the tags `streamrec dev images` builds."""
+    from app.dev.images import image_tags
+    from app.settings import Settings
+
+    override = load_yaml(ROOT / "docker-compose.local.yml")
+    tags = image_tags(Settings())
+    named = {svc: spec["image"] for svc, spec in override["services"].items() if "image" in spec}
+    assert named == {
+        "kafka": tags["kafka"],
+        "minio": tags["s3"],
+        "create-bucket": tags["streamrec"],
+    }
+    default = load_yaml(ROOT / "docker-compose.yml")
+    assert tags["streamrec"].removeprefix("localhost/") == default["services"]["trainer"]["image"]
