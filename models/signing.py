@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -159,14 +160,16 @@ def check_fields(fields: Mapping[str, Any], keys: Keyring, *, purpose: str) -> s
     if not isinstance(signature, str) or len(signature) != KEY_ID_CHARS + 1 + 2 * _MAC:
         raise SignatureError("unsigned", f"{what} has a malformed signature")
     kid, _, mac_hex = signature.partition(":")
-    try:
-        mac = bytes.fromhex(mac_hex)
-    except ValueError:
-        raise SignatureError("unsigned", f"{what} has a malformed signature") from None
+    if not _LOWER_HEX.fullmatch(mac_hex):  # one spelling per signature: lowercase hex
+        raise SignatureError("unsigned", f"{what} has a malformed signature")
+    mac = bytes.fromhex(mac_hex)
     key = _key_for(keys, kid, what)
     if not hmac.compare_digest(_mac(key, purpose, canonical(fields)), mac):
         raise SignatureError("bad_signature", f"{what}: signature does not match (key {kid})")
     return kid
+
+
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
 def parse_keys(lines: Iterable[str]) -> tuple[bytes, ...]:

@@ -61,6 +61,13 @@ def unsafe_uses(source: str, *, allow_pickle_imports: bool = False) -> list[tupl
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
             if node.module.split(".")[0] in PICKLE_LIKE and not allow_pickle_imports:
                 found.append((node.lineno, f"from {node.module} import ..."))
+    # A loader class of this module is safe when it subclasses a safe one (it may add tags).
+    safe_loaders = set(SAFE_YAML_LOADERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            _dotted(base, aliases) in SAFE_YAML_LOADERS for base in node.bases
+        ):
+            safe_loaders.add(node.name)
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
@@ -75,7 +82,7 @@ def unsafe_uses(source: str, *, allow_pickle_imports: bool = False) -> list[tupl
             found.append((node.lineno, f"{name}(allow_pickle=...) not False"))
         if name in ("yaml.load", "yaml.load_all"):
             loader = keywords.get("Loader", node.args[1] if len(node.args) > 1 else None)
-            if loader is None or _dotted(loader, aliases) not in SAFE_YAML_LOADERS:
+            if loader is None or _dotted(loader, aliases) not in safe_loaders:
                 found.append((node.lineno, f"{name}() without Loader=yaml.SafeLoader"))
     return sorted(found)
 
@@ -104,6 +111,10 @@ def test_no_source_file_unpickles_or_evaluates():
         ("from numpy import load\nload(f, allow_pickle=flag)", ["allow_pickle"]),
         ("import yaml\nyaml.load(text)", ["without Loader"]),
         ("import yaml\nyaml.load(text, Loader=yaml.FullLoader)", ["without Loader"]),
+        (
+            "import yaml\nclass L(yaml.FullLoader): pass\nyaml.load(text, Loader=L)",
+            ["without Loader"],
+        ),
         ("import yaml\nyaml.unsafe_load(text)", ["yaml.unsafe_load()"]),
         ("import pandas as pd\npd.read_pickle(p)", ["pandas.read_pickle()"]),
     ],
@@ -121,6 +132,7 @@ def test_the_scan_catches(snippet: str, expected: list[str]):
         "import numpy as np\nnp.load(f, allow_pickle=False)\nnp.load(f)",
         "import numpy as np\nnp.save(f, a, allow_pickle=True)",  # writing, e.g. a bad payload
         "import yaml\nyaml.load(t, Loader=yaml.SafeLoader)\nyaml.safe_load(t)",
+        "import yaml\nclass Tags(yaml.SafeLoader): pass\nyaml.load(t, Loader=Tags)",
         "import re, json\nre.compile('x').match(s)\njson.loads(s)",
         "model.eval()\n# pickle.loads(b) in a comment\ns = 'eval(x)'",
     ],

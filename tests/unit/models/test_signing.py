@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -156,6 +157,18 @@ def test_any_byte_tampered_in_an_announcement_is_refused(data):
     except (Undecodable, SignatureError):
         return
     assert back == signed  # only a change that means the same (e.g. \u001f vs \u001F)
+
+
+def test_a_signature_has_one_spelling() -> None:
+    """Hex is case-blind; a signature is not: its one spelling is lowercase, so a parsed
+    and re-encoded announcement is the one that was signed (hypothesis found an upper-case
+    digit that verified and compared unequal)."""
+    signed = update().signed(OLD)
+    kid, _, mac = signed.signature.partition(":")
+    upper = replace(signed, signature=f"{kid}:{mac.upper()}")
+    assert mac != mac.upper()
+    with pytest.raises(SignatureError, match="malformed signature"):
+        upper.check(OLD)
 
 
 # --- snapshots ---------------------------------------------------------------------------
