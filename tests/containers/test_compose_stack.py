@@ -66,11 +66,21 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: fl
         time.sleep(every)
 
 
-def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+#: The web token the stack's workers hold: docker-compose.yml's default unless the shell
+#: sets one (the views with user data or lineage need it; /health/ and / do not).
+WEB_TOKEN = os.environ.get("STREAMREC_WEB_TOKEN") or "streamrec-dev-web-token"
+
+
+def get(
+    port: int, path: str, timeout: float = 5.0, token: str | None = WEB_TOKEN
+) -> tuple[int, Any]:
     """(status, JSON body or text) of a GET on 127.0.0.1:port; (0, None) if nothing answers."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with opener.open(f"http://127.0.0.1:{port}{path}", timeout=timeout) as answer:
+        with opener.open(request, timeout=timeout) as answer:
             status, body, kind = answer.status, answer.read(), answer.headers.get_content_type()
     except urllib.error.HTTPError as exc:
         status, body, kind = exc.code, exc.read(), exc.headers.get_content_type()
@@ -199,6 +209,7 @@ def test_workers_answer_on_the_published_ports(stack: Stack) -> None:
         assert health["role"] == ("trainer" if worker == "trainer" else "scorer")
         status, model = get(port, "/model/")
         assert status == 200 and model["version"] is not None, model
+        assert get(port, "/model/", token=None)[0] == 401  # the deployment sets a token
         status, page = get(port, "/")
         assert status == 200 and "<html" in page.lower()
         assert stack.healthy(worker), f"{worker}: the image's HEALTHCHECK fails"
