@@ -173,7 +173,7 @@ async def _consolidation_trials(
                 user = f"straddle-{cycle}-{t}-{uuid.uuid4().hex[:6]}"
                 t += 1
                 ratings = [
-                    Rating(uuid.uuid4().hex, user, f"i{j}", 5.0, 2e9 + cycle * 100 + j)
+                    Rating(uuid.uuid4().hex, user, f"i{j}", 5.0, time.time() + j * 1e-3)
                     for j in range(5)
                 ]
                 acked = await probe.publish(ratings)
