@@ -197,7 +197,7 @@ def test_unsigned_snapshots_are_refused_unless_allowed(model):
         lambda m: m.update(version=m["version"] + 1),
         lambda m: m.update(sha256="0" * 64),
         lambda m: m["offsets"].update({"ratings:0": 10**9}),
-        lambda m: m.update(signature=m["signature"][:-1] + "0"),
+        lambda m: m.update(signature=m["signature"][:-1] + "01"[m["signature"][-1] == "0"]),
         lambda m: m.update(extra_field=1),
     ],
 )
@@ -205,8 +205,7 @@ def test_a_tampered_manifest_is_refused(snapshot, change):
     payload, manifest = snapshot
     tampered = json.loads(json.dumps(manifest))
     change(tampered)
-    if tampered == manifest:
-        pytest.skip("the change was a no-op")
+    assert tampered != manifest
     with pytest.raises(SnapshotError):
         load_scoring_view(payload, tampered, OLD)
 
