@@ -47,8 +47,13 @@ RUN groupadd --system --gid 10001 streamrec \
     && mkdir -p /var/lib/streamrec /data \
     && chown 10001:10001 /var/lib/streamrec /data
 
+# The project's own wheel is copied (a content-addressed layer), not only bind-mounted:
+# buildah (podman 4.3) does not count a bind mount's content in the cache key of a RUN, so
+# an image rebuilt after a code change kept the old code (the container test caught it).
+COPY --from=builder /wheels/streamrec-*.whl /tmp/streamrec/
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/streamrec-*.whl
+    pip install --no-cache-dir --no-index --find-links=/wheels /tmp/streamrec/streamrec-*.whl \
+    && rm -rf /tmp/streamrec
 
 # Container defaults; every STREAMREC_* name is a field of app/settings.py (a test checks).
 # Bind the web views on all interfaces; deployments set STREAMREC_WEB_HOST to the address
