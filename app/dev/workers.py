@@ -6,6 +6,7 @@ stops them), their output goes to a log file, and readiness is the ``/health/`` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,19 @@ async def create_bucket(settings: Settings, bucket: str) -> None:
         aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
     ) as s3:
         await s3.create_bucket(Bucket=bucket)
+
+
+def isolated_s3_env(
+    prefix: str, base: Settings, datadir: Path, **overrides: object
+) -> dict[str, str]:
+    """:func:`isolated_env` for a run ``<prefix>-<random id>`` with a bucket of its own
+    (created here) as its model store: what an end-to-end test's deployment needs."""
+    run = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    asyncio.run(create_bucket(base, run))
+    return isolated_env(
+        run, base, model_store=f"s3://{run}/models", datadir=datadir,
+        **{k: str(v) for k, v in overrides.items()},
+    )  # fmt: skip
 
 
 def settings_for(env: dict[str, str]) -> Settings:

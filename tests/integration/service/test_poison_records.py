@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from app.commands.service import request_recommendation
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.dev.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from app.settings import Settings
 from app.topics import ensure_topics
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON
-from tests.integration.service.conftest import KafkaClient, create_bucket, wait_for
+from tests.integration.service.conftest import KafkaClient, wait_for
 from tests.integration.service.test_trainer_exactly_once import metric
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
@@ -55,15 +54,10 @@ def catalog_entry(item: str, title: bytes) -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[tuple[WorkerProcess, Settings, dict[str, str]]]:
-    run = uuid.uuid4().hex[:10]
-    base = Settings()
-    bucket = f"e2e-poison-{run}"
-    asyncio.run(create_bucket(base, bucket))
-    env = isolated_env(
-        f"e2e-poison-{run}",
-        base,
-        model_store=f"s3://{bucket}/{run}",
-        datadir=tmp_path / "faust",
+    env = isolated_s3_env(
+        "e2e-poison",
+        Settings(),
+        tmp_path / "faust",
         topic_partitions=2,
         no_components=8,
         epochs_per_batch=1,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
+from app.dev.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from app.settings import Settings
 from app.stores import store_from_settings
 from app.topics import ensure_topics
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_PARTITION, DLQ_TOPIC
-from tests.integration.service.conftest import KafkaClient, create_bucket, wait_for
+from tests.integration.service.conftest import KafkaClient, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 
@@ -68,16 +67,11 @@ def metric(text: str, name: str) -> float:
 
 @pytest.fixture
 def trainer_only(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TrainerOnly]:
-    run = uuid.uuid4().hex[:10]
-    base = Settings()
-    bucket = f"e2e-trainer-{run}"
-    asyncio.run(create_bucket(base, bucket))
     overrides = getattr(request, "param", {})
-    env = isolated_env(
-        f"e2e-trainer-{run}",
-        base,
-        model_store=f"s3://{bucket}/{run}",
-        datadir=tmp_path / "faust",
+    env = isolated_s3_env(
+        "e2e-trainer",
+        Settings(),
+        tmp_path / "faust",
         topic_partitions=4,
         no_components=16,
         epochs_per_batch=1,
