@@ -53,6 +53,10 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 SASL_MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 """SASL mechanisms (STREAMREC_KAFKA_SASL_MECHANISM) streamrec supports."""
 
+Role = Literal["trainer", "scorer", "all"]
+ROLES: tuple[Role, ...] = get_args(Role)
+"""Worker roles (STREAMREC_ROLE, ``streamrec worker --role``, :func:`app.service.create_app`)."""
+
 KAFKA_CREDENTIAL_FIELDS = (
     "kafka_sasl_username",
     "kafka_sasl_password",
@@ -272,7 +276,7 @@ class Settings(BaseSettings):
     )
 
     # --- Worker / web ------------------------------------------------------------------
-    role: str = Field("all", pattern="^(trainer|scorer|all)$", description="Worker role")
+    role: Role = Field("all", description="Worker role")
     web_host: str = Field("127.0.0.1", description="Host other workers reach this one at")
     web_bind: str = Field("127.0.0.1", description="Address the web server binds")
     web_port: int = Field(6066, ge=1, le=65535)
@@ -420,7 +424,7 @@ def model_keys(settings: Settings) -> Keyring:
     """The keys this process signs and verifies model messages with: the model key (the
     var or the file) signs; it and every key in the verify-keys file verify. With no key
     set, the fixed dev key (:data:`models.signing.DEV_KEY`; workers say so in their log,
-    :func:`app.service.worker_model_keys`)."""
+    :func:`app.runtime.worker_model_keys`)."""
     try:
         signing = secret_or_file("STREAMREC_MODEL_KEY", settings.model_key, settings.model_key_file)
         verifying = settings.model_verify_keys_file

@@ -40,8 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.workers import WorkerProcess, create_bucket, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
-from app.service import model_config
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import store_from_settings, write_current_snapshot
 from app.topics import ensure_topics
 from benchmarks.common import Figure, machine, table
@@ -159,7 +158,7 @@ async def _consolidation_trials(
     "snapshot needed" marker, scorers ignored deltas from it until they had loaded the
     snapshot: the stall this measures.)"""
     trainer = workers["trainer"]
-    every = model_config(settings).consolidate_every
+    every = model_config_of(settings).consolidate_every
     out = []
     async with Probe(settings) as probe:
         for cycle in range(cycles):
@@ -243,7 +242,7 @@ def _deployment(shape: str, home: Path, quick: bool) -> Iterator[tuple[Settings,
     settings = settings_for(env)
     asyncio.run(ensure_topics(settings))
     users, items, n = (500, 300, 10_000) if quick else (2000, 1000, 50_000)
-    model = IncrementalModel(model_config(settings))
+    model = IncrementalModel(model_config_of(settings))
     model.train_batch(generate_ratings(users, items, n, 8, seed=5), epochs=3)
     asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     roles = ["trainer", "scorer", "scorer"] if shape == "production" else ["all"]

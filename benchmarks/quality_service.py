@@ -371,11 +371,10 @@ async def _ask_everyone(settings: Any, users: list[str]) -> dict[str, Reply]:
 
 # --- the run ----------------------------------------------------------------------------
 def run(datasets: Sequence[str], *, service: bool = True) -> dict[str, Any]:
-    from app.service import model_config
-    from app.settings import Settings
+    from app.settings import Settings, model_config_of
 
     settings = Settings()
-    config = model_config(settings)
+    config = model_config_of(settings)
     report: dict[str, Any] = {
         "machine": machine(),
         "config": config.to_dict(),

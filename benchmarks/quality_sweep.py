@@ -50,11 +50,10 @@ def main() -> None:
     parser.add_argument("variants", nargs="+")
     args = parser.parse_args()
 
-    from app.service import model_config
-    from app.settings import Settings
+    from app.settings import Settings, model_config_of
 
     settings = Settings()
-    base = model_config(settings)
+    base = model_config_of(settings)
     split = load_split(args.dataset)
     if isinstance(split, str):
         sys.exit(f"skipped: {split}")

@@ -35,8 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
-from app.service import model_config
-from app.settings import PROJECT_ROOT, Settings
+from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import Figure, machine, table
@@ -277,7 +276,7 @@ def speed_figures(quick: bool) -> tuple[list[Figure], float]:
         )
     )
     data = generate_ratings(2000, 1000, 15_000, 8, seed=3)
-    model = IncrementalModel(model_config(s))
+    model = IncrementalModel(model_config_of(s))
     model.train_batch(data, epochs=5)
     serve_model(dep, model)
     users = sorted({r.user for r in data})

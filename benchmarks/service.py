@@ -27,8 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.workers import WorkerProcess, free_port
 from app.kafka import kafka_client_options
-from app.service import model_config
-from app.settings import Settings
+from app.settings import Settings, model_config_of
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import namespace, table
@@ -135,7 +134,7 @@ def run(n_requests: int, n_ratings: int, *, training: bool = True) -> dict[str, 
     )
 
     data = generate_ratings(2000, 1000, n_ratings, 8, seed=3)
-    model = IncrementalModel(model_config(settings))
+    model = IncrementalModel(model_config_of(settings))
     model.train_batch(data[: n_ratings // 2], epochs=5)
     asyncio.run(write_current_snapshot(settings.model_store, settings, model))
     users = sorted({r.user for r in data})

@@ -1,6 +1,6 @@
 """``streamrec catalog load FILE``: item titles and genres onto the compacted items topic.
 
-Every worker keeps the topic as a Faust GlobalTable (``app.service``), so replies, the
+Every worker keeps the topic as a Faust GlobalTable (:mod:`app.wiring.catalog`), so replies, the
 popular list and the dashboard show titles. Files: MovieLens ``u.item`` (latin-1) and
 ``movies.csv``, or the catalog ``streamrec generate`` writes beside its ratings.
 """

@@ -124,7 +124,7 @@ def _run(
     from app.commands.service import publish_ratings, request_recommendation
     from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
     from app.progress import progress_bar
-    from app.service import model_config
+    from app.settings import model_config_of
     from app.stores import write_current_snapshot
     from app.topics import ensure_topics
     from models.events import Rating
@@ -159,7 +159,7 @@ def _run(
     history, live = data[:cut], data[cut:]
 
     _say(f"2. Offline bootstrap: training on the first {len(history)} ratings ...")
-    model = IncrementalModel(model_config(settings))
+    model = IncrementalModel(model_config_of(settings))
     epochs = 10
     with progress_bar(total=epochs, unit="epoch", desc="   training") as bar:
         model.train_batch(history, epochs=epochs, on_epoch=lambda _: bar.update())

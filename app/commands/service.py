@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 
 from agents.kafka import send_bulk
 from app.kafka import connection_errors_explained, kafka_client_options, kafka_unavailable
-from app.settings import Settings, get_settings
+from app.settings import ROLES, Settings, get_settings
 from models.events import RecRequest
 from models.wire import ModelUpdate, Reply, Undecodable, encode_rating, encode_request
 
@@ -43,7 +43,7 @@ def run_kafka(settings: Settings, work: Coroutine[Any, Any, T]) -> T:
 @click.command()
 @click.option(
     "--role",
-    type=click.Choice(["trainer", "scorer", "all"]),
+    type=click.Choice(ROLES),
     default=None,
     help="trainer (exactly one per deployment), scorer (scale out), or all (one dev process). "
     "Default: STREAMREC_ROLE.",

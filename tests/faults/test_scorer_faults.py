@@ -81,7 +81,7 @@ def test_killed_scorer_under_load_leaves_every_request_answered(
         sent_at_kill, answered_at_kill = t.sent_requests, len(t.answered())
         killed_at = time.time()
         victim.kill()  # SIGKILL, requests still arriving on its partitions
-        # The scorers' bulk request reader commits in this group (app/service.py).
+        # The scorers' bulk request reader commits in this group (app/wiring/scorer.py).
         group = bulk_group(s, "scorer", "requests")
         uncommitted = cluster.uncommitted(group, s.requests_topic, sorted(victims))
         cluster.scorers.remove(victim)

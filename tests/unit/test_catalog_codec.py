@@ -1,4 +1,4 @@
-"""The items topic's value codec (app.service.CatalogValues): a catalog entry that is not
+"""The items topic's value codec (app.faust_adapters.CatalogValues): a catalog entry that is not
 valid (a lone surrogate in its title, a 5,000-digit id, not JSON) reads as an empty row,
 logged once per kind, and never fails the GlobalTable's recovery."""
 
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from app.service import CatalogValues
+from app.faust_adapters import CatalogValues
 
 
 def test_entries_that_cannot_be_served_read_as_empty_rows_logged_once_per_kind(
@@ -20,7 +20,7 @@ def test_entries_that_cannot_be_served_read_as_empty_rows_logged_once_per_kind(
         "title": "Heat",
         "genres": [],
     }
-    with caplog.at_level(logging.WARNING, logger="app.service"):
+    with caplog.at_level(logging.WARNING, logger="app.faust_adapters"):
         for raw in (
             b'{"item": "i2", "title": "Bad \\udc80 title"}',
             b'{"item": "i3", "title": "Raw \xed\xa0\x80 bytes"}',

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import service
+from app import runtime
 from app.settings import SettingsError, load_settings, model_keys
 from models.signing import DEV_KEY, Keyring, key_id
 
@@ -18,15 +18,15 @@ KEY = "a-model-key-for-these-tests"
 def test_no_key_is_the_dev_key_said_once_by_a_worker(caplog, monkeypatch) -> None:
     settings = load_settings()
     assert model_keys(settings) == Keyring(DEV_KEY)
-    monkeypatch.setattr(service, "_dev_key_said", False)
-    with caplog.at_level(logging.WARNING, logger="app.service"):
+    monkeypatch.setattr(runtime, "_dev_key_said", False)
+    with caplog.at_level(logging.WARNING, logger="app.runtime"):
         for _ in range(3):
-            assert service.worker_model_keys(settings).signing == DEV_KEY
+            assert runtime.worker_model_keys(settings).signing == DEV_KEY
     said = [r for r in caplog.records if "dev key" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="app.service"):
-        service.worker_model_keys(load_settings(model_key=KEY))
+    with caplog.at_level(logging.WARNING, logger="app.runtime"):
+        runtime.worker_model_keys(load_settings(model_key=KEY))
     assert not caplog.records  # a real key: nothing to say
 
 

@@ -1,11 +1,11 @@
-"""app.service.never_fetch_through_faust: Faust's consumer keeps the request partitions
+"""app.faust_adapters.never_fetch_through_faust: Faust's consumer keeps the request partitions
 paused through every resume, so only the bulk request reader hands requests on."""
 
 from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from app.service import never_fetch_through_faust
+from app.faust_adapters import never_fetch_through_faust
 
 
 class FakeConsumer:
