@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError
 
 from agents import metrics
 from agents.deltas import DeltaPublisher
-from agents.follower import REFUSED
+from agents.errors import is_refusal
 from agents.health import record_error
 from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
 from agents.resync import ANSWER_EVERY
@@ -56,6 +56,7 @@ from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
+from models.manifest import Manifest
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import UntrustedSnapshot, sign_manifest
@@ -129,7 +130,9 @@ async def restore_model(
         try:
             payload, manifest = await store.get(version)
             model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
-        except REFUSED as exc:
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, UntrustedSnapshot):
                 metrics.MODEL_REFUSED.labels("snapshot", exc.kind).inc()
@@ -743,7 +746,7 @@ class Trainer:
     async def _write_snapshot(
         self,
         payload: bytes,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         info: dict[str, Any],
         batch_info: dict[str, Any],
     ) -> str:

@@ -23,6 +23,7 @@ from agents import metrics
 from agents.scorer import Catalog, reply_for, title_of
 from app import webauth
 from app.dashboard import ASSETS, asset
+from app.errors import AppError
 from models.events import MAX_K, InvalidEvent, parse_request
 from models.seen import decode_row
 
@@ -35,7 +36,7 @@ PAGE_DEFAULT = PAGE_MAX // 4
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-class BadQuery(ValueError):
+class BadQuery(AppError, ValueError):
     """A query parameter that is not acceptable; the view answers 400 with the message."""
 
 
