@@ -36,7 +36,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -47,6 +47,7 @@ from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
 from agents.resync import SnapshotAsker
 from agents.state import ModelHolder
+from agents.status import DeltaChain, RefusedMessage, announcement
 from models.delta import FRESH, Chain, next_step
 from models.manifest import ChainMark, Manifest, parse_manifest
 from models.scoring import ScoringView
@@ -236,10 +237,7 @@ class ModelFollower:
         self.chain = Chain(lineage, chain_version, version, pinned, target)
         self._waiting = False
         self._announced = None
-        info: dict[str, Any] = {"source": "store pointer"}
-        if update is not None:
-            info = {k: v for k, v in update.to_dict().items() if k != "version"}
-        self.holder.publish(view, **info, created_at=manifest["created_at"])
+        self.holder.publish(view, **announcement(update, created_at=manifest["created_at"]))
         self._chain_info()
         metrics.MODEL_LOADS.labels("ok").inc()
         metrics.MODEL_VERSION.set(view.version)
@@ -484,18 +482,18 @@ class ModelFollower:
         high = consumer.highwater(TopicPartition(self.deltas_topic, 0))
         return None if high is None else max(0, high - offset - 1)
 
-    def _chain_info(self, **extra: Any) -> None:
+    def _chain_info(self, **extra: Unpack[DeltaChain]) -> None:
         chain = self.chain
-        info = dict(self.holder.info.get("deltas") or {})
-        info.update(
-            lineage=chain.lineage,
-            chain_version=chain.version,
-            pinned=chain.pinned,
-            waiting_for_snapshot=self._waiting,
-            applied=self._applied,
-            resyncs=self._resyncs,
+        info: DeltaChain = {
+            **self.holder.info.get("deltas", DeltaChain()),
+            "lineage": chain.lineage,
+            "chain_version": chain.version,
+            "pinned": chain.pinned,
+            "waiting_for_snapshot": self._waiting,
+            "applied": self._applied,
+            "resyncs": self._resyncs,
             **extra,
-        )
+        }
         self.holder.info["deltas"] = info
 
     def _version(self) -> int | None:
@@ -540,7 +538,15 @@ class ModelFollower:
             return update
         return None
 
-    def _untrusted(self, what: str, kind: str, reason: str, **where: int) -> None:
+    def _untrusted(
+        self,
+        what: str,
+        kind: str,
+        reason: str,
+        *,
+        offset: int | None = None,
+        version: int | None = None,
+    ) -> None:
         """Count and show a refused message or snapshot; log the first of each kind."""
         label = f"{what}/{kind}"
         metrics.MODEL_REFUSED.labels(what, kind).inc()
@@ -553,9 +559,14 @@ class ModelFollower:
                 reason,
             )
         self._refused[label] = self._refused.get(label, 0) + 1
+        last: RefusedMessage = {"message": what, "kind": kind, "reason": reason[:500]}
+        if offset is not None:
+            last["offset"] = offset
+        if version is not None:
+            last["version"] = version
         self.holder.info["refused"] = {
             "counts": dict(self._refused),
-            "last": {"message": what, "kind": kind, "reason": reason[:500], **where},
+            "last": last,
             "at": time.time(),
         }
 

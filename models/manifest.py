@@ -6,8 +6,8 @@ signature covers every field, so the bytes must not change. :func:`parse_manifes
 renamed field is a :class:`~models.errors.SnapshotError` naming it.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TypedDict reads NotRequired from evaluated
+# annotations only (Python 3.11), and the tests take the fields from it.
 from typing import Any, NotRequired, TypedDict, cast
 
 from models.errors import SnapshotError
