@@ -12,7 +12,7 @@ from storage.errors import IntegrityError, SnapshotNotFound
 
 
 class AgentError(Exception):
-    """Base class of every error the agents layer raises."""
+    """Base class of every exception class the agents layer defines."""
 
     retriable: bool = False
     """True if the same step may succeed when retried."""

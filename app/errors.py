@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class AppError(Exception):
-    """Base class of every error ``app/`` raises (a command turns it into one line)."""
+    """Base class of every exception class ``app/`` defines."""
 
     retriable: bool = False
     """True if the same command may succeed when run again."""

@@ -1,6 +1,6 @@
 """The models layer's exception base, :class:`ModelError`, and the snapshot refusals.
 
-Every exception ``models/`` raises derives from :class:`ModelError` (and, where callers
+Every exception class ``models/`` defines derives from :class:`ModelError` (and, where callers
 already catch it so, from the builtin it always was: ``ValueError``, ``RuntimeError``).
 ``retriable`` follows aiokafka's convention: False unless retrying the same call may
 succeed; callers that choose between retrying and refusing read it, not the type.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class ModelError(Exception):
-    """Base class of every error the models layer raises."""
+    """Base class of every exception class the models layer defines."""
 
     retriable: bool = False
     """True if the same call may succeed when retried (none in ``models/``: pure code on
