@@ -9,7 +9,7 @@ import json
 import sys
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import ModelConfig
@@ -22,6 +22,9 @@ from tests.unit.hostile import ANY_TEXT, HUGE_INTS, JSON, RAW
 from tests.unit.models.test_incremental import SMALL, ratings
 
 FIELDS = Manifest.__required_keys__ | Manifest.__optional_keys__
+
+#: Huge ints and long texts are slow to draw on a shared machine: no per-example deadline.
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def canonical(obj: object) -> bytes:
@@ -124,7 +127,7 @@ MANIFESTS = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200)
+@settings(PROPERTY, max_examples=200)
 @given(MANIFESTS)
 def test_encode_after_decode_gives_the_same_manifest(manifest: dict) -> None:
     parsed = parse_manifest(manifest)
@@ -137,7 +140,7 @@ def test_encode_after_decode_gives_the_same_manifest(manifest: dict) -> None:
         sys.set_int_max_str_digits(limit)
 
 
-@settings(max_examples=300)
+@settings(PROPERTY, max_examples=200)
 @given(MANIFESTS, st.sampled_from(sorted(FIELDS)), JSON | RAW)
 def test_any_value_in_any_field_is_accepted_whole_or_refused_with_snapshot_error(
     manifest: dict, key: str, value: object
@@ -149,7 +152,7 @@ def test_any_value_in_any_field_is_accepted_whole_or_refused_with_snapshot_error
     assert parsed == {**manifest, key: value}
 
 
-@settings(max_examples=300)
+@settings(PROPERTY, max_examples=200)
 @given(JSON | RAW | st.dictionaries(ANY_TEXT, JSON))
 def test_anything_else_is_refused_with_snapshot_error(obj: object) -> None:
     if isinstance(obj, bytes):
@@ -162,6 +165,7 @@ def test_anything_else_is_refused_with_snapshot_error(obj: object) -> None:
             parse(obj)
 
 
+@settings(PROPERTY)
 @given(CHAINS)
 def test_a_chain_mark_round_trips(chain: ChainMark | None) -> None:
     assert parse_chain_mark(chain) == chain
