@@ -27,6 +27,7 @@ from typing import Any
 
 from agents import metrics
 from agents.ports import Sink
+from agents.status import PublishedDelta
 from models.incremental import IncrementalModel
 from models.scoring import ScoringView
 from models.signing import Keyring
@@ -47,7 +48,7 @@ class DeltaPublisher:
     keys: Keyring = field(default_factory=Keyring.dev, repr=False)
     """Every delta is signed with ``keys.signing`` (scorers refuse what is not)."""
 
-    async def publish(self, model: IncrementalModel, view: ScoringView) -> dict[str, Any] | None:
+    async def publish(self, model: IncrementalModel, view: ScoringView) -> PublishedDelta | None:
         """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
         ``snapshot_needed`` True if the delta was too large and a snapshot must follow, and
         ``neighbours_follow`` True if the scorers take its blending neighbours from the next

@@ -20,10 +20,12 @@ import logging
 import threading
 import time
 
+from agents.errors import AgentError
+
 log = logging.getLogger(__name__)
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(AgentError, RuntimeError):
     """The process stood still for longer than its session timeout: it may not own what it
     owned before (retriable: after the next rebalance it knows)."""
 

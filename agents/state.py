@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Unpack
 
+from agents.status import ModelStatus
 from models.scoring import ScoringView
 from models.seen import ItemHashIndex
 
@@ -19,12 +20,12 @@ class ModelHolder:
     """The served model view plus the facts the ``/model/`` web view reports."""
 
     view: ScoringView | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ModelStatus = field(default_factory=lambda: ModelStatus())
     loaded_at: float | None = None
     _index: ItemHashIndex | None = field(default=None, repr=False)
     _index_view: ScoringView | None = field(default=None, repr=False)
 
-    def publish(self, view: ScoringView, **info: Any) -> None:
+    def publish(self, view: ScoringView, **info: Unpack[ModelStatus]) -> None:
         self.view = view
         self.info = {**self.info, **info, "version": view.version}
         self.loaded_at = time.time()

@@ -46,16 +46,18 @@ from aiokafka.errors import KafkaError
 
 from agents import metrics
 from agents.deltas import DeltaPublisher
-from agents.follower import REFUSED
+from agents.errors import is_refusal
 from agents.health import record_error
 from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
 from agents.resync import ANSWER_EVERY
 from agents.state import ModelHolder
+from agents.status import ModelStatus
 from models.bounds import Capacity, over_capacity
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
+from models.manifest import Manifest
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import UntrustedSnapshot, sign_manifest
@@ -129,7 +131,9 @@ async def restore_model(
         try:
             payload, manifest = await store.get(version)
             model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
-        except REFUSED as exc:
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
             reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, UntrustedSnapshot):
                 metrics.MODEL_REFUSED.labels("snapshot", exc.kind).inc()
@@ -467,22 +471,21 @@ class Trainer:
         if result.duplicates:  # the dedupe memory dropped a redelivered rating
             metrics.SKIPPED_EVENTS.labels("duplicate").inc(result.duplicates)
         metrics.MODEL_VERSION.set(self.model.version)
-        self.holder.publish(
-            view,
-            **self._info(),
-            last_batch={
-                "events": batch.events,
-                "applied": result.applied,
-                "positives": result.positives,
-                "duplicates": result.duplicates,
-                "dead_letters": len(batch.dead_letters),
-                "new_users": result.new_users,
-                "new_items": result.new_items,
-                "seconds": round(seconds, 4),
-                "at": time.time(),
-            },
-            **({"prequential_hit_rate": hit_rate} if hit_rate is not None else {}),
-        )
+        status = self._info()
+        status["last_batch"] = {
+            "events": batch.events,
+            "applied": result.applied,
+            "positives": result.positives,
+            "duplicates": result.duplicates,
+            "dead_letters": len(batch.dead_letters),
+            "new_users": result.new_users,
+            "new_items": result.new_items,
+            "seconds": round(seconds, 4),
+            "at": time.time(),
+        }
+        if hit_rate is not None:
+            status["prequential_hit_rate"] = hit_rate
+        self.holder.publish(view, **status)
         await self._publish_delta(view)
         return result
 
@@ -743,8 +746,8 @@ class Trainer:
     async def _write_snapshot(
         self,
         payload: bytes,
-        manifest: dict[str, Any],
-        info: dict[str, Any],
+        manifest: Manifest,
+        info: ModelStatus,
         batch_info: dict[str, Any],
     ) -> str:
         """Put (verified, write-once), promote, then announce: never announce before that."""
@@ -809,7 +812,7 @@ class Trainer:
             await asyncio.wait([self._in_flight])  # its failure is raised by run()
         await self._commit_snapshot_offsets()
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self) -> ModelStatus:
         return {
             "trained_events": self.model.trained_events,
             "n_users": self.model.n_users,

@@ -16,6 +16,7 @@ import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.errors import AppError
 from models.bounds import reply_prefix_problem
 from models.config import LOSSES, ModelConfig
 from models.events import MAX_FUTURE_SKEW_SECONDS
@@ -453,7 +454,7 @@ def model_config_of(settings: Settings, **overrides: object) -> ModelConfig:
     return ModelConfig(**values)
 
 
-class SettingsError(click.ClickException):
+class SettingsError(AppError, click.ClickException):
     """Invalid STREAMREC_* values: one line naming each variable, then a non-zero exit."""
 
 

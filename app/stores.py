@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from app.errors import AppError
 from app.settings import Settings, get_settings, model_keys
 from storage import S3Config, SnapshotStore, open_store
 
@@ -43,7 +44,7 @@ def store_from_settings(settings: Settings | None = None) -> SnapshotStore:
     return store_from_url(settings.model_store, settings)
 
 
-class StreamedModelError(Exception):
+class StreamedModelError(AppError):
     """The store's current model was trained by streaming; an offline one would roll it back."""
 
 

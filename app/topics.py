@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from app.errors import AppError
 from app.kafka import kafka_client_options
 from app.settings import Settings
 
@@ -125,7 +126,7 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
     return counts
 
 
-class TopicMismatch(RuntimeError):
+class TopicMismatch(AppError, RuntimeError):
     """A topic cannot be created, or exists with other partition counts than the settings."""
 
 

@@ -10,8 +10,6 @@ nothing on non-owners; Faust issue 187). With STREAMREC_WEB_TOKEN set, every vie
 
 from __future__ import annotations
 
-import datetime as dt
-import time
 from typing import Any
 
 import faust
@@ -22,8 +20,10 @@ from prometheus_client import generate_latest
 
 from agents import metrics
 from agents.scorer import Catalog, reply_for, title_of
+from agents.status import render_status
 from app import webauth
 from app.dashboard import ASSETS, asset
+from app.errors import AppError
 from app.runtime import Runtime
 from models.events import MAX_K, InvalidEvent, parse_request
 from models.seen import decode_row
@@ -34,7 +34,7 @@ PAGE_DEFAULT = PAGE_MAX // 4
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-class BadQuery(ValueError):
+class BadQuery(AppError, ValueError):
     """A query parameter that is not acceptable; the view answers 400 with the message."""
 
 
@@ -60,16 +60,6 @@ def page_of(request: Request, *, alias: str | None = None) -> tuple[int, int]:
 
 def _k(request: Request, default: int) -> int:
     return _int_param(request, "k", default, 1, MAX_K)
-
-
-def _age_seconds(stamp: float | str | None) -> float | None:
-    """Seconds since ``stamp`` (unix seconds or an ISO 8601 string), or None."""
-    if isinstance(stamp, str):
-        try:
-            stamp = dt.datetime.fromisoformat(stamp).timestamp()
-        except ValueError:
-            return None
-    return None if stamp is None else round(time.time() - stamp, 3)
 
 
 def _titles(catalog: Catalog, items: list[str]) -> dict[str, str]:
@@ -157,18 +147,7 @@ class Model(Base):
     async def get(self, request: Request) -> Response:
         runtime = self.runtime
         holder = runtime.holder
-        info = dict(holder.info)
-        age = _age_seconds(info.get("created_at") or (info.get("snapshot") or {}).get("at"))
-        if age is not None:
-            info["snapshot_age_seconds"] = age
-        chain = info.get("deltas")
-        if chain and chain.get("last_applied"):  # how long ago the trainer published it
-            info["deltas"] = {
-                **chain,
-                "last_delta_age_seconds": _age_seconds(chain["last_applied"]["published_at"]),
-            }
-        info["role"] = runtime.role
-        info["loaded_at"] = holder.loaded_at
+        info = render_status(holder.info, role=runtime.role, loaded_at=holder.loaded_at)
         return self.json(info, status=200 if holder.ready else 503)
 
 

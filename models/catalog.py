@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.errors import ModelError
 from models.events import InvalidEvent, canonical_id, check_text
 
 CATALOG_FORMATS = ("mlitem", "mlmovies", "csv")
@@ -61,7 +62,7 @@ class CatalogItem:
     genres: tuple[str, ...] = field(default=())
 
 
-class CatalogError(ValueError):
+class CatalogError(ModelError, ValueError):
     """A line that is not a valid catalog entry (``line`` is 1-based; None: not one line)."""
 
     def __init__(self, line: int | None, message: str) -> None:

@@ -21,6 +21,7 @@ import csv
 import itertools
 from collections.abc import Iterable, Iterator
 
+from models.errors import ModelError
 from models.events import InvalidEvent, Rating, parse_rating
 
 FORMATS = ("ml100k", "ml1m", "mlcsv", "csv")
@@ -34,7 +35,7 @@ _COLUMN_NAMES = {
 _FIELDS = ("user", "item", "rating", "ts")
 
 
-class DatasetError(ValueError):
+class DatasetError(ModelError, ValueError):
     """A line that is not a valid rating; ``line`` is its 1-based line number (None if the
     problem is not one line, e.g. an empty input)."""
 

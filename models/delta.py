@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models.errors import ModelError
 from models.idmap import decode_strings, encode_strings
 
 MAGIC = b"SRDELTA1"
@@ -91,7 +92,7 @@ _ROW_GROUPS = {
 }
 
 
-class DeltaError(ValueError):
+class DeltaError(ModelError, ValueError):
     """A delta that cannot be decoded or does not apply; the message says why."""
 
 

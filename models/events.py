@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.errors import ModelError
+
 MAX_ID_LENGTH = 256
 """Longest user, item, event or request id (characters, after canonicalisation)."""
 
@@ -29,7 +31,7 @@ MAX_K = 1000
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(ModelError, ValueError):
     """An event or request that breaks a validation rule; ``reason`` is human-readable."""
 
     def __init__(self, reason: str) -> None:

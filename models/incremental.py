@@ -48,7 +48,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -59,8 +59,10 @@ from lightfm import LightFM
 from models.config import ModelConfig
 from models.consolidation import InteractionWindow, item_neighbours
 from models.delta import FRESH, DeltaError, ModelDelta
+from models.errors import ModelError
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
 from models.idmap import IdMap
+from models.manifest import ChainMark, Manifest
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
@@ -77,7 +79,7 @@ _CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
 _MIN_DECAY = float(np.finfo(np.float64).tiny)
 
 
-class NonFiniteModel(RuntimeError):
+class NonFiniteModel(ModelError, RuntimeError):
     """Training made a parameter NaN/inf; the batch was rolled back."""
 
 
@@ -566,7 +568,7 @@ class IncrementalModel:
         self._dirty_popularity.clear()
         self._decay = 1.0
 
-    def _chain(self) -> dict[str, object] | None:
+    def _chain(self) -> ChainMark | None:
         """Where this state sits in its delta chain, for snapshots: None while rows changed
         that no delta has carried yet (scorers then cannot continue from it by deltas)."""
         if self._rows_dirty():
@@ -636,7 +638,7 @@ class IncrementalModel:
         )
 
     # --- snapshots ---------------------------------------------------------------------
-    def to_bytes(self) -> tuple[bytes, dict[str, Any]]:
+    def to_bytes(self) -> tuple[bytes, Manifest]:
         """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity[: self.n_items]
@@ -669,7 +671,7 @@ class IncrementalModel:
 
     @classmethod
     def from_bytes(
-        cls, payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
+        cls, payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
     ) -> IncrementalModel:
         """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong
         (with ``keys``: also on a manifest not signed by one of them)."""

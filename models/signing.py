@@ -29,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from models.errors import ModelError
+
 MAGIC = b"SRSIGN1\0"
 """The first bytes of a sealed message."""
 KEY_ID_CHARS = 8
@@ -42,7 +44,7 @@ RefusalKind = Literal["unsigned", "unknown_key", "bad_signature"]
 REFUSAL_KINDS: tuple[str, ...] = ("unsigned", "unknown_key", "bad_signature")
 
 
-class SignatureError(ValueError):
+class SignatureError(ModelError, ValueError):
     """A message or snapshot that is not signed by a key this worker trusts.
 
     ``kind`` is one of :data:`REFUSAL_KINDS` (a metric label); the message says why."""

@@ -23,6 +23,7 @@ import json
 import math
 import platform
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import IO, Any
@@ -33,11 +34,13 @@ import scipy.sparse as sp
 from models.config import ModelConfig
 from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
+from models.errors import SnapshotError as SnapshotError
+from models.errors import UntrustedSnapshot as UntrustedSnapshot
 from models.idmap import IdMap, decode_strings, encode_strings
+from models.manifest import FORMAT, ChainMark, Manifest, parse_manifest
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError, check_fields, sign_fields
 
-FORMAT = "streamrec-lightfm-npz/1"
 SIDES = ("user", "item")
 PARTS = (
     "embeddings",
@@ -62,18 +65,6 @@ EVENT_COUNTS = ("user_events", "item_events")
 """Exact applied-event counts per user and per item (int64). Optional on read: snapshots
 written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-_MANIFEST_TYPES: dict[str, type] = {
-    "format": str,
-    "version": int,
-    "sha256": str,
-    "created_at": str,
-    "offsets": dict,
-    "trained_events": int,
-    "n_users": int,
-    "n_items": int,
-    "config": dict,
-    "library_versions": dict,
-}
 # Manifest fields that must equal the checksummed copy inside the payload.
 _MIRRORED = (
     "format",
@@ -97,19 +88,6 @@ SCORING_ARRAYS = (
 _ALL_ARRAYS = (*STATE_ARRAYS, "popularity", "user_positives", *EVENT_COUNTS)
 
 
-class SnapshotError(ValueError):
-    """A snapshot was refused; the message says why."""
-
-
-class UntrustedSnapshot(SnapshotError):
-    """A snapshot whose manifest is not signed by a trusted key; ``kind`` says how
-    (:data:`models.signing.REFUSAL_KINDS`)."""
-
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(f"untrusted snapshot ({kind}): {reason}")
-        self.kind = kind
-
-
 @dataclass
 class SnapshotState:
     """Everything a model needs to continue training exactly where it stopped."""
@@ -127,9 +105,9 @@ class SnapshotState:
     window: dict[str, np.ndarray] = field(default_factory=dict)  # models.consolidation
     since_consolidation: int = 0
     neighbours: sp.csr_matrix | None = None  # models.consolidation.item_neighbours
-    chain: dict[str, Any] | None = None
-    """Where the state sits in the delta chain: ``{"lineage", "version", "offset"}`` (the
-    lineage's last delta version and the delta topic's next offset), None if unknown."""
+    chain: ChainMark | None = None
+    """Where the state sits in the delta chain (the lineage's last delta version and the
+    delta topic's next offset), None if unknown."""
 
 
 def library_versions() -> dict[str, str]:
@@ -142,9 +120,9 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
+def encode(state: SnapshotState) -> tuple[bytes, Manifest]:
     """Serialise ``state`` to ``(payload, manifest)``."""
-    meta = {
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "version": state.version,
         "offsets": dict(state.offsets),
@@ -178,27 +156,35 @@ def encode(state: SnapshotState) -> tuple[bytes, dict[str, Any]]:
                     f, np.ascontiguousarray(entries[name]), allow_pickle=False
                 )
     payload = buffer.getvalue()
-    manifest = {
-        **{k: v for k, v in meta.items() if k not in ("popularity_ts", "since_consolidation")},
+    manifest: Manifest = {
+        "format": FORMAT,
+        "version": state.version,
+        "offsets": meta["offsets"],
+        "trained_events": state.trained_events,
+        "n_users": len(state.user_ids),
+        "n_items": len(state.item_ids),
+        "config": meta["config"],
         "sha256": hashlib.sha256(payload).hexdigest(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         "library_versions": library_versions(),
         "payload_bytes": len(payload),
     }
+    if state.chain is not None:
+        manifest["delta_chain"] = meta["delta_chain"]
     return payload, manifest
 
 
 SIGNATURE_PURPOSE = "snapshot"
 
 
-def sign_manifest(manifest: dict[str, Any], keys: Keyring) -> dict[str, Any]:
+def sign_manifest(manifest: Manifest, keys: Keyring) -> Manifest:
     """``manifest`` with its ``signature`` (over every other field, the payload's sha256
     included) made with ``keys``' signing key."""
     signature = sign_fields(manifest, keys, purpose=SIGNATURE_PURPOSE)
     return {**manifest, "signature": signature}
 
 
-def check_signature(manifest: dict[str, Any], keys: Keyring) -> None:
+def check_signature(manifest: Mapping[str, Any], keys: Keyring) -> None:
     """Raise :class:`UntrustedSnapshot` unless ``manifest`` is signed by a key of ``keys``
     (an unsigned one passes only with ``keys.allow_unsigned_snapshots``)."""
     if "signature" not in manifest and keys.allow_unsigned_snapshots:
@@ -209,7 +195,9 @@ def check_signature(manifest: dict[str, Any], keys: Keyring) -> None:
         raise UntrustedSnapshot(exc.kind, exc.reason) from None
 
 
-def decode(payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None) -> SnapshotState:
+def decode(
+    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
+) -> SnapshotState:
     """Verify and deserialise a snapshot; raises :class:`SnapshotError` with the reason.
     With ``keys``, the manifest's signature is checked first (:func:`check_signature`)."""
     meta, config, ids, arrays, extra = _decode(
@@ -232,7 +220,7 @@ def decode(payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
         item_ids=ids["item_ids"],
         recent_event_ids=ids["recent_event_ids"],
         arrays=arrays,
-        chain=meta.get("delta_chain"),
+        chain=extra["chain"],
         window=extra["window"],
         since_consolidation=extra["since_consolidation"],
         neighbours=extra["neighbours"],
@@ -252,12 +240,12 @@ class ScoringSnapshot:
     user_ids: list[str]
     item_ids: list[str]
     arrays: dict[str, np.ndarray]  # SCORING_ARRAYS
-    chain: dict[str, Any] | None
+    chain: ChainMark | None
     neighbours: sp.csr_matrix | None = None  # for blending
 
 
 def decode_scoring(
-    payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
+    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
 ) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
     :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
@@ -277,14 +265,14 @@ def decode_scoring(
         user_ids=ids["user_ids"],
         item_ids=ids["item_ids"],
         arrays=arrays,
-        chain=meta.get("delta_chain"),
+        chain=extra["chain"],
         neighbours=extra["neighbours"],
     )
 
 
 def load_scoring_view(
-    payload: bytes, manifest: dict[str, Any], keys: Keyring | None = None
-) -> tuple[ScoringView, dict[str, Any] | None]:
+    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
+) -> tuple[ScoringView, ChainMark | None]:
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
     ``delta_chain`` (where deltas continue from it; None if it does not say). With
     ``keys``, the manifest's signature is checked first."""
@@ -303,7 +291,7 @@ def load_scoring_view(
 
 def _decode(
     payload: bytes,
-    manifest: dict[str, Any],
+    raw_manifest: Mapping[str, Any],
     names: tuple[str, ...],
     id_lists: tuple[str, ...],
     *,
@@ -317,7 +305,7 @@ def _decode(
     """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
     and (into the last dict) the consolidation ``window`` and the blending ``neighbours``.
     ``views``: the arrays are read-only views of ``payload`` instead of copies."""
-    _check_manifest(manifest)
+    manifest = parse_manifest(raw_manifest)
     if keys is not None:
         check_signature(manifest, keys)
     digest = hashlib.sha256(payload).hexdigest()
@@ -335,7 +323,6 @@ def _decode(
             raise SnapshotError(
                 f"manifest {key} {manifest.get(key)!r} != payload {meta.get(key)!r}"
             )
-    _check_chain(meta.get("delta_chain"))
     try:
         config = ModelConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as exc:
@@ -388,7 +375,7 @@ def _decode(
         raise SnapshotError("popularity and user_positives must be >= 0")
     if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
         raise SnapshotError("user_events and item_events must be >= 0")
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"chain": manifest.get("delta_chain")}  # == meta's (mirrored)
     if window:
         extra["window"] = _check_window(entries, n)
         since = meta.get("since_consolidation", 0)
@@ -398,22 +385,6 @@ def _decode(
     if neighbours:
         extra["neighbours"] = _check_neighbours(entries, n["item"])
     return meta, config, ids, arrays, extra
-
-
-def _check_chain(chain: Any) -> None:
-    """``delta_chain``: where this state sits in the trainer's delta chain (or absent)."""
-    if chain is None:
-        return
-    ok = (
-        isinstance(chain, dict)
-        and set(chain) == {"lineage", "version", "offset"}
-        and isinstance(chain["lineage"], str)
-        and isinstance(chain["version"], int)
-        and not isinstance(chain["version"], bool)
-        and (chain["offset"] is None or isinstance(chain["offset"], int))
-    )
-    if not ok:
-        raise SnapshotError("delta_chain must be {lineage: str, version: int, offset: int|null}")
 
 
 def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
@@ -473,28 +444,6 @@ def _check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str
     if len(ratings) and (ratings.min() < 0 or ratings.max() > 5):
         raise SnapshotError("window_ratings must be between 0 and 5")
     return window
-
-
-def _check_manifest(manifest: Any) -> None:
-    if not isinstance(manifest, dict):
-        raise SnapshotError(f"manifest must be a JSON object, got {type(manifest).__name__}")
-    for key, kind in _MANIFEST_TYPES.items():
-        if key not in manifest:
-            raise SnapshotError(f"manifest is missing {key!r}")
-        value = manifest[key]
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise SnapshotError(f"manifest {key!r} must be {kind.__name__}")
-    if manifest["format"] != FORMAT:
-        raise SnapshotError(f"unknown snapshot format {manifest['format']!r} (expected {FORMAT})")
-    for key in ("version", "trained_events", "n_users", "n_items"):
-        if manifest[key] < 0:
-            raise SnapshotError(f"manifest {key!r} must be >= 0")
-    sha = manifest["sha256"]
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise SnapshotError("manifest 'sha256' must be 64 lowercase hex digits")
-    for key, value in manifest["offsets"].items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
-            raise SnapshotError("manifest 'offsets' must map 'topic:partition' to an int offset")
 
 
 def _read_entries(

@@ -42,6 +42,7 @@ import orjson
 from models.catalog import CatalogItem, parse_catalog_item
 from models.delta import DeltaError as DeltaError  # re-exported: the delta message's owner
 from models.delta import ModelDelta as ModelDelta
+from models.errors import ModelError
 from models.events import (
     MAX_FUTURE_SKEW_SECONDS,
     EventInFuture,
@@ -68,7 +69,7 @@ REPLY_SOURCES = ("model", "popularity", "none")
 ReplySource = Literal["model", "popularity", "none"]
 
 
-class Undecodable(ValueError):
+class Undecodable(ModelError, ValueError):
     """A message that cannot be accepted; ``kind`` is one of :data:`DLQ_KINDS`."""
 
     def __init__(self, kind: DlqKind, reason: str) -> None:

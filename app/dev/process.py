@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app.errors import AppError
+
 log = logging.getLogger("streamrec.dev")
 
 HOST = "127.0.0.1"
@@ -27,7 +29,7 @@ HOST = "127.0.0.1"
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class DevServiceError(RuntimeError):
+class DevServiceError(AppError, RuntimeError):
     """A dev service could not be started or stopped; the message is one clear line."""
 
 

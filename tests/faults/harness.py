@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from agents.follower import REFUSED
+from agents.errors import is_refusal
 from app.dev.process import port_free
 from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
@@ -230,8 +230,10 @@ class Cluster:
         def covered() -> IncrementalModel | None:
             try:
                 model = self.current_model()
-            except REFUSED:  # a corrupt current snapshot (planted by a test) is not it
-                return None
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                return None  # a corrupt current snapshot (planted by a test) is not it
             if model is not None and model.trained_events > n:
                 pytest.fail(f"the snapshot trained {model.trained_events} events, sent {n}")
             return model if model is not None and model.trained_events == n else None
