@@ -1,17 +1,22 @@
 """The ``streamrec`` console script: one click group, one module per concern under app/commands.
 
 Command modules import heavy libraries (Faust, LightFM, aiobotocore) inside their
-functions, so ``streamrec --help`` stays fast.
+functions, so ``streamrec --help`` stays fast. Installed packages add commands through the
+``streamrec.commands`` entry points: the dev tools (dev/pyproject.toml) add ``dev`` and ``demo``.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 from typing import Any
 
 import click
 
-from app.commands import catalog, demo, dev, offline, service, store
+from app.commands import catalog, offline, service, store
+
+PLUGIN_GROUP = "streamrec.commands"
+"""Entry-point group of the commands other installed packages add (a dev checkout's tools)."""
 
 
 class StreamrecGroup(click.Group):
@@ -60,14 +65,14 @@ def main(debug: bool) -> None:
     StreamrecGroup.debug = debug
 
 
-main.add_command(dev.dev)  # dev up|down|status|images     (issue: infrastructure)
 main.add_command(offline.train)  # train RATINGS_FILE      (issue: models)
 main.add_command(offline.generate)  # generate OUT         (issue: models)
 main.add_command(store.models)  # models list|show|...     (issue: storage)
 for command in service.COMMANDS:  # worker, publish, recommend   (issue: service)
     main.add_command(command)
 main.add_command(catalog.catalog)  # catalog load FILE        (issue: dashboard)
-main.add_command(demo.demo)  # the README's main command
+for plugin in entry_points(group=PLUGIN_GROUP):  # dev up|down|...; demo (dev checkout only)
+    main.add_command(plugin.load(), plugin.name)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The one typed settings object. Every knob is an env var named ``STREAMREC_<FIELD>``.
 
-Defaults match the dev services started by ``streamrec dev up`` so that a fresh
-checkout works with no configuration. Deployment files (compose, k8s) must only
-set variables that exist here; a test checks that.
+Addresses default to the dev services started by ``streamrec dev up``; secrets have no
+default (the dev tools' own settings, ``devtools.settings``, supply the dev ones).
+Deployment files (compose, k8s) must only set variables that exist here; a test checks that.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import click
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -164,7 +164,11 @@ class Settings(BaseSettings):
     s3_endpoint: str | None = Field("http://127.0.0.1:8333", description="S3 endpoint URL")
     s3_region: str = "us-east-1"
     s3_access_key: str = "streamrec"
-    s3_secret_key: SecretStr = SecretStr("streamrec-dev-secret")
+    s3_secret_key: SecretStr | None = Field(
+        None,
+        description="Needed by an s3:// store whose STREAMREC_S3_ACCESS_KEY is set (both "
+        "empty: botocore's default credential chain)",
+    )
     s3_max_attempts: int = Field(5, ge=1, description="botocore retry attempts")
 
     # --- Model signing (models.signing; docs/deploy.md "Model key") ---------------------
@@ -298,19 +302,6 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
 
-    # --- Dev services (streamrec dev up) -------------------------------------------------
-    dev_dir: Path = Field(PROJECT_ROOT / "var" / "dev", description="Dev services' data and logs")
-    dev_cache: Path = Field(PROJECT_ROOT / ".cache", description="Maven and binary cache")
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    s3_port: int = 8333
-    kafka_version: str = "4.1.1"
-    dev_kafka_secure: bool = Field(
-        False,
-        description="`dev up` adds SASL_SSL, SSL and SASL_PLAINTEXT listeners "
-        "(ports STREAMREC_KAFKA_PORT + 2, + 3, + 4)",
-    )
-
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -361,6 +352,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _s3_secret(self) -> Settings:
+        problem = s3_secret_problem(self, self.model_store)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _web_token(self) -> Settings:
         web_token_of(self)  # a bad token or token file stops the worker before it starts
         return self
@@ -390,6 +388,17 @@ def read_web_token(token: SecretStr | None, file: Path | None) -> bytes | None:
             "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return value.encode("ascii")
+
+
+def s3_secret_problem(settings: Settings, url: str) -> str | None:
+    """Why the store at ``url`` cannot log in to S3 with ``settings``, or None: an s3:// store
+    with an access key needs its secret key (no default outside the dev tools)."""
+    if url.startswith("s3://") and settings.s3_access_key and settings.s3_secret_key is None:
+        return (
+            f"the store {url} needs STREAMREC_S3_SECRET_KEY (STREAMREC_S3_ACCESS_KEY is "
+            f"{settings.s3_access_key!r}; set both empty for botocore's default credential chain)"
+        )
+    return None
 
 
 def secret_or_file(var: str, value: SecretStr | None, file: Path | None) -> str | None:
@@ -458,10 +467,18 @@ class SettingsError(AppError, click.ClickException):
     """Invalid STREAMREC_* values: one line naming each variable, then a non-zero exit."""
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment (and ``overrides``), or a :class:`SettingsError`."""
+AnySettings = TypeVar("AnySettings", bound=Settings)
+
+
+def load_settings(
+    kind: type[AnySettings] = Settings,  # type: ignore[assignment]
+    /,
+    **overrides: object,
+) -> AnySettings:
+    """Settings (or ``kind``, a subclass such as the dev tools') from the environment (and
+    ``overrides``), or a :class:`SettingsError`."""
     try:
-        return Settings(**overrides)
+        return kind(**overrides)
     except ValidationError as exc:
         problems = "; ".join(map(_problem, exc.errors()))
         raise SettingsError(f"invalid settings: {problems}") from None

@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from app.errors import AppError
-from app.settings import Settings, get_settings, model_keys
+from app.settings import Settings, SettingsError, get_settings, model_keys, s3_secret_problem
 from storage import S3Config, SnapshotStore, open_store
 
 if TYPE_CHECKING:
@@ -24,17 +24,22 @@ def s3_config_from_settings(settings: Settings | None = None) -> S3Config:
     (env vars, ~/.aws, instance or pod role).
     """
     settings = settings or get_settings()
+    secret = settings.s3_secret_key
     return S3Config(
         endpoint_url=settings.s3_endpoint or None,
         region=settings.s3_region,
         access_key=settings.s3_access_key or None,
-        secret_key=settings.s3_secret_key.get_secret_value() or None,
+        secret_key=(secret.get_secret_value() or None) if secret else None,
         max_attempts=settings.s3_max_attempts,
     )
 
 
 def store_from_url(url: str, settings: Settings | None = None) -> SnapshotStore:
     """The store at ``url``; S3 connection details come from the settings."""
+    settings = settings or get_settings()
+    problem = s3_secret_problem(settings, url)
+    if problem:
+        raise SettingsError(problem)
     return open_store(url, s3_config_from_settings(settings))
 
 

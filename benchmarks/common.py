@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from devtools.settings import use_dev_defaults
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+use_dev_defaults()  # the benchmarks run on the dev services: their S3 secret unless given
 
 
 def data_dir() -> Path:
@@ -138,7 +141,7 @@ class Namespace:
 
     @property
     def settings(self) -> Any:  # app.settings.Settings (benchmarks import app lazily)
-        from app.dev.workers import settings_for
+        from devtools.workers import settings_for
 
         return settings_for(self.env)
 
@@ -153,9 +156,9 @@ def namespace(name: str, **overrides: Any) -> Namespace:
     import asyncio
     import uuid
 
-    from app.dev.workers import isolated_env
     from app.settings import Settings
     from app.topics import ensure_topics
+    from devtools.workers import isolated_env
 
     prefix = f"bench-{name}-{uuid.uuid4().hex[:8]}"
     home = PROJECT_ROOT / "var" / "bench" / prefix

@@ -38,12 +38,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev.workers import WorkerProcess, create_bucket, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import store_from_settings, write_current_snapshot
 from app.topics import ensure_topics
 from benchmarks.common import Figure, machine, table
+from devtools.workers import WorkerProcess, create_bucket, free_port, isolated_env, settings_for
 from models.config import ModelConfig
 from models.events import Rating, RecRequest
 from models.incremental import IncrementalModel

@@ -261,7 +261,7 @@ def _metric(text: str, name: str, label: str) -> float:
 def through_service(split: Split) -> dict[str, Any]:
     """Publish ``split.train`` into a fresh trainer + scorer, ask for every test user."""
     from app.commands.service import publish_ratings
-    from app.dev.workers import WorkerProcess, free_port
+    from devtools.workers import WorkerProcess, free_port
 
     ns = namespace("quality", snapshot_every_seconds=2, seen_items_max=SEEN_ITEMS_MAX)
     settings, env, home = ns.settings, ns.env, ns.home

@@ -33,7 +33,6 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import write_current_snapshot
@@ -41,6 +40,7 @@ from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import Figure, machine, table
 from benchmarks.service import echo, round_trips, tail_consumer
 from benchmarks.trainer import raw_consume_rate
+from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
 from models.config import ModelConfig
 from models.events import Rating
 from models.incremental import IncrementalModel

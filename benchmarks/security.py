@@ -22,11 +22,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev import KafkaBroker
 from app.kafka import kafka_client_options
 from app.settings import Settings
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import Figure, machine, table
+from devtools import DevSettings, KafkaBroker
 
 QUICK_SECONDS = 10  # run_all --quick
 
@@ -72,7 +72,7 @@ async def _connect_ms(settings: Settings) -> float:
 
 
 def measure(messages: int, rounds: int = ROUNDS) -> dict[str, dict[str, float]]:
-    plain = Settings()
+    plain = DevSettings()
     broker = KafkaBroker(plain)
     if not (broker.secure and broker.secure_probe()):
         raise SystemExit(

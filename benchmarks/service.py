@@ -25,13 +25,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.dev.workers import WorkerProcess, free_port
 from app.kafka import kafka_client_options
 from app.settings import Settings, model_config_of
 from app.stores import write_current_snapshot
 from app.topics import TopicSpec, ensure_topics
 from benchmarks.common import namespace, table
 from benchmarks.trainer import publish_until_trained, raw_consume_rate
+from devtools.workers import WorkerProcess, free_port
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 

@@ -27,10 +27,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.kafka import send_bulk
 from app.commands.service import publish_ratings
-from app.dev.workers import WorkerProcess, free_port
 from app.kafka import kafka_client_options
 from app.settings import Settings
 from benchmarks.common import Figure, machine, namespace, table
+from devtools.workers import WorkerProcess, free_port
 from models.synthetic import generate_ratings
 from models.wire import encode_rating
 

@@ -31,10 +31,10 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from app.dev.images import podman_env
-from app.dev.process import DevServiceError, port_free
-from app.dev.stack import Stack as ComposeStack
 from app.settings import PROJECT_ROOT, Settings
+from devtools.images import podman_env
+from devtools.process import DevServiceError, port_free
+from devtools.stack import Stack as ComposeStack
 
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(2400)]
 
@@ -94,7 +94,7 @@ def container(service: str) -> str:
 
 
 class Stack(ComposeStack):
-    """The running stack (app.dev.stack), plus what the tests ask podman."""
+    """The running stack (devtools.stack), plus what the tests ask podman."""
 
     def __init__(self) -> None:
         super().__init__(echo=print)

@@ -132,11 +132,11 @@ def test_local_override_rules_bite(deploy_copy: Path, mutate, expected: str) -> 
 
 def test_local_override_runs_the_images_dev_images_builds() -> None:
     """docker-compose.local.yml names exactly the tags `streamrec dev images` builds."""
-    from app.dev.images import image_tags
-    from app.settings import Settings
+    from devtools.images import image_tags
+    from devtools.settings import DevSettings
 
     override = load_yaml(ROOT / "docker-compose.local.yml")
-    tags = image_tags(Settings())
+    tags = image_tags(DevSettings())
     named = {svc: spec["image"] for svc, spec in override["services"].items() if "image" in spec}
     assert named == {
         "kafka": tags["kafka"],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from app.dev.workers import SCORER_ENV, WorkerProcess
+from devtools.workers import SCORER_ENV, WorkerProcess
 from tests.deploy.checks import ROOT
 
 
@@ -38,7 +38,7 @@ def test_dev_scorers_get_the_scorer_env(tmp_path, monkeypatch):
         def __init__(self, args, env, **kwargs):
             seen[args[-1]] = env
 
-    monkeypatch.setattr("app.dev.workers.subprocess.Popen", Recorder)
+    monkeypatch.setattr("devtools.workers.subprocess.Popen", Recorder)
     for role in ("scorer", "trainer"):
         WorkerProcess(role, 1, tmp_path / f"{role}.log", {}).start()
     assert all(seen["scorer"].get(k) == v for k, v in SCORER_ENV.items())

@@ -3,7 +3,7 @@
 Each test has a short variant (run by default and in CI) and, where the issue asks for more
 volume, a ``long`` variant (``pytest -m long tests/faults``). The shared :func:`cluster` is
 one trainer and two scorers on the dev broker and S3; tests that stop a service start a
-broker or S3 server of their own (``app.dev``) so nothing else ever sees the outage.
+broker or S3 server of their own (``devtools``) so nothing else ever sees the outage.
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from agents.errors import is_refusal
-from app.dev.process import port_free
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.kafka import kafka_client_options
 from app.settings import Settings
 from app.stores import store_from_url
 from app.topics import TopicSpec, ensure_topics
+from devtools.process import port_free
+from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
 from models.incremental import IncrementalModel
 from models.wire import DeadLetter
 from tests.integration.service.conftest import KafkaClient, create_bucket

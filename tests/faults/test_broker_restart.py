@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.dev import KafkaBroker
 from app.settings import Settings
+from devtools import KafkaBroker
+from devtools.settings import DevSettings
 from tests.faults.harness import (
     Cluster,
     Traffic,
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 def own_broker(tmp_path: Path) -> Iterator[tuple[Settings, KafkaBroker]]:
     """A broker of this test's own (the shared one must not go away under other tests)."""
     port = free_port_block(2)
-    settings = Settings(
+    settings = DevSettings(
         dev_dir=tmp_path / "dev",
         kafka_port=port,
         kafka_controller_port=port + 1,

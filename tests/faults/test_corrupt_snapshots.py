@@ -24,9 +24,9 @@ import pytest
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 
-from app.dev.workers import WorkerProcess
 from app.kafka import kafka_client_options
 from app.settings import model_keys
+from devtools.workers import WorkerProcess
 from models.snapshot import sign_manifest
 from models.wire import ModelUpdate
 from storage.base import manifest_key, payload_key

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from app.dev import SeaweedServer
 from app.settings import Settings
+from devtools import SeaweedServer
+from devtools.settings import DevSettings
 from tests.faults.harness import (
     Cluster,
     Traffic,
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 def own_s3(tmp_path: Path) -> Iterator[tuple[Settings, SeaweedServer]]:
     """An S3 server of this test's own (the shared one must not go away under others)."""
     port = free_port_block(5, offset=10000)
-    settings = Settings(
+    settings = DevSettings(
         dev_dir=tmp_path / "dev", s3_port=port, s3_endpoint=f"http://127.0.0.1:{port}"
     )
     server = SeaweedServer(settings)

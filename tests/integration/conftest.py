@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from app.dev import metadata_ready, s3_problem
 from app.kafka import kafka_client_options
 from app.settings import Settings
+from devtools import DevSettings, metadata_ready, s3_problem
 
 SERVICE_FIXTURES = {"kafka_bootstrap": "kafka", "kafka_options": "kafka", "s3_config": "s3"}
 
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         needed |= {m for m in ("kafka", "s3") if item.get_closest_marker(m)}
     if config.option.collectonly:
         return
-    settings = Settings()
+    settings = DevSettings()
     if "kafka" in needed and not metadata_ready(kafka_client_options(settings)):
         pytest.exit(
             f"Kafka is not reachable at {settings.kafka_bootstrap} — run `streamrec dev up`",
@@ -60,8 +60,9 @@ def _s3_args(settings: Settings) -> tuple[str, str, str, str]:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """The settings from the environment (STREAMREC_*), as the services see them."""
-    return Settings()
+    """The settings from the environment (STREAMREC_*), as the services see them, with the
+    dev services' fields (ports, dev dir) the dev tools need."""
+    return DevSettings()
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
-from app.dev.workers import http_json
 from app.settings import PROJECT_ROOT
+from devtools.workers import http_json
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 

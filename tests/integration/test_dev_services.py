@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from app.dev import KafkaBroker, SeaweedServer, metadata_ready, s3_problem
-from app.dev.process import listening_sockets, pid_alive, port_free
-from app.dev.seaweed import DEV_BUCKET, GRPC_OFFSET
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings
+from devtools import KafkaBroker, SeaweedServer, metadata_ready, s3_problem
+from devtools.process import listening_sockets, pid_alive, port_free
+from devtools.seaweed import DEV_BUCKET, GRPC_OFFSET
+from devtools.settings import DevSettings
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,7 +40,7 @@ def _free_base(low: int, high: int, offsets: list[int]) -> int:
 def _isolated_settings(dev_dir: Path) -> Settings:
     s3_port = _free_base(20000, 22000, [*range(5), *range(GRPC_OFFSET, GRPC_OFFSET + 5)])
     kafka_port = _free_base(23000, 30000, [0, 1])
-    return Settings(
+    return DevSettings(
         dev_dir=dev_dir,
         kafka_port=kafka_port,
         kafka_controller_port=kafka_port + 1,

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.commands.demo import closing_hints
 from app.settings import Settings
 from app.stores import write_current_snapshot
+from devtools.demo import closing_hints
 from models.config import ModelConfig
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.dev.images import inputs_hash, seaweedfs_version
-from app.dev.stack import Stack
+from devtools.images import inputs_hash, seaweedfs_version
+from devtools.stack import Stack
 
 
 def test_inputs_hash_follows_content_names_and_parts(tmp_path: Path) -> None:

@@ -19,10 +19,6 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
-from app.dev import KafkaBroker, SeaweedServer, port_clash
-from app.dev.kafka import DEV_SASL_PASSWORD, SECURE_LISTENERS
-from app.dev.tls import DevCertificates
-from app.dev.workers import isolated_env, settings_for
 from app.kafka import (
     CONNECTION_FIELDS,
     connection_errors_explained,
@@ -39,6 +35,11 @@ from app.settings import (
     SettingsError,
     load_settings,
 )
+from devtools import KafkaBroker, SeaweedServer, port_clash
+from devtools.kafka import DEV_SASL_PASSWORD, SECURE_LISTENERS
+from devtools.settings import DevSettings
+from devtools.tls import DevCertificates
+from devtools.workers import isolated_env, settings_for
 from tests.unit.test_no_unsafe_loading import project_sources
 
 PASSWORD = "pw-unit-7c1e55"
@@ -193,7 +194,7 @@ def test_a_refused_login_is_named_without_the_password():
 
 def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path):
     # Its own dev dir: a (plaintext) dev broker running in the default one must not count.
-    settings = Settings(
+    settings = DevSettings(
         dev_dir=tmp_path, kafka_port=29092, kafka_controller_port=29093, dev_kafka_secure=True
     )
     broker = KafkaBroker(settings)
@@ -205,7 +206,7 @@ def test_secure_dev_port_is_derived_once_and_clashes_are_refused(tmp_path: Path)
 
 
 def test_client_settings_point_at_the_secure_listener(tmp_path: Path):
-    broker = KafkaBroker(Settings(dev_dir=tmp_path, kafka_port=29092, dev_kafka_secure=True))
+    broker = KafkaBroker(DevSettings(dev_dir=tmp_path, kafka_port=29092, dev_kafka_secure=True))
     client = broker.client_settings()
     assert client.kafka_bootstrap == "127.0.0.1:29094"
     assert client.kafka_security_protocol == "SASL_SSL"

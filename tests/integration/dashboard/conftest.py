@@ -14,9 +14,9 @@ import pytest
 
 from app.commands.catalog import publish_catalog
 from app.commands.service import publish_ratings
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.settings import Settings
 from app.topics import ensure_topics
+from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
 from models.catalog import CatalogItem
 from models.synthetic import generate_catalog, generate_ratings
 from tests.integration.service.conftest import KafkaClient, wait_for

@@ -298,7 +298,7 @@ def test_catalog_load_command(served: Served, tmp_path: Path) -> None:
 
 
 def test_malformed_catalog_entries_never_stall_a_worker(served: Served) -> None:
-    from app.dev.workers import WorkerProcess, free_port
+    from devtools.workers import WorkerProcess, free_port
     from tests.integration.service.conftest import KafkaClient
 
     renamed, other = served.catalog[1], served.catalog[2]

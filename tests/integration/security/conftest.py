@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.dev import KafkaBroker
 from app.settings import Settings
+from devtools import KafkaBroker
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from app.dev import KafkaBroker, metadata_ready
-from app.dev.kafka import SECURE_LISTENERS
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, SASL_MECHANISMS
+from devtools import KafkaBroker, metadata_ready
+from devtools.kafka import SECURE_LISTENERS
 
 pytestmark = pytest.mark.kafka
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from app.dev import KafkaBroker, SeaweedServer
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.settings import PROJECT_ROOT, Settings
 from app.topics import ensure_topics
+from devtools import KafkaBroker, SeaweedServer
+from devtools.settings import DevSettings
+from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
 from tests.integration.service.conftest import create_bucket, wait_for
 from tests.integration.storage.conftest import free_port_block
 
@@ -77,7 +78,7 @@ def deployment(
     s3_secret = f"s3-{secrets.token_hex(12)}"
     web_token = f"web-{secrets.token_urlsafe(18)}"  # WorkerProcess.get sends it
     s3 = SeaweedServer(
-        Settings(
+        DevSettings(
             dev_dir=tmp / "dev",
             s3_port=free_port_block(),
             s3_access_key=f"sec-{run}",

@@ -17,16 +17,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.kafka import send_bulk
-from app.dev.workers import (  # create_bucket: imported from here by other suites too
+from app.kafka import kafka_client_options
+from app.settings import Settings
+from app.topics import ensure_topics
+from devtools.workers import (  # create_bucket: imported from here by other suites too
     WorkerProcess,
     create_bucket,
     free_port,
     isolated_env,
     settings_for,
 )
-from app.kafka import kafka_client_options
-from app.settings import Settings
-from app.topics import ensure_topics
 
 
 @dataclass

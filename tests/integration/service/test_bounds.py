@@ -289,7 +289,7 @@ def test_many_random_reply_to_names_do_not_stall_a_scorer(
     request after every 200 of them: one topic list read per second at most, so the lone
     requests are answered at once (their latency: from their send to the reply)."""
     settings = deployment.settings
-    prefix = f"{settings.responses_topic}-"  # allowed (app.dev.workers.isolated_env)
+    prefix = f"{settings.responses_topic}-"  # allowed (devtools.workers.isolated_env)
     assert prefix in settings.reply_prefixes
     idle = [recommend(deployment, f"known-{n}", k=5)["latency_ms"] for n in range(5)]
     run = uuid.uuid4().hex[:8]

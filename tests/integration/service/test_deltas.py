@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from app.commands.service import publish_ratings, request_recommendation
-from app.dev.workers import WorkerProcess, free_port
 from app.settings import Settings, model_keys
 from app.stores import store_from_settings
+from devtools.workers import WorkerProcess, free_port
 from models.events import Rating
 from models.wire import seal_delta
 from tests.integration.dashboard.browser import (

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.dev.workers import WorkerProcess, free_port
 from app.stores import store_from_settings
+from devtools.workers import WorkerProcess, free_port
 from models.delta import ModelDelta
 from models.signing import Keyring
 from models.wire import ModelUpdate, seal_delta

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from app.commands.service import request_recommendation
-from app.dev.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from app.settings import Settings
 from app.topics import ensure_topics
+from devtools.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON
 from tests.integration.service.conftest import KafkaClient, wait_for
 from tests.integration.service.test_trainer_exactly_once import metric

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from app.dev.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from app.settings import Settings
 from app.stores import store_from_settings
 from app.topics import ensure_topics
+from devtools.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_PARTITION, DLQ_TOPIC
 from tests.integration.service.conftest import KafkaClient, wait_for
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.commands.service import publish_ratings
-from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
 from app.settings import Settings
 from app.stores import store_from_settings
 from app.topics import ensure_topics
+from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
 from models.synthetic import generate_ratings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]

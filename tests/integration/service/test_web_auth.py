@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from app.dev.workers import WorkerProcess, http_json
+from devtools.workers import WorkerProcess, http_json
 from tests.integration.dashboard.browser import chromium_or_skip, chromium_page
 from tests.integration.service.conftest import (
     E2E_SETTINGS,

@@ -21,9 +21,10 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.config import Config
 
-from app.dev.seaweed import SeaweedServer
 from app.settings import Settings
 from app.stores import s3_config_from_settings
+from devtools.seaweed import SeaweedServer
+from devtools.settings import DevSettings
 from storage import S3Config, SnapshotStore, open_store
 
 PATH_STYLE = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2})
@@ -150,7 +151,7 @@ OWN_S3_KEYS = ("storage-test", "storage-test-secret")
 
 def free_port_block(count: int = 5) -> int:
     """A port P with P..P+count-1 and each +10000 free (the SeaweedFS launcher's layout)."""
-    from app.dev.process import port_free
+    from devtools.process import port_free
 
     for base in random.sample(range(30_000, 50_000, 10), 200):
         ports = [base + i for i in range(count)]
@@ -163,7 +164,7 @@ def free_port_block(count: int = 5) -> int:
 def own_s3(tmp_path: Path) -> Iterator[SeaweedServer]:
     """A private SeaweedFS (never the shared one) that a test may kill and restart."""
     access_key, secret_key = OWN_S3_KEYS
-    settings = Settings(
+    settings = DevSettings(
         s3_port=free_port_block(),
         dev_dir=tmp_path / "dev",
         s3_access_key=access_key,

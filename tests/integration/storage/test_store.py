@@ -16,9 +16,9 @@ from aiobotocore.session import get_session
 from click.testing import CliRunner, Result
 
 from app.cli import main
-from app.dev.seaweed import DEV_BUCKET, SeaweedServer
 from app.settings import Settings
 from app.stores import s3_config_from_settings, store_from_settings
+from devtools.seaweed import DEV_BUCKET, SeaweedServer
 from models.signing import Keyring
 from models.snapshot import sign_manifest
 from storage import S3Config, SnapshotInfo, SnapshotStore, open_store
@@ -388,7 +388,7 @@ async def test_missing_bucket_is_a_config_error(store_config: S3Config) -> None:
 
 
 async def test_unreachable_endpoint_is_store_unavailable() -> None:
-    from app.dev.process import port_free
+    from devtools.process import port_free
 
     port = next(p for p in range(39_000, 39_100) if port_free(p))
     config = S3Config(

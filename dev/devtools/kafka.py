@@ -5,7 +5,7 @@ Kafka's own jars: ``dev/kafka/pom.xml`` names them, ``mvn dependency:copy-depend
 copies them once into ``<dev_cache>/kafka/<version>/lib`` (the download itself is cached in
 ``~/.m2``), and ``java -cp 'lib/*' kafka.Kafka`` runs the broker. Layout under
 ``<dev_dir>/kafka``: ``kafka.pid``, ``kafka.log``, ``server.properties``, ``data/``, and with
-``--secure`` (``STREAMREC_DEV_KAFKA_SECURE``) ``tls/`` (see :mod:`app.dev.tls`).
+``--secure`` (``STREAMREC_DEV_KAFKA_SECURE``) ``tls/`` (see :mod:`devtools.tls`).
 
 Secure mode adds three listeners next to the plaintext one (which everything else keeps
 using), on ``STREAMREC_KAFKA_PORT`` + their offset in :data:`SECURE_LISTENERS`: SASL_SSL
@@ -33,9 +33,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.dev.process import HOST, DevServiceError, ManagedProcess, log, port_open
-from app.dev.tls import DevCertificates
-from app.settings import PROJECT_ROOT, SASL_MECHANISMS, Settings
+from app.settings import SASL_MECHANISMS, Settings
+from devtools.process import HOST, DevServiceError, ManagedProcess, log, port_open
+from devtools.settings import PROJECT_ROOT, DevSettings
+from devtools.tls import DevCertificates
 
 POM = PROJECT_ROOT / "dev" / "kafka" / "pom.xml"
 HEAP = "-Xmx768m"
@@ -98,7 +99,7 @@ class KafkaBroker(ManagedProcess):
     name = "kafka"
     port_env = "STREAMREC_KAFKA_PORT (+2..+4 with --secure), STREAMREC_KAFKA_CONTROLLER_PORT"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DevSettings) -> None:
         super().__init__(Path(settings.dev_dir) / "kafka")
         self.settings = settings
         self.port = settings.kafka_port

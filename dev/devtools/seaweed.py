@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app.dev.process import HOST, DevServiceError, ManagedProcess, port_open
-from app.settings import Settings
+from devtools.process import HOST, DevServiceError, ManagedProcess, port_open
+from devtools.settings import DevSettings
 
 DEV_BUCKET = "streamrec"
 GRPC_OFFSET = 10000  # SeaweedFS's own convention for gRPC ports
@@ -37,7 +37,7 @@ class SeaweedServer(ManagedProcess):
     name = "s3"
     port_env = "STREAMREC_S3_PORT (uses it, the next 4 ports, and each of them + 10000)"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: DevSettings) -> None:
         super().__init__(Path(settings.dev_dir) / "s3")
         self.port = settings.s3_port
         if self.port + len(ROLES) - 1 + GRPC_OFFSET > 65535:

