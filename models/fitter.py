@@ -9,7 +9,7 @@ trained exactly as it was the first time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -66,6 +66,36 @@ class FitBatch:
     epochs: int
 
 
+def training_pairs(
+    config: ModelConfig,
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    stamps: np.ndarray,
+    n_items: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The (user, item) pairs that events (rows, ratings, times) train, their labels (+1/-1)
+    and optional weights: a pair rated twice counts its latest rating (by time, then
+    arrival); below ``positive_threshold`` is a negative for the logistic loss and not
+    trained for the ranking losses. Int32 rows, in arrival order (deterministic input to
+    LightFM's shuffle)."""
+    key = users * max(1, n_items) + items
+    order = np.lexsort((np.arange(len(key)), stamps, key))
+    sorted_key = key[order]
+    last = order[np.append(sorted_key[1:] != sorted_key[:-1], True)]
+    last.sort()  # back to arrival order: deterministic input to LightFM's shuffle
+    positive = ratings[last] >= config.positive_threshold
+    if config.loss != "logistic":
+        last = last[positive]
+        positive = np.ones(len(last), dtype=bool)
+    labels = np.where(positive, 1.0, -1.0).astype(np.float32)
+    weights = None
+    if config.use_weights:
+        r = ratings[last] / 5.0
+        weights = np.where(positive, r, 1.0 - r).astype(np.float32)
+    return users[last].astype(np.int32), items[last].astype(np.int32), labels, weights
+
+
 class Fitter:
     """The twelve state arrays, the LightFM instance that trains them and the random
     stream its fits and initialisations draw from: everything a fit touches."""
@@ -109,12 +139,25 @@ class Fitter:
                 continue
             capacity = len(getattr(self.lfm, f"{side}_biases"))
             if new > capacity:
-                capacity = max(capacity, self.config.initial_capacity)
-                while capacity < new:
-                    capacity *= 2
-                self.reallocate(side, old, capacity)
+                self.reallocate(side, old, self._room_for(new, capacity))
             self.random.seed(derive_seed(self.config.seed, version, stream))
             self.init_rows(side, old, new)
+
+    def load(self, arrays: Mapping[str, np.ndarray], n_users: int, n_items: int) -> None:
+        """Take the twelve arrays' used rows from a snapshot (into empty arrays), with the
+        capacity growth would have given them."""
+        for side, n in (("user", n_users), ("item", n_items)):
+            self.reallocate(side, 0, self._room_for(n))
+            for part in PARTS:
+                getattr(self.lfm, f"{side}_{part}")[:n] = arrays[f"{side}_{part}"]
+
+    def _room_for(self, n: int, capacity: int = 0) -> int:
+        """The capacity for ``n`` rows: ``capacity`` (at least ``initial_capacity``)
+        doubled until they fit."""
+        capacity = max(capacity, self.config.initial_capacity)
+        while capacity < n:
+            capacity *= 2
+        return capacity
 
     def reallocate(self, side: str, used: int, capacity: int) -> None:
         """Give one side's six arrays ``capacity`` rows, keeping the first ``used``."""

@@ -55,23 +55,20 @@ import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
+from models.changes import ChangeLog
 from models.config import ModelConfig
 from models.consolidation import Consolidation as Consolidation  # re-exported: agents use it
 from models.consolidation import InteractionWindow, blend_neighbours
 from models.dedupe import RecentEventIds
 from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
-from models.fitter import PARTS, STATE_ARRAYS, FitBatch, Fitter, resized
+from models.fitter import STATE_ARRAYS, FitBatch, Fitter, resized, training_pairs
 from models.fitter import NonFiniteModel as NonFiniteModel  # re-exported: agents catch it
 from models.idmap import IdMap
 from models.popularity import Popularity
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
-
-#: The smallest popularity decay factor a delta carries (the smallest normal float64);
-#: below it, a delta carries every item's count instead (see ``_count_popularity``).
-_MIN_DECAY = float(np.finfo(np.float64).tiny)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +130,7 @@ class IncrementalModel:
         self.delta_offset: int | None = None
         """The delta topic's next offset after this run's last published delta (set by the
         trainer); snapshots record it so that scorers know where to read on."""
-        # What changed since the last delta (see take_delta): rows and the popularity decay.
-        self._base = (0, 0, 0)  # (version, n_users, n_items) the next delta applies to
-        self._dirty_users: list[np.ndarray] = []
-        self._dirty_items: list[np.ndarray] = []
-        self._dirty_popularity: list[np.ndarray] = []
-        self._decay = 1.0
+        self._changes = ChangeLog()  # what the next delta carries (see take_delta)
         self._view: ScoringView | None = None
         self.last_delta: ModelDelta | None = None
         """The delta that made the latest :meth:`view` from the one before (None if that
@@ -212,12 +204,14 @@ class IncrementalModel:
         try:
             self._fitter.grow(version, n_users0, n_items0, self.n_users, self.n_items)
             self._resize_counts(n_users0, n_items0)
-            rows, cols, labels, weights = self._interactions(user_idx, item_idx, ratings, stamps)
+            rows, cols, labels, weights = training_pairs(
+                self.config, user_idx, item_idx, ratings, stamps, self.n_items
+            )
             batch = FitBatch(
                 version, n_users0, n_items0, self.n_users, self.n_items, rows, cols, labels,
                 weights, epochs,
             )  # fmt: skip
-            changed_items = _EMPTY_ROWS
+            changed_items = np.zeros(0, dtype=np.int64)
             if len(rows):
                 changed_items = self._fitter.fit(batch, on_epoch)
         except BaseException:
@@ -230,9 +224,7 @@ class IncrementalModel:
         np.add.at(self._user_events, user_idx, 1)
         np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
-        self._dirty_users.append(self._trained_user_rows(rows, n_users0))
-        self._dirty_items.append(changed_items)
-        self._dirty_popularity.append(item_idx)
+        self._changes.touched(self._trained_user_rows(rows, n_users0), changed_items, item_idx)
         self._recent.remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
@@ -335,8 +327,9 @@ class IncrementalModel:
         self._user_events = resized(self._user_events, self.n_users, users)
         self._item_events = resized(self._item_events, self.n_items, items)
         # Every row changed: the next delta carries the whole model (models.delta).
-        self._dirty_users.append(np.arange(self.n_users, dtype=np.int64))
-        self._dirty_items.append(np.arange(self.n_items, dtype=np.int64))
+        self._changes.touched(
+            np.arange(self.n_users, dtype=np.int64), np.arange(self.n_items, dtype=np.int64)
+        )
         if job.neighbours is not None:
             self._neighbours = job.neighbours
         return True
@@ -364,13 +357,16 @@ class IncrementalModel:
     def _window_interactions(
         self,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """:meth:`_interactions` of the whole window (the latest rating of a pair counts)."""
+        """:func:`~models.fitter.training_pairs` of the whole window (the latest rating of a
+        pair counts)."""
         window = self._window.arrays()
-        return self._interactions(
+        return training_pairs(
+            self.config,
             window["users"].astype(np.int64),
             window["items"].astype(np.int64),
             window["ratings"].astype(np.float64),
             window["stamps"],
+            self.n_items,
         )
 
     def _refresh_neighbours(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> None:
@@ -378,26 +374,6 @@ class IncrementalModel:
         neighbours = blend_neighbours(self.config, rows, cols, labels, self.n_users, self.n_items)
         if neighbours is not None:
             self._neighbours = neighbours
-
-    def _interactions(
-        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, stamps: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The (user, item) pairs to train, their labels (+1/-1) and optional weights."""
-        key = users * max(1, self.n_items) + items
-        order = np.lexsort((np.arange(len(key)), stamps, key))
-        sorted_key = key[order]
-        last = order[np.append(sorted_key[1:] != sorted_key[:-1], True)]
-        last.sort()  # back to arrival order: deterministic input to LightFM's shuffle
-        positive = ratings[last] >= self.config.positive_threshold
-        if self.config.loss != "logistic":
-            last = last[positive]
-            positive = np.ones(len(last), dtype=bool)
-        labels = np.where(positive, 1.0, -1.0).astype(np.float32)
-        weights = None
-        if self.config.use_weights:
-            r = ratings[last] / 5.0
-            weights = np.where(positive, r, 1.0 - r).astype(np.float32)
-        return users[last].astype(np.int32), items[last].astype(np.int32), labels, weights
 
     def _trained_user_rows(self, rows: np.ndarray, n_users0: int) -> np.ndarray:
         """User rows a fit may have changed (all of them under user regularisation)."""
@@ -421,10 +397,7 @@ class IncrementalModel:
         and the next delta carries every item's count instead of the factor."""
         n_items = self.n_items
         factor = self._popularity.add(items, stamps, self.event_time_ceiling(), n_items)
-        if self._decay * factor >= _MIN_DECAY:
-            self._decay *= factor
-        else:  # too small for one factor (0.0 at worst): send every count instead
-            self._dirty_popularity.append(np.arange(n_items))
+        self._changes.decayed(factor, n_items)
 
     def event_time_ceiling(self) -> float:
         """The latest event time popularity counts by: :attr:`clock` plus
@@ -470,11 +443,9 @@ class IncrementalModel:
         """The rows changed since the previous delta (or since construction/restore), as a
         :class:`ModelDelta` from that version to this one. O(rows touched), plus the item
         arrays' changed rows. Resets the record of changes."""
-        base_version, base_users, base_items = self._base
+        base_version, base_users, base_items = self._changes.base
         n_users, n_items = self.n_users, self.n_items
-        users = _changed_rows(self._dirty_users, base_users, n_users)
-        items = _changed_rows(self._dirty_items, base_items, n_items)
-        popular = _changed_rows(self._dirty_popularity, base_items, n_items)
+        users, items, popular = self._changes.rows(n_users, n_items)
         lfm = self._lfm
         if self.start is None:
             self.start = base_version
@@ -498,18 +469,14 @@ class IncrementalModel:
             item_biases=lfm.item_biases[items],
             popularity_rows=popular,
             popularity_values=self._popularity.counts[popular],
-            popularity_decay=self._decay,
+            popularity_decay=self._changes.decay,
             popularity_ts=self._popularity.ts,
         )
         self._reset_changes()
         return delta
 
     def _reset_changes(self) -> None:
-        self._base = (self.version, self.n_users, self.n_items)
-        self._dirty_users.clear()
-        self._dirty_items.clear()
-        self._dirty_popularity.clear()
-        self._decay = 1.0
+        self._changes.reset(self.version, self.n_users, self.n_items)
 
     def _chain(self) -> dict[str, object] | None:
         """Where this state sits in its delta chain, for snapshots: None while rows changed
@@ -521,7 +488,7 @@ class IncrementalModel:
     @property
     def chain_version(self) -> int:
         """The version the last delta taken made (the next one applies to it)."""
-        return self._base[0]
+        return self._changes.base[0]
 
     def view(self) -> ScoringView:
         """An immutable scoring view of the current state; safe to use while training
@@ -552,13 +519,10 @@ class IncrementalModel:
 
     def _rows_dirty(self) -> bool:
         """Rows changed that no delta has carried yet."""
-        return bool(self._dirty_users or self._dirty_items) or self._base[1:] != (
-            self.n_users,
-            self.n_items,
-        )
+        return self._changes.rows_dirty(self.n_users, self.n_items)
 
     def _changed(self) -> bool:
-        return self._rows_dirty() or self._base[0] != self.version
+        return self._rows_dirty() or self._changes.base[0] != self.version
 
     def full_view(self) -> ScoringView:
         """A view built from all rows (O(model)); :meth:`view` is the incremental one."""
@@ -635,13 +599,7 @@ class IncrementalModel:
         )
         model.since_consolidation = state.since_consolidation
         model._neighbours = state.neighbours
-        for side, n in (("user", model.n_users), ("item", model.n_items)):
-            capacity = max(model.config.initial_capacity, 1)
-            while capacity < n:
-                capacity *= 2
-            model._fitter.reallocate(side, 0, capacity)
-            for part in PARTS:
-                getattr(model._lfm, f"{side}_{part}")[:n] = state.arrays[f"{side}_{part}"]
+        model._fitter.load(state.arrays, model.n_users, model.n_items)
         model._popularity.counts = np.zeros(len(model._lfm.item_biases), dtype=np.float64)
         model._popularity.counts[: model.n_items] = state.arrays["popularity"]
         model._user_positives = np.zeros(len(model._lfm.user_biases), dtype=np.int64)
@@ -655,11 +613,3 @@ class IncrementalModel:
         model.origin = state.version
         model._reset_changes()
         return model
-
-
-_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
-
-
-def _changed_rows(parts: list[np.ndarray], old: int, n: int) -> np.ndarray:
-    """Sorted unique rows of ``parts`` plus every new row ``old..n-1``."""
-    return np.unique(np.concatenate([*parts, np.arange(old, n), _EMPTY_ROWS]).astype(np.int64))
