@@ -98,9 +98,9 @@ class Consolidation:
     and swaps the result in.
     """
 
-    def __init__(self, config: ModelConfig, window: FitBatch, capacity: tuple[int, int]) -> None:
+    def __init__(self, config: ModelConfig, retrain: FitBatch, capacity: tuple[int, int]) -> None:
         self.config = config
-        self.window = window
+        self.retrain = retrain  # the window's interactions as the cut found them
         self.capacity = capacity
         self.tail: list[FitBatch] = []
         self.replayed = 0
@@ -114,13 +114,13 @@ class Consolidation:
     @property
     def events(self) -> int:
         """Interactions the retrain trains on."""
-        return len(self.window.rows)
+        return len(self.retrain.rows)
 
     def run(self) -> Consolidation:
         """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
         the tail so far. Returns itself."""
         started = time.perf_counter()
-        w, seed = self.window, self.config.seed
+        w, seed = self.retrain, self.config.seed
         fitter = Fitter(self.config)
         sides = (("user", w.n_users, self.capacity[0]), ("item", w.n_items, self.capacity[1]))
         for side, n, capacity in sides:

@@ -1,10 +1,20 @@
 """The twelve LightFM state arrays and the fits that train them: growth, row initialisation
 from seeded random streams, one fit of a :class:`FitBatch` with its non-finite rollback.
 
-A fit only ever hands LightFM identity feature matrices ``I[:n, :capacity]`` (see
-:mod:`models.incremental` for why), and draws every random number from a stream derived
-from ``(seed, version, stream)``, so a :class:`FitBatch` replayed onto another state is
-trained exactly as it was the first time.
+LightFM fixes its id space at the first fit (lightfm issues 322, 667). We own the twelve
+state arrays instead and hand them to a LightFM instance whose ``fit_partial`` only ever
+sees identity feature matrices ``I[:n, :capacity]``:
+
+* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous), so the C
+  code's unchecked indexing always stays inside them;
+* the interaction matrix and the features have exactly ``n`` rows, so WARP/BPR sample
+  negatives only among items that exist (``item_features.rows``), and WARP's rank
+  estimate uses the real item count — a capacity-shaped matrix would sample unused rows;
+* rows are initialised when they become used, and every fit draws its random numbers,
+  from a stream derived from ``(seed, version, stream)``, so capacity never changes
+  results, a model restored from a snapshot continues exactly as if it had never stopped
+  (one thread), and a :class:`FitBatch` replayed onto another state trains exactly as it
+  did the first time.
 """
 
 from __future__ import annotations

@@ -1,17 +1,9 @@
 """A LightFM model that takes new users and items at any time, trained in micro-batches.
 
-LightFM fixes its id space at the first fit (lightfm issues 322, 667). We own the twelve
-state arrays instead and hand them to a LightFM instance whose ``fit_partial`` only ever
-sees identity feature matrices ``I[:n, :capacity]``:
-
-* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous), so the C
-  code's unchecked indexing always stays inside them;
-* the interaction matrix and the features have exactly ``n`` rows, so WARP/BPR sample
-  negatives only among items that exist (``item_features.rows``), and WARP's rank
-  estimate uses the real item count — a capacity-shaped matrix would sample unused rows;
-* rows are initialised when they become used, from a random stream derived from
-  ``(seed, version)``, so capacity never changes results and a model restored from a
-  snapshot continues exactly as if it had never stopped (one thread).
+:class:`IncrementalModel` composes the parts: the id maps, the fitter that owns the twelve
+LightFM arrays (:mod:`models.fitter`), the dedupe memory (:mod:`models.dedupe`),
+popularity (:mod:`models.popularity`), consolidation (:mod:`models.consolidation`) and
+the record of what the next delta carries (:mod:`models.changes`).
 
 Training semantics of :meth:`IncrementalModel.train_batch`:
 
@@ -321,7 +313,7 @@ class IncrementalModel:
         self._fitter = job.fitter
         users, items = self.capacity
         self._user_positives = np.zeros(users, dtype=np.int64)
-        for batch in (job.window, *job.tail):
+        for batch in (job.retrain, *job.tail):
             np.add.at(self._user_positives, batch.rows[batch.labels > 0], 1)
         self._popularity.counts = resized(self._popularity.counts, self.n_items, items)
         self._user_events = resized(self._user_events, self.n_users, users)
@@ -342,10 +334,10 @@ class IncrementalModel:
             return None
         rows, cols, labels, weights = self._window_interactions()
         epochs = self.config.consolidate_epochs if epochs is None else epochs
-        window = FitBatch(
+        retrain = FitBatch(
             self.version, 0, 0, self.n_users, self.n_items, rows, cols, labels, weights, epochs
         )
-        self._job = Consolidation(self.config, window, self.capacity)
+        self._job = Consolidation(self.config, retrain, self.capacity)
         self._job_taken = False
         return self._job
 
