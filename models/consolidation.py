@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.config import ModelConfig
-from models.fitter import FitBatch, Fitter, NonFiniteModel, derive_seed
+from models.fitter import FitBatch, Fitter, NonFiniteModel
 
 FIELDS = ("users", "items", "ratings", "stamps")
 DTYPES = {"users": np.int32, "items": np.int32, "ratings": np.float32, "stamps": np.float64}
@@ -120,13 +120,10 @@ class Consolidation:
         """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
         the tail so far. Returns itself."""
         started = time.perf_counter()
-        w, seed = self.retrain, self.config.seed
+        w = self.retrain
         fitter = Fitter(self.config)
-        sides = (("user", w.n_users, self.capacity[0]), ("item", w.n_items, self.capacity[1]))
-        for side, n, capacity in sides:
-            fitter.reallocate(side, 0, capacity)
-            fitter.random.seed(derive_seed(seed, w.version, _CONSOLIDATE[side]))
-            fitter.init_rows(side, 0, n)
+        streams = (_CONSOLIDATE["user"], _CONSOLIDATE["item"])
+        fitter.start_over(self.capacity, w.n_users, w.n_items, w.version, streams)
         try:
             if len(w.rows):
                 fitter.fit(w, self._after_epoch, _CONSOLIDATE["fit"])

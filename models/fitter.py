@@ -114,7 +114,7 @@ class Fitter:
         self.config = config
         # One RandomState, re-seeded from (seed, version, stream) before each use: creating
         # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
-        self.random = np.random.RandomState(config.seed)
+        self._random = np.random.RandomState(config.seed)
         self.lfm = LightFM(
             no_components=config.no_components,
             k=config.kos_k,
@@ -149,15 +149,32 @@ class Fitter:
                 continue
             capacity = len(getattr(self.lfm, f"{side}_biases"))
             if new > capacity:
-                self.reallocate(side, old, self._room_for(new, capacity))
-            self.random.seed(derive_seed(self.config.seed, version, stream))
-            self.init_rows(side, old, new)
+                self._reallocate(side, old, self._room_for(new, capacity))
+            self._init_rows(side, old, new, version, stream)
+
+    def start_over(
+        self,
+        capacity: tuple[int, int],
+        n_users: int,
+        n_items: int,
+        version: int,
+        streams: tuple[int, int],
+    ) -> None:
+        """On a new fitter: arrays of ``capacity`` (user, item) rows, the first ``n_users``
+        and ``n_items`` initialised from the (user, item) ``streams`` of ``version``, the
+        others zero (a retrain from scratch)."""
+        for side, n, rows, stream in (
+            ("user", n_users, capacity[0], streams[0]),
+            ("item", n_items, capacity[1], streams[1]),
+        ):
+            self._reallocate(side, 0, rows)
+            self._init_rows(side, 0, n, version, stream)
 
     def load(self, arrays: Mapping[str, np.ndarray], n_users: int, n_items: int) -> None:
         """Take the twelve arrays' used rows from a snapshot (into empty arrays), with the
         capacity growth would have given them."""
         for side, n in (("user", n_users), ("item", n_items)):
-            self.reallocate(side, 0, self._room_for(n))
+            self._reallocate(side, 0, self._room_for(n))
             for part in PARTS:
                 getattr(self.lfm, f"{side}_{part}")[:n] = arrays[f"{side}_{part}"]
 
@@ -169,17 +186,18 @@ class Fitter:
             capacity *= 2
         return capacity
 
-    def reallocate(self, side: str, used: int, capacity: int) -> None:
+    def _reallocate(self, side: str, used: int, capacity: int) -> None:
         """Give one side's six arrays ``capacity`` rows, keeping the first ``used``."""
         for part in PARTS:
             name = f"{side}_{part}"
             setattr(self.lfm, name, resized(getattr(self.lfm, name), used, capacity))
 
-    def init_rows(self, side: str, start: int, stop: int) -> None:
+    def _init_rows(self, side: str, start: int, stop: int, version: int, stream: int) -> None:
         """LightFM's own initialisation (``LightFM._initialize``) for rows start..stop,
-        drawn from :attr:`random` as seeded by the caller."""
+        drawn from ``stream`` of ``version``."""
         k = self.config.no_components
-        lfm, rng = self.lfm, self.random
+        lfm, rng = self.lfm, self._random
+        rng.seed(derive_seed(self.config.seed, version, stream))
         accumulator = 1.0 if self.config.learning_schedule == "adagrad" else 0.0
         getattr(lfm, f"{side}_embeddings")[start:stop] = (rng.rand(stop - start, k) - 0.5) / k
         getattr(lfm, f"{side}_embedding_gradients")[start:stop] = accumulator
@@ -188,7 +206,7 @@ class Fitter:
         getattr(lfm, f"{side}_bias_gradients")[start:stop] = accumulator
         getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
 
-    def identity(self, side: str, n: int) -> sp.csr_matrix:
+    def _features(self, side: str, n: int) -> sp.csr_matrix:
         """``I[:n, :capacity]`` of one side, cached: rebuilt only when n or the capacity
         changed (a steady-state batch reuses both)."""
         capacity = len(getattr(self.lfm, f"{side}_biases"))
@@ -211,12 +229,12 @@ class Fitter:
         sample_weight = None
         if batch.weights is not None:
             sample_weight = sp.coo_matrix((batch.weights, (rows, cols)), shape=shape)
-        user_features = self.identity("user", batch.n_users)
-        item_features = self.identity("item", batch.n_items)
+        user_features = self._features("user", batch.n_users)
+        item_features = self._features("item", batch.n_items)
         backup = self._backup(rows, batch.n_users0, batch.n_items)
         lfm = self.lfm
-        self.random.seed(derive_seed(self.config.seed, batch.version, stream))
-        lfm.random_state = self.random
+        self._random.seed(derive_seed(self.config.seed, batch.version, stream))
+        lfm.random_state = self._random
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
                 for done in range(1, batch.epochs + 1):
