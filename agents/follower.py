@@ -512,7 +512,7 @@ class ModelFollower:
         self, consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
     ) -> ModelUpdate | None:
         latest = None
-        while await _behind(consumer, ends):
+        while await _short_of(consumer, ends):
             batch = await consumer.getmany(*ends, timeout_ms=1000)
             latest = self._last_update([m for msgs in batch.values() for m in msgs]) or latest
         return latest
@@ -578,7 +578,8 @@ def _components(delta: ModelDelta) -> int:
     raise DeltaError("the first delta of a fresh model has no embedding rows")
 
 
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+async def _short_of(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """The consumer has not reached every end offset yet."""
     for tp, end in ends.items():
         if await consumer.position(tp) < end:
             return True

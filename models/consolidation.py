@@ -1,4 +1,4 @@
-"""The bounded window of recent interactions that consolidation retrains on.
+"""Consolidation: a retrain from scratch on the bounded window of recent interactions.
 
 Micro-batch training sees each rating for ``epochs_per_batch`` epochs, once, in the batch it
 arrived in: early ratings are under-trained, and WARP only knows a batch's positives when
@@ -9,14 +9,22 @@ and swaps the result in; micro-batches then continue from the consolidated state
 The window holds the last ``capacity`` applied events as dense indices (``int32`` user and
 item rows), ratings and timestamps, in arrival order. It is part of the training state and
 is written into every snapshot, so a restarted trainer consolidates on the same data.
+:class:`Consolidation` is one retrain, cut from the window, run on a fitter of its own;
+:func:`item_neighbours` builds the item-kNN neighbours blended into scores from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+
+from models.config import ModelConfig
+from models.fitter import FitBatch, Fitter, NonFiniteModel
 
 FIELDS = ("users", "items", "ratings", "stamps")
 DTYPES = {"users": np.int32, "items": np.int32, "ratings": np.float32, "stamps": np.float64}
@@ -72,6 +80,101 @@ class InteractionWindow:
         window = cls(capacity)
         window.append(*(arrays[name] for name in FIELDS))
         return window
+
+
+#: Random streams of a consolidation's retrain, derived from (seed, version, stream) like
+#: the batches' own (models.fitter), never equal to theirs.
+_CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
+
+
+class Consolidation:
+    """A retrain from scratch on the window as one batch cut it, then the batches trained
+    after that cut, replayed in order.
+
+    It owns everything it trains (a :class:`~models.fitter.Fitter` of its own), so
+    :meth:`run` may run in another thread while the model goes on training batches; the
+    model appends each such batch to :attr:`tail`, :meth:`run` replays what is there when
+    its fit ends, and :meth:`models.incremental.IncrementalModel.install` replays the rest
+    and swaps the result in.
+    """
+
+    def __init__(self, config: ModelConfig, retrain: FitBatch, capacity: tuple[int, int]) -> None:
+        self.config = config
+        self.retrain = retrain  # the window's interactions as the cut found them
+        self.capacity = capacity
+        self.tail: list[FitBatch] = []
+        self.replayed = 0
+        self.fitter: Fitter | None = None  # set by run() unless the retrain went non-finite
+        self.neighbours: sp.csr_matrix | None = None
+        self.seconds = 0.0
+        self.between_epochs: Callable[[], None] | None = None
+        """Called after each epoch of the retrain (the trainer uses it to yield the CPU to
+        the batches while they have a backlog); it changes when, never what, it trains."""
+
+    @property
+    def events(self) -> int:
+        """Interactions the retrain trains on."""
+        return len(self.retrain.rows)
+
+    def run(self) -> Consolidation:
+        """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
+        the tail so far. Returns itself."""
+        started = time.perf_counter()
+        w = self.retrain
+        fitter = Fitter(self.config)
+        streams = (_CONSOLIDATE["user"], _CONSOLIDATE["item"])
+        fitter.start_over(self.capacity, w.n_users, w.n_items, w.version, streams)
+        try:
+            if len(w.rows):
+                fitter.fit(w, self._after_epoch, _CONSOLIDATE["fit"])
+        except NonFiniteModel:
+            return self
+        self.neighbours = blend_neighbours(
+            self.config, w.rows, w.cols, w.labels, w.n_users, w.n_items
+        )
+        self.fitter = fitter
+        self.replay()
+        self.seconds = time.perf_counter() - started
+        return self
+
+    def _after_epoch(self, done: int) -> None:
+        if self.between_epochs is not None:
+            self.between_epochs()
+
+    def replay(self) -> None:
+        """Replay the tail batches not replayed yet (each as its batch trained it: its new
+        rows initialised from its version, then its fit; one that goes non-finite here is
+        rolled back and skipped)."""
+        fitter = self.fitter
+        assert fitter is not None
+        while self.replayed < len(self.tail):
+            batch = self.tail[self.replayed]
+            fitter.grow(batch.version, batch.n_users0, batch.n_items0, batch.n_users, batch.n_items)
+            if len(batch.rows):
+                with contextlib.suppress(NonFiniteModel):
+                    fitter.fit(batch)
+            self.replayed += 1
+
+
+def blend_neighbours(
+    config: ModelConfig,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    labels: np.ndarray,
+    n_users: int,
+    n_items: int,
+) -> sp.csr_matrix | None:
+    """The item-kNN neighbours for blending from these interactions' positives, read-only
+    (None: ``config.blend_neighbours`` turns blending off)."""
+    if config.blend_neighbours < 1:
+        return None
+    positive = labels > 0
+    neighbours = item_neighbours(
+        rows[positive], cols[positive], n_users, n_items, config.blend_neighbours
+    )
+    for array in (neighbours.data, neighbours.indices, neighbours.indptr):
+        array.flags.writeable = False
+    return neighbours
 
 
 def item_neighbours(

@@ -244,7 +244,7 @@ def positive_hits(
     seen: Mapping[str, Collection[str]] | None = None,
     popularity: bool = False,
 ) -> list[tuple[bool, bool]]:
-    """The test step of test-then-train: for each positive event of ``batch`` (rating >=
+    """The test half of test-then-train: for each positive event of ``batch`` (rating >=
     ``threshold``), whether its item is in the user's top ``k`` under ``view`` (``seen``
     items excluded when given), and whether the model (not the popularity fallback) scored
     it. The offline :func:`prequential` evaluator and the streaming trainer both count with
@@ -353,7 +353,7 @@ def _replay(
     frozen_curve: Curve = []
     view = model.view()
     frozen: ScoringView | None = None
-    step = {
+    hit_options = {
         "threshold": threshold,
         "k": options.k,
         "seen": seen if options.exclude_seen else None,
@@ -365,10 +365,10 @@ def _replay(
             view = model.view()
         if compare and frozen is None and freeze_after is not None and start >= freeze_after:
             frozen = view
-        live.append(_test_step(view, batch, stop, **step))
+        live.append(_curve_row(view, batch, stop, **hit_options))
         if compare:
             frozen_curve.append(
-                live[-1] if frozen is None else _test_step(frozen, batch, stop, **step)
+                live[-1] if frozen is None else _curve_row(frozen, batch, stop, **hit_options)
             )
         for e in batch:
             seen[e.user].add(e.item)
@@ -377,7 +377,7 @@ def _replay(
     return live, frozen_curve
 
 
-def _test_step(
+def _curve_row(
     view: ScoringView, batch: Sequence[Rating], stop: int, **options: Any
 ) -> tuple[int, int, int, int, int]:
     """One curve row (see :class:`PrequentialResult`): ``batch``'s positives under ``view``."""

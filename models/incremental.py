@@ -1,17 +1,9 @@
 """A LightFM model that takes new users and items at any time, trained in micro-batches.
 
-LightFM fixes its id space at the first fit (lightfm issues 322, 667). We own the twelve
-state arrays instead and hand them to a LightFM instance whose ``fit_partial`` only ever
-sees identity feature matrices ``I[:n, :capacity]``:
-
-* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous), so the C
-  code's unchecked indexing always stays inside them;
-* the interaction matrix and the features have exactly ``n`` rows, so WARP/BPR sample
-  negatives only among items that exist (``item_features.rows``), and WARP's rank
-  estimate uses the real item count — a capacity-shaped matrix would sample unused rows;
-* rows are initialised when they become used, from a random stream derived from
-  ``(seed, version)``, so capacity never changes results and a model restored from a
-  snapshot continues exactly as if it had never stopped (one thread).
+:class:`IncrementalModel` composes the parts: the id maps, the fitter that owns the twelve
+LightFM arrays (:mod:`models.fitter`), the dedupe memory (:mod:`models.dedupe`),
+popularity (:mod:`models.popularity`), consolidation (:mod:`models.consolidation`) and
+the record of what the next delta carries (:mod:`models.changes`).
 
 Training semantics of :meth:`IncrementalModel.train_batch`:
 
@@ -29,9 +21,10 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
   been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`;
 * with :attr:`IncrementalModel.defer_consolidation` that batch only cuts a
-  :class:`Consolidation` (the window's interactions as they are): its ``run`` retrains on a
-  :class:`_Fitter` of its own, in any thread, while batches go on training (each is kept in
-  its ``tail``); :meth:`IncrementalModel.install` replays the tail onto it and swaps it in.
+  :class:`~models.consolidation.Consolidation` (the window's interactions as they are): its
+  ``run`` retrains on a :class:`~models.fitter.Fitter` of its own, in any thread, while
+  batches go on training (each is kept in its ``tail``); :meth:`IncrementalModel.install`
+  replays the tail onto it and swaps it in.
   Replaying a batch exactly (same rows initialised from the same seeds, the same fit) makes
   the result bit-identical to consolidating inline (one thread) when no mark is crossed
   before the install; marks crossed meanwhile cut nothing (the next cut follows the install).
@@ -44,43 +37,31 @@ every positive of the window is known.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from lightfm import LightFM
 
+from models.changes import ChangeLog
 from models.config import ModelConfig
-from models.consolidation import InteractionWindow, item_neighbours
+from models.consolidation import Consolidation as Consolidation  # re-exported: agents use it
+from models.consolidation import InteractionWindow, blend_neighbours
+from models.dedupe import RecentEventIds
 from models.delta import FRESH, DeltaError, ModelDelta
-from models.errors import ModelError
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
+from models.fitter import STATE_ARRAYS, FitBatch, Fitter, resized, training_pairs
+from models.fitter import NonFiniteModel as NonFiniteModel  # re-exported: agents catch it
 from models.idmap import IdMap
 from models.manifest import ChainMark, Manifest
+from models.popularity import Popularity
 from models.scoring import ScoringView
 from models.signing import Keyring
-from models.snapshot import EVENT_COUNTS, PARTS, STATE_ARRAYS, SnapshotState, decode, encode
-
-_UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
-
-# Random streams derived from (seed, version, stream).
-_FIT_STREAM, _USER_INIT_STREAM, _ITEM_INIT_STREAM = 0, 1, 2
-_CONSOLIDATE = {"fit": 3, "user": 4, "item": 5}
-
-
-#: The smallest popularity decay factor a delta carries (the smallest normal float64);
-#: below it, a delta carries every item's count instead (see ``_count_popularity``).
-_MIN_DECAY = float(np.finfo(np.float64).tiny)
-
-
-class NonFiniteModel(ModelError, RuntimeError):
-    """Training made a parameter NaN/inf; the batch was rolled back."""
+from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +82,6 @@ class BatchResult:
     consolidated: bool = False  # the batch ended with a consolidation (retrain on the window)
 
 
-def derive_seed(seed: int, version: int, stream: int) -> int:
-    """A 32-bit seed that depends only on (seed, version, stream) — never on history."""
-    (state,) = np.random.SeedSequence([seed, version, stream]).generate_state(1)
-    return int(state)
-
-
 class IncrementalModel:
     """Growable LightFM with micro-batch training, snapshots and immutable scoring views.
 
@@ -125,10 +100,8 @@ class IncrementalModel:
         """New (non-duplicate) events applied so far, positives or not."""
         self.offsets: dict[str, int] = {}
         """Next Kafka offset per ``"topic:partition"`` covered by this state (set by agents)."""
-        self._recent: deque[str] = deque()
-        self._recent_set: set[str] = set()
-        self._popularity = np.zeros(0, dtype=np.float64)
-        self._popularity_ts: float | None = None
+        self._recent = RecentEventIds(config.dedupe_memory)
+        self._popularity = Popularity(config.popularity_half_life_seconds)
         self.clock: Callable[[], float] = time.time
         """The wall clock popularity's reference time is capped by (tests set their own)."""
         self.max_future_skew = MAX_FUTURE_SKEW_SECONDS
@@ -150,17 +123,12 @@ class IncrementalModel:
         self.delta_offset: int | None = None
         """The delta topic's next offset after this run's last published delta (set by the
         trainer); snapshots record it so that scorers know where to read on."""
-        # What changed since the last delta (see take_delta): rows and the popularity decay.
-        self._base = (0, 0, 0)  # (version, n_users, n_items) the next delta applies to
-        self._dirty_users: list[np.ndarray] = []
-        self._dirty_items: list[np.ndarray] = []
-        self._dirty_popularity: list[np.ndarray] = []
-        self._decay = 1.0
+        self._changes = ChangeLog()  # what the next delta carries (see take_delta)
         self._view: ScoringView | None = None
         self.last_delta: ModelDelta | None = None
         """The delta that made the latest :meth:`view` from the one before (None if that
         view was built whole)."""
-        self._fitter = _Fitter(config)
+        self._fitter = Fitter(config)
         self.defer_consolidation = False
         """True: a due consolidation is cut (:meth:`take_consolidation`) for the caller to
         run in another thread and :meth:`install`, instead of running inside the batch."""
@@ -216,7 +184,7 @@ class IncrementalModel:
         epochs = self.config.epochs_per_batch if epochs is None else epochs
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
-        fresh, duplicates = self._drop_duplicates(events)
+        fresh, duplicates = self._recent.drop_duplicates(events)
         if not fresh:
             return self._result(events, duplicates, fresh, 0, 0, 0, 0, started)
 
@@ -226,18 +194,19 @@ class IncrementalModel:
         item_idx = self.items.add_many([e.item for e in fresh])
         ratings = np.array([e.rating for e in fresh], dtype=np.float64)
         stamps = np.array([e.ts for e in fresh], dtype=np.float64)
-        step = None
         try:
             self._fitter.grow(version, n_users0, n_items0, self.n_users, self.n_items)
             self._resize_counts(n_users0, n_items0)
-            rows, cols, labels, weights = self._interactions(user_idx, item_idx, ratings, stamps)
-            step = _Step(
+            rows, cols, labels, weights = training_pairs(
+                self.config, user_idx, item_idx, ratings, stamps, self.n_items
+            )
+            batch = FitBatch(
                 version, n_users0, n_items0, self.n_users, self.n_items, rows, cols, labels,
                 weights, epochs,
             )  # fmt: skip
-            changed_items = _EMPTY_ROWS
+            changed_items = np.zeros(0, dtype=np.int64)
             if len(rows):
-                changed_items = self._fitter.fit(step, on_epoch)
+                changed_items = self._fitter.fit(batch, on_epoch)
         except BaseException:
             self.users.truncate(n_users0)
             self.items.truncate(n_items0)
@@ -248,15 +217,13 @@ class IncrementalModel:
         np.add.at(self._user_events, user_idx, 1)
         np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
-        self._dirty_users.append(self._trained_user_rows(rows, n_users0))
-        self._dirty_items.append(changed_items)
-        self._dirty_popularity.append(item_idx)
-        self._remember(fresh)
+        self._changes.touched(self._trained_user_rows(rows, n_users0), changed_items, item_idx)
+        self._recent.remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
         if self._job is not None:  # a consolidation is running: it replays this batch
-            self._job.tail.append(step)
+            self._job.tail.append(batch)
         consolidated = False
         if streaming:
             self.since_consolidation += len(fresh)
@@ -347,14 +314,15 @@ class IncrementalModel:
         self._fitter = job.fitter
         users, items = self.capacity
         self._user_positives = np.zeros(users, dtype=np.int64)
-        for step in (job.window, *job.tail):
-            np.add.at(self._user_positives, step.rows[step.labels > 0], 1)
-        self._popularity = _resized(self._popularity, self.n_items, items)
-        self._user_events = _resized(self._user_events, self.n_users, users)
-        self._item_events = _resized(self._item_events, self.n_items, items)
+        for batch in (job.retrain, *job.tail):
+            np.add.at(self._user_positives, batch.rows[batch.labels > 0], 1)
+        self._popularity.counts = resized(self._popularity.counts, self.n_items, items)
+        self._user_events = resized(self._user_events, self.n_users, users)
+        self._item_events = resized(self._item_events, self.n_items, items)
         # Every row changed: the next delta carries the whole model (models.delta).
-        self._dirty_users.append(np.arange(self.n_users, dtype=np.int64))
-        self._dirty_items.append(np.arange(self.n_items, dtype=np.int64))
+        self._changes.touched(
+            np.arange(self.n_users, dtype=np.int64), np.arange(self.n_items, dtype=np.int64)
+        )
         if job.neighbours is not None:
             self._neighbours = job.neighbours
         return True
@@ -367,10 +335,10 @@ class IncrementalModel:
             return None
         rows, cols, labels, weights = self._window_interactions()
         epochs = self.config.consolidate_epochs if epochs is None else epochs
-        window = _Step(
+        retrain = FitBatch(
             self.version, 0, 0, self.n_users, self.n_items, rows, cols, labels, weights, epochs
         )
-        self._job = Consolidation(self.config, window, self.capacity)
+        self._job = Consolidation(self.config, retrain, self.capacity)
         self._job_taken = False
         return self._job
 
@@ -382,64 +350,23 @@ class IncrementalModel:
     def _window_interactions(
         self,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """:meth:`_interactions` of the whole window (the latest rating of a pair counts)."""
+        """:func:`~models.fitter.training_pairs` of the whole window (the latest rating of a
+        pair counts)."""
         window = self._window.arrays()
-        return self._interactions(
+        return training_pairs(
+            self.config,
             window["users"].astype(np.int64),
             window["items"].astype(np.int64),
             window["ratings"].astype(np.float64),
             window["stamps"],
+            self.n_items,
         )
 
     def _refresh_neighbours(self, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray) -> None:
         """Rebuild the item-kNN neighbours for blending from these interactions' positives."""
-        neighbours = _neighbours(self.config, rows, cols, labels, self.n_users, self.n_items)
+        neighbours = blend_neighbours(self.config, rows, cols, labels, self.n_users, self.n_items)
         if neighbours is not None:
             self._neighbours = neighbours
-
-    def _drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
-        seen = self._recent_set
-        ids = {e.event_id for e in events}
-        if len(ids) == len(events) and seen.isdisjoint(ids):
-            return list(events), 0  # the usual case, checked at C speed
-        batch: set[str] = set()
-        fresh = []
-        for event in events:
-            if event.event_id in seen or event.event_id in batch:
-                continue
-            batch.add(event.event_id)
-            fresh.append(event)
-        return fresh, len(events) - len(fresh)
-
-    def _remember(self, fresh: list[Rating]) -> None:
-        limit = self.config.dedupe_memory
-        ids = [e.event_id for e in fresh[-limit:]]
-        self._recent.extend(ids)
-        self._recent_set.update(ids)
-        excess = len(self._recent) - limit
-        if excess > 0:
-            popleft = self._recent.popleft
-            self._recent_set.difference_update([popleft() for _ in range(excess)])
-
-    def _interactions(
-        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, stamps: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """The (user, item) pairs to train, their labels (+1/-1) and optional weights."""
-        key = users * max(1, self.n_items) + items
-        order = np.lexsort((np.arange(len(key)), stamps, key))
-        sorted_key = key[order]
-        last = order[np.append(sorted_key[1:] != sorted_key[:-1], True)]
-        last.sort()  # back to arrival order: deterministic input to LightFM's shuffle
-        positive = ratings[last] >= self.config.positive_threshold
-        if self.config.loss != "logistic":
-            last = last[positive]
-            positive = np.ones(len(last), dtype=bool)
-        labels = np.where(positive, 1.0, -1.0).astype(np.float32)
-        weights = None
-        if self.config.use_weights:
-            r = ratings[last] / 5.0
-            weights = np.where(positive, r, 1.0 - r).astype(np.float32)
-        return users[last].astype(np.int32), items[last].astype(np.int32), labels, weights
 
     def _trained_user_rows(self, rows: np.ndarray, n_users0: int) -> np.ndarray:
         """User rows a fit may have changed (all of them under user regularisation)."""
@@ -450,38 +377,20 @@ class IncrementalModel:
     def _resize_counts(self, n_users0: int, n_items0: int) -> None:
         """The per-row counts follow the arrays' capacity (after growth)."""
         users, items = self.capacity
-        self._user_positives = _resized(self._user_positives, n_users0, users)
-        self._popularity = _resized(self._popularity, n_items0, items)
-        self._user_events = _resized(self._user_events, n_users0, users)
-        self._item_events = _resized(self._item_events, n_items0, items)
+        self._user_positives = resized(self._user_positives, n_users0, users)
+        self._popularity.counts = resized(self._popularity.counts, n_items0, items)
+        self._user_events = resized(self._user_events, n_users0, users)
+        self._item_events = resized(self._item_events, n_items0, items)
 
     def _count_popularity(self, items: np.ndarray, stamps: np.ndarray) -> None:
-        """Add events to the recency-decayed counts, kept as of the reference time: the
-        newest event time, which never moves backwards and never past the clock's
-        :meth:`event_time_ceiling`.
-
-        Whatever the timestamps (a 30-year gap, 0, 1e300, NaN): a stamp past the ceiling
-        counts as of the ceiling, a non-finite or negative one as of the epoch; every
-        weight is in [0, 1]; and the delta's decay factor stays in (0, 1]. A gap so long
-        that the factor would underflow (about 1,000 half-lives: 20 years at 7 days) decays
-        the counts exactly (to 0, as they are) and the next delta carries every item's
-        count instead of the factor."""
-        half_life = self.config.popularity_half_life_seconds
-        ceiling = self.event_time_ceiling()
-        stamps = np.clip(np.nan_to_num(stamps, nan=0.0, posinf=ceiling), 0.0, ceiling)
-        newest = float(stamps.max())
-        ref = self._popularity_ts
-        if ref is None or newest > ref:
-            if ref is not None:
-                factor = 2.0 ** (-(newest - ref) / half_life)
-                self._popularity[: self.n_items] *= factor
-                if self._decay * factor >= _MIN_DECAY:
-                    self._decay *= factor
-                else:  # too small for one factor (0.0 at worst): send every count instead
-                    self._dirty_popularity.append(np.arange(self.n_items))
-            ref = newest
-        np.add.at(self._popularity, items, 2.0 ** (-(ref - stamps) / half_life))
-        self._popularity_ts = ref
+        """Count events in :class:`~models.popularity.Popularity` as of the clock's
+        :meth:`event_time_ceiling`, and follow its decay for the next delta: the delta's
+        decay factor stays in (0, 1]. A gap so long that the factor would underflow (about
+        1,000 half-lives: 20 years at 7 days) decays the counts exactly (to 0, as they are)
+        and the next delta carries every item's count instead of the factor."""
+        n_items = self.n_items
+        factor = self._popularity.add(items, stamps, self.event_time_ceiling(), n_items)
+        self._changes.decayed(factor, n_items)
 
     def event_time_ceiling(self) -> float:
         """The latest event time popularity counts by: :attr:`clock` plus
@@ -527,11 +436,9 @@ class IncrementalModel:
         """The rows changed since the previous delta (or since construction/restore), as a
         :class:`ModelDelta` from that version to this one. O(rows touched), plus the item
         arrays' changed rows. Resets the record of changes."""
-        base_version, base_users, base_items = self._base
+        base_version, base_users, base_items = self._changes.base
         n_users, n_items = self.n_users, self.n_items
-        users = _rows(self._dirty_users, base_users, n_users)
-        items = _rows(self._dirty_items, base_items, n_items)
-        popular = _rows(self._dirty_popularity, base_items, n_items)
+        users, items, popular = self._changes.rows(n_users, n_items)
         lfm = self._lfm
         if self.start is None:
             self.start = base_version
@@ -554,19 +461,15 @@ class IncrementalModel:
             item_embeddings=lfm.item_embeddings[items],
             item_biases=lfm.item_biases[items],
             popularity_rows=popular,
-            popularity_values=self._popularity[popular],
-            popularity_decay=self._decay,
-            popularity_ts=self._popularity_ts,
+            popularity_values=self._popularity.counts[popular],
+            popularity_decay=self._changes.decay,
+            popularity_ts=self._popularity.ts,
         )
         self._reset_changes()
         return delta
 
     def _reset_changes(self) -> None:
-        self._base = (self.version, self.n_users, self.n_items)
-        self._dirty_users.clear()
-        self._dirty_items.clear()
-        self._dirty_popularity.clear()
-        self._decay = 1.0
+        self._changes.reset(self.version, self.n_users, self.n_items)
 
     def _chain(self) -> ChainMark | None:
         """Where this state sits in its delta chain, for snapshots: None while rows changed
@@ -578,7 +481,7 @@ class IncrementalModel:
     @property
     def chain_version(self) -> int:
         """The version the last delta taken made (the next one applies to it)."""
-        return self._base[0]
+        return self._changes.base[0]
 
     def view(self) -> ScoringView:
         """An immutable scoring view of the current state; safe to use while training
@@ -609,13 +512,10 @@ class IncrementalModel:
 
     def _rows_dirty(self) -> bool:
         """Rows changed that no delta has carried yet."""
-        return bool(self._dirty_users or self._dirty_items) or self._base[1:] != (
-            self.n_users,
-            self.n_items,
-        )
+        return self._changes.rows_dirty(self.n_users, self.n_items)
 
     def _changed(self) -> bool:
-        return self._rows_dirty() or self._base[0] != self.version
+        return self._rows_dirty() or self._changes.base[0] != self.version
 
     def full_view(self) -> ScoringView:
         """A view built from all rows (O(model)); :meth:`view` is the incremental one."""
@@ -630,9 +530,9 @@ class IncrementalModel:
                 "user_positives": self._user_positives,
                 "item_embeddings": lfm.item_embeddings,
                 "item_biases": lfm.item_biases,
-                "popularity": self._popularity,
+                "popularity": self._popularity.counts,
             },
-            popularity_ts=self._popularity_ts,
+            popularity_ts=self._popularity.ts,
             neighbours=self._neighbours,  # immutable, replaced whole: shared, not copied
             blend_weight=self.config.blend_weight,
         )
@@ -641,7 +541,7 @@ class IncrementalModel:
     def to_bytes(self) -> tuple[bytes, Manifest]:
         """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
         arrays = dict(self.state_arrays())
-        arrays["popularity"] = self._popularity[: self.n_items]
+        arrays["popularity"] = self._popularity.counts[: self.n_items]
         arrays["user_positives"] = self._user_positives[: self.n_users]
         arrays["user_events"] = self._user_events[: self.n_users]
         arrays["item_events"] = self._item_events[: self.n_items]
@@ -651,10 +551,10 @@ class IncrementalModel:
                 version=self.version,
                 trained_events=self.trained_events,
                 offsets=dict(self.offsets),
-                popularity_ts=self._popularity_ts,
+                popularity_ts=self._popularity.ts,
                 user_ids=self.users.ids(),
                 item_ids=self.items.ids(),
-                recent_event_ids=list(self._recent),
+                recent_event_ids=self._recent.ids(),
                 arrays=arrays,
                 window=self._window.arrays(),
                 # A consolidation cut but not installed is not in this state: the restored
@@ -685,23 +585,16 @@ class IncrementalModel:
         # A reference time past the clock (a state poisoned by a far-future ts before the
         # event-time rule) would weigh every later rating 0: it restarts at the ceiling.
         ts = state.popularity_ts
-        model._popularity_ts = ts if ts is None else min(ts, model.event_time_ceiling())
-        model._recent = deque(state.recent_event_ids)
-        model._recent_set = set(state.recent_event_ids)
+        model._popularity.ts = ts if ts is None else min(ts, model.event_time_ceiling())
+        model._recent = RecentEventIds(model.config.dedupe_memory, state.recent_event_ids)
         model._window = InteractionWindow.from_arrays(
             model.config.consolidation_window, state.window
         )
         model.since_consolidation = state.since_consolidation
         model._neighbours = state.neighbours
-        for side, n in (("user", model.n_users), ("item", model.n_items)):
-            capacity = max(model.config.initial_capacity, 1)
-            while capacity < n:
-                capacity *= 2
-            model._fitter.reallocate(side, 0, capacity)
-            for part in PARTS:
-                getattr(model._lfm, f"{side}_{part}")[:n] = state.arrays[f"{side}_{part}"]
-        model._popularity = np.zeros(len(model._lfm.item_biases), dtype=np.float64)
-        model._popularity[: model.n_items] = state.arrays["popularity"]
+        model._fitter.load(state.arrays, model.n_users, model.n_items)
+        model._popularity.counts = np.zeros(len(model._lfm.item_biases), dtype=np.float64)
+        model._popularity.counts[: model.n_items] = state.arrays["popularity"]
         model._user_positives = np.zeros(len(model._lfm.user_biases), dtype=np.int64)
         model._user_positives[: model.n_users] = state.arrays["user_positives"]
         for name in EVENT_COUNTS:  # absent in snapshots older than the counts: start at 0
@@ -713,315 +606,3 @@ class IncrementalModel:
         model.origin = state.version
         model._reset_changes()
         return model
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """One fit as a batch made it: enough to replay it exactly onto another state."""
-
-    version: int  # seeds the fit and the initialisation of the rows the batch added
-    n_users0: int  # rows before the batch (rows n_users0..n_users are new)
-    n_items0: int
-    n_users: int  # the interaction matrix's shape
-    n_items: int
-    rows: np.ndarray  # int32 user rows
-    cols: np.ndarray  # int32 item rows
-    labels: np.ndarray  # float32 +1/-1
-    weights: np.ndarray | None
-    epochs: int
-
-
-class _Fitter:
-    """The twelve state arrays, the LightFM instance that trains them and the random
-    stream its fits and initialisations draw from: everything a fit touches."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        self.config = config
-        # One RandomState, re-seeded from (seed, version, stream) before each use: creating
-        # a new one costs ~0.4 ms (it first seeds itself from OS entropy).
-        self.random = np.random.RandomState(config.seed)
-        self.lfm = LightFM(
-            no_components=config.no_components,
-            k=config.kos_k,
-            n=config.kos_n,
-            learning_schedule=config.learning_schedule,
-            loss=config.loss,
-            learning_rate=config.learning_rate,
-            rho=config.rho,
-            epsilon=config.epsilon,
-            item_alpha=config.item_alpha,
-            user_alpha=config.user_alpha,
-            max_sampled=config.max_sampled,
-            random_state=config.seed,
-        )
-        for name in STATE_ARRAYS:
-            rows = (0, config.no_components) if "embedding" in name else (0,)
-            setattr(self.lfm, name, np.zeros(rows, dtype=np.float32))
-        self._identity: dict[str, sp.csr_matrix] = {}
-
-    @property
-    def capacity(self) -> tuple[int, int]:
-        return len(self.lfm.user_biases), len(self.lfm.item_biases)
-
-    def grow(self, version: int, n_users0: int, n_items0: int, n_users: int, n_items: int) -> None:
-        """Make room for new users/items (capacity doubling) and initialise their rows."""
-        for side, old, new, stream in (
-            ("user", n_users0, n_users, _USER_INIT_STREAM),
-            ("item", n_items0, n_items, _ITEM_INIT_STREAM),
-        ):
-            if new == old:
-                continue
-            capacity = len(getattr(self.lfm, f"{side}_biases"))
-            if new > capacity:
-                capacity = max(capacity, self.config.initial_capacity)
-                while capacity < new:
-                    capacity *= 2
-                self.reallocate(side, old, capacity)
-            self.random.seed(derive_seed(self.config.seed, version, stream))
-            self.init_rows(side, old, new)
-
-    def reallocate(self, side: str, used: int, capacity: int) -> None:
-        for part in PARTS:
-            name = f"{side}_{part}"
-            old = getattr(self.lfm, name)
-            new = np.zeros((capacity, *old.shape[1:]), dtype=np.float32)
-            new[:used] = old[:used]
-            setattr(self.lfm, name, new)
-
-    def init_rows(self, side: str, start: int, stop: int) -> None:
-        """LightFM's own initialisation (``LightFM._initialize``) for rows start..stop,
-        drawn from :attr:`random` as seeded by the caller."""
-        k = self.config.no_components
-        lfm, rng = self.lfm, self.random
-        accumulator = 1.0 if self.config.learning_schedule == "adagrad" else 0.0
-        getattr(lfm, f"{side}_embeddings")[start:stop] = (rng.rand(stop - start, k) - 0.5) / k
-        getattr(lfm, f"{side}_embedding_gradients")[start:stop] = accumulator
-        getattr(lfm, f"{side}_embedding_momentum")[start:stop] = 0.0
-        getattr(lfm, f"{side}_biases")[start:stop] = 0.0
-        getattr(lfm, f"{side}_bias_gradients")[start:stop] = accumulator
-        getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
-
-    def identity(self, side: str, n: int) -> sp.csr_matrix:
-        """``I[:n, :capacity]`` of one side, cached: rebuilt only when n or the capacity
-        changed (a steady-state batch reuses both)."""
-        capacity = len(getattr(self.lfm, f"{side}_biases"))
-        cached = self._identity.get(side)
-        if cached is None or cached.shape != (n, capacity):
-            cached = self._identity[side] = _identity(n, capacity)
-        return cached
-
-    def fit(
-        self,
-        step: _Step,
-        on_epoch: Callable[[int], None] | None = None,
-        stream: int = _FIT_STREAM,
-    ) -> np.ndarray:
-        """Train ``step`` (rolled back whole, raising :class:`NonFiniteModel`, if it goes
-        non-finite); returns the item rows it changed."""
-        shape = (step.n_users, step.n_items)
-        rows, cols = step.rows, step.cols
-        interactions = sp.coo_matrix((step.labels, (rows, cols)), shape=shape)
-        sample_weight = None
-        if step.weights is not None:
-            sample_weight = sp.coo_matrix((step.weights, (rows, cols)), shape=shape)
-        user_features = self.identity("user", step.n_users)
-        item_features = self.identity("item", step.n_items)
-        backup = self._backup(rows, step.n_users0, step.n_items)
-        lfm = self.lfm
-        self.random.seed(derive_seed(self.config.seed, step.version, stream))
-        lfm.random_state = self.random
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
-                for done in range(1, step.epochs + 1):
-                    lfm.fit_partial(
-                        interactions,
-                        user_features=user_features,
-                        item_features=item_features,
-                        sample_weight=sample_weight,
-                        epochs=1,
-                        num_threads=self.config.num_threads,
-                    )
-                    if on_epoch is not None:
-                        on_epoch(done)
-                bad = self._non_finite(backup, rows, step.n_items)
-            if bad:
-                raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
-        except BaseException as exc:
-            self._restore(backup)
-            if isinstance(exc, ValueError) and "finite" in str(exc):
-                raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
-            raise
-        return self._changed_item_rows(backup)
-
-    def _changed_item_rows(
-        self, backup: dict[str, tuple[np.ndarray | slice, np.ndarray]]
-    ) -> np.ndarray:
-        """Item rows whose embedding or bias this fit changed (negatives sampled by WARP/BPR
-        change too), found against the backup the fit took anyway."""
-        which, before = backup["item_embeddings"]  # which: rows 0..n_items-1
-        changed = (self.lfm.item_embeddings[which] != before).any(axis=1)
-        changed |= self.lfm.item_biases[which] != backup["item_biases"][1]
-        return np.flatnonzero(changed).astype(np.int64)
-
-    def _backup(
-        self, rows: np.ndarray, n_users0: int, n_items: int
-    ) -> dict[str, tuple[np.ndarray | slice, np.ndarray]]:
-        """Copies of everything a fit can change, to roll back a non-finite batch.
-
-        Item rows: any existing item can be sampled as a negative, so all of them. User
-        rows: only this batch's users, unless user_alpha > 0 (regularisation rescales all).
-        """
-        if self.config.user_alpha > 0:
-            user_rows = np.arange(n_users0)
-        else:
-            user_rows = np.unique(rows[rows < n_users0]).astype(np.int64)
-        items = slice(0, n_items)  # a slice: one contiguous copy, not a gather
-        backup: dict[str, tuple[np.ndarray | slice, np.ndarray]] = {}
-        for name in STATE_ARRAYS:
-            array = getattr(self.lfm, name)
-            if name[0] == "u":
-                backup[name] = (user_rows, array[user_rows])  # fancy index = copy
-            else:
-                backup[name] = (items, array[items].copy())
-        return backup
-
-    def _restore(self, backup: dict[str, tuple[np.ndarray | slice, np.ndarray]]) -> None:
-        for name, (which, values) in backup.items():
-            getattr(self.lfm, name)[which] = values
-
-    def _non_finite(
-        self,
-        backup: dict[str, tuple[np.ndarray | slice, np.ndarray]],
-        rows: np.ndarray,
-        n_items: int,
-    ) -> str | None:
-        """The first array with a NaN/inf in a row this fit could have changed, if any.
-
-        LightFM itself checks the embeddings and biases after every epoch (and raises); this
-        covers the gradient accumulators and momentum, in the rows that can have changed
-        (those backed up, plus this batch's users)."""
-        user_rows = np.union1d(cast(np.ndarray, backup["user_biases"][0]), rows)  # user rows
-        for name in _UNCHECKED_BY_LIGHTFM:
-            which = user_rows if name[0] == "u" else slice(0, n_items)
-            if not np.isfinite(np.sum(getattr(self.lfm, name)[which], dtype=np.float64)):
-                return name
-        return None
-
-
-class Consolidation:
-    """A retrain from scratch on the window as one batch cut it (models/consolidation.py),
-    then the batches trained after that cut, replayed in order.
-
-    It owns everything it trains (a :class:`_Fitter` of its own), so :meth:`run` may run in
-    another thread while the model goes on training batches; the model appends each such
-    batch to :attr:`tail`, :meth:`run` replays what is there when its fit ends, and
-    :meth:`IncrementalModel.install` replays the rest and swaps the result in.
-    """
-
-    def __init__(self, config: ModelConfig, window: _Step, capacity: tuple[int, int]) -> None:
-        self.config = config
-        self.window = window
-        self.capacity = capacity
-        self.tail: list[_Step] = []
-        self.replayed = 0
-        self.fitter: _Fitter | None = None  # set by run() unless the retrain went non-finite
-        self.neighbours: sp.csr_matrix | None = None
-        self.seconds = 0.0
-        self.between_epochs: Callable[[], None] | None = None
-        """Called after each epoch of the retrain (the trainer uses it to yield the CPU to
-        the batches while they have a backlog); it changes when, never what, it trains."""
-
-    @property
-    def events(self) -> int:
-        """Interactions the retrain trains on."""
-        return len(self.window.rows)
-
-    def run(self) -> Consolidation:
-        """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
-        the tail so far. Returns itself."""
-        started = time.perf_counter()
-        w, seed = self.window, self.config.seed
-        fitter = _Fitter(self.config)
-        sides = (("user", w.n_users, self.capacity[0]), ("item", w.n_items, self.capacity[1]))
-        for side, n, capacity in sides:
-            fitter.reallocate(side, 0, capacity)
-            fitter.random.seed(derive_seed(seed, w.version, _CONSOLIDATE[side]))
-            fitter.init_rows(side, 0, n)
-        try:
-            if len(w.rows):
-                fitter.fit(w, self._after_epoch, _CONSOLIDATE["fit"])
-        except NonFiniteModel:
-            return self
-        self.neighbours = _neighbours(self.config, w.rows, w.cols, w.labels, w.n_users, w.n_items)
-        self.fitter = fitter
-        self.replay()
-        self.seconds = time.perf_counter() - started
-        return self
-
-    def _after_epoch(self, done: int) -> None:
-        if self.between_epochs is not None:
-            self.between_epochs()
-
-    def replay(self) -> None:
-        """Replay the tail batches not replayed yet (each as its batch trained it: its new
-        rows initialised from its version, then its fit; one that goes non-finite here is
-        rolled back and skipped)."""
-        fitter = self.fitter
-        assert fitter is not None
-        while self.replayed < len(self.tail):
-            step = self.tail[self.replayed]
-            fitter.grow(step.version, step.n_users0, step.n_items0, step.n_users, step.n_items)
-            if len(step.rows):
-                with contextlib.suppress(NonFiniteModel):
-                    fitter.fit(step)
-            self.replayed += 1
-
-
-def _neighbours(
-    config: ModelConfig,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    labels: np.ndarray,
-    n_users: int,
-    n_items: int,
-) -> sp.csr_matrix | None:
-    """The item-kNN neighbours for blending from these interactions' positives (None: no
-    blending)."""
-    if config.blend_neighbours < 1:
-        return None
-    positive = labels > 0
-    neighbours = item_neighbours(
-        rows[positive], cols[positive], n_users, n_items, config.blend_neighbours
-    )
-    for array in (neighbours.data, neighbours.indices, neighbours.indptr):
-        array.flags.writeable = False
-    return neighbours
-
-
-_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
-
-
-def _rows(parts: list[np.ndarray], old: int, n: int) -> np.ndarray:
-    """Sorted unique rows of ``parts`` plus every new row ``old..n-1``."""
-    return np.unique(np.concatenate([*parts, np.arange(old, n), _EMPTY_ROWS]).astype(np.int64))
-
-
-def _resized(counts: np.ndarray, used: int, capacity: int) -> np.ndarray:
-    """``counts`` with ``capacity`` entries: the first ``used`` kept, the rest zero."""
-    if len(counts) == capacity:
-        return counts
-    grown = np.zeros(capacity, dtype=counts.dtype)
-    grown[:used] = counts[:used]
-    return grown
-
-
-def _identity(n: int, capacity: int) -> sp.csr_matrix:
-    """Rows 0..n-1 of the capacity x capacity identity, as float32 CSR (built in O(n))."""
-    return sp.csr_matrix(
-        (
-            np.ones(n, dtype=np.float32),
-            np.arange(n, dtype=np.int32),
-            np.arange(n + 1, dtype=np.int32),
-        ),
-        shape=(n, capacity),
-    )

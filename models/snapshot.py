@@ -36,22 +36,12 @@ from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.errors import SnapshotError as SnapshotError
 from models.errors import UntrustedSnapshot as UntrustedSnapshot
+from models.fitter import PARTS, SIDES, STATE_ARRAYS
 from models.idmap import IdMap, decode_strings, encode_strings
 from models.manifest import FORMAT, ChainMark, Manifest, parse_manifest
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError, check_fields, sign_fields
 
-SIDES = ("user", "item")
-PARTS = (
-    "embeddings",
-    "embedding_gradients",
-    "embedding_momentum",
-    "biases",
-    "bias_gradients",
-    "bias_momentum",
-)
-STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
-"""The twelve LightFM arrays: the training state that must always grow together."""
 _ID_LISTS = ("user_ids", "item_ids", "recent_event_ids")
 _WINDOW_ENTRIES = {f"window_{name}": name for name in WINDOW_FIELDS}
 """The consolidation window's arrays; optional (snapshots written before it have none)."""

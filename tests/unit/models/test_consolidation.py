@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from models import incremental, snapshot
+from models import fitter, snapshot
 from models.config import ModelConfig
 from models.consolidation import InteractionWindow, item_neighbours
 from models.evaluation import evaluate, positives_by_user, split_latest_per_user
@@ -270,7 +270,7 @@ def test_a_diverging_consolidation_leaves_the_model_as_it_was(monkeypatch):
     def diverge(*args, **kwargs):
         raise NonFiniteModel("boom")
 
-    monkeypatch.setattr(incremental._Fitter, "fit", diverge)  # the retrain's own fitter
+    monkeypatch.setattr(fitter.Fitter, "fit", diverge)  # the retrain's own fitter
     assert model.consolidate() is False
     for name, array in model.state_arrays().items():
         np.testing.assert_array_equal(array, before[name], err_msg=name)
