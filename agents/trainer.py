@@ -25,7 +25,9 @@ Exactly once, without Kafka transactions: the snapshot is the commit.
   tails (:func:`agents.kafka.dead_letter_marks`) and does not dead-letter those again.
 * Duplicate ``event_id`` s (a producer retry) are dropped by the model itself.
 
-There is exactly one trainer per deployment (LightFM trains on one node).
+There is exactly one trainer per deployment (LightFM trains on one node). Decoding is
+:mod:`agents.decoded_batch`'s; when to snapshot :mod:`agents.snapshot_schedule`'s, writing
+one :mod:`agents.snapshot_writer`'s; consolidations run in :mod:`agents.consolidation`.
 """
 
 from __future__ import annotations
