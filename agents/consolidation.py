@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from models.incremental import Consolidation, IncrementalModel
+from models.consolidation import Consolidation
+from models.incremental import IncrementalModel
 from models.scoring import ScoringView
 
 log = logging.getLogger(__name__)
