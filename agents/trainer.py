@@ -25,50 +25,46 @@ Exactly once, without Kafka transactions: the snapshot is the commit.
   tails (:func:`agents.kafka.dead_letter_marks`) and does not dead-letter those again.
 * Duplicate ``event_id`` s (a producer retry) are dropped by the model itself.
 
-There is exactly one trainer per deployment (LightFM trains on one node).
+There is exactly one trainer per deployment (LightFM trains on one node). Decoding is
+:mod:`agents.decoded_batch`'s; when to snapshot :mod:`agents.snapshot_schedule`'s, writing
+one :mod:`agents.snapshot_writer`'s; consolidations run in :mod:`agents.consolidation`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from agents import metrics
+from agents.consolidation import ConsolidationRunner
+from agents.decoded_batch import DecodedBatch, offset_key
 from agents.deltas import DeltaPublisher
 from agents.errors import is_refusal
-from agents.health import record_error
-from agents.ports import Message, Sink, SnapshotStore, dead_letter, reference_time
+from agents.ports import Message, Sink, SnapshotStore
 from agents.resync import ANSWER_EVERY
+from agents.snapshot_schedule import SnapshotSchedule
+from agents.snapshot_writer import SnapshotCut, SnapshotWriter
 from agents.state import ModelHolder
 from agents.status import ModelStatus
-from models.bounds import Capacity, over_capacity
+from models.bounds import Capacity
 from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
-from models.incremental import BatchResult, Consolidation, IncrementalModel, NonFiniteModel
-from models.manifest import Manifest
+from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import UntrustedSnapshot, sign_manifest
-from models.wire import DeadLetter, ModelUpdate, SnapshotRequest, Undecodable, decode_rating
-from storage.errors import SnapshotExists
+from models.wire import DeadLetter, SnapshotRequest
 
 log = logging.getLogger(__name__)
-
-#: The longest a consolidation waits after one of its epochs while the batches have a
-#: backlog (:meth:`Trainer._yield_to_batches`): under a sustained flood it still progresses.
-CONSOLIDATION_MAX_PAUSE = 2.0
 
 #: Positives of one batch scored for the prequential hit-rate (a sample, so the test step
 #: costs the same for a batch of 20 and of 20,000).
@@ -94,10 +90,6 @@ def hit_rate_before_training(
     step = max(1, -(-len(positives) // sample))
     marks = positive_hits(view, positives[::step], threshold=config.positive_threshold, k=k)
     return sum(hit for hit, _ in marks) / len(marks) if marks else None
-
-
-def offset_key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
 
 
 async def restore_model(
@@ -184,127 +176,11 @@ class DeadLetterSink(Protocol):
 
 
 @dataclass
-class DecodedBatch:
-    """One fetched batch, decoded and validated (in a worker thread, while the previous
-    batch trains): what to train, what to dead-letter, and which offsets it spans."""
-
-    ratings: list[Rating]
-    positions: list[tuple[int, int]]  # (partition, offset) of each rating
-    dead_letters: list[DeadLetter]
-    first_offsets: dict[str, int]  # "topic:partition" -> lowest offset in the batch
-    next_offsets: dict[str, int]  # "topic:partition" -> next offset after the batch
-    events: int  # messages in the batch
-    topic: str | None = None
-    messages: Sequence[Message] = ()  # as fetched (the original bytes of dead letters)
-
-    @classmethod
-    def of(
-        cls,
-        messages: Sequence[Message],
-        max_bytes: int,
-        max_skew: float = MAX_FUTURE_SKEW_SECONDS,
-    ) -> DecodedBatch:
-        """Decode ``messages``; a rating stamped more than ``max_skew`` seconds past its
-        record's timestamp (:func:`agents.ports.reference_time`) is a ``ts_in_future`` dead
-        letter."""
-        wall = time.time()
-        ratings: list[Rating] = []
-        positions: list[tuple[int, int]] = []
-        letters: list[DeadLetter] = []
-        spans: dict[tuple[str, int], list[int]] = {}  # (topic, partition) -> [lowest, highest]
-        append, position = ratings.append, positions.append
-        for m in messages:
-            offset = m.offset
-            span = spans.get((m.topic, m.partition))
-            if span is None:
-                spans[(m.topic, m.partition)] = [offset, offset]
-            elif offset < span[0]:
-                span[0] = offset
-            elif offset > span[1]:
-                span[1] = offset
-            try:
-                append(
-                    decode_rating(
-                        m.key,
-                        m.value,
-                        max_bytes=max_bytes,
-                        reference=reference_time(m, wall),
-                        max_skew=max_skew,
-                    )
-                )
-            except Undecodable as exc:
-                letters.append(dead_letter(m, exc))
-                continue
-            except Exception as exc:  # last resort: this record is dead, not the trainer
-                letters.append(dead_letter(m, record_error("trainer", exc)))
-                continue
-            position((m.partition, offset))
-        first = {offset_key(*tp): low for tp, (low, _) in spans.items()}
-        next_ = {offset_key(*tp): high + 1 for tp, (_, high) in spans.items()}
-        topic = messages[0].topic if messages else None
-        return cls(ratings, positions, letters, first, next_, len(messages), topic, messages)
-
-    def within(self, model: IncrementalModel, capacity: Capacity) -> DecodedBatch:
-        """This batch without the ratings that would grow ``model`` past ``capacity``
-        (:func:`models.bounds.over_capacity`): they become dead letters of kind
-        ``capacity``, in offset order with the others."""
-        refused = over_capacity(
-            self.ratings, model.users, model.items, model.n_users, model.n_items, capacity
-        )
-        if not refused:
-            return self
-        by_position = {(m.partition, m.offset): m for m in self.messages}
-        letters = list(self.dead_letters)
-        for n, reason in refused:
-            message = by_position[self.positions[n]]
-            letters.append(dead_letter(message, Undecodable("capacity", reason)))
-        letters.sort(key=lambda d: (d.partition, d.offset))
-        out = {n for n, _ in refused}
-        keep = [n for n in range(len(self.ratings)) if n not in out]
-        return replace(
-            self,
-            ratings=[self.ratings[n] for n in keep],
-            positions=[self.positions[n] for n in keep],
-            dead_letters=letters,
-        )
-
-    def after(self, covered: Mapping[str, int], dead_lettered: Mapping[int, int]) -> DecodedBatch:
-        """This batch without what ``covered`` (the model's offsets) already trained and
-        without dead letters already sent (``dead_lettered``: partition -> highest offset)."""
-        topic = self.topic or ""
-        stale = any(first < covered.get(key, 0) for key, first in self.first_offsets.items())
-        letters = [
-            d
-            for d in self.dead_letters
-            if d.offset > dead_lettered.get(d.partition, -1)
-            and d.offset >= covered.get(offset_key(d.topic, d.partition), 0)
-        ]
-        if not stale:
-            if len(letters) != len(self.dead_letters):
-                metrics.SKIPPED_EVENTS.labels("already_dead_lettered").inc(
-                    len(self.dead_letters) - len(letters)
-                )
-                return replace(self, dead_letters=letters)
-            return self
-        keep = [
-            i
-            for i, (p, offset) in enumerate(self.positions)
-            if offset >= covered.get(offset_key(topic, p), 0)
-        ]
-        skipped = self.events - len(keep) - len(letters)
-        metrics.SKIPPED_EVENTS.labels("already_trained").inc(skipped)
-        return replace(
-            self,
-            ratings=[self.ratings[i] for i in keep],
-            positions=[self.positions[i] for i in keep],
-            dead_letters=letters,
-            events=len(keep) + len(letters),
-        )
-
-
-@dataclass
 class Trainer:
-    """State and dependencies of the one trainer (Kafka clients are passed in by ``app/``)."""
+    """The one trainer: micro-batches in fetch order, dead letters, offsets and status;
+    snapshots (:mod:`agents.snapshot_writer`, :mod:`agents.snapshot_schedule`) and
+    consolidations (:mod:`agents.consolidation`) are delegated. Kafka clients are passed in
+    by ``app/``."""
 
     model: IncrementalModel
     holder: ModelHolder
@@ -327,35 +203,28 @@ class Trainer:
     max_future_skew: float = MAX_FUTURE_SKEW_SECONDS
     #: At most one snapshot per this many seconds for scorers' requests (agents.resync).
     answer_every: float = ANSWER_EVERY
-    _answered_at: float = -math.inf
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _in_flight: asyncio.Task[None] | None = None  # the newest batch's step
-    _in_flight_before: asyncio.Task[None] | None = None  # the one before it, if running
-    _stopping: bool = False
-    _full_logged: bool = False  # the first capacity dead letter was logged
-    _uncommitted: dict[str, int] | None = None  # offsets of a snapshot not yet committed
-    _batches_since_snapshot: int = 0
-    _last_snapshot_at: float = field(default_factory=time.monotonic)
-    _snapshot_version: int = -1
-    _snapshot_offsets: dict[str, int] = field(default_factory=dict)
-    _writer: asyncio.Task[bool] | None = None  # the snapshot write in progress, if any
-    #: The newest delta that needs a snapshot soon (a marker, or a consolidation's whose
-    #: neighbours travel with it): a snapshot of its version (or later) is due at once.
-    _urgent_version: int = -1
-    #: The consolidation running in its own thread, if any (see :meth:`_start_consolidation`).
-    _consolidating: tuple[Consolidation, threading.Event] | None = None  # the job, its end
-    #: The last fetch brought at least half of ``batch_max``: ratings are waiting.
-    _backlog: bool = False
-    _loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the consolidation thread
-    _background: set[asyncio.Future[None]] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _in_flight: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    #: The batch before the newest, if still running.
+    _in_flight_before: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _stopping: bool = field(default=False, init=False, repr=False)
+    _full_logged: bool = field(default=False, init=False, repr=False)  # capacity, logged once
+    _schedule: SnapshotSchedule = field(init=False, repr=False)
+    _snapshots: SnapshotWriter = field(init=False, repr=False)
+    _consolidation: ConsolidationRunner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Consolidations (a retrain on the whole window, seconds) run beside the batches
         # instead of inside one, and are installed when done (models.incremental).
         self.model.defer_consolidation = True
         self.model.max_future_skew = self.max_future_skew  # its popularity clock's ceiling
-        self._snapshot_version = self.model.version
-        self._snapshot_offsets = dict(self.model.offsets)
+        self._schedule = SnapshotSchedule(
+            self.model.version, dict(self.model.offsets), time.monotonic()
+        )
+        self._snapshots = SnapshotWriter(
+            self, self.store, self.updates, self.holder, self._schedule
+        )
+        self._consolidation = ConsolidationRunner(self.model, self.tick_consolidation)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
             self.holder.publish(self.model.view(), **self._info())
 
@@ -372,7 +241,7 @@ class Trainer:
         """
         consumer = self.consumer
         assert consumer is not None, "attach the consumer before running"
-        self._loop = asyncio.get_running_loop()
+        self._consolidation.attach(asyncio.get_running_loop())
         try:
             while not self._stopping:
                 records = await consumer.getmany(
@@ -380,7 +249,7 @@ class Trainer:
                 )
                 messages = [m for batch in records.values() for m in batch]
                 # Half a batch_max or more: fetched in bulk, i.e. ratings are waiting.
-                self._backlog = 2 * len(messages) >= batch_max
+                self._consolidation.backlog = 2 * len(messages) >= batch_max
                 await self._commit_snapshot_offsets()
                 if not messages:
                     continue
@@ -397,7 +266,7 @@ class Trainer:
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current fetch (a clean shutdown)."""
-        self._stopping = True
+        self._stopping = self._consolidation.stopping = self._snapshots.stopping = True
 
     async def wait_idle(self) -> None:
         """Wait for the batches in flight (if any); re-raises a failure."""
@@ -418,7 +287,7 @@ class Trainer:
             batch = batch.after(self.model.offsets, self.dead_lettered)
             await self.send_dead_letters(batch)
             await self.train_batch(batch)
-        self._start_snapshot()
+        self._snapshots.start()
 
     # --- one batch -----------------------------------------------------------------------
     async def send_dead_letters(self, batch: DecodedBatch) -> None:
@@ -464,7 +333,7 @@ class Trainer:
         if result is None or view is None:
             return None
         seconds = time.perf_counter() - started
-        self._batches_since_snapshot += 1
+        self._schedule.trained()
         metrics.BATCH_SECONDS.observe(seconds)
         metrics.BATCH_SIZE.observe(len(batch.ratings))
         metrics.TRAINED_EVENTS.inc(result.applied)
@@ -509,35 +378,17 @@ class Trainer:
                 if marker
                 else "neighbours",
             }
-            self._urgent_version = max(self._urgent_version, published["version"])
-            self._snapshot_soon()
-
-    def _snapshot_soon(self) -> None:
-        """Scorers ignore deltas from a "snapshot needed" marker on until they have loaded
-        a snapshot, and blend with old neighbours after a consolidation's delta until a
-        snapshot brings the new ones: write it at once, or as soon as the write in progress
-        ends (cut before, that one does not cover it), not at the next batch or tick."""
-        writer = self._writer
-        if writer is None or writer.done():
-            self._start_snapshot()
-        else:
-            writer.add_done_callback(self._snapshot_after)
-
-    def _snapshot_after(self, _: object) -> None:
-        """A write in progress ended: start the one :meth:`_snapshot_soon` asked for."""
-        if not self._stopping:
-            self._start_snapshot()
+            self._schedule.urge(published["version"])
+            self._snapshots.soon()
 
     def snapshot_requested(self, request: SnapshotRequest) -> bool:
         """A scorer's delta chain broke (:mod:`agents.resync`): snapshot at once, so that it
         serves the trainer's state within seconds, not after the snapshot interval. At most
         one per :attr:`answer_every` seconds; with nothing unsaved, the next batch's state
         is snapshotted at once. True if answered."""
-        now = time.monotonic()
-        if now - self._answered_at < self.answer_every:
+        if not self._schedule.may_answer(time.monotonic(), self.answer_every):
             metrics.SNAPSHOT_REQUESTS.labels("rate_limited").inc()
             return False
-        self._answered_at = now
         metrics.SNAPSHOT_REQUESTS.labels("answered").inc()
         unsaved = self._progress_unsaved()
         log.info(
@@ -546,193 +397,86 @@ class Trainer:
             request.version,
             "writing one now" if unsaved else "the next batch's state will be snapshotted",
         )
-        self._urgent_version = max(self._urgent_version, self.model.version + (not unsaved))
+        self._schedule.urge(self.model.version + (not unsaved))
         if unsaved:
-            self._snapshot_soon()
+            self._snapshots.soon()
         return True
 
     def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,
         start a consolidation the batch cut, copy out an immutable view."""
-        self._install_consolidation()
+        self._consolidation.install()
         hit_rate = hit_rate_before_training(
             self.holder.view, ratings, self.model.config, self.eval_k
         )
         result = self.model.train_batch(ratings)
-        self._start_consolidation(self.model.take_consolidation())
+        self._consolidation.after_batch()
         return result, hit_rate, self.model.view()
 
-    # --- consolidations ------------------------------------------------------------------
-    def _start_consolidation(self, job: Consolidation | None) -> None:
-        """Run ``job`` in a thread of its own while batches go on training (its fit releases
-        the GIL); installed as soon as it ends (or by a training step that comes first)."""
-        if job is None:
-            return
-        job.between_epochs = self._yield_to_batches
-        done = threading.Event()
-        self._consolidating = (job, done)
-        threading.Thread(
-            target=self._consolidate, args=(job, done), name="consolidation", daemon=True
-        ).start()
-
-    def _consolidate(self, job: Consolidation, done: threading.Event) -> None:
-        # (Not niced: a low-priority thread descheduled while it holds the GIL stalls the
-        # batches behind it; measured 3.5x slower micro-batches at niceness 10.)
-        try:
-            job.run()
-        except Exception:  # the model goes on without it; the next mark cuts another
-            log.exception("Consolidation of %d interactions failed", job.events)
-        finally:
-            done.set()  # the thread touches the job no more
-        loop = self._loop
-        if loop is not None and not loop.is_closed():  # install it now, not at the next tick
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._consolidated)
-
-    def _consolidated(self) -> None:
-        """On the loop, when a consolidation thread ends: install it (unless a batch does
-        first) and start the next one if due."""
-        task = asyncio.ensure_future(self.tick_consolidation())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _yield_to_batches(self) -> None:
-        """Between a consolidation's epochs (its thread): wait while the batches have a
-        backlog, at most :data:`CONSOLIDATION_MAX_PAUSE`. On a machine without a spare core
-        the stream is trained first and the consolidation takes what is left; a cooperative
-        pause, because a lower OS priority stalls the batches (see :meth:`_consolidate`)."""
-        deadline = time.monotonic() + CONSOLIDATION_MAX_PAUSE
-        while self._backlog and not self._stopping and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def consolidation_ready(self) -> bool:
-        """A finished consolidation waits to be installed, or one is due to start."""
-        if self._consolidating is not None:
-            return self._consolidating[1].is_set()
-        return self.model.consolidation_due()
-
-    def _install_consolidation(self) -> bool:
-        """Install the consolidation that ended, if any (in the training thread)."""
-        if self._consolidating is None or not self._consolidating[1].is_set():
-            return False
-        (job, _), self._consolidating = self._consolidating, None
-        installed = self.model.install(job)
-        log.info(
-            "Consolidation %s: %d interactions, %.1f s, %d batches replayed onto it",
-            "installed" if installed else "failed (non-finite); the model goes on without it",
-            job.events,
-            job.seconds,
-            len(job.tail),
-        )
-        return installed
-
-    def _consolidate_idle(self) -> ScoringView | None:
-        """In a worker thread, with no batch to train: install a finished consolidation and
-        start one that is due; the new view if one was installed (a new version)."""
-        installed = self._install_consolidation()
-        if installed:
-            self.model.version += 1  # a new state: deltas and snapshots need a new version
-        self._start_consolidation(self.model.cut_consolidation())
-        return self.model.view() if installed else None
-
-    # --- snapshots and commits ---------------------------------------------------------
+    # --- timers: consolidations and snapshots --------------------------------------------
     async def tick(self) -> None:
         """Called by a timer: install a finished consolidation (or start a due one) when no
         batch did; snapshot when training is pending and the interval has passed."""
         await self.tick_consolidation()
-        self._start_snapshot()
+        self._snapshots.start()
 
     async def tick_consolidation(self) -> None:
         """Install a finished consolidation and start a due one, then publish the view."""
-        if self.consolidation_ready():
+        if self._consolidation.ready():
             async with self._lock:
-                view = await asyncio.to_thread(self._consolidate_idle)
+                view = await asyncio.to_thread(self._consolidation.idle)
             if view is not None:
                 self.holder.publish(view, **self._info())
                 await self._publish_delta(view)
 
-    def _start_snapshot(self) -> None:
-        """Write a snapshot in the background if one is due and none is being written.
-
-        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
-        seconds) must not stop the model from learning, only delay the commit.
-        """
-        if (self._writer is None or self._writer.done()) and self._snapshot_due():
-            self._writer = asyncio.create_task(self._snapshot())
-
+    # --- snapshots and commits ---------------------------------------------------------
     async def snapshot_now(self, reason: str) -> None:
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
+        await self._snapshots.settle()
         if self._progress_unsaved():
             log.info("Writing a snapshot (%s)", reason)
-            await self._snapshot()
+            await self._snapshots.write()
         await self._commit_snapshot_offsets()
 
     def _progress_unsaved(self) -> bool:
-        return (
-            self.model.version != self._snapshot_version
-            or self.model.offsets != self._snapshot_offsets
+        return self._schedule.unsaved(self.model.version, self.model.offsets)
+
+    def snapshot_due(self) -> bool:
+        """The schedule's decision for the model now (:meth:`SnapshotSchedule.due`)."""
+        return self._schedule.due(
+            self.model.version,
+            self.model.offsets,
+            time.monotonic(),
+            self.snapshot_every_batches,
+            self.snapshot_every_seconds,
         )
 
-    def _snapshot_due(self) -> bool:
-        if not self._progress_unsaved():
-            return False
-        return (
-            self._snapshot_version < self._urgent_version
-            or self._batches_since_snapshot >= self.snapshot_every_batches
-            or time.monotonic() - self._last_snapshot_at >= self.snapshot_every_seconds
-        )
-
-    async def _snapshot(self) -> bool:
-        """Write, promote and announce a snapshot; its offsets are committed afterwards.
-
-        The state and the offsets it covers are cut under the lock (training waits only for
-        the serialisation); the write itself runs while training continues. A failure (the
-        store is down, say) is logged and retried at the next chance: nothing is committed,
-        so nothing is lost, and the worker keeps training.
-        """
+    async def cut_snapshot(self) -> SnapshotCut:
+        """The state to snapshot and the offsets it covers, cut under the lock (training
+        waits only for the serialisation), the manifest signed."""
         async with self._lock:
-            if self.model.version == self._snapshot_version:
+            if self.model.version == self._schedule.version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
                 await self._next_version()
             payload, manifest = await asyncio.to_thread(self.model.to_bytes)
-            manifest = sign_manifest(manifest, self.keys)
-            covered_batches = self._batches_since_snapshot
-            info = self._info()
-            batch_info = {
-                "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
-                "last_batch": self.holder.info.get("last_batch"),
-            }
-        try:
-            uri = await self._write_snapshot(payload, manifest, info, batch_info)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
-                async with self._lock:
-                    if self.model.version <= manifest["version"]:
-                        await self._next_version()
-            log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
-            self._last_snapshot_at = time.monotonic()  # retry after the interval, not at once
-            return False
-        version = manifest["version"]
-        self._snapshot_version = version
-        self._snapshot_offsets = dict(manifest["offsets"])
-        self._uncommitted = self._snapshot_offsets
-        # Batches trained while it was written are not in it: they count towards the next.
-        self._batches_since_snapshot = max(0, self._batches_since_snapshot - covered_batches)
-        self._last_snapshot_at = time.monotonic()
-        self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
-        metrics.SNAPSHOTS.inc()
-        log.info(
-            "Snapshot v%d written (%d bytes, %d trained events, offsets %s)",
-            version,
-            len(payload),
-            manifest["trained_events"],
-            manifest["offsets"],
-        )
-        return True
+            return SnapshotCut(
+                payload,
+                sign_manifest(manifest, self.keys),
+                self._info(),
+                {
+                    "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),
+                    "last_batch": self.holder.info.get("last_batch"),
+                },
+                self._schedule.batches,
+                self.keys,
+            )
+
+    async def snapshot_exists(self, version: int) -> None:
+        """A write found ``version`` in the store already (written, but the answer was
+        lost): the next snapshot needs a later version."""
+        async with self._lock:
+            if self.model.version <= version:
+                await self._next_version()
 
     async def _next_version(self) -> None:
         """A new version without trained rows, carried to the scorers by a delta without
@@ -743,33 +487,10 @@ class Trainer:
         self.holder.publish(view, **self._info())
         await self._publish_delta(view)
 
-    async def _write_snapshot(
-        self,
-        payload: bytes,
-        manifest: Manifest,
-        info: ModelStatus,
-        batch_info: dict[str, Any],
-    ) -> str:
-        """Put (verified, write-once), promote, then announce: never announce before that."""
-        version = manifest["version"]
-        uri = await self.store.put(version, payload, manifest)
-        await self.store.promote(version)
-        update = ModelUpdate.from_manifest(
-            uri,
-            manifest,
-            **batch_info,
-            n_users=info["n_users"],
-            n_items=info["n_items"],
-            created_at=manifest["created_at"],
-        ).signed(self.keys)
-        key, value = update.encode()
-        await self.updates.send(key=key, value=value)
-        return uri
-
     async def _commit_snapshot_offsets(self) -> None:
         """Commit the newest snapshot's offsets for the assigned partitions (for lag
         monitoring: a restart seeks to the snapshot's offsets, never to committed ones)."""
-        offsets, self._uncommitted = self._uncommitted, None
+        offsets = self._snapshots.take_uncommitted()
         if not offsets or self.consumer is None:
             return
         assigned = self.consumer.assignment()

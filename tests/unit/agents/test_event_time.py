@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from agents.decoded_batch import DecodedBatch
 from agents.deltas import DeltaPublisher
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
 from agents.resync import SnapshotAsker
 from agents.state import ModelHolder
-from agents.trainer import DecodedBatch
 from models.delta import ModelDelta
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError
@@ -206,7 +206,7 @@ async def test_a_scorers_request_gets_a_snapshot_at_once_rate_limited(store) -> 
     # Many scorers asking at once: one snapshot per answer_every.
     assert not trainer.snapshot_requested(request)
     # Nothing unsaved now: the next batch's state is snapshotted at once.
-    trainer._answered_at = -1e9
+    trainer._schedule.answered_at = -1e9
     assert trainer.snapshot_requested(request)
     produce(consumer, "u-next", "i", time.time(), now_ms)
     await until(lambda: trainer.holder.info["snapshot"]["version"] > first)

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from agents.decoded_batch import DecodedBatch
 from agents.ingest import Ingest
 from agents.scorer import Scorer
 from agents.state import ModelHolder
-from agents.trainer import DecodedBatch
 from models.config import ModelConfig
 from models.events import MAX_ID_LENGTH, Rating
 from models.incremental import IncrementalModel

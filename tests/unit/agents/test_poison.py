@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+import agents.decoded_batch as decoded_batch_module
 import agents.follower as follower_module
 import agents.ingest as ingest_module
 import agents.scorer as scorer_module
-import agents.trainer as trainer_module
 from agents import metrics
 from agents.follower import ModelFollower
 from agents.health import ReaderHealth
@@ -113,7 +113,7 @@ async def test_an_unexpected_exception_on_one_rating_dead_letters_it_as_malforme
             raise RuntimeError("a bug no rule foresaw")
         return decode_rating(key, value, **kw)
 
-    monkeypatch.setattr(trainer_module, "decode_rating", flaky)
+    monkeypatch.setattr(decoded_batch_module, "decode_rating", flaky)
     consumer, dlq = FakeConsumer(), FakeDLQ()
     for n in range(10):
         consumer.produce(b"u1", rating(n, user="u1", item="boom" if n == 4 else "i"))

@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-import agents.trainer as trainer_module
+import agents.consolidation as consolidation_module
+from agents.decoded_batch import DecodedBatch
 from agents.deltas import DeltaPublisher
 from agents.state import ModelHolder
-from agents.trainer import DecodedBatch, Trainer, restore_model
+from agents.trainer import Trainer, restore_model
 from models.bounds import Capacity
 from models.config import ModelConfig
+from models.incremental import IncrementalModel
 from models.signing import Keyring
 from models.synthetic import generate_ratings
 from models.wire import DeadLetter, ModelDelta, ModelUpdate, encode_rating, open_delta
@@ -273,30 +275,32 @@ async def test_a_marker_during_a_snapshot_write_gets_the_next_one_right_after(st
         return await put(*args, **kwargs)
 
     store.put = slow_put  # type: ignore[method-assign]
-    writer = asyncio.create_task(trainer._snapshot())
-    trainer._writer = writer
+    writer = asyncio.create_task(trainer._snapshots.write())
+    trainer._snapshots._task = writer
     await entered.wait()  # its state is cut: it will not cover the marker
     trainer.model.version += 1  # the consolidation's new state, announced by a marker
-    trainer._urgent_version = trainer.model.version
-    trainer._snapshot_soon()
+    trainer._schedule.urgent_version = trainer.model.version
+    trainer._snapshots.soon()
     gate.set()
     assert await writer
     # No batch, no tick: a second snapshot, of the marker's state, follows the first.
-    await until(lambda: trainer.holder.info["snapshot"]["version"] >= trainer._urgent_version)
+    await until(
+        lambda: trainer.holder.info["snapshot"]["version"] >= trainer._schedule.urgent_version
+    )
     await stop(trainer, task)
 
 
 async def test_a_consolidation_yields_to_a_backlog_between_epochs_for_a_bounded_time(
     store, monkeypatch
 ) -> None:
-    monkeypatch.setattr(trainer_module, "CONSOLIDATION_MAX_PAUSE", 0.2)
+    monkeypatch.setattr(consolidation_module, "CONSOLIDATION_MAX_PAUSE", 0.2)
     trainer, task = await start(store, FakeConsumer(), FakeDLQ())
     started = time.monotonic()
-    trainer._yield_to_batches()  # no backlog: no wait
+    trainer._consolidation.yield_to_batches()  # no backlog: no wait
     assert time.monotonic() - started < 0.1
-    trainer._backlog = True  # the last fetch was large: ratings are waiting
+    trainer._consolidation.backlog = True  # the last fetch was large: ratings are waiting
     started = time.monotonic()
-    trainer._yield_to_batches()
+    trainer._consolidation.yield_to_batches()
     assert 0.2 <= time.monotonic() - started < 2.0
     await stop(trainer, task, snapshot=False)
 
@@ -314,7 +318,7 @@ async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(stor
     task.cancel()  # a crash: whatever was trained after the last snapshot is gone
     with pytest.raises(asyncio.CancelledError):
         await task
-    writer = trainer._writer  # a crash ends a background snapshot write too
+    writer = trainer._snapshots.task  # a crash ends a background snapshot write too
     if writer is not None and not writer.done():
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -336,8 +340,8 @@ async def test_restart_after_a_crash_trains_nothing_twice_and_loses_nothing(stor
 
 
 def store_has_offsets(trainer: Trainer) -> bool:
-    trainer._start_snapshot()  # what the worker's snapshot timer does (Trainer.tick)
-    return trainer._snapshot_offsets == trainer.model.offsets and bool(trainer.model.offsets)
+    trainer._snapshots.start()  # what the worker's snapshot timer does (Trainer.tick)
+    return trainer._schedule.offsets == trainer.model.offsets and bool(trainer.model.offsets)
 
 
 async def test_dead_letters_exactly_once_across_a_crash_before_the_snapshot(store) -> None:
@@ -430,7 +434,7 @@ def test_capacity_letters_keep_offset_order_with_the_other_dead_letters() -> Non
     for n, record in enumerate(records):
         record.offset = n
     batch = DecodedBatch.of(records, max_bytes=MAX_BYTES)
-    model = trainer_module.IncrementalModel(CONFIG)
+    model = IncrementalModel(CONFIG)
     within = batch.within(model, Capacity(max_users=2))
     assert [r.user for r in within.ratings] == ["new-0", "new-1"]
     assert [(d.offset, d.kind) for d in within.dead_letters] == [

@@ -1,0 +1,157 @@
+"""The trainer's snapshot writes: one at a time in the background, put (write-once), promoted,
+then announced on ``model-updates``; their offsets wait to be committed.
+
+When one is due is :class:`agents.snapshot_schedule.SnapshotSchedule`'s decision; what goes
+in one is cut by the trainer under its lock (:meth:`SnapshotSource.cut_snapshot`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agents import metrics
+from agents.ports import Sink, SnapshotStore
+from agents.snapshot_schedule import SnapshotSchedule
+from agents.state import ModelHolder
+from agents.status import ModelStatus
+from models.manifest import Manifest
+from models.signing import Keyring
+from models.wire import ModelUpdate
+from storage.errors import SnapshotExists
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SnapshotCut:
+    """A snapshot's content, cut from the trainer's state under its lock."""
+
+    payload: bytes
+    manifest: Manifest  # signed
+    info: ModelStatus  # the model's sizes (the trainer's ``/model/`` status)
+    batch_info: dict[str, Any]  # the newest batch's, for the announcement
+    batches: int  # batches trained since the previous snapshot: this one covers them
+    keys: Keyring  # signs the announcement
+
+
+class SnapshotSource(Protocol):
+    """What the writer needs of the trainer (:class:`agents.trainer.Trainer`)."""
+
+    def snapshot_due(self) -> bool: ...
+
+    async def cut_snapshot(self) -> SnapshotCut: ...
+
+    async def snapshot_exists(self, version: int) -> None:
+        """``version`` is in the store already: move the model past it (under the lock)."""
+        ...
+
+
+@dataclass
+class SnapshotWriter:
+    """Writes the ``source``'s snapshots, one at a time, and notes them in ``schedule``."""
+
+    source: SnapshotSource
+    store: SnapshotStore
+    updates: Sink  # model-updates
+    holder: ModelHolder
+    schedule: SnapshotSchedule
+    stopping: bool = field(default=False, init=False)
+    _task: asyncio.Task[bool] | None = field(default=None, init=False, repr=False)
+    #: Offsets of a snapshot written and not yet committed to the group.
+    _uncommitted: dict[str, int] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def task(self) -> asyncio.Task[bool] | None:
+        """The write in progress (or the last one)."""
+        return self._task
+
+    def start(self) -> None:
+        """Write a snapshot in the background if one is due and none is being written.
+
+        Training goes on meanwhile: a slow or unreachable store (S3 retrying for tens of
+        seconds) must not stop the model from learning, only delay the commit.
+        """
+        if (self._task is None or self._task.done()) and self.source.snapshot_due():
+            self._task = asyncio.create_task(self.write())
+
+    def soon(self) -> None:
+        """Scorers ignore deltas from a "snapshot needed" marker on until they have loaded
+        a snapshot, and blend with old neighbours after a consolidation's delta until a
+        snapshot brings the new ones: write it at once, or as soon as the write in progress
+        ends (cut before, that one does not cover it), not at the next batch or tick."""
+        task = self._task
+        if task is None or task.done():
+            self.start()
+        else:
+            task.add_done_callback(self._after)
+
+    def _after(self, _: object) -> None:
+        """A write in progress ended: start the one :meth:`soon` asked for."""
+        if not self.stopping:
+            self.start()
+
+    async def settle(self) -> None:
+        """Wait for the write in progress, if any."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def take_uncommitted(self) -> dict[str, int] | None:
+        """The newest snapshot's offsets if not yet taken for a commit."""
+        offsets, self._uncommitted = self._uncommitted, None
+        return offsets
+
+    async def write(self) -> bool:
+        """Write, promote and announce a snapshot; its offsets are committed afterwards.
+
+        The state and the offsets it covers are cut under the trainer's lock (training waits
+        only for the serialisation); the write itself runs while training continues. A
+        failure (the store is down, say) is logged and retried at the next chance: nothing
+        is committed, so nothing is lost, and the worker keeps training.
+        """
+        cut = await self.source.cut_snapshot()
+        manifest = cut.manifest
+        try:
+            uri = await self._put(cut)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, SnapshotExists):  # e.g. written, but the answer was lost
+                await self.source.snapshot_exists(manifest["version"])
+            log.error("Snapshot failed (%s: %s); will retry", type(exc).__name__, exc)
+            self.schedule.failed(time.monotonic())
+            return False
+        version = manifest["version"]
+        self.schedule.saved(version, manifest["offsets"], cut.batches, time.monotonic())
+        self._uncommitted = self.schedule.offsets
+        self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
+        metrics.SNAPSHOTS.inc()
+        log.info(
+            "Snapshot v%d written (%d bytes, %d trained events, offsets %s)",
+            version,
+            len(cut.payload),
+            manifest["trained_events"],
+            manifest["offsets"],
+        )
+        return True
+
+    async def _put(self, cut: SnapshotCut) -> str:
+        """Put (verified, write-once), promote, then announce: never announce before that."""
+        manifest = cut.manifest
+        version = manifest["version"]
+        uri = await self.store.put(version, cut.payload, manifest)
+        await self.store.promote(version)
+        update = ModelUpdate.from_manifest(
+            uri,
+            manifest,
+            **cut.batch_info,
+            n_users=cut.info["n_users"],
+            n_items=cut.info["n_items"],
+            created_at=manifest["created_at"],
+        ).signed(cut.keys)
+        key, value = update.encode()
+        await self.updates.send(key=key, value=value)
+        return uri
