@@ -1,6 +1,6 @@
 """The trainer's consolidations (a retrain on the whole window, seconds) run in a thread of
 their own beside the micro-batches, yield to a backlog between epochs, and are installed
-when they end; what to do about them is a pure decision (:func:`consolidation_step`).
+when they end; what to do about them is a pure decision (:func:`consolidation_action`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 #: backlog (:meth:`ConsolidationRunner.yield_to_batches`): under a flood it still progresses.
 CONSOLIDATION_MAX_PAUSE = 2.0
 
-Step = Literal["install", "wait", "start", "none"]
+Action = Literal["install", "wait", "start", "none"]
 
 
-def consolidation_step(running: bool, finished: bool, due: bool) -> Step:
+def consolidation_action(running: bool, finished: bool, due: bool) -> Action:
     """What to do about consolidations when no batch is training.
 
     * ``install`` — the one running in its thread has ended: install it (then cut the next
@@ -68,20 +68,20 @@ class ConsolidationRunner:
         """The loop a thread's end is reported on (the trainer's fetch loop's)."""
         self._loop = loop
 
-    def step(self) -> Step:
-        """:func:`consolidation_step` for the job running now and the model."""
+    def action(self) -> Action:
+        """:func:`consolidation_action` for the job running now and the model."""
         running = self._running
         if running is not None:
-            return consolidation_step(True, running[1].is_set(), False)
-        return consolidation_step(False, False, self.model.consolidation_due())
+            return consolidation_action(True, running[1].is_set(), False)
+        return consolidation_action(False, False, self.model.consolidation_due())
 
     def ready(self) -> bool:
         """A finished consolidation waits to be installed, or one is due to start."""
-        return self.step() in ("install", "start")
+        return self.action() in ("install", "start")
 
     def start(self, job: Consolidation | None) -> None:
         """Run ``job`` in a thread of its own while batches go on training (its fit releases
-        the GIL); installed as soon as it ends (or by a training step that comes first)."""
+        the GIL); installed as soon as it ends (or by a training batch that comes first)."""
         if job is None:
             return
         job.between_epochs = self.yield_to_batches

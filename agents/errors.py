@@ -2,7 +2,7 @@
 failures refuse a snapshot rather than retry it (:func:`is_refusal`).
 
 ``retriable`` follows aiokafka's convention (``KafkaError.retriable``): False unless
-retrying the same step may succeed; callers decide on it, not on the exception's type.
+retrying the same operation may succeed; callers decide on it, not on the exception's type.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class AgentError(Exception):
     """Base class of every exception class the agents layer defines."""
 
     retriable: bool = False
-    """True if the same step may succeed when retried."""
+    """True if the same operation may succeed when retried."""
 
 
 def is_refusal(exc: BaseException) -> bool:

@@ -155,7 +155,7 @@ class Scorer:
         finally:  # a failed delivery fails this wait once, then the reader re-reads
             self._undelivered = [d for d in self._undelivered if not d.done()]
 
-    async def make_way(self, recent: float = 0.1, step: float = 0.001, most: float = 0.05) -> None:
+    async def make_way(self, recent: float = 0.1, pause: float = 0.001, most: float = 0.05) -> None:
         """Give requests the event loop: bulk work (ingest) awaits this between slices.
 
         Returns at once when no request came lately; otherwise waits while requests are
@@ -168,8 +168,8 @@ class Scorer:
             return
         deadline = time.monotonic() + most
         while self._answering and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(step)
-        await asyncio.sleep(step)
+            await asyncio.sleep(pause)
+        await asyncio.sleep(pause)
 
     async def answer(self, messages: Sequence[Message]) -> None:
         """Answer one batch of ``rec-requests`` messages (invalid ones are dead-lettered)."""

@@ -258,7 +258,7 @@ class Trainer:
                     task, self._in_flight_before = self._in_flight_before, None
                     await task
                 self._in_flight_before = self._in_flight
-                self._in_flight = asyncio.create_task(self._step(messages, self._in_flight))
+                self._in_flight = asyncio.create_task(self._on_fetch(messages, self._in_flight))
             await self.wait_idle()
         finally:
             if self._in_flight is not None and not self._in_flight.done():
@@ -274,7 +274,9 @@ class Trainer:
             task, self._in_flight, self._in_flight_before = self._in_flight, None, None
             await task  # the newest batch ends after every older one (it awaits them)
 
-    async def _step(self, messages: Sequence[Message], previous: asyncio.Task[None] | None) -> None:
+    async def _on_fetch(
+        self, messages: Sequence[Message], previous: asyncio.Task[None] | None
+    ) -> None:
         """Decode ``messages`` (while ``previous``, the batch fetched before, trains), then
         train them after it."""
         decoded = await asyncio.to_thread(

@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import agents.consolidation as consolidation_module
-from agents.consolidation import ConsolidationRunner, consolidation_step, keep_yielding
+from agents.consolidation import ConsolidationRunner, consolidation_action, keep_yielding
 
 
 @pytest.mark.parametrize(
-    ("running", "finished", "due", "step"),
+    ("running", "finished", "due", "action"),
     [
         (True, True, False, "install"),
         (True, True, True, "install"),  # the next one is cut after the install
@@ -28,9 +28,9 @@ from agents.consolidation import ConsolidationRunner, consolidation_step, keep_y
     ],
 )
 def test_what_to_do_about_consolidations(
-    running: bool, finished: bool, due: bool, step: str
+    running: bool, finished: bool, due: bool, action: str
 ) -> None:
-    assert consolidation_step(running, finished, due) == step
+    assert consolidation_action(running, finished, due) == action
 
 
 @given(
@@ -116,15 +116,15 @@ def until(predicate: Any, within: float = 10.0) -> None:
 def test_a_running_consolidation_is_installed_only_once_it_has_ended() -> None:
     model = FakeModel()
     run = runner(model)
-    assert not run.ready() and run.step() == "none"
+    assert not run.ready() and run.action() == "none"
     job = FakeJob()
     model.cut.append(job)
     run.after_batch()  # the batch cut one: it runs in its own thread
     assert job.between_epochs == run.yield_to_batches
-    assert run.step() == "wait" and not run.ready()
+    assert run.action() == "wait" and not run.ready()
     assert not run.install() and model.installed == []  # a batch before it ends
     job.release.set()
-    until(lambda: run.step() == "install")
+    until(lambda: run.action() == "install")
     assert run.ready()
     assert run.install() and model.installed == [job]
     assert not run.install() and model.installed == [job]  # installed once
@@ -135,16 +135,16 @@ def test_idle_installs_a_new_version_then_cuts_and_starts_the_next_due() -> None
     run = runner(model)
     assert run.idle() is None and model.version == 7  # nothing to do: no new version
     model.due = True
-    assert run.ready() and run.step() == "start"
+    assert run.ready() and run.action() == "start"
     assert run.idle() is None  # started, not installed
-    assert run.step() == "wait"
+    assert run.action() == "wait"
     assert run._running is not None
     job = run._running[0]
     assert isinstance(job, FakeJob) and not model.cut
     job.release.set()
-    until(lambda: run.step() == "install")
+    until(lambda: run.action() == "install")
     assert run.idle() == "view v8" and model.version == 8  # a new state: a new version
-    assert run.step() == "none"
+    assert run.action() == "none"
 
 
 def test_a_failed_or_non_finite_consolidation_leaves_the_model_as_it_was() -> None:
@@ -153,7 +153,7 @@ def test_a_failed_or_non_finite_consolidation_leaves_the_model_as_it_was() -> No
     failing = FakeJob(fail=True)
     failing.release.set()
     run.start(failing)
-    until(lambda: run.step() == "install")  # it ended (failed): the thread is done with it
+    until(lambda: run.action() == "install")  # it ended (failed): the thread is done with it
     model.finite = False  # the model refuses it
     assert run.idle() is None and model.version == 7
 
