@@ -1,4 +1,4 @@
-"""``streamrec worker|publish|recommend|demo``: the Faust service and its command-line clients."""
+"""``streamrec worker|publish|recommend``: the Faust service and its command-line clients."""
 
 from __future__ import annotations
 
