@@ -95,4 +95,3 @@ def record_error(reader: str, exc: BaseException) -> Undecodable:
     if first:  # once per reader and exception type, with the traceback
         log.error("Reader %s: a record raised %s; it is set aside", reader, kind, exc_info=exc)
     return Undecodable("malformed", f"unexpected {kind} while decoding: {exc}"[:1000])
-from app.errors import AppError  # noqa: F401  (deliberate layering violation, reverted)

@@ -51,7 +51,3 @@ class RecentEventIds:
         if excess > 0:
             popleft = self._order.popleft
             self._set.difference_update([popleft() for _ in range(excess)])
-
-
-def _deliberate_type_error() -> int:
-    return "not an int"  # deliberate mypy violation, reverted
