@@ -157,7 +157,10 @@ class Experiment:
                 raise InvalidExperiment("reason must be a non-empty string")
             if len(reason) > MAX_REASON_LENGTH:
                 raise InvalidExperiment(f"reason is longer than {MAX_REASON_LENGTH} characters")
-            check_text(reason, "reason")
+            try:
+                check_text(reason, "reason")
+            except InvalidEvent as exc:
+                raise InvalidExperiment(exc.reason) from None
         elif self.status == "guardrail-stopped":
             raise InvalidExperiment("a guardrail-stopped experiment needs the reason")
         object.__setattr__(self, "share", share)

@@ -71,6 +71,8 @@ def test_a_valid_definition_round_trips_with_its_name_as_key() -> None:
         ({"share": 1.5}, "share must be in (0, 1], got 1.5"),
         ({"share": True}, "share must be a number, got bool"),
         ({"share": "0.1"}, "share must be a number, got str"),
+        ({"share": 2**1024}, "share is out of range"),
+        ({"share": 1e400}, "share must be finite, got inf"),
         ({"method": "abn"}, "method must be one of ab, interleave"),
         ({"status": "paused"}, "status must be one of running, stopped"),
         ({"status": "guardrail-stopped"}, "a guardrail-stopped experiment needs the reason"),
@@ -104,6 +106,23 @@ def test_status_changes_are_validated_again() -> None:
     assert Experiment.parse(exp.with_status("promoted").encode()[1]).status == "promoted"
 
 
+def test_a_record_built_in_code_is_checked_too() -> None:
+    for bad, reason in [
+        ({"reason": "a\ud800"}, "reason is not valid UTF-8"),
+        ({"control": {"model": 1}}, "control must be a Variant"),
+        ({"status": "paused"}, "status must be one of"),
+    ]:
+        fields: dict[str, Any] = {**vars_of(experiment()), **bad}
+        with pytest.raises(InvalidExperiment, match=reason):
+            Experiment(**fields)
+    with pytest.raises(InvalidExperiment, match="model must be a string, got bool"):
+        Variant(model=True)
+
+
+def vars_of(exp: Experiment) -> dict[str, Any]:
+    return {name: getattr(exp, name) for name in Experiment.__slots__}
+
+
 def test_the_key_must_be_the_name() -> None:
     with pytest.raises(Undecodable, match="keyed by its name"):
         Experiment.parse(experiment().encode()[1], key=b"other")
@@ -112,24 +131,26 @@ def test_the_key_must_be_the_name() -> None:
 # --- hostile input ----------------------------------------------------------------------
 NAME = st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True), hostile.IDS)
 NUMBER = st.one_of(st.floats(0, 1), hostile.NUMBERS)
-VARIANT = hostile.objects_like(
+VARIANT = hostile.JSON | hostile.objects_like(
     {
         "model": st.one_of(st.integers(0, 2**64), NAME),
         "blend_weight": NUMBER,
     }
 )
-DEFINITIONS = hostile.objects_like(
-    {
-        "name": NAME,
-        "control": VARIANT,
-        "candidate": VARIANT,
-        "method": st.one_of(st.sampled_from(["ab", "interleave"]), hostile.IDS),
-        "share": NUMBER,
-        "start": st.one_of(st.floats(0, 2e9), hostile.NUMBERS),
-        "status": st.one_of(st.sampled_from(STATUSES), hostile.IDS),
-        "reason": st.one_of(st.text(max_size=5), hostile.ANY_TEXT),
-    }
-).map(hostile.to_json)
+FIELDS = {
+    "name": NAME,
+    "control": VARIANT,
+    "candidate": VARIANT,
+    "method": st.one_of(st.sampled_from(["ab", "interleave"]), hostile.IDS),
+    "share": NUMBER,
+    "start": st.one_of(st.floats(0, 2e9), hostile.NUMBERS),
+    "status": st.one_of(st.sampled_from(STATUSES), hostile.IDS),
+    "reason": st.one_of(st.text(max_size=5), hostile.ANY_TEXT),
+}
+# every field present (each valid or hostile), or any of them and an odd extra one
+DEFINITIONS = st.one_of(st.fixed_dictionaries(FIELDS), hostile.objects_like(FIELDS)).map(
+    hostile.to_json
+)
 
 
 GOOD_NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)

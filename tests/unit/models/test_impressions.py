@@ -4,6 +4,7 @@ threshold, once per impression, bounded memory)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,6 +53,7 @@ def test_the_message_is_compact_keyed_by_user_and_round_trips() -> None:
         ({"items": [True, "b"]}, "item must be a string or an integer"),
         ({"ts": 1e400}, "ts must be a finite number"),
         ({"ts": -1}, "ts must be a finite number of seconds >= 0"),
+        ({"ts": 2**1024}, "ts must be a finite number of seconds >= 0"),
         ({"experiment": "a b"}, "experiment 'a b' must be 1 to 64"),
         ({"extra": 0}, "unknown field(s): 'extra'"),
     ],
@@ -72,15 +74,15 @@ def test_the_key_must_be_the_user() -> None:
 
 
 ID = st.one_of(st.text(min_size=1, max_size=6), hostile.IDS)
-MESSAGES = hostile.objects_like(
-    {
-        "experiment": st.one_of(st.just("exp"), hostile.IDS),
-        "user": ID,
-        "ts": st.one_of(st.floats(0, 2e9), hostile.NUMBERS),
-        "items": st.lists(ID, max_size=4) | hostile.JSON,
-        "teams": st.text("01", max_size=4) | hostile.ANY_TEXT,
-    }
-)
+FIELDS = {
+    "experiment": st.one_of(st.just("exp"), hostile.IDS),
+    "user": ID,
+    "ts": st.one_of(st.floats(0, 2e9), hostile.NUMBERS),
+    "items": st.one_of(st.lists(ID, max_size=4), hostile.IDS, hostile.JSON),
+    "teams": st.text("01", max_size=4) | hostile.ANY_TEXT,
+}
+# every field present (each valid or hostile), or any of them and an odd extra one
+MESSAGES = st.fixed_dictionaries(FIELDS) | hostile.objects_like(FIELDS)
 WELL_FORMED = st.lists(st.text(min_size=1, max_size=6), max_size=5, unique=True).flatmap(
     lambda items: st.fixed_dictionaries(
         {
@@ -162,22 +164,28 @@ def test_memory_is_bounded_and_what_it_drops_is_counted() -> None:
         st.tuples(
             st.booleans(),
             st.sampled_from("uvw"),
-            st.sampled_from("abcd"),
-            st.floats(0, 5),
-            st.floats(0, 1000),
+            st.sampled_from("abc"),
+            st.sampled_from([3.0, 4.0, 5.0]),
+            st.integers(0, 40),  # seconds since the previous event
         ),
         max_size=60,
     )
 )
-def test_hits_never_exceed_new_impressions(events: list[tuple[bool, str, str, float, float]]):
+def test_hits_never_exceed_new_impressions_of_the_same_item(
+    events: list[tuple[bool, str, str, float, int]],
+):
+    """Each counted impression is hit at most once, and memory stays within its bounds."""
     matcher = HitMatcher(window=100, positive_threshold=4, max_users=2, max_per_user=2)
-    impressions = hits = 0
-    for is_show, user, item, value, ts in events:
+    impressions: Counter[tuple[str, str]] = Counter()
+    hits: Counter[tuple[str, str]] = Counter()
+    ts = T
+    for is_show, user, item, value, step in events:
+        ts += step
         if is_show:
-            impressions += len(matcher.show(shown(user, ts, (item, "control"))))
+            impressions[user, item] += len(matcher.show(shown(user, ts, (item, "control"))))
         else:
-            hits += matcher.match(rating(user, item, value, ts)) is not None
-        assert hits <= impressions
+            hits[user, item] += matcher.match(rating(user, item, value, ts)) is not None
+        assert hits[user, item] <= impressions[user, item]
         assert len(matcher) <= 2 * 2
 
 

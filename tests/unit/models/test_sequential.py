@@ -83,8 +83,10 @@ def test_the_p_value_never_rises_and_a_declared_difference_stays() -> None:
     test = SequentialTest()
     better = test.verdict(Counts(20_000, 1600), Counts(20_000, 2000))
     assert better.decision == "candidate_better" and not better.stop
-    later = test.verdict(Counts(40_000, 4000), Counts(40_000, 4000), better)
+    # later the candidate looks a little worse: the declared difference stays, no stop
+    later = test.verdict(Counts(40_000, 4000), Counts(40_000, 3990), better)
     assert later.decision == "candidate_better" and later.p_value == better.p_value
+    assert not later.stop and later.difference < 0
     calm = test.verdict(Counts(20_000, 2000), Counts(20_000, 2010))
     assert calm.decision == "continue" and calm.p_value > 0.05
     assert test.verdict(Counts(20_000, 2000), Counts(20_000, 2000), calm).p_value == calm.p_value
