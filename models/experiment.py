@@ -35,8 +35,9 @@ MAX_NAME_LENGTH = 64
 MAX_REASON_LENGTH = 500
 MAX_EXPERIMENT_BYTES = 4096
 MAX_VERSION = 2**63 - 1
-LATEST_START = 4_102_444_800.0
-"""2100-01-01 in unix seconds: a later ``start`` is milliseconds or microseconds."""
+LATEST_TIME = 4_102_444_800.0
+"""2100-01-01 in unix seconds: a later ``start`` (or impression time) is milliseconds or
+microseconds."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _FIELDS = frozenset({"name", "control", "candidate", "method", "share", "start", "status"})
@@ -144,9 +145,9 @@ class Experiment:
         if not 0 < share <= 1:
             raise InvalidExperiment(f"share must be in (0, 1], got {share:g}")
         start = _number(self.start, "start")
-        if not 0 <= start <= LATEST_START:
+        if not 0 <= start <= LATEST_TIME:
             raise InvalidExperiment(
-                f"start must be unix seconds between 0 and {LATEST_START:.0f}, got "
+                f"start must be unix seconds between 0 and {LATEST_TIME:.0f}, got "
                 f"{start:.17g} (milliseconds instead of seconds?)"
             )
         if self.status not in STATUSES:

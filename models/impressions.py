@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from models.events import MAX_K, InvalidEvent, Rating, canonical_id
-from models.experiment import check_name
+from models.experiment import LATEST_TIME, check_name
 from models.interleaving import Team
 from models.wire import Undecodable, check_user_key, decode_object, encode_json, user_key
 
@@ -120,11 +120,15 @@ class Impressions:
 
 
 def _time(value: Any) -> float:
-    """A finite time >= 0 in seconds, or :class:`InvalidEvent`."""
+    """A time in unix seconds from 0 to :data:`models.experiment.LATEST_TIME`, or
+    :class:`InvalidEvent`."""
     if type(value) is int and value.bit_length() <= 1023:
         value = float(value)
-    if type(value) is not float or not 0 <= value < math.inf:
-        raise InvalidEvent("ts must be a finite number of seconds >= 0")
+    if type(value) is not float or not 0 <= value <= LATEST_TIME:
+        raise InvalidEvent(
+            f"ts must be unix seconds between 0 and {LATEST_TIME:.0f} (milliseconds instead "
+            "of seconds?)"
+        )
     return value
 
 

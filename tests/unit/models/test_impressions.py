@@ -51,9 +51,10 @@ def test_the_message_is_compact_keyed_by_user_and_round_trips() -> None:
         ({"items": ["a", "a"], "teams": "01"}, "an item appears twice"),
         ({"items": ["a"] * (MAX_K + 1)}, f"at most {MAX_K} ids"),
         ({"items": [True, "b"]}, "item must be a string or an integer"),
-        ({"ts": 1e400}, "ts must be a finite number"),
-        ({"ts": -1}, "ts must be a finite number of seconds >= 0"),
-        ({"ts": 2**1024}, "ts must be a finite number of seconds >= 0"),
+        ({"ts": 1e400}, "ts must be unix seconds between 0 and"),
+        ({"ts": -1}, "ts must be unix seconds between 0 and"),
+        ({"ts": 2**1024}, "ts must be unix seconds between 0 and"),
+        ({"ts": T * 1000}, "milliseconds instead of seconds?"),
         ({"experiment": "a b"}, "experiment 'a b' must be 1 to 64"),
         ({"extra": 0}, "unknown field(s): 'extra'"),
     ],
@@ -88,7 +89,7 @@ WELL_FORMED = st.lists(st.text(min_size=1, max_size=6), max_size=5, unique=True)
         {
             "experiment": st.from_regex(r"[a-z0-9][a-z0-9._-]{0,8}", fullmatch=True),
             "user": st.text(min_size=1, max_size=6) | st.integers(0, 10**9),
-            "ts": st.floats(0, 2e9) | st.integers(0, 2**40),
+            "ts": st.floats(0, 4e9) | st.integers(0, 2**31),
             "items": st.just(items),
             "teams": st.text("01", min_size=len(items), max_size=len(items)),
         }
@@ -163,11 +164,12 @@ def test_memory_is_bounded_and_what_it_drops_is_counted() -> None:
     st.lists(
         st.tuples(
             st.booleans(),
-            st.sampled_from("uvw"),
-            st.sampled_from("abc"),
-            st.sampled_from([3.0, 4.0, 5.0]),
+            st.sampled_from("uv"),
+            st.sampled_from("ab"),
+            st.sampled_from([3.0, 5.0]),
             st.integers(0, 40),  # seconds since the previous event
         ),
+        min_size=10,
         max_size=60,
     )
 )
@@ -175,7 +177,7 @@ def test_hits_never_exceed_new_impressions_of_the_same_item(
     events: list[tuple[bool, str, str, float, int]],
 ):
     """Each counted impression is hit at most once, and memory stays within its bounds."""
-    matcher = HitMatcher(window=100, positive_threshold=4, max_users=2, max_per_user=2)
+    matcher = HitMatcher(window=100, positive_threshold=4, max_users=2, max_per_user=1)
     impressions: Counter[tuple[str, str]] = Counter()
     hits: Counter[tuple[str, str]] = Counter()
     ts = T
@@ -186,7 +188,7 @@ def test_hits_never_exceed_new_impressions_of_the_same_item(
         else:
             hits[user, item] += matcher.match(rating(user, item, value, ts)) is not None
         assert hits[user, item] <= impressions[user, item]
-        assert len(matcher) <= 2 * 2
+        assert len(matcher) <= 2 * 1
 
 
 def test_bad_matcher_settings() -> None:
