@@ -21,19 +21,21 @@ def run(
     seed: int,
     batch: int = 200,
     looks: int = 100,
+    ratio: int = 1,
 ) -> dict[str, int]:
     """How many of ``experiments`` simulated experiments end with each decision, with a
-    look (continuous peeking) after every ``batch`` impressions per variant."""
+    look (continuous peeking) after every ``batch`` impressions of the control (and
+    ``ratio`` times as many of the candidate)."""
     rng = np.random.default_rng(seed)
     outcomes = {"continue": 0, "candidate_worse": 0, "candidate_better": 0}
     for _ in range(experiments):
         control = np.cumsum(rng.binomial(batch, control_rate, looks))
-        candidate = np.cumsum(rng.binomial(batch, candidate_rate, looks))
+        candidate = np.cumsum(rng.binomial(batch * ratio, candidate_rate, looks))
         verdict = None
         for look in range(looks):
             n = (look + 1) * batch
             verdict = test.verdict(
-                Counts(n, int(control[look])), Counts(n, int(candidate[look])), verdict
+                Counts(n, int(control[look])), Counts(n * ratio, int(candidate[look])), verdict
             )
             if verdict.significant:
                 break
@@ -47,12 +49,14 @@ def slack(experiments: int, alpha: float) -> float:
     return experiments * alpha + 3 * math.sqrt(experiments * alpha * (1 - alpha))
 
 
-@pytest.mark.parametrize(("rate", "tau"), [(0.05, 0.01), (0.2, 0.003), (0.02, 0.05)])
+@pytest.mark.parametrize(
+    ("rate", "tau", "ratio"), [(0.05, 0.01, 1), (0.2, 0.003, 1), (0.02, 0.05, 1), (0.05, 0.01, 3)]
+)
 def test_with_no_difference_and_a_look_after_every_batch_false_stops_stay_below_alpha(
-    rate: float, tau: float
+    rate: float, tau: float, ratio: int
 ) -> None:
     test = SequentialTest(alpha=0.05, tau=tau)
-    outcomes = run(test, rate, rate, experiments=300, seed=int(rate * 1000))
+    outcomes = run(test, rate, rate, experiments=300, seed=int(rate * 1000), ratio=ratio)
     assert outcomes["candidate_worse"] + outcomes["candidate_better"] <= slack(300, 0.05)
 
 
