@@ -76,6 +76,19 @@ def letters(kafka: KafkaClient, deployment: Deployment, dlq: str, kind: str, n: 
     return wait_for(arrived, timeout=60, what=f"{n} dead letters of kind {kind}")
 
 
+def trainer_state(deployment: Deployment) -> str:
+    """What a wait on the trainer saw last: its trained count, health, last batch and log."""
+    trainer = deployment.trainer
+    try:
+        status, body = trainer.get("/model/")
+        info = body if isinstance(body, dict) else {}
+        seen = f"/model/ {status} trained_events={info.get('trained_events')!r} "
+        seen += f"last_batch={info.get('last_batch')!r}; /health/ {trainer.get('/health/')}"
+    except OSError as exc:
+        seen = f"no answer ({exc})"
+    return f"{seen}; alive={trainer.running()}; log tail:\n{trainer.log_tail(15)}"
+
+
 def test_a_flood_of_new_users_past_the_bound_is_dead_lettered_and_known_users_train(
     deployment: Deployment, kafka: KafkaClient
 ) -> None:
@@ -120,7 +133,11 @@ def test_a_flood_of_new_users_past_the_bound_is_dead_lettered_and_known_users_tr
     publish(kafka, deployment, flood2 + more)
     trainer = deployment.restart_trainer()
     trainer.wait_ready(timeout=120)
-    wait_for(lambda: trained(deployment) == total + len(more), timeout=90, what="the restart")
+    wait_for(
+        lambda: trained(deployment) == total + len(more),
+        timeout=90,
+        what=lambda: f"the restart: {trainer_state(deployment)}, {total + len(more)} expected",
+    )
     refused = letters(kafka, deployment, "ratings_dlq", "capacity", len(flood) - admitted + 200)
     assert len(refused) == len(flood) - admitted + 200  # none twice, none missed
     time.sleep(3)  # no crash loop: still up
@@ -141,7 +158,11 @@ def test_a_reply_too_large_for_kafka_dead_letters_its_request_and_the_reader_goe
     ]
     before = trained(deployment)
     publish(kafka, deployment, events)
-    wait_for(lambda: trained(deployment) == before + len(events), timeout=90, what="long items")
+    wait_for(
+        lambda: trained(deployment) == before + len(events),
+        timeout=90,
+        what=lambda: f"long items: {trainer_state(deployment)}, {before + len(events)} expected",
+    )
     entries = [CatalogItem(i, "ü" * 500, ()) for i in long_items]
     asyncio.run(publish_catalog(deployment.settings, entries))
     wait_for(
