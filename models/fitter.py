@@ -28,8 +28,9 @@ from lightfm import LightFM
 
 from models.config import ModelConfig
 from models.errors import ModelError
+from models.randr import MAX_DRAWS, EpochDraws
 from models.submodel import PARTS as PARTS  # re-exported: snapshots use it
-from models.submodel import SubModel, identity
+from models.submodel import DrewPastCandidates, SubModel, identity
 
 SIDES = ("user", "item")
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
@@ -123,6 +124,8 @@ class Fitter:
             rows = (0, config.no_components) if "embedding" in name else (0,)
             setattr(self.lfm, name, np.zeros(rows, dtype=np.float32))
         self._identity: dict[str, sp.csr_matrix] = {}
+        # WARP's draws per positive in the last fit: what a compact item side must cover
+        self._draws_per_positive = 2.0
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -214,22 +217,54 @@ class Fitter:
         non-finite); returns the item rows it changed. Costs O(batch) on a side trained
         as a compact sub-model (:mod:`models.submodel`), O(used rows) on one trained whole."""
         self._random.seed(derive_seed(self.config.seed, batch.version, stream))
+        threads, seeds = self.config.num_threads, self.config.loss != "logistic"
+        draws = [
+            EpochDraws(self._random, len(batch.rows), threads, seeds) for _ in range(batch.epochs)
+        ]
+        warp = self.config.loss in ("warp", "warp-kos")
+        positives = int(np.count_nonzero(batch.labels > 0))
+        budget = int(positives * self._draws_per_positive * 1.5) + 64 if warp else 0
         try:
-            sub = SubModel(
-                self.lfm, batch.n_users, batch.n_items, batch.rows, batch.cols, batch.labels,
-                batch.weights, self._features,
-            )  # fmt: skip
+            changed = self._fit(batch, draws, budget if budget <= MAX_DRAWS else 0, on_epoch)
+        except DrewPastCandidates:
+            self._draws_per_positive *= 4
+            changed = self._fit(batch, draws, 0, on_epoch, reported=batch.epochs)
+        if warp and positives:
+            self._learn_draws(draws, positives)
+        return changed
+
+    def _learn_draws(self, draws: list[EpochDraws], positives: int) -> None:
+        """Remember how many numbers per positive WARP's epochs drew (the most), which the
+        next fit's compact item side covers (with a margin). Changes costs, never results."""
+        lfm = self.lfm
+        per_example = lfm.max_sampled + (lfm.n if lfm.loss == "warp-kos" else 0)
+        most = [d.made(positives * per_example * 2) for d in draws]
+        if None in most:
+            self._draws_per_positive = float(per_example)
+        else:
+            self._draws_per_positive = max(1.0, max(m for m in most if m is not None) / positives)
+
+    def _fit(
+        self,
+        batch: FitBatch,
+        draws: list[EpochDraws],
+        budget: int,
+        on_epoch: Callable[[int], None] | None,
+        reported: int = 0,
+    ) -> np.ndarray:
+        try:
+            sub = SubModel(self.lfm, batch, draws, self._features, budget)
         except ValueError as exc:
             raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
                 for done in range(1, batch.epochs + 1):
-                    sub.run_epoch(self._random, self.config.num_threads)
+                    sub.run_epoch(done - 1, self.config.num_threads)
                     # LightFM's own check after each epoch; all the arrays after the last
                     bad = sub.non_finite() if done == batch.epochs else sub.check_epoch()
                     if bad:
                         raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
-                    if on_epoch is not None:
+                    if on_epoch is not None and done > reported:
                         on_epoch(done)
         except BaseException:
             sub.rollback()

@@ -7,15 +7,18 @@ alpha is 0), it checks every embedding for finiteness after each epoch, and it b
 positives lookup at full shape. A side (users, items) whose alpha is 0 and whose rows the
 batch names is trained as a compact copy of just those rows (ids remapped in order, so
 the C code draws, reads and writes exactly what it would on the full arrays): results
-are bit-identical to ``fit_partial``'s, at a cost that follows the batch. A side that
-any row can change (WARP samples negatives among all items; an alpha > 0 rescales every
-row) is trained in place on its used rows, with a backup of the arrays the schedule
-writes. The random stream is drawn exactly as ``fit_partial`` draws it.
+are bit-identical to ``fit_partial``'s, at a cost that follows the batch. WARP draws its
+negatives among all items from a stream we can compute ahead (:mod:`models.randr`): its
+item side is the batch's items plus the negatives its first draws can name, and a fit
+that drew past them is run again on the whole side. A side whose alpha is > 0 (every row
+is rescaled) is trained in place on its used rows, with a backup of the arrays the
+schedule writes. The random stream is drawn exactly as ``fit_partial`` draws it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +31,11 @@ from lightfm._lightfm_fast import (
     fit_warp,
     fit_warp_kos,
 )
+
+from models.randr import EpochDraws
+
+if TYPE_CHECKING:
+    from models.fitter import FitBatch
 
 PARTS = (
     "embeddings",
@@ -65,9 +73,11 @@ class Side:
     """The rows of one side (users or items) that a fit trains, and how to undo or keep it.
 
     Compact (``rows`` given): copies of those rows of all six arrays, trained, then
-    scattered back by :meth:`commit` (a rollback only drops them). Whole (``rows`` None):
-    the first ``n`` rows of the arrays themselves, trained in place after a backup of
-    the parts the schedule writes, which :meth:`rollback` puts back.
+    scattered back by :meth:`commit` (a rollback only drops them); the C code sees them
+    under local ids (``local``) or, for WARP's items, under their own ids through a
+    feature matrix that maps each of the ``n`` items to its copy. Whole (``rows`` None):
+    the first ``n`` rows of the arrays themselves, trained in place after a backup of the
+    parts the schedule writes, which :meth:`rollback` puts back.
     """
 
     def __init__(
@@ -77,25 +87,35 @@ class Side:
         n: int,
         ids: np.ndarray,
         rows: np.ndarray | None,
-        features: sp.csr_matrix | None,
+        whole: Callable[[str, int], sp.csr_matrix],
+        local: bool = True,
     ) -> None:
         self.lfm, self.side, self.rows = lfm, side, rows
         self.written = _WRITTEN[lfm.learning_schedule]
         full = {part: getattr(lfm, f"{side}_{part}") for part in PARTS}
         self.backup: dict[str, np.ndarray] = {}
+        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
         if rows is None:
             self.arrays = {part: array[:n] for part, array in full.items()}  # views
             self.backup = {part: self.arrays[part].copy() for part in self.written}
-            self.ids = ids
-            self.features = identity(n, n) if features is None else features
-        else:
-            self.arrays = {part: array[rows] for part, array in full.items()}  # copies
+            self.features = whole(side, n)
+            return
+        self.arrays = {part: array[rows] for part, array in full.items()}  # copies
+        if local:
             self.ids = np.searchsorted(rows, ids).astype(np.int32)  # in order: same draws
             self.features = identity(len(rows), len(rows))
+        else:  # item r -> its copy; an item that is not a candidate is never read
+            copy_of = np.zeros(n, dtype=np.int32)
+            copy_of[rows] = np.arange(len(rows), dtype=np.int32)
+            self.features = sp.csr_matrix(
+                (np.ones(n, dtype=np.float32), copy_of, np.arange(n + 1, dtype=np.int32)),
+                shape=(n, len(rows)),
+            )
 
     @property
-    def n(self) -> int:
-        return len(self.arrays["biases"])
+    def ids_seen(self) -> int:
+        """How many ids the C code knows this side by (rows of its feature matrix)."""
+        return int(self.features.shape[0])
 
     def non_finite(self, parts: tuple[str, ...]) -> str | None:
         """The first of ``parts`` (among those written) with a NaN/inf in the trained rows."""
@@ -130,31 +150,37 @@ class Side:
             self.arrays[part][...] = values
 
 
+class DrewPastCandidates(Exception):
+    """WARP drew more negatives than the compact item side was built for."""
+
+
 class SubModel:
     """A batch's interactions on the two :class:`Side` s it trains, and LightFM's epochs
-    over them. ``features(side, n)`` gives the cached whole-side identity matrices."""
+    over them, with the random numbers drawn ahead (one :class:`~models.randr.EpochDraws`
+    per epoch). ``whole(side, n)``: the (cached) identity of a side trained whole.
+
+    ``budget``: for WARP, the draws per thread and epoch that a compact item side covers
+    (0: the whole item side); :meth:`run_epoch` raises :class:`DrewPastCandidates` if an
+    epoch drew more (nothing is kept: train again on the whole side)."""
 
     def __init__(
         self,
         lfm: LightFM,
-        n_users: int,
-        n_items: int,
-        rows: np.ndarray,
-        cols: np.ndarray,
-        labels: np.ndarray,
-        weights: np.ndarray | None,
-        features: Callable[[str, int], sp.csr_matrix],
+        batch: FitBatch,
+        draws: list[EpochDraws],
+        whole: Callable[[str, int], sp.csr_matrix],
+        budget: int = 0,
     ) -> None:
-        self.lfm = lfm
-        compact_users = lfm.user_alpha == 0
-        compact_items = lfm.item_alpha == 0 and lfm.loss in _BATCH_NEGATIVES
-        self.users = self._side("user", n_users, rows, compact_users, features)
-        self.items = self._side("item", n_items, cols, compact_items, features)
+        self.lfm, self.draws, self.budget = lfm, draws, budget
+        labels, weights = batch.labels, batch.weights
+        for values in (labels, weights):
+            if values is not None and not np.isfinite(np.sum(values, dtype=np.float64)):
+                raise ValueError("Not all input values are finite")
+        rows, cols = batch.rows, batch.cols
+        compact = np.unique(rows).astype(np.int64) if lfm.user_alpha == 0 else None
+        self.users = Side(lfm, "user", batch.n_users, rows, compact, whole)
+        self.items = self._item_side(batch.n_items, cols, whole)
         self.labels = labels
-        if not np.isfinite(labels.sum()) or (
-            weights is not None and not np.isfinite(weights.sum())
-        ):
-            raise ValueError("Not all input values are finite")
         # LightFM's _process_sample_weight: the labels themselves when all are 1.0.
         if weights is not None:
             self.weights = weights
@@ -165,27 +191,30 @@ class SubModel:
         self.positives: CSRMatrix | None = None
         if lfm.loss != "logistic":
             # LightFM's _get_positives_lookup_matrix, at the sub-model's shape.
-            shape = (self.users.n, self.items.n)
+            shape = (self.users.ids_seen, self.items.ids_seen)
             mat = sp.coo_matrix((labels, (self.users.ids, self.items.ids)), shape=shape).tocsr()
             self.positives = CSRMatrix(mat if mat.has_sorted_indices else mat.sorted_indices())
 
-    def _side(
-        self,
-        side: str,
-        n: int,
-        ids: np.ndarray,
-        compact: bool,
-        features: Callable[[str, int], sp.csr_matrix],
+    def _item_side(
+        self, n_items: int, cols: np.ndarray, whole: Callable[[str, int], sp.csr_matrix]
     ) -> Side:
-        if compact:
-            return Side(self.lfm, side, n, ids, np.unique(ids).astype(np.int64), None)
-        return Side(self.lfm, side, n, ids, None, features(side, n))
+        """Compact when no alpha rescales every row and the rows the batch can change are
+        known: its own items (BPR, logistic), or those plus the items WARP's first
+        ``budget`` draws name, if they are at most half the items."""
+        lfm = self.lfm
+        if lfm.item_alpha == 0 and lfm.loss in _BATCH_NEGATIVES:
+            return Side(lfm, "item", n_items, cols, np.unique(cols).astype(np.int64), whole)
+        if lfm.item_alpha == 0 and self.budget > 0:
+            named = [cols, *(d.candidates(self.budget, n_items) for d in self.draws)]
+            rows = np.unique(np.concatenate(named)).astype(np.int64)
+            if len(rows) <= n_items // 2:
+                return Side(lfm, "item", n_items, cols, rows, whole, local=False)
+        self.budget = 0
+        return Side(lfm, "item", n_items, cols, None, whole)
 
-    def run_epoch(self, random_state: np.random.RandomState, num_threads: int) -> None:
+    def run_epoch(self, epoch: int, num_threads: int) -> None:
         """One epoch, as ``LightFM._run_epoch`` runs it (same shuffle, same draws)."""
-        lfm, users, items = self.lfm, self.users, self.items
-        shuffle = np.arange(len(self.labels), dtype=np.int32)
-        random_state.shuffle(shuffle)
+        lfm, users, items, draws = self.lfm, self.users, self.items, self.draws[epoch]
         u, i = users.arrays, items.arrays
         data = FastLightFM(
             i["embeddings"], i["embedding_gradients"], i["embedding_momentum"],
@@ -199,16 +228,18 @@ class SubModel:
         rates = (lfm.learning_rate, lfm.item_alpha, lfm.user_alpha)
         if lfm.loss == "warp-kos":
             fit_warp_kos(
-                item_features, user_features, self.positives, users.ids, shuffle, data,
-                *rates, lfm.k, lfm.n, num_threads, random_state,
+                item_features, user_features, self.positives, users.ids, draws.shuffle, data,
+                *rates, lfm.k, lfm.n, num_threads, draws,
             )  # fmt: skip
-            return
-        common = (users.ids, items.ids, self.labels, self.weights, shuffle, data, *rates)
-        if lfm.loss == "logistic":
-            fit_logistic(item_features, user_features, *common, num_threads)
         else:
-            fit = fit_warp if lfm.loss == "warp" else fit_bpr
-            fit(item_features, user_features, self.positives, *common, num_threads, random_state)
+            common = (users.ids, items.ids, self.labels, self.weights, draws.shuffle, data, *rates)
+            if lfm.loss == "logistic":
+                fit_logistic(item_features, user_features, *common, num_threads)
+            else:
+                fit = fit_warp if lfm.loss == "warp" else fit_bpr
+                fit(item_features, user_features, self.positives, *common, num_threads, draws)
+        if self.budget and draws.made(self.budget) is None:
+            raise DrewPastCandidates(f"an epoch drew more than {self.budget} numbers")
 
     def non_finite(self, parts: tuple[str, ...] = PARTS) -> str | None:
         """The first trained array with a NaN/inf among ``parts``, if any."""

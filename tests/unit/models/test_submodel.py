@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from models import submodel
 from models.config import ModelConfig
 from models.events import Rating
 from models.fitter import FIT_STREAM, STATE_ARRAYS, FitBatch, Fitter, NonFiniteModel, derive_seed
@@ -44,19 +45,20 @@ def reference_fit(fitter: Fitter, batch: FitBatch) -> np.ndarray:
     return np.flatnonzero(changed)
 
 
-def batches(config: ModelConfig, seed: int = 0) -> list[FitBatch]:
+def batches(config: ModelConfig, seed: int = 0, items0: int = 0, size: int = 300) -> list[FitBatch]:
     """Batches on a growing id space: new and known users and items, a few users only."""
     rng = np.random.default_rng(seed)
     out, n_users, n_items = [], 0, 0
     for version in range(1, 6):
         n_users0, n_items0 = n_users, n_items
         n_users, n_items = n_users + int(rng.integers(0, 30)), n_items + int(rng.integers(0, 25))
+        n_items += items0 if version == 1 else 0
         n_users, n_items = max(n_users, 3), max(n_items, 40)
-        size = int(rng.integers(5, 300))
-        users = rng.integers(0, n_users, size)
+        n = int(rng.integers(5, size))
+        users = rng.integers(0, n_users, n)
         if version % 2:  # a batch that names only a few users
-            users = rng.choice(users, 3)[rng.integers(0, 3, size)]
-        items = rng.integers(0, n_items, size)
+            users = rng.choice(users, 3)[rng.integers(0, 3, n)]
+        items = rng.integers(0, n_items, n)
         key = np.unique(users * n_items + items, return_index=True)[1]
         rows, cols = users[np.sort(key)].astype(np.int32), items[np.sort(key)].astype(np.int32)
         positive = rng.random(len(rows)) < (0.6 if config.loss == "logistic" else 1.0)
@@ -80,11 +82,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c.values())))
-def test_a_fit_on_the_sub_model_is_bit_identical_to_fit_partial(case):
-    config = ModelConfig(no_components=6, initial_capacity=4, seed=7, **case)
-    new, old = Fitter(config), Fitter(config)
-    for batch in batches(config):
+def assert_fits_like_fit_partial(config: ModelConfig, batches: list[FitBatch], new: Fitter):
+    old = Fitter(config)
+    for batch in batches:
         for fitter in (new, old):
             fitter.grow(batch.version, batch.n_users0, batch.n_items0, batch.n_users, batch.n_items)
         changed_new = new.fit(batch)
@@ -92,6 +92,47 @@ def test_a_fit_on_the_sub_model_is_bit_identical_to_fit_partial(case):
         np.testing.assert_array_equal(changed_new, changed_old)
         for name in STATE_ARRAYS:  # every row, the unused capacity too
             np.testing.assert_array_equal(getattr(new.lfm, name), getattr(old.lfm, name), name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_a_fit_on_the_sub_model_is_bit_identical_to_fit_partial(case):
+    config = ModelConfig(no_components=6, initial_capacity=4, seed=7, **case)
+    assert_fits_like_fit_partial(config, batches(config), Fitter(config))
+
+
+@pytest.mark.parametrize("loss", ["warp", "warp-kos"])
+@pytest.mark.parametrize("schedule", ["adagrad", "adadelta"])
+@pytest.mark.parametrize("rate", [2.0, 0.01])
+def test_warp_on_a_large_catalog_trains_the_items_its_draws_name_bit_identically(
+    loss, schedule, rate, monkeypatch
+):
+    """WARP's negatives come from a stream computed ahead: the item side is the batch's
+    items plus those its first draws name; an epoch that drew past them (a budget far too
+    small, rate 0.01) is trained again on the whole side, with the same result."""
+    config = ModelConfig(
+        no_components=6, initial_capacity=4, seed=3, loss=loss, learning_schedule=schedule
+    )
+    sides, fallbacks = [], []
+    real_side, real_run = submodel.Side.__init__, submodel.SubModel.run_epoch
+
+    def side(self, lfm, name, n, ids, rows, whole, local=True):
+        sides.append((name, rows is not None, local))
+        real_side(self, lfm, name, n, ids, rows, whole, local)
+
+    def run(self, epoch, threads):
+        try:
+            real_run(self, epoch, threads)
+        except submodel.DrewPastCandidates:
+            fallbacks.append(epoch)
+            raise
+
+    monkeypatch.setattr(submodel.Side, "__init__", side)
+    monkeypatch.setattr(submodel.SubModel, "run_epoch", run)
+    new = Fitter(config)
+    new._draws_per_positive = rate
+    assert_fits_like_fit_partial(config, batches(config, items0=3000, size=300), new)
+    assert ("item", True, False) in sides  # WARP trained a compact item side
+    assert fallbacks or rate > 1  # far too small a budget is found out
 
 
 @pytest.mark.parametrize("loss", ["warp", "bpr", "logistic"])
