@@ -221,36 +221,46 @@ class Fitter:
         draws = [
             EpochDraws(self._random, len(batch.rows), threads, seeds) for _ in range(batch.epochs)
         ]
-        warp = self.config.loss in ("warp", "warp-kos")
-        positives = int(np.count_nonzero(batch.labels > 0))
-        budget = int(positives * self._draws_per_positive * 1.5) + 64 if warp else 0
+        budget = self._budget(batch)
+        report = _each_epoch_once(on_epoch)
         try:
-            changed = self._fit(batch, draws, budget if budget <= MAX_DRAWS else 0, on_epoch)
+            changed = self._fit(batch, draws, budget, report)
         except DrewPastCandidates:
             self._draws_per_positive *= 4
-            changed = self._fit(batch, draws, 0, on_epoch, reported=batch.epochs)
-        if warp and positives:
-            self._learn_draws(draws, positives)
+            changed = self._fit(batch, draws, 0, report)
+        if budget:
+            self._learn_draws(draws, batch)
         return changed
 
-    def _learn_draws(self, draws: list[EpochDraws], positives: int) -> None:
-        """Remember how many numbers per positive WARP's epochs drew (the most), which the
-        next fit's compact item side covers (with a margin). Changes costs, never results."""
+    def _budget(self, batch: FitBatch) -> int:
+        """How many draws per epoch (and thread) a WARP fit's compact item side covers: the
+        most per positive the last fit made, with a margin (0: the whole item side; not
+        WARP, item_alpha > 0, or a batch as big as a consolidation's)."""
+        if self.config.loss not in ("warp", "warp-kos") or self.lfm.item_alpha != 0:
+            return 0
+        positives = int(np.count_nonzero(batch.labels > 0))
+        budget = int(positives * self._draws_per_positive * 1.5) + 64
+        return budget if positives and budget <= MAX_DRAWS else 0
+
+    def _learn_draws(self, draws: list[EpochDraws], batch: FitBatch) -> None:
+        """Remember how many numbers per positive WARP's epochs drew (the most): the next
+        fit's budget. Changes what a fit costs, never what it trains."""
         lfm = self.lfm
         per_example = lfm.max_sampled + (lfm.n if lfm.loss == "warp-kos" else 0)
+        positives = int(np.count_nonzero(batch.labels > 0))
         most = [d.made(positives * per_example * 2) for d in draws]
-        if None in most:
+        known = [m for m in most if m is not None]
+        if len(known) < len(most):
             self._draws_per_positive = float(per_example)
         else:
-            self._draws_per_positive = max(1.0, max(m for m in most if m is not None) / positives)
+            self._draws_per_positive = max(1.0, max(known) / positives)
 
     def _fit(
         self,
         batch: FitBatch,
         draws: list[EpochDraws],
         budget: int,
-        on_epoch: Callable[[int], None] | None,
-        reported: int = 0,
+        on_epoch: Callable[[int], None],
     ) -> np.ndarray:
         try:
             sub = SubModel(self.lfm, batch, draws, self._features, budget)
@@ -264,8 +274,7 @@ class Fitter:
                     bad = sub.non_finite() if done == batch.epochs else sub.check_epoch()
                     if bad:
                         raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
-                    if on_epoch is not None and done > reported:
-                        on_epoch(done)
+                    on_epoch(done)
         except BaseException:
             sub.rollback()
             raise
@@ -281,3 +290,16 @@ def resized(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
     grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
     grown[:used] = array[:used]
     return grown
+
+
+def _each_epoch_once(on_epoch: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``on_epoch`` called once per epoch, even if a fit runs again after a fallback."""
+    reported = 0
+
+    def report(done: int) -> None:
+        nonlocal reported
+        if done > reported and on_epoch is not None:
+            on_epoch(done)
+        reported = max(reported, done)
+
+    return report
