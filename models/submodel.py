@@ -45,7 +45,7 @@ PARTS = (
     "bias_gradients",
     "bias_momentum",
 )
-#: The parts LightFM writes: adagrad never touches the momentum arrays.
+#: The parts LightFM reads and writes: adagrad never touches the momentum arrays.
 _WRITTEN = {
     "adagrad": ("embeddings", "embedding_gradients", "biases", "bias_gradients"),
     "adadelta": PARTS,
@@ -100,7 +100,12 @@ class Side:
             self.backup = {part: self.arrays[part].copy() for part in self.written}
             self.features = whole(side, n)
             return
-        self.arrays = {part: array[rows] for part, array in full.items()}  # copies
+        # Copies of the parts the schedule uses; the others (adagrad's momentum, which the
+        # C code never reads nor writes) are stand-ins of one row.
+        self.arrays = {
+            part: array[rows] if part in self.written else np.zeros_like(array[:1])
+            for part, array in full.items()
+        }
         if local:
             self.ids = np.searchsorted(rows, ids).astype(np.int32)  # in order: same draws
             self.features = identity(len(rows), len(rows))
