@@ -32,6 +32,7 @@ from lightfm._lightfm_fast import (
     fit_warp_kos,
 )
 
+from models.errors import ModelError
 from models.randr import EpochDraws
 
 if TYPE_CHECKING:
@@ -155,8 +156,9 @@ class Side:
             self.arrays[part][...] = values
 
 
-class DrewPastCandidates(Exception):
-    """WARP drew more negatives than the compact item side was built for."""
+class DrewPastCandidates(ModelError):
+    """WARP drew more numbers than the compact item side was built for (never leaves
+    :meth:`models.fitter.Fitter.fit`: it trains again on the whole side)."""
 
 
 class SubModel:
