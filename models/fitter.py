@@ -235,12 +235,15 @@ class Fitter:
     def _budget(self, batch: FitBatch) -> int:
         """How many draws per epoch (and thread) a WARP fit's compact item side covers: the
         most per positive the last fit made, with a margin (0: the whole item side; not
-        WARP, item_alpha > 0, or a batch as big as a consolidation's)."""
+        WARP, item_alpha > 0, or more draws than items, e.g. a consolidation's)."""
         if self.config.loss not in ("warp", "warp-kos") or self.lfm.item_alpha != 0:
             return 0
         positives = int(np.count_nonzero(batch.labels > 0))
         budget = int(positives * self._draws_per_positive * 1.5) + 64
-        return budget if positives and budget <= MAX_DRAWS else 0
+        if budget > min(batch.n_items, MAX_DRAWS):  # the draws would name most items
+            self._draws_per_positive = max(1.0, self._draws_per_positive * 0.9)  # retry later
+            return 0
+        return budget if positives else 0
 
     def _learn_draws(self, draws: list[EpochDraws], batch: FitBatch) -> None:
         """Remember how many numbers per positive WARP's epochs drew (the most): the next
