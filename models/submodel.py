@@ -73,10 +73,10 @@ def identity(n: int, columns: int) -> sp.csr_matrix:
 class Side:
     """The rows of one side (users or items) that a fit trains, and how to undo or keep it.
 
-    Compact (``rows`` given): copies of those rows of all six arrays, trained, then
-    scattered back by :meth:`commit` (a rollback only drops them); the C code sees them
-    under local ids (``local``) or, for WARP's items, under their own ids through a
-    feature matrix that maps each of the ``n`` items to its copy. Whole (``rows`` None):
+    Compact (``rows`` given): copies of those rows of the arrays the schedule uses,
+    trained, then scattered back by :meth:`commit` (a rollback only drops them); the C
+    code sees them under local ids (``local``) or, for WARP's items, under their own ids
+    through a feature matrix that maps each of the ``n`` items to its copy. Whole (``rows`` None):
     the first ``n`` rows of the arrays themselves, trained in place after a backup of the
     parts the schedule writes, which :meth:`rollback` puts back.
     """
@@ -179,7 +179,10 @@ class SubModel:
         budget: int = 0,
     ) -> None:
         self.lfm, self.draws, self.budget = lfm, draws, budget
-        labels, weights = batch.labels, batch.weights
+        labels = np.ascontiguousarray(batch.labels, dtype=np.float32)
+        weights = batch.weights
+        if weights is not None:
+            weights = np.ascontiguousarray(weights, dtype=np.float32)
         for values in (labels, weights):
             if values is not None and not np.isfinite(np.sum(values, dtype=np.float64)):
                 raise ValueError("Not all input values are finite")
