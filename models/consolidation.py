@@ -117,7 +117,7 @@ class Consolidation:
         return len(self.retrain.rows)
 
     def run(self) -> Consolidation:
-        """The retrain (CPU-bound; ``fit_partial`` releases the GIL), then the replay of
+        """The retrain (CPU-bound; LightFM's Cython training releases the GIL), then the replay of
         the tail so far. Returns itself."""
         started = time.perf_counter()
         w = self.retrain

@@ -2,14 +2,14 @@
 from seeded random streams, one fit of a :class:`FitBatch` with its non-finite rollback.
 
 LightFM fixes its id space at the first fit (lightfm issues 322, 667). We own the twelve
-state arrays instead and hand them to a LightFM instance whose ``fit_partial`` only ever
-sees identity feature matrices ``I[:n, :capacity]``:
+state arrays instead, keep LightFM's hyper-parameters in a LightFM instance, and train with
+its Cython routines on identity feature matrices (:mod:`models.submodel`):
 
-* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous), so the C
-  code's unchecked indexing always stays inside them;
-* the interaction matrix and the features have exactly ``n`` rows, so WARP/BPR sample
-  negatives only among items that exist (``item_features.rows``), and WARP's rank
-  estimate uses the real item count — a capacity-shaped matrix would sample unused rows;
+* the arrays have ``capacity`` rows (grown by doubling, float32, C-contiguous); a fit
+  hands the C code only the rows it may change (the batch's users, as a compact copy) or
+  a side's ``n`` used rows, so its unchecked indexing always stays inside them;
+* the item side has exactly ``n`` rows, so WARP samples negatives only among items that
+  exist (``item_features.rows``), and its rank estimate uses the real item count;
 * rows are initialised when they become used, and every fit draws its random numbers,
   from a stream derived from ``(seed, version, stream)``, so capacity never changes
   results, a model restored from a snapshot continues exactly as if it had never stopped
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,25 +28,16 @@ from lightfm import LightFM
 
 from models.config import ModelConfig
 from models.errors import ModelError
+from models.randr import MAX_DRAWS, EpochDraws
+from models.submodel import PARTS as PARTS  # re-exported: snapshots use it
+from models.submodel import DrewPastCandidates, SubModel, identity
 
 SIDES = ("user", "item")
-PARTS = (
-    "embeddings",
-    "embedding_gradients",
-    "embedding_momentum",
-    "biases",
-    "bias_gradients",
-    "bias_momentum",
-)
 STATE_ARRAYS = tuple(f"{side}_{part}" for side in SIDES for part in PARTS)
 """The twelve LightFM arrays: the training state that must always grow together."""
-_UNCHECKED_BY_LIGHTFM = tuple(n for n in STATE_ARRAYS if "gradients" in n or "momentum" in n)
 
 # Random streams derived from (seed, version, stream); models.consolidation has its own.
 FIT_STREAM, USER_INIT_STREAM, ITEM_INIT_STREAM = 0, 1, 2
-
-#: A backup of the rows a fit can change: per array, which rows and their values.
-_Backup = dict[str, tuple[np.ndarray | slice, np.ndarray]]
 
 
 class NonFiniteModel(ModelError, RuntimeError):
@@ -134,6 +124,8 @@ class Fitter:
             rows = (0, config.no_components) if "embedding" in name else (0,)
             setattr(self.lfm, name, np.zeros(rows, dtype=np.float32))
         self._identity: dict[str, sp.csr_matrix] = {}
+        # WARP's draws per positive in the last fit: what a compact item side must cover
+        self._draws_per_positive = 2.0
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -208,12 +200,11 @@ class Fitter:
         getattr(lfm, f"{side}_bias_momentum")[start:stop] = 0.0
 
     def _features(self, side: str, n: int) -> sp.csr_matrix:
-        """``I[:n, :capacity]`` of one side, cached: rebuilt only when n or the capacity
-        changed (a steady-state batch reuses both)."""
-        capacity = len(getattr(self.lfm, f"{side}_biases"))
+        """``I[:n, :n]`` of one side trained whole, cached: rebuilt only when n changed (a
+        steady-state batch reuses it)."""
         cached = self._identity.get(side)
-        if cached is None or cached.shape != (n, capacity):
-            cached = self._identity[side] = _identity(n, capacity)
+        if cached is None or cached.shape != (n, n):
+            cached = self._identity[side] = identity(n, n)
         return cached
 
     def fit(
@@ -223,86 +214,74 @@ class Fitter:
         stream: int = FIT_STREAM,
     ) -> np.ndarray:
         """Train ``batch`` (rolled back whole, raising :class:`NonFiniteModel`, if it goes
-        non-finite); returns the item rows it changed."""
-        shape = (batch.n_users, batch.n_items)
-        rows, cols = batch.rows, batch.cols
-        interactions = sp.coo_matrix((batch.labels, (rows, cols)), shape=shape)
-        sample_weight = None
-        if batch.weights is not None:
-            sample_weight = sp.coo_matrix((batch.weights, (rows, cols)), shape=shape)
-        user_features = self._features("user", batch.n_users)
-        item_features = self._features("item", batch.n_items)
-        backup = self._backup(rows, batch.n_users0, batch.n_items)
-        lfm = self.lfm
+        non-finite); returns the item rows it changed. Costs O(batch) on a side trained
+        as a compact sub-model (:mod:`models.submodel`), O(used rows) on one trained whole."""
         self._random.seed(derive_seed(self.config.seed, batch.version, stream))
-        lfm.random_state = self._random
+        threads, seeds = self.config.num_threads, self.config.loss != "logistic"
+        draws = [
+            EpochDraws(self._random, len(batch.rows), threads, seeds) for _ in range(batch.epochs)
+        ]
+        budget = self._budget(batch)
+        report = _each_epoch_once(on_epoch)
+        try:
+            changed = self._fit(batch, draws, budget, report)
+        except DrewPastCandidates:
+            self._draws_per_positive *= 4
+            changed = self._fit(batch, draws, 0, report)
+        if budget:
+            self._learn_draws(draws, batch)
+        return changed
+
+    def _budget(self, batch: FitBatch) -> int:
+        """How many draws per epoch (and thread) a WARP fit's compact item side covers: the
+        most per positive the last fit made, with a margin (0: the whole item side; not
+        WARP, item_alpha > 0, or more draws than items, e.g. a consolidation's)."""
+        if self.config.loss not in ("warp", "warp-kos") or self.lfm.item_alpha != 0:
+            return 0
+        positives = int(np.count_nonzero(batch.labels > 0))
+        budget = int(positives * self._draws_per_positive * 1.5) + 64
+        if budget > min(batch.n_items, MAX_DRAWS):  # the draws would name most items
+            self._draws_per_positive = max(1.0, self._draws_per_positive * 0.9)  # retry later
+            return 0
+        return budget if positives else 0
+
+    def _learn_draws(self, draws: list[EpochDraws], batch: FitBatch) -> None:
+        """Remember how many numbers per positive WARP's epochs drew (the most): the next
+        fit's budget. Changes what a fit costs, never what it trains."""
+        lfm = self.lfm
+        per_example = lfm.max_sampled + (lfm.n if lfm.loss == "warp-kos" else 0)
+        positives = int(np.count_nonzero(batch.labels > 0))
+        most = [d.made(positives * per_example * 2) for d in draws]
+        known = [m for m in most if m is not None]
+        if len(known) < len(most):
+            self._draws_per_positive = float(per_example)
+        else:
+            self._draws_per_positive = max(1.0, max(known) / positives)
+
+    def _fit(
+        self,
+        batch: FitBatch,
+        draws: list[EpochDraws],
+        budget: int,
+        on_epoch: Callable[[int], None],
+    ) -> np.ndarray:
+        try:
+            sub = SubModel(self.lfm, batch, draws, self._features, budget)
+        except ValueError as exc:
+            raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled below
                 for done in range(1, batch.epochs + 1):
-                    lfm.fit_partial(
-                        interactions,
-                        user_features=user_features,
-                        item_features=item_features,
-                        sample_weight=sample_weight,
-                        epochs=1,
-                        num_threads=self.config.num_threads,
-                    )
-                    if on_epoch is not None:
-                        on_epoch(done)
-                bad = self._non_finite(backup, rows, batch.n_items)
-            if bad:
-                raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
-        except BaseException as exc:
-            self._restore(backup)
-            if isinstance(exc, ValueError) and "finite" in str(exc):
-                raise NonFiniteModel(f"training diverged ({exc}); batch rolled back") from exc
+                    sub.run_epoch(done - 1, self.config.num_threads)
+                    # LightFM's own check after each epoch; all the arrays after the last
+                    bad = sub.non_finite() if done == batch.epochs else sub.check_epoch()
+                    if bad:
+                        raise NonFiniteModel(f"training made {bad} non-finite; batch rolled back")
+                    on_epoch(done)
+        except BaseException:
+            sub.rollback()
             raise
-        return self._changed_item_rows(backup)
-
-    def _changed_item_rows(self, backup: _Backup) -> np.ndarray:
-        """Item rows whose embedding or bias this fit changed (negatives sampled by WARP/BPR
-        change too), found against the backup the fit took anyway."""
-        which, before = backup["item_embeddings"]  # which: rows 0..n_items-1
-        changed = (self.lfm.item_embeddings[which] != before).any(axis=1)
-        changed |= self.lfm.item_biases[which] != backup["item_biases"][1]
-        return np.flatnonzero(changed).astype(np.int64)
-
-    def _backup(self, rows: np.ndarray, n_users0: int, n_items: int) -> _Backup:
-        """Copies of everything a fit can change, to roll back a non-finite batch.
-
-        Item rows: any existing item can be sampled as a negative, so all of them. User
-        rows: only this batch's users, unless user_alpha > 0 (regularisation rescales all).
-        """
-        if self.config.user_alpha > 0:
-            user_rows = np.arange(n_users0)
-        else:
-            user_rows = np.unique(rows[rows < n_users0]).astype(np.int64)
-        items = slice(0, n_items)  # a slice: one contiguous copy, not a gather
-        backup: _Backup = {}
-        for name in STATE_ARRAYS:
-            array = getattr(self.lfm, name)
-            if name[0] == "u":
-                backup[name] = (user_rows, array[user_rows])  # fancy index = copy
-            else:
-                backup[name] = (items, array[items].copy())
-        return backup
-
-    def _restore(self, backup: _Backup) -> None:
-        for name, (which, values) in backup.items():
-            getattr(self.lfm, name)[which] = values
-
-    def _non_finite(self, backup: _Backup, rows: np.ndarray, n_items: int) -> str | None:
-        """The first array with a NaN/inf in a row this fit could have changed, if any.
-
-        LightFM itself checks the embeddings and biases after every epoch (and raises); this
-        covers the gradient accumulators and momentum, in the rows that can have changed
-        (those backed up, plus this batch's users)."""
-        user_rows = np.union1d(cast(np.ndarray, backup["user_biases"][0]), rows)  # user rows
-        for name in _UNCHECKED_BY_LIGHTFM:
-            which = user_rows if name[0] == "u" else slice(0, n_items)
-            if not np.isfinite(np.sum(getattr(self.lfm, name)[which], dtype=np.float64)):
-                return name
-        return None
+        return sub.commit()
 
 
 def resized(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
@@ -316,13 +295,14 @@ def resized(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
     return grown
 
 
-def _identity(n: int, capacity: int) -> sp.csr_matrix:
-    """Rows 0..n-1 of the capacity x capacity identity, as float32 CSR (built in O(n))."""
-    return sp.csr_matrix(
-        (
-            np.ones(n, dtype=np.float32),
-            np.arange(n, dtype=np.int32),
-            np.arange(n + 1, dtype=np.int32),
-        ),
-        shape=(n, capacity),
-    )
+def _each_epoch_once(on_epoch: Callable[[int], None] | None) -> Callable[[int], None]:
+    """``on_epoch`` called once per epoch, even if a fit runs again after a fallback."""
+    reported = 0
+
+    def report(done: int) -> None:
+        nonlocal reported
+        if done > reported and on_epoch is not None:
+            on_epoch(done)
+        reported = max(reported, done)
+
+    return report

@@ -173,7 +173,7 @@ class IncrementalModel:
         on_epoch: Callable[[int], None] | None = None,
     ) -> BatchResult:
         """Apply one micro-batch (see the module docstring). Blocking and CPU-bound;
-        ``fit_partial`` releases the GIL, so call it via ``asyncio.to_thread``.
+        LightFM's Cython training releases the GIL, so call it via ``asyncio.to_thread``.
 
         ``epochs`` overrides ``config.epochs_per_batch`` (the offline job trains one big
         batch for N epochs, and such a batch never triggers a consolidation: it is one);

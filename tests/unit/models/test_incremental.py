@@ -5,6 +5,7 @@ from models.config import ModelConfig
 from models.events import Rating
 from models.incremental import IncrementalModel, NonFiniteModel
 from models.snapshot import STATE_ARRAYS
+from models.submodel import SubModel
 from models.synthetic import generate_ratings
 
 SMALL = dict(no_components=8, initial_capacity=4)
@@ -305,14 +306,13 @@ def test_non_finite_accumulators_that_lightfm_does_not_check_are_caught(monkeypa
     model = IncrementalModel(ModelConfig(**SMALL))
     model.train_batch(ratings(10, 10, 100))
     before = {name: a.copy() for name, a in model.state_arrays().items()}
-    real_fit = model._lfm.fit_partial
+    real_epoch = SubModel.run_epoch
 
-    def fit_then_corrupt(*args, **kwargs):
-        result = real_fit(*args, **kwargs)
-        model._lfm.user_bias_gradients[model.users.get("u1")] = np.inf  # embeddings stay finite
-        return result
+    def epoch_then_corrupt(self, *args, **kwargs):
+        real_epoch(self, *args, **kwargs)
+        self.users.arrays["bias_gradients"][:] = np.inf  # u1's row; embeddings stay finite
 
-    monkeypatch.setattr(model._lfm, "fit_partial", fit_then_corrupt)
+    monkeypatch.setattr(SubModel, "run_epoch", epoch_then_corrupt)
     with pytest.raises(NonFiniteModel, match="user_bias_gradients"):
         model.train_batch([Rating("z", "u1", "i1", 5, 99)])
     for name, array in model.state_arrays().items():
