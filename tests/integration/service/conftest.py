@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from agents.kafka import send_bulk
 from app.kafka import kafka_client_options
 from app.settings import Settings
+from app.stores import store_from_settings
 from app.topics import ensure_topics
 from devtools.workers import (  # create_bucket: imported from here by other suites too
     WorkerProcess,
@@ -59,6 +60,13 @@ E2E_SETTINGS: dict[str, Any] = dict(
     log_level="info",
 )
 """Fast batches and frequent snapshots: the shared deployment of test_service.py."""
+
+
+async def newest_manifest(settings: Settings) -> dict[str, Any] | None:
+    """The manifest of the newest snapshot in the deployment's store (None before any)."""
+    async with store_from_settings(settings) as store:
+        version = await store.latest()
+        return None if version is None else (await store.get(version))[1]
 
 
 def new_deployment(prefix: str, tmp: Path, **overrides: Any) -> Iterator[Deployment]:

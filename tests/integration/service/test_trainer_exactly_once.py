@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from app.stores import store_from_settings
 from app.topics import ensure_topics
 from devtools.workers import WorkerProcess, free_port, isolated_s3_env, settings_for
 from models.wire import DLQ_KIND, DLQ_OFFSET, DLQ_PARTITION, DLQ_TOPIC
-from tests.integration.service.conftest import KafkaClient, wait_for
+from tests.integration.service.conftest import KafkaClient, newest_manifest, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
 
@@ -131,12 +130,6 @@ def assert_each_once(letters: list[Any], deployment: TrainerOnly) -> set[tuple[i
         assert headers[DLQ_TOPIC].decode() == deployment.topic("ratings")
         assert headers[DLQ_KIND] and m.partition == int(headers[DLQ_PARTITION])
     return set(sources)
-
-
-async def newest_manifest(settings: Settings) -> dict[str, Any] | None:
-    async with store_from_settings(settings) as store:
-        version = await store.latest()
-        return None if version is None else (await store.get(version))[1]
 
 
 @pytest.mark.parametrize(
