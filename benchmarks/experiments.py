@@ -1,0 +1,404 @@
+"""Experiments on replayed traffic (issue 20): the held-out future of ml-100k's temporal split
+replayed as the users' behaviour through the experiment layer of ``models/``
+(``python -m benchmarks.experiments [--quick] [--json]``).
+
+Split: each user's 10 latest ratings are the future (``split_latest_per_user``, as in
+:mod:`benchmarks.quality_service`); the rest, the past, trains each variant's model as
+``streamrec train`` bootstraps one (one batch of ``consolidate_epochs`` epochs), and each
+variant's offline P@10 on the future's positives is measured with
+:func:`models.evaluation.evaluate`. The future is then replayed in time order: every rating
+is a request of its user at its time; each running experiment assigns the user
+(:func:`models.experiment.assign`: the ``ab`` hash, or ``interleave`` with team-draft seeded
+by the request), the reply is an impression (:class:`models.impressions.Impressions`) that a
+:class:`models.impressions.HitMatcher` keeps for ``window`` seconds, and then the user rates:
+a rating >= 4 of a shown item is a hit for the variant that placed it. The models keep
+training on the replayed ratings in micro-batches (one per ``batch_seconds`` of the ratings'
+own time, as a trainer keeping pace would), and after each micro-batch the guardrail
+(:class:`models.sequential.SequentialTest`) looks at each experiment's
+:class:`models.online_metric.Tally`; a ``candidate_worse`` verdict stops the experiment
+(status ``guardrail-stopped``: it assigns no one after that).
+
+Four experiments run on the same replay, so their models are the same: for each method
+(``ab``, ``interleave``) one between two configurations whose offline P@10 differ, and one
+whose candidate is popularity only (the control model's cold-start ranking). This is an
+in-process replay through the ``models/`` API, not through Kafka, and the future is fixed:
+what a user rates does not depend on what they were shown (the replay's usual assumption).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from benchmarks.common import Figure, data_dir, machine, require, table
+from models.config import ModelConfig
+from models.datasets import iter_ratings
+from models.evaluation import _windows, evaluate, positives_by_user, split_latest_per_user
+from models.events import Rating
+from models.experiment import Experiment, Variant, assign, request_seed
+from models.impressions import HitMatcher, Impressions
+from models.incremental import IncrementalModel
+from models.interleaving import Team, team_draft
+from models.online_metric import Tally
+from models.scoring import ScoringView
+from models.sequential import SequentialTest, Verdict
+
+QUICK_SECONDS = 55
+
+K = 10
+HOLDOUT = 10
+POSITIVE = 4.0
+#: The rating that made a hit may come at most this long after the list that showed it.
+WINDOW_SECONDS = 24 * 3600.0
+#: A micro-batch per this much of the ratings' own time (benchmarks.quality_service's).
+BATCH_SECONDS = 600.0
+POPULARITY = "popularity"
+#: The two configurations compared (names are the variants' ``model``): the service's
+#: defaults against the same model trained with BPR and without the item-kNN blend.
+CONFIGS: dict[str, ModelConfig] = {
+    "bpr-noblend": ModelConfig(loss="bpr", blend_neighbours=0),
+    "defaults": ModelConfig(),
+}
+CONTROL, CANDIDATE = "bpr-noblend", "defaults"
+
+
+# --- the replay -------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One experiment's state during the replay, and what it came to."""
+
+    experiment: Experiment
+    matcher: HitMatcher
+    tally: Tally = field(default_factory=Tally)
+    verdict: Verdict | None = None
+    requests: int = 0
+    looks: int = 0
+    decided_at: int | None = None
+    """Impressions (both variants) when the verdict first became significant."""
+    decided_requests: int | None = None
+    decided: Verdict | None = None
+    """The verdict at that look (a significant one stays, see SequentialTest)."""
+    shown: list[Impressions] | None = None
+    """Every list served, when the replay records them (tests check the counts with it)."""
+
+    @property
+    def impressions(self) -> int:
+        return sum(self.tally.impressions.values())
+
+    def summary(self) -> dict[str, Any]:
+        exp = self.experiment
+        counts = {t: self.tally.counts(t) for t in ("control", "candidate")}
+        final = self.verdict
+        return {
+            "experiment": exp.name,
+            "method": exp.method,
+            "control": exp.control.model,
+            "candidate": exp.candidate.model,
+            "status": exp.status,
+            "requests": self.requests,
+            "impressions": self.impressions,
+            **{f"{t} impressions": c.impressions for t, c in counts.items()},
+            **{f"{t} hits": c.hits for t, c in counts.items()},
+            **{f"{t} hit-rate": c.rate for t, c in counts.items()},
+            "verdict": self.decided.decision if self.decided else "not significant",
+            "impressions to verdict": self.decided_at,
+            "requests to verdict": self.decided_requests,
+            "p-value": final.p_value if final else 1.0,
+            "reason": (self.decided or final).reason if (self.decided or final) else "",
+            "looks": self.looks,
+            "dropped": self.matcher.dropped,
+        }
+
+
+Ranker = Callable[[Variant, str, set[str]], list[str]]
+
+
+def rankers(
+    models: Mapping[str, IncrementalModel], popularity_of: str, k: int = K
+) -> Callable[[], Ranker]:
+    """A factory of rankers over the models' current views: a variant's ``model`` names a
+    model of ``models`` (its top ``k``, seen items excluded and blended with, as the scorer
+    does), or :data:`POPULARITY` (``popularity_of``'s cold-start ranking, seen excluded)."""
+
+    def make() -> Ranker:
+        views: dict[str, ScoringView] = {name: m.view() for name, m in models.items()}
+        cache: dict[tuple[Any, str, int], list[str]] = {}
+
+        def rank(variant: Variant, user: str, seen: set[str]) -> list[str]:
+            key = (variant.model, user, len(seen))
+            if key not in cache:
+                if variant.model == POPULARITY:
+                    items = views[popularity_of].popular(k, seen)
+                else:
+                    view = views[str(variant.model)]
+                    items = view.recommend(user, k, seen, seen).items
+                cache[key] = [s.item for s in items]
+            return cache[key]
+
+        return rank
+
+    return make
+
+
+def batches(events: Sequence[Rating], seconds: float) -> list[Sequence[Rating]]:
+    """``events`` (time order) cut where their time enters a new window of ``seconds``."""
+    cuts = sorted({0, len(events)} | _windows(seconds, events))
+    return [events[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def replay(
+    future: Sequence[Rating],
+    models: Mapping[str, IncrementalModel],
+    experiments: Iterable[Experiment],
+    seen: Mapping[str, Iterable[str]],
+    *,
+    popularity_of: str,
+    test: SequentialTest | None = None,
+    window: float = WINDOW_SECONDS,
+    positive: float = POSITIVE,
+    batch_seconds: float = BATCH_SECONDS,
+    k: int = K,
+    record: bool = False,
+) -> list[Run]:
+    """Replay ``future`` (sorted by time here) through ``experiments``: each rating is a
+    request of its user just before the rating, answered per experiment, then matched as
+    the user's behaviour; after each micro-batch the ``models`` train on it and the
+    guardrail looks. ``seen``: each user's items before the future (excluded from replies).
+    ``record``: keep every list served in :attr:`Run.shown`.
+    """
+    test = test or SequentialTest()
+    runs = [Run(e, HitMatcher(window, positive), shown=[] if record else None) for e in experiments]
+    history: dict[str, set[str]] = defaultdict(set)
+    for user, items in seen.items():
+        history[user].update(items)
+    ordered = sorted(future, key=lambda e: e.ts)
+    make = rankers(models, popularity_of, k)
+    for batch in batches(ordered, batch_seconds):
+        rank = make()
+        for event in batch:
+            user = event.user
+            for run in runs:
+                exp = run.experiment
+                arm = assign(exp, user)
+                if arm is None:
+                    continue
+                placed: list[tuple[str, Team]]
+                if arm == "interleaved":
+                    placed = list(
+                        team_draft(
+                            rank(exp.control, user, history[user]),
+                            rank(exp.candidate, user, history[user]),
+                            k,
+                            request_seed(exp.name, event.event_id),
+                        )
+                    )
+                else:
+                    variant = exp.control if arm == "control" else exp.candidate
+                    placed = [(item, arm) for item in rank(variant, user, history[user])]
+                run.requests += 1
+                served = Impressions.of(exp.name, user, event.ts, placed)
+                run.tally.show(run.matcher.show(served))
+                if run.shown is not None:
+                    run.shown.append(served)
+            for run in runs:
+                hit = run.matcher.match(event)
+                if hit is not None:
+                    run.tally.hit(hit.team)
+            history[user].add(event.item)
+        for model in models.values():
+            model.train_batch(batch)
+        for run in runs:
+            look(run, test)
+    return runs
+
+
+def look(run: Run, test: SequentialTest) -> None:
+    """The guardrail's look at one running experiment after a micro-batch."""
+    if not run.experiment.running:
+        return
+    tally = run.tally
+    run.verdict = test.verdict(tally.counts("control"), tally.counts("candidate"), run.verdict)
+    run.looks += 1
+    if run.verdict.significant and run.decided is None:
+        run.decided, run.decided_at, run.decided_requests = (
+            run.verdict,
+            run.impressions,
+            run.requests,
+        )
+    if run.verdict.stop:
+        run.experiment = run.experiment.with_status("guardrail-stopped", run.verdict.reason[:500])
+
+
+# --- ml-100k ----------------------------------------------------------------------------
+def load() -> list[Rating]:
+    path = require(data_dir() / "ml-100k" / "u.data")
+    with path.open(encoding="latin-1") as f:
+        return list(iter_ratings(f, "ml100k", source="u.data"))
+
+
+def experiments_for(start: float) -> list[Experiment]:
+    """The four experiments: per method, the two configurations, and popularity only."""
+    out = []
+    for method in ("ab", "interleave"):
+        for candidate in (CANDIDATE, POPULARITY):
+            out.append(
+                Experiment(
+                    name=f"{method}-{candidate}",
+                    control=Variant(model=CONTROL if candidate != POPULARITY else CANDIDATE),
+                    candidate=Variant(model=candidate),
+                    method=method,  # type: ignore[arg-type]
+                    share=1.0,
+                    start=start,
+                )
+            )
+    return out
+
+
+def run(quick: bool = False, seed: int = 42) -> dict[str, Any]:
+    """The whole benchmark; ``quick`` trains the past for fewer epochs (the replay is the
+    same)."""
+    started = time.perf_counter()
+    ratings = load()
+    past, future = split_latest_per_user(ratings, HOLDOUT)
+    past.sort(key=lambda r: r.ts)
+    future.sort(key=lambda r: r.ts)
+    truth = positives_by_user(future, POSITIVE)
+    seen = positives_by_user(past)
+    models: dict[str, IncrementalModel] = {}
+    offline: dict[str, float] = {}
+    for name, config in CONFIGS.items():
+        config = ModelConfig(**{**config.to_dict(), "seed": seed})
+        model = models[name] = IncrementalModel(config)
+        model.train_batch(past, epochs=5 if quick else config.consolidate_epochs)
+        offline[name] = evaluate(model.view(), truth, train=seen).precision
+    offline[POPULARITY] = evaluate(
+        models[CANDIDATE].view(), truth, train=seen, popularity=True
+    ).precision
+    trained = time.perf_counter() - started
+    runs = replay(future, models, experiments_for(future[0].ts), seen, popularity_of=CANDIDATE)
+    return {
+        "dataset": "ml-100k",
+        "past": len(past),
+        "future": len(future),
+        "future positives": sum(len(v) for v in truth.values()),
+        "window_seconds": WINDOW_SECONDS,
+        "batch_seconds": BATCH_SECONDS,
+        "quick": quick,
+        "offline P@10": offline,
+        "runs": [r.summary() for r in runs],
+        "train_seconds": round(trained, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+    }
+
+
+def figures(quick: bool) -> list[Figure]:
+    report = run(quick)
+    by = {r["experiment"]: r for r in report["runs"]}
+    offline = report["offline P@10"]
+    out = []
+    for method in ("ab", "interleave"):
+        pair = by[f"{method}-{CANDIDATE}"]
+        out.append(
+            Figure(
+                f"experiments {method}: online hit-rate, {CANDIDATE} / {CONTROL} "
+                f"(offline P@10 ratio {offline[CANDIDATE] / offline[CONTROL]:.2f})",
+                baseline=pair["control hit-rate"],
+                value=pair["candidate hit-rate"],
+                goal=1.0,
+                note=f"verdict {pair['verdict']} after {pair['impressions to verdict']} "
+                f"impressions",
+            )
+        )
+    ab, inter = by[f"ab-{CANDIDATE}"], by[f"interleave-{CANDIDATE}"]
+    both = ab["impressions to verdict"] is not None and inter["impressions to verdict"] is not None
+    out.append(
+        Figure(
+            "experiments: impressions to a significant verdict, interleave / ab",
+            baseline=ab["impressions to verdict"] if both else None,
+            value=inter["impressions to verdict"] if both else None,
+            goal=1.0,
+            better="lower",
+            unit="impressions",
+            note="" if both else f"ab: {ab['verdict']}, interleave: {inter['verdict']}",
+        )
+    )
+    for method in ("ab", "interleave"):
+        bad = by[f"{method}-{POPULARITY}"]
+        stopped = bad["status"] == "guardrail-stopped"
+        out.append(
+            Figure(
+                f"experiments {method}: popularity-only candidate stopped by the guardrail, "
+                "impressions to the stop / impressions of the whole replay",
+                baseline=float(by[f"{method}-{CANDIDATE}"]["impressions"]),
+                value=float(bad["impressions to verdict"]) if stopped else None,
+                goal=1.0,
+                better="lower",
+                unit="impressions",
+                note="" if stopped else f"not stopped: {bad['verdict']}",
+            )
+        )
+    return out
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Train the past for 5 epochs instead of 20.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--seed", default=42, show_default=True)
+def main(quick: bool, as_json: bool, seed: int) -> None:
+    """Experiments on replayed ml-100k traffic: per method, the verdict, the impressions it
+    took, and the guardrail's stop of a popularity-only candidate."""
+    report = run(quick, seed)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"ml-100k: past {report['past']} ratings, future {report['future']} "
+        f"({report['future positives']} positives >= {POSITIVE:g}) replayed in time order; "
+        f"hit window {WINDOW_SECONDS / 3600:g} h, micro-batches every {BATCH_SECONDS:g} s\n"
+    )
+    click.echo(
+        "offline P@10 (past -> future positives, seen excluded): "
+        + ", ".join(f"{n} {p:.4f}" for n, p in report["offline P@10"].items())
+        + "\n"
+    )
+    rows = [
+        [
+            r["experiment"],
+            f"{r['candidate']} vs {r['control']}",
+            r["verdict"],
+            "-" if r["impressions to verdict"] is None else r["impressions to verdict"],
+            r["impressions"],
+            f"{r['candidate hit-rate']:.4f} / {r['control hit-rate']:.4f}",
+            f"{r['p-value']:.3g}",
+            r["status"],
+        ]
+        for r in report["runs"]
+    ]
+    click.echo(
+        table(
+            [
+                "experiment",
+                "candidate vs control",
+                "verdict",
+                "impressions to verdict",
+                "impressions",
+                "hit-rate cand / ctrl",
+                "p",
+                "status",
+            ],
+            rows,
+        )
+    )
+    click.echo(f"\ntrained the past in {report['train_seconds']} s; total {report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
