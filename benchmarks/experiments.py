@@ -96,6 +96,7 @@ class Run:
         exp = self.experiment
         counts = {t: self.tally.counts(t) for t in ("control", "candidate")}
         final = self.verdict
+        said = self.decided or final
         return {
             "experiment": exp.name,
             "method": exp.method,
@@ -111,7 +112,7 @@ class Run:
             "impressions to verdict": self.decided_at,
             "requests to verdict": self.decided_requests,
             "p-value": final.p_value if final else 1.0,
-            "reason": (self.decided or final).reason if (self.decided or final) else "",
+            "reason": said.reason if said else "",
             "looks": self.looks,
             "dropped": self.matcher.dropped,
         }
@@ -253,7 +254,7 @@ def experiments_for(start: float) -> list[Experiment]:
                     name=f"{method}-{candidate}",
                     control=Variant(model=CONTROL if candidate != POPULARITY else CANDIDATE),
                     candidate=Variant(model=candidate),
-                    method=method,  # type: ignore[arg-type]
+                    method=method,
                     share=1.0,
                     start=start,
                 )

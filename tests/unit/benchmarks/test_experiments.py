@@ -1,0 +1,176 @@
+"""benchmarks.experiments: the replay loop's mechanics on a small synthetic dataset.
+
+What was shown is recorded (``record=True``) and the tallies are checked against it: every
+impression counted once, hits only for positive ratings of items recommended to that user
+within the window, never for items the user had already rated; and the guardrail stops a
+popularity-only candidate on data where it is clearly worse.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+
+from benchmarks.experiments import POPULARITY, Run, batches, replay
+from models.config import ModelConfig
+from models.evaluation import positives_by_user, split_latest_per_user
+from models.events import Rating
+from models.experiment import Experiment, Variant
+from models.incremental import IncrementalModel
+from models.sequential import SequentialTest
+from models.synthetic import generate_ratings
+
+CONFIG = ModelConfig(
+    no_components=8, consolidate_every=0, blend_neighbours=0, epochs_per_batch=1, seed=1
+)
+BIG_WINDOW = 1e12  # nothing expires: each (user, item) is one impression until it is hit
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[list[Rating], list[Rating]]:
+    ratings = generate_ratings(n_users=150, n_items=120, n_ratings=6000, n_clusters=6, seed=3)
+    past, future = split_latest_per_user(ratings, 8)
+    return sorted(past, key=lambda r: r.ts), sorted(future, key=lambda r: r.ts)
+
+
+def trained(past: list[Rating]) -> IncrementalModel:
+    model = IncrementalModel(CONFIG)
+    model.train_batch(past, epochs=10)
+    return model
+
+
+def experiment(name: str, method: str, candidate: str, share: float = 1.0) -> Experiment:
+    return Experiment(
+        name=name,
+        control=Variant(model="m"),
+        candidate=Variant(model=candidate),
+        method=method,  # type: ignore[arg-type]
+        share=share,
+        start=0.0,
+    )
+
+
+def run_both(data: tuple[list[Rating], list[Rating]], window: float) -> list[Run]:
+    past, future = data
+    return replay(
+        future,
+        {"m": trained(past)},
+        [experiment("ab-pop", "ab", POPULARITY), experiment("tdi-pop", "interleave", POPULARITY)],
+        positives_by_user(past),
+        popularity_of="m",
+        window=window,
+        batch_seconds=600.0,
+        record=True,
+        test=SequentialTest(min_impressions=10**9),  # never stops: the counts are the test
+    )
+
+
+def test_impressions_and_hits_match_what_was_shown(data) -> None:
+    _, future = data
+    for run in run_both(data, BIG_WINDOW):
+        assert run.shown is not None
+        assert run.requests == len(run.shown) == len(future)  # share 1: every rating asks
+        first: dict[tuple[str, str], tuple[float, str]] = {}
+        for served in run.shown:
+            assert len(served.items) == 10
+            for item, team in served:
+                first.setdefault((served.user, item), (served.ts, team))
+        # nothing expires and a hit item is seen (never shown again): one impression each
+        per_team = defaultdict(int)
+        for _, team in first.values():
+            per_team[team] += 1
+        assert run.tally.impressions == per_team
+        assert run.impressions == len(first)
+        # a hit is a future rating >= 4 of an item shown to its user at or before it
+        expected = defaultdict(int)
+        for r in future:
+            shown = first.get((r.user, r.item))
+            if r.rating >= 4 and shown is not None and shown[0] <= r.ts:
+                expected[shown[1]] += 1
+        assert sum(expected.values()) > 0
+        assert run.tally.hits == {t: expected[t] for t in ("control", "candidate")}
+        if run.experiment.method == "interleave":
+            assert min(run.tally.impressions.values()) > 0  # both teams place items
+
+
+def test_hits_only_within_the_window_and_never_on_items_rated_before(data) -> None:
+    past, future = data
+    window = 1.0
+    before = {(r.user, r.item) for r in past}
+    for run in run_both(data, window):
+        assert run.shown is not None
+        shown_at = defaultdict(list)
+        for served in run.shown:
+            assert not {(served.user, item) for item in served.items} & before
+            for item in served.items:
+                shown_at[(served.user, item)].append(served.ts)
+        hits = 0
+        for r in future:
+            times = shown_at.get((r.user, r.item), [])
+            if r.rating >= 4 and any(0 <= r.ts - t <= window for t in times):
+                hits += 1
+        # hits are a subset of these (a pending impression keeps its first time)
+        assert 0 < sum(run.tally.hits.values()) <= hits
+        assert sum(run.tally.hits.values()) <= run.impressions
+
+
+def test_a_rating_of_an_item_seen_in_the_past_is_never_a_hit(data) -> None:
+    past, _ = data
+    again = [
+        Rating(f"again:{n}", r.user, r.item, 5.0, 2_000_000_000.0 + n)
+        for n, r in enumerate(past[-300:])
+    ]
+    (run,) = replay(
+        again,
+        {"m": trained(past)},
+        [experiment("ab-pop", "ab", POPULARITY)],
+        positives_by_user(past),
+        popularity_of="m",
+        window=BIG_WINDOW,
+        test=SequentialTest(min_impressions=10**9),
+    )
+    assert run.impressions > 0 and sum(run.tally.hits.values()) == 0
+
+
+def test_the_guardrail_stops_a_popularity_only_candidate(data) -> None:
+    past, future = data
+    runs = replay(
+        future,
+        {"m": trained(past)},
+        [experiment("ab-pop", "ab", POPULARITY), experiment("tdi-pop", "interleave", POPULARITY)],
+        positives_by_user(past),
+        popularity_of="m",
+        test=SequentialTest(min_impressions=200, tau=0.05),
+    )
+    for run in runs:
+        assert run.experiment.status == "guardrail-stopped", run.summary()
+        assert run.decided is not None and run.decided.stop
+        assert run.experiment.reason and "worse" in run.experiment.reason
+        stopped_at = run.impressions
+        assert run.decided_at == stopped_at  # nothing counted after the stop
+        assert run.requests < len(future)  # the stopped experiment assigns no one
+
+
+def test_a_share_leaves_the_other_users_out(data) -> None:
+    past, future = data
+    (run,) = replay(
+        future,
+        {"m": trained(past)},
+        [experiment("half", "ab", POPULARITY, share=0.5)],
+        positives_by_user(past),
+        popularity_of="m",
+        test=SequentialTest(min_impressions=10**9),
+        record=True,
+    )
+    assert run.shown is not None
+    users = {s.user for s in run.shown}
+    everyone = {r.user for r in future}
+    assert 0.3 * len(everyone) < len(users) < 0.7 * len(everyone)
+    assert run.requests == sum(r.user in users for r in future)
+
+
+def test_batches_cut_at_the_windows_of_event_time() -> None:
+    events = [Rating(f"e{n}", "u", f"i{n}", 4.0, float(ts)) for n, ts in enumerate([0, 5, 10, 25])]
+    assert [len(b) for b in batches(events, 10.0)] == [2, 1, 1]
+    assert batches([], 10.0) == []
