@@ -29,20 +29,22 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import numpy as np
 
 from benchmarks.common import Figure, data_dir, machine, require, table
 from models.config import ModelConfig
 from models.datasets import iter_ratings
 from models.evaluation import _windows, evaluate, positives_by_user, split_latest_per_user
 from models.events import Rating
-from models.experiment import Experiment, Variant, assign, request_seed
+from models.experiment import METHODS, Experiment, Variant, assign, request_seed
 from models.impressions import HitMatcher, Impressions
 from models.incremental import IncrementalModel
 from models.interleaving import Team, team_draft
@@ -50,7 +52,7 @@ from models.online_metric import Tally
 from models.scoring import ScoringView
 from models.sequential import SequentialTest, Verdict
 
-QUICK_SECONDS = 55
+QUICK_SECONDS = 60
 
 K = 10
 HOLDOUT = 10
@@ -244,28 +246,65 @@ def load() -> list[Rating]:
         return list(iter_ratings(f, "ml100k", source="u.data"))
 
 
-def experiments_for(start: float) -> list[Experiment]:
-    """The four experiments: per method, the two configurations, and popularity only."""
+def experiments_for(start: float, replicas: int = 1) -> list[Experiment]:
+    """Per method, the two configurations and popularity only, ``replicas`` times: each
+    replica's name differs, so its ``ab`` arms and interleaving coins are drawn anew."""
     out = []
-    for method in ("ab", "interleave"):
+    for method in METHODS:
         for candidate in (CANDIDATE, POPULARITY):
-            out.append(
-                Experiment(
-                    name=f"{method}-{candidate}",
-                    control=Variant(model=CONTROL if candidate != POPULARITY else CANDIDATE),
-                    candidate=Variant(model=candidate),
-                    method=method,
-                    share=1.0,
-                    start=start,
+            for n in range(replicas):
+                out.append(
+                    Experiment(
+                        name=f"{method}-{candidate}" + (f"-{n}" if n else ""),
+                        control=Variant(model=CONTROL if candidate != POPULARITY else CANDIDATE),
+                        candidate=Variant(model=candidate),
+                        method=method,  # type: ignore[arg-type]
+                        share=1.0,
+                        start=start,
+                    )
                 )
-            )
     return out
 
 
-def run(quick: bool = False, seed: int = 42) -> dict[str, Any]:
-    """The whole benchmark; ``quick`` trains the past for fewer epochs (the replay is the
-    same)."""
+def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, candidate) over its replicas: the verdicts, the median (and
+    range) of the impressions each took (an undecided replica counts as never), the stops."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["method"], str(r["candidate"]))].append(r)
+    rows = []
+    for (method, candidate), group in groups.items():
+        taken = sorted(
+            math.inf if r["impressions to verdict"] is None else r["impressions to verdict"]
+            for r in group
+        )
+        median = float(np.median(taken)) if taken else math.inf
+        verdicts = Counter(r["verdict"] for r in group)
+        rows.append(
+            {
+                "method": method,
+                "candidate": candidate,
+                "control": group[0]["control"],
+                "replicas": len(group),
+                "verdicts": dict(verdicts),
+                "verdict": verdicts.most_common(1)[0][0],
+                "median impressions to verdict": None if math.isinf(median) else median,
+                "fewest": None if math.isinf(taken[0]) else taken[0],
+                "most": None if math.isinf(taken[-1]) else taken[-1],
+                "stopped": sum(r["status"] == "guardrail-stopped" for r in group),
+                "candidate hit-rate": float(np.mean([r["candidate hit-rate"] for r in group])),
+                "control hit-rate": float(np.mean([r["control hit-rate"] for r in group])),
+                "impressions": float(np.median([r["impressions"] for r in group])),
+            }
+        )
+    return rows
+
+
+def run(quick: bool = False, seed: int = 42, replicas: int | None = None) -> dict[str, Any]:
+    """The whole benchmark: ``quick`` trains the past for 5 epochs instead of the bootstrap's
+    20 and runs 3 replicas of each experiment instead of 10 (the replay is the same)."""
     started = time.perf_counter()
+    replicas = replicas or (3 if quick else 10)
     ratings = load()
     past, future = split_latest_per_user(ratings, HOLDOUT)
     past.sort(key=lambda r: r.ts)
@@ -283,7 +322,10 @@ def run(quick: bool = False, seed: int = 42) -> dict[str, Any]:
         models[CANDIDATE].view(), truth, train=seen, popularity=True
     ).precision
     trained = time.perf_counter() - started
-    runs = replay(future, models, experiments_for(future[0].ts), seen, popularity_of=CANDIDATE)
+    runs = replay(
+        future, models, experiments_for(future[0].ts, replicas), seen, popularity_of=CANDIDATE
+    )
+    details = [r.summary() for r in runs]
     return {
         "dataset": "ml-100k",
         "past": len(past),
@@ -292,8 +334,11 @@ def run(quick: bool = False, seed: int = 42) -> dict[str, Any]:
         "window_seconds": WINDOW_SECONDS,
         "batch_seconds": BATCH_SECONDS,
         "quick": quick,
+        "seed": seed,
+        "replicas": replicas,
         "offline P@10": offline,
-        "runs": [r.summary() for r in runs],
+        "summary": summarise(details),
+        "runs": details,
         "train_seconds": round(trained, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine(),
@@ -302,11 +347,11 @@ def run(quick: bool = False, seed: int = 42) -> dict[str, Any]:
 
 def figures(quick: bool) -> list[Figure]:
     report = run(quick)
-    by = {r["experiment"]: r for r in report["runs"]}
+    by = {(r["method"], r["candidate"]): r for r in report["summary"]}
     offline = report["offline P@10"]
     out = []
-    for method in ("ab", "interleave"):
-        pair = by[f"{method}-{CANDIDATE}"]
+    for method in METHODS:
+        pair = by[(method, CANDIDATE)]
         out.append(
             Figure(
                 f"experiments {method}: online hit-rate, {CANDIDATE} / {CONTROL} "
@@ -314,56 +359,60 @@ def figures(quick: bool) -> list[Figure]:
                 baseline=pair["control hit-rate"],
                 value=pair["candidate hit-rate"],
                 goal=1.0,
-                note=f"verdict {pair['verdict']} after {pair['impressions to verdict']} "
-                f"impressions",
+                note=f"verdicts of {pair['replicas']} replicas: {pair['verdicts']}",
             )
         )
-    ab, inter = by[f"ab-{CANDIDATE}"], by[f"interleave-{CANDIDATE}"]
-    both = ab["impressions to verdict"] is not None and inter["impressions to verdict"] is not None
+    ab, inter = by[("ab", CANDIDATE)], by[("interleave", CANDIDATE)]
     out.append(
         Figure(
-            "experiments: impressions to a significant verdict, interleave / ab",
-            baseline=ab["impressions to verdict"] if both else None,
-            value=inter["impressions to verdict"] if both else None,
+            "experiments: impressions to a significant verdict (median of replicas), "
+            "interleave / ab",
+            baseline=ab["median impressions to verdict"],
+            value=inter["median impressions to verdict"],
             goal=1.0,
             better="lower",
             unit="impressions",
-            note="" if both else f"ab: {ab['verdict']}, interleave: {inter['verdict']}",
+            note=f"ab {ab['verdicts']}, interleave {inter['verdicts']}",
         )
     )
-    for method in ("ab", "interleave"):
-        bad = by[f"{method}-{POPULARITY}"]
-        stopped = bad["status"] == "guardrail-stopped"
+    for method in METHODS:
+        bad = by[(method, POPULARITY)]
         out.append(
             Figure(
                 f"experiments {method}: popularity-only candidate stopped by the guardrail, "
                 "impressions to the stop / impressions of the whole replay",
-                baseline=float(by[f"{method}-{CANDIDATE}"]["impressions"]),
-                value=float(bad["impressions to verdict"]) if stopped else None,
+                baseline=by[(method, CANDIDATE)]["impressions"],
+                value=bad["median impressions to verdict"] if bad["stopped"] else None,
                 goal=1.0,
                 better="lower",
                 unit="impressions",
-                note="" if stopped else f"not stopped: {bad['verdict']}",
+                note=f"stopped in {bad['stopped']} of {bad['replicas']} replicas",
             )
         )
     return out
 
 
+def _count(value: float | None) -> str:
+    return "never" if value is None else f"{value:,.0f}"
+
+
 @click.command()
-@click.option("--quick", is_flag=True, help="Train the past for 5 epochs instead of 20.")
+@click.option("--quick", is_flag=True, help="5 epochs on the past and 3 replicas (10 and 20).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--seed", default=42, show_default=True)
-def main(quick: bool, as_json: bool, seed: int) -> None:
+@click.option("--seed", default=42, show_default=True, help="The models' seed.")
+@click.option("--replicas", type=int, help="Experiments per method and candidate.")
+def main(quick: bool, as_json: bool, seed: int, replicas: int | None) -> None:
     """Experiments on replayed ml-100k traffic: per method, the verdict, the impressions it
     took, and the guardrail's stop of a popularity-only candidate."""
-    report = run(quick, seed)
+    report = run(quick, seed, replicas)
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(
         f"ml-100k: past {report['past']} ratings, future {report['future']} "
         f"({report['future positives']} positives >= {POSITIVE:g}) replayed in time order; "
-        f"hit window {WINDOW_SECONDS / 3600:g} h, micro-batches every {BATCH_SECONDS:g} s\n"
+        f"hit window {WINDOW_SECONDS / 3600:g} h, micro-batches every {BATCH_SECONDS:g} s, "
+        f"{report['replicas']} replicas (experiment names) per row\n"
     )
     click.echo(
         "offline P@10 (past -> future positives, seen excluded): "
@@ -372,28 +421,26 @@ def main(quick: bool, as_json: bool, seed: int) -> None:
     )
     rows = [
         [
-            r["experiment"],
+            r["method"],
             f"{r['candidate']} vs {r['control']}",
-            r["verdict"],
-            "-" if r["impressions to verdict"] is None else r["impressions to verdict"],
-            r["impressions"],
+            ", ".join(f"{v} {n}" for v, n in r["verdicts"].items()),
+            _count(r["median impressions to verdict"]),
+            f"{_count(r['fewest'])}-{_count(r['most'])}",
+            f"{r['stopped']} of {r['replicas']}",
             f"{r['candidate hit-rate']:.4f} / {r['control hit-rate']:.4f}",
-            f"{r['p-value']:.3g}",
-            r["status"],
         ]
-        for r in report["runs"]
+        for r in report["summary"]
     ]
     click.echo(
         table(
             [
-                "experiment",
+                "method",
                 "candidate vs control",
-                "verdict",
-                "impressions to verdict",
-                "impressions",
+                "verdicts",
+                "impressions to verdict (median)",
+                "range",
+                "guardrail stops",
                 "hit-rate cand / ctrl",
-                "p",
-                "status",
             ],
             rows,
         )
