@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import pytest
 
-from benchmarks.experiments import POPULARITY, Run, batches, replay
+from benchmarks.experiments import POPULARITY, Run, batches, replay, summarise
 from models.config import ModelConfig
 from models.evaluation import positives_by_user, split_latest_per_user
 from models.events import Rating
@@ -174,3 +174,29 @@ def test_batches_cut_at_the_windows_of_event_time() -> None:
     events = [Rating(f"e{n}", "u", f"i{n}", 4.0, float(ts)) for n, ts in enumerate([0, 5, 10, 25])]
     assert [len(b) for b in batches(events, 10.0)] == [2, 1, 1]
     assert batches([], 10.0) == []
+
+
+def test_the_summary_counts_an_undecided_replica_as_never() -> None:
+    def row(n: int | None, verdict: str, status: str = "running") -> dict[str, object]:
+        return {
+            "method": "ab",
+            "candidate": "c",
+            "control": "m",
+            "impressions to verdict": n,
+            "verdict": verdict,
+            "status": status,
+            "candidate hit-rate": 0.1,
+            "control hit-rate": 0.05,
+            "impressions": 100,
+        }
+
+    (two_of_three,) = summarise(
+        [row(300, "candidate_better"), row(None, "not significant"), row(100, "candidate_better")]
+    )
+    assert two_of_three["median impressions to verdict"] == 300
+    assert (two_of_three["fewest"], two_of_three["most"]) == (100, None)
+    assert two_of_three["verdict"] == "candidate_better" and two_of_three["stopped"] == 0
+    (one_of_three,) = summarise(
+        [row(None, "not significant"), row(None, "not significant"), row(50, "candidate_worse")]
+    )
+    assert one_of_three["median impressions to verdict"] is None
