@@ -200,3 +200,39 @@ def test_the_summary_counts_an_undecided_replica_as_never() -> None:
         [row(None, "not significant"), row(None, "not significant"), row(50, "candidate_worse")]
     )
     assert one_of_three["median impressions to verdict"] is None
+
+
+def test_figures_read_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import experiments
+
+    def row(method: str, candidate: str, n: int | None, status: str) -> dict[str, object]:
+        verdict = "not significant" if n is None else "candidate_better"
+        return {
+            "method": method,
+            "candidate": candidate,
+            "control": "x",
+            "impressions to verdict": n,
+            "verdict": verdict,
+            "status": status,
+            "candidate hit-rate": 0.07,
+            "control hit-rate": 0.05,
+            "impressions": 10_000,
+        }
+
+    runs = [
+        row("ab", experiments.CANDIDATE, 5000, "running"),
+        row("interleave", experiments.CANDIDATE, 4000, "running"),
+        row("ab", POPULARITY, 2000, "guardrail-stopped"),
+        row("interleave", POPULARITY, None, "running"),
+    ]
+    report = {
+        "summary": summarise(runs),
+        "offline P@10": {experiments.CONTROL: 0.08, experiments.CANDIDATE: 0.1},
+    }
+    monkeypatch.setattr(experiments, "run", lambda quick: report)
+    ab_pair, tdi_pair, speed, ab_stop, tdi_stop = experiments.figures(True)
+    assert "offline P@10 ratio 1.25" in tdi_pair.figure
+    assert ab_pair.passed and ab_pair.ratio == pytest.approx(1.4)
+    assert speed.ratio == pytest.approx(0.8) and speed.passed
+    assert ab_stop.ratio == pytest.approx(0.2) and ab_stop.passed
+    assert tdi_stop.value is None and "stopped in 0 of 1" in tdi_stop.note
