@@ -272,11 +272,12 @@ class IncrementalModel:
     def consolidate(self, epochs: int | None = None) -> bool:
         """Retrain the window's rows on the window for ``epochs`` (default
         ``consolidate_epochs``) and write them back: the rows of the users the window trains
-        and of the window's items, warm-started from their current values
-        (:func:`~models.consolidation.warm_start`), trained on all the window's interactions at once, as one batch fit
-        (:class:`~models.consolidation.Consolidation`). Users outside the window keep their
-        rows exactly; the next delta carries only the rows whose values changed. Ids,
-        popularity, positives counts, dedupe memory and the version are unchanged.
+        and of the items, the window's warm-started from their current values
+        (:func:`~models.consolidation.warm_start`), trained on all the window's interactions
+        at once, as one batch fit (:class:`~models.consolidation.Consolidation`). Users
+        outside the window keep their rows exactly; the next delta carries only the rows
+        whose values changed. Ids, popularity, positives counts, dedupe memory and the
+        version are unchanged.
 
         Returns False, leaving the model as it was, if the window is empty or the retrain
         went non-finite. Blocking and CPU-bound, like :meth:`train_batch`. (A deferred
