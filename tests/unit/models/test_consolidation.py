@@ -269,6 +269,29 @@ def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch()
     assert not deferred.install(job)  # once
 
 
+def test_a_tail_that_trains_users_outside_the_window_replays_exactly():
+    """The tail's users the consolidation does not hold (outside its window) are copied
+    before their batch trains them, and replayed from there: the inline state, exactly."""
+    small = config(consolidation_window=250)
+    batches = growing_batches(4)
+    inline, deferred = IncrementalModel(small), IncrementalModel(small)
+    deferred.defer_consolidation = True
+    for batch in batches[:2]:
+        inline.train_batch(batch)
+        deferred.train_batch(batch)
+    job = deferred.take_consolidation()
+    assert job is not None
+    window_users = job.user_rows
+    for i, batch in enumerate(batches[2:]):  # older users, new users and new items
+        deferred.train_batch(batch[:200])
+        inline.train_batch(batch[:200])
+        if i == 0:
+            job.run()
+    assert deferred.install(job)
+    assert job.user_rows > window_users  # it took in rows from outside its window
+    assert_same_state(inline, deferred)
+
+
 def test_between_epochs_is_called_after_every_epoch_and_changes_nothing():
     inline, deferred = IncrementalModel(config()), IncrementalModel(config())
     deferred.defer_consolidation = True
