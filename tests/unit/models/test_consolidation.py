@@ -246,18 +246,23 @@ def test_a_deferred_consolidation_with_no_tail_matches_inline_exactly_and_blends
     assert (inline._neighbours != deferred._neighbours).nnz == 0
 
 
-def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch():
-    """A tail replayed partly by run() and partly by install() (new users and items in
-    both parts) gives exactly the inline state, as long as no mark is crossed meanwhile."""
-    batches = growing_batches(3)
-    inline = IncrementalModel(config())
-    deferred = IncrementalModel(config())
+def cut_after_two(cfg: ModelConfig, batches: list[list]):
+    """An inline and a deferred model after ``batches[:2]``, and the deferred one's cut."""
+    inline, deferred = IncrementalModel(cfg), IncrementalModel(cfg)
     deferred.defer_consolidation = True
     for batch in batches[:2]:
         inline.train_batch(batch)
         deferred.train_batch(batch)
     job = deferred.take_consolidation()
     assert job is not None
+    return inline, deferred, job
+
+
+def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch():
+    """A tail replayed partly by run() and partly by install() (new users and items in
+    both parts) gives exactly the inline state, as long as no mark is crossed meanwhile."""
+    batches = growing_batches(3)
+    inline, deferred, job = cut_after_two(config(), batches)
     deferred.train_batch(batches[2][:150])  # replayed by run()
     inline.train_batch(batches[2][:150])
     job.run()
@@ -272,15 +277,8 @@ def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch()
 def test_a_tail_that_trains_users_outside_the_window_replays_exactly():
     """The tail's users the consolidation does not hold (outside its window) are copied
     before their batch trains them, and replayed from there: the inline state, exactly."""
-    small = config(consolidation_window=250)
     batches = growing_batches(4)
-    inline, deferred = IncrementalModel(small), IncrementalModel(small)
-    deferred.defer_consolidation = True
-    for batch in batches[:2]:
-        inline.train_batch(batch)
-        deferred.train_batch(batch)
-    job = deferred.take_consolidation()
-    assert job is not None
+    inline, deferred, job = cut_after_two(config(consolidation_window=250), batches)
     window_users = job.user_rows
     for i, batch in enumerate(batches[2:]):  # older users, new users and new items
         deferred.train_batch(batch[:200])
