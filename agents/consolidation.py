@@ -1,4 +1,4 @@
-"""The trainer's consolidations (a retrain on the whole window, seconds) run in a thread of
+"""The trainer's consolidations (a retrain of the window's rows, seconds) run in a thread of
 their own beside the micro-batches, yield to a backlog between epochs, and are installed
 when they end; what to do about them is a pure decision (:func:`consolidation_action`).
 """
@@ -128,9 +128,12 @@ class ConsolidationRunner:
         job, self._running = running[0], None
         installed = self.model.install(job)
         log.info(
-            "Consolidation %s: %d interactions, %.1f s, %d batches replayed onto it",
+            "Consolidation %s: %d interactions, %d user and %d item rows, %.1f s, "
+            "%d batches replayed onto it",
             "installed" if installed else "failed (non-finite); the model goes on without it",
             job.events,
+            job.user_rows,
+            job.item_rows,
             job.seconds,
             len(job.tail),
         )

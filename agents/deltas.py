@@ -8,7 +8,7 @@ model (``model.delta_offset``), so the next snapshot tells scorers where to read
 A delta larger than the topic accepts is replaced by a "snapshot needed" marker and the
 trainer writes a snapshot at once; scorers load that snapshot instead.
 
-A consolidation's delta carries every row (it retrained them all) but not its new blending
+A consolidation's delta carries the rows it changed (its window's) but not its new blending
 neighbours, which travel with snapshots: scorers apply the rows and go on applying the
 deltas after it, blending with their old neighbours until the trainer's next snapshot
 (written at once) brings the new ones. (Until 2026-12-02 it was a marker, and scorers

@@ -24,7 +24,7 @@ second or so. The chain rule (which delta applies to which view) is
   hold is refused (counted in ``streamrec_model_refused_total``, the last one shown in
   ``/model/``'s ``refused``, one log line per kind) and changes nothing: no resync, no pin;
   so is a delta that does not make exactly the next version (:func:`models.delta.next_step`);
-* a consolidation's delta (every row, ``replaces_neighbours``) is applied like any other;
+* a consolidation's delta (the rows it changed, ``replaces_neighbours``) is applied like any other;
   its new blending neighbours come with the trainer's next snapshot, fetched beside the
   deltas and swapped into the view then served (the rows stay the deltas').
 """

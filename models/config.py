@@ -33,9 +33,10 @@ class ModelConfig:
     changes results, only how often the arrays are reallocated).
 
     Consolidation (``models.consolidation``): after every ``consolidate_every`` events
-    applied by streaming micro-batches (0: never), the model is retrained from scratch for
-    ``consolidate_epochs`` epochs on the last ``consolidation_window`` events, as a batch
-    job would, and the result replaces the micro-batch state. Each consolidation (and each
+    applied by streaming micro-batches (0: never), the rows of the last
+    ``consolidation_window`` events' users (and the items) are retrained for
+    ``consolidate_epochs`` epochs on those events, warm-started from their current values,
+    and written back; every other row stays as it is. Each consolidation (and each
     offline batch) also rebuilds the item-kNN neighbours of the window's positives, the
     ``blend_neighbours`` most similar items per item (0: no blending), that the scoring view
     blends in with ``blend_weight`` for requests that bring the user's rated items.

@@ -21,10 +21,11 @@ Training semantics of :meth:`IncrementalModel.train_batch`:
   streaming batch (no ``epochs`` override) after which ``consolidate_every`` events have
   been applied since the last consolidation ends with :meth:`IncrementalModel.consolidate`;
 * with :attr:`IncrementalModel.defer_consolidation` that batch only cuts a
-  :class:`~models.consolidation.Consolidation` (the window's interactions as they are): its
-  ``run`` retrains on a :class:`~models.fitter.Fitter` of its own, in any thread, while
-  batches go on training (each is kept in its ``tail``); :meth:`IncrementalModel.install`
-  replays the tail onto it and swaps it in.
+  :class:`~models.consolidation.Consolidation` (the window's interactions and copies of the
+  rows they train): its ``run`` retrains on a :class:`~models.fitter.Fitter` of its own, in
+  any thread, while batches go on training (each is kept in its ``tail``, with copies of
+  its rows the consolidation does not hold); :meth:`IncrementalModel.install` replays the
+  tail onto it and writes its rows back.
   Replaying a batch exactly (same rows initialised from the same seeds, the same fit) makes
   the result bit-identical to consolidating inline (one thread) when no mark is crossed
   before the install; marks crossed meanwhile cut nothing (the next cut follows the install).
@@ -50,7 +51,7 @@ from lightfm import LightFM
 from models.changes import ChangeLog
 from models.config import ModelConfig
 from models.consolidation import Consolidation as Consolidation  # re-exported: agents use it
-from models.consolidation import InteractionWindow, blend_neighbours
+from models.consolidation import InteractionWindow, blend_neighbours, copy_rows
 from models.dedupe import RecentEventIds
 from models.delta import FRESH, DeltaError, ModelDelta
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating, latest_event_time
@@ -205,6 +206,8 @@ class IncrementalModel:
                 weights, epochs,
             )  # fmt: skip
             changed_items = np.zeros(0, dtype=np.int64)
+            # a consolidation running keeps the rows this batch trains as they were
+            captured = None if self._job is None else self._job.capture(self._lfm, rows, n_users0)
             if len(rows):
                 changed_items = self._fitter.fit(batch, on_epoch)
         except BaseException:
@@ -222,8 +225,8 @@ class IncrementalModel:
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
-        if self._job is not None:  # a consolidation is running: it replays this batch
-            self._job.tail.append(batch)
+        if self._job is not None and captured is not None:  # a consolidation is running:
+            self._job.follow(batch, captured)  # it replays this batch
         consolidated = False
         if streaming:
             self.since_consolidation += len(fresh)
@@ -267,11 +270,14 @@ class IncrementalModel:
         )
 
     def consolidate(self, epochs: int | None = None) -> bool:
-        """Retrain from scratch on the window for ``epochs`` (default ``consolidate_epochs``)
-        and swap the result in: every row is re-initialised (LightFM's init, a random stream
-        of its own) and trained on all the window's interactions at once, as one batch fit.
-        Users and items with no positive in the window keep fresh rows (and users go back to
-        popularity). Ids, popularity, dedupe memory and the version are unchanged.
+        """Retrain the window's rows on the window for ``epochs`` (default
+        ``consolidate_epochs``) and write them back: the rows of the users the window trains
+        and of the items, the window's warm-started from their current values
+        (:func:`~models.consolidation.warm_start`), trained on all the window's interactions
+        at once, as one batch fit (:class:`~models.consolidation.Consolidation`). Users
+        outside the window keep their rows exactly; the next delta carries only the rows
+        whose values changed. Ids, popularity, positives counts, dedupe memory and the
+        version are unchanged.
 
         Returns False, leaving the model as it was, if the window is empty or the retrain
         went non-finite. Blocking and CPU-bound, like :meth:`train_batch`. (A deferred
@@ -311,18 +317,10 @@ class IncrementalModel:
         if job.fitter is None:  # non-finite (or never run)
             return False
         job.replay()
-        self._fitter = job.fitter
-        users, items = self.capacity
-        self._user_positives = np.zeros(users, dtype=np.int64)
-        for batch in (job.retrain, *job.tail):
-            np.add.at(self._user_positives, batch.rows[batch.labels > 0], 1)
-        self._popularity.counts = resized(self._popularity.counts, self.n_items, items)
-        self._user_events = resized(self._user_events, self.n_users, users)
-        self._item_events = resized(self._item_events, self.n_items, items)
-        # Every row changed: the next delta carries the whole model (models.delta).
-        self._changes.touched(
-            np.arange(self.n_users, dtype=np.int64), np.arange(self.n_items, dtype=np.int64)
-        )
+        # Only the rows it trained are written back, and the next delta carries only those
+        # whose values changed; every other row, and the positives counts, stay as they are.
+        users, items = job.write_into(self._lfm)
+        self._changes.touched(users, items)
         if job.neighbours is not None:
             self._neighbours = job.neighbours
         return True
@@ -335,10 +333,15 @@ class IncrementalModel:
             return None
         rows, cols, labels, weights = self._window_interactions()
         epochs = self.config.consolidate_epochs if epochs is None else epochs
+        users, own = np.unique(rows, return_inverse=True)  # the window's users, as own rows
         retrain = FitBatch(
-            self.version, 0, 0, self.n_users, self.n_items, rows, cols, labels, weights, epochs
+            self.version, len(users), self.n_items, len(users), self.n_items,
+            own.astype(np.int32), cols, labels, weights, epochs,
+        )  # fmt: skip
+        start = copy_rows(self._lfm, "user", users) | copy_rows(
+            self._lfm, "item", slice(0, self.n_items)
         )
-        self._job = Consolidation(self.config, retrain, self.capacity)
+        self._job = Consolidation(self.config, retrain, users.astype(np.int64), start)
         self._job_taken = False
         return self._job
 

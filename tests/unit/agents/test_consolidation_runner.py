@@ -55,6 +55,8 @@ class FakeJob:
     release: threading.Event = field(default_factory=threading.Event)
     fail: bool = False
     events: int = 100
+    user_rows: int = 10  # what it held and trained (logged)
+    item_rows: int = 20
     seconds: float = 0.1
     tail: list[Any] = field(default_factory=list)
     between_epochs: Any = None

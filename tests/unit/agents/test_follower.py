@@ -279,7 +279,7 @@ async def test_a_consolidations_rows_are_served_at_once_and_its_neighbours_follo
     config = ModelConfig(no_components=8, initial_capacity=4, blend_neighbours=5)
     trainer = Trainer(IncrementalModel(config))
     await follower.on_delta(trainer.batch(0))
-    assert trainer.model.consolidate()  # retrained: every row, and new neighbours
+    assert trainer.model.consolidate()  # retrained: its window's rows, new neighbours
     consolidation = trainer.batch(1)
     assert opened(consolidation).replaces_neighbours
     await follower.on_delta(consolidation)

@@ -98,19 +98,65 @@ def test_consolidation_retrains_every_window_positive_and_beats_micro_batches():
     assert scores[2000] > 1.2 * scores[0], scores
 
 
-def test_users_whose_positives_left_the_window_go_back_to_popularity():
+def user_rows(model: IncrementalModel, rows) -> dict[str, np.ndarray]:
+    return {
+        name: array[rows].copy()
+        for name, array in model.state_arrays().items()
+        if name.startswith("user")
+    }
+
+
+def test_users_outside_the_window_keep_their_rows_exactly():
+    """Issue 18: a consolidation never forgets a user outside its window (it used to
+    re-initialise them, sending them back to popularity)."""
     model = IncrementalModel(config(consolidation_window=100, consolidate_every=100))
+    model.defer_consolidation = True
     model.train_batch(ratings(5, 10, 60, prefix="old", rating=5.0))
-    assert model.view().model_row("u0") is not None
+    old = [model.users.get(f"u{n}") for n in range(5)]
+    before = user_rows(model, old)
     newcomers = [
         dataclasses.replace(e, user="n" + e.user)
         for e in ratings(5, 10, 100, prefix="new", rating=5.0, ts0=1000)
     ]
-    assert model.train_batch(newcomers).consolidated
+    model.train_batch(newcomers)
+    new = sorted({model.users.get(e.user) for e in newcomers})
+    trained = user_rows(model, new)
+    job = model.take_consolidation()
+    assert job is not None and model.install(job.run())
+    for name, array in user_rows(model, old).items():  # bit for bit, all six parts
+        np.testing.assert_array_equal(array, before[name], err_msg=name)
     view = model.view()
-    assert view.model_row("u0") is None  # its rows were re-initialised: popularity again
-    assert view.model_row("nu0") is not None
+    assert view.model_row("u0") is not None and view.model_row("nu0") is not None
+    assert not np.array_equal(user_rows(model, new)["user_embeddings"], trained["user_embeddings"])
     assert model.n_users == 10  # ids are kept
+
+
+def test_a_consolidation_costs_the_rows_of_its_window_not_of_the_model():
+    """The rows a consolidation copies, trains and writes back are the window's users (and
+    the items), however many users the model holds outside the window."""
+    window = [
+        dataclasses.replace(e, user="w" + e.user)
+        for e in ratings(20, 30, 300, prefix="w", rating=5.0, ts0=5000)
+    ]
+    held = {}
+    for outside in (30, 600):
+        model = IncrementalModel(
+            config(consolidation_window=300, consolidate_every=0, initial_capacity=8)
+        )
+        model.train_batch(ratings(outside, 30, 3 * outside, prefix="o", rating=5.0))
+        model.train_batch(window)
+        model.take_delta()
+        job = model._cut()
+        assert job is not None
+        job.run()
+        assert job.fitter is not None
+        allocated = len(job.fitter.lfm.user_biases)  # rows its arrays hold
+        assert model.install(job)
+        delta = model.take_delta()
+        window_users = {model.users.get(e.user) for e in window}
+        assert set(delta.user_rows.tolist()) <= window_users
+        held[outside] = (job.user_rows, allocated, job.item_rows, job.events)
+    assert held[30] == held[600] == (20, 32, 30, held[30][3]), held
 
 
 def test_a_snapshot_without_a_window_does_not_consolidate_on_a_few_events():
@@ -200,18 +246,23 @@ def test_a_deferred_consolidation_with_no_tail_matches_inline_exactly_and_blends
     assert (inline._neighbours != deferred._neighbours).nnz == 0
 
 
-def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch():
-    """A tail replayed partly by run() and partly by install() (new users and items in
-    both parts) gives exactly the inline state, as long as no mark is crossed meanwhile."""
-    batches = growing_batches(3)
-    inline = IncrementalModel(config())
-    deferred = IncrementalModel(config())
+def cut_after_two(cfg: ModelConfig, batches: list[list]):
+    """An inline and a deferred model after ``batches[:2]``, and the deferred one's cut."""
+    inline, deferred = IncrementalModel(cfg), IncrementalModel(cfg)
     deferred.defer_consolidation = True
     for batch in batches[:2]:
         inline.train_batch(batch)
         deferred.train_batch(batch)
     job = deferred.take_consolidation()
     assert job is not None
+    return inline, deferred, job
+
+
+def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch():
+    """A tail replayed partly by run() and partly by install() (new users and items in
+    both parts) gives exactly the inline state, as long as no mark is crossed meanwhile."""
+    batches = growing_batches(3)
+    inline, deferred, job = cut_after_two(config(), batches)
     deferred.train_batch(batches[2][:150])  # replayed by run()
     inline.train_batch(batches[2][:150])
     job.run()
@@ -221,6 +272,22 @@ def test_deferred_consolidation_tail_replay_equals_inline_on_every_later_batch()
     assert deferred.install(job)
     assert_same_state(inline, deferred)
     assert not deferred.install(job)  # once
+
+
+def test_a_tail_that_trains_users_outside_the_window_replays_exactly():
+    """The tail's users the consolidation does not hold (outside its window) are copied
+    before their batch trains them, and replayed from there: the inline state, exactly."""
+    batches = growing_batches(4)
+    inline, deferred, job = cut_after_two(config(consolidation_window=250), batches)
+    window_users = job.user_rows
+    for i, batch in enumerate(batches[2:]):  # older users, new users and new items
+        deferred.train_batch(batch[:200])
+        inline.train_batch(batch[:200])
+        if i == 0:
+            job.run()
+    assert deferred.install(job)
+    assert job.user_rows > window_users  # it took in rows from outside its window
+    assert_same_state(inline, deferred)
 
 
 def test_between_epochs_is_called_after_every_epoch_and_changes_nothing():
@@ -414,19 +481,31 @@ def test_bad_neighbours_are_refused(entry, bad, message):
 
 
 # --- with model deltas (models.delta) ------------------------------------------------------
-def test_after_a_consolidation_the_next_delta_carries_every_row_and_views_agree():
-    model = IncrementalModel(config(consolidate_every=600, blend_neighbours=3))
+def test_after_a_consolidation_the_next_delta_carries_only_the_rows_it_changed():
+    """Issue 18: a consolidation's delta is what changed, not the whole model."""
+    model = IncrementalModel(
+        config(consolidate_every=1000, consolidation_window=300, blend_neighbours=3)
+    )
     model.train_batch(ratings(40, 20, 400, rating=5.0))
+    model.train_batch(ratings(300, 20, 300, prefix="x", rating=5.0, ts0=400))  # out of window
     base = model.view()
-    small = model.train_batch(ratings(40, 20, 100, prefix="s", rating=5.0, ts0=500))
+    small_batch = ratings(40, 20, 100, prefix="s", rating=5.0, ts0=500)
+    small = model.train_batch(small_batch)
     assert not small.consolidated
     delta = model.take_delta()  # a micro-batch: only its rows
     assert len(delta.user_rows) < model.n_users
     follower = base.with_delta(delta)
-    assert model.train_batch(ratings(40, 20, 200, prefix="c", rating=5.0, ts0=900)).consolidated
+    before = {n: a.copy() for n, a in model.state_arrays().items()}
+    last = ratings(40, 20, 200, prefix="c", rating=5.0, ts0=900)
+    assert model.train_batch(last).consolidated
     full = model.take_delta()
-    np.testing.assert_array_equal(full.user_rows, np.arange(model.n_users))
-    np.testing.assert_array_equal(full.item_rows, np.arange(model.n_items))
+    after = model.state_arrays()
+    for side, rows in (("user", full.user_rows), ("item", full.item_rows)):
+        emb, bias = f"{side}_embeddings", f"{side}_biases"
+        differs = (after[emb] != before[emb]).any(axis=1) | (after[bias] != before[bias])
+        np.testing.assert_array_equal(rows, np.flatnonzero(differs))  # exactly what changed
+    window = {model.users.get(e.user) for batch in (small_batch, last) for e in batch}
+    assert set(full.user_rows.tolist()) <= window and len(full.user_rows) < model.n_users / 2
     follower = follower.with_delta(full)  # a scorer following deltas: the consolidated rows
     trainer = model.view()
     users = [f"u{n}" for n in range(40)]
