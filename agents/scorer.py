@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -110,6 +110,21 @@ def reply_for(
     return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
+class ExperimentHook(Protocol):
+    """Replaces the replies of users in a running experiment with their variant's
+    (:class:`agents.experiment_serving.ExperimentServing`)."""
+
+    def serve(
+        self,
+        requests: Sequence[RecRequest],
+        seen: Sequence[np.ndarray],
+        received: Sequence[float],
+        replies: Sequence[Reply | None],
+        *,
+        catalog: Catalog = ...,
+    ) -> list[Reply | None]: ...
+
+
 @dataclass
 class Scorer:
     """Dependencies of the scorer agent (Faust objects are passed in by ``app/``)."""
@@ -128,6 +143,7 @@ class Scorer:
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
     max_undelivered: int = 5000  # replies on their way before handle waits for them
+    experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
     _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
@@ -211,6 +227,10 @@ class Scorer:
                 await self._reply_alone(*args)
                 for args in zip(requests, seen, received, sources_of, strict=True)
             ]
+        if self.experiments is not None:  # users in an experiment: their variant's reply
+            replies = self.experiments.serve(
+                requests, seen, received, replies, catalog=self.catalog
+            )
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
         for reply, target, message in zip(replies, targets, sources_of, strict=True):

@@ -118,6 +118,33 @@ class Settings(BaseSettings):
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
+    experiments_topic: str = Field(
+        "experiments", description="Compacted experiment definitions (issue 20), signed"
+    )
+    impressions_topic: str = Field(
+        "impressions", description="What each reply in an experiment showed, keyed by user"
+    )
+    experiment_results_topic: str = Field(
+        "experiment-results", description="Compacted per-variant tallies of each experiment"
+    )
+    experiment_hit_window_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A positive rating this long after an impression of its item is a hit",
+    )
+    experiment_alpha: float = Field(
+        0.05, gt=0, lt=1, description="The guardrail's confidence: always-valid p <= this"
+    )
+    experiment_tau: float = Field(
+        0.01, gt=0, le=1, description="The hit-rate difference the guardrail is tuned to"
+    )
+    experiment_min_impressions: int = Field(
+        1000, ge=1, description="Impressions per variant before the guardrail judges"
+    )
+    experiment_publish_seconds: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="How often the hit counter publishes tallies"
+    )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
     max_future_skew_seconds: float = Field(
         MAX_FUTURE_SKEW_SECONDS,
