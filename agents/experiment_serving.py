@@ -5,8 +5,9 @@ the control's replies are built): a user in a running experiment's share gets th
 arm :func:`models.experiment.assign` gives them for the experiment's whole life, or a
 team-draft interleaving of both rankings (:mod:`models.interleaving`); every such reply
 says the experiment and variant (and each item's team), and is written as impressions.
-A variant's view is the served one, a stored snapshot (loaded and verified like any), or
-either with another blend weight. A candidate this worker has not loaded is answered
+A variant's view is the served one, a stored snapshot (loaded and verified like any), a
+second trainer lineage's (followed like the served one), or any of them with another
+blend weight. A candidate this worker has not loaded is answered
 from control, and the reply says so (no impression: it is neither arm).
 """
 
@@ -50,6 +51,8 @@ class ExperimentServing:
     control: ModelHolder
     impressions: BatchSink | None = None
     load_version: LoadVersion | None = None
+    lineages: dict[str, ModelHolder] = field(default_factory=dict)
+    """Candidate trainer lineages this worker follows (each its own follower), by name."""
     frozen: dict[int, ScoringView] = field(default_factory=dict)
     """Stored versions loaded for a running experiment."""
     failed: dict[int, tuple[float, str]] = field(default_factory=dict)
@@ -70,7 +73,12 @@ class ExperimentServing:
             if model is None:
                 return "no model served yet"
             if isinstance(model, str):
-                return f"model lineage {model!r} is not followed by this worker"
+                if model not in self.lineages:
+                    return (
+                        f"model lineage {model!r} is not followed by this worker "
+                        "(STREAMREC_EXPERIMENT_LINEAGES)"
+                    )
+                return f"model lineage {model!r} has no model yet"
             failed = self.failed.get(model)
             if failed is not None:
                 return f"model v{model} could not be loaded ({failed[1]})"
@@ -87,7 +95,10 @@ class ExperimentServing:
         model = variant.model
         if model is None:
             return self.control.view
-        return self.frozen.get(model) if isinstance(model, int) else None
+        if isinstance(model, str):
+            lineage = self.lineages.get(model)
+            return None if lineage is None else lineage.view
+        return self.frozen.get(model)
 
     def holder(self, variant: Variant) -> ModelHolder | None:
         """A holder of ``variant``'s view (cached per view), or None if it is missing."""
@@ -96,6 +107,8 @@ class ExperimentServing:
             return None
         if variant.blend_weight is None and variant.model is None:
             return self.control
+        if variant.blend_weight is None and isinstance(variant.model, str):
+            return self.lineages[variant.model]  # its follower keeps it fresh
         key = (id(base), variant.blend_weight)
         cached = self._holders.get(key)
         if cached is not None and cached[0] is base:

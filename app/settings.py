@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import click
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import AppError
@@ -72,6 +80,18 @@ KAFKA_CREDENTIAL_FIELDS = (
 MAX_USERS_DEFAULT = 400_000
 MAX_ITEMS_DEFAULT = 100_000
 """STREAMREC_MAX_USERS/ITEMS defaults: what the k8s/ memory limits hold (docs/deploy.md#sizing)."""
+
+
+class LineageSource(BaseModel):
+    """Where scorers follow a candidate trainer lineage (an experiment's ``model`` name):
+    the second trainer's store, announcements and deltas (docs/experiments.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: str
+    updates_topic: str
+    deltas_topic: str
+    requests_topic: str | None = None
 
 
 class Settings(BaseSettings):
@@ -141,6 +161,16 @@ class Settings(BaseSettings):
     )
     experiment_min_impressions: int = Field(
         1000, ge=1, description="Impressions per variant before the guardrail judges"
+    )
+    experiment_counter: bool = Field(
+        True,
+        description="Count hits and run the guardrail on this trainer (false on a candidate "
+        "lineage's trainer: one counter per deployment)",
+    )
+    experiment_lineages: dict[str, LineageSource] = Field(
+        default_factory=dict,
+        description='Candidate trainer lineages scorers follow, as JSON: {"NAME": {"store": '
+        'URL, "updates_topic": T, "deltas_topic": T, "requests_topic": T}}',
     )
     experiment_publish_seconds: float = Field(
         5.0, gt=0, allow_inf_nan=False, description="How often the hit counter publishes tallies"
@@ -346,6 +376,31 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
+
+    @field_validator("experiment_lineages", mode="before")
+    @classmethod
+    def _lineages_json(cls, value: object) -> object:
+        """JSON text given in code (the environment's is parsed by pydantic-settings)."""
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("experiment_lineages")
+    @classmethod
+    def _lineage_names(cls, value: dict[str, LineageSource]) -> dict[str, LineageSource]:
+        from models.experiment import InvalidExperiment, check_name
+
+        for name in value:
+            try:
+                check_name(name, "lineage name")
+            except InvalidExperiment as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
     @field_validator("reply_topic_prefixes")
     @classmethod

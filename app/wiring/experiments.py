@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -13,10 +14,14 @@ from agents.experiment_hits import HitCounter, HitReader
 from agents.experiment_registry import ExperimentReader, ExperimentRegistry
 from agents.experiment_results import ResultBook
 from agents.experiment_serving import ExperimentServing
+from agents.follower import ModelFollower
+from agents.health import ReaderHealth
+from agents.state import ModelHolder
 from app.faust_adapters import BulkTopic, OwnProducer
 from app.kafka import kafka_client_options
 from app.runtime import Runtime, worker_model_keys
-from app.stores import store_from_settings
+from app.stores import store_from_settings, store_from_url
+from app.topics import delta_topic_max_bytes
 from models.impressions import HitMatcher
 from models.scoring import ScoringView
 from models.sequential import SequentialTest
@@ -68,8 +73,11 @@ def add_experiments(app: faust.App, runtime: Runtime) -> Experiments:
             runtime.holder,
             impressions=BulkTopic(s.impressions_topic, producer),
             load_version=load_version,
+            lineages={name: ModelHolder() for name in s.experiment_lineages},
         )
         serving = parts.serving
+        for name, source in s.experiment_lineages.items():
+            follow_lineage(app, runtime, serving.lineages[name], source)
 
         @app.task
         async def serve_experiments() -> None:
@@ -79,7 +87,7 @@ def add_experiments(app: faust.App, runtime: Runtime) -> Experiments:
             finally:
                 await producer.stop()
 
-    if runtime.role in ("trainer", "all"):
+    if runtime.role in ("trainer", "all") and s.experiment_counter:
         results = OwnProducer(kafka_client_options(s))
 
         async def send(topic: str, key: bytes, value: bytes) -> None:
@@ -118,3 +126,24 @@ def add_experiments(app: faust.App, runtime: Runtime) -> Experiments:
                 await results.stop()
 
     return parts
+
+
+def follow_lineage(app: faust.App, runtime: Runtime, holder: ModelHolder, source: Any) -> None:
+    """A candidate trainer lineage followed into ``holder`` like the served model: its
+    snapshots from its store and announcements, its deltas, verified with the same keys."""
+    s = runtime.settings
+
+    @app.task
+    async def follow() -> None:
+        async with store_from_url(source.store, s) as store:
+            follower = ModelFollower(
+                holder,
+                store,
+                kafka_client_options(s),
+                source.updates_topic,
+                deltas_topic=source.deltas_topic,
+                max_delta_bytes=delta_topic_max_bytes(s),
+                health=ReaderHealth(),  # its own: a lineage down does not degrade /health/
+                keys=worker_model_keys(s),
+            )
+            await follower.run()

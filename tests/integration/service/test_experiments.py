@@ -28,12 +28,19 @@ import pytest
 
 from agents.experiment_registry import encode_signed
 from app.commands.service import publish_ratings, request_recommendation
+from app.settings import Settings
 from app.stores import store_from_settings
 from models.events import Rating
 from models.experiment import Experiment, Variant, assign
 from models.signing import Keyring
 from models.wire import Reply
-from tests.integration.service.conftest import Deployment, KafkaClient, new_deployment, wait_for
+from tests.integration.service.conftest import (
+    Deployment,
+    KafkaClient,
+    create_bucket,
+    new_deployment,
+    wait_for,
+)
 from tests.integration.service.test_deltas import background
 
 pytestmark = [pytest.mark.kafka, pytest.mark.s3, pytest.mark.e2e]
@@ -43,12 +50,24 @@ ATTACKER = Keyring(b"the attacker's own key, not the deployment's")
 USERS = [f"x{n}" for n in range(60)]
 
 
+LINEAGE_RUN = f"lin-{uuid.uuid4().hex[:10]}"
+LINEAGE = {
+    "store": f"s3://{LINEAGE_RUN}/b",
+    "updates_topic": f"{LINEAGE_RUN}-model-updates",
+    "deltas_topic": f"{LINEAGE_RUN}-model-deltas",
+}
+"""The candidate lineage "lineage-b": a second trainer's store and topics, which the
+scorers follow (STREAMREC_EXPERIMENT_LINEAGES)."""
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("experiments")
+    asyncio.run(create_bucket(Settings(), LINEAGE_RUN))
     yield from new_deployment(
         "exp",
         tmp,
+        experiment_lineages=json.dumps({"lineage-b": LINEAGE}),
         no_components=16,
         session_timeout=8,
         snapshot_every_batches=3,
@@ -97,6 +116,17 @@ def served(worker: Any, name: str) -> dict[str, Any]:
     return body["experiments"][0] if isinstance(body, dict) and body.get("experiments") else {}
 
 
+def candidate_ready(deployment: Deployment, name: str, timeout: float) -> None:
+    wait_for(
+        lambda: all(
+            served(s, name).get("serving", {}).get("candidate") == "ready"
+            for s in deployment.scorers
+        ),
+        timeout=timeout,
+        what=f"both scorers to serve {name}'s candidate",
+    )
+
+
 def test_an_ab_experiment_on_a_stored_version_is_served_counted_and_stopped_by_the_guardrail(
     deployment: Deployment,
 ) -> None:
@@ -117,14 +147,7 @@ def test_an_ab_experiment_on_a_stored_version_is_served_counted_and_stopped_by_t
     assert started.returncode == 0, started.stderr
     again = cli(deployment, "start", "frozen", "--candidate", str(frozen))
     assert again.returncode == 1 and "already running" in again.stderr
-    wait_for(
-        lambda: all(
-            served(s, "frozen").get("serving", {}).get("candidate") == "ready"
-            for s in deployment.scorers
-        ),
-        timeout=60,
-        what="both scorers to load the candidate version",
-    )
+    candidate_ready(deployment, "frozen", 60)
     experiment = Experiment(
         **{  # the record as the topic holds it: who is in which arm
             **{k: v for k, v in status(deployment, "frozen").items() if k in ("name", "method")},
@@ -268,3 +291,72 @@ def test_a_candidate_no_scorer_can_load_is_answered_from_control_and_says_so(
         assert reply.experiment == "ghost" and reply.variant == "control"
         assert reply.note is not None and "v987654321" in reply.note, reply
     assert cli(deployment, "stop", "ghost").returncode == 0
+
+
+def test_a_second_trainer_lineage_is_a_candidate_kept_fresh_beside_control(
+    deployment: Deployment,
+) -> None:
+    """A second trainer with other settings (fewer components) on the same ratings, in
+    its own consumer group, with its own snapshots and deltas; the scorers follow it."""
+    from devtools.workers import WorkerProcess, free_port
+
+    env = {
+        **deployment.env,
+        "STREAMREC_APP_ID": LINEAGE_RUN,
+        "STREAMREC_MODEL_STORE": LINEAGE["store"],
+        "STREAMREC_MODEL_UPDATES_TOPIC": LINEAGE["updates_topic"],
+        "STREAMREC_MODEL_DELTAS_TOPIC": LINEAGE["deltas_topic"],
+        "STREAMREC_MODEL_REQUESTS_TOPIC": f"{LINEAGE_RUN}-model-requests",
+        "STREAMREC_RATINGS_DLQ_TOPIC": f"{LINEAGE_RUN}-ratings-dlq",
+        "STREAMREC_EXPERIMENT_COUNTER": "false",
+        "STREAMREC_NO_COMPONENTS": "8",
+    }
+    second = WorkerProcess(
+        "trainer", free_port(), deployment.tmp / "lineage-trainer.log", env
+    ).start()
+    try:
+        second.wait_ready()
+        started = cli(
+            deployment,
+            "start",
+            "lineage",
+            "--config",
+            str(lineage_file(deployment)),
+            "--share",
+            "1",
+        )
+        assert started.returncode == 0, started.stderr
+        candidate_ready(deployment, "lineage", 90)
+        record = status(deployment, "lineage")
+        experiment = Experiment(
+            "lineage", Variant(), Variant(model="lineage-b"), "ab", 1.0, record["start"]
+        )
+        before = ask(deployment, USERS)
+        candidates = [u for u in USERS if assign(experiment, u) == "candidate"]
+        assert candidates
+        for user in candidates:
+            reply = before[user]
+            assert (reply.variant, reply.note) == ("candidate", None), reply
+            assert reply.model_version is not None
+            assert reply.model_version <= second.get("/model/")[1]["version"]  # the lineage's
+        # the lineage keeps training on the same stream: its version moves on, and the
+        # scorers serve the newer one
+        served_before = max(before[u].model_version or 0 for u in candidates)
+        background(deployment, 20, 5000.0)
+        wait_for(
+            lambda: (
+                max((r.model_version or 0) for u, r in ask(deployment, candidates[:5]).items())
+                > served_before
+            ),
+            timeout=60,
+            what="the candidate lineage's newer versions to be served",
+        )
+        assert cli(deployment, "stop", "lineage").returncode == 0
+    finally:
+        second.stop()
+
+
+def lineage_file(deployment: Deployment) -> Any:
+    path = deployment.tmp / "lineage.json"
+    path.write_text(json.dumps({"model": "lineage-b"}))
+    return path

@@ -204,3 +204,26 @@ async def test_refresh_loads_needed_versions_and_remembers_failures():
     serving.load_version, serving.failed = good, {}
     await serving.refresh()
     assert serving.missing(Variant(model=9)) is None
+
+
+async def test_a_lineage_candidate_is_served_from_its_followed_view_or_from_control():
+    exp = Experiment("lin", Variant(), Variant(model="lineage-b"), "ab", 1.0, 1000.0)
+    scorer, replies, _ = setup(exp)
+    serving = scorer.experiments
+    await answer(scorer, USERS)  # not followed here: control, and the reply says so
+    candidates = [u for u in USERS if assign(exp, u) == "candidate"]
+    for user in candidates:
+        reply = replies_of(replies)[user]
+        assert reply.variant == "control" and "STREAMREC_EXPERIMENT_LINEAGES" in reply.note
+    serving.lineages["lineage-b"] = ModelHolder()
+    assert "no model yet" in serving.missing(exp.candidate)
+    serving.lineages["lineage-b"].publish(_reversed())
+    replies.sent.clear()
+    await answer(scorer, USERS)
+    got = replies_of(replies)
+    for user in candidates:
+        assert (got[user].variant, got[user].model_version, got[user].note) == (
+            "candidate",
+            9,
+            None,
+        )
