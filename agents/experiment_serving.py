@@ -156,10 +156,12 @@ class ExperimentServing:
                 log.error("Could not load model v%d for an experiment: %s", version, why)
 
     # --- serving ----------------------------------------------------------------------
-    def experiment_of(self, user: str) -> tuple[Experiment, str] | None:
+    def experiment_of(
+        self, user: str, running: Sequence[Experiment] | None = None
+    ) -> tuple[Experiment, str] | None:
         """The one running experiment ``user`` takes part in (the first by name), and
         what they get there."""
-        for experiment in self.registry.running():
+        for experiment in self.registry.running() if running is None else running:
             got = assign(experiment, user)
             if got is not None:
                 return experiment, got
@@ -177,14 +179,15 @@ class ExperimentServing:
         """``replies`` (the control's, from the served view), each in an experiment
         replaced by its variant's and stamped; impressions queued."""
         out = list(replies)
-        if not self.registry.experiments:
+        running = self.registry.running()
+        if not running:
             return out
         shown: list[Impressions] = []
         now = time.time()
         for n, (request, reply) in enumerate(zip(requests, replies, strict=True)):
             if reply is None:
                 continue
-            taking = self.experiment_of(request.user)
+            taking = self.experiment_of(request.user, running)
             if taking is None:
                 continue
             experiment, got = taking

@@ -7,6 +7,8 @@ import asyncio
 import json
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.experiment_registry import ExperimentRegistry, encode_signed
 from agents.experiment_serving import ExperimentServing
@@ -227,3 +229,63 @@ async def test_a_lineage_candidate_is_served_from_its_followed_view_or_from_cont
             9,
             None,
         )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["control", "candidate"]), max_size=5),
+    st.sampled_from(["control", "candidate", "interleaved"]),
+    st.one_of(st.none(), st.text(max_size=40)),
+)
+def test_a_stamped_reply_reads_back_the_same(teams, variant, note):
+    from models.events import check_text
+    from models.scoring import ScoredItem
+
+    try:
+        if note is not None:
+            check_text(note, "note")
+    except Exception:
+        note = None
+    items = [ScoredItem(f"i{n}", float(n), None) for n in range(len(teams))]
+    reply = Reply("r", "u", items, 3, "model", 1.5, "e", variant, tuple(teams) or None, note)
+    back = Reply.parse(reply.encode()[1])
+    assert (back.experiment, back.variant, back.teams, back.note) == (
+        "e",
+        variant,
+        tuple(teams) or None,
+        note,
+    )
+    assert Reply.parse(back.encode()[1]) == back
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=10,
+    )
+)
+def test_any_items_and_experiment_fields_in_a_reply_are_refused_or_read(junk):
+    from models.wire import Undecodable, encode_json
+
+    body = {
+        "request_id": "r",
+        "user": "u",
+        "items": junk,
+        "model_version": 1,
+        "source": "model",
+        "experiment": "e",
+        "variant": junk if isinstance(junk, str) else "x",
+    }
+    try:
+        value = encode_json(body)
+    except Exception:
+        return
+    try:
+        back = Reply.parse(value)
+    except Undecodable:
+        return
+    assert Reply.parse(back.encode()[1]) == back  # what parses encodes back the same
