@@ -1,7 +1,7 @@
 """Serving the running experiments: each reply in an experiment comes from its variant.
 
-:class:`ExperimentServing` is the scorer's one hook (:meth:`ExperimentServing.serve`, after
-the control's replies are built): a user in a running experiment's share gets the ``ab``
+:class:`ExperimentServing` is the scorer's one hook (:meth:`ExperimentServing.replies`, in
+place of :func:`agents.scorer.replies_for`): a user in a running experiment's share gets the ``ab``
 arm :func:`models.experiment.assign` gives them for the experiment's whole life, or a
 team-draft interleaving of both rankings (:mod:`models.interleaving`); every such reply
 says the experiment and variant (and each item's team), and is written as impressions.
@@ -167,88 +167,111 @@ class ExperimentServing:
                 return experiment, got
         return None
 
-    def serve(
+    def replies(
         self,
         requests: Sequence[RecRequest],
+        holder: ModelHolder,
         seen: Sequence[np.ndarray],
-        received: Sequence[float],
-        replies: Sequence[Reply | None],
+        received: Sequence[float] | None = None,
         *,
         catalog: Catalog = NO_CATALOG,
-    ) -> list[Reply | None]:
-        """``replies`` (the control's, from the served view), each in an experiment
-        replaced by its variant's and stamped; impressions queued."""
-        out = list(replies)
+    ) -> list[Reply]:
+        """The replies to ``requests`` (the scorer's :func:`agents.scorer.replies_for`, with
+        the experiments in): each request is scored once per view it needs (its arm's, or
+        both for an interleaving), one batch per view; replies in an experiment are
+        stamped and written as impressions."""
         running = self.registry.running()
-        if not running:
-            return out
+        if not running or holder is not self.control:
+            return replies_for(requests, holder, seen, received, catalog=catalog)
+        plans = [self.experiment_of(r.user, running) for r in requests]
+        batches: dict[int, tuple[ModelHolder, list[int]]] = {}
+        for n, plan in enumerate(plans):
+            for answering in self._holders_for(plan):
+                batches.setdefault(id(answering), (answering, []))[1].append(n)
+        scored: list[dict[int, Reply]] = [{} for _ in requests]
+        for answering, indices in batches.values():
+            answered = replies_for(
+                [requests[n] for n in indices],
+                answering,
+                [seen[n] for n in indices],
+                None if received is None else [received[n] for n in indices],
+                catalog=catalog,
+            )
+            for n, reply in zip(indices, answered, strict=True):
+                scored[n][id(answering)] = reply
+        out = []
         shown: list[Impressions] = []
         now = time.time()
-        for n, (request, reply) in enumerate(zip(requests, replies, strict=True)):
-            if reply is None:
+        for request, plan, by_holder in zip(requests, plans, scored, strict=True):
+            if plan is None:
+                out.append(by_holder[id(self.control)])
                 continue
-            taking = self.experiment_of(request.user, running)
-            if taking is None:
-                continue
-            experiment, got = taking
-            args = (request, seen[n], received[n], reply, catalog)
-            served = self._one(experiment, got, *args)
-            out[n] = served
-            em.REPLIES.labels(experiment.name, served.variant or "control").inc()
+            experiment, got = plan
+            served = self._one(experiment, got, request, by_holder)
+            out.append(served)
+            variant = served.variant or "control"
+            em.REPLIES.labels(experiment.name, variant).inc()
             if served.latency_ms is not None:
-                em.LATENCY.labels(experiment.name, served.variant or "control").observe(
-                    served.latency_ms / 1000
-                )
+                em.LATENCY.labels(experiment.name, variant).observe(served.latency_ms / 1000)
             if served.note is not None:
                 em.FALLBACKS.labels(experiment.name).inc()
             elif served.items:
-                teams = served.teams or (served.variant,) * len(served.items)
+                teams = served.teams or (variant,) * len(served.items)
                 placed = [(i.item, t) for i, t in zip(served.items, teams, strict=True)]
                 shown.append(Impressions.of(experiment.name, request.user, now, placed))  # type: ignore[arg-type]
         if shown and self.impressions is not None:
             self._send([s.encode() for s in shown])
         return out
 
-    def _one(
-        self,
-        experiment: Experiment,
-        got: str,
-        request: RecRequest,
-        seen: np.ndarray,
-        received: float,
-        control_reply: Reply,
-        catalog: Catalog,
-    ) -> Reply:
-        def reply_of(variant: Variant) -> Reply | None:
-            if variant == Variant():
-                return control_reply
-            holder = self.holder(variant)
-            if holder is None:
-                return None
-            return replies_for([request], holder, [seen], [received], catalog=catalog)[0]
+    def _holders_for(self, plan: tuple[Experiment, str] | None) -> list[ModelHolder]:
+        """The views a request needs scored: its arm's (control when the candidate is
+        missing), both for an interleaving, the served one outside experiments or when
+        even the control is missing."""
+        if plan is None:
+            return [self.control]
+        experiment, got = plan
+        control = self.holder(experiment.control)
+        if control is None:
+            return [self.control]
+        if got == "control":
+            return [control]
+        candidate = self.holder(experiment.candidate)
+        if candidate is None:
+            return [control]
+        return [candidate] if got == "candidate" else [control, candidate]
 
-        control = reply_of(experiment.control)
-        if control is None:  # the control itself is missing: the served model answers
+    def _one(
+        self, experiment: Experiment, got: str, request: RecRequest, scored: dict[int, Reply]
+    ) -> Reply:
+        """The stamped reply of ``request`` in ``experiment`` from the replies ``scored``
+        by each view it needed (keyed by holder)."""
+
+        control_holder = self.holder(experiment.control)
+        if control_holder is None:  # the control itself is missing: the served model answers
             why = self.missing(experiment.control)
             return replace(
-                control_reply,
+                scored[id(self.control)],
                 experiment=experiment.name,
                 variant="control",
                 note=f"control {why}: answered from the served model",
             )
-        if got == "control":
-            return replace(control, experiment=experiment.name, variant="control")
-        candidate = reply_of(experiment.candidate)
-        if candidate is None:
+        control = scored.get(id(control_holder))
+        candidate_holder = self.holder(experiment.candidate)
+        if candidate_holder is None:
             why = self.missing(experiment.candidate)
+            assert control is not None
             return replace(
                 control,
                 experiment=experiment.name,
                 variant="control",
-                note=f"candidate {why}: answered from control",
+                note=None if got == "control" else f"candidate {why}: answered from control",
             )
-        if got == "candidate":
-            return replace(candidate, experiment=experiment.name, variant="candidate")
+        candidate = scored.get(id(candidate_holder))
+        if got != "interleaved":
+            arm = control if got == "control" else candidate
+            assert arm is not None
+            return replace(arm, experiment=experiment.name, variant=got)
+        assert control is not None and candidate is not None
         # interleaved: team-draft of both rankings, each item from the team that placed it
         by_item = {i.item: i for i in candidate.items}
         by_item.update({i.item: i for i in control.items})
@@ -258,15 +281,16 @@ class ExperimentServing:
             request.k,
             request_seed(experiment.name, request.request_id),
         )
+        latency = control.latency_ms
+        if latency is not None and candidate.latency_ms is not None:
+            latency = max(latency, candidate.latency_ms)
         return replace(
             control,
             items=[by_item[p.item] for p in placed],
             experiment=experiment.name,
             variant="interleaved",
             teams=tuple(p.team for p in placed),
-            latency_ms=max(control.latency_ms or 0.0, candidate.latency_ms or 0.0)
-            if control.latency_ms is not None
-            else None,
+            latency_ms=latency,
         )
 
     def _send(self, messages: list[tuple[bytes, bytes]]) -> None:

@@ -111,18 +111,18 @@ def reply_for(
 
 
 class ExperimentHook(Protocol):
-    """Replaces the replies of users in a running experiment with their variant's
-    (:class:`agents.experiment_serving.ExperimentServing`)."""
+    """:func:`replies_for` with the running experiments in: users in one get their
+    variant's reply (:class:`agents.experiment_serving.ExperimentServing`)."""
 
-    def serve(
+    def replies(
         self,
         requests: Sequence[RecRequest],
+        holder: ModelHolder,
         seen: Sequence[np.ndarray],
-        received: Sequence[float],
-        replies: Sequence[Reply | None],
+        received: Sequence[float] | None = None,
         *,
         catalog: Catalog = ...,
-    ) -> list[Reply | None]: ...
+    ) -> list[Reply]: ...
 
 
 @dataclass
@@ -219,7 +219,7 @@ class Scorer:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
-            replies: Sequence[Reply | None] = replies_for(
+            replies: Sequence[Reply | None] = self._score(
                 requests, self.holder, seen, received, catalog=self.catalog
             )
         except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
@@ -227,10 +227,6 @@ class Scorer:
                 await self._reply_alone(*args)
                 for args in zip(requests, seen, received, sources_of, strict=True)
             ]
-        if self.experiments is not None:  # users in an experiment: their variant's reply
-            replies = self.experiments.serve(
-                requests, seen, received, replies, catalog=self.catalog
-            )
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
         for reply, target, message in zip(replies, targets, sources_of, strict=True):
@@ -270,10 +266,15 @@ class Scorer:
     ) -> Reply | None:
         """The reply to one request, or None once it is dead-lettered for raising."""
         try:
-            return replies_for([request], self.holder, [seen], [received], catalog=self.catalog)[0]
+            return self._score([request], self.holder, [seen], [received], catalog=self.catalog)[0]
         except Exception as exc:
             self._queue(await send_dead_letter(self.dlq, message, record_error("scorer", exc)))
             return None
+
+    @property
+    def _score(self) -> Callable[..., list[Reply]]:
+        """:func:`replies_for`, or the experiments' (users in one get their variant's)."""
+        return replies_for if self.experiments is None else self.experiments.replies
 
     def _queue(self, delivery: Any) -> None:
         """A dead letter's delivery: awaited by :meth:`delivered`, with the replies."""
