@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -110,6 +110,21 @@ def reply_for(
     return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
+class ExperimentHook(Protocol):
+    """:func:`replies_for` with the running experiments in: users in one get their
+    variant's reply (:class:`agents.experiment_serving.ExperimentServing`)."""
+
+    def replies(
+        self,
+        requests: Sequence[RecRequest],
+        holder: ModelHolder,
+        seen: Sequence[np.ndarray],
+        received: Sequence[float] | None = None,
+        *,
+        catalog: Catalog = ...,
+    ) -> list[Reply]: ...
+
+
 @dataclass
 class Scorer:
     """Dependencies of the scorer agent (Faust objects are passed in by ``app/``)."""
@@ -128,6 +143,7 @@ class Scorer:
     max_batch: int = 500
     catalog: Catalog = field(default_factory=dict)
     max_undelivered: int = 5000  # replies on their way before handle waits for them
+    experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
     _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
@@ -203,7 +219,7 @@ class Scorer:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
-            replies: Sequence[Reply | None] = replies_for(
+            replies: Sequence[Reply | None] = self._score(
                 requests, self.holder, seen, received, catalog=self.catalog
             )
         except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
@@ -250,10 +266,15 @@ class Scorer:
     ) -> Reply | None:
         """The reply to one request, or None once it is dead-lettered for raising."""
         try:
-            return replies_for([request], self.holder, [seen], [received], catalog=self.catalog)[0]
+            return self._score([request], self.holder, [seen], [received], catalog=self.catalog)[0]
         except Exception as exc:
             self._queue(await send_dead_letter(self.dlq, message, record_error("scorer", exc)))
             return None
+
+    @property
+    def _score(self) -> Callable[..., list[Reply]]:
+        """:func:`replies_for`, or the experiments' (users in one get their variant's)."""
+        return replies_for if self.experiments is None else self.experiments.replies
 
     def _queue(self, delivery: Any) -> None:
         """A dead letter's delivery: awaited by :meth:`delivered`, with the replies."""

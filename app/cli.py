@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from app.commands import catalog, offline, service, store
+from app.commands import catalog, experiment, offline, service, store
 
 PLUGIN_GROUP = "streamrec.commands"
 """Entry-point group of the commands other installed packages add (a dev checkout's tools)."""
@@ -71,6 +71,7 @@ main.add_command(store.models)  # models list|show|...     (issue: storage)
 for command in service.COMMANDS:  # worker, publish, recommend   (issue: service)
     main.add_command(command)
 main.add_command(catalog.catalog)  # catalog load FILE        (issue: dashboard)
+main.add_command(experiment.experiment)  # experiment start|status|stop (issue 20)
 for plugin in entry_points(group=PLUGIN_GROUP):  # dev up|down|...; demo (dev checkout only)
     main.add_command(plugin.load(), plugin.name)
 

@@ -36,6 +36,7 @@ class Runtime:
     series: Series | None = None  # the dashboard's sampled time series
     health: ReaderHealth = field(default_factory=ReaderHealth)  # readers failing: /health/ 503
     topics: dict[str, Any] = field(default_factory=dict)
+    experiments: Any = None  # app.wiring.experiments.Experiments (every role)
 
     @property
     def catalog_rows(self) -> Catalog:

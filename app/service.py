@@ -22,6 +22,7 @@ from app.runtime import Runtime
 from app.settings import ROLES, Role, Settings
 from app.topics import DLQ_MAX_MESSAGE_BYTES, faust_app_id, topic_specs
 from app.wiring.catalog import add_catalog
+from app.wiring.experiments import add_experiments
 from app.wiring.scorer import add_scorer
 from app.wiring.series import add_series
 from app.wiring.trainer import add_trainer
@@ -79,6 +80,7 @@ def create_app(settings: Settings, role: Role | None = None) -> faust.App:
     runtime.topics = {name: raw_topic(app, name, spec) for name, spec in specs.items()}
     add_catalog(app, runtime, specs[settings.items_topic])
     add_series(app, runtime)
+    add_experiments(app, runtime)
     if role in ("trainer", "all"):
         add_trainer(app, runtime, runtime.topics[settings.model_updates_topic])
     if role in ("scorer", "all"):

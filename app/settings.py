@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import click
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import AppError
@@ -74,6 +82,18 @@ MAX_ITEMS_DEFAULT = 100_000
 """STREAMREC_MAX_USERS/ITEMS defaults: what the k8s/ memory limits hold (docs/deploy.md#sizing)."""
 
 
+class LineageSource(BaseModel):
+    """Where scorers follow a candidate trainer lineage (an experiment's ``model`` name):
+    the second trainer's store, announcements and deltas (docs/experiments.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: str
+    updates_topic: str
+    deltas_topic: str
+    requests_topic: str | None = None
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a raw ValidationError (e.g. from Settings() in a traceback) never
     # prints the values given, which include the secrets; load_settings names them safely.
@@ -118,6 +138,43 @@ class Settings(BaseSettings):
     ratings_dlq_topic: str = "ratings-dlq"
     requests_dlq_topic: str = "rec-requests-dlq"
     items_topic: str = Field("items", description="Compacted item catalog (titles, genres)")
+    experiments_topic: str = Field(
+        "experiments", description="Compacted experiment definitions (issue 20), signed"
+    )
+    impressions_topic: str = Field(
+        "impressions", description="What each reply in an experiment showed, keyed by user"
+    )
+    experiment_results_topic: str = Field(
+        "experiment-results", description="Compacted per-variant tallies of each experiment"
+    )
+    experiment_hit_window_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A positive rating this long after an impression of its item is a hit",
+    )
+    experiment_alpha: float = Field(
+        0.05, gt=0, lt=1, description="The guardrail's confidence: always-valid p <= this"
+    )
+    experiment_tau: float = Field(
+        0.01, gt=0, le=1, description="The hit-rate difference the guardrail is tuned to"
+    )
+    experiment_min_impressions: int = Field(
+        1000, ge=1, description="Impressions per variant before the guardrail judges"
+    )
+    experiment_counter: bool = Field(
+        True,
+        description="Count hits and run the guardrail on this trainer (false on a candidate "
+        "lineage's trainer: one counter per deployment)",
+    )
+    experiment_lineages: dict[str, LineageSource] = Field(
+        default_factory=dict,
+        description='Candidate trainer lineages scorers follow, as JSON: {"NAME": {"store": '
+        'URL, "updates_topic": T, "deltas_topic": T, "requests_topic": T}}',
+    )
+    experiment_publish_seconds: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="How often the hit counter publishes tallies"
+    )
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Larger events go to the DLQ")
     max_future_skew_seconds: float = Field(
         MAX_FUTURE_SKEW_SECONDS,
@@ -319,6 +376,31 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # e.g. an empty key in a ConfigMap
+
+    @field_validator("experiment_lineages", mode="before")
+    @classmethod
+    def _lineages_json(cls, value: object) -> object:
+        """JSON text given in code (the environment's is parsed by pydantic-settings)."""
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("experiment_lineages")
+    @classmethod
+    def _lineage_names(cls, value: dict[str, LineageSource]) -> dict[str, LineageSource]:
+        from models.experiment import InvalidExperiment, check_name
+
+        for name in value:
+            try:
+                check_name(name, "lineage name")
+            except InvalidExperiment as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
     @field_validator("reply_topic_prefixes")
     @classmethod

@@ -109,6 +109,11 @@ def topic_specs(settings: Settings, role: str | None = None) -> list[TopicSpec]:
         TopicSpec(settings.ratings_dlq_topic, p, dlq),
         TopicSpec(settings.requests_dlq_topic, p, dlq),
         TopicSpec(settings.items_topic, CATALOG_PARTITIONS, {"cleanup.policy": "compact"}),
+        # Experiments (issue 20): definitions and tallies every worker reads whole (one
+        # partition, compacted: a restart keeps them); impressions keyed by user like ratings.
+        TopicSpec(settings.experiments_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.experiment_results_topic, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.impressions_topic, p, {"retention.ms": str(7 * 86400_000)}),
     ]
     if role in ("scorer", "all"):
         specs.append(TopicSpec(seen_changelog(settings, role), p, {"cleanup.policy": "compact"}))

@@ -19,6 +19,7 @@ from faust.web import Blueprint, Request, Response, View
 from prometheus_client import generate_latest
 
 from agents import metrics
+from agents.experiment_results import summary as experiment_summary
 from agents.scorer import Catalog, reply_for, title_of
 from agents.status import render_status
 from app import webauth
@@ -252,3 +253,41 @@ class User(Base):
             return await self.app.router.route_req(seen.table.name, user_id, self.web, request)
         except SameNode:
             return self.json(user_body(runtime, request, user_id, decode_row(seen.get(user_id))))
+
+
+def experiments_body(runtime: Runtime, name: str | None = None) -> dict[str, Any] | None:
+    """The ``/experiments/`` answer: every experiment (or ``name``'s; None if unknown) with
+    its newest published tally, per variant hit-rate and interval, the guardrail's verdict,
+    the curve of both hit-rates, and what this worker serves for it."""
+    parts = runtime.experiments
+    if parts is None:
+        return {"experiments": []}
+    experiments = parts.registry.all()
+    if name is not None:
+        experiments = [e for e in experiments if e.name == name]
+        if not experiments:
+            return None
+    docs = []
+    for experiment in experiments:
+        doc = experiment_summary(experiment, parts.results.newest.get(experiment.name))
+        doc["curve"] = parts.results.curve(experiment.name, experiment.start)
+        if parts.serving is not None:
+            doc["serving"] = {
+                side: parts.serving.missing(getattr(experiment, side)) or "ready"
+                for side in ("control", "candidate")
+            }
+        docs.append(doc)
+    body: dict[str, Any] = {"experiments": docs}
+    if parts.registry.refused:
+        body["refused"] = dict(parts.registry.refused)
+        body["last_refusal"] = parts.registry.last_refusal
+    return body
+
+
+@blueprint.route("/experiments/", name="experiments")
+class Experiments(Base):
+    async def get(self, request: Request) -> Response:
+        body = experiments_body(self.runtime, request.query.get("name"))
+        if body is None:
+            return self.json({"error": "no such experiment"}, status=404)
+        return self.json(body)

@@ -240,17 +240,33 @@ class Reply:
     model_version: int | None
     source: ReplySource
     latency_ms: float | None = None
+    experiment: str | None = None
+    """The experiment this reply was served in (issue 20), with ``variant`` (``control``,
+    ``candidate`` or ``interleaved``), ``teams`` (for an interleaved list, each item's team:
+    ``control`` or ``candidate``) and ``note`` (why the variant is not the assigned one)."""
+    variant: str | None = None
+    teams: tuple[str, ...] | None = None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        items = list(map(reply_item_body, self.items))
         body: dict[str, Any] = {
             "request_id": self.request_id,
             "user": self.user,
-            "items": list(map(reply_item_body, self.items)),
+            "items": items,
             "model_version": self.model_version,
             "source": self.source,
         }
         if self.latency_ms is not None:
             body["latency_ms"] = round(self.latency_ms, 3)
+        if self.experiment is not None:
+            body["experiment"] = self.experiment
+            body["variant"] = self.variant
+            if self.teams is not None:
+                for entry, team in zip(items, self.teams, strict=True):
+                    entry["team"] = team
+            if self.note is not None:
+                body["experiment_note"] = self.note
         return body
 
     def encode(self) -> tuple[bytes, bytes]:
@@ -276,6 +292,12 @@ class Reply:
             if version is not None and (type(version) is not int or version < 0):
                 raise InvalidEvent(f"model_version must be an integer >= 0, got {version!r}")
             latency = obj.get("latency_ms")
+            experiment = _optional_text(obj.get("experiment"), "experiment")
+            teams = None  # an ab reply: every item is the variant's
+            if experiment and obj["items"] and "team" in obj["items"][0]:
+                teams = tuple(i["team"] for i in obj["items"])
+            if teams is not None and not set(teams) <= {"control", "candidate"}:
+                raise InvalidEvent("an item's team must be control or candidate")
             return cls(
                 request_id=canonical_id(obj["request_id"], "request_id"),
                 user=canonical_id(obj["user"], "user"),
@@ -283,6 +305,10 @@ class Reply:
                 model_version=version,
                 source=source,
                 latency_ms=None if latency is None else _finite(latency, "latency_ms"),
+                experiment=experiment,
+                variant=_optional_text(obj.get("variant"), "variant") if experiment else None,
+                teams=teams,
+                note=_optional_text(obj.get("experiment_note"), "experiment_note"),
             )
         except InvalidEvent as exc:
             raise Undecodable("invalid", f"not a reply: {exc.reason}") from None

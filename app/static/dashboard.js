@@ -200,13 +200,88 @@ function renderSeries(series) {
   }
 }
 
+// The experiments panel: each variant's hit-rate over time, and its interval as a band.
+const experiments = { shown: 0 };
+state.experiments = experiments;
+
+function drawExperiment(svg, curve) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const W = 640, H = 220, L = 48, R = 12, T = 12, B = 28;
+  el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }, svg);
+  el("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }, svg);
+  if (!curve.length) {
+    el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, svg).textContent = "waiting for the first tally";
+    return 0;
+  }
+  const t0 = curve[0].t, t1 = curve[curve.length - 1].t;
+  let hi = Math.max(0.01, ...curve.flatMap((p) => [p.control[2], p.candidate[2]]));
+  const lo = 0;
+  const x = (t) => L + (t1 > t0 ? ((t - t0) / (t1 - t0)) * (W - L - R) : (W - L - R) / 2);
+  const y = (v) => H - B - ((v - lo) / (hi - lo)) * (H - T - B);
+  for (const v of [lo, hi / 2, hi]) {
+    el("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), class: "axis" }, svg);
+    el("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end", class: "label" }, svg).textContent = v.toFixed(3);
+  }
+  el("text", { x: L, y: H - 8, class: "label" }, svg).textContent = clock(t0);
+  el("text", { x: W - R, y: H - 8, "text-anchor": "end", class: "label" }, svg).textContent = clock(t1);
+  for (const team of ["control", "candidate"]) {
+    const upper = curve.map((p) => `${x(p.t).toFixed(1)},${y(p[team][2]).toFixed(1)}`);
+    const lower = curve.slice().reverse().map((p) => `${x(p.t).toFixed(1)},${y(p[team][1]).toFixed(1)}`);
+    el("polygon", { points: upper.concat(lower).join(" "), class: `band ${team}` }, svg);
+    const d = curve.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[team][0]).toFixed(1)}`).join(" ");
+    el("path", { d, class: `line ${team}` }, svg);
+    for (const p of curve) {
+      const dot = el("circle", { cx: x(p.t).toFixed(1), cy: y(p[team][0]).toFixed(1), r: 3, class: team }, svg);
+      el("title", {}, dot).textContent = `${team} ${clock(p.t)}: ${p[team][0].toFixed(4)} [${p[team][1].toFixed(4)}, ${p[team][2].toFixed(4)}]`;
+    }
+  }
+  return curve.length;
+}
+
+function renderExperiments(body) {
+  const list = (body && body.experiments) || [];
+  const select = $("exp-select");
+  const chosen = select.value;
+  select.replaceChildren(...list.map((e) => {
+    const option = document.createElement("option");
+    option.value = e.name;
+    option.textContent = `${e.name} (${e.status})`;
+    return option;
+  }));
+  if (!list.length) {
+    text("exp-summary", "no experiments");
+    drawExperiment($("exp-chart"), []);
+    experiments.shown = 0;
+    return;
+  }
+  const running = list.find((e) => e.status === "running");
+  const doc = list.find((e) => e.name === chosen) || running || list[0];
+  select.value = doc.name;
+  const v = doc.variants;
+  let line = `${doc.name}: ${doc.status}, ${doc.method}, share ${doc.share}`;
+  if (v) {
+    const side = (t) => `${t} ${fmtNum(v[t].hit_rate, 4)} [${fmtNum(v[t].interval[0], 4)}, ${fmtNum(v[t].interval[1], 4)}] of ${fmtInt(v[t].impressions)}`;
+    line += ` — ${side("control")}; ${side("candidate")}; p = ${Number(doc.p_value).toPrecision(2)}`;
+    if (doc.significant) line += " (significant)";
+  }
+  if (doc.reason) line += ` — ${doc.reason}`;
+  text("exp-summary", line);
+  experiments.shown = drawExperiment($("exp-chart"), doc.curve || []);
+}
+
+$("exp-select").addEventListener("change", () => {
+  getJSON("/experiments/").then((r) => { if (r.status === 200) renderExperiments(r.body); });
+});
+
 async function refresh() {
   try {
     const last = series.points[series.points.length - 1];
     const since = last ? `?since=${last.t}` : "";
-    const [health, model, newer, popular] = await Promise.all([
+    const [health, model, newer, popular, exps] = await Promise.all([
       getJSON("/health/"), getJSON("/model/"), getJSON(`/dashboard/series/${since}`), getJSON("/items/popular/?limit=10"),
+      getJSON("/experiments/"),
     ]);
+    if (exps.status === 200) renderExperiments(exps.body);
     const refused = [model, newer, popular].some((r) => r.status === 401);
     renderModel(health.body, refused ? null : model.body);
     if (newer.status === 200) renderSeries(mergeSeries(newer.body));

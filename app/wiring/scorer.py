@@ -100,6 +100,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         max_reply_bytes=s.max_reply_bytes,
         max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
+        experiments=runtime.experiments.serving if runtime.experiments else None,
     )
 
     # Ratings and requests are read in bulk, outside Faust's streams (agents/bulk.py), from

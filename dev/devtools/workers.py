@@ -152,6 +152,9 @@ TOPIC_FIELDS = (
     "ratings_dlq",
     "requests_dlq",
     "items",
+    "experiments",
+    "experiment_results",
+    "impressions",
 )
 
 

@@ -1,0 +1,138 @@
+"""The hit counter: impressions and ratings into per-variant tallies, the guardrail's stop,
+and the signed results record (no Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.experiment_hits import HitCounter, HitReader
+from agents.experiment_registry import ExperimentRegistry, decode_signed, encode_signed
+from agents.experiment_results import Result, ResultBook, summary
+from models.events import Rating
+from models.experiment import Experiment, Variant
+from models.impressions import HitMatcher, Impressions
+from models.online_metric import Counts
+from models.sequential import SequentialTest
+from models.signing import Keyring
+
+KEYS = Keyring(b"k" * 32)
+EXP = Experiment("g", Variant(), Variant(model=3), "ab", 1.0, 1000.0)
+
+
+def counter(min_impressions: int = 50) -> HitCounter:
+    registry = ExperimentRegistry(KEYS)
+    registry.apply(*encode_signed(EXP, KEYS))
+    return HitCounter(registry, HitMatcher(3600, 4.0), SequentialTest(0.05, 0.05, min_impressions))
+
+
+def show(c: HitCounter, user: str, item: str, team: str, ts: float = 2000.0, count=True) -> None:
+    c.show(Impressions.of("g", user, ts, [(item, team)]), count=count)
+
+
+def rate(c: HitCounter, user: str, item: str, stars: float, ts: float = 2010.0) -> None:
+    c.rate(Rating(f"e-{user}-{item}", user, item, stars, ts))
+
+
+def test_positive_ratings_within_the_window_are_hits_of_the_team_that_showed_the_item():
+    c = counter()
+    show(c, "u1", "a", "control")
+    show(c, "u2", "b", "candidate")
+    show(c, "u3", "c", "candidate")
+    rate(c, "u1", "a", 5)  # hit for control
+    rate(c, "u2", "b", 2)  # not positive
+    rate(c, "u3", "c", 5, ts=2000.0 + 7200)  # past the window
+    rate(c, "u3", "a", 5)  # never shown to u3
+    assert c.counts("g") == {"control": Counts(1, 1), "candidate": Counts(2, 0)}
+    show(c, "u4", "x", "control", ts=10.0)  # before the experiment started: not counted
+    show(c, "u5", "y", "candidate", count=False)  # read again after a restart
+    rate(c, "u5", "y", 5)
+    assert c.counts("g") == {"control": Counts(1, 1), "candidate": Counts(2, 1)}
+
+
+def test_the_guardrail_stops_a_worse_candidate_and_publishes_it_signed():
+    c = counter()
+    for n in range(400):
+        show(c, f"c{n}", "i", "control")
+        show(c, f"k{n}", "i", "candidate")
+        if n % 2 == 0:
+            rate(c, f"c{n}", "i", 5)
+        if n % 10 == 0:
+            rate(c, f"k{n}", "i", 5)
+    sent = []
+
+    async def send(topic, key, value):
+        sent.append((topic, key, value))
+
+    reader = HitReader(
+        c, {}, "impressions", "ratings", "results", "experiments", KEYS, send, lambda: 10
+    )
+    asyncio.run(reader.publish({"ratings:0": 7}))
+    stops = [(k, v) for t, k, v in sent if t == "experiments"]
+    assert len(stops) == 1
+    stopped = decode_signed(*stops[0], KEYS)
+    assert stopped.status == "guardrail-stopped" and "significantly worse" in stopped.reason
+    assert c.registry.get("g").status == "guardrail-stopped"
+    results = [(k, v) for t, k, v in sent if t == "results"]
+    result = Result.parse(*results[-1], KEYS)
+    assert result.counts["control"] == Counts(400, 200)
+    assert result.decision == "candidate_worse" and result.positions == {"ratings:0": 7}
+    doc = summary(c.registry.get("g"), result)
+    assert doc["significant"] and doc["variants"]["candidate"]["hit_rate"] == 40 / 400
+    sent.clear()
+    asyncio.run(reader.publish({"ratings:0": 7}))  # stopped, nothing new: not again
+    assert sent == []
+
+
+def test_a_restart_adds_the_published_counts_and_a_new_start_drops_them():
+    c = counter()
+    old = Result(
+        "g",
+        1000.0,
+        {"control": Counts(10, 2), "candidate": Counts(8, 1)},
+        {"control": 0.1, "candidate": 0.2},
+        1.0,
+        "continue",
+        "x",
+        5.0,
+        {},
+    )
+    c.base["g"] = old
+    show(c, "u1", "a", "control")
+    assert c.counts("g")["control"] == Counts(11, 2)
+    c.registry.apply(
+        *encode_signed(Experiment("g", Variant(), Variant(model=3), "ab", 1.0, 3000.0), KEYS)
+    )
+    show(c, "u2", "a", "control", ts=4000.0)
+    assert c.counts("g")["control"] == Counts(1, 0)
+
+
+def test_the_book_keeps_each_experiments_curve():
+    book = ResultBook(KEYS, points=3)
+    for n in range(5):
+        r = Result(
+            "g",
+            1000.0,
+            {"control": Counts(10 * n, n), "candidate": Counts(10, 1)},
+            {"control": 0.0, "candidate": 0.0},
+            1.0,
+            "continue",
+            "x",
+            float(n),
+            {},
+        )
+        book.apply(*r.encode(KEYS))
+    curve = book.curve("g", 1000.0)
+    assert [p["t"] for p in curve] == [2.0, 3.0, 4.0]
+    rate, low, high = curve[-1]["control"]
+    assert low <= rate == 0.1 <= high
+    assert book.apply(b"g", b"{}") is None and book.refused == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.binary(max_size=300)), st.binary(max_size=600))
+def test_any_bytes_on_the_results_topic_are_refused(key, value):
+    book = ResultBook(KEYS)
+    assert book.apply(key, value) is None and book.newest == {}
