@@ -224,7 +224,9 @@ class IncrementalModel:
         self._count_popularity(item_idx, stamps)
         touched_users = self._trained_user_rows(rows, n_users0)
         self._changes.touched(touched_users, changed_items, item_idx)
+        # every event's user and item: their event counts changed, trained or not
         self._since_checkpoint.touched(touched_users, changed_items)
+        self._since_checkpoint.touched(user_idx, item_idx)
         self._recent.remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version

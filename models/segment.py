@@ -28,15 +28,20 @@ from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.errors import SnapshotError
 from models.fitter import PARTS
-from models.idmap import decode_strings, encode_strings
+from models.idmap import IdMap, decode_strings, encode_strings
 from models.manifest import SEGMENT_FORMAT, ChainMark, Manifest
+from models.scoring import ScoringView
+from models.signing import Keyring
 from models.snapshot import (
     EVENT_COUNTS,
     SnapshotState,
     check_accumulators,
     check_neighbours,
     check_window,
+    decode,
+    decode_scoring,
     library_versions,
+    load_scoring_view,
     read_meta,
     read_npz,
     verify,
@@ -338,3 +343,65 @@ def _fifo(values: _Fifo, size: int, what: str) -> _Fifo:
     if size > len(values):
         raise SnapshotError(f"segment keeps {size} {what} entries, only {len(values)} exist")
     return values[len(values) - size :]
+
+
+def decode_chain(
+    chain: Sequence[tuple[bytes, Mapping[str, Any]]],
+    keys: Keyring | None = None,
+    *,
+    training: bool = True,
+) -> SnapshotState:
+    """The state at the end of ``chain`` (a full snapshot, then its segments in order, as
+    stored), every link verified (signatures with ``keys``, sha256s, each segment's parent
+    sha256). ``training`` False: only what a scorer needs."""
+    if not chain:
+        raise SnapshotError("an empty checkpoint chain")
+    (payload, manifest), rest = chain[0], chain[1:]
+    if training:
+        base = decode(payload, manifest, keys)
+    else:
+        snap = decode_scoring(payload, manifest, keys)
+        base = SnapshotState(
+            config=snap.config,
+            version=snap.version,
+            trained_events=0,
+            offsets={},
+            popularity_ts=snap.popularity_ts,
+            user_ids=snap.user_ids,
+            item_ids=snap.item_ids,
+            recent_event_ids=[],
+            arrays=snap.arrays,
+            neighbours=snap.neighbours,
+            chain=snap.chain,
+        )
+    segments = []
+    parent_sha = manifest.get("sha256")
+    for payload, manifest in rest:
+        segment = decode_segment(payload, manifest, keys)
+        if manifest["parent_sha256"] != parent_sha:
+            raise SnapshotError(
+                f"segment v{segment.version}'s parent v{segment.parent} is not the stored one "
+                f"(sha256 {parent_sha}, the segment names {manifest['parent_sha256']})"
+            )
+        segments.append(segment)
+        parent_sha = manifest["sha256"]
+    return assemble(base, segments, training=training)
+
+
+def load_chain_view(
+    chain: Sequence[tuple[bytes, Mapping[str, Any]]], keys: Keyring | None = None
+) -> tuple[ScoringView, ChainMark | None]:
+    """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``."""
+    if len(chain) == 1:
+        return load_scoring_view(*chain[0], keys)
+    state = decode_chain(chain, keys, training=False)
+    view = ScoringView.from_arrays(
+        version=state.version,
+        users=IdMap(state.user_ids),
+        items=IdMap(state.item_ids),
+        arrays=state.arrays,
+        popularity_ts=state.popularity_ts,
+        neighbours=state.neighbours,
+        blend_weight=state.config.blend_weight,
+    )
+    return view, state.chain
