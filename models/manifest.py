@@ -149,7 +149,8 @@ def parse_manifest(obj: object) -> Manifest:
         parent_sha = obj["parent_sha256"]
         if not (isinstance(parent_sha, str) and len(parent_sha) == 64 and set(parent_sha) <= _HEX):
             raise SnapshotError("segment 'parent_sha256' must be 64 lowercase hex digits")
-        manifest.update(parent=parent, parent_sha256=parent_sha, base=base, chain_bytes=chain_bytes)
+        manifest["parent"], manifest["parent_sha256"] = parent, parent_sha
+        manifest["base"], manifest["chain_bytes"] = base, chain_bytes
     if "signature" in obj:
         manifest["signature"] = obj["signature"]
     result = {**manifest, **{k: v for k, v in obj.items() if k not in manifest}}

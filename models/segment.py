@@ -174,10 +174,12 @@ def decode_segment(payload: bytes, raw_manifest: Mapping[str, Any], keys: Any = 
     expected |= {f"{name}_{part}" for name in _STRING_LISTS for part in ("blob", "offsets")}
     entries = read_npz(payload, expected, set(_NEIGHBOURS), expected | set(_NEIGHBOURS))
     meta, config = read_meta(entries.pop("meta"), manifest, _MIRRORED)
-    sizes = {key: meta.get(key) for key in ("recent_size", "window_size", "since_consolidation")}
-    for key, value in sizes.items():
+    sizes: dict[str, int] = {}
+    for key in ("recent_size", "window_size", "since_consolidation"):
+        value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise SnapshotError(f"segment {key} must be an int >= 0")
+        sizes[key] = value
     strings = {}
     for name in _STRING_LISTS:
         try:
