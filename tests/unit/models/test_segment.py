@@ -16,7 +16,14 @@ from models.config import ModelConfig
 from models.errors import SnapshotError
 from models.events import Rating
 from models.incremental import IncrementalModel
-from models.segment import Segment, assemble, decode_segment, encode_segment
+from models.segment import (
+    Segment,
+    assemble,
+    decode_chain,
+    decode_segment,
+    encode_segment,
+    load_chain_view,
+)
 from models.snapshot import SnapshotState, decode, encode
 
 CONFIG = ModelConfig(
@@ -193,3 +200,21 @@ def test_the_decoder_refuses_any_bytes_with_a_snapshot_error(written, data, flip
         forged = {**manifest, "sha256": __import__("hashlib").sha256(candidate).hexdigest()}
         with pytest.raises(SnapshotError):
             decode_segment(candidate, forged)
+
+
+def test_decode_chain_refuses_a_parent_that_is_not_the_one_the_segment_names(written):
+    state = decode(*written[0])
+    state.trained_events += 1  # another valid snapshot of the same version
+    with pytest.raises(SnapshotError, match="is not the stored one"):
+        decode_chain([encode(state), *written[1:]])
+    assert decode_chain(written).version == decode_segment(*written[-1]).version
+
+
+def test_a_chain_restores_a_scorers_view_of_the_same_rows(written):
+    view, mark = load_chain_view(written)
+    state = decode_chain(written)
+    assert view.version == state.version and mark == state.chain
+    assert view.user_ids() == state.user_ids
+    np.testing.assert_array_equal(
+        view.scoring_arrays()["user_embeddings"], state.arrays["user_embeddings"]
+    )
