@@ -31,12 +31,8 @@ from tests.unit.agents.test_trainer import (
     until,
 )
 
-SEGMENTS = {
-    "checkpoint_segments": 3,
-    "checkpoint_chain_fraction": 10.0,
-    "snapshot_every_batches": 1,
-    "batch_max": 50,
-}
+SEGMENTS = {"checkpoint_segments": 3, "checkpoint_chain_fraction": 10.0, "batch_max": 50}
+"""Three segments after each base; the tests decide when checkpoints are written."""
 
 
 @pytest.fixture
@@ -103,7 +99,7 @@ async def test_segments_cost_the_rows_they_change(store) -> None:
         dataclasses.replace(r, event_id=f"later-{i}", user=few[i % len(few)])
         for i, r in enumerate(generate_ratings(300, 60, 300, 4, seed=7))
     ]
-    await trained(store, ratings + later, 100, len(ratings), snapshot_every_batches=10**6)
+    await trained(store, ratings + later, 100, len(ratings))
     found = await manifests(store)
     full = [m["payload_bytes"] for m in found.values() if "parent" not in m]
     parts = [m["payload_bytes"] for m in found.values() if "parent" in m]
@@ -115,7 +111,7 @@ async def test_a_crash_with_segments_trains_nothing_twice_and_loses_nothing(stor
     consumer, dlq = FakeConsumer(), FakeDLQ()
     ratings = generate_ratings(150, 60, 3000, 4, seed=7)
     consumer.produce_ratings(ratings[:1000])
-    trainer, task = await start(store, consumer, dlq, **SEGMENTS)
+    trainer, task = await start(store, consumer, dlq, **SEGMENTS, snapshot_every_batches=1)
     await until(lambda: trainer.model.trained_events == 1000)
     await until(lambda: store_has_offsets(trainer))
     consumer.produce_ratings(ratings[1000:2000])
@@ -130,7 +126,7 @@ async def test_a_crash_with_segments_trains_nothing_twice_and_loses_nothing(stor
             await writer
     consumer.positions.clear()
     consumer.produce_ratings(ratings[2000:])
-    again, task = await start(store, consumer, dlq, **SEGMENTS)
+    again, task = await start(store, consumer, dlq, **SEGMENTS, snapshot_every_batches=1)
     await until(lambda: again.model.trained_events == len(ratings))
     await stop(again, task)
     _, manifest = await store.get(await store.latest())
@@ -142,9 +138,9 @@ async def test_a_crash_with_segments_trains_nothing_twice_and_loses_nothing(stor
 async def test_a_corrupt_or_missing_segment_is_refused_and_an_older_one_restored(
     store, tmp_path
 ) -> None:
-    await trained(store, generate_ratings(150, 60, 2000, 4, seed=8))
+    await trained(store, generate_ratings(150, 60, 2200, 4, seed=8))  # 11 checkpoints
     found = await manifests(store)
-    *_, link, previous, head = sorted(found)
+    *_, link, previous, head = sorted(found)  # base, segment, segment
     assert "parent" in found[head] and found[previous]["parent"] == link
     root = tmp_path / "models"
     (root / payload_key(head)).write_bytes(b"not the segment")  # corrupt
