@@ -53,16 +53,18 @@ class SnapshotSchedule:
     #: The newest checkpoint written by this run (None: the next one is a full snapshot).
     head: ChainHead | None = None
 
-    def segment_next(self, parent: int, segments: int, fraction: float) -> bool:
-        """May the next checkpoint be a segment continuing ``parent``? Only if this run
-        wrote ``parent``, fewer than ``segments`` segments follow the base and their bytes
-        are at most ``fraction`` of the base's."""
+    def segment_next(self, parent: int, segments: int) -> bool:
+        """May the next checkpoint be cut as a segment continuing ``parent``? If segments
+        are on (``segments`` > 0) and this run wrote ``parent``."""
+        return segments > 0 and self.head is not None and self.head.version == parent
+
+    def base_due(self, segments: int, fraction: float) -> bool:
+        """Should the next segment be compacted into a full snapshot (its chain read back
+        and the segment applied, outside the lock)? Once ``segments`` segments follow the
+        base, or their bytes exceed ``fraction`` of the base's."""
         head = self.head
-        return (
-            head is not None
-            and head.version == parent
-            and head.segments < segments
-            and head.chain_bytes <= fraction * head.base_bytes
+        return head is not None and (
+            head.segments >= segments or head.chain_bytes > fraction * head.base_bytes
         )
 
     def wrote(self, manifest: Mapping[str, Any], payload_bytes: int) -> None:

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agents import metrics
+from agents.checkpoints import Chain, fetch_chain
 from agents.ports import Sink, SnapshotStore
 from agents.snapshot_schedule import ChainHead, SnapshotSchedule
 from agents.state import ModelHolder
 from agents.status import ModelStatus
 from models.manifest import Manifest
-from models.segment import Segment, encode_segment
+from models.segment import Segment, assemble, decode_chain, encode_segment
 from models.signing import Keyring
 from models.snapshot import SnapshotState, encode, sign_manifest
 from models.wire import ModelUpdate
@@ -51,10 +52,16 @@ class CheckpointCut:
     batches: int
     keys: Keyring
 
-    def encode(self, head: ChainHead | None) -> SnapshotCut:
-        """The cut as a signed snapshot; a segment continues ``head`` (its parent)."""
+    def encode(self, head: ChainHead | None, chain: Chain | None = None) -> SnapshotCut:
+        """The cut as a signed snapshot; a segment continues ``head`` (its parent), or with
+        ``chain`` (``head``'s, as stored) is compacted into a full snapshot: the chain's
+        state with the segment applied."""
         content = self.content
-        if isinstance(content, Segment):
+        if isinstance(content, Segment) and chain is not None:
+            if chain[-1][1]["version"] != content.parent:
+                raise ValueError(f"segment v{content.version} does not continue the chain")
+            payload, manifest = encode(assemble(decode_chain(chain), [content]))
+        elif isinstance(content, Segment):
             if head is None or head.version != content.parent:
                 raise ValueError(f"segment v{content.version} does not continue {head}")
             payload, manifest = encode_segment(content, head.sha256, head.base, head.chain_bytes)
@@ -88,6 +95,10 @@ class SnapshotWriter:
     keep_bases: int = 0
     """After writing a full snapshot, prune the versions older than this many of them
     (:meth:`storage.SnapshotStore.retain`); 0: keep everything."""
+    segments: int = 0
+    """Segments after a full snapshot before the next segment is compacted into one."""
+    chain_fraction: float = 0.5
+    """Or once the segments' bytes exceed this fraction of the full snapshot's."""
     stopping: bool = field(default=False, init=False)
     _task: asyncio.Task[bool] | None = field(default=None, init=False, repr=False)
     #: Offsets of a snapshot written and not yet committed to the group.
@@ -143,7 +154,7 @@ class SnapshotWriter:
         """
         cut = await self.source.cut_snapshot()
         if isinstance(cut, CheckpointCut):  # encoded, hashed and signed outside the lock
-            cut = await asyncio.to_thread(cut.encode, self.schedule.head)
+            cut = await asyncio.to_thread(cut.encode, self.schedule.head, await self._chain(cut))
         manifest = cut.manifest
         try:
             uri = await self._put(cut)
@@ -172,6 +183,28 @@ class SnapshotWriter:
             manifest["offsets"],
         )
         return True
+
+    async def _chain(self, cut: CheckpointCut) -> Chain | None:
+        """The stored chain a segment is compacted with when a full snapshot is due (None:
+        write the segment; also when reading the chain fails, so the checkpoint is not
+        lost: the next one tries again)."""
+        head = self.schedule.head
+        if not isinstance(cut.content, Segment) or head is None:
+            return None
+        if not self.schedule.base_due(self.segments, self.chain_fraction):
+            return None
+        try:
+            return await fetch_chain(self.store, head.version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "Reading v%d's chain to compact failed (%s: %s)",
+                head.version,
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
     async def _retain(self) -> None:
         """Prune by the retention policy; a failure is logged (the next base retries)."""

@@ -230,7 +230,14 @@ class Trainer:
             self.model.version, dict(self.model.offsets), time.monotonic()
         )
         self._snapshots = SnapshotWriter(
-            self, self.store, self.updates, self.holder, self._schedule, self.checkpoint_keep_bases
+            self,
+            self.store,
+            self.updates,
+            self.holder,
+            self._schedule,
+            self.checkpoint_keep_bases,
+            self.checkpoint_segments,
+            self.checkpoint_chain_fraction,
         )
         self._consolidation = ConsolidationRunner(self.model, self.tick_consolidation)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
@@ -470,9 +477,7 @@ class Trainer:
                 # version; snapshots are write-once.
                 await self._next_version()
             segment = self._schedule.segment_next(
-                self.model.checkpoint_parent,
-                self.checkpoint_segments,
-                self.checkpoint_chain_fraction,
+                self.model.checkpoint_parent, self.checkpoint_segments
             )
             content = await asyncio.to_thread(
                 self.model.cut_checkpoint,

@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from agents.checkpoints import fetch_chain, load_view
 from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from models.errors import SnapshotError
+from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 from storage import open_store
 from storage.base import manifest_key, payload_key, retention_plan
@@ -72,12 +74,26 @@ async def trained(store, ratings, chunk: int = 200, first: int = 0, **kw) -> Tra
     return trainer
 
 
-async def test_the_trainer_writes_segments_and_restores_base_plus_segments(store) -> None:
+async def test_the_trainer_writes_segments_and_restores_base_plus_segments(
+    store, monkeypatch
+) -> None:
+    cuts: list[str] = []  # what the trainer cut under its lock
+    cut_checkpoint = IncrementalModel.cut_checkpoint
+
+    def spy(model: IncrementalModel, **kw: Any) -> Any:
+        cut = cut_checkpoint(model, **kw)
+        cuts.append(type(cut).__name__)
+        return cut
+
+    monkeypatch.setattr(IncrementalModel, "cut_checkpoint", spy)
     ratings = generate_ratings(150, 60, 2000, 4, seed=5)
     trainer = await trained(store, ratings)
     found = await manifests(store)
     segments = [m for m in found.values() if "parent" in m]
-    assert segments and len(segments) < len(found)  # full ones and segments
+    assert len(segments) == 7 and len(found) == 10  # b s s s b s s s b s
+    # only the first full snapshot was a copy under the lock; the others were compacted
+    # from the stored chain and the segment cut, outside it
+    assert cuts == ["SnapshotState"] + ["Segment"] * 9
     assert all(m["parent"] in found for m in segments)
     head = await store.current()
     assert "parent" in found[head] or len(found) == 1
