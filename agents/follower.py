@@ -41,6 +41,7 @@ from typing import Any, Unpack
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
+from agents.checkpoints import load_view
 from agents.errors import is_refusal
 from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
@@ -52,7 +53,7 @@ from models.delta import FRESH, Chain, next_step
 from models.manifest import ChainMark, Manifest, parse_manifest
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError
-from models.snapshot import UntrustedSnapshot, load_scoring_view
+from models.snapshot import UntrustedSnapshot
 from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable, open_delta
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,7 @@ class ModelFollower:
         large as the whole training state) is dropped with this frame, before the view is
         published: a worker that reports ready no longer holds it (measured: 93 MiB for
         100k users x 10k items x 64 dims, held another second while the deltas seeked)."""
-        payload, manifest = await self.store.get(version)
-        view, chain = await asyncio.to_thread(load_scoring_view, payload, manifest, self.keys)
+        view, chain, manifest = await load_view(self.store, version, self.keys)
         return view, chain, parse_manifest(manifest)  # verified: the typed record
 
     async def _seek_after(self, manifest: Manifest, chain: ChainMark | None) -> None:

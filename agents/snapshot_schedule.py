@@ -8,6 +8,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest checkpoint written, where the next segment may continue: its version
+    and payload sha256, and its chain's base and sizes."""
+
+    version: int
+    sha256: str
+    base: int  # the chain's full snapshot
+    base_bytes: int  # its payload's size
+    chain_bytes: int  # the payload bytes of the segments since it
+    segments: int  # how many
+
+    @classmethod
+    def of(
+        cls, manifest: Mapping[str, Any], payload_bytes: int, head: ChainHead | None
+    ) -> ChainHead:
+        """The head after writing ``manifest`` (a segment continues ``head``)."""
+        version, sha = manifest["version"], manifest["sha256"]
+        if "parent" not in manifest or head is None:
+            return cls(version, sha, version, payload_bytes, 0, 0)
+        return cls(
+            version, sha, head.base, head.base_bytes, manifest["chain_bytes"], head.segments + 1
+        )
 
 
 @dataclass
@@ -24,6 +50,26 @@ class SnapshotSchedule:
     urgent_version: int = -1
     #: When a scorer's request for a snapshot was last answered (rate limit).
     answered_at: float = -math.inf
+    #: The newest checkpoint written by this run (None: the next one is a full snapshot).
+    head: ChainHead | None = None
+
+    def segment_next(self, parent: int, segments: int) -> bool:
+        """May the next checkpoint be cut as a segment continuing ``parent``? If segments
+        are on (``segments`` > 0) and this run wrote ``parent``."""
+        return segments > 0 and self.head is not None and self.head.version == parent
+
+    def base_due(self, segments: int, fraction: float) -> bool:
+        """Should the next segment be compacted into a full snapshot (its chain read back
+        and the segment applied, outside the lock)? Once ``segments`` segments follow the
+        base, or their bytes exceed ``fraction`` of the base's."""
+        head = self.head
+        return head is not None and (
+            head.segments >= segments or head.chain_bytes > fraction * head.base_bytes
+        )
+
+    def wrote(self, manifest: Mapping[str, Any], payload_bytes: int) -> None:
+        """A checkpoint with ``manifest`` was written: the next segment continues it."""
+        self.head = ChainHead.of(manifest, payload_bytes, self.head)
 
     def unsaved(self, version: int, offsets: Mapping[str, int]) -> bool:
         """The model (at ``version``, covering ``offsets``) holds progress no snapshot has."""
@@ -76,5 +122,7 @@ class SnapshotSchedule:
         self.last_at = now
 
     def failed(self, now: float) -> None:
-        """A write failed: retry after the interval, not at once."""
+        """A write failed: retry after the interval, not at once, as a full snapshot (the
+        failed one's rows are in no segment)."""
         self.last_at = now
+        self.head = None

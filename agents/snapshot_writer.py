@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agents import metrics
+from agents.checkpoints import Chain, fetch_chain
 from agents.ports import Sink, SnapshotStore
-from agents.snapshot_schedule import SnapshotSchedule
+from agents.snapshot_schedule import ChainHead, SnapshotSchedule
 from agents.state import ModelHolder
 from agents.status import ModelStatus
 from models.manifest import Manifest
+from models.segment import Segment, assemble, decode_chain, encode_segment
 from models.signing import Keyring
+from models.snapshot import SnapshotState, encode, sign_manifest
 from models.wire import ModelUpdate
 from storage.errors import SnapshotExists
 
@@ -38,12 +41,42 @@ class SnapshotCut:
     keys: Keyring  # signs the announcement
 
 
+@dataclass(frozen=True)
+class CheckpointCut:
+    """A checkpoint's content as cut under the trainer's lock (a copy of the rows changed
+    since the last one, or of the whole state): encoded, hashed and signed outside it."""
+
+    content: SnapshotState | Segment
+    info: ModelStatus
+    batch_info: dict[str, Any]
+    batches: int
+    keys: Keyring
+
+    def encode(self, head: ChainHead | None, chain: Chain | None = None) -> SnapshotCut:
+        """The cut as a signed snapshot; a segment continues ``head`` (its parent), or with
+        ``chain`` (``head``'s, as stored) is compacted into a full snapshot: the chain's
+        state with the segment applied."""
+        content = self.content
+        if isinstance(content, Segment) and chain is not None:
+            if chain[-1][1]["version"] != content.parent:
+                raise ValueError(f"segment v{content.version} does not continue the chain")
+            payload, manifest = encode(assemble(decode_chain(chain), [content]))
+        elif isinstance(content, Segment):
+            if head is None or head.version != content.parent:
+                raise ValueError(f"segment v{content.version} does not continue {head}")
+            payload, manifest = encode_segment(content, head.sha256, head.base, head.chain_bytes)
+        else:
+            payload, manifest = encode(content)
+        signed = sign_manifest(manifest, self.keys)
+        return SnapshotCut(payload, signed, self.info, self.batch_info, self.batches, self.keys)
+
+
 class SnapshotSource(Protocol):
     """What the writer needs of the trainer (:class:`agents.trainer.Trainer`)."""
 
     def snapshot_due(self) -> bool: ...
 
-    async def cut_snapshot(self) -> SnapshotCut: ...
+    async def cut_snapshot(self) -> SnapshotCut | CheckpointCut: ...
 
     async def snapshot_exists(self, version: int) -> None:
         """``version`` is in the store already: move the model past it (under the lock)."""
@@ -59,6 +92,13 @@ class SnapshotWriter:
     updates: Sink  # model-updates
     holder: ModelHolder
     schedule: SnapshotSchedule
+    keep_bases: int = 0
+    """After writing a full snapshot, prune the versions older than this many of them
+    (:meth:`storage.SnapshotStore.retain`); 0: keep everything."""
+    segments: int = 0
+    """Segments after a full snapshot before the next segment is compacted into one."""
+    chain_fraction: float = 0.5
+    """Or once the segments' bytes exceed this fraction of the full snapshot's."""
     stopping: bool = field(default=False, init=False)
     _task: asyncio.Task[bool] | None = field(default=None, init=False, repr=False)
     #: Offsets of a snapshot written and not yet committed to the group.
@@ -113,6 +153,8 @@ class SnapshotWriter:
         is committed, so nothing is lost, and the worker keeps training.
         """
         cut = await self.source.cut_snapshot()
+        if isinstance(cut, CheckpointCut):  # encoded, hashed and signed outside the lock
+            cut = await asyncio.to_thread(cut.encode, self.schedule.head, await self._chain(cut))
         manifest = cut.manifest
         try:
             uri = await self._put(cut)
@@ -126,17 +168,57 @@ class SnapshotWriter:
             return False
         version = manifest["version"]
         self.schedule.saved(version, manifest["offsets"], cut.batches, time.monotonic())
+        self.schedule.wrote(manifest, len(cut.payload))
+        if self.keep_bases and "parent" not in manifest:
+            await self._retain()
         self._uncommitted = self.schedule.offsets
         self.holder.info["snapshot"] = {"version": version, "uri": uri, "at": time.time()}
         metrics.SNAPSHOTS.inc()
         log.info(
-            "Snapshot v%d written (%d bytes, %d trained events, offsets %s)",
+            "Snapshot v%d written (%s, %d bytes, %d trained events, offsets %s)",
             version,
+            f"segment after v{manifest['parent']}" if "parent" in manifest else "full",
             len(cut.payload),
             manifest["trained_events"],
             manifest["offsets"],
         )
         return True
+
+    async def _chain(self, cut: CheckpointCut) -> Chain | None:
+        """The stored chain a segment is compacted with when a full snapshot is due (None:
+        write the segment; also when reading the chain fails, so the checkpoint is not
+        lost: the next one tries again)."""
+        head = self.schedule.head
+        if not isinstance(cut.content, Segment) or head is None:
+            return None
+        if not self.schedule.base_due(self.segments, self.chain_fraction):
+            return None
+        try:
+            return await fetch_chain(self.store, head.version)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "Reading v%d's chain to compact failed (%s: %s)",
+                head.version,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+    async def _retain(self) -> None:
+        """Prune by the retention policy; a failure is logged (the next base retries)."""
+        try:
+            pruned = await self.store.retain(self.keep_bases)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("Pruning old checkpoints failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if pruned:
+            log.info(
+                "Pruned %d old checkpoint versions (v%d..v%d)", len(pruned), pruned[0], pruned[-1]
+            )
 
     async def _put(self, cut: SnapshotCut) -> str:
         """Put (verified, write-once), promote, then announce: never announce before that."""

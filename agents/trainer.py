@@ -44,6 +44,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from agents import metrics
+from agents.checkpoints import restore_version
 from agents.consolidation import ConsolidationRunner
 from agents.decoded_batch import DecodedBatch, offset_key
 from agents.deltas import DeltaPublisher
@@ -51,7 +52,7 @@ from agents.errors import is_refusal
 from agents.ports import Message, Sink, SnapshotStore
 from agents.resync import ANSWER_EVERY
 from agents.snapshot_schedule import SnapshotSchedule
-from agents.snapshot_writer import SnapshotCut, SnapshotWriter
+from agents.snapshot_writer import CheckpointCut, SnapshotWriter
 from agents.state import ModelHolder
 from agents.status import ModelStatus
 from models.bounds import Capacity
@@ -61,7 +62,7 @@ from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
 from models.scoring import ScoringView
 from models.signing import Keyring
-from models.snapshot import UntrustedSnapshot, sign_manifest
+from models.snapshot import UntrustedSnapshot
 from models.wire import DeadLetter, SnapshotRequest
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,7 @@ async def restore_model(
     refused: list[str] = []
     for version in candidates:
         try:
-            payload, manifest = await store.get(version)
-            model = await asyncio.to_thread(IncrementalModel.from_bytes, payload, manifest, keys)
+            model, _ = await restore_version(store, version, keys)
         except Exception as exc:
             if not is_refusal(exc):
                 raise
@@ -203,6 +203,14 @@ class Trainer:
     max_future_skew: float = MAX_FUTURE_SKEW_SECONDS
     #: At most one snapshot per this many seconds for scorers' requests (agents.resync).
     answer_every: float = ANSWER_EVERY
+    #: Checkpoints (agents.snapshot_writer): at most this many segments (the rows changed
+    #: since the previous checkpoint) follow a full snapshot (0: every one is full), and
+    #: only while their bytes are at most ``checkpoint_chain_fraction`` of its; after a full
+    #: one, versions older than the ``checkpoint_keep_bases`` newest full ones are pruned
+    #: (0: none).
+    checkpoint_segments: int = 0
+    checkpoint_chain_fraction: float = 0.5
+    checkpoint_keep_bases: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _in_flight: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     #: The batch before the newest, if still running.
@@ -222,7 +230,14 @@ class Trainer:
             self.model.version, dict(self.model.offsets), time.monotonic()
         )
         self._snapshots = SnapshotWriter(
-            self, self.store, self.updates, self.holder, self._schedule
+            self,
+            self.store,
+            self.updates,
+            self.holder,
+            self._schedule,
+            self.checkpoint_keep_bases,
+            self.checkpoint_segments,
+            self.checkpoint_chain_fraction,
         )
         self._consolidation = ConsolidationRunner(self.model, self.tick_consolidation)
         if self.model.n_items:  # a fresh, empty model is not worth serving (health stays 503)
@@ -452,18 +467,25 @@ class Trainer:
             self.snapshot_every_seconds,
         )
 
-    async def cut_snapshot(self) -> SnapshotCut:
-        """The state to snapshot and the offsets it covers, cut under the lock (training
-        waits only for the serialisation), the manifest signed."""
+    async def cut_snapshot(self) -> CheckpointCut:
+        """The checkpoint's content and the offsets it covers, cut under the lock: a copy
+        of the rows changed since the last checkpoint (a segment), or of the whole state
+        when a full one is due; the writer encodes, hashes and signs it outside the lock."""
         async with self._lock:
             if self.model.version == self._schedule.version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
                 await self._next_version()
-            payload, manifest = await asyncio.to_thread(self.model.to_bytes)
-            return SnapshotCut(
-                payload,
-                sign_manifest(manifest, self.keys),
+            segment = self._schedule.segment_next(
+                self.model.checkpoint_parent, self.checkpoint_segments
+            )
+            content = await asyncio.to_thread(
+                self.model.cut_checkpoint,
+                segment=segment,
+                max_rows=self.checkpoint_chain_fraction,
+            )
+            return CheckpointCut(
+                content,
                 self._info(),
                 {
                     "prequential_hit_rate": self.holder.info.get("prequential_hit_rate"),

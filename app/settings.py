@@ -298,6 +298,24 @@ class Settings(BaseSettings):
     # carry freshness to the scorers, so snapshots can be rare.
     snapshot_every_batches: int = Field(200, ge=1)
     snapshot_every_seconds: float = Field(300.0, gt=0)
+    checkpoint_segments: int = Field(
+        20,
+        ge=0,
+        description="Snapshots after a full one that hold only the rows changed since the "
+        "previous (segments; a restore applies them to the full one); 0: every one is full",
+    )
+    checkpoint_chain_fraction: float = Field(
+        0.5,
+        gt=0,
+        description="A full snapshot is written instead of a segment once the segments "
+        "since the last full one hold more than this fraction of its bytes (or rows)",
+    )
+    checkpoint_keep_bases: int = Field(
+        4,
+        ge=0,
+        description="After each full snapshot the trainer deletes the versions older than "
+        "this many full ones (never the current one's chain); 0: keeps every version",
+    )
     seen_items_max: int = Field(
         10_000,
         ge=1,

@@ -38,6 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.checkpoints import fetch_chain
 from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import store_from_settings, write_current_snapshot
@@ -47,7 +48,7 @@ from devtools.workers import WorkerProcess, create_bucket, free_port, isolated_e
 from models.config import ModelConfig
 from models.events import Rating, RecRequest
 from models.incremental import IncrementalModel
-from models.snapshot import load_scoring_view
+from models.segment import load_chain_view
 from models.synthetic import generate_ratings
 from models.wire import Reply, encode_rating, encode_request
 
@@ -330,14 +331,14 @@ def _delta_costs(settings: Settings, workers: dict[str, WorkerProcess]) -> dict[
     entry["deltas_applied"] = applied
     entry["resyncs"] = sum(_metric(s, "streamrec_resyncs_total") for s in scorers)
 
-    async def snapshot() -> tuple[bytes, dict]:
+    async def snapshot() -> list[tuple[bytes, dict]]:
         async with store_from_settings(settings) as store:
-            return await store.get(await store.current())
+            return await fetch_chain(store, await store.current())  # base + segments
 
-    payload, manifest = asyncio.run(snapshot())
-    entry["snapshot_bytes"] = len(payload)
+    chain = asyncio.run(snapshot())
+    entry["snapshot_bytes"] = sum(len(payload) for payload, _ in chain)
     start = time.perf_counter()
-    load_scoring_view(payload, manifest)
+    load_chain_view(chain)
     entry["snapshot_load_seconds"] = time.perf_counter() - start
     return entry
 

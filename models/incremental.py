@@ -61,6 +61,7 @@ from models.idmap import IdMap
 from models.manifest import ChainMark, Manifest
 from models.popularity import Popularity
 from models.scoring import ScoringView
+from models.segment import ITEM_ARRAYS, USER_ARRAYS, Segment
 from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
 
@@ -125,6 +126,10 @@ class IncrementalModel:
         """The delta topic's next offset after this run's last published delta (set by the
         trainer); snapshots record it so that scorers know where to read on."""
         self._changes = ChangeLog()  # what the next delta carries (see take_delta)
+        self._since_checkpoint = ChangeLog()  # what the next segment carries (cut_checkpoint)
+        self._checkpoint_mark: tuple[int, sp.csr_matrix | None] = (0, None)
+        """(trained_events, neighbours) at the last checkpoint: the FIFO tails and whether
+        the neighbours were replaced since."""
         self._view: ScoringView | None = None
         self.last_delta: ModelDelta | None = None
         """The delta that made the latest :meth:`view` from the one before (None if that
@@ -220,7 +225,11 @@ class IncrementalModel:
         np.add.at(self._user_events, user_idx, 1)
         np.add.at(self._item_events, item_idx, 1)
         self._count_popularity(item_idx, stamps)
-        self._changes.touched(self._trained_user_rows(rows, n_users0), changed_items, item_idx)
+        touched_users = self._trained_user_rows(rows, n_users0)
+        self._changes.touched(touched_users, changed_items, item_idx)
+        # every event's user and item: their event counts changed, trained or not
+        self._since_checkpoint.touched(touched_users, changed_items)
+        self._since_checkpoint.touched(user_idx, item_idx)
         self._recent.remember(fresh)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
@@ -321,6 +330,7 @@ class IncrementalModel:
         # whose values changed; every other row, and the positives counts, stay as they are.
         users, items = job.write_into(self._lfm)
         self._changes.touched(users, items)
+        self._since_checkpoint.touched(users, items)
         if job.neighbours is not None:
             self._neighbours = job.neighbours
         return True
@@ -540,37 +550,102 @@ class IncrementalModel:
             blend_weight=self.config.blend_weight,
         )
 
-    # --- snapshots ---------------------------------------------------------------------
+    # --- snapshots and checkpoints ------------------------------------------------------
     def to_bytes(self) -> tuple[bytes, Manifest]:
         """``(payload, manifest)``: the full training state as .npz + JSON manifest."""
+        return encode(self.snapshot_state())
+
+    def snapshot_state(self, *, copy: bool = False) -> SnapshotState:
+        """The full training state (``copy``: arrays the model never writes again, so that
+        it can be encoded while training goes on)."""
         arrays = dict(self.state_arrays())
         arrays["popularity"] = self._popularity.counts[: self.n_items]
         arrays["user_positives"] = self._user_positives[: self.n_users]
         arrays["user_events"] = self._user_events[: self.n_users]
         arrays["item_events"] = self._item_events[: self.n_items]
-        return encode(
-            SnapshotState(
+        if copy:
+            arrays = {name: np.array(array) for name, array in arrays.items()}
+        return SnapshotState(
+            config=self.config,
+            version=self.version,
+            trained_events=self.trained_events,
+            offsets=dict(self.offsets),
+            popularity_ts=self._popularity.ts,
+            user_ids=self.users.ids(),
+            item_ids=self.items.ids(),
+            recent_event_ids=self._recent.ids(),
+            arrays=arrays,
+            window=self._window.arrays(),  # never written in place: appends make new chunks
+            since_consolidation=self._since_consolidation_saved(),
+            neighbours=self._neighbours,
+            chain=self._chain(),
+        )
+
+    def _since_consolidation_saved(self) -> int:
+        """A consolidation cut but not installed is not in a saved state: the restored model
+        consolidates at its first streamed batch instead."""
+        if self._job is not None:
+            return max(self.since_consolidation, self.config.consolidate_every)
+        return self.since_consolidation
+
+    @property
+    def checkpoint_parent(self) -> int:
+        """The version the next segment continues (the last checkpoint's or restore's)."""
+        return self._since_checkpoint.base[0]
+
+    def cut_checkpoint(self, *, segment: bool, max_rows: float = 0.5) -> SnapshotState | Segment:
+        """The next checkpoint, cut in O(rows changed) (a copy of them), for encoding in
+        another thread: a :class:`~models.segment.Segment` of the rows changed since
+        :attr:`checkpoint_parent` if ``segment`` and at most ``max_rows`` of all rows
+        changed, else the whole state (copied). Starts the record of changes over."""
+        n_users, n_items = self.n_users, self.n_items
+        users, items, _ = self._since_checkpoint.rows(n_users, n_items)
+        parent, parent_users, parent_items = self._since_checkpoint.base
+        events0, neighbours0 = self._checkpoint_mark
+        cut: SnapshotState | Segment
+        if not segment or len(users) + len(items) > max_rows * max(1, n_users + n_items):
+            cut = self.snapshot_state(copy=True)
+        else:
+            lfm, appended = self._lfm, self.trained_events - events0
+            counts = {"user_positives": self._user_positives, "user_events": self._user_events}
+            counts["item_events"] = self._item_events
+            rows = {}
+            for name in (*USER_ARRAYS, *ITEM_ARRAYS):
+                source = counts[name] if name in counts else getattr(lfm, name)
+                rows[name] = source[users if name.startswith("user") else items]
+            recent = self._recent.ids()
+            window = self._window.arrays()
+            cut = Segment(
                 config=self.config,
                 version=self.version,
+                parent=parent,
                 trained_events=self.trained_events,
                 offsets=dict(self.offsets),
                 popularity_ts=self._popularity.ts,
-                user_ids=self.users.ids(),
-                item_ids=self.items.ids(),
-                recent_event_ids=self._recent.ids(),
-                arrays=arrays,
-                window=self._window.arrays(),
-                # A consolidation cut but not installed is not in this state: the restored
-                # model consolidates at its first streamed batch instead.
-                since_consolidation=(
-                    max(self.since_consolidation, self.config.consolidate_every)
-                    if self._job is not None
-                    else self.since_consolidation
-                ),
-                neighbours=self._neighbours,
+                n_users=n_users,
+                n_items=n_items,
+                new_user_ids=self.users.ids(n_users, start=parent_users),
+                new_item_ids=self.items.ids(n_items, start=parent_items),
+                user_rows=users,
+                item_rows=items,
+                rows=rows,
+                popularity=np.array(self._popularity.counts[:n_items]),
+                recent_tail=recent[max(0, len(recent) - appended) :],
+                recent_size=len(recent),
+                window_tail={
+                    k: np.array(v[max(0, len(v) - appended) :]) for k, v in window.items()
+                },
+                window_size=len(self._window),
+                since_consolidation=self._since_consolidation_saved(),
+                neighbours=None if self._neighbours is neighbours0 else self._neighbours,
                 chain=self._chain(),
             )
-        )
+        self._reset_checkpoint()
+        return cut
+
+    def _reset_checkpoint(self) -> None:
+        self._since_checkpoint.reset(self.version, self.n_users, self.n_items)
+        self._checkpoint_mark = (self.trained_events, self._neighbours)
 
     @classmethod
     def from_bytes(
@@ -578,7 +653,11 @@ class IncrementalModel:
     ) -> IncrementalModel:
         """Rebuild a model from :meth:`to_bytes`; raises ``SnapshotError`` on anything wrong
         (with ``keys``: also on a manifest not signed by one of them)."""
-        state = decode(payload, manifest, keys)
+        return cls.from_state(decode(payload, manifest, keys))
+
+    @classmethod
+    def from_state(cls, state: SnapshotState) -> IncrementalModel:
+        """A model continuing ``state`` (decoded, or assembled from a checkpoint chain)."""
         model = cls(state.config)
         model.users = IdMap(state.user_ids)
         model.items = IdMap(state.item_ids)
@@ -608,4 +687,5 @@ class IncrementalModel:
             setattr(model, f"_{name}", counts)
         model.origin = state.version
         model._reset_changes()
+        model._reset_checkpoint()
         return model

@@ -13,6 +13,8 @@ from typing import Any, NotRequired, TypedDict, cast
 from models.errors import SnapshotError
 
 FORMAT = "streamrec-lightfm-npz/1"
+SEGMENT_FORMAT = "streamrec-lightfm-segment/1"
+"""A checkpoint segment (:mod:`models.segment`): the rows changed since its ``parent``."""
 
 
 class ChainMark(TypedDict):
@@ -41,6 +43,14 @@ class Manifest(TypedDict):
     library_versions: dict[str, str]
     payload_bytes: NotRequired[int]
     delta_chain: NotRequired[ChainMark | None]
+    parent: NotRequired[int]
+    """Segments only: the version this one continues (its state = parent's + these rows)."""
+    parent_sha256: NotRequired[str]
+    """Segments only: the parent's payload sha256 (the link a restore checks)."""
+    base: NotRequired[int]
+    """Segments only: the full snapshot the chain starts from."""
+    chain_bytes: NotRequired[int]
+    """Segments only: the payload bytes of the chain's segments since ``base``, this one's too."""
     signature: NotRequired[str]
     """Checked by :func:`models.snapshot.check_signature` (with the keys), not here."""
 
@@ -59,6 +69,7 @@ _REQUIRED: dict[str, type] = {
 }
 _COUNTS = ("version", "trained_events", "n_users", "n_items")
 _HEX = frozenset("0123456789abcdef")
+_SEGMENT_FIELDS = ("parent", "parent_sha256", "base", "chain_bytes")
 
 
 def parse_chain_mark(obj: object) -> ChainMark | None:
@@ -89,8 +100,16 @@ def parse_manifest(obj: object) -> Manifest:
         value = obj[key]
         if isinstance(value, bool) or not isinstance(value, kind):
             raise SnapshotError(f"manifest {key!r} must be {kind.__name__}")
-    if obj["format"] != FORMAT:
+    if obj["format"] not in (FORMAT, SEGMENT_FORMAT):
         raise SnapshotError(f"unknown snapshot format {obj['format']!r} (expected {FORMAT})")
+    segment = obj["format"] == SEGMENT_FORMAT
+    for key in _SEGMENT_FIELDS:
+        if (key in obj) != segment:
+            raise SnapshotError(
+                f"manifest {key!r} is for segments only"
+                if not segment
+                else f"segment manifest is missing {key!r}"
+            )
     for key in _COUNTS:
         if obj[key] < 0:
             raise SnapshotError(f"manifest {key!r} must be >= 0")
@@ -119,6 +138,19 @@ def parse_manifest(obj: object) -> Manifest:
         manifest["payload_bytes"] = obj["payload_bytes"]
     if "delta_chain" in obj:
         manifest["delta_chain"] = parse_chain_mark(obj["delta_chain"])
+    if segment:
+        parent, base, chain_bytes = obj["parent"], obj["base"], obj["chain_bytes"]
+        if not (_is_int(parent) and _is_int(base) and 0 <= base <= parent < obj["version"]):
+            raise SnapshotError(
+                "segment 'parent' and 'base' must be ints, base <= parent < version"
+            )
+        if not (_is_int(chain_bytes) and chain_bytes >= 0):
+            raise SnapshotError("segment 'chain_bytes' must be an int >= 0")
+        parent_sha = obj["parent_sha256"]
+        if not (isinstance(parent_sha, str) and len(parent_sha) == 64 and set(parent_sha) <= _HEX):
+            raise SnapshotError("segment 'parent_sha256' must be 64 lowercase hex digits")
+        manifest["parent"], manifest["parent_sha256"] = parent, parent_sha
+        manifest["base"], manifest["chain_bytes"] = base, chain_bytes
     if "signature" in obj:
         manifest["signature"] = obj["signature"]
     result = {**manifest, **{k: v for k, v in obj.items() if k not in manifest}}

@@ -110,6 +110,24 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def write_npz(entries: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> bytes:
+    """``entries`` and ``meta`` (as the ``meta`` entry, UTF-8 JSON) as an uncompressed zip of
+    ``.npy`` files in name order with fixed timestamps: the same content, the same bytes."""
+    entries = {
+        **entries,
+        "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(
+                    f, np.ascontiguousarray(entries[name]), allow_pickle=False
+                )
+    return buffer.getvalue()
+
+
 def encode(state: SnapshotState) -> tuple[bytes, Manifest]:
     """Serialise ``state`` to ``(payload, manifest)``."""
     meta: dict[str, Any] = {
@@ -136,16 +154,7 @@ def encode(state: SnapshotState) -> tuple[bytes, Manifest]:
         blob, offsets = encode_strings(getattr(state, name))
         entries[f"{name}_blob"] = blob
         entries[f"{name}_offsets"] = offsets
-    entries["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name in sorted(entries):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(
-                    f, np.ascontiguousarray(entries[name]), allow_pickle=False
-                )
-    payload = buffer.getvalue()
+    payload = write_npz(entries, meta)
     manifest: Manifest = {
         "format": FORMAT,
         "version": state.version,
@@ -193,13 +202,7 @@ def decode(
     meta, config, ids, arrays, extra = _decode(
         payload, manifest, _ALL_ARRAYS, _ID_LISTS, window=True, neighbours=True, keys=keys
     )
-    for side in SIDES:
-        for part in ("embedding_gradients", "bias_gradients"):
-            name = f"{side}_{part}"
-            if config.learning_schedule == "adagrad" and (arrays[name] <= 0).any():
-                raise SnapshotError(f"{name} has adagrad accumulators <= 0 (would turn NaN)")
-            if (arrays[name] < 0).any():
-                raise SnapshotError(f"{name} has negative accumulators")
+    check_accumulators(config, arrays)
     return SnapshotState(
         config=config,
         version=meta["version"],
@@ -215,6 +218,18 @@ def decode(
         since_consolidation=extra["since_consolidation"],
         neighbours=extra["neighbours"],
     )
+
+
+def check_accumulators(config: ModelConfig, arrays: Mapping[str, np.ndarray]) -> None:
+    """The gradient accumulators of ``arrays`` are >= 0 (> 0 under adagrad: a zero turns
+    the next update NaN)."""
+    for side in SIDES:
+        for part in ("embedding_gradients", "bias_gradients"):
+            name = f"{side}_{part}"
+            if config.learning_schedule == "adagrad" and (arrays[name] <= 0).any():
+                raise SnapshotError(f"{name} has adagrad accumulators <= 0 (would turn NaN)")
+            if (arrays[name] < 0).any():
+                raise SnapshotError(f"{name} has negative accumulators")
 
 
 @dataclass
@@ -295,34 +310,16 @@ def _decode(
     """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
     and (into the last dict) the consolidation ``window`` and the blending ``neighbours``.
     ``views``: the arrays are read-only views of ``payload`` instead of copies."""
-    manifest = parse_manifest(raw_manifest)
-    if keys is not None:
-        check_signature(manifest, keys)
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != manifest["sha256"]:
+    manifest = verify(payload, raw_manifest, keys)
+    if manifest["format"] != FORMAT:
         raise SnapshotError(
-            f"checksum mismatch: payload sha256 {digest}, manifest {manifest['sha256']}"
+            f"v{manifest['version']} is a {manifest['format']}, not a full snapshot"
         )
     wanted = {"meta", *names, *(f"{n}_{s}" for n in id_lists for s in ("blob", "offsets"))}
     wanted |= set(_WINDOW_ENTRIES) if window else set()
     wanted |= set(_NEIGHBOUR_ENTRIES) if neighbours else set()
     entries = _read_entries(payload, wanted, views=views)
-    meta = _read_meta(entries.pop("meta"))
-    for key in _MIRRORED:
-        if meta.get(key) != manifest.get(key):
-            raise SnapshotError(
-                f"manifest {key} {manifest.get(key)!r} != payload {meta.get(key)!r}"
-            )
-    try:
-        config = ModelConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as exc:
-        raise SnapshotError(f"bad model config: {exc}") from None
-    popularity_ts = meta.get("popularity_ts")
-    if popularity_ts is not None and not (
-        isinstance(popularity_ts, int | float) and math.isfinite(popularity_ts)
-    ):
-        raise SnapshotError("popularity_ts must be a finite number or null")
-    meta["popularity_ts"] = None if popularity_ts is None else float(popularity_ts)
+    meta, config = read_meta(entries.pop("meta"), manifest, _MIRRORED)
 
     ids = {}
     for name in id_lists:
@@ -367,17 +364,55 @@ def _decode(
         raise SnapshotError("user_events and item_events must be >= 0")
     extra: dict[str, Any] = {"chain": manifest.get("delta_chain")}  # == meta's (mirrored)
     if window:
-        extra["window"] = _check_window(entries, n)
+        extra["window"] = check_window(entries, n)
         since = meta.get("since_consolidation", 0)
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise SnapshotError("since_consolidation must be an int >= 0")
         extra["since_consolidation"] = since
     if neighbours:
-        extra["neighbours"] = _check_neighbours(entries, n["item"])
+        extra["neighbours"] = check_neighbours(entries, n["item"])
     return meta, config, ids, arrays, extra
 
 
-def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
+def verify(payload: bytes, raw_manifest: Mapping[str, Any], keys: Keyring | None) -> Manifest:
+    """The parsed manifest of ``payload`` once its signature (with ``keys``) and the
+    payload's sha256 check out; :class:`SnapshotError` otherwise."""
+    manifest = parse_manifest(raw_manifest)
+    if keys is not None:
+        check_signature(manifest, keys)
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != manifest["sha256"]:
+        raise SnapshotError(
+            f"checksum mismatch: payload sha256 {digest}, manifest {manifest['sha256']}"
+        )
+    return manifest
+
+
+def read_meta(
+    array: np.ndarray, manifest: Mapping[str, Any], mirrored: tuple[str, ...]
+) -> tuple[dict[str, Any], ModelConfig]:
+    """The payload's ``meta`` entry, checked against the ``mirrored`` manifest fields, and
+    its model config; ``popularity_ts`` becomes a float or None."""
+    meta = _read_meta(array)
+    for key in mirrored:
+        if meta.get(key) != manifest.get(key):
+            raise SnapshotError(
+                f"manifest {key} {manifest.get(key)!r} != payload {meta.get(key)!r}"
+            )
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as exc:
+        raise SnapshotError(f"bad model config: {exc}") from None
+    popularity_ts = meta.get("popularity_ts")
+    if popularity_ts is not None and not (
+        isinstance(popularity_ts, int | float) and math.isfinite(popularity_ts)
+    ):
+        raise SnapshotError("popularity_ts must be a finite number or null")
+    meta["popularity_ts"] = None if popularity_ts is None else float(popularity_ts)
+    return meta, config
+
+
+def check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_matrix | None:
     """The blending neighbours: all three CSR arrays or none (no neighbours)."""
     present = [entry for entry in _NEIGHBOUR_ENTRIES if entry in entries]
     if not present:
@@ -406,7 +441,7 @@ def _check_neighbours(entries: dict[str, np.ndarray], n_items: int) -> sp.csr_ma
     return matrix
 
 
-def _check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str, np.ndarray]:
+def check_window(entries: dict[str, np.ndarray], n: dict[str, int]) -> dict[str, np.ndarray]:
     """The consolidation window: all four arrays or none (an older snapshot: empty)."""
     present = [entry for entry in _WINDOW_ENTRIES if entry in entries]
     if not present:
@@ -443,6 +478,20 @@ def _read_entries(
     expected |= {f"{side}_{part}" for side in SIDES for part in PARTS}
     expected |= {f"{name}_{suffix}" for name in _ID_LISTS for suffix in ("blob", "offsets")}
     optional = set(_WINDOW_ENTRIES) | set(_NEIGHBOUR_ENTRIES) | set(EVENT_COUNTS)
+    return read_npz(payload, expected, optional, wanted, views=views)
+
+
+def read_npz(
+    payload: bytes,
+    expected: set[str],
+    optional: set[str],
+    wanted: set[str],
+    *,
+    views: bool = False,
+) -> dict[str, np.ndarray]:
+    """The ``wanted`` entries of a :func:`write_npz` payload that must hold every
+    ``expected`` entry and may hold the ``optional`` ones, nothing else; any other archive
+    (compressed, duplicate names, object arrays, forged sizes) is a :class:`SnapshotError`."""
     try:
         with zipfile.ZipFile(io.BytesIO(payload)) as archive:
             infos = archive.infolist()

@@ -97,6 +97,7 @@ class SnapshotStore(Protocol):
     async def promote(self, version: int) -> None: ...
     async def rollback(self, to: int | None = None) -> int: ...
     async def prune(self, keep: int) -> builtins.list[int]: ...
+    async def retain(self, keep_bases: int) -> builtins.list[int]: ...
     async def close(self) -> None: ...
     async def __aenter__(self) -> Self: ...
     async def __aexit__(self, *exc_info: object) -> None: ...
@@ -265,8 +266,36 @@ def rolled_back(old: Pointer | None, to: int | None, complete: set[int], where: 
     return promoted(old, to)
 
 
-def prune_plan(versions: Mapping[int, bool], current: int | None, keep: int) -> list[int]:
-    """Versions to delete: all but the ``keep`` newest complete ones and the current one.
+def manifest_parent(manifest: Mapping[str, Any]) -> int | None:
+    """The version whose payload a stored version needs too (a checkpoint segment's
+    ``parent``), or None (a full snapshot)."""
+    parent = manifest.get("parent")
+    return parent if isinstance(parent, int) and not isinstance(parent, bool) else None
+
+
+def _with_ancestors(kept: set[int], parents: Mapping[int, int | None]) -> set[int]:
+    """``kept`` plus every version one of them needs (its parent, the parent's, ...)."""
+    out, todo = set(), list(kept)
+    while todo:
+        version = todo.pop()
+        if version in out:
+            continue
+        out.add(version)
+        parent = parents.get(version)
+        if parent is not None:
+            todo.append(parent)
+    return out
+
+
+def prune_plan(
+    versions: Mapping[int, bool],
+    current: int | None,
+    keep: int,
+    parents: Mapping[int, int | None] | None = None,
+) -> list[int]:
+    """Versions to delete: all but the ``keep`` newest complete ones and the current one,
+    and the versions those need (``parents``: a segment's parent, see
+    :func:`manifest_parent`).
 
     Incomplete versions are deleted only when older than every kept version: a newer
     incomplete one may be a write in progress.
@@ -275,6 +304,32 @@ def prune_plan(versions: Mapping[int, bool], current: int | None, keep: int) -> 
         raise ValueError(f"prune keeps at least one version, keep={keep!r}")
     complete = sorted((v for v, ok in versions.items() if ok), reverse=True)
     kept = set(complete[:keep]) | ({current} if current is not None else set())
+    return _doomed(versions, _with_ancestors(kept, parents or {}))
+
+
+def retention_plan(
+    versions: Mapping[int, bool],
+    current: int | None,
+    keep_bases: int,
+    parents: Mapping[int, int | None],
+) -> list[int]:
+    """Versions to delete under the checkpoint retention policy: everything older than the
+    ``keep_bases``-th newest full snapshot (a complete version without a parent), except
+    the current version and what it needs; incomplete ones as :func:`prune_plan` does."""
+    if not isinstance(keep_bases, int) or isinstance(keep_bases, bool) or keep_bases < 1:
+        raise ValueError(f"retention keeps at least one base, keep_bases={keep_bases!r}")
+    bases = sorted((v for v, ok in versions.items() if ok and parents.get(v) is None), reverse=True)
+    if len(bases) < keep_bases:
+        return []
+    oldest = bases[keep_bases - 1]
+    kept = {v for v, ok in versions.items() if ok and v >= oldest}
+    kept |= {current} if current is not None else set()
+    return _doomed(versions, _with_ancestors(kept, parents))
+
+
+def _doomed(versions: Mapping[int, bool], kept: set[int]) -> list[int]:
+    """Every version not ``kept``: complete ones, and incomplete ones older than every kept
+    one (a newer incomplete one may be a write in progress)."""
     oldest_kept = min(kept & set(versions), default=None)
     doomed = []
     for v, ok in versions.items():
@@ -451,13 +506,42 @@ class BaseStore(abc.ABC):
         return pointer.version
 
     async def prune(self, keep: int) -> builtins.list[int]:
-        """Delete all but the ``keep`` newest complete versions and the current one."""
+        """Delete all but the ``keep`` newest complete versions and the current one (and
+        the versions those need: a segment's chain)."""
         self._check_open()
         found = await self._scan()
-        plan = prune_plan({v: f.complete for v, f in found.items()}, await self.current(), keep)
+        complete = {v: f.complete for v, f in found.items()}
+        plan = prune_plan(complete, await self.current(), keep, await self._parents(complete))
+        return await self._delete(plan)
+
+    async def retain(self, keep_bases: int) -> builtins.list[int]:
+        """Delete the versions older than the ``keep_bases`` newest full snapshots, except
+        the current one and the chain it needs (:func:`retention_plan`)."""
+        self._check_open()
+        found = await self._scan()
+        complete = {v: f.complete for v, f in found.items()}
+        current = await self.current()
+        plan = retention_plan(complete, current, keep_bases, await self._parents(complete))
+        return await self._delete(plan)
+
+    async def _delete(self, plan: builtins.list[int]) -> builtins.list[int]:
         for version in plan:
             await self._delete_version(version)
         return plan
+
+    async def _parents(self, complete: Mapping[int, bool]) -> dict[int, int | None]:
+        """Each complete version's :func:`manifest_parent` (None where the manifest is
+        unreadable: such a version needs nothing)."""
+        versions = [v for v, ok in complete.items() if ok]
+        raws = await asyncio.gather(*(self._read(manifest_key(v)) for v in versions))
+        parents: dict[int, int | None] = {}
+        for version, raw in zip(versions, raws, strict=True):
+            try:
+                manifest = {} if raw is None else decode_manifest(raw, version, "")
+            except IntegrityError:
+                manifest = {}
+            parents[version] = manifest_parent(manifest)
+        return parents
 
     async def close(self) -> None:
         """Release connections; idempotent. The store cannot be used afterwards."""

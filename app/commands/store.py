@@ -107,7 +107,8 @@ def show(url: str | None, version: int) -> None:
         return await store.get(version)
 
     payload, manifest = _run(url, action)
-    click.echo(f"version {version}: {len(payload)} bytes, sha256 verified", err=True)
+    kind = f", a segment after v{manifest['parent']}" if "parent" in manifest else ""
+    click.echo(f"version {version}: {len(payload)} bytes, sha256 verified{kind}", err=True)
     click.echo(json.dumps(manifest, indent=2, sort_keys=True))
 
 
@@ -124,6 +125,7 @@ async def _announcement(store: SnapshotStore, version: int, reason: str) -> Mode
     """The model-updates message for ``version`` (its manifest is read and verified, its
     signature too: scorers would refuse an untrusted one), signed with the model key (the
     operator holds the same secret as the trainer)."""
+    from agents.checkpoints import fetch_chain
     from app.settings import get_settings, model_keys
     from models.snapshot import SnapshotError, check_signature
 
@@ -131,6 +133,8 @@ async def _announcement(store: SnapshotStore, version: int, reason: str) -> Mode
     _, manifest = await store.get(version)
     try:
         check_signature(manifest, keys)
+        if "parent" in manifest:  # a segment: its whole chain must be there
+            await fetch_chain(store, version)
     except SnapshotError as exc:
         raise click.ClickException(f"v{version}: {exc}; scorers would refuse it") from None
     uri = next((i.uri for i in await store.list() if i.version == version), "")
@@ -197,14 +201,21 @@ def rollback(url: str | None, announce: bool, to: int | None) -> None:
 
 @models.command()
 @store_option
+@click.option("--keep", type=click.IntRange(min=1), help="Newest complete versions to keep.")
 @click.option(
-    "--keep", type=click.IntRange(min=1), required=True, help="Newest complete versions to keep."
+    "--keep-bases",
+    type=click.IntRange(min=1),
+    help="Keep the versions from the KEEP_BASES-th newest full snapshot on (the retention "
+    "policy the trainer applies with STREAMREC_CHECKPOINT_KEEP_BASES).",
 )
-def prune(url: str | None, keep: int) -> None:
-    """Delete all but the KEEP newest complete snapshots and the current one."""
+def prune(url: str | None, keep: int | None, keep_bases: int | None) -> None:
+    """Delete all but the KEEP newest complete snapshots and the current one (and the
+    segments' chains those need), or by --keep-bases."""
+    if (keep is None) == (keep_bases is None):
+        raise click.UsageError("Missing option '--keep' (or '--keep-bases'; not both)")
 
     async def action(store: SnapshotStore) -> list[int]:
-        return await store.prune(keep)
+        return await (store.prune(keep) if keep is not None else store.retain(keep_bases or 1))
 
     deleted = _run(url, action)
     click.echo(f"deleted {len(deleted)}: {', '.join(map(str, deleted)) or '-'}")

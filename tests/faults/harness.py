@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from agents.checkpoints import restore_version
 from agents.errors import is_refusal
 from app.kafka import kafka_client_options
 from app.settings import Settings
@@ -217,8 +218,8 @@ class Cluster:
             version = await store.current()
             if version is None:
                 return None
-            payload, manifest = await store.get(version)
-        return IncrementalModel.from_bytes(payload, manifest)
+            model, _ = await restore_version(store, version)  # base + segments
+        return model
 
     def current_model(self) -> IncrementalModel | None:
         """The model of the store's current snapshot, loaded and verified as a worker would."""

@@ -122,6 +122,7 @@ async def start(
     store: SnapshotStore, consumer: FakeConsumer, dlq: FakeDLQ, **kw
 ) -> tuple[Trainer, asyncio.Task[None]]:
     model = await restore_model(store, kw.pop("config", CONFIG))
+    batch_max = kw.pop("batch_max", 500)
     trainer = Trainer(
         model=model,
         holder=ModelHolder(),
@@ -134,9 +135,10 @@ async def start(
         snapshot_every_seconds=kw.pop("snapshot_every_seconds", 600),
         consumer=consumer,
         capacity=kw.pop("capacity", Capacity()),
+        **kw,
     )
     await trainer.on_assigned({TopicPartition(TOPIC, p) for p in range(PARTITIONS)})
-    task = asyncio.create_task(trainer.run(batch_max=kw.pop("batch_max", 500), poll_seconds=0.05))
+    task = asyncio.create_task(trainer.run(batch_max=batch_max, poll_seconds=0.05))
     return trainer, task
 
 
