@@ -197,7 +197,7 @@ def decode_rating(
 def decode_ratings(
     keys: Sequence[bytes | None],
     values: Sequence[bytes | None],
-    references: Sequence[float] | None,
+    references: Sequence[float | None] | None,
     *,
     max_bytes: int,
     max_skew: float = MAX_FUTURE_SKEW_SECONDS,

@@ -47,8 +47,40 @@ RATING_LIKE = st.one_of(
 )
 
 
+ASCII_IDS = st.one_of(
+    st.text(alphabet="abcu019-_:", min_size=1, max_size=10),
+    st.sampled_from(["u", "0", "a" * 256, "a" * 257]),
+)
+
+
 @st.composite
-def records(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, float | None]:
+def well_formed(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, float | None]:
+    """The trainer's common case and its edges: ascii string ids, numbers in range, keyed
+    by the user or not, stamped just inside or just past the reference clock's window."""
+    reference = draw(st.sampled_from([hostile.NOW, 1.0, 0.0]) | st.floats(0, 4e9))
+    skew = draw(st.sampled_from([-1e9, -1.0, 0.0, 1e-3, 299.0, 300.0, 300.0001, 301, 599, 601]))
+    ts = draw(
+        st.one_of(
+            st.just(reference + skew),
+            st.sampled_from(hostile.TIMES),
+            st.integers(0, 2**53 + 2),
+            st.floats(-1, 5e9),
+        )
+    )
+    body = {
+        "event_id": draw(ASCII_IDS),
+        "user": draw(ASCII_IDS),
+        "item": draw(ASCII_IDS),
+        "rating": draw(st.sampled_from([0, 5, 5.0, -0.0, 4.5, 5.000001, -1e-9, True])),
+        "ts": ts,
+    }
+    key = draw(st.one_of(st.just(body["user"].encode()), st.none(), st.binary(max_size=3)))
+    ref = draw(st.one_of(st.just(reference), st.none()))
+    return key, hostile.to_json(body), ref
+
+
+@st.composite
+def hostile_records(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, float | None]:
     """(key, value, reference): rating-shaped JSON (with NaN literals, huge integers, lone
     surrogates), keyed by its user or not; any bytes; tombstones; values past the limit."""
     value: bytes | None
@@ -81,6 +113,11 @@ def records(draw: st.DrawFn) -> tuple[bytes | None, bytes | None, float | None]:
     return key, value, reference
 
 
+def records() -> st.SearchStrategy[tuple[bytes | None, bytes | None, float | None]]:
+    """Any record: hostile, or well-formed at the edges of the rules."""
+    return st.one_of(hostile_records(), well_formed())
+
+
 def one_by_one(
     batch: list[tuple[bytes | None, bytes | None, float | None]],
 ) -> list[Rating | tuple[str, str] | type]:
@@ -104,7 +141,7 @@ def in_batch(
 ) -> list[Rating | tuple[str, str] | type]:
     keys = [k for k, _, _ in batch]
     values = [v for _, v, _ in batch]
-    refs = [hostile.NOW if r is None else r for _, _, r in batch] if with_references else None
+    refs: list[float | None] | None = [r for _, _, r in batch] if with_references else None
     columns, accepted, refused = decode_ratings(keys, values, refs, max_bytes=LIMIT, max_skew=SKEW)
     assert len(columns) == len(accepted)
     assert columns.ratings.dtype == np.float64 and columns.stamps.dtype == np.float64
@@ -121,9 +158,7 @@ def in_batch(
 def test_batch_decode_agrees_with_one_by_one(
     batch: list[tuple[bytes | None, bytes | None, float | None]], with_references: bool
 ) -> None:
-    if with_references:
-        batch = [(k, v, hostile.NOW if r is None else r) for k, v, r in batch]
-    else:
+    if not with_references:
         batch = [(k, v, None) for k, v, _ in batch]
     expected = one_by_one(batch)
     got = in_batch(batch, with_references)
