@@ -49,7 +49,7 @@ from models.config import ModelConfig
 from models.incremental import IncrementalModel
 from models.rating_columns import RatingColumns
 
-QUICK_SECONDS = 45
+QUICK_SECONDS = 35
 BATCH = 2_000
 ROUNDS = 3
 BASE = (10_000, 20_000)
@@ -60,7 +60,7 @@ BATCH_GOAL = 2.0
 CHECKPOINT_SHARE_GOAL = 0.05
 TOUCHED_USERS = 0.05
 #: The largest window a quick run consolidates (one epoch at 200k items took ~27 s loaded).
-QUICK_WINDOW = 100_000
+QUICK_WINDOW = 120_000
 #: Ratings of the publish -> trained run (benchmarks.trainer) in the full run.
 KAFKA_RATINGS = 300_000
 
