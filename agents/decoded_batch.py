@@ -14,9 +14,16 @@ from agents import metrics
 from agents.health import record_error
 from agents.ports import Message, dead_letter, reference_time
 from models.bounds import Capacity, over_capacity
-from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
+from models.events import MAX_FUTURE_SKEW_SECONDS
 from models.incremental import IncrementalModel
-from models.wire import DeadLetter, Undecodable, decode_rating
+from models.rating_columns import RatingColumns
+from models.wire import DeadLetter, Undecodable, decode_rating, decode_ratings
+
+
+def _undecodable(exc: Exception) -> Undecodable:
+    """Why a record was refused: its :class:`Undecodable`, or (last resort, a bug) the
+    unexpected exception decoding it raised: this record is dead, not the trainer."""
+    return exc if isinstance(exc, Undecodable) else record_error("trainer", exc)
 
 
 def offset_key(topic: str, partition: int) -> str:
@@ -27,16 +34,23 @@ def offset_key(topic: str, partition: int) -> str:
 @dataclass
 class DecodedBatch:
     """One fetched batch, decoded and validated (in a worker thread, while the previous
-    batch trains): what to train, what to dead-letter, and which offsets it spans."""
+    batch trains): what to train (as columns), what to dead-letter, and which offsets it
+    spans."""
 
-    ratings: list[Rating]
-    positions: list[tuple[int, int]]  # (partition, offset) of each rating
+    ratings: RatingColumns
+    indices: list[int]  # of each rating's message in ``messages``
     dead_letters: list[DeadLetter]
     first_offsets: dict[str, int]  # "topic:partition" -> lowest offset in the batch
     next_offsets: dict[str, int]  # "topic:partition" -> next offset after the batch
     events: int  # messages in the batch
     topic: str | None = None
     messages: Sequence[Message] = ()  # as fetched (the original bytes of dead letters)
+
+    @property
+    def positions(self) -> list[tuple[int, int]]:
+        """(partition, offset) of each rating."""
+        messages = self.messages
+        return [(messages[i].partition, messages[i].offset) for i in self.indices]
 
     @classmethod
     def of(
@@ -45,15 +59,15 @@ class DecodedBatch:
         max_bytes: int,
         max_skew: float = MAX_FUTURE_SKEW_SECONDS,
     ) -> DecodedBatch:
-        """Decode ``messages``; a rating stamped more than ``max_skew`` seconds past its
-        record's timestamp (:func:`agents.ports.reference_time`) is a ``ts_in_future`` dead
-        letter."""
+        """Decode ``messages`` (:func:`models.wire.decode_ratings`); a rating stamped more
+        than ``max_skew`` seconds past its record's timestamp
+        (:func:`agents.ports.reference_time`) is a ``ts_in_future`` dead letter."""
         wall = time.time()
-        ratings: list[Rating] = []
-        positions: list[tuple[int, int]] = []
-        letters: list[DeadLetter] = []
         spans: dict[tuple[str, int], list[int]] = {}  # (topic, partition) -> [lowest, highest]
-        append, position = ratings.append, positions.append
+        keys: list[bytes | None] = []
+        values: list[bytes | None] = []
+        references: list[float] = []
+        key, value, reference = keys.append, values.append, references.append
         for m in messages:
             offset = m.offset
             span = spans.get((m.topic, m.partition))
@@ -63,27 +77,17 @@ class DecodedBatch:
                 span[0] = offset
             elif offset > span[1]:
                 span[1] = offset
-            try:
-                append(
-                    decode_rating(
-                        m.key,
-                        m.value,
-                        max_bytes=max_bytes,
-                        reference=reference_time(m, wall),
-                        max_skew=max_skew,
-                    )
-                )
-            except Undecodable as exc:
-                letters.append(dead_letter(m, exc))
-                continue
-            except Exception as exc:  # last resort: this record is dead, not the trainer
-                letters.append(dead_letter(m, record_error("trainer", exc)))
-                continue
-            position((m.partition, offset))
+            key(m.key)
+            value(m.value)
+            reference(reference_time(m, wall))
+        ratings, indices, refused = decode_ratings(
+            keys, values, references, max_bytes=max_bytes, max_skew=max_skew, decode=decode_rating
+        )
+        letters = [dead_letter(messages[n], _undecodable(exc)) for n, exc in refused]
         first = {offset_key(*tp): low for tp, (low, _) in spans.items()}
         next_ = {offset_key(*tp): high + 1 for tp, (_, high) in spans.items()}
         topic = messages[0].topic if messages else None
-        return cls(ratings, positions, letters, first, next_, len(messages), topic, messages)
+        return cls(ratings, indices, letters, first, next_, len(messages), topic, messages)
 
     def within(self, model: IncrementalModel, capacity: Capacity) -> DecodedBatch:
         """This batch without the ratings that would grow ``model`` past ``capacity``
@@ -94,18 +98,17 @@ class DecodedBatch:
         )
         if not refused:
             return self
-        by_position = {(m.partition, m.offset): m for m in self.messages}
         letters = list(self.dead_letters)
         for n, reason in refused:
-            message = by_position[self.positions[n]]
+            message = self.messages[self.indices[n]]
             letters.append(dead_letter(message, Undecodable("capacity", reason)))
         letters.sort(key=lambda d: (d.partition, d.offset))
         out = {n for n, _ in refused}
         keep = [n for n in range(len(self.ratings)) if n not in out]
         return replace(
             self,
-            ratings=[self.ratings[n] for n in keep],
-            positions=[self.positions[n] for n in keep],
+            ratings=self.ratings.take(keep),
+            indices=[self.indices[n] for n in keep],
             dead_letters=letters,
         )
 
@@ -136,8 +139,8 @@ class DecodedBatch:
         metrics.SKIPPED_EVENTS.labels("already_trained").inc(skipped)
         return replace(
             self,
-            ratings=[self.ratings[i] for i in keep],
-            positions=[self.positions[i] for i in keep],
+            ratings=self.ratings.take(keep),
+            indices=[self.indices[i] for i in keep],
             dead_letters=letters,
             events=len(keep) + len(letters),
         )

@@ -26,7 +26,7 @@ from agents.health import record_error
 from agents.ports import Message, SeenTable, Sink, dead_letter, reference_time
 from models.events import MAX_FUTURE_SKEW_SECONDS
 from models.seen import remember
-from models.wire import Undecodable, decode_rating
+from models.wire import Undecodable, decode_rating, decode_ratings
 
 
 async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> Any:
@@ -46,28 +46,25 @@ def rated_by_user(
     and the messages that are not valid ratings, with why (the trainer's rules, the
     event-time rule included: :func:`agents.ports.reference_time`)."""
     by_user: dict[str, tuple[int, list[str]]] = {}
-    bad: list[tuple[Message, Undecodable]] = []
     wall = time.time()
-    for message in messages:
-        try:
-            rating = decode_rating(
-                message.key,
-                message.value,
-                max_bytes=max_bytes,
-                reference=reference_time(message, wall),
-                max_skew=max_skew,
-            )
-        except Undecodable as exc:
-            bad.append((message, exc))
-            continue
-        except Exception as exc:  # last resort: this record is skipped, not the reader
-            bad.append((message, record_error("ingest", exc)))
-            continue
-        entry = by_user.get(rating.user)
+    ratings, indices, refused = decode_ratings(
+        [m.key for m in messages],
+        [m.value for m in messages],
+        [reference_time(m, wall) for m in messages],
+        max_bytes=max_bytes,
+        max_skew=max_skew,
+        decode=decode_rating,
+    )
+    for n, user, item in zip(indices, ratings.users, ratings.items, strict=True):
+        entry = by_user.get(user)
         if entry is None:
-            by_user[rating.user] = (message.partition, [rating.item])
+            by_user[user] = (messages[n].partition, [item])
         else:
-            entry[1].append(rating.item)
+            entry[1].append(item)
+    bad = [
+        (messages[n], exc if isinstance(exc, Undecodable) else record_error("ingest", exc))
+        for n, exc in refused
+    ]  # the last resort: a record that raised anything else is skipped, not the reader
     return by_user, bad
 
 

@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
@@ -60,6 +61,7 @@ from models.config import ModelConfig
 from models.evaluation import positive_hits
 from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.incremental import BatchResult, IncrementalModel, NonFiniteModel
+from models.rating_columns import RatingColumns
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import UntrustedSnapshot
@@ -87,9 +89,11 @@ def hit_rate_before_training(
     """
     if view is None:
         return None
-    positives = [r for r in ratings if r.rating >= config.positive_threshold]
+    columns = RatingColumns.of(ratings)
+    positives = np.flatnonzero(columns.ratings >= config.positive_threshold)
     step = max(1, -(-len(positives) // sample))
-    marks = positive_hits(view, positives[::step], threshold=config.positive_threshold, k=k)
+    trials = columns.take(positives[::step])  # a Rating built for the sample alone
+    marks = positive_hits(view, trials, threshold=config.positive_threshold, k=k)
     return sum(hit for hit, _ in marks) / len(marks) if marks else None
 
 
@@ -419,7 +423,7 @@ class Trainer:
             self._snapshots.soon()
         return True
 
-    def _fit(self, ratings: list[Rating]) -> tuple[BatchResult, float | None, ScoringView]:
+    def _fit(self, ratings: RatingColumns) -> tuple[BatchResult, float | None, ScoringView]:
         """Runs in a worker thread: install a finished consolidation, score-then-train,
         start a consolidation the batch cut, copy out an immutable view."""
         self._consolidation.install()

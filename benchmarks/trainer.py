@@ -124,8 +124,9 @@ def run(n_ratings: int, profile: Path | None = None, **overrides: Any) -> dict[s
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
             spy.wait(60)
-        raw_rate = asyncio.run(raw_consume_rate(settings, settings.ratings_topic, len(data)))
         _, info = worker.get("/model/")
+        worker.stop()  # the baseline gets the machine the trainer had (no consolidation left)
+        raw_rate = asyncio.run(raw_consume_rate(settings, settings.ratings_topic, len(data)))
     finally:
         worker.stop()
         if spy is not None and spy.poll() is None:

@@ -28,23 +28,33 @@ class RecentEventIds:
     def drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         """The events whose id is neither remembered nor earlier in ``events``, and how
         many were dropped."""
+        keep, dropped = self.fresh_indices([e.event_id for e in events])
+        return (list(events) if keep is None else [events[n] for n in keep]), dropped
+
+    def fresh_indices(self, ids: Sequence[str]) -> tuple[list[int] | None, int]:
+        """:meth:`drop_duplicates` of a batch's event ids: the indices of the fresh ones
+        (``None``: all of them, the usual case) and how many were dropped."""
         seen = self._set
-        ids = {e.event_id for e in events}
-        if len(ids) == len(events) and seen.isdisjoint(ids):
-            return list(events), 0  # the usual case, checked at C speed
+        unique = set(ids)
+        if len(unique) == len(ids) and seen.isdisjoint(unique):
+            return None, 0  # the usual case, checked at C speed
         batch: set[str] = set()
-        fresh = []
-        for event in events:
-            if event.event_id in seen or event.event_id in batch:
+        keep = []
+        for n, event_id in enumerate(ids):
+            if event_id in seen or event_id in batch:
                 continue
-            batch.add(event.event_id)
-            fresh.append(event)
-        return fresh, len(events) - len(fresh)
+            batch.add(event_id)
+            keep.append(n)
+        return keep, len(ids) - len(keep)
 
     def remember(self, fresh: list[Rating]) -> None:
         """Remember applied events' ids, forgetting the oldest beyond ``limit``."""
+        self.remember_ids([e.event_id for e in fresh[-self.limit :]])
+
+    def remember_ids(self, fresh: Sequence[str]) -> None:
+        """Remember applied events' ids (in order), forgetting the oldest beyond ``limit``."""
         limit = self.limit
-        ids = [e.event_id for e in fresh[-limit:]]
+        ids = list(fresh[-limit:])
         self._order.extend(ids)
         self._set.update(ids)
         excess = len(self._order) - limit

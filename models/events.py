@@ -139,10 +139,19 @@ def parse_rating(obj: Mapping[str, Any], *, default_event_id: str | None = None)
 
 
 def _well_formed_rating(obj: Any) -> Rating | None:
-    """The rating if ``obj`` is the common case that passes every rule at a glance (string
-    ids within the length limit, a number rating in range, a finite number ts >= 0); otherwise
-    ``None``, and :func:`parse_rating` applies the rules one by one (and says which failed).
-    The trainer decodes every rating, so this is its hot path."""
+    """The rating if ``obj`` is the common case that passes every rule at a glance
+    (:func:`well_formed_fields`); otherwise ``None``, and :func:`parse_rating` applies the
+    rules one by one (and says which failed)."""
+    fields = well_formed_fields(obj)
+    return None if fields is None else Rating(*fields)
+
+
+def well_formed_fields(obj: Any) -> tuple[str, str, str, float, float] | None:
+    """``(event_id, user, item, rating, ts)`` if ``obj`` is the common case that passes
+    every rule at a glance (string ids within the length limit, a number rating in range, a
+    finite number ts >= 0), exactly the fields :func:`parse_rating` would give; otherwise
+    ``None`` (and :func:`parse_rating` decides, rule by rule). The trainer decodes every
+    rating, so this is its hot path."""
     if type(obj) is not dict:
         return None
     get = obj.get
@@ -168,8 +177,8 @@ def _well_formed_rating(obj: Any) -> Rating | None:
         and (type(ts) is float or (type(ts) is int and ts < _EXACT_INT))
         and 0 <= ts < math.inf
     ):
-        rating, ts = float(rating), float(ts)  # as the slow path's _finite_number returns
-        return Rating(event_id=event_id, user=user, item=item, rating=rating, ts=ts)
+        # floats, as the slow path's _finite_number returns
+        return event_id, user, item, float(rating), float(ts)
     return None
 
 

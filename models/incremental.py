@@ -60,6 +60,7 @@ from models.fitter import NonFiniteModel as NonFiniteModel  # re-exported: agent
 from models.idmap import IdMap
 from models.manifest import ChainMark, Manifest
 from models.popularity import Popularity
+from models.rating_columns import RatingColumns
 from models.scoring import ScoringView
 from models.segment import ITEM_ARRAYS, USER_ARRAYS, Segment
 from models.signing import Keyring
@@ -173,7 +174,7 @@ class IncrementalModel:
     # --- training ----------------------------------------------------------------------
     def train_batch(
         self,
-        events: Sequence[Rating],
+        events: Sequence[Rating] | RatingColumns,
         *,
         epochs: int | None = None,
         on_epoch: Callable[[int], None] | None = None,
@@ -183,23 +184,26 @@ class IncrementalModel:
 
         ``epochs`` overrides ``config.epochs_per_batch`` (the offline job trains one big
         batch for N epochs, and such a batch never triggers a consolidation: it is one);
-        ``on_epoch(done)`` is called after each epoch (progress bars).
+        ``on_epoch(done)`` is called after each epoch (progress bars). ``events`` may be
+        :class:`~models.rating_columns.RatingColumns` (the trainer's decoded batches): then
+        no Python object per rating is built.
         """
         started = time.perf_counter()
         streaming = epochs is None
         epochs = self.config.epochs_per_batch if epochs is None else epochs
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
-        fresh, duplicates = self._recent.drop_duplicates(events)
-        if not fresh:
+        batch_in = RatingColumns.of(events)
+        keep, duplicates = self._recent.fresh_indices(batch_in.event_ids)
+        fresh = batch_in if keep is None else batch_in.take(keep)
+        if not len(fresh):
             return self._result(events, duplicates, fresh, 0, 0, 0, 0, started)
 
         version = self.version + 1
         n_users0, n_items0 = self.n_users, self.n_items
-        user_idx = self.users.add_many([e.user for e in fresh])
-        item_idx = self.items.add_many([e.item for e in fresh])
-        ratings = np.array([e.rating for e in fresh], dtype=np.float64)
-        stamps = np.array([e.ts for e in fresh], dtype=np.float64)
+        user_idx = self.users.add_many(fresh.users)
+        item_idx = self.items.add_many(fresh.items)
+        ratings, stamps = fresh.ratings, fresh.stamps
         try:
             self._fitter.grow(version, n_users0, n_items0, self.n_users, self.n_items)
             self._resize_counts(n_users0, n_items0)
@@ -230,7 +234,7 @@ class IncrementalModel:
         # every event's user and item: their event counts changed, trained or not
         self._since_checkpoint.touched(touched_users, changed_items)
         self._since_checkpoint.touched(user_idx, item_idx)
-        self._recent.remember(fresh)
+        self._recent.remember_ids(fresh.event_ids)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
         self.trained_events += len(fresh)
@@ -415,7 +419,7 @@ class IncrementalModel:
         self,
         events: Sequence[Rating],
         duplicates: int,
-        fresh: list[Rating],
+        fresh: Sequence[Rating],
         positives: int,
         negatives: int,
         new_users: int,

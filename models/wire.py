@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 
 from models.catalog import CatalogItem, parse_catalog_item
@@ -54,7 +55,9 @@ from models.events import (
     check_text,
     parse_rating,
     parse_request,
+    well_formed_fields,
 )
+from models.rating_columns import RatingColumns
 from models.scoring import ScoredItem
 from models.signing import Keyring, check_fields, seal, sign_fields, verify
 
@@ -189,6 +192,77 @@ def decode_rating(
         except EventInFuture as exc:
             raise Undecodable("ts_in_future", str(exc)) from None
     return rating
+
+
+def decode_ratings(
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    references: Sequence[float | None] | None,
+    *,
+    max_bytes: int,
+    max_skew: float = MAX_FUTURE_SKEW_SECONDS,
+    decode: Callable[..., Rating] | None = None,
+) -> tuple[RatingColumns, list[int], list[tuple[int, Exception]]]:
+    """:func:`decode_rating` of a batch of ``ratings`` messages (the n-th has ``keys[n]``,
+    ``values[n]`` and ``references[n]``), with the same verdict and reason for every one,
+    and the ratings as columns, without a :class:`~models.events.Rating` per rating.
+
+    Returns the accepted ratings, the index in the input of each, and the refused ones:
+    (index, the :class:`Undecodable` saying why; or any other exception decoding raised,
+    which is a bug: the caller decides what it makes of it).
+
+    The common case (orjson parses a dict that :func:`models.events.well_formed_fields`
+    takes, keyed by its user, not past its reference clock) is decided in line; everything
+    else goes through :func:`decode_rating` itself, whose rules and reasons are the contract.
+    ``decode`` replaces :func:`decode_rating` for every record (none decided in line: the
+    agents pass theirs, so that a test can make one record fail as a bug would).
+    """
+    event_ids: list[str] = []
+    users: list[str] = []
+    items: list[str] = []
+    ratings: list[float] = []
+    stamps: list[float] = []
+    accepted: list[int] = []
+    refused: list[tuple[int, Exception]] = []
+    loads = orjson.loads
+    in_line = decode is None or decode is decode_rating
+    one = decode_rating if decode is None else decode
+    for n, value in enumerate(values):
+        key = keys[n]
+        reference = None if references is None else references[n]
+        fields = None
+        if in_line and value is not None and len(value) <= max_bytes:
+            try:
+                fields = well_formed_fields(loads(value))
+            except Exception:  # whatever orjson refuses: decode_rating says why
+                fields = None
+        if (
+            fields is None
+            or key != fields[1].encode()  # check_user_key
+            or (reference is not None and fields[4] > reference + max_skew)  # check_event_time
+        ):
+            try:
+                rating = one(
+                    key, value, max_bytes=max_bytes, reference=reference, max_skew=max_skew
+                )
+            except Exception as exc:
+                refused.append((n, exc))
+                continue
+            fields = (rating.event_id, rating.user, rating.item, rating.rating, rating.ts)
+        event_ids.append(fields[0])
+        users.append(fields[1])
+        items.append(fields[2])
+        ratings.append(fields[3])
+        stamps.append(fields[4])
+        accepted.append(n)
+    columns = RatingColumns(
+        event_ids,
+        users,
+        items,
+        np.array(ratings, dtype=np.float64),
+        np.array(stamps, dtype=np.float64),
+    )
+    return columns, accepted, refused
 
 
 def encode_rating(rating: Rating) -> tuple[bytes, bytes]:
