@@ -17,6 +17,7 @@ from models.scoring import ScoringView
 from models.seen import remember
 from models.wire import Reply
 from tests.unit.agents.fakes import FakeMessage, FakeSeenTable, FakeSink
+from tests.unit.models.conftest import integer_view
 
 
 async def test_the_loop_runs_while_a_large_batch_is_scored():
@@ -61,27 +62,6 @@ async def test_an_error_in_the_thread_reaches_the_caller():
     scoring.close()
 
 
-def random_view(n_users: int, n_items: int) -> ScoringView:
-    rng = np.random.default_rng(0)
-    users = [f"u{i}" for i in range(n_users)]
-    items = [f"i{i}" for i in range(n_items)]
-    positives = np.ones(n_users, dtype=np.int64)
-    positives[::4] = 0  # popularity for every fourth user
-    return ScoringView(
-        version=5,
-        user_ids=users,
-        user_index={u: i for i, u in enumerate(users)},
-        item_ids=items,
-        item_index={v: i for i, v in enumerate(items)},
-        user_embeddings=rng.integers(-3, 4, (n_users, 4)).astype(np.float32),
-        user_biases=rng.integers(-2, 3, n_users).astype(np.float32),
-        item_embeddings=rng.integers(-3, 4, (n_items, 4)).astype(np.float32),
-        item_biases=rng.integers(-2, 3, n_items).astype(np.float32),
-        popularity=rng.random(n_items),
-        user_positives=positives,
-    )
-
-
 def scorer_on(
     view: ScoringView, table: FakeSeenTable, inline_cells: int
 ) -> tuple[Scorer, FakeSink]:
@@ -108,7 +88,7 @@ def scorer_on(
 
 
 async def test_replies_off_the_loop_equal_those_on_it():
-    view = random_view(40, 3000)
+    view = integer_view(np.random.default_rng(0), 40, 3000, dims=4)
     table = FakeSeenTable()
     rng = np.random.default_rng(1)
     seen_of: dict[str, set[str]] = {}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from models.batch_scoring import BLOCK, block_top_k, sorted_top_k, top_k_products
 from models.scoring import ScoringView
+from tests.unit.models.conftest import integer_view
 
 
 def reference(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]]:
@@ -83,30 +84,6 @@ def test_products_by_tiles_are_the_whole_rows_top_k(seed, rows, n, k, tile_cells
         scores[r, rows_out] = -np.inf
     got = top_k_products(users, items, k, exclude, offsets=offsets, tile_cells=tile_cells)
     assert got == reference(scores + offsets[:, None], k)
-
-
-def integer_view(rng: np.random.Generator, n_users: int, n_items: int, **extra) -> ScoringView:
-    """Small-integer embeddings and biases (exact scores, many ties); every third user
-    has no positives (popularity), and the ids are strings."""
-    dims = 3
-    user_ids = [f"u{i}" for i in range(n_users)]
-    item_ids = [f"i{i}" for i in range(n_items)]
-    positives = np.ones(n_users, dtype=np.int64)
-    positives[::3] = 0
-    return ScoringView(
-        version=3,
-        user_ids=user_ids,
-        user_index={u: i for i, u in enumerate(user_ids)},
-        item_ids=item_ids,
-        item_index={v: i for i, v in enumerate(item_ids)},
-        user_embeddings=rng.integers(-2, 3, (n_users, dims)).astype(np.float32),
-        user_biases=rng.integers(-2, 3, n_users).astype(np.float32),
-        item_embeddings=rng.integers(-2, 3, (n_items, dims)).astype(np.float32),
-        item_biases=rng.integers(-1, 2, n_items).astype(np.float32),
-        popularity=rng.integers(0, 4, n_items).astype(np.float64),
-        user_positives=positives,
-        **extra,
-    )
 
 
 def expected_items(view: ScoringView, user: str, k: int, excluded: np.ndarray) -> list[str]:
