@@ -25,10 +25,14 @@ class ScoreThread:
     inline_cells: int = INLINE_CELLS
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
+    def offloads(self, cells: int) -> bool:
+        """Whether a batch computing ``cells`` scores goes to the thread."""
+        return cells >= self.inline_cells
+
     async def run(self, cells: int, score: Callable[..., T], *args: object) -> T:
         """``score(*args)``, in the thread when it computes ``cells`` scores or more (the
         caller awaits it; the loop goes on meanwhile), else at once on the loop."""
-        if cells < self.inline_cells:
+        if not self.offloads(cells):
             return score(*args)
         if self._pool is None:  # made on first use: most scorers' batches stay inline
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="streamrec-scoring")

@@ -289,6 +289,9 @@ class Scorer:
     ) -> list[Reply]:
         """:func:`replies_for`, the scoring in :attr:`scoring`'s thread when the batch is
         large (the loop meanwhile serves the other readers, the follower, the web)."""
+        view = self.holder.view
+        if view is None or not self.scoring.offloads(len(requests) * view.n_items):
+            return replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         batch = scoring_batch(requests, self.holder, seen)
         recs = None if batch is None else await self.scoring.run(batch.cells, batch.score)
         return built_replies(requests, recs, received, catalog=self.catalog)
