@@ -245,8 +245,30 @@ def figures(quick: bool) -> list[Figure]:
 )
 @click.option("--components", default=32, show_default=True)
 @click.option("--batch", default=1000, show_default=True, help="Users per recommend_many call.")
-def main(as_json: bool, users: int, n_items: tuple[int, ...], components: int, batch: int) -> None:
+@click.option(
+    "--in-flight",
+    "in_flight_only",
+    is_flag=True,
+    help="Only the large-catalog figures: 1,000 requests in flight at 20k and 200k items.",
+)
+def main(
+    as_json: bool,
+    users: int,
+    n_items: tuple[int, ...],
+    components: int,
+    batch: int,
+    in_flight_only: bool,
+) -> None:
     """ScoringView speed against raw LightFM / per-user baselines."""
+    if in_flight_only:
+        found = large_catalog_figures(quick=False)
+        if as_json:
+            click.echo(json.dumps([f.to_dict() for f in found]))
+            return
+        rows = [(f.figure, f.baseline, f.value, f.ratio, f.note) for f in found]
+        click.echo(table(["figure", "per-request ms", "batch ms", "ratio", "note"], rows))
+        click.echo(machine())
+        return
     report = {"users": users, "components": components, "machine": machine(), "runs": []}
     for items in n_items:
         model = build(users, items, min(200_000, users * items // 4), components)
