@@ -17,6 +17,9 @@ import numpy as np
 BLOCK = 32
 """Items per block: a block's maximum bounds every score in it."""
 
+SMALL_BLOCKS = 256
+"""Rows of fewer blocks than this are partitioned whole: pruning would save little."""
+
 TILE_CELLS = 1 << 22
 """Scores computed per matrix product (16 MiB of float32): a tile of items for a batch."""
 
@@ -42,13 +45,21 @@ def top_k_products(
     if not rows or not kk:
         return [([], []) for _ in range(rows)]
     tile = max(BLOCK * BLOCK * 4, tile_cells // rows)
-    masked = _exclusions(exclude, rows) if len(exclude) else None
+    if len(exclude) and len(exclude) != rows:
+        raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
+    excluding = any(len(e) for e in exclude)
+    masked = _exclusions(exclude) if excluding and tile < n else None
     found_items: list[np.ndarray] = []
     found_values: list[np.ndarray] = []
     for start in range(0, n, tile):
         stop = min(n, start + tile)
         scores = users @ items[start:stop].T
-        if masked is not None:
+        if excluding and masked is None:  # one tile: the flat positions at once
+            flat = np.concatenate(
+                [np.asarray(e, dtype=np.int64) + r * n for r, e in enumerate(exclude)]
+            )
+            scores.reshape(-1)[flat] = -np.inf
+        elif masked is not None:
             at_rows, at_items = masked
             lo, hi = np.searchsorted(at_items, (start, stop))
             scores[at_rows[lo:hi], at_items[lo:hi] - start] = -np.inf
@@ -90,7 +101,7 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     sorted over every block that reaches it, so ties still go to the lower index."""
     rows, n = scores.shape
     kk = min(k, n)
-    if n < BLOCK * max(BLOCK, 2 * kk):  # few blocks: pruning would save little
+    if n < BLOCK * max(SMALL_BLOCKS, 2 * kk):
         return _best(scores, np.broadcast_to(np.arange(n), (rows, n)), kk)
     m = n // BLOCK  # blocks; block j also holds item BLOCK * m + j when there is one
     whole = BLOCK * m
@@ -155,10 +166,9 @@ def _best(values: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np
     return top_items, top_values
 
 
-def _exclusions(exclude: Sequence[np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _exclusions(exclude: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Every (row, item) to exclude as two arrays, ordered by item (a tile takes a slice)."""
-    if len(exclude) != rows:
-        raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
+    rows = len(exclude)
     counts = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=rows)
     at_items = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude])
     at_rows = np.repeat(np.arange(rows), counts)
