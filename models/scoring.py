@@ -154,7 +154,6 @@ class ScoringView:
         popularity_ts: float | None,
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
-        product_items: np.ndarray | None = None,
     ) -> None:
         self.version = version
         self._users, self._n_users = users, n_users
@@ -166,9 +165,7 @@ class ScoringView:
         self._popularity = _frozen(popularity)
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
-        # the item embeddings and biases in one array (those two are views of it when it
-        # is given: a delta's view); else computed on first use
-        self._product_items = None if product_items is None else _frozen(product_items)
+        self._product_items: np.ndarray | None = None  # computed on first use
         self._init_neighbours(neighbours, blend_weight)
 
     def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
@@ -259,10 +256,10 @@ class ScoringView:
         except ValueError as exc:
             raise DeltaError(str(exc)) from None
         n_users, n_items = delta.n_users, delta.n_items
-        # one copy of the items (embeddings and biases side by side, what batches multiply)
-        product = _grown(self.product_items(), n_items)
-        product[delta.item_rows, : self._k] = delta.item_embeddings
-        product[delta.item_rows, self._k] = delta.item_biases
+        item_embeddings = _grown(self._item_embeddings, n_items)
+        item_embeddings[delta.item_rows] = delta.item_embeddings
+        item_biases = _grown(self._item_biases, n_items)
+        item_biases[delta.item_rows] = delta.item_biases
         popularity = _grown(self._popularity, n_items)
         if delta.popularity_decay != 1.0:
             popularity[: self._n_items] *= delta.popularity_decay
@@ -278,13 +275,12 @@ class ScoringView:
             user_rows=self._user_rows.updated(
                 rows, _pack(delta.user_embeddings, delta.user_biases, delta.user_positives), n_users
             ),
-            item_embeddings=product[:, : self._k],
-            item_biases=product[:, self._k],
+            item_embeddings=item_embeddings,
+            item_biases=item_biases,
             popularity=popularity,
             popularity_ts=delta.popularity_ts,
             neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
             blend_weight=self._blend_weight,
-            product_items=product,
         )
 
     def with_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> ScoringView:
