@@ -136,3 +136,27 @@ def test_blending_users_and_plain_users_in_one_batch():
         one = view.recommend(user, 10, exclude=names, history=names)
         assert rec.source == one.source
         assert np.allclose([s.score for s in rec.items], [s.score for s in one.items], atol=1e-4)
+
+
+def test_a_delta_view_scores_batches_as_the_full_view_does():
+    """with_delta writes the delta's item rows into the batch product's item matrix: the
+    view after deltas ranks as a view built from every row."""
+    from models.config import ModelConfig
+    from models.incremental import IncrementalModel
+    from models.synthetic import generate_ratings
+
+    model = IncrementalModel(ModelConfig(no_components=8, positive_threshold=0.0))
+    ratings = generate_ratings(60, 3000, 4000, n_clusters=4, seed=2)
+    model.train_batch(ratings[:2000])
+    first = model.view()
+    first.recommend_batch(["x"], [1], [np.zeros(0, np.int64)])
+    for at in (2000, 3000):  # two deltas, items added by each
+        model.train_batch(ratings[at : at + 1000])
+    delta_view, full = model.view(), model.full_view()
+    assert delta_view.n_items == full.n_items > first.n_items
+    users = delta_view.user_ids()
+    no_rows = [np.zeros(0, np.int64)] * len(users)
+    by_delta = delta_view.recommend_batch(users, [10] * len(users), no_rows)
+    by_full = full.recommend_batch(users, [10] * len(users), no_rows)
+    assert [r.items for r in by_delta] == [r.items for r in by_full]
+    assert np.array_equal(delta_view.product_items(), full.product_items())
