@@ -85,11 +85,6 @@ class ScoringBatch:
     exclude_rows: list[np.ndarray]
     history_rows: list[np.ndarray]
 
-    @property
-    def cells(self) -> int:
-        """How many scores the batch computes (what decides the thread)."""
-        return len(self.users) * self.view.n_items
-
     def score(self) -> list[Recommendation]:
         """The batch's recommendations (pure numpy on immutable arrays: any thread)."""
         return self.view.recommend_batch(self.users, self.ks, self.exclude_rows, self.history_rows)
@@ -290,10 +285,12 @@ class Scorer:
         """:func:`replies_for`, the scoring in :attr:`scoring`'s thread when the batch is
         large (the loop meanwhile serves the other readers, the follower, the web)."""
         view = self.holder.view
-        if view is None or not self.scoring.offloads(len(requests) * view.n_items):
+        # a new view's first batch also copies its item matrix (once per view)
+        cells = 0 if view is None else len(requests) * view.n_items + view.product_cells
+        if view is None or not self.scoring.offloads(cells):
             return replies_for(requests, self.holder, seen, received, catalog=self.catalog)
         batch = scoring_batch(requests, self.holder, seen)
-        recs = None if batch is None else await self.scoring.run(batch.cells, batch.score)
+        recs = None if batch is None else await self.scoring.run(cells, batch.score)
         return built_replies(requests, recs, received, catalog=self.catalog)
 
     async def _reply_alone(

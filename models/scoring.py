@@ -545,6 +545,11 @@ class ScoringView:
                     users[pos], self._scored(idx[:k], vals[:k]), self.version, "model"
                 )
 
+    @property
+    def product_cells(self) -> int:
+        """The cells :meth:`product_items` still has to copy (0 once made)."""
+        return 0 if self._product_items is not None else self._n_items * (self._k + 1)
+
     def product_items(self) -> np.ndarray:
         """The item embeddings with the item biases as one more column (float32,
         read-only), made once per view: what a batch's user rows are multiplied with."""

@@ -117,3 +117,22 @@ async def test_replies_off_the_loop_equal_those_on_it():
     for reply, message in zip(off_loop, messages, strict=True):
         if json.loads(message.value).get("exclude_seen", True):  # seen items never come back
             assert not seen_of.get(reply.user, set()) & {i.item for i in reply.items}
+
+
+async def test_a_new_views_first_batch_counts_its_item_matrix_copy():
+    view = integer_view(np.random.default_rng(3), 10, 1000, dims=4)
+    scorer, sink = scorer_on(view, FakeSeenTable(), inline_cells=2 * 1000 * 5)
+    used: list[int] = []
+    run = scorer.scoring.run
+
+    async def spy(cells: int, score, *args):  # type: ignore[no-untyped-def]
+        used.append(cells)
+        return await run(cells, score, *args)
+
+    scorer.scoring.run = spy  # type: ignore[method-assign]
+    one = [FakeMessage("rec-requests", 0, 0, b"u1", b'{"request_id": "r", "user": "u1"}')]
+    await scorer.handle(one * 5)  # 5 x 1000 scores + 1000 x 5 cells of the copy: the thread
+    await scorer.handle(one * 5)  # the copy is made: on the loop
+    assert used == [5 * 1000 + 1000 * 5]
+    assert view.product_cells == 0 and len(sink.sent) == 10
+    scorer.scoring.close()
