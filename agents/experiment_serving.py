@@ -167,6 +167,11 @@ class ExperimentServing:
                 return experiment, got
         return None
 
+    def active(self) -> bool:
+        """An experiment is running: :meth:`replies` may answer other than
+        :func:`agents.scorer.replies_for`."""
+        return bool(self.registry.running())
+
     def replies(
         self,
         requests: Sequence[RecRequest],

@@ -7,10 +7,11 @@ Requests come in bulk (app/ reads ``rec-requests`` with :class:`agents.bulk.Part
 as the ingest reads ratings, because Faust's per-event stream delivered about a thousand
 requests/s): :meth:`Scorer.handle` takes whatever one fetch brought, at most ``max_batch`` at
 a time (a lone request is answered at once, there is no waiting window), scores each batch
-with one matrix product (:meth:`models.scoring.ScoringView.recommend_batch`), excludes each
-user's seen items by hash in numpy, and sends the replies without awaiting each delivery (a
-send returns once the reply is queued in the producer); :meth:`Scorer.delivered` waits
-for them, and the reader commits past the requests only after it.
+together (:meth:`models.scoring.ScoringView.recommend_batch`; a large one in a worker
+thread, :mod:`agents.score_thread`), excludes each user's seen items by hash in numpy, and
+sends the replies without awaiting each delivery (a send returns once the reply is queued
+in the producer); :meth:`Scorer.delivered` waits for them, and the reader commits past the
+requests only after it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from agents import metrics
 from agents.health import record_error
 from agents.ingest import send_dead_letter
 from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
+from agents.score_thread import ScoreThread
 from agents.state import ModelHolder
 from models.bounds import reply_size_refusal, reply_to_refusal
 from models.events import RecRequest
+from models.scoring import Recommendation, ScoringView
 from models.seen import decode_row
 from models.wire import Reply, ReplyItem, Undecodable, decode_request
 
@@ -66,19 +69,51 @@ def replies_for(
     reply is built. ``seen[i]`` holds the item hashes of ``requests[i]``'s user
     (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency).
     Items carry a ``title`` when the catalog knows one."""
+    batch = scoring_batch(requests, holder, seen)
+    recs = None if batch is None else batch.score()
+    return built_replies(requests, recs, received, catalog=catalog)
+
+
+@dataclass(frozen=True)
+class ScoringBatch:
+    """What one batch of requests is scored with: the view (read once: it cannot change
+    under the batch) and each request's user, k, excluded rows and history rows."""
+
+    view: ScoringView
+    users: list[str]
+    ks: list[int]
+    exclude_rows: list[np.ndarray]
+    history_rows: list[np.ndarray]
+
+    def score(self) -> list[Recommendation]:
+        """The batch's recommendations (pure numpy on immutable arrays: any thread)."""
+        return self.view.recommend_batch(self.users, self.ks, self.exclude_rows, self.history_rows)
+
+
+def scoring_batch(
+    requests: Sequence[RecRequest], holder: ModelHolder, seen: Sequence[np.ndarray]
+) -> ScoringBatch | None:
+    """The batch to score for ``requests`` (None while no view is served); on the loop,
+    because the holder's item index is cached per view."""
     view = holder.view  # one read: the view cannot change under us
     if view is None:
-        recs = None
-    else:
-        index = holder.item_index(view)
-        seen_rows = [index.rows(hashes) for hashes in seen]  # also what the view blends with
-        rows = [
-            found if r.exclude_seen else _NO_ROWS
-            for r, found in zip(requests, seen_rows, strict=True)
-        ]
-        recs = view.recommend_batch(
-            [r.user for r in requests], [r.k for r in requests], rows, seen_rows
-        )
+        return None
+    index = holder.item_index(view)
+    seen_rows = [index.rows(hashes) for hashes in seen]  # also what the view blends with
+    rows = [
+        found if r.exclude_seen else _NO_ROWS for r, found in zip(requests, seen_rows, strict=True)
+    ]
+    return ScoringBatch(view, [r.user for r in requests], [r.k for r in requests], rows, seen_rows)
+
+
+def built_replies(
+    requests: Sequence[RecRequest],
+    recs: Sequence[Recommendation] | None,
+    received: Sequence[float] | None = None,
+    *,
+    catalog: Catalog = NO_CATALOG,
+) -> list[Reply]:
+    """One reply per request from its recommendation (``recs`` None: no view served)."""
     done = time.time()
     replies = []
     for n, request in enumerate(requests):
@@ -114,6 +149,10 @@ class ExperimentHook(Protocol):
     """:func:`replies_for` with the running experiments in: users in one get their
     variant's reply (:class:`agents.experiment_serving.ExperimentServing`)."""
 
+    def active(self) -> bool:
+        """An experiment is running (else :meth:`replies` is :func:`replies_for`)."""
+        ...
+
     def replies(
         self,
         requests: Sequence[RecRequest],
@@ -144,6 +183,7 @@ class Scorer:
     catalog: Catalog = field(default_factory=dict)
     max_undelivered: int = 5000  # replies on their way before handle waits for them
     experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
+    scoring: ScoreThread = field(default_factory=ScoreThread)  # large batches off the loop
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
     _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
@@ -219,9 +259,7 @@ class Scorer:
             return
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
-            replies: Sequence[Reply | None] = self._score(
-                requests, self.holder, seen, received, catalog=self.catalog
-            )
+            replies: Sequence[Reply | None] = await self._replies(requests, seen, received)
         except Exception:  # one request broke the batch: each alone, the culprit dead-lettered
             replies = [
                 await self._reply_alone(*args)
@@ -260,6 +298,24 @@ class Scorer:
         self._undelivered += pending
         for source, n in sources.items():
             metrics.REPLIES.labels(source).inc(n)
+
+    async def _replies(
+        self, requests: list[RecRequest], seen: list[np.ndarray], received: list[float]
+    ) -> list[Reply]:
+        """:func:`replies_for`, the scoring in :attr:`scoring`'s thread when the batch is
+        large (the loop meanwhile serves the other readers, the follower, the web). While an
+        experiment runs, its hook scores each variant's batch on the loop (it writes the
+        impressions as it goes)."""
+        if self.experiments is not None and self.experiments.active():
+            return self._score(requests, self.holder, seen, received, catalog=self.catalog)
+        view = self.holder.view
+        # a new view's first batch also copies its item matrix (once per view)
+        cells = 0 if view is None else len(requests) * view.n_items + view.product_cells
+        if view is None or not self.scoring.offloads(cells):
+            return replies_for(requests, self.holder, seen, received, catalog=self.catalog)
+        batch = scoring_batch(requests, self.holder, seen)
+        recs = None if batch is None else await self.scoring.run(cells, batch.score)
+        return built_replies(requests, recs, received, catalog=self.catalog)
 
     async def _reply_alone(
         self, request: RecRequest, seen: np.ndarray, received: float, message: Message

@@ -14,11 +14,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from models.batch_scoring import block_top_k, top_k_products
 from models.blocks import RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
 from models.idmap import IdMap
 
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
+_USERS_PER_PRODUCT = 1024  # users scored together (models.batch_scoring tiles the items)
 
 
 class ScoredItem(NamedTuple):
@@ -80,6 +82,7 @@ class ScoringView:
         "_neighbours",
         "_pop_order",
         "_popularity",
+        "_product_items",
         "_user_rows",
         "_users",
         "popularity_ts",
@@ -162,6 +165,7 @@ class ScoringView:
         self._popularity = _frozen(popularity)
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
+        self._product_items: np.ndarray | None = None  # computed on first use
         self._init_neighbours(neighbours, blend_weight)
 
     def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
@@ -444,46 +448,118 @@ class ScoringView:
         exclude_rows: Sequence[np.ndarray],
         history_rows: Sequence[np.ndarray] | None = None,
     ) -> list[Recommendation]:
-        """:meth:`recommend` for a batch of requests: one matmul per chunk of warm users,
-        each request with its own ``k`` and its own excluded item *rows* (dense indices of
-        this view, e.g. from :meth:`models.seen.ItemHashIndex.rows`), and optionally the
-        rows of each user's history to blend with (see the class docstring)."""
+        """:meth:`recommend` for a batch of requests, each with its own ``k`` and its own
+        excluded item *rows* (dense indices of this view, e.g. from
+        :meth:`models.seen.ItemHashIndex.rows`), and optionally the rows of each user's
+        history to blend with (see the class docstring). Warm users without blending are
+        scored together by :func:`models.batch_scoring.top_k_products`; those who blend,
+        a chunk of whole rows at a time. Ties go to the lower item row."""
         if not len(users) == len(ks) == len(exclude_rows):
             raise ValueError(f"{len(users)} users, {len(ks)} ks, {len(exclude_rows)} excludes")
         if history_rows is not None and len(history_rows) != len(users):
             raise ValueError(f"{len(history_rows)} histories for {len(users)} users")
         for k in ks:
             _check_k(k)
-        blend = self._neighbours is not None and history_rows is not None
+        blends = history_rows if self._neighbours is not None else None
         results: list[Recommendation | None] = [None] * len(users)
-        warm: list[int] = []
+        warm: list[int] = []  # scored by products
         rows: list[int] = []
+        blended: list[int] = []  # scored as whole rows, blended
+        blended_rows: list[int] = []
         for pos, user in enumerate(users):
             row = self.model_row(user)
             if row is None:
                 items = self._popular(ks[pos], exclude_rows[pos])
                 results[pos] = Recommendation(user, items, self.version, "popularity")
+            elif blends is not None and len(blends[pos]):
+                blended.append(pos)
+                blended_rows.append(row)
             else:
                 warm.append(pos)
                 rows.append(row)
+        self._products(users, ks, exclude_rows, warm, rows, results)
+        if blends is not None:
+            self._blended(users, ks, exclude_rows, blends, blended, blended_rows, results)
+        return results  # type: ignore[return-value]
+
+    def _blended(
+        self,
+        users: Sequence[str],
+        ks: Sequence[int],
+        exclude_rows: Sequence[np.ndarray],
+        history_rows: Sequence[np.ndarray],
+        warm: list[int],
+        rows: list[int],
+        results: list[Recommendation | None],
+    ) -> None:
+        """:meth:`recommend_batch`'s warm users who blend, into ``results``: whole rows of
+        scores, each blended with its history, a chunk of users at a time."""
         n = self.n_items
         chunk = max(1, _CHUNK_CELLS // max(1, n))
         for start in range(0, len(warm), chunk):
             positions = warm[start : start + chunk]
             scores = self.score_rows(np.asarray(rows[start : start + chunk], dtype=np.int64))
-            if blend and history_rows is not None:
-                for r, pos in enumerate(positions):
-                    self.blend(scores[r], history_rows[pos])
+            for r, pos in enumerate(positions):
+                self.blend(scores[r], history_rows[pos])
             masks = [exclude_rows[pos] for pos in positions]
             if any(len(m) for m in masks):
                 flat = np.concatenate([m + r * n for r, m in enumerate(masks)])
                 scores.reshape(-1)[flat] = -np.inf
-            tops = top_k_rows(scores, max(ks[pos] for pos in positions))
+            tops = block_top_k(scores, max(ks[pos] for pos in positions))
             for pos, (idx, vals) in zip(positions, tops, strict=True):
                 k = ks[pos]
                 items = self._scored(idx[:k], vals[:k])
                 results[pos] = Recommendation(users[pos], items, self.version, "model")
-        return results  # type: ignore[return-value]
+
+    def _products(
+        self,
+        users: Sequence[str],
+        ks: Sequence[int],
+        exclude_rows: Sequence[np.ndarray],
+        warm: list[int],
+        rows: list[int],
+        results: list[Recommendation | None],
+    ) -> None:
+        """:meth:`recommend_batch`'s warm users without blending, into ``results``: the
+        user rows (with a 1 for the item bias) against :meth:`product_items`, the user
+        bias added to the k best (it ranks nothing)."""
+        dim, items = self._k, self.product_items()
+        for start in range(0, len(warm), _USERS_PER_PRODUCT):
+            positions = warm[start : start + _USERS_PER_PRODUCT]
+            packed = self._user_rows.take(
+                np.asarray(rows[start : start + _USERS_PER_PRODUCT], dtype=np.int64)
+            )
+            queries = np.empty((len(positions), dim + 1), dtype=np.float32)
+            queries[:, :dim] = packed[:, :dim]
+            queries[:, dim] = 1.0
+            tops = top_k_products(
+                queries,
+                items,
+                max(ks[pos] for pos in positions),
+                [exclude_rows[pos] for pos in positions],
+                offsets=packed[:, dim],
+            )
+            for pos, (idx, vals) in zip(positions, tops, strict=True):
+                k = ks[pos]
+                results[pos] = Recommendation(
+                    users[pos], self._scored(idx[:k], vals[:k]), self.version, "model"
+                )
+
+    @property
+    def product_cells(self) -> int:
+        """The cells :meth:`product_items` still has to copy (0 once made)."""
+        return 0 if self._product_items is not None else self._n_items * (self._k + 1)
+
+    def product_items(self) -> np.ndarray:
+        """The item embeddings with the item biases as one more column (float32,
+        read-only), made once per view: what a batch's user rows are multiplied with."""
+        items = self._product_items
+        if items is None:  # two threads may both make it: the same array either way
+            items = np.empty((self._n_items, self._k + 1), dtype=np.float32)
+            items[:, : self._k] = self._item_embeddings
+            items[:, self._k] = self._item_biases
+            items = self._product_items = _frozen(items)
+        return items
 
     def popular(self, k: int = 10, exclude: Iterable[str] = ()) -> list[ScoredItem]:
         """The ``k`` most popular items (recency-decayed counts), skipping ``exclude``."""

@@ -140,6 +140,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         try:
             await readers[0].run()
         finally:
+            scorer.scoring.close()
             await known_topics.close()
             await replies.stop()
 

@@ -50,3 +50,28 @@ def make_tiny_view(**extra) -> ScoringView:
 def tiny_view() -> ScoringView:
     """:func:`make_tiny_view` without blending."""
     return make_tiny_view()
+
+
+def integer_view(
+    rng: np.random.Generator, n_users: int, n_items: int, dims: int = 3, **extra
+) -> ScoringView:
+    """Random small-integer embeddings and biases (exact scores whatever order BLAS sums
+    in, many ties); every third user has no positives (popularity); ids ``u<n>``, ``i<n>``."""
+    user_ids = [f"u{i}" for i in range(n_users)]
+    item_ids = [f"i{i}" for i in range(n_items)]
+    positives = np.ones(n_users, dtype=np.int64)
+    positives[::3] = 0
+    return ScoringView(
+        version=3,
+        user_ids=user_ids,
+        user_index={u: i for i, u in enumerate(user_ids)},
+        item_ids=item_ids,
+        item_index={v: i for i, v in enumerate(item_ids)},
+        user_embeddings=rng.integers(-2, 3, (n_users, dims)).astype(np.float32),
+        user_biases=rng.integers(-2, 3, n_users).astype(np.float32),
+        item_embeddings=rng.integers(-2, 3, (n_items, dims)).astype(np.float32),
+        item_biases=rng.integers(-1, 2, n_items).astype(np.float32),
+        popularity=rng.integers(0, 4, n_items).astype(np.float64),
+        user_positives=positives,
+        **extra,
+    )
