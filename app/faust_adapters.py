@@ -102,7 +102,9 @@ class FaustSeenTable:
 
 def raw_topic(app: faust.App, name: str, spec: TopicSpec | None = None) -> faust.TopicT:
     """A topic of raw bytes (agents decode and validate themselves); declared as ``spec`` says."""
-    declared = {} if spec is None else {"partitions": spec.partitions, "config": spec.config}
+    declared: dict[str, Any] = {}
+    if spec is not None:
+        declared = {"partitions": spec.partitions, "config": spec.config}
     return app.topic(
         name,
         key_type=bytes,
@@ -199,7 +201,7 @@ def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
     first 5 minutes: an error per partition whose records arrive but are not processed) is
     left out for them as well."""
     resume_partitions = consumer.resume_partitions
-    verify_event_path = consumer.verify_event_path
+    verify_event_path = consumer.verify_event_path  # type: ignore[attr-defined]
 
     def resume_all_but_topic(tps: Any) -> None:
         resume_partitions({tp for tp in tps if tp.topic != topic})
@@ -209,7 +211,7 @@ def never_fetch_through_faust(consumer: ConsumerT, topic: str) -> None:
             verify_event_path(now, tp)
 
     consumer.resume_partitions = resume_all_but_topic  # type: ignore[method-assign]
-    consumer.verify_event_path = verify_all_but_topic  # type: ignore[method-assign]
+    consumer.verify_event_path = verify_all_but_topic  # type: ignore[attr-defined]
 
 
 async def faust_group_positions(

@@ -126,7 +126,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
     presents the client certificate when one is set. Unreadable files are one clear line."""
     key_password = settings.kafka_ssl_key_password
     try:
-        return create_ssl_context(
+        context: ssl.SSLContext = create_ssl_context(
             cafile=settings.kafka_ssl_ca_file,
             certfile=settings.kafka_ssl_cert_file,
             keyfile=settings.kafka_ssl_key_file,
@@ -143,6 +143,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
         raise SettingsError(
             f"invalid settings: cannot load Kafka TLS files ({named or 'system CAs'}): {why}"
         ) from None
+    return context
 
 
 class _ConnectFailures(logging.Handler):

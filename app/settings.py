@@ -573,7 +573,7 @@ AnySettings = TypeVar("AnySettings", bound=Settings)
 def load_settings(
     kind: type[AnySettings] = Settings,  # type: ignore[assignment]
     /,
-    **overrides: object,
+    **overrides: Any,
 ) -> AnySettings:
     """Settings (or ``kind``, a subclass such as the dev tools') from the environment (and
     ``overrides``), or a :class:`SettingsError`."""
@@ -587,7 +587,7 @@ def load_settings(
 def _problem(error: Any) -> str:
     """One invalid value as ``STREAMREC_NAME='value': why``, never the value of a secret."""
     loc = [str(part) for part in error["loc"]]
-    msg = error["msg"].removeprefix("Value error, ")
+    msg = str(error["msg"]).removeprefix("Value error, ")
     if not loc:  # a rule across fields: its input is every setting, secrets included
         return msg
     shown = "'***'" if loc[0] in SECRET_FIELDS else repr(error.get("input"))

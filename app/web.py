@@ -116,7 +116,7 @@ class SeriesView(Base):
         try:
             after = None if since is None else float(since)
         except ValueError:
-            raise BadQuery(f"since must be a unix time, got {since[:40]!r}") from None
+            raise BadQuery(f"since must be a unix time, got {str(since)[:40]!r}") from None
         return self.json(series.as_json(after))
 
 
@@ -248,7 +248,7 @@ class User(Base):
         page_of(request)  # refuse a bad query here, before routing it
         # Faust's router hashes the key with the producer's metadata, which may not know
         # the changelog topic yet (TypeError in aiokafka's _partition); fetch it first.
-        await self.app.producer._ensure_producer().partitions_for(seen.changelog)
+        await self.app.producer._ensure_producer().partitions_for(seen.changelog)  # type: ignore[attr-defined]
         try:
             return await self.app.router.route_req(seen.table.name, user_id, self.web, request)
         except SameNode:

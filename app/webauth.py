@@ -107,5 +107,5 @@ def install(app: faust.App, settings: Settings) -> None:
                 settings.web_port,
             )
         return
-    app.web.web_app.middlewares.append(require_token(token))
+    app.web.web_app.middlewares.append(require_token(token))  # type: ignore[attr-defined]
     log.info("The web views need a bearer token (open: %s)", ", ".join(sorted(OPEN_ROUTES)))

@@ -22,6 +22,7 @@ from models.datasets import FORMATS
 
 if TYPE_CHECKING:
     from app.settings import Settings
+    from models.config import ModelConfig
     from models.evaluation import Metrics
     from models.events import Rating
     from models.incremental import IncrementalModel
@@ -214,7 +215,7 @@ def _model_config(
     components: int | None,
     threshold: float | None,
     learning_rate: float | None,
-):
+) -> ModelConfig:
     """The service's model config (:func:`app.settings.model_config_of`), with the options."""
     from app.settings import model_config_of
 

@@ -57,9 +57,10 @@ def _info_json(info: SnapshotInfo, current: int | None) -> dict[str, Any]:
     }
 
 
-def _size(n: int | None) -> str:
-    if n is None:
+def _size(size: int | None) -> str:
+    if size is None:
         return "-"
+    n = float(size)
     for unit in ("B", "KiB", "MiB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -164,7 +165,7 @@ def _announce(update: ModelUpdate) -> None:
 def promote(url: str | None, announce: bool, version: int) -> None:
     """Make VERSION the current snapshot that scorers load."""
 
-    async def action(store: SnapshotStore) -> tuple[int | None, dict[str, Any]]:
+    async def action(store: SnapshotStore) -> tuple[int | None, ModelUpdate]:
         before = await store.current()
         update = await _announcement(store, version, "promote")  # verified before it is current
         await store.promote(version)
@@ -188,7 +189,7 @@ def rollback(url: str | None, announce: bool, to: int | None) -> None:
     the current snapshot and retrains, once, the events after it).
     """
 
-    async def action(store: SnapshotStore) -> tuple[int | None, int, dict[str, Any]]:
+    async def action(store: SnapshotStore) -> tuple[int | None, int, ModelUpdate]:
         before = await store.current()
         now = await store.rollback(to)
         return before, now, await _announcement(store, now, "rollback")

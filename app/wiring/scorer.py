@@ -159,14 +159,14 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
             lease.stop()
             await changelog.stop()
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # no *args: none are sent
     async def own_partitions(sender: Any, **kwargs: Any) -> None:  # after table recovery
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.requests_topic}
         lease.renew()
         for reader in readers:
             reader.own(mine)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # revoked by position
     async def release_partitions(sender: Any, revoked: Any, **kwargs: Any) -> None:
         try:
             await asyncio.wait_for(
