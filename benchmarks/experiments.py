@@ -14,8 +14,10 @@ by the request), the reply is an impression (:class:`models.impressions.Impressi
 a rating >= 4 of a shown item is a hit for the variant that placed it. The models keep
 training on the replayed ratings in micro-batches (one per ``batch_seconds`` of the ratings'
 own time, as a trainer keeping pace would), and after each micro-batch the guardrail
-(:class:`models.sequential.SequentialTest`) looks at each experiment's
-:class:`models.online_metric.Tally`; a ``candidate_worse`` verdict stops the experiment
+looks at each experiment: an ``ab`` one's :class:`models.online_metric.Tally` with the
+mSPRT on the two hit-rates (:class:`models.sequential.SequentialTest`), an ``interleave``
+one's per-list wins with the paired sign test (:class:`models.paired.PairedTest`, the
+service's rule, :class:`agents.experiment_hits.HitCounter`); a ``candidate_worse`` verdict stops the experiment
 (status ``guardrail-stopped``: it assigns no one after that).
 
 Four experiments run on the same replay, so their models are the same: for each method
@@ -49,6 +51,7 @@ from models.impressions import HitMatcher, Impressions
 from models.incremental import IncrementalModel
 from models.interleaving import Team, team_draft
 from models.online_metric import Tally
+from models.paired import ListOutcomes, PairedTest
 from models.scoring import ScoringView
 from models.sequential import SequentialTest, Verdict
 
@@ -89,6 +92,8 @@ class Run:
     """The verdict at that look (a significant one stays, see SequentialTest)."""
     shown: list[Impressions] | None = None
     """Every list served, when the replay records them (tests check the counts with it)."""
+    lists: ListOutcomes | None = None
+    """An ``interleave`` experiment's lists and their wins (the paired test's trials)."""
 
     @property
     def impressions(self) -> int:
@@ -117,6 +122,15 @@ class Run:
             "reason": said.reason if said else "",
             "looks": self.looks,
             "dropped": self.matcher.dropped,
+            **(
+                {
+                    "lists won by control": self.lists.wins.control,
+                    "lists won by candidate": self.lists.wins.candidate,
+                    "tied lists": self.lists.wins.ties,
+                }
+                if self.lists is not None
+                else {}
+            ),
         }
 
 
@@ -164,6 +178,7 @@ def replay(
     *,
     popularity_of: str,
     test: SequentialTest | None = None,
+    paired: PairedTest | None = None,
     window: float = WINDOW_SECONDS,
     positive: float = POSITIVE,
     batch_seconds: float = BATCH_SECONDS,
@@ -177,7 +192,16 @@ def replay(
     ``record``: keep every list served in :attr:`Run.shown`.
     """
     test = test or SequentialTest()
-    runs = [Run(e, HitMatcher(window, positive), shown=[] if record else None) for e in experiments]
+    paired = paired or PairedTest(alpha=test.alpha)
+    runs = [
+        Run(
+            e,
+            HitMatcher(window, positive),
+            shown=[] if record else None,
+            lists=ListOutcomes(window) if e.method == "interleave" else None,
+        )
+        for e in experiments
+    ]
     history: dict[str, set[str]] = defaultdict(set)
     for user, items in seen.items():
         history[user].update(items)
@@ -207,27 +231,36 @@ def replay(
                     placed = [(item, arm) for item in rank(variant, user, history[user])]
                 run.requests += 1
                 served = Impressions.of(exp.name, user, event.ts, placed)
-                run.tally.show(run.matcher.show(served))
+                new = run.matcher.show(served)
+                run.tally.show(new)
+                if run.lists is not None:
+                    run.lists.show(user, event.ts, new)
                 if run.shown is not None:
                     run.shown.append(served)
             for run in runs:
                 hit = run.matcher.match(event)
                 if hit is not None:
                     run.tally.hit(hit.team)
+                    if run.lists is not None:
+                        run.lists.hit(hit.user, hit.item, hit.team)
             history[user].add(event.item)
         for model in models.values():
             model.train_batch(batch)
         for run in runs:
-            look(run, test)
+            look(run, test, paired, now=batch[-1].ts)
     return runs
 
 
-def look(run: Run, test: SequentialTest) -> None:
-    """The guardrail's look at one running experiment after a micro-batch."""
+def look(run: Run, test: SequentialTest, paired: PairedTest, now: float) -> None:
+    """The guardrail's look at one running experiment after a micro-batch that ended at
+    ``now`` (an interleaved list is judged once its hit window has passed by then)."""
     if not run.experiment.running:
         return
     tally = run.tally
-    run.verdict = test.verdict(tally.counts("control"), tally.counts("candidate"), run.verdict)
+    if run.lists is not None:
+        run.verdict = paired.verdict(run.lists.close(now), run.verdict)
+    else:
+        run.verdict = test.verdict(tally.counts("control"), tally.counts("candidate"), run.verdict)
     run.looks += 1
     if run.verdict.significant and run.decided is None:
         run.decided, run.decided_at, run.decided_requests = (

@@ -197,9 +197,9 @@ class PairedTest:
             if wins.decided == 0:
                 return f"no interleaved list won yet: {lists}"
             return f"no significant difference (always-valid p = {p_value:.3g}): {lists}"
-        worse = "fewer" if decision == "candidate_worse" else "more"
+        worse, fewer = ("worse", "fewer") if decision == "candidate_worse" else ("better", "more")
         return (
-            f"candidate wins significantly {worse} interleaved lists than control "
-            f"(paired sign test, always-valid p = {p_value:.3g} <= alpha {self.alpha:g}): "
-            f"{lists}"
+            f"candidate is significantly {worse}: it wins {fewer} interleaved lists than "
+            f"control (paired sign test, always-valid p = {p_value:.3g} <= alpha "
+            f"{self.alpha:g}): {lists}"
         )

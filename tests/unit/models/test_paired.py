@@ -79,7 +79,7 @@ def test_verdict_shape_reason_and_stays() -> None:
     assert first.decision == "candidate_worse" and first.stop
     assert first.difference == pytest.approx(0.4 - 0.5)
     assert "candidate 200 vs control 300" in first.reason and "40 ties" in first.reason
-    assert "significantly fewer" in first.reason
+    assert "significantly worse: it wins fewer" in first.reason
     later = test.verdict(Wins(control=300, candidate=300), first)
     assert later.decision == "candidate_worse" and later.p_value == first.p_value
     undecided = test.verdict(Wins(control=10, candidate=12, ties=3))
