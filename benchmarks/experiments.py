@@ -17,8 +17,8 @@ own time, as a trainer keeping pace would), and after each micro-batch the guard
 looks at each experiment: an ``ab`` one's :class:`models.online_metric.Tally` with the
 mSPRT on the two hit-rates (:class:`models.sequential.SequentialTest`), an ``interleave``
 one's per-list wins with the paired sign test (:class:`models.paired.PairedTest`, the
-service's rule, :class:`agents.experiment_hits.HitCounter`); a ``candidate_worse`` verdict stops the experiment
-(status ``guardrail-stopped``: it assigns no one after that).
+service's rule, :class:`agents.experiment_hits.HitCounter`); a ``candidate_worse`` verdict
+stops the experiment (status ``guardrail-stopped``: it assigns no one after that).
 
 Four experiments run on the same replay, so their models are the same: for each method
 (``ab``, ``interleave``) one between two configurations whose offline P@10 differ, and one
