@@ -312,6 +312,11 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in group
         )
         median = float(np.median(taken)) if taken else math.inf
+        asked = sorted(
+            math.inf if r.get("requests to verdict") is None else r["requests to verdict"]
+            for r in group
+        )
+        median_requests = float(np.median(asked)) if asked else math.inf
         verdicts = Counter(r["verdict"] for r in group)
         rows.append(
             {
@@ -322,6 +327,9 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "verdicts": dict(verdicts),
                 "verdict": verdicts.most_common(1)[0][0],
                 "median impressions to verdict": None if math.isinf(median) else median,
+                "median requests to verdict": (
+                    None if math.isinf(median_requests) else median_requests
+                ),
                 "fewest": None if math.isinf(taken[0]) else taken[0],
                 "most": None if math.isinf(taken[-1]) else taken[-1],
                 "stopped": sum(r["status"] == "guardrail-stopped" for r in group),
