@@ -272,6 +272,101 @@ def look(run: Run, test: SequentialTest, paired: PairedTest, now: float) -> None
         run.experiment = run.experiment.with_status("guardrail-stopped", run.verdict.reason[:500])
 
 
+# --- a lone request's latency with an experiment running ----------------------------------
+@dataclass
+class _Record:
+    """An in-memory record and topic: what the scorer reads and writes here."""
+
+    topic: str = "rec-requests"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+    value: bytes | None = None
+    timestamp: int | None = -1
+    sent: int = 0
+
+    async def send(self, **_: Any) -> None:
+        self.sent += 1
+
+    async def send_many(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> list[Any]:
+        self.sent += len(messages)
+        return []
+
+
+class _NoSeen:
+    def get(self, user: str) -> bytes | None:
+        return None
+
+    def put(self, user: str, row: bytes, partition: int) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+
+def lone_request_latency(
+    users: int = 2000,
+    items: int = 20_000,
+    components: int = 32,
+    requests: int = 300,
+    rounds: int = 3,
+) -> dict[str, float]:
+    """The median seconds of one request handled alone by :class:`agents.scorer.Scorer`
+    (in-process, in-memory topics) with no experiment running, and with an ``ab`` and an
+    ``interleave`` experiment (share 1, the candidate a stored view of the same size) on
+    the same scorer; the three settings take turns request by request."""
+    import asyncio
+
+    from agents.experiment_registry import ExperimentRegistry, encode_signed
+    from agents.experiment_serving import ExperimentServing
+    from agents.scorer import Scorer
+    from agents.state import ModelHolder
+    from benchmarks.scoring import random_view
+    from models.signing import Keyring
+
+    keys = Keyring(b"benchmark-experiments-latency-key")
+    control = random_view(users, items, components, seed=0)
+    candidate = random_view(users, items, components, seed=1)
+    holder = ModelHolder()
+    holder.publish(control)
+    settings: dict[str, tuple[Scorer, ExperimentRegistry]] = {}
+    for method in ("none", *METHODS):
+        registry = ExperimentRegistry(keys)
+        if method != "none":
+            exp = Experiment(method, Variant(), Variant(model=99), method, 1.0, 1.0)  # type: ignore[arg-type]
+            registry.apply(*encode_signed(exp, keys))
+        serving = ExperimentServing(registry, holder, impressions=_Record())
+        serving.frozen[99] = candidate
+        sink = _Record()
+        scorer = Scorer(
+            holder=holder,
+            seen=_NoSeen(),
+            default_reply=sink,
+            dlq=sink,
+            reply_topic=lambda name, sink=sink: sink,
+            topic_exists=lambda name: asyncio.sleep(0, False),
+            forbidden_replies=frozenset(),
+            max_bytes=65536,
+            experiments=serving,
+        )
+        settings[method] = (scorer, registry)
+    times: dict[str, list[float]] = {m: [] for m in settings}
+
+    async def measure() -> None:
+        for n in range(requests * rounds):
+            user = f"u{n % users}"
+            value = json.dumps({"request_id": f"r{n}", "user": user, "k": K}).encode()
+            for method, (scorer, _) in settings.items():
+                message = _Record(offset=n, key=user.encode(), value=value)
+                started = time.perf_counter()
+                await scorer.handle([message])
+                times[method].append(time.perf_counter() - started)
+        await asyncio.sleep(0.01)  # the impressions' sends
+
+    asyncio.run(measure())
+    return {m: float(np.median(t[requests // 10 :])) for m, t in times.items()}
+
+
 # --- ml-100k ----------------------------------------------------------------------------
 def load() -> list[Rating]:
     path = require(data_dir() / "ml-100k" / "u.data")
@@ -386,11 +481,32 @@ def run(quick: bool = False, seed: int = 42, replicas: int | None = None) -> dic
     }
 
 
+def latency_figures(quick: bool) -> list[Figure]:
+    """A lone request's median latency through the scorer with an experiment running, as a
+    ratio to no experiment on the same scorer and view (issue 20: at most 1.2)."""
+    medians = lone_request_latency(requests=100 if quick else 300)
+    return [
+        Figure(
+            f"experiments {method}: a lone request's latency through the scorer with the "
+            "experiment running / none (20,000 items, 32 components, in-process)",
+            baseline=medians["none"] * 1000,
+            value=medians[method] * 1000,
+            goal=1.2,
+            better="lower",
+            unit="ms",
+            note="interleave scores both views: twice the product"
+            if method == "interleave"
+            else "",
+        )
+        for method in METHODS
+    ]
+
+
 def figures(quick: bool) -> list[Figure]:
+    out = latency_figures(quick)
     report = run(quick)
     by = {(r["method"], r["candidate"]): r for r in report["summary"]}
     offline = report["offline P@10"]
-    out = []
     for method in METHODS:
         pair = by[(method, CANDIDATE)]
         out.append(

@@ -249,3 +249,12 @@ def test_figures_read_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
     assert speed.ratio == pytest.approx(0.8) and speed.passed
     assert ab_stop.ratio == pytest.approx(0.2) and ab_stop.passed
     assert tdi_stop.value is None and "stopped in 0 of 1" in tdi_stop.note
+
+
+def test_lone_request_latency_measures_each_setting() -> None:
+    """Its mechanics at a tiny size (timings are the benchmark's, never asserted here)."""
+    from benchmarks.experiments import lone_request_latency
+
+    medians = lone_request_latency(users=20, items=50, components=4, requests=10, rounds=1)
+    assert set(medians) == {"none", "ab", "interleave"}
+    assert all(0 < v < 10 for v in medians.values())
