@@ -503,7 +503,7 @@ def latency_figures(quick: bool) -> list[Figure]:
 
 
 def figures(quick: bool) -> list[Figure]:
-    out = latency_figures(quick)
+    out = []
     report = run(quick)
     by = {(r["method"], r["candidate"]): r for r in report["summary"]}
     offline = report["offline P@10"]
@@ -546,7 +546,7 @@ def figures(quick: bool) -> list[Figure]:
                 note=f"stopped in {bad['stopped']} of {bad['replicas']} replicas",
             )
         )
-    return out
+    return out + latency_figures(quick)
 
 
 def _count(value: float | None) -> str:

@@ -243,7 +243,11 @@ def test_figures_read_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
         "offline P@10": {experiments.CONTROL: 0.08, experiments.CANDIDATE: 0.1},
     }
     monkeypatch.setattr(experiments, "run", lambda quick: report)
-    ab_pair, tdi_pair, speed, ab_stop, tdi_stop = experiments.figures(True)
+    latency = {"none": 0.010, "ab": 0.011, "interleave": 0.020}
+    monkeypatch.setattr(experiments, "lone_request_latency", lambda requests: latency)
+    ab_pair, tdi_pair, speed, ab_stop, tdi_stop, ab_lat, tdi_lat = experiments.figures(True)
+    assert ab_lat.ratio == pytest.approx(1.1) and ab_lat.passed
+    assert tdi_lat.ratio == pytest.approx(2.0) and not tdi_lat.passed
     assert "offline P@10 ratio 1.25" in tdi_pair.figure
     assert ab_pair.passed and ab_pair.ratio == pytest.approx(1.4)
     assert speed.ratio == pytest.approx(0.8) and speed.passed
