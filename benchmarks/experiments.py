@@ -503,7 +503,7 @@ def latency_figures(quick: bool) -> list[Figure]:
 
 
 def figures(quick: bool) -> list[Figure]:
-    out = []
+    out: list[Figure] = []
     report = run(quick)
     by = {(r["method"], r["candidate"]): r for r in report["summary"]}
     offline = report["offline P@10"]
