@@ -29,6 +29,7 @@ what a user rates does not depend on what they were shown (the replay's usual as
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -293,6 +294,10 @@ class _Record:
         return []
 
 
+def _same(sink: _Record, name: str) -> _Record:
+    return sink
+
+
 class _NoSeen:
     def get(self, user: str) -> bytes | None:
         return None
@@ -343,7 +348,7 @@ def lone_request_latency(
             seen=_NoSeen(),
             default_reply=sink,
             dlq=sink,
-            reply_topic=lambda name, sink=sink: sink,
+            reply_topic=functools.partial(_same, sink),
             topic_exists=lambda name: asyncio.sleep(0, False),
             forbidden_replies=frozenset(),
             max_bytes=65536,
