@@ -124,7 +124,10 @@ class HitCounter:
     def judge(self) -> list[tuple[Experiment, Verdict]]:
         """Look at every running experiment once; the ones the guardrail stops."""
         stops = []
-        for experiment in self.registry.running():
+        running = self.registry.running()
+        for name in set(self.lists) - {e.name for e in running}:
+            del self.lists[name]  # a stopped experiment's open lists are no longer judged
+        for experiment in running:
             previous = self.verdicts.get(experiment.name)
             if experiment.method == "interleave":
                 paired = self.paired or PairedTest(alpha=self.test.alpha)

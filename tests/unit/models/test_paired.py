@@ -144,3 +144,48 @@ def test_list_outcomes_memory_is_bounded() -> None:
     assert lists.close() == Wins(candidate=5)
     lists.show("u", 0.0, [])  # a list with no new impression is no list
     assert len(lists) == 0
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("show"),
+            st.text(max_size=3),
+            st.floats(0, 1e6, allow_nan=False),
+            st.lists(st.tuples(st.text(max_size=2), st.sampled_from(["control", "candidate"]))),
+        ),
+        st.tuples(
+            st.just("hit"),
+            st.text(max_size=3),
+            st.text(max_size=2),
+            st.sampled_from(["control", "candidate"]),
+        ),
+        st.tuples(st.just("close"), st.floats(0, 2e6, allow_nan=False)),
+    ),
+    max_size=60,
+)
+
+
+@given(OPS)
+def test_list_outcomes_never_count_more_lists_than_were_shown(ops) -> None:
+    """Any users (lone surrogates too), items, times and order of calls."""
+    lists = ListOutcomes(window=100.0, max_pending=5)
+    shown = 0
+    before = Wins()
+    for op in ops:
+        if op[0] == "show":
+            _, user, ts, placed = op
+            shown += bool(placed)
+            lists.show(user, ts, placed)
+        elif op[0] == "hit":
+            lists.hit(*op[1:])
+        else:
+            lists.close(op[1])
+        wins = lists.wins
+        assert wins.decided + wins.ties + len(lists) <= shown
+        assert len(lists) <= 5
+        assert (wins.control, wins.candidate, wins.ties) >= (0, 0, 0)
+        assert wins.control >= before.control and wins.candidate >= before.candidate
+        before = wins
+    final = lists.close()
+    assert len(lists) == 0 and final.decided + final.ties <= shown
