@@ -3,8 +3,10 @@ variant, judged by the guardrail, published as signed tallies.
 
 :class:`HitCounter` holds one :class:`models.online_metric.Tally` per experiment, fed by
 the impressions the scorers write and the ratings, through one
-:class:`models.impressions.HitMatcher`; :meth:`HitCounter.judge` asks the mSPRT
-(:mod:`models.sequential`) about every running experiment and returns the ones to stop.
+:class:`models.impressions.HitMatcher`; :meth:`HitCounter.judge` asks the guardrail about every
+running experiment and returns the ones to stop: the mSPRT on the two hit-rates
+(:mod:`models.sequential`) for ``ab``, the paired sign test on per-list wins
+(:mod:`models.paired`) for ``interleave``.
 :class:`HitReader` runs it on one worker (the trainer role: every partition, no group),
 publishes each experiment's tally to the compacted results topic with the offsets it
 covers, and restarts from them (the impressions of the last window are read again, to
@@ -30,6 +32,7 @@ from models.experiment import Experiment
 from models.impressions import HitMatcher, Impressions
 from models.interleaving import TEAMS, Team
 from models.online_metric import Counts, Tally
+from models.paired import ListOutcomes, PairedTest, Wins
 from models.sequential import SequentialTest, Verdict
 from models.signing import Keyring
 from models.wire import Undecodable, decode_object
@@ -49,6 +52,12 @@ class HitCounter:
     base: dict[str, Result] = field(default_factory=dict)
     """Counts restored from the results topic (added to the tallies)."""
     refused: int = 0
+    paired: PairedTest | None = None
+    """The ``interleave`` experiments' test (default: the sequential test's alpha)."""
+    lists: dict[str, ListOutcomes] = field(default_factory=dict)
+    """Each ``interleave`` experiment's lists (their wins count from this process's start)."""
+    latest: float = 0.0
+    """The latest event time seen (a list's window closes by it)."""
 
     def _tally(self, name: str) -> Tally | None:
         experiment = self.registry.get(name)
@@ -59,6 +68,7 @@ class HitCounter:
             del self.base[name]  # a new experiment of that name: its old counts do not apply
             self.tallies.pop(name, None)
             self.verdicts.pop(name, None)
+            self.lists.pop(name, None)
         tally = self.tallies.get(name)
         if tally is None:
             tally = self.tallies[name] = Tally()
@@ -70,18 +80,36 @@ class HitCounter:
         experiment = self.registry.get(impressions.experiment)
         if experiment is None or impressions.ts < experiment.start:
             return
+        self.latest = max(self.latest, impressions.ts)
         new = self.matcher.show(impressions)
         if count:
             tally = self._tally(impressions.experiment)
             if tally is not None:
                 tally.show(new)
+                if experiment.method == "interleave":
+                    self._lists(experiment.name).show(impressions.user, impressions.ts, new)
+
+    def _lists(self, name: str) -> ListOutcomes:
+        lists = self.lists.get(name)
+        if lists is None:
+            lists = self.lists[name] = ListOutcomes(self.matcher.window)
+        return lists
 
     def rate(self, rating: Rating) -> None:
+        self.latest = max(self.latest, rating.ts)
         hit = self.matcher.match(rating)
         if hit is not None:
             tally = self._tally(hit.experiment)
             if tally is not None:
                 tally.hit(hit.team)
+                if hit.experiment in self.lists:
+                    self.lists[hit.experiment].hit(hit.user, hit.item, hit.team)
+
+    def wins(self, name: str) -> Wins:
+        """The interleaved lists of ``name`` won by each team, up to the latest event time
+        less the hit window (a list is judged once its window has passed)."""
+        lists = self.lists.get(name)
+        return lists.close(self.latest) if lists is not None else Wins()
 
     def counts(self, name: str) -> dict[Team, Counts]:
         tally = self.tallies.get(name)
@@ -96,10 +124,17 @@ class HitCounter:
     def judge(self) -> list[tuple[Experiment, Verdict]]:
         """Look at every running experiment once; the ones the guardrail stops."""
         stops = []
-        for experiment in self.registry.running():
-            counts = self.counts(experiment.name)
+        running = self.registry.running()
+        for name in set(self.lists) - {e.name for e in running}:
+            del self.lists[name]  # a stopped experiment's open lists are no longer judged
+        for experiment in running:
             previous = self.verdicts.get(experiment.name)
-            verdict = self.test.verdict(counts["control"], counts["candidate"], previous)
+            if experiment.method == "interleave":
+                paired = self.paired or PairedTest(alpha=self.test.alpha)
+                verdict = paired.verdict(self.wins(experiment.name), previous)
+            else:
+                counts = self.counts(experiment.name)
+                verdict = self.test.verdict(counts["control"], counts["candidate"], previous)
             self.verdicts[experiment.name] = verdict
             if verdict.stop:
                 stops.append((experiment, verdict))

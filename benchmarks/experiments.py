@@ -14,9 +14,11 @@ by the request), the reply is an impression (:class:`models.impressions.Impressi
 a rating >= 4 of a shown item is a hit for the variant that placed it. The models keep
 training on the replayed ratings in micro-batches (one per ``batch_seconds`` of the ratings'
 own time, as a trainer keeping pace would), and after each micro-batch the guardrail
-(:class:`models.sequential.SequentialTest`) looks at each experiment's
-:class:`models.online_metric.Tally`; a ``candidate_worse`` verdict stops the experiment
-(status ``guardrail-stopped``: it assigns no one after that).
+looks at each experiment: an ``ab`` one's :class:`models.online_metric.Tally` with the
+mSPRT on the two hit-rates (:class:`models.sequential.SequentialTest`), an ``interleave``
+one's per-list wins with the paired sign test (:class:`models.paired.PairedTest`, the
+service's rule, :class:`agents.experiment_hits.HitCounter`); a ``candidate_worse`` verdict
+stops the experiment (status ``guardrail-stopped``: it assigns no one after that).
 
 Four experiments run on the same replay, so their models are the same: for each method
 (``ab``, ``interleave``) one between two configurations whose offline P@10 differ, and one
@@ -27,6 +29,7 @@ what a user rates does not depend on what they were shown (the replay's usual as
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -49,6 +52,7 @@ from models.impressions import HitMatcher, Impressions
 from models.incremental import IncrementalModel
 from models.interleaving import Team, team_draft
 from models.online_metric import Tally
+from models.paired import ListOutcomes, PairedTest
 from models.scoring import ScoringView
 from models.sequential import SequentialTest, Verdict
 
@@ -89,6 +93,8 @@ class Run:
     """The verdict at that look (a significant one stays, see SequentialTest)."""
     shown: list[Impressions] | None = None
     """Every list served, when the replay records them (tests check the counts with it)."""
+    lists: ListOutcomes | None = None
+    """An ``interleave`` experiment's lists and their wins (the paired test's trials)."""
 
     @property
     def impressions(self) -> int:
@@ -117,6 +123,15 @@ class Run:
             "reason": said.reason if said else "",
             "looks": self.looks,
             "dropped": self.matcher.dropped,
+            **(
+                {
+                    "lists won by control": self.lists.wins.control,
+                    "lists won by candidate": self.lists.wins.candidate,
+                    "tied lists": self.lists.wins.ties,
+                }
+                if self.lists is not None
+                else {}
+            ),
         }
 
 
@@ -164,6 +179,7 @@ def replay(
     *,
     popularity_of: str,
     test: SequentialTest | None = None,
+    paired: PairedTest | None = None,
     window: float = WINDOW_SECONDS,
     positive: float = POSITIVE,
     batch_seconds: float = BATCH_SECONDS,
@@ -177,7 +193,16 @@ def replay(
     ``record``: keep every list served in :attr:`Run.shown`.
     """
     test = test or SequentialTest()
-    runs = [Run(e, HitMatcher(window, positive), shown=[] if record else None) for e in experiments]
+    paired = paired or PairedTest(alpha=test.alpha)
+    runs = [
+        Run(
+            e,
+            HitMatcher(window, positive),
+            shown=[] if record else None,
+            lists=ListOutcomes(window) if e.method == "interleave" else None,
+        )
+        for e in experiments
+    ]
     history: dict[str, set[str]] = defaultdict(set)
     for user, items in seen.items():
         history[user].update(items)
@@ -207,27 +232,36 @@ def replay(
                     placed = [(item, arm) for item in rank(variant, user, history[user])]
                 run.requests += 1
                 served = Impressions.of(exp.name, user, event.ts, placed)
-                run.tally.show(run.matcher.show(served))
+                new = run.matcher.show(served)
+                run.tally.show(new)
+                if run.lists is not None:
+                    run.lists.show(user, event.ts, new)
                 if run.shown is not None:
                     run.shown.append(served)
             for run in runs:
                 hit = run.matcher.match(event)
                 if hit is not None:
                     run.tally.hit(hit.team)
+                    if run.lists is not None:
+                        run.lists.hit(hit.user, hit.item, hit.team)
             history[user].add(event.item)
         for model in models.values():
             model.train_batch(batch)
         for run in runs:
-            look(run, test)
+            look(run, test, paired, now=batch[-1].ts)
     return runs
 
 
-def look(run: Run, test: SequentialTest) -> None:
-    """The guardrail's look at one running experiment after a micro-batch."""
+def look(run: Run, test: SequentialTest, paired: PairedTest, now: float) -> None:
+    """The guardrail's look at one running experiment after a micro-batch that ended at
+    ``now`` (an interleaved list is judged once its hit window has passed by then)."""
     if not run.experiment.running:
         return
     tally = run.tally
-    run.verdict = test.verdict(tally.counts("control"), tally.counts("candidate"), run.verdict)
+    if run.lists is not None:
+        run.verdict = paired.verdict(run.lists.close(now), run.verdict)
+    else:
+        run.verdict = test.verdict(tally.counts("control"), tally.counts("candidate"), run.verdict)
     run.looks += 1
     if run.verdict.significant and run.decided is None:
         run.decided, run.decided_at, run.decided_requests = (
@@ -237,6 +271,105 @@ def look(run: Run, test: SequentialTest) -> None:
         )
     if run.verdict.stop:
         run.experiment = run.experiment.with_status("guardrail-stopped", run.verdict.reason[:500])
+
+
+# --- a lone request's latency with an experiment running ----------------------------------
+@dataclass
+class _Record:
+    """An in-memory record and topic: what the scorer reads and writes here."""
+
+    topic: str = "rec-requests"
+    partition: int = 0
+    offset: int = 0
+    key: bytes | None = None
+    value: bytes | None = None
+    timestamp: int | None = -1
+    sent: int = 0
+
+    async def send(self, **_: Any) -> None:
+        self.sent += 1
+
+    async def send_many(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> list[Any]:
+        self.sent += len(messages)
+        return []
+
+
+def _same(sink: _Record, name: str) -> _Record:
+    return sink
+
+
+class _NoSeen:
+    def get(self, user: str) -> bytes | None:
+        return None
+
+    def put(self, user: str, row: bytes, partition: int) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+
+def lone_request_latency(
+    users: int = 2000,
+    items: int = 20_000,
+    components: int = 32,
+    requests: int = 300,
+    rounds: int = 3,
+) -> dict[str, float]:
+    """The median seconds of one request handled alone by :class:`agents.scorer.Scorer`
+    (in-process, in-memory topics) with no experiment running, and with an ``ab`` and an
+    ``interleave`` experiment (share 1, the candidate a stored view of the same size) on
+    the same scorer; the three settings take turns request by request."""
+    import asyncio
+
+    from agents.experiment_registry import ExperimentRegistry, encode_signed
+    from agents.experiment_serving import ExperimentServing
+    from agents.scorer import Scorer
+    from agents.state import ModelHolder
+    from benchmarks.scoring import random_view
+    from models.signing import Keyring
+
+    keys = Keyring(b"benchmark-experiments-latency-key")
+    control = random_view(users, items, components, seed=0)
+    candidate = random_view(users, items, components, seed=1)
+    holder = ModelHolder()
+    holder.publish(control)
+    settings: dict[str, tuple[Scorer, ExperimentRegistry]] = {}
+    for method in ("none", *METHODS):
+        registry = ExperimentRegistry(keys)
+        if method != "none":
+            exp = Experiment(method, Variant(), Variant(model=99), method, 1.0, 1.0)  # type: ignore[arg-type]
+            registry.apply(*encode_signed(exp, keys))
+        serving = ExperimentServing(registry, holder, impressions=_Record())
+        serving.frozen[99] = candidate
+        sink = _Record()
+        scorer = Scorer(
+            holder=holder,
+            seen=_NoSeen(),
+            default_reply=sink,
+            dlq=sink,
+            reply_topic=functools.partial(_same, sink),
+            topic_exists=lambda name: asyncio.sleep(0, False),
+            forbidden_replies=frozenset(),
+            max_bytes=65536,
+            experiments=serving,
+        )
+        settings[method] = (scorer, registry)
+    times: dict[str, list[float]] = {m: [] for m in settings}
+
+    async def measure() -> None:
+        for n in range(requests * rounds):
+            user = f"u{n % users}"
+            value = json.dumps({"request_id": f"r{n}", "user": user, "k": K}).encode()
+            for method, (scorer, _) in settings.items():
+                message = _Record(offset=n, key=user.encode(), value=value)
+                started = time.perf_counter()
+                await scorer.handle([message])
+                times[method].append(time.perf_counter() - started)
+        await asyncio.sleep(0.01)  # the impressions' sends
+
+    asyncio.run(measure())
+    return {m: float(np.median(t[requests // 10 :])) for m, t in times.items()}
 
 
 # --- ml-100k ----------------------------------------------------------------------------
@@ -279,6 +412,11 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for r in group
         )
         median = float(np.median(taken)) if taken else math.inf
+        asked = sorted(
+            math.inf if r.get("requests to verdict") is None else r["requests to verdict"]
+            for r in group
+        )
+        median_requests = float(np.median(asked)) if asked else math.inf
         verdicts = Counter(r["verdict"] for r in group)
         rows.append(
             {
@@ -289,6 +427,9 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "verdicts": dict(verdicts),
                 "verdict": verdicts.most_common(1)[0][0],
                 "median impressions to verdict": None if math.isinf(median) else median,
+                "median requests to verdict": (
+                    None if math.isinf(median_requests) else median_requests
+                ),
                 "fewest": None if math.isinf(taken[0]) else taken[0],
                 "most": None if math.isinf(taken[-1]) else taken[-1],
                 "stopped": sum(r["status"] == "guardrail-stopped" for r in group),
@@ -345,11 +486,32 @@ def run(quick: bool = False, seed: int = 42, replicas: int | None = None) -> dic
     }
 
 
+def latency_figures(quick: bool) -> list[Figure]:
+    """A lone request's median latency through the scorer with an experiment running, as a
+    ratio to no experiment on the same scorer and view (issue 20: at most 1.2)."""
+    medians = lone_request_latency(requests=100 if quick else 300)
+    return [
+        Figure(
+            f"experiments {method}: a lone request's latency through the scorer with the "
+            "experiment running / none (20,000 items, 32 components, in-process)",
+            baseline=medians["none"] * 1000,
+            value=medians[method] * 1000,
+            goal=1.2,
+            better="lower",
+            unit="ms",
+            note="interleave scores both views: twice the product"
+            if method == "interleave"
+            else "",
+        )
+        for method in METHODS
+    ]
+
+
 def figures(quick: bool) -> list[Figure]:
+    out: list[Figure] = []
     report = run(quick)
     by = {(r["method"], r["candidate"]): r for r in report["summary"]}
     offline = report["offline P@10"]
-    out = []
     for method in METHODS:
         pair = by[(method, CANDIDATE)]
         out.append(
@@ -389,7 +551,7 @@ def figures(quick: bool) -> list[Figure]:
                 note=f"stopped in {bad['stopped']} of {bad['replicas']} replicas",
             )
         )
-    return out
+    return out + latency_figures(quick)
 
 
 def _count(value: float | None) -> str:

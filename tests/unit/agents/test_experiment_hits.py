@@ -15,6 +15,7 @@ from models.events import Rating
 from models.experiment import Experiment, Variant
 from models.impressions import HitMatcher, Impressions
 from models.online_metric import Counts
+from models.paired import Wins
 from models.sequential import SequentialTest
 from models.signing import Keyring
 
@@ -136,3 +137,49 @@ def test_the_book_keeps_each_experiments_curve():
 def test_any_bytes_on_the_results_topic_are_refused(key, value):
     book = ResultBook(KEYS)
     assert book.apply(key, value) is None and book.newest == {}
+
+
+TDI = Experiment("t", Variant(), Variant(model=3), "interleave", 1.0, 1000.0)
+
+
+def interleave_counter() -> HitCounter:
+    registry = ExperimentRegistry(KEYS)
+    registry.apply(*encode_signed(TDI, KEYS))
+    return HitCounter(registry, HitMatcher(3600, 4.0), SequentialTest(0.05, 0.05, 50))
+
+
+def test_interleave_is_judged_by_the_paired_test_on_per_list_wins():
+    c = interleave_counter()
+    ts = 2000.0
+    for n in range(200):
+        user = f"u{n}"
+        c.show(Impressions.of("t", user, ts, [("a", "control"), ("b", "candidate")]))
+        winner = "a" if n % 4 else "b"  # control wins 3 lists in 4
+        c.rate(Rating(f"e{n}", user, winner, 5, ts + 1))
+        if n % 4 == 0:  # a tie: both hit
+            c.rate(Rating(f"f{n}", user, "a", 5, ts + 2))
+    c.rate(Rating("late", "z", "q", 1, ts + 3600))
+    assert c.judge() == []  # every list's window is still open: no list judged yet
+    assert c.wins("t").decided == 0
+    c.rate(Rating("later", "z", "q", 1, ts + 3602))  # the windows have passed
+    stops = c.judge()
+    assert c.wins("t") == Wins(control=150, candidate=0, ties=50)
+    assert [e.name for e, _ in stops] == ["t"]
+    verdict = stops[0][1]
+    assert verdict.decision == "candidate_worse" and "interleaved lists won" in verdict.reason
+    assert c.verdicts["t"] is verdict
+
+
+def test_interleave_many_hits_in_one_list_are_one_win():
+    c = interleave_counter()
+    for n in range(30):
+        placed = [(f"i{k}", "candidate") for k in range(10)] + [("c", "control")]
+        c.show(Impressions.of("t", f"u{n}", 2000.0, placed))
+        for k in range(10):
+            c.rate(Rating(f"e{n}-{k}", f"u{n}", f"i{k}", 5, 2001.0))
+    c.rate(Rating("tick", "z", "q", 1, 9000.0))
+    c.judge()
+    assert c.counts("t")["candidate"] == Counts(300, 300)  # the per-impression tally
+    assert c.wins("t") == Wins(candidate=30)  # 30 lists: 30 trials, not 300
+    assert c.verdicts["t"].decision == "candidate_better"
+    assert c.result(TDI, 10, 0.0, {}).reason == c.verdicts["t"].reason  # status shows it

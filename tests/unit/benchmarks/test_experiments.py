@@ -18,12 +18,14 @@ from models.evaluation import positives_by_user, split_latest_per_user
 from models.events import Rating
 from models.experiment import Experiment, Variant
 from models.incremental import IncrementalModel
+from models.paired import PairedTest
 from models.sequential import SequentialTest
 from models.synthetic import generate_ratings
 
 CONFIG = ModelConfig(
     no_components=8, consolidate_every=0, blend_neighbours=0, epochs_per_batch=1, seed=1
 )
+NEVER = PairedTest(alpha=1e-300)  # the paired test never decides either
 BIG_WINDOW = 1e12  # nothing expires: each (user, item) is one impression until it is hit
 
 
@@ -63,6 +65,7 @@ def run_both(data: tuple[list[Rating], list[Rating]], window: float) -> list[Run
         batch_seconds=600.0,
         record=True,
         test=SequentialTest(min_impressions=10**9),  # never stops: the counts are the test
+        paired=NEVER,
     )
 
 
@@ -92,6 +95,13 @@ def test_impressions_and_hits_match_what_was_shown(data) -> None:
         assert run.tally.hits == {t: expected[t] for t in ("control", "candidate")}
         if run.experiment.method == "interleave":
             assert min(run.tally.impressions.values()) > 0  # both teams place items
+            # the paired test's trials: one per list with a hit, never one per hit
+            assert run.lists is not None
+            wins = run.lists.close()
+            assert 0 < wins.decided + wins.ties <= min(run.requests, sum(expected.values()))
+            assert wins.decided + wins.ties < sum(expected.values())  # some lists hit twice
+        else:
+            assert run.lists is None
 
 
 def test_hits_only_within_the_window_and_never_on_items_rated_before(data) -> None:
@@ -142,9 +152,12 @@ def test_the_guardrail_stops_a_popularity_only_candidate(data) -> None:
         positives_by_user(past),
         popularity_of="m",
         test=SequentialTest(min_impressions=200, tau=0.05),
+        window=3600.0,  # the data span a day: a list is judged an hour after it was shown
     )
     for run in runs:
         assert run.experiment.status == "guardrail-stopped", run.summary()
+        if run.experiment.method == "interleave":  # judged by the paired test on lists
+            assert "interleaved lists" in (run.experiment.reason or "")
         assert run.decided is not None and run.decided.stop
         assert run.experiment.reason and "worse" in run.experiment.reason
         stopped_at = run.impressions
@@ -230,9 +243,22 @@ def test_figures_read_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
         "offline P@10": {experiments.CONTROL: 0.08, experiments.CANDIDATE: 0.1},
     }
     monkeypatch.setattr(experiments, "run", lambda quick: report)
-    ab_pair, tdi_pair, speed, ab_stop, tdi_stop = experiments.figures(True)
+    latency = {"none": 0.010, "ab": 0.011, "interleave": 0.020}
+    monkeypatch.setattr(experiments, "lone_request_latency", lambda requests: latency)
+    ab_pair, tdi_pair, speed, ab_stop, tdi_stop, ab_lat, tdi_lat = experiments.figures(True)
+    assert ab_lat.ratio == pytest.approx(1.1) and ab_lat.passed
+    assert tdi_lat.ratio == pytest.approx(2.0) and not tdi_lat.passed
     assert "offline P@10 ratio 1.25" in tdi_pair.figure
     assert ab_pair.passed and ab_pair.ratio == pytest.approx(1.4)
     assert speed.ratio == pytest.approx(0.8) and speed.passed
     assert ab_stop.ratio == pytest.approx(0.2) and ab_stop.passed
     assert tdi_stop.value is None and "stopped in 0 of 1" in tdi_stop.note
+
+
+def test_lone_request_latency_measures_each_setting() -> None:
+    """Its mechanics at a tiny size (timings are the benchmark's, never asserted here)."""
+    from benchmarks.experiments import lone_request_latency
+
+    medians = lone_request_latency(users=20, items=50, components=4, requests=10, rounds=1)
+    assert set(medians) == {"none", "ab", "interleave"}
+    assert all(0 < v < 10 for v in medians.values())
