@@ -69,6 +69,42 @@ _MIRRORED = (
 )
 
 
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest checkpoint written, where the next segment may continue: its version
+    and payload sha256, and its chain's base and sizes."""
+
+    version: int
+    sha256: str
+    base: int  # the chain's full snapshot
+    base_bytes: int  # its payload's size
+    chain_bytes: int  # the payload bytes of the segments since it
+    segments: int  # how many
+
+    @classmethod
+    def of(
+        cls, manifest: Mapping[str, Any], payload_bytes: int, head: ChainHead | None
+    ) -> ChainHead:
+        """The head after writing ``manifest`` (a segment continues ``head``)."""
+        version, sha = manifest["version"], manifest["sha256"]
+        if "parent" not in manifest or head is None:
+            return cls(version, sha, version, payload_bytes, 0, 0)
+        return cls(
+            version, sha, head.base, head.base_bytes, manifest["chain_bytes"], head.segments + 1
+        )
+
+    @classmethod
+    def stored(cls, chain: Sequence[tuple[bytes, Mapping[str, Any]]]) -> ChainHead:
+        """The head at the end of a stored ``chain`` (base first, as
+        :func:`decode_chain` reads it): a restored model's next segment continues it."""
+        (base, first), manifest = chain[0], chain[-1][1]
+        chain_bytes = manifest.get("chain_bytes", 0) if len(chain) > 1 else 0
+        return cls(
+            manifest["version"], manifest["sha256"], first["version"], len(base), chain_bytes,
+            len(chain) - 1,
+        )  # fmt: skip
+
+
 @dataclass
 class Segment:
     """What changed between the parent checkpoint (``parent``) and ``version``."""
