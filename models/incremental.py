@@ -652,8 +652,6 @@ class IncrementalModel:
             for name in (*USER_ARRAYS, *ITEM_ARRAYS):
                 source = counts[name] if name in counts else getattr(lfm, name)
                 rows[name] = source[users if name.startswith("user") else items]
-            recent = self._recent.ids()
-            window = self._window.arrays()
             cut = Segment(
                 config=self.config,
                 version=self.version,
@@ -669,11 +667,9 @@ class IncrementalModel:
                 item_rows=items,
                 rows=rows,
                 popularity=np.array(self._popularity.counts[:n_items]),
-                recent_tail=recent[max(0, len(recent) - appended) :],
-                recent_size=len(recent),
-                window_tail={
-                    k: np.array(v[max(0, len(v) - appended) :]) for k, v in window.items()
-                },
+                recent_tail=self._recent.newest(appended),
+                recent_size=len(self._recent),
+                window_tail=self._window.newest(appended),
                 window_size=len(self._window),
                 since_consolidation=self._since_consolidation_saved(),
                 neighbours=None if self._neighbours is neighbours0 else self._neighbours,

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import ModelConfig
+from models.consolidation import InteractionWindow
+from models.dedupe import RecentEventIds
 from models.errors import SnapshotError
 from models.events import Rating
 from models.incremental import IncrementalModel
@@ -218,3 +220,25 @@ def test_a_chain_restores_a_scorers_view_of_the_same_rows(written):
     np.testing.assert_array_equal(
         view.scoring_arrays()["user_embeddings"], state.arrays["user_embeddings"]
     )
+
+
+@given(
+    limit=st.integers(min_value=0, max_value=30),
+    batches=st.lists(st.integers(min_value=0, max_value=12), max_size=8),
+    n=st.integers(min_value=-3, max_value=60),
+)
+def test_the_tails_a_segment_takes_are_the_fifos_newest_entries(limit, batches, n):
+    recent, window, at = RecentEventIds(limit), InteractionWindow(limit), 0
+    for size in batches:
+        ids = np.arange(at, at + size)
+        recent.remember_ids([f"e{i}" for i in ids])
+        window.append(ids, ids + 1, np.full(size, 3.0), ids.astype(np.float64))
+        at += size
+    newest = window.newest(n)
+    whole = window.arrays()
+    for name, array in whole.items():
+        expected = array[max(0, len(array) - max(0, n)) :]
+        np.testing.assert_array_equal(newest[name], expected)
+        assert newest[name].dtype == array.dtype
+    ids = recent.ids()
+    assert recent.newest(n) == ids[max(0, len(ids) - max(0, n)) :] and len(recent) == len(ids)
