@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,7 @@ from models.manifest import ChainMark, Manifest
 from models.popularity import Popularity
 from models.rating_columns import RatingColumns
 from models.scoring import ScoringView
-from models.segment import ITEM_ARRAYS, USER_ARRAYS, ChainHead, Segment
+from models.segment import ITEM_ARRAYS, USER_ARRAYS, ChainHead, Segment, carried
 from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
 
@@ -70,18 +70,20 @@ from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
 @dataclass
 class _CheckpointRecord:
     """What the next checkpoint segment carries: the rows changed since its parent (the
-    version and sizes ``changes.base``), and the parent's trained events (where the FIFOs'
-    tails start) and neighbours (replaced since?)."""
+    version and sizes ``changes.base``), the parent's trained events (where the FIFOs'
+    tails start) and neighbours (replaced since?), and the popularity decays since."""
 
     changes: ChangeLog
     events: int
     neighbours: sp.csr_matrix | None
+    decays: list[float] = field(default_factory=list)
 
     def then(self, later: _CheckpointRecord, n_users: int, n_items: int) -> _CheckpointRecord:
         """This record (of a cut that was not written) followed by ``later`` (the record
         since that cut): what a segment continuing this one's parent carries."""
         users, items, _ = later.changes.rows(n_users, n_items)
         self.changes.touched(users, items)
+        self.decays += later.decays
         return self
 
 
@@ -430,6 +432,8 @@ class IncrementalModel:
         n_items = self.n_items
         factor = self._popularity.add(items, stamps, self.event_time_ceiling(), n_items)
         self._changes.decayed(factor, n_items)
+        if factor != 1.0:  # a segment replays the decays (models.segment)
+            self._since_checkpoint.decays.append(factor)
 
     def event_time_ceiling(self) -> float:
         """The latest event time popularity counts by: :attr:`clock` plus
@@ -665,8 +669,9 @@ class IncrementalModel:
                 new_item_ids=self.items.ids(n_items, start=parent_items),
                 user_rows=users,
                 item_rows=items,
-                rows=rows,
-                popularity=np.array(self._popularity.counts[:n_items]),
+                rows=carried(self.config, rows),
+                popularity=self._popularity.counts[items],
+                popularity_decays=np.array(record.decays, dtype=np.float64),
                 recent_tail=self._recent.newest(appended),
                 recent_size=len(self._recent),
                 window_tail=self._window.newest(appended),
