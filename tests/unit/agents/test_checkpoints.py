@@ -265,6 +265,27 @@ async def test_a_corrupt_or_missing_segment_is_refused_and_an_older_one_restored
     assert model.trained_events < found[link]["trained_events"]  # an older one
 
 
+async def test_after_a_fallback_the_trainer_continues_the_chain_it_restored(
+    store, tmp_path
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(150, 60, 1000, 4, seed=13)
+    trainer, task = await start(store, consumer, dlq, **SEGMENTS)
+    for at in range(0, 600, 200):
+        await train_then_checkpoint(trainer, consumer, ratings[at : at + 200])  # b s s
+    await stop(trainer, task)
+    *_, fallback, head = sorted(await manifests(store))
+    (tmp_path / "models" / payload_key(head)).write_bytes(b"not the segment")  # corrupt
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq, **SEGMENTS)
+    assert again.model.trained_events == 400  # the fallback's
+    await train_then_checkpoint(again, consumer, ratings[600:])
+    await stop(again, task)
+    newest = (await store.get(await store.latest()))[1]
+    assert newest["version"] > head and newest["parent"] == fallback  # not the refused head
+    same_arrays(await restore_model(store, CONFIG), again.model)
+
+
 async def test_a_parent_rewritten_under_a_segment_is_refused(store, tmp_path) -> None:
     await trained(store, generate_ratings(150, 60, 2000, 4, seed=9))
     found = await manifests(store)
