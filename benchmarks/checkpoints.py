@@ -6,8 +6,8 @@ every row, and the checkpoint after it is a base). Figures, each against a basel
 same run: the segment's bytes vs the full snapshot's; the time the trainer holds its lock
 for a segment (``cut_checkpoint``: a copy of the changed rows) and for a fresh model's first
 base (a copy of the state; later bases, and a restored trainer's, are compacted outside the
-lock from the stored chain and the segment) vs before (``to_bytes`` + signing under the lock). The segment is restored (base +
-segment) and checked bit-identical to the live model.
+lock from the stored chain and the segment) vs before (``to_bytes`` + signing under the
+lock). The segment is restored (base + segment) and checked bit-identical to the live model.
 """
 
 from __future__ import annotations
