@@ -15,7 +15,7 @@ from models.errors import SnapshotError
 from models.incremental import IncrementalModel
 from models.manifest import ChainMark
 from models.scoring import ScoringView
-from models.segment import decode_chain, load_chain_view
+from models.segment import ChainHead, decode_chain, load_chain_view
 from models.signing import Keyring
 from storage import SnapshotStore
 from storage.base import manifest_parent
@@ -49,10 +49,13 @@ async def restore_version(
     store: SnapshotStore, version: int, keys: Keyring | None = None
 ) -> tuple[IncrementalModel, dict[str, Any]]:
     """The model at ``version`` (a full snapshot, or a segment assembled onto its base)
-    and that version's manifest."""
+    and that version's manifest; the model's :attr:`~IncrementalModel.restored_chain` is
+    that chain, so that a trainer's next segment continues it."""
     chain = await fetch_chain(store, version)
     state = await asyncio.to_thread(decode_chain, chain, keys)
-    return IncrementalModel.from_state(state), chain[-1][1]
+    model = IncrementalModel.from_state(state)
+    model.restored_chain = ChainHead.stored(chain)
+    return model, chain[-1][1]
 
 
 async def load_view(

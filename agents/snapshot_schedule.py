@@ -10,30 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class ChainHead:
-    """The newest checkpoint written, where the next segment may continue: its version
-    and payload sha256, and its chain's base and sizes."""
-
-    version: int
-    sha256: str
-    base: int  # the chain's full snapshot
-    base_bytes: int  # its payload's size
-    chain_bytes: int  # the payload bytes of the segments since it
-    segments: int  # how many
-
-    @classmethod
-    def of(
-        cls, manifest: Mapping[str, Any], payload_bytes: int, head: ChainHead | None
-    ) -> ChainHead:
-        """The head after writing ``manifest`` (a segment continues ``head``)."""
-        version, sha = manifest["version"], manifest["sha256"]
-        if "parent" not in manifest or head is None:
-            return cls(version, sha, version, payload_bytes, 0, 0)
-        return cls(
-            version, sha, head.base, head.base_bytes, manifest["chain_bytes"], head.segments + 1
-        )
+from models.segment import ChainHead as ChainHead  # re-exported: the writer uses it
 
 
 @dataclass
@@ -122,7 +99,6 @@ class SnapshotSchedule:
         self.last_at = now
 
     def failed(self, now: float) -> None:
-        """A write failed: retry after the interval, not at once, as a full snapshot (the
-        failed one's rows are in no segment)."""
+        """A write failed: retry after the interval, not at once; the next segment continues
+        the newest checkpoint written (:attr:`head`), the failed cut's rows merged into it."""
         self.last_at = now
-        self.head = None

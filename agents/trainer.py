@@ -230,8 +230,12 @@ class Trainer:
         # instead of inside one, and are installed when done (models.incremental).
         self.model.defer_consolidation = True
         self.model.max_future_skew = self.max_future_skew  # its popularity clock's ceiling
+        # A restored model's first checkpoint is a segment continuing the restored chain.
+        restored = self.model.restored_chain
+        if restored is not None and restored.version != self.model.checkpoint_parent:
+            restored = None
         self._schedule = SnapshotSchedule(
-            self.model.version, dict(self.model.offsets), time.monotonic()
+            self.model.version, dict(self.model.offsets), time.monotonic(), head=restored
         )
         self._snapshots = SnapshotWriter(
             self,
@@ -473,13 +477,17 @@ class Trainer:
 
     async def cut_snapshot(self) -> CheckpointCut:
         """The checkpoint's content and the offsets it covers, cut under the lock: a copy
-        of the rows changed since the last checkpoint (a segment), or of the whole state
-        when a full one is due; the writer encodes, hashes and signs it outside the lock."""
+        of the rows changed since the newest checkpoint written (a segment; after a restart,
+        the restored one), or of the whole state when a full one is due (the run's first,
+        unless restored); the writer encodes, hashes and signs it outside the lock."""
         async with self._lock:
             if self.model.version == self._schedule.version:
                 # Only offsets moved (duplicates, invalid events): a new state, so a new
                 # version; snapshots are write-once.
                 await self._next_version()
+            # the newest checkpoint written: a cut that failed is merged into the next one
+            head = self._schedule.head
+            self.model.checkpoint_written(None if head is None else head.version)
             segment = self._schedule.segment_next(
                 self.model.checkpoint_parent, self.checkpoint_segments
             )

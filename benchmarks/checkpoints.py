@@ -4,10 +4,10 @@ In process, no broker or store: a model of ``users`` users (one rating each), th
 batches whose ratings come from 5% of the users (no consolidation in between: one rewrites
 every row, and the checkpoint after it is a base). Figures, each against a baseline of the
 same run: the segment's bytes vs the full snapshot's; the time the trainer holds its lock
-for a segment (``cut_checkpoint``: a copy of the changed rows) and for a run's first base (a
-copy of the state; later bases are compacted outside the lock from the stored chain and the
-segment) vs before (``to_bytes`` + signing under the lock). The segment is restored (base +
-segment) and checked bit-identical to the live model.
+for a segment (``cut_checkpoint``: a copy of the changed rows) and for a fresh model's first
+base (a copy of the state; later bases, and a restored trainer's, are compacted outside the
+lock from the stored chain and the segment) vs before (``to_bytes`` + signing under the
+lock). The segment is restored (base + segment) and checked bit-identical to the live model.
 """
 
 from __future__ import annotations

@@ -79,6 +79,21 @@ class InteractionWindow:
             )
         return dict(zip(FIELDS, self._chunks[0], strict=True))
 
+    def newest(self, n: int) -> dict[str, np.ndarray]:
+        """The newest ``n`` events (all if fewer) as :meth:`arrays` gives them, copied in
+        O(n + batches they span) (a checkpoint segment's tail)."""
+        parts, left = [], min(max(0, n), self._size)
+        for chunk in reversed(self._chunks):
+            if left <= 0:
+                break
+            parts.append(tuple(a[max(0, len(a) - left) :] for a in chunk))
+            left -= len(chunk[0])
+        columns = zip(*reversed(parts), strict=True) if parts else ((),) * len(FIELDS)
+        return {
+            name: np.concatenate([*c, np.zeros(0, DTYPES[name])])
+            for name, c in zip(FIELDS, columns, strict=True)
+        }
+
     @classmethod
     def from_arrays(cls, capacity: int, arrays: dict[str, np.ndarray]) -> InteractionWindow:
         """Rebuild from :meth:`arrays` (the newest ``capacity`` events are kept)."""

@@ -7,6 +7,7 @@ into every snapshot, so a restarted trainer drops the same redeliveries.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 
@@ -24,6 +25,14 @@ class RecentEventIds:
     def ids(self) -> list[str]:
         """The remembered ids, oldest first (for a snapshot)."""
         return list(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def newest(self, n: int) -> list[str]:
+        """The newest ``n`` remembered ids (all if fewer), oldest first, in O(n) (a
+        checkpoint segment's tail)."""
+        return list(itertools.islice(reversed(self._order), max(0, n)))[::-1]
 
     def drop_duplicates(self, events: Sequence[Rating]) -> tuple[list[Rating], int]:
         """The events whose id is neither remembered nor earlier in ``events``, and how

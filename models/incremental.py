@@ -41,7 +41,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -62,9 +62,29 @@ from models.manifest import ChainMark, Manifest
 from models.popularity import Popularity
 from models.rating_columns import RatingColumns
 from models.scoring import ScoringView
-from models.segment import ITEM_ARRAYS, USER_ARRAYS, Segment
+from models.segment import ITEM_ARRAYS, USER_ARRAYS, ChainHead, Segment, carried
 from models.signing import Keyring
 from models.snapshot import EVENT_COUNTS, SnapshotState, decode, encode
+
+
+@dataclass
+class _CheckpointRecord:
+    """What the next checkpoint segment carries: the rows changed since its parent (the
+    version and sizes ``changes.base``), the parent's trained events (where the FIFOs'
+    tails start) and neighbours (replaced since?), and the popularity decays since."""
+
+    changes: ChangeLog
+    events: int
+    neighbours: sp.csr_matrix | None
+    decays: list[float] = field(default_factory=list)
+
+    def then(self, later: _CheckpointRecord, n_users: int, n_items: int) -> _CheckpointRecord:
+        """This record (of a cut that was not written) followed by ``later`` (the record
+        since that cut): what a segment continuing this one's parent carries."""
+        users, items, _ = later.changes.rows(n_users, n_items)
+        self.changes.touched(users, items)
+        self.decays += later.decays
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +147,14 @@ class IncrementalModel:
         """The delta topic's next offset after this run's last published delta (set by the
         trainer); snapshots record it so that scorers know where to read on."""
         self._changes = ChangeLog()  # what the next delta carries (see take_delta)
-        self._since_checkpoint = ChangeLog()  # what the next segment carries (cut_checkpoint)
-        self._checkpoint_mark: tuple[int, sp.csr_matrix | None] = (0, None)
-        """(trained_events, neighbours) at the last checkpoint: the FIFO tails and whether
-        the neighbours were replaced since."""
+        # what the next segment carries (cut_checkpoint), since the last checkpoint cut
+        self._since_checkpoint = _CheckpointRecord(ChangeLog(), 0, None)
+        #: The last cut's version and the record it started over from, until the caller
+        #: says whether it was written (:meth:`checkpoint_written`).
+        self._unwritten: tuple[int, _CheckpointRecord] | None = None
+        self.restored_chain: ChainHead | None = None
+        """The stored checkpoint chain this model was restored from (set by
+        ``agents.checkpoints``): the next segment may continue it."""
         self._view: ScoringView | None = None
         self.last_delta: ModelDelta | None = None
         """The delta that made the latest :meth:`view` from the one before (None if that
@@ -232,8 +256,8 @@ class IncrementalModel:
         touched_users = self._trained_user_rows(rows, n_users0)
         self._changes.touched(touched_users, changed_items, item_idx)
         # every event's user and item: their event counts changed, trained or not
-        self._since_checkpoint.touched(touched_users, changed_items)
-        self._since_checkpoint.touched(user_idx, item_idx)
+        self._since_checkpoint.changes.touched(touched_users, changed_items)
+        self._since_checkpoint.changes.touched(user_idx, item_idx)
         self._recent.remember_ids(fresh.event_ids)
         self._window.append(user_idx, item_idx, ratings, stamps)
         self.version = version
@@ -334,7 +358,7 @@ class IncrementalModel:
         # whose values changed; every other row, and the positives counts, stay as they are.
         users, items = job.write_into(self._lfm)
         self._changes.touched(users, items)
-        self._since_checkpoint.touched(users, items)
+        self._since_checkpoint.changes.touched(users, items)
         if job.neighbours is not None:
             self._neighbours = job.neighbours
         return True
@@ -408,6 +432,8 @@ class IncrementalModel:
         n_items = self.n_items
         factor = self._popularity.add(items, stamps, self.event_time_ceiling(), n_items)
         self._changes.decayed(factor, n_items)
+        if factor != 1.0:  # a segment replays the decays (models.segment)
+            self._since_checkpoint.decays.append(factor)
 
     def event_time_ceiling(self) -> float:
         """The latest event time popularity counts by: :attr:`clock` plus
@@ -595,7 +621,19 @@ class IncrementalModel:
     @property
     def checkpoint_parent(self) -> int:
         """The version the next segment continues (the last checkpoint's or restore's)."""
-        return self._since_checkpoint.base[0]
+        return self._since_checkpoint.changes.base[0]
+
+    def checkpoint_written(self, version: int | None) -> None:
+        """The newest checkpoint written is ``version`` (None: none yet). If the last cut
+        is not it, that cut was not written (a failed write): its record of changes is
+        merged back, so that the next segment continues the newest written checkpoint and
+        carries both cuts' rows. Call it before :attr:`checkpoint_parent` and
+        :meth:`cut_checkpoint` (which otherwise take the last cut as written)."""
+        if self._unwritten is None:
+            return
+        (cut, record), self._unwritten = self._unwritten, None
+        if cut != version:
+            self._since_checkpoint = record.then(self._since_checkpoint, self.n_users, self.n_items)
 
     def cut_checkpoint(self, *, segment: bool, max_rows: float = 0.5) -> SnapshotState | Segment:
         """The next checkpoint, cut in O(rows changed) (a copy of them), for encoding in
@@ -603,9 +641,10 @@ class IncrementalModel:
         :attr:`checkpoint_parent` if ``segment`` and at most ``max_rows`` of all rows
         changed, else the whole state (copied). Starts the record of changes over."""
         n_users, n_items = self.n_users, self.n_items
-        users, items, _ = self._since_checkpoint.rows(n_users, n_items)
-        parent, parent_users, parent_items = self._since_checkpoint.base
-        events0, neighbours0 = self._checkpoint_mark
+        record = self._since_checkpoint
+        users, items, _ = record.changes.rows(n_users, n_items)
+        parent, parent_users, parent_items = record.changes.base
+        events0, neighbours0 = record.events, record.neighbours
         cut: SnapshotState | Segment
         if not segment or len(users) + len(items) > max_rows * max(1, n_users + n_items):
             cut = self.snapshot_state(copy=True)
@@ -617,8 +656,6 @@ class IncrementalModel:
             for name in (*USER_ARRAYS, *ITEM_ARRAYS):
                 source = counts[name] if name in counts else getattr(lfm, name)
                 rows[name] = source[users if name.startswith("user") else items]
-            recent = self._recent.ids()
-            window = self._window.arrays()
             cut = Segment(
                 config=self.config,
                 version=self.version,
@@ -632,24 +669,25 @@ class IncrementalModel:
                 new_item_ids=self.items.ids(n_items, start=parent_items),
                 user_rows=users,
                 item_rows=items,
-                rows=rows,
-                popularity=np.array(self._popularity.counts[:n_items]),
-                recent_tail=recent[max(0, len(recent) - appended) :],
-                recent_size=len(recent),
-                window_tail={
-                    k: np.array(v[max(0, len(v) - appended) :]) for k, v in window.items()
-                },
+                rows=carried(self.config, rows),
+                popularity=self._popularity.counts[items],
+                popularity_decays=np.array(record.decays, dtype=np.float64),
+                recent_tail=self._recent.newest(appended),
+                recent_size=len(self._recent),
+                window_tail=self._window.newest(appended),
                 window_size=len(self._window),
                 since_consolidation=self._since_consolidation_saved(),
                 neighbours=None if self._neighbours is neighbours0 else self._neighbours,
                 chain=self._chain(),
             )
         self._reset_checkpoint()
+        self._unwritten = (self.version, record)
         return cut
 
     def _reset_checkpoint(self) -> None:
-        self._since_checkpoint.reset(self.version, self.n_users, self.n_items)
-        self._checkpoint_mark = (self.trained_events, self._neighbours)
+        changes = ChangeLog()
+        changes.reset(self.version, self.n_users, self.n_items)
+        self._since_checkpoint = _CheckpointRecord(changes, self.trained_events, self._neighbours)
 
     @classmethod
     def from_bytes(

@@ -3,13 +3,17 @@ bytes + a signed manifest; a restore is a full snapshot (the chain's base) with 
 applied in order (:func:`assemble`), bit-identical to the state that was cut.
 
 A segment holds, for the user and item rows changed since its parent (every new row
-included): all twelve LightFM arrays' rows, ``user_positives`` and the event counts; the
-new ids; the whole popularity vector (it decays at every batch; one float per item); the
-event ids and consolidation-window entries appended since the parent (both are FIFOs: the
-state is the parent's followed by the tail, cut to the new size); the neighbours when a
-consolidation replaced them; and the scalars (version, offsets, counters). The manifest
-names its ``parent`` version and that payload's sha256, which a restore checks, and the
-chain's ``base``. Decoding refuses anything :func:`encode_segment` would not write.
+included): the LightFM arrays' rows (all twelve; adagrad's four momentum arrays, which it
+never writes and so stay zero, are left out), ``user_positives`` and the event counts; the
+new ids; those item rows' popularity counts and the factors the counts were decayed by
+since the parent, in order (every other count is the parent's decayed by them: the same
+multiplications, so exactly); the event ids and consolidation-window entries appended
+since the parent (both are FIFOs: the state is the parent's followed by the tail, cut to
+the new size); the neighbours when a consolidation replaced them; and the scalars
+(version, offsets, counters). The manifest names its ``parent`` version and that
+payload's sha256, which a restore checks, and the chain's ``base``. Decoding refuses
+anything :func:`encode_segment` would not write; segments of the first layout (every
+item's count, the momentum rows) still decode.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ from models.snapshot import (
 USER_ARRAYS = (*(f"user_{part}" for part in PARTS), "user_positives", "user_events")
 ITEM_ARRAYS = (*(f"item_{part}" for part in PARTS), "item_events")
 """The per-row arrays a segment carries the changed rows of, per side."""
+MOMENTUM = tuple(name for name in (*USER_ARRAYS, *ITEM_ARRAYS) if name.endswith("_momentum"))
+"""Left out of a segment under adagrad (:func:`carried`)."""
+_DECAYS = "popularity_decays"
 _Fifo = TypeVar("_Fifo", list[str], np.ndarray)
 _STRING_LISTS = ("new_user_ids", "new_item_ids", "recent_tail")
 _NEIGHBOURS = ("neighbours_data", "neighbours_indices", "neighbours_indptr")
@@ -67,6 +74,42 @@ _MIRRORED = (
     "parent_sha256",
     "base",
 )
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The newest checkpoint written, where the next segment may continue: its version
+    and payload sha256, and its chain's base and sizes."""
+
+    version: int
+    sha256: str
+    base: int  # the chain's full snapshot
+    base_bytes: int  # its payload's size
+    chain_bytes: int  # the payload bytes of the segments since it
+    segments: int  # how many
+
+    @classmethod
+    def of(
+        cls, manifest: Mapping[str, Any], payload_bytes: int, head: ChainHead | None
+    ) -> ChainHead:
+        """The head after writing ``manifest`` (a segment continues ``head``)."""
+        version, sha = manifest["version"], manifest["sha256"]
+        if "parent" not in manifest or head is None:
+            return cls(version, sha, version, payload_bytes, 0, 0)
+        return cls(
+            version, sha, head.base, head.base_bytes, manifest["chain_bytes"], head.segments + 1
+        )
+
+    @classmethod
+    def stored(cls, chain: Sequence[tuple[bytes, Mapping[str, Any]]]) -> ChainHead:
+        """The head at the end of a stored ``chain`` (base first, as
+        :func:`decode_chain` reads it): a restored model's next segment continues it."""
+        (base, first), manifest = chain[0], chain[-1][1]
+        chain_bytes = manifest.get("chain_bytes", 0) if len(chain) > 1 else 0
+        return cls(
+            manifest["version"], manifest["sha256"], first["version"], len(base), chain_bytes,
+            len(chain) - 1,
+        )  # fmt: skip
 
 
 @dataclass
@@ -86,7 +129,7 @@ class Segment:
     user_rows: np.ndarray  # int64, sorted, unique; every new row included
     item_rows: np.ndarray
     rows: dict[str, np.ndarray]  # USER_ARRAYS at user_rows, ITEM_ARRAYS at item_rows
-    popularity: np.ndarray  # float64, every item
+    popularity: np.ndarray  # float64 at item_rows (every item when popularity_decays is None)
     recent_tail: list[str]  # event ids remembered since the parent (the newest, in order)
     recent_size: int
     window_tail: dict[str, np.ndarray]  # window entries appended since the parent
@@ -94,11 +137,23 @@ class Segment:
     since_consolidation: int
     neighbours: sp.csr_matrix | None = None  # None: the parent's
     chain: ChainMark | None = None
+    #: The factors the popularity counts were decayed by since the parent, in order (None:
+    #: a segment of the first format, with every item's count).
+    popularity_decays: np.ndarray | None = None
 
     @property
     def parent_sizes(self) -> tuple[int, int]:
         """The parent's ``(n_users, n_items)``."""
         return self.n_users - len(self.new_user_ids), self.n_items - len(self.new_item_ids)
+
+
+def carried(config: ModelConfig, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The changed rows a segment carries: under adagrad without the momentum arrays,
+    which LightFM's adagrad never writes (:mod:`models.submodel`) and which are zero (new
+    rows too, :mod:`models.fitter`); kept if any carried row is not (never expected)."""
+    if config.learning_schedule != "adagrad" or any(rows[name].any() for name in MOMENTUM):
+        return rows
+    return {name: array for name, array in rows.items() if name not in MOMENTUM}
 
 
 def encode_segment(
@@ -129,6 +184,7 @@ def encode_segment(
         "item_rows": np.asarray(segment.item_rows, dtype=np.int64),
         "popularity": np.asarray(segment.popularity, dtype=np.float64),
         **segment.rows,
+        **({} if segment.popularity_decays is None else {_DECAYS: segment.popularity_decays}),
         **{f"window_{name}": segment.window_tail[name] for name in WINDOW_FIELDS},
     }
     if segment.neighbours is not None:
@@ -170,10 +226,17 @@ def decode_segment(payload: bytes, raw_manifest: Mapping[str, Any], keys: Any = 
     if manifest["format"] != SEGMENT_FORMAT:
         raise SnapshotError(f"v{manifest['version']} is not a segment ({manifest['format']})")
     expected = {"meta", "user_rows", "item_rows", "popularity", *USER_ARRAYS, *ITEM_ARRAYS}
+    expected -= set(MOMENTUM)
     expected |= {f"window_{name}" for name in WINDOW_FIELDS}
     expected |= {f"{name}_{part}" for name in _STRING_LISTS for part in ("blob", "offsets")}
-    entries = read_npz(payload, expected, set(_NEIGHBOURS), expected | set(_NEIGHBOURS))
+    optional = {*_NEIGHBOURS, *MOMENTUM, _DECAYS}
+    entries = read_npz(payload, expected, optional, expected | optional)
     meta, config = read_meta(entries.pop("meta"), manifest, _MIRRORED)
+    momentum = [name for name in MOMENTUM if name in entries]
+    if momentum and len(momentum) != len(MOMENTUM):
+        raise SnapshotError(f"segment carries only some momentum arrays: {momentum}")
+    if not momentum and config.learning_schedule != "adagrad":
+        raise SnapshotError(f"a {config.learning_schedule} segment must carry momentum rows")
     sizes: dict[str, int] = {}
     for key in ("recent_size", "window_size", "since_consolidation"):
         value = meta.get(key)
@@ -196,13 +259,21 @@ def decode_segment(payload: bytes, raw_manifest: Mapping[str, Any], keys: Any = 
             entries[f"{side}_rows"], f"{side}_rows", n[side] - len(new), n[side]
         )
         for name in names:
-            _check_array(entries[name], name, len(rows[side]), config.no_components)
+            if name in entries:
+                _check_array(entries[name], name, len(rows[side]), config.no_components)
     check_accumulators(config, entries)
-    popularity = entries["popularity"]
-    if popularity.dtype != np.float64 or popularity.shape != (n["item"],):
-        raise SnapshotError(f"popularity must be float64 of shape ({n['item']},)")
+    popularity, decays = entries["popularity"], entries.get(_DECAYS)
+    counts = n["item"] if decays is None else len(rows["item"])
+    if popularity.dtype != np.float64 or popularity.shape != (counts,):
+        raise SnapshotError(f"popularity must be float64 of shape ({counts},)")
     if not np.isfinite(popularity).all() or (popularity < 0).any():
         raise SnapshotError("popularity must be finite and >= 0")
+    if decays is not None and (
+        decays.dtype != np.float64
+        or decays.ndim != 1
+        or not ((decays >= 0) & (decays <= 1)).all()  # NaN too
+    ):
+        raise SnapshotError("popularity_decays must be 1-d float64 in [0, 1]")
     window = check_window(entries, n)
     return Segment(
         config=config,
@@ -217,8 +288,9 @@ def decode_segment(payload: bytes, raw_manifest: Mapping[str, Any], keys: Any = 
         new_item_ids=strings["new_item_ids"],
         user_rows=rows["user"],
         item_rows=rows["item"],
-        rows={name: entries[name] for name in (*USER_ARRAYS, *ITEM_ARRAYS)},
+        rows={name: entries[name] for name in (*USER_ARRAYS, *ITEM_ARRAYS) if name in entries},
         popularity=popularity,
+        popularity_decays=decays,
         recent_tail=strings["recent_tail"],
         recent_size=sizes["recent_size"],
         window_tail=window,
@@ -285,6 +357,8 @@ def assemble(
     last = segments[-1]
     n = {"user": last.n_users, "item": last.n_items}
     arrays = {}
+    popularity = np.zeros(n["item"], dtype=np.float64)
+    popularity[: len(base.item_ids)] = base.arrays["popularity"]
     for name, array in base.arrays.items():
         if name == "popularity":
             continue
@@ -303,8 +377,15 @@ def assemble(
         for side, names in (("user", USER_ARRAYS), ("item", ITEM_ARRAYS)):
             rows = segment.user_rows if side == "user" else segment.item_rows
             for name in names:
-                if name in arrays:
+                if name in arrays and name in segment.rows:
                     arrays[name][rows] = segment.rows[name]
+        if segment.popularity_decays is None:
+            popularity[: segment.n_items] = segment.popularity
+        else:  # the counts the parent had, decayed as the trainer did, one factor at a time
+            parent_items = segment.parent_sizes[1]
+            for factor in segment.popularity_decays:
+                popularity[:parent_items] *= factor
+            popularity[segment.item_rows] = segment.popularity
         user_ids += segment.new_user_ids
         item_ids += segment.new_item_ids
         if training:
@@ -322,7 +403,7 @@ def assemble(
     for side, ids in (("user", user_ids), ("item", item_ids)):
         if len(set(ids)) != len(ids):
             raise SnapshotError(f"{side} ids repeat across the chain's segments")
-    arrays["popularity"] = np.array(last.popularity)
+    arrays["popularity"] = popularity
     return SnapshotState(
         config=base.config,
         version=last.version,

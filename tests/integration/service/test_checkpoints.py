@@ -55,7 +55,7 @@ async def verified_head(trainer: TrainerOnly) -> dict[str, Any]:
         {
             "snapshot_every_seconds": 1,
             "snapshot_every_batches": 2,
-            "checkpoint_segments": 3,
+            "checkpoint_segments": 6,
             "checkpoint_chain_fraction": 10.0,
             "checkpoint_keep_bases": 2,
             "batch_max": 500,
@@ -84,6 +84,18 @@ def test_segments_survive_a_sigkill_and_retention_keeps_the_chain(
     assert "parent" in at_kill[restored]  # a segment, to be assembled onto its base
     asyncio.run(client.produce_bulk(topic, messages[total // 2 :]))
     trainer_only.start()
+
+    def first_after_restart() -> dict[str, Any] | None:
+        newer = {v: m for v, m in asyncio.run(manifests(trainer_only)).items() if v > max(at_kill)}
+        return newer[min(newer)] if newer else None
+
+    # the restarted trainer continues the restored chain: its first checkpoint is a segment
+    # of it (or, with the chain's 6 segments reached, a base compacted from it)
+    first = wait_for(first_after_restart, timeout=120, what="a checkpoint after the restart")
+    links, parent = 1, restored
+    while (parent := at_kill[parent].get("parent")) is not None:
+        links += 1
+    assert first.get("parent") == restored or ("parent" not in first and links > 6)
     wait_for(lambda: trainer_only.trained() >= total, timeout=300, what="the restart to catch up")
 
     def covered() -> dict[str, Any] | None:

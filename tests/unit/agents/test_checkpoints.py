@@ -20,9 +20,11 @@ from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from models.errors import SnapshotError
 from models.incremental import IncrementalModel
+from models.segment import Segment, decode_segment
 from models.synthetic import generate_ratings
 from storage import open_store
 from storage.base import manifest_key, payload_key, retention_plan
+from storage.errors import StoreUnavailable
 from tests.unit.agents.test_trainer import (
     CONFIG,
     FakeConsumer,
@@ -57,6 +59,13 @@ def same_arrays(a, b) -> None:
         right.offsets,
     )
     assert left.recent_event_ids == right.recent_event_ids
+    assert left.window.keys() == right.window.keys()
+    for name in left.window:
+        np.testing.assert_array_equal(left.window[name], right.window[name], err_msg=name)
+    assert (left.popularity_ts, left.since_consolidation) == (
+        right.popularity_ts,
+        right.since_consolidation,
+    )
 
 
 async def trained(store, ratings, chunk: int = 200, first: int = 0, **kw) -> Trainer:
@@ -106,6 +115,89 @@ async def test_the_trainer_writes_segments_and_restores_base_plus_segments(
     for name, array in live.scoring_arrays().items():
         np.testing.assert_array_equal(view.scoring_arrays()[name], array, err_msg=name)
     assert view.user_ids() == live.user_ids() and view.item_ids() == live.item_ids()
+
+
+def spy_cuts(monkeypatch) -> list[Any]:
+    """What the trainer cuts under its lock, in order."""
+    cuts: list[Any] = []
+    cut_checkpoint = IncrementalModel.cut_checkpoint
+
+    def spy(model: IncrementalModel, **kw: Any) -> Any:
+        cuts.append(cut_checkpoint(model, **kw))
+        return cuts[-1]
+
+    monkeypatch.setattr(IncrementalModel, "cut_checkpoint", spy)
+    return cuts
+
+
+async def train_then_checkpoint(trainer: Trainer, consumer: FakeConsumer, ratings) -> None:
+    consumer.produce_ratings(ratings)
+    await until(lambda: sum(trainer.model.offsets.values()) == consumer.end())
+    await trainer.snapshot_now("test")
+
+
+async def test_a_restarted_trainer_continues_the_restored_chain(store, monkeypatch) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(150, 60, 1400, 4, seed=11)
+    trainer, task = await start(store, consumer, dlq, **SEGMENTS)
+    for at in range(0, 800, 200):
+        await train_then_checkpoint(trainer, consumer, ratings[at : at + 200])  # b s s s
+    await stop(trainer, task)
+    restored = await store.current()
+    cuts = spy_cuts(monkeypatch)
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq, **{**SEGMENTS, "checkpoint_segments": 5})
+    await train_then_checkpoint(again, consumer, ratings[800:1100])
+    # the first checkpoint after the restart: a segment of the restored chain, cut under
+    # the lock in O(rows changed), not a copy of the whole state
+    assert [type(c).__name__ for c in cuts] == ["Segment"]
+    found = await manifests(store)
+    first = max(found)
+    assert found[first]["parent"] == restored
+    assert found[first]["base"] == found[restored]["base"]
+    assert found[first]["parent_sha256"] == found[restored]["sha256"]
+    same_arrays(await restore_model(store, CONFIG), again.model)  # bit for bit
+    # and the chain goes on: the restored chain's 3 segments + this one + 1 = 5, then a base
+    for at in (1100, 1250):
+        await train_then_checkpoint(again, consumer, ratings[at : at + 150])
+    await stop(again, task)
+    found = await manifests(store)
+    *_, before, last = sorted(found)
+    assert "parent" in found[before] and "parent" not in found[last]
+    assert all(isinstance(c, Segment) for c in cuts)  # the base compacted outside the lock
+    same_arrays(await restore_model(store, CONFIG), again.model)
+
+
+async def test_after_a_failed_write_the_next_segment_carries_both_cuts(store, monkeypatch) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(150, 60, 900, 4, seed=12)
+    cuts = spy_cuts(monkeypatch)
+    trainer, task = await start(store, consumer, dlq, **SEGMENTS)
+    await train_then_checkpoint(trainer, consumer, ratings[:500])  # the base
+    put, failures = store.put, []
+
+    async def fails_once(*args: Any, **kw: Any) -> Any:
+        if not failures:
+            failures.append(args[0])
+            raise StoreUnavailable("the store is down (a test)")
+        return await put(*args, **kw)
+
+    monkeypatch.setattr(store, "put", fails_once)
+    await train_then_checkpoint(trainer, consumer, ratings[500:700])  # cut, not written
+    await train_then_checkpoint(trainer, consumer, ratings[700:])
+    await stop(trainer, task)
+    assert failures and [type(c).__name__ for c in cuts] == ["SnapshotState", *["Segment"] * 2]
+    found = await manifests(store)
+    base, segment = sorted(found)
+    assert failures[0] not in found and found[segment]["parent"] == base
+    carried = decode_segment(*(await store.get(segment)))
+    model = trainer.model
+    for users in (cuts[1].user_rows, cuts[2].user_rows):  # both cuts' rows
+        assert set(users.tolist()) <= set(carried.user_rows.tolist())
+    # both cuts' events (200 + 200), and the new ids since the base
+    assert carried.recent_tail == model.snapshot_state().recent_event_ids[-400:]
+    assert carried.parent_sizes == (cuts[0].arrays["user_biases"].shape[0], len(cuts[0].item_ids))
+    same_arrays(await restore_model(store, CONFIG), model)  # bit for bit
 
 
 async def test_segments_cost_the_rows_they_change(store) -> None:
@@ -171,6 +263,27 @@ async def test_a_corrupt_or_missing_segment_is_refused_and_an_older_one_restored
         await fetch_chain(store, previous)
     model = await restore_model(store, CONFIG, holder)
     assert model.trained_events < found[link]["trained_events"]  # an older one
+
+
+async def test_after_a_fallback_the_trainer_continues_the_chain_it_restored(
+    store, tmp_path
+) -> None:
+    consumer, dlq = FakeConsumer(), FakeDLQ()
+    ratings = generate_ratings(150, 60, 1000, 4, seed=13)
+    trainer, task = await start(store, consumer, dlq, **SEGMENTS)
+    for at in range(0, 600, 200):
+        await train_then_checkpoint(trainer, consumer, ratings[at : at + 200])  # b s s
+    await stop(trainer, task)
+    *_, fallback, head = sorted(await manifests(store))
+    (tmp_path / "models" / payload_key(head)).write_bytes(b"not the segment")  # corrupt
+    consumer.positions.clear()
+    again, task = await start(store, consumer, dlq, **SEGMENTS)
+    assert again.model.trained_events == 400  # the fallback's
+    await train_then_checkpoint(again, consumer, ratings[600:])
+    await stop(again, task)
+    newest = (await store.get(await store.latest()))[1]
+    assert newest["version"] > head and newest["parent"] == fallback  # not the refused head
+    same_arrays(await restore_model(store, CONFIG), again.model)
 
 
 async def test_a_parent_rewritten_under_a_segment_is_refused(store, tmp_path) -> None:

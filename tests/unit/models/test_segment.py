@@ -13,10 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import ModelConfig
+from models.consolidation import InteractionWindow
+from models.dedupe import RecentEventIds
 from models.errors import SnapshotError
 from models.events import Rating
 from models.incremental import IncrementalModel
 from models.segment import (
+    MOMENTUM,
     Segment,
     assemble,
     decode_chain,
@@ -120,6 +123,10 @@ def test_segments_carry_only_the_rows_that_changed():
     model.train_batch(batch(rng, 10_000, 10, 5, 30))  # 5 of 3000 users
     cut = model.cut_checkpoint(segment=True)
     assert isinstance(cut, Segment) and len(cut.user_rows) <= 5
+    # popularity: the changed items' counts and the decays, not every item's count;
+    # adagrad's momentum (never written, zero) is left out
+    assert cut.popularity.shape == cut.item_rows.shape and cut.popularity_decays is not None
+    assert not set(MOMENTUM) & set(cut.rows)
     assert len(encode_segment(cut, "0" * 64, 0)[0]) < len(full) / 20
 
 
@@ -218,3 +225,122 @@ def test_a_chain_restores_a_scorers_view_of_the_same_rows(written):
     np.testing.assert_array_equal(
         view.scoring_arrays()["user_embeddings"], state.arrays["user_embeddings"]
     )
+
+
+@given(
+    limit=st.integers(min_value=0, max_value=30),
+    batches=st.lists(st.integers(min_value=0, max_value=12), max_size=8),
+    n=st.integers(min_value=-3, max_value=60),
+)
+def test_the_tails_a_segment_takes_are_the_fifos_newest_entries(limit, batches, n):
+    recent, window, at = RecentEventIds(limit), InteractionWindow(limit), 0
+    for size in batches:
+        ids = np.arange(at, at + size)
+        recent.remember_ids([f"e{i}" for i in ids])
+        window.append(ids, ids + 1, np.full(size, 3.0), ids.astype(np.float64))
+        at += size
+    newest = window.newest(n)
+    whole = window.arrays()
+    for name, array in whole.items():
+        expected = array[max(0, len(array) - max(0, n)) :]
+        np.testing.assert_array_equal(newest[name], expected)
+        assert newest[name].dtype == array.dtype
+    ids = recent.ids()
+    assert recent.newest(n) == ids[max(0, len(ids) - max(0, n)) :] and len(recent) == len(ids)
+
+
+def test_an_adadelta_chain_carries_momentum_and_restores_bit_for_bit():
+    model = IncrementalModel(dataclasses.replace(CONFIG, learning_schedule="adadelta"))
+    written = chain(model, 9)
+    assert all(set(MOMENTUM) <= set(decode_segment(*w).rows) for w in written[1:])
+    same_state(decode_chain(written), model.snapshot_state())
+
+
+def test_segments_of_the_first_format_still_restore(written):
+    """Every item's popularity count and the momentum rows, as the first segments had."""
+    legacy = [written[0]]
+    for at, (payload, manifest) in enumerate(written[1:], start=2):
+        segment = decode_segment(payload, manifest)
+        assert segment.popularity_decays is not None
+        old = copy.copy(segment)
+        old.popularity = decode_chain(written[:at]).arrays["popularity"]
+        old.popularity_decays = None
+        old.rows = dict(segment.rows)
+        for name in MOMENTUM:
+            k = () if "bias" in name else (CONFIG.no_components,)
+            old.rows[name] = np.zeros(
+                (len(segment.rows[name.replace("momentum", "gradients")]), *k), np.float32
+            )
+        legacy.append(encode_segment(old, legacy[-1][1]["sha256"], manifest["base"]))
+        again = decode_segment(*legacy[-1])
+        assert again.popularity_decays is None and set(MOMENTUM) <= set(again.rows)
+        assert encode_segment(again, legacy[-2][1]["sha256"], manifest["base"])[0] == legacy[-1][0]
+    same_state(decode_chain(legacy), decode_chain(written))
+
+
+def test_refuses_bad_decays_or_missing_momentum(written):
+    segment = decode_segment(*written[1])
+    for decays in ([1.5], [np.nan], [-0.1], [[0.5]]):
+        bad = copy.copy(segment)
+        bad.popularity_decays = np.array(decays, dtype=np.float64)
+        with pytest.raises(SnapshotError, match="popularity_decays"):
+            decode_segment(*encode_segment(bad, "0" * 64, 0))
+    bad = copy.copy(segment)
+    bad.popularity = np.ones(len(segment.item_rows) + 1)
+    with pytest.raises(SnapshotError, match="popularity must be"):
+        decode_segment(*encode_segment(bad, "0" * 64, 0))
+    bad = copy.copy(segment)
+    bad.config = dataclasses.replace(CONFIG, learning_schedule="adadelta")
+    with pytest.raises(SnapshotError, match="momentum"):
+        decode_segment(*encode_segment(bad, "0" * 64, 0))
+    bad = copy.copy(segment)
+    k = CONFIG.no_components
+    bad.rows = {
+        **segment.rows,
+        "user_embedding_momentum": np.zeros((len(segment.user_rows), k), np.float32),
+    }
+    with pytest.raises(SnapshotError, match="only some momentum"):
+        decode_segment(*encode_segment(bad, "0" * 64, 0))
+
+
+def test_untouched_items_counts_are_the_parents_decayed_one_factor_at_a_time():
+    model = IncrementalModel(dataclasses.replace(CONFIG, popularity_half_life_seconds=7.0))
+    rng = random.Random(5)
+    model.train_batch(batch(rng, 0, 400, 40, 200))
+    written = [encode(model.cut_checkpoint(segment=False))]
+    for b in range(6):  # a few of the 200 items rated (WARP's negatives train others)
+        model.train_batch(batch(rng, 390 + 2 * b, 10, 40, 8))  # time moves on each batch
+    cut = model.cut_checkpoint(segment=True)
+    assert isinstance(cut, Segment) and len(cut.item_rows) < 100
+    assert cut.popularity_decays is not None and len(cut.popularity_decays) == 5
+    written.append(encode_segment(cut, written[0][1]["sha256"], written[0][1]["version"]))
+    live, parent = model.snapshot_state(), decode(*written[0])
+    untouched = np.setdiff1d(np.arange(len(parent.item_ids)), cut.item_rows)
+    decayed = live.arrays["popularity"][untouched]
+    assert (decayed > 0).all() and (decayed < parent.arrays["popularity"][untouched]).all()
+    same_state(decode_chain(written), live)
+
+
+def test_a_cut_not_written_is_merged_into_the_next_one():
+    model = IncrementalModel(
+        dataclasses.replace(CONFIG, popularity_half_life_seconds=7.0, dedupe_memory=100)
+    )
+    rng = random.Random(6)
+    model.train_batch(batch(rng, 0, 400, 40, 200))
+    written = [encode(model.cut_checkpoint(segment=False))]
+    model.checkpoint_written(written[0][1]["version"])
+    for b in range(3):
+        model.train_batch(batch(rng, 400 + 10 * b, 10, 45, 8))
+    lost = model.cut_checkpoint(segment=True)  # its write fails
+    for b in range(3):
+        model.train_batch(batch(rng, 500 + 10 * b, 10, 50, 8))
+    model.checkpoint_written(written[0][1]["version"])  # still the newest written
+    assert model.checkpoint_parent == written[0][1]["version"]
+    cut = model.cut_checkpoint(segment=True)
+    assert isinstance(lost, Segment) and isinstance(cut, Segment)
+    assert set(lost.user_rows) <= set(cut.user_rows) and len(cut.recent_tail) == 60
+    assert cut.popularity_decays is not None and len(cut.popularity_decays) == 6
+    written.append(encode_segment(cut, written[0][1]["sha256"], written[0][1]["version"]))
+    same_state(decode_chain(written), model.snapshot_state())
+    model.checkpoint_written(cut.version)  # written: the next one continues it
+    assert model.checkpoint_parent == cut.version
