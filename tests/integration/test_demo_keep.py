@@ -18,7 +18,12 @@ from devtools.workers import http_json
 pytestmark = [pytest.mark.kafka, pytest.mark.e2e]
 
 
-@pytest.mark.parametrize("token", [None, f"demo-{uuid.uuid4().hex}"], ids=["open", "token"])
+# The open variant is the same path without the bearer check: a long variant (CI's time).
+@pytest.mark.parametrize(
+    "token",
+    [pytest.param(None, marks=pytest.mark.long), f"demo-{uuid.uuid4().hex}"],
+    ids=["open", "token"],
+)
 def test_demo_keep_serves_the_dashboard_until_ctrl_c(token: str | None) -> None:
     env = os.environ.copy()
     env.pop("STREAMREC_WEB_TOKEN_FILE", None)
