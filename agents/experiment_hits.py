@@ -27,7 +27,8 @@ from agents.experiment_registry import ExperimentRegistry, encode_signed
 from agents.experiment_results import Result, export, open_consumer, results_until_end
 from agents.health import ReaderHealth
 from agents.kafka import partitions_of, retry_forever
-from models.events import InvalidEvent, Rating, parse_rating
+from agents.ports import reference_time
+from models.events import MAX_FUTURE_SKEW_SECONDS, Rating
 from models.experiment import Experiment
 from models.impressions import HitMatcher, Impressions
 from models.interleaving import TEAMS, Team
@@ -35,7 +36,7 @@ from models.online_metric import Counts, Tally
 from models.paired import ListOutcomes, PairedTest, Wins
 from models.sequential import SequentialTest, Verdict
 from models.signing import Keyring
-from models.wire import Undecodable, decode_object
+from models.wire import Undecodable, decode_rating
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,13 @@ class HitReader:
             await consumer.stop()
 
     def _handle(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
-        """Impressions first, then ratings: a rating is matched after what was shown."""
+        """Impressions first, then ratings: a rating is matched after what was shown.
+
+        Both are judged by the trainer's event-time rule (:func:`models.events.
+        check_event_time` against the record's :func:`agents.ports.reference_time`): the
+        counter's clock is the latest event time it saw, and one record stamped far ahead
+        (anyone can write these topics) would otherwise close every open list at once."""
+        wall = time.time()
         for tp, records in batch.items():
             if tp.topic != self.impressions_topic:
                 continue
@@ -227,16 +234,24 @@ class HitReader:
                 except Undecodable:
                     self.counter.refused += 1
                     continue
+                if shown.ts > reference_time(record, wall) + MAX_FUTURE_SKEW_SECONDS:
+                    self.counter.refused += 1
+                    continue
                 self.counter.show(shown, count=record.offset >= counted_from)
         for tp, records in batch.items():
             if tp.topic != self.ratings_topic:
                 continue
             for record in records:
                 try:
-                    obj = decode_object(record.value, max_bytes=64 * 1024)
-                    self.counter.rate(parse_rating(obj))
-                except (Undecodable, InvalidEvent):
+                    rating = decode_rating(
+                        record.key,
+                        record.value,
+                        max_bytes=64 * 1024,
+                        reference=reference_time(record, wall),
+                    )
+                except Undecodable:
                     continue  # the trainer dead-letters it
+                self.counter.rate(rating)
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> None:
         """The tallies and positions last published (a restart goes on from them)."""

@@ -4,6 +4,7 @@ and the signed results record (no Kafka)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -183,3 +184,42 @@ def test_interleave_many_hits_in_one_list_are_one_win():
     assert c.wins("t") == Wins(candidate=30)  # 30 lists: 30 trials, not 300
     assert c.verdicts["t"].decision == "candidate_better"
     assert c.result(TDI, 10, 0.0, {}).reason == c.verdicts["t"].reason  # status shows it
+
+
+class Record:
+    """A consumed record: what the hit reader reads (timestamp in ms, as Kafka keeps it)."""
+
+    def __init__(self, key: bytes, value: bytes, timestamp_ms: int, offset: int = 0) -> None:
+        self.key, self.value, self.timestamp, self.offset = key, value, timestamp_ms, offset
+
+
+def test_a_rating_or_impression_stamped_far_ahead_does_not_close_the_open_lists():
+    from aiokafka import TopicPartition
+
+    c = interleave_counter()
+    reader = HitReader(
+        c, {}, "impressions", "ratings", "results", "experiments", KEYS, None, lambda: 10
+    )
+    now = 2000.0
+    shown = Impressions.of("t", "u1", now, [("a", "control"), ("b", "candidate")])
+    ahead = Impressions.of("t", "u2", now + 1e9, [("a", "control")])
+    forged = {"event_id": "x", "user": "z", "item": "q", "rating": 5, "ts": now + 1e9}
+    batch = {
+        TopicPartition("impressions", 0): [
+            Record(*shown.encode(), int(now * 1000)),
+            Record(*ahead.encode(), int(now * 1000), offset=1),
+        ],
+        TopicPartition("ratings", 0): [
+            Record(b"z", json.dumps(forged).encode(), int(now * 1000)),
+            Record(
+                b"u1",
+                json.dumps({**forged, "user": "u1", "item": "a", "ts": now + 5}).encode(),
+                int(now * 1000) + 5000,
+            ),
+        ],
+    }
+    reader._handle(batch)
+    assert c.latest == now + 5  # the clock moved by the honest rating only
+    assert c.refused == 1  # the impression from the future
+    assert c.wins("t").decided == 0  # the list is still open: its window has not passed
+    assert c.counts("t")["control"].hits == 1
