@@ -28,13 +28,14 @@ import click
 from app.commands.service import request_recommendation
 from app.settings import Settings, model_config_of
 from app.stores import write_current_snapshot
-from benchmarks.common import Figure, machine, namespace
+from benchmarks.common import machine, namespace
 from benchmarks.service import round_trips
 from devtools.workers import WorkerProcess, free_port
 from models.incremental import IncrementalModel
 from models.synthetic import generate_ratings
 
-#: What ``figures(quick=True)`` takes (benchmarks.run_all): nothing, the full run only.
+#: A tool, like benchmarks.service (no ``figures()``: run_all does not run it); its figures
+#: are in docs/benchmarks.md ("Experiments on replayed traffic").
 QUICK_SECONDS = 1
 METHODS = ("interleave", "ab")
 
@@ -118,24 +119,6 @@ def run(requests: int = 200) -> dict[str, Any]:
         "baseline_runs_ms": p50["none"],
         "machine": machine(),
     }
-
-
-def figures(quick: bool) -> list[Figure]:
-    if quick:
-        return []  # worker processes and Kafka: the full run only
-    report = run()
-    return [
-        Figure(
-            f"experiments {method}: a lone request's p50 through Kafka and the scorer with "
-            "the experiment running / none (same run)",
-            baseline=report["p50_ms"]["none"],
-            value=report["p50_ms"][method],
-            goal=1.2,
-            better="lower",
-            unit="ms",
-        )
-        for method in METHODS
-    ]
 
 
 @click.command()
