@@ -32,7 +32,7 @@ from models.consolidation import DTYPES as WINDOW_DTYPES
 from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.errors import SnapshotError
 from models.fitter import PARTS
-from models.idmap import IdMap, decode_strings, encode_strings
+from models.idmap import decode_strings, encode_strings
 from models.manifest import SEGMENT_FORMAT, ChainMark, Manifest
 from models.scoring import ScoringView
 from models.signing import Keyring
@@ -48,6 +48,7 @@ from models.snapshot import (
     load_scoring_view,
     read_meta,
     read_npz,
+    scoring_view_of,
     verify,
     write_npz,
 )
@@ -477,14 +478,4 @@ def load_chain_view(
     """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``."""
     if len(chain) == 1:
         return load_scoring_view(*chain[0], keys)
-    state = decode_chain(chain, keys, training=False)
-    view = ScoringView.from_arrays(
-        version=state.version,
-        users=IdMap(state.user_ids),
-        items=IdMap(state.item_ids),
-        arrays=state.arrays,
-        popularity_ts=state.popularity_ts,
-        neighbours=state.neighbours,
-        blend_weight=state.config.blend_weight,
-    )
-    return view, state.chain
+    return scoring_view_of(decode_chain(chain, keys, training=False))

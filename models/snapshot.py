@@ -281,17 +281,24 @@ def load_scoring_view(
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
     ``delta_chain`` (where deltas continue from it; None if it does not say). With
     ``keys``, the manifest's signature is checked first."""
-    snap = decode_scoring(payload, manifest, keys)
+    return scoring_view_of(decode_scoring(payload, manifest, keys))
+
+
+def scoring_view_of(
+    state: ScoringSnapshot | SnapshotState,
+) -> tuple[ScoringView, ChainMark | None]:
+    """A decoded snapshot (or a checkpoint chain's state) as a :class:`ScoringView`, and
+    its ``delta_chain``."""
     view = ScoringView.from_arrays(
-        version=snap.version,
-        users=IdMap(snap.user_ids),
-        items=IdMap(snap.item_ids),
-        arrays=snap.arrays,
-        popularity_ts=snap.popularity_ts,
-        neighbours=snap.neighbours,
-        blend_weight=snap.config.blend_weight,
+        version=state.version,
+        users=IdMap(state.user_ids),
+        items=IdMap(state.item_ids),
+        arrays=state.arrays,
+        popularity_ts=state.popularity_ts,
+        neighbours=state.neighbours,
+        blend_weight=state.config.blend_weight,
     )
-    return view, snap.chain
+    return view, state.chain
 
 
 def _decode(
