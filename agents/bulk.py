@@ -27,15 +27,11 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.health import ReaderHealth
+from agents.health import HEALTHY_SECONDS, ReaderHealth
 from agents.kafka import KafkaOptions, committed_offsets
 from agents.ports import Message
 
 log = logging.getLogger(__name__)
-
-HEALTHY_SECONDS = 10.0
-"""A reader round that ran this long without failing counts as working (see
-:mod:`agents.health`; one that handled messages counts at once)."""
 
 
 @dataclass

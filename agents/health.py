@@ -29,6 +29,11 @@ FAILING_AFTER = 2
 """Consecutive failed rounds after which a reader counts as failing (one failure, e.g. a
 broker restart the reader rides out, is not yet a problem)."""
 
+HEALTHY_SECONDS = 10.0
+"""A reader round that ran this long without failing counts as working (one that handled
+messages counts at once). A reader that never reported a working round would stay failing
+for ever after two failures: a broker restart of a few seconds did that once."""
+
 
 @dataclass
 class _State:

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from agents.health import ReaderHealth
+from agents.health import HEALTHY_SECONDS, ReaderHealth
 from models.wire import DeadLetter, Undecodable
 
 KafkaOptions = Mapping[str, Any]
@@ -28,28 +28,38 @@ async def retry_forever(
     retry_seconds: float = 5.0,
     *,
     health: ReaderHealth | None = None,
+    healthy_seconds: float = HEALTHY_SECONDS,
 ) -> None:
     """Run ``attempt`` for ever: a failure (a broken connection, a store down) is logged
     and retried after ``retry_seconds``, never fatal; cancelling stops it. With ``health``,
     failures are reported there as reader ``what`` (logged once per kind; one that keeps
-    failing degrades /health/)."""
+    failing degrades /health/), and an attempt that has run ``healthy_seconds`` without
+    failing is reported as working again (the attempt may report it sooner itself)."""
+    loop = asyncio.get_running_loop()
     while True:
+        working = None if health is None else loop.call_later(healthy_seconds, health.ok, what)
         try:
             await attempt()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if health is not None:
-                health.failed(what, exc, retry_seconds=retry_seconds)
-            else:
-                log.error(
-                    "%s failed (%s: %s); retrying in %gs",
-                    what,
-                    type(exc).__name__,
-                    exc,
-                    retry_seconds,
-                )
-            await asyncio.sleep(retry_seconds)
+            failure = exc
+        else:
+            continue  # it returned: start it over
+        finally:
+            if working is not None:
+                working.cancel()
+        if health is not None:
+            health.failed(what, failure, retry_seconds=retry_seconds)
+        else:
+            log.error(
+                "%s failed (%s: %s); retrying in %gs",
+                what,
+                type(failure).__name__,
+                failure,
+                retry_seconds,
+            )
+        await asyncio.sleep(retry_seconds)
 
 
 async def partitions_of(options: KafkaOptions, topic: str) -> list[int]:

@@ -75,8 +75,11 @@ def broker_restart(tmp: Path, base: Settings, broker: KafkaBroker, *, down: floa
         assert [w.proc.pid for w in cluster.workers()] == pids, "no worker was restarted"
         assert all(w.running() for w in cluster.workers())
         assert_counts_exact(model, events, prefix="br")
-        for worker in cluster.workers():
-            assert worker.get("/health/")[0] == 200
+        for worker in cluster.workers():  # every reader works again (10 s counts as working)
+            deadline = time.monotonic() + 30
+            while (health := worker.get("/health/"))[0] != 200 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert health[0] == 200, f"{worker.role} still unhealthy: {health[1]}"
         print(
             f"broker down {restarted_in:.1f}s; {traffic.send_failures} sends failed and were "
             f"sent again ({traffic.producer_restarts} producer restarts); "
