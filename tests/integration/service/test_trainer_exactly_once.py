@@ -160,6 +160,7 @@ def test_sigkill_between_dead_letters_and_a_snapshot_sends_each_once(
     assert len(assert_each_once(letters, trainer_only)) == len(BAD) + 1
 
 
+@pytest.mark.long  # 21-30 s; the default suite keeps test_trainer_crashes' random kills
 @pytest.mark.parametrize(
     "trainer_only",
     [{"snapshot_every_seconds": 2, "snapshot_every_batches": 5}],
