@@ -262,3 +262,38 @@ def test_operator_announcements_are_signed_and_unsigned_snapshots_refused(tmp_pa
     ModelUpdate.parse(update.encode()[1]).check(keys)
     assert update.reason == "rollback"
     assert "untrusted snapshot (unsigned)" in refused and "scorers would refuse it" in refused
+
+
+def test_rollback_to_an_untrusted_snapshot_leaves_the_pointer_where_it_was(tmp_path):
+    """The target is checked before the pointer moves: rolling back onto an unsigned (or
+    forged) snapshot is one ``Error:`` line, and scorers restarting later still load the
+    trusted current one."""
+    from models.config import ModelConfig
+    from models.snapshot import sign_manifest
+    from models.synthetic import generate_ratings
+
+    keys = model_keys(load_settings())
+    model = IncrementalModel(ModelConfig(no_components=4))
+    model.train_batch(generate_ratings(20, 20, 100, 2, seed=1))
+    url = f"file://{tmp_path / 'store'}"
+
+    async def setup() -> None:
+        async with store_from_url(url) as store:
+            model.version = 1
+            payload, manifest = model.to_bytes()
+            await store.put(1, payload, manifest)  # unsigned (an old store's, or forged)
+            model.version = 2
+            payload, manifest = model.to_bytes()
+            await store.put(2, payload, sign_manifest(manifest, keys))
+            await store.promote(1)
+            await store.promote(2)
+
+    async def current() -> int | None:
+        async with store_from_url(url) as store:
+            return await store.current()
+
+    asyncio.run(setup())
+    refused = CliRunner().invoke(main, ["models", "rollback", "--store", url])
+    assert refused.exit_code == 1, refused.output
+    assert "Error: v1: untrusted snapshot (unsigned)" in refused.output
+    assert asyncio.run(current()) == 2
