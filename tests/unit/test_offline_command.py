@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import time
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from app.cli import main
@@ -297,3 +299,35 @@ def test_rollback_to_an_untrusted_snapshot_leaves_the_pointer_where_it_was(tmp_p
     assert refused.exit_code == 1, refused.output
     assert "Error: v1: untrusted snapshot (unsigned)" in refused.output
     assert asyncio.run(current()) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "line", "said"),
+    [
+        ({}, "u3,i1,5,{ms}", "1 rating(s) stamped in the future; the first, r.csv:4"),
+        ({"STREAMREC_MAX_USERS": "2"}, "u3,i1,5,880000000", "past the model's bounds"),
+        ({"STREAMREC_MAX_ITEMS": "2"}, "u1,i3,5,880000000", "STREAMREC_MAX_ITEMS"),
+    ],
+)
+def test_offline_training_applies_the_trainers_time_and_bounds(
+    tmp_path, monkeypatch, env, line, said
+):
+    """``streamrec train`` judges a file by the streaming trainer's rules: a timestamp in
+    milliseconds or past the model's bounds refuses the file, one line, nothing written."""
+    from app.settings import get_settings
+
+    data = tmp_path / "r.csv"
+    rows = ["user,item,rating,ts", "u1,i1,5,880000000", "u2,i2,4,880000100"]
+    data.write_text("\n".join([*rows, line.format(ms=int(time.time() * 1000))]) + "\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        store = tmp_path / "store"
+        refused = CliRunner().invoke(main, ["train", str(data), "--out", f"file://{store}"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith("Error: ") and refused.output.count("\n") == 1
+    assert said in refused.output, refused.output
+    assert not store.exists() or not any(store.rglob("manifest*"))
