@@ -82,6 +82,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
         max_future_skew=s.max_future_skew_seconds,
+        max_users=s.max_users,
     )
     runtime.ingest = ingest
     scorer = Scorer(
