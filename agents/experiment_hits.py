@@ -229,7 +229,9 @@ class HitReader:
         finally:
             await consumer.stop()
 
-    def _handle(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    def _handle(
+        self, batch: Mapping[TopicPartition, Sequence[Any]], wall: float | None = None
+    ) -> None:
         """Impressions first, then ratings: a rating is matched after what was shown.
 
         Both are judged by the trainer's event-time rule (:func:`models.events.
@@ -237,8 +239,9 @@ class HitReader:
         counter's clock is the latest event time it saw, and one record stamped far ahead
         (anyone can write these topics) would otherwise close every open list at once.
         With a ``rating_grace``, ratings are held that long after they are read (also
-        through empty batches: the reader calls this after every fetch)."""
-        wall = time.time()
+        through empty batches: the reader calls this after every fetch). ``wall``: the
+        time read (default now)."""
+        wall = time.time() if wall is None else wall
         for tp, records in batch.items():
             if tp.topic != self.impressions_topic:
                 continue
