@@ -35,7 +35,7 @@ from models.experiment import Experiment, Variant, assign, request_seed
 from models.impressions import Impressions
 from models.interleaving import team_draft
 from models.scoring import ScoringView
-from models.wire import Reply
+from models.wire import Reply, ReplyItem
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ through Kafka (docs/benchmarks.md); 0.25 s is nothing to hit windows of hours.""
 
 MAX_WAITING = 1000
 """Impressions messages held before they are sent without waiting out the linger."""
+
+Shown = tuple[str, str, float, Sequence[ReplyItem], Sequence[str]]
+"""What one stamped reply showed (experiment, user, time, items, each item's team): its
+impressions message, made when it is sent (off the reply path)."""
 
 
 @dataclass
@@ -77,7 +81,7 @@ class ExperimentServing:
     lost: int = 0
     """Impressions messages that could not be delivered."""
     _pending: set[asyncio.Future[Any]] = field(default_factory=set)
-    _waiting: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _waiting: list[Shown] = field(default_factory=list)
     _timer: asyncio.TimerHandle | None = None
 
     # --- the variants' views ----------------------------------------------------------
@@ -226,7 +230,7 @@ class ExperimentServing:
             for n, reply in zip(indices, answered, strict=True):
                 scored[n][id(answering)] = reply
         out = []
-        shown: list[Impressions] = []
+        shown: list[Shown] = []
         now = time.time()
         for request, plan, by_holder in zip(requests, plans, scored, strict=True):
             if plan is None:
@@ -243,10 +247,9 @@ class ExperimentServing:
                 em.FALLBACKS.labels(experiment.name).inc()
             elif served.items:
                 teams = served.teams or (variant,) * len(served.items)
-                placed = [(i.item, t) for i, t in zip(served.items, teams, strict=True)]
-                shown.append(Impressions.of(experiment.name, request.user, now, placed))  # type: ignore[arg-type]
+                shown.append((experiment.name, request.user, now, served.items, teams))
         if shown and self.impressions is not None:
-            self._write([s.encode() for s in shown])
+            self._write(shown)
         return out
 
     def _holders_for(self, plan: tuple[Experiment, str] | None) -> list[ModelHolder]:
@@ -320,11 +323,11 @@ class ExperimentServing:
         )
 
     # --- impressions --------------------------------------------------------------------
-    def _write(self, messages: list[tuple[bytes, bytes]]) -> None:
-        """Queue ``messages``: sent once they have waited ``impressions_linger`` (with
-        whatever joined them meanwhile), or at once past :data:`MAX_WAITING`; never awaited
-        by the reply path."""
-        self._waiting += messages
+    def _write(self, shown: list[Shown]) -> None:
+        """Queue what replies ``shown``: made into impressions messages and sent once they
+        have waited ``impressions_linger`` (with whatever joined them meanwhile), or at
+        once past :data:`MAX_WAITING`; never awaited by the reply path."""
+        self._waiting += shown
         if self.impressions_linger <= 0 or len(self._waiting) >= MAX_WAITING:
             self._send_waiting()
         elif self._timer is None:
@@ -336,7 +339,14 @@ class ExperimentServing:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        messages, self._waiting = self._waiting, []
+        shown, self._waiting = self._waiting, []
+        messages = []
+        for experiment, user, ts, items, teams in shown:
+            try:
+                placed = [(i.item, t) for i, t in zip(items, teams, strict=True)]
+                messages.append(Impressions.of(experiment, user, ts, placed).encode())  # type: ignore[arg-type]
+            except Exception as exc:  # not a valid message (cannot happen to a served reply)
+                self._lost(1, exc)
         if messages:
             self._send(messages)
 
@@ -369,12 +379,14 @@ class ExperimentServing:
         them, also when only one of its record batches failed)."""
         self._pending.discard(future)
         if future.cancelled() or future.exception() is not None:
-            em.IMPRESSIONS_LOST.inc(count)
-            first = self.lost == 0
-            self.lost += count
-            if first:  # one line, not one per failure
-                why = "cancelled" if future.cancelled() else future.exception()
-                log.error("Could not send impressions: %s", why)
+            self._lost(count, "cancelled" if future.cancelled() else future.exception())
+
+    def _lost(self, count: int, why: object) -> None:
+        em.IMPRESSIONS_LOST.inc(count)
+        first = self.lost == 0
+        self.lost += count
+        if first:  # one line, not one per failure
+            log.error("Could not send impressions: %s", why)
 
     def status(self) -> dict[str, Any]:
         """What this worker serves for the experiments (the /experiments/ view)."""

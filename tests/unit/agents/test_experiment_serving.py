@@ -347,3 +347,15 @@ async def test_impressions_that_fail_to_send_are_counted_lost_each():
     await scorer.handle([message(u, f"r-{u}", n) for n, u in enumerate(USERS[:12])])
     await serving.flush()
     assert len(replies.sent) == 12 and serving.lost == 12
+
+
+async def test_an_impression_that_cannot_be_made_is_counted_lost_and_the_rest_go_out():
+    from models.wire import ReplyItem
+
+    sink = CountingSink()
+    _, _, serving = lingering(sink, 0.05)
+    good = ("all", "u1", 2000.0, [ReplyItem("a", 1.0)], ["control"])
+    bad = ("all", "u2", 2000.0, [ReplyItem("a", 1.0)], ["nobody"])  # no such team
+    serving._write([good, bad])
+    await serving.flush()
+    assert serving.lost == 1 and [s.user for s in shown_of(sink)] == ["u1"]
