@@ -39,7 +39,9 @@ def top_k_products(
     """Per row of ``users`` (B x d, float32): the top ``k`` items by ``users @ items.T``
     (``items``: N x d), never one of ``exclude[row]`` (item indices), each score plus
     ``offsets[row]`` (a per-user constant: it changes no ranking). The products are
-    computed a tile of items at a time; each tile's k best are kept and merged."""
+    computed a tile of items at a time; each tile's k best are kept and merged. A NaN
+    score (a NaN or infinite value in a user or item row) is left out, as an excluded one
+    is."""
     rows, n = users.shape[0], items.shape[0]
     kk = min(k, n)
     if not rows or not kk:
@@ -49,11 +51,20 @@ def top_k_products(
         raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
     excluding = any(len(e) for e in exclude)
     masked = _exclusions(exclude) if excluding and tile < n else None
+    hostile = (
+        np.arange(rows)
+        if not np.isfinite(items).all()  # one pass over the items: ~1/rows of the products
+        else np.flatnonzero(~np.isfinite(users).all(axis=1))
+    )
     found_items: list[np.ndarray] = []
     found_values: list[np.ndarray] = []
     for start in range(0, n, tile):
         stop = min(n, start + tile)
         scores = users @ items[start:stop].T
+        if len(hostile):
+            some = scores[hostile]
+            some[np.isnan(some)] = -np.inf
+            scores[hostile] = some
         if excluding and masked is None:  # one tile: the flat positions at once
             flat = np.concatenate(
                 [np.asarray(e, dtype=np.int64) + r * n for r, e in enumerate(exclude)]
@@ -67,9 +78,20 @@ def top_k_products(
         found_items.append(idx + start)
         found_values.append(values)
     if len(found_items) == 1:
-        idx, values = found_items[0], found_values[0]
-    else:
-        idx, values = _best(np.hstack(found_values), np.hstack(found_items), kk)
+        return _listed(found_items[0], found_values[0], offsets)
+    return top_k_of(np.hstack(found_values), np.hstack(found_items), kk, offsets)
+
+
+def top_k_of(
+    values: np.ndarray, items: np.ndarray, k: int, offsets: np.ndarray | None = None
+) -> list[TopK]:
+    """Per row of ``values`` (scores of the item indices ``items``, same shape): its ``k``
+    best, best first, ties by lower item, ``-inf`` left out, each plus ``offsets[row]``."""
+    idx, best = _best(values, items, k)
+    return _listed(idx, best, offsets)
+
+
+def _listed(idx: np.ndarray, values: np.ndarray, offsets: np.ndarray | None) -> list[TopK]:
     if offsets is not None:
         values = values + offsets[:, None]
     return [_finite(i, v) for i, v in zip(idx.tolist(), values.tolist(), strict=True)]
