@@ -12,26 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.scoring import factor_view as view_of
 from models.ann import RECALL_TARGET, FreshIndex, ItemIndex, recall_at
 from models.batch_scoring import top_k_products
-from models.scoring import ScoringView
-
-
-def clustered(
-    n_items: int, n_users: int, dim: int = 64, clusters: int = 64, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items (``n x (dim + 1)``: embedding, bias) and user queries (``embedding, 1``) with
-    the shape of trained factors: tastes around a few genre centres, Zipf-like biases."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 0.3
-    items = np.empty((n_items, dim + 1), dtype=np.float32)
-    items[:, :dim] = centres[rng.integers(clusters, size=n_items)]
-    items[:, :dim] += rng.standard_normal((n_items, dim), dtype=np.float32) * 0.15
-    items[:, dim] = -np.log1p(rng.permutation(n_items)) * 0.3
-    queries = np.ones((n_users, dim + 1), dtype=np.float32)
-    queries[:, :dim] = centres[rng.integers(clusters, size=n_users)]
-    queries[:, :dim] += rng.standard_normal((n_users, dim), dtype=np.float32) * 0.15
-    return items, queries
+from models.synthetic import clustered_factors as clustered
 
 
 def seen_rows(rng: np.random.Generator, n_items: int, users: int, seen: int) -> list[np.ndarray]:
@@ -158,21 +142,8 @@ def test_non_finite_items_are_never_indexed_and_scored_exactly(small) -> None:
 def test_recommend_batch_through_the_index_matches_exact_on_a_view(small) -> None:
     items, queries, _ = small
     n_users = 200
-    user_ids = [f"u{i}" for i in range(n_users)]
-    item_ids = [f"i{i}" for i in range(len(items))]
-    view = ScoringView(
-        version=1,
-        user_ids=user_ids,
-        user_index={u: i for i, u in enumerate(user_ids)},
-        item_ids=item_ids,
-        item_index={v: i for i, v in enumerate(item_ids)},
-        user_embeddings=queries[:n_users, :-1],
-        user_biases=np.zeros(n_users, dtype=np.float32),
-        item_embeddings=items[:, :-1],
-        item_biases=items[:, -1],
-        popularity=np.ones(len(items)),
-        user_positives=np.ones(n_users, dtype=np.int64),
-    )
+    view = view_of(items, queries[:n_users])
+    user_ids = view.user_ids()
     index = ItemIndex(view.product_items(), view.sample_queries(100))
     fresh = FreshIndex.of(index, view.product_items())
     rng = np.random.default_rng(2)
