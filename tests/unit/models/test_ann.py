@@ -103,6 +103,7 @@ HOSTILE = [math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38, 1e-30, 0.0]
 def test_hostile_queries_are_answered_as_the_exact_path_answers_them(small, marks, k) -> None:
     items, queries, index = small
     hostile = np.array(queries[100:120])
+    hostile[19, :3] = 3e38  # finite, but its scores overflow to +-inf
     for row, col, value in marks:
         hostile[row, col] = value
     fresh = FreshIndex.of(index, items)
