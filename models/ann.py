@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from models.batch_scoring import TopK, top_k_of, top_k_products
+from models.batch_scoring import TopK, top_k_arrays, top_k_of, top_k_products
 
 MIN_LIST = 40
 """Fewest items per inverted list (faiss's k-means wants 39 training points per centroid)."""
@@ -52,6 +52,10 @@ MOST_SCANNED = 4
 """An index that must probe more than one list in this many is no faster than exact."""
 
 CALIBRATION_K = 10
+
+QUERY_LIMIT = 1e18
+"""A query with a value beyond this (or NaN) is scored exactly: its scores may overflow,
+and where they do depends on the order of the sums."""
 
 OUTLIER_NORM = 10.0
 """Items whose norm is over this many times the 99th percentile's are left out of the
@@ -196,15 +200,18 @@ class FreshIndex:
         """:func:`models.batch_scoring.top_k_products` of ``queries`` against
         :attr:`items`, found through the index: each request's candidates (its ``k`` plus
         its excluded items plus :data:`MARGIN`) and the stale rows, scored exactly, the
-        excluded left out. Scored exactly instead, as today: a request whose query is not
-        finite, that needs more than :data:`MAX_FETCH` candidates, or that the candidates
-        leave short of ``k`` or with a score that is not finite."""
+        excluded left out. Scored exactly instead, as today: a request whose query has a
+        value that is NaN or beyond :data:`QUERY_LIMIT`, that needs more than
+        :data:`MAX_FETCH` candidates, or that the candidates leave short of ``k`` or with
+        a score that is not finite."""
         rows, n = queries.shape[0], len(self.items)
         if len(exclude) and len(exclude) != rows:
             raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
         excludes = list(exclude) if len(exclude) else [_NONE] * rows
         wants = np.array([k + len(e) for e in excludes], dtype=np.int64) + MARGIN
-        exact = ~np.isfinite(queries).all(axis=1) | (wants > MAX_FETCH)
+        with np.errstate(invalid="ignore"):  # NaN compares False: not searchable
+            searchable = (np.abs(queries) <= QUERY_LIMIT).all(axis=1)
+        exact = ~searchable | (wants > MAX_FETCH)
         out: list[TopK] = [([], [])] * rows
         near = np.flatnonzero(~exact)
         if len(near) and n:
@@ -243,9 +250,9 @@ class FreshIndex:
         offsets: np.ndarray | None,
         count: int,
     ) -> list[TopK]:
-        """The index's ``count`` candidates per query and the stale rows, scored exactly;
-        an excluded, stale (scored as such) or missing candidate is ``-inf``."""
-        n, stale = len(self.items), self.stale
+        """The index's ``count`` candidates per query and the ``k`` best stale rows, scored
+        exactly; an excluded, NaN, stale (scored as such) or missing candidate is ``-inf``."""
+        n, stale, rows = len(self.items), self.stale, len(queries)
         found = self.index.search(queries, count)
         gone = (found < 0) | (found >= n)
         found[gone] = 0
@@ -253,15 +260,23 @@ class FreshIndex:
             gone |= np.isin(found, stale)
         values = np.matmul(self.items[found], queries[:, :, None])[:, :, 0]
         values[gone] = _NEG_INF
-        if len(stale):
-            values = np.hstack([values, queries @ self.items[stale].T])
-            found = np.hstack([found, np.broadcast_to(stale, (len(queries), len(stale)))])
+        counts = np.fromiter((len(e) for e in excludes), dtype=np.int64, count=rows)
+        marks = np.concatenate([np.asarray(e, dtype=np.int64) for e in excludes])
+        marked = np.repeat(np.arange(rows, dtype=np.int64), counts)  # the row of each mark
+        if len(marks):
+            span = np.int64(n + 1)
+            values[np.isin(found + np.arange(rows)[:, None] * span, marks + marked * span)] = (
+                _NEG_INF
+            )
+        if len(stale):  # only their k best join the candidates
+            scores = queries @ self.items[stale].T
+            hit = np.isin(marks, stale)
+            scores[marked[hit], np.searchsorted(stale, marks[hit])] = _NEG_INF
+            scores[np.isnan(scores)] = _NEG_INF
+            at, best = top_k_arrays(scores, k)
+            values = np.hstack([values, best])
+            found = np.hstack([found, stale[np.minimum(at, len(stale) - 1)]])
         values[np.isnan(values)] = _NEG_INF  # never served (as in top_k_products)
-        counts = np.fromiter((len(e) for e in excludes), dtype=np.int64, count=len(excludes))
-        if counts.any():
-            at = np.arange(len(queries), dtype=np.int64) * np.int64(n + 1)
-            marks = np.concatenate([np.asarray(e, dtype=np.int64) for e in excludes])
-            values[np.isin(found + at[:, None], marks + np.repeat(at, counts))] = _NEG_INF
         return top_k_of(values, found, k, offsets)
 
 
