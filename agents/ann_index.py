@@ -40,9 +40,8 @@ class AnnIndex:
     _index: ItemIndex | None = field(default=None, init=False, repr=False)
     _fresh: FreshIndex | None = field(default=None, init=False, repr=False)
     _fresh_view: ScoringView | None = field(default=None, init=False, repr=False)
-    _building: Future[ItemIndex] | None = field(default=None, init=False, repr=False)
+    _building: Future[None] | None = field(default=None, init=False, repr=False)
     _retry_at: int = field(default=0, init=False, repr=False)  # items a retry waits for
-    _building_items: int = field(default=0, init=False, repr=False)
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -86,10 +85,10 @@ class AnnIndex:
         return self._index
 
     def wait(self) -> None:
-        """Wait for the running build, if any (tests, benchmarks)."""
+        """Wait until the running build, if any, is built and installed (tests, benchmarks)."""
         building = self._building
         if building is not None:
-            building.exception()
+            building.result()
 
     def _build(self, view: ScoringView) -> None:
         """Build from ``view`` in the background, unless a build is running."""
@@ -98,21 +97,22 @@ class AnnIndex:
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="streamrec-ann")
-            building = self._pool.submit(_built, view)
-            self._building, self._building_items = building, view.n_items
-        building.add_done_callback(self._install)
+            self._building = self._pool.submit(self._built, view)
 
-    def _install(self, building: Future[ItemIndex]) -> None:
-        """The finished build searched from now on; after a failure scoring goes on as
-        before it (the old index, or exact), and after an index not worth searching, exact;
-        either way retried at a larger catalog."""
-        error = building.exception()
-        index = None if error is not None else building.result()
+    def _built(self, view: ScoringView) -> None:
+        """Build from ``view`` and install it (in the build thread): searched from now on.
+        After a failure scoring goes on as before it (the old index, or exact), after an
+        index not worth searching, exact; either way retried at a larger catalog."""
+        try:
+            index: ItemIndex | None = _built(view)
+            error = None
+        except Exception as exc:  # logged below; the service goes on exactly
+            index, error = None, exc
         with self._lock:
             if index is not None and index.useful:
                 self._index, self._fresh, self._fresh_view = index, None, None
             else:
-                self._retry_at = int(RETRY_GROWTH * self._building_items)
+                self._retry_at = int(RETRY_GROWTH * view.n_items)
                 if index is not None:
                     self._index = self._fresh = self._fresh_view = None
         if error is not None:
