@@ -67,8 +67,8 @@ class AnnIndex:
         from models.ann import FreshIndex
 
         fresh = FreshIndex.of(index, view.product_items())
-        with self._lock:
-            if self._index is index:
+        with self._lock:  # (a matrix another thread made at the same time is not the view's)
+            if self._index is index and fresh.items is view.product_items():
                 self._fresh, self._fresh_view = fresh, view
         too_stale = len(fresh.stale) > max(REBUILD_ROWS, REBUILD_SHARE * view.n_items)
         if too_stale and view.n_items >= self._retry_at:
