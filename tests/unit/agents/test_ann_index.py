@@ -16,7 +16,11 @@ from agents.state import ModelHolder
 from benchmarks.scoring import factor_view as view_of
 from models.ann import FreshIndex
 from models.events import RecRequest
+from models.seen import remember
 from models.synthetic import clustered_factors as clustered
+from models.wire import Reply
+from tests.unit.agents.fakes import FakeMessage, FakeSeenTable
+from tests.unit.agents.test_score_thread import scorer_on
 
 
 def test_exact_until_built_then_the_index_for_each_view(monkeypatch) -> None:
@@ -120,3 +124,53 @@ def test_the_scorers_batches_go_through_the_index_once_built(monkeypatch) -> Non
     for rec in near:
         assert [s.score for s in rec.items] == sorted((s.score for s in rec.items), reverse=True)
     ann.close()
+
+
+async def test_a_scorer_answers_through_the_index_in_its_thread_seen_items_excluded(
+    monkeypatch,
+) -> None:
+    items, queries = clustered(6000, 300, dim=16, clusters=12, seed=3)
+    view = view_of(items, queries)
+    table = FakeSeenTable()
+    rng = np.random.default_rng(1)
+    seen_of = {}
+    for u in range(300):
+        exact = view.recommend(f"u{u}", 5).items  # its 5 best are seen: never sent
+        seen_of[f"u{u}"] = {s.item for s in exact} | {f"i{i}" for i in rng.integers(0, 6000, 20)}
+        table.put(f"u{u}", remember(None, sorted(seen_of[f"u{u}"]), 1000), 0)
+    messages = [
+        FakeMessage(
+            "rec-requests",
+            0,
+            n,
+            f"u{n}".encode(),
+            f'{{"request_id": "r{n}", "user": "u{n}", "k": 10}}'.encode(),
+        )
+        for n in range(300)
+    ]
+    threads: list[str] = []
+    top_k = FreshIndex.top_k
+
+    def recorded(self, queries, *args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return top_k(self, queries, *args, **kwargs)
+
+    monkeypatch.setattr(FreshIndex, "top_k", recorded)
+    scorer, sink = scorer_on(view, table, inline_cells=0)
+    scorer.ann = AnnIndex(min_items=1000)
+    await scorer.handle(messages)  # exact: the index is being built
+    scorer.ann.wait()
+    await scorer.handle(messages)
+    await scorer.delivered()
+    scorer.scoring.close()
+    scorer.ann.close()
+    assert threads and all(t.startswith("streamrec-scoring") for t in threads)
+    replies = [Reply.parse(s["value"]) for s in sink.sent]
+    exact, near = replies[:300], replies[300:]
+    assert [r.request_id for r in near] == [f"r{n}" for n in range(300)]
+    hits = 0
+    for a, b in zip(exact, near, strict=True):
+        assert not seen_of[b.user] & {i.item for i in b.items}
+        assert len(b.items) == 10
+        hits += len({i.item for i in a.items} & {i.item for i in b.items})
+    assert hits / 3000 >= 0.98
