@@ -51,8 +51,9 @@ class AnnIndex:
 
     def search(self, view: ScoringView, *, prepare: bool = True) -> FreshIndex | None:
         """The index made right for ``view`` (None: score exactly). ``prepare``: compare
-        ``view``'s items with the index's here (one pass over the item matrix, once per
-        view: in the scoring thread); else only an index already made right for it. Starts
+        ``view``'s item stamps with the index's here (once per view, in the scoring thread;
+        the item matrix itself when the view has another lineage); else only an index
+        already made right for it. Starts
         a build when there is none, or the stale rows grew past the rebuild share."""
         if not self.applies(view):
             return None
@@ -66,7 +67,7 @@ class AnnIndex:
             return None
         from models.ann import FreshIndex
 
-        fresh = FreshIndex.of(index, view.product_items())
+        fresh = FreshIndex.of(index, view.product_items(), view.item_stamps())
         with self._lock:  # (a matrix another thread made at the same time is not the view's)
             if self._index is index and fresh.items is view.product_items():
                 self._fresh, self._fresh_view = fresh, view
@@ -137,4 +138,6 @@ class AnnIndex:
 def _built(view: ScoringView) -> ItemIndex:
     from models.ann import ItemIndex
 
-    return ItemIndex(view.product_items(), view.sample_queries(CALIBRATION_USERS))
+    return ItemIndex(
+        view.product_items(), view.sample_queries(CALIBRATION_USERS), stamps=view.item_stamps()
+    )

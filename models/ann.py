@@ -15,7 +15,6 @@ is rebuilt, off the scoring path, once the stale rows cost more than a share of 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -70,18 +69,25 @@ class ItemIndex:
     searches may run in any number of threads (faiss releases the GIL). Rows with a
     non-finite value are left out (:attr:`unindexed`): a caller scores them exactly."""
 
-    __slots__ = ("_index", "_lists", "_probes", "items", "n", "recall", "unindexed")
+    __slots__ = ("_index", "_lists", "_probes", "items", "n", "recall", "stamps", "unindexed")
 
     def __init__(
-        self, items: np.ndarray, queries: np.ndarray | None = None, *, seed: int = 0
+        self,
+        items: np.ndarray,
+        queries: np.ndarray | None = None,
+        *,
+        stamps: np.ndarray | None = None,
+        seed: int = 0,
     ) -> None:
-        """Index ``items``; with ``queries`` (a sample of users, as
+        """Index ``items`` (``stamps``: their rows' write stamps,
+        :meth:`models.scoring.ScoringView.item_stamps`); with ``queries`` (a sample of users, as
         :meth:`models.scoring.ScoringView.sample_queries` draws), probe as many lists as
         reach :data:`RECALL_TARGET` on them (:attr:`recall`), doubling from
         :data:`MIN_PROBES`; without, one list in :data:`PROBED_SHARE`."""
         if items.ndim != 2:
             raise ValueError(f"items has shape {items.shape}, expected 2 dimensions")
         self.items = items  # the rows as built (a view's frozen array: kept, not copied)
+        self.stamps = stamps
         self.n = len(items)
         norms = np.sqrt(np.einsum("ij,ij->i", items, items, dtype=np.float64))
         finite = np.isfinite(norms)
@@ -179,13 +185,25 @@ class FreshIndex:
     stale: np.ndarray
 
     @classmethod
-    def of(cls, index: ItemIndex, items: np.ndarray) -> FreshIndex:
-        """``index`` for ``items`` (a later view's matrix, rows append-only): one pass
-        comparing the rows both hold (NaN never equals itself: such a row stays stale)."""
+    def of(
+        cls, index: ItemIndex, items: np.ndarray, stamps: np.ndarray | None = None
+    ) -> FreshIndex:
+        """``index`` for ``items`` (a later view's matrix, rows append-only): the rows
+        both hold whose values differ (NaN never equals itself), looked for only among
+        those whose write ``stamps`` differ from the index's when both have stamps (a
+        view of the same lineage: a few rows, not a pass over the matrix)."""
         if items.ndim != 2 or items.shape[1] != index.items.shape[1]:
             raise ValueError(f"items has shape {items.shape}, the index {index.items.shape}")
         common = min(len(items), index.n)
-        changed = np.flatnonzero((items[:common] != index.items[:common]).any(axis=1))
+        written = (
+            np.flatnonzero(stamps[:common] != index.stamps[:common])
+            if stamps is not None and index.stamps is not None
+            else None
+        )
+        if written is None or len(written) == common:  # no stamps, or another lineage
+            changed = np.flatnonzero((items[:common] != index.items[:common]).any(axis=1))
+        else:  # rewritten rows may hold the same values: only those that differ are stale
+            changed = written[(items[written] != index.items[written]).any(axis=1)]
         unindexed = index.unindexed[index.unindexed < common]
         stale = np.union1d(np.union1d(changed, unindexed), np.arange(common, len(items)))
         return cls(index, items, stale.astype(np.int64))
@@ -202,8 +220,8 @@ class FreshIndex:
         its excluded items plus :data:`MARGIN`) and the stale rows, scored exactly, the
         excluded left out. Scored exactly instead, as today: a request whose query has a
         value that is NaN or beyond :data:`QUERY_LIMIT`, that needs more than
-        :data:`MAX_FETCH` candidates, or that the candidates leave short of ``k`` or with
-        a score that is not finite."""
+        :data:`MAX_FETCH` candidates, or that the candidates leave short of ``k``. A NaN
+        score is never served, an infinite one is, as on the exact path."""
         rows, n = queries.shape[0], len(self.items)
         if len(exclude) and len(exclude) != rows:
             raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
@@ -225,8 +243,6 @@ class FreshIndex:
             for r, top in zip(near.tolist(), found, strict=True):
                 if len(top[0]) < k and len(top[0]) < n - len(np.unique(excludes[r])):
                     exact[r] = True  # the candidates fell short: the whole row instead
-                elif not all(map(math.isfinite, top[1])):
-                    exact[r] = True  # scores overflowed (or NaN): today's rule for them
                 else:
                     out[r] = top
         again = np.flatnonzero(exact)

@@ -7,6 +7,7 @@ trainer keeps mutating its own arrays, and the agent swaps in a newer view by as
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
@@ -91,6 +92,7 @@ class ScoringView:
         "_blend_weight",
         "_item_biases",
         "_item_embeddings",
+        "_item_stamps",
         "_items",
         "_k",
         "_n_items",
@@ -170,6 +172,7 @@ class ScoringView:
         popularity_ts: float | None,
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
+        item_stamps: np.ndarray | None = None,
     ) -> None:
         self.version = version
         self._users, self._n_users = users, n_users
@@ -182,6 +185,9 @@ class ScoringView:
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
         self._product_items: np.ndarray | None = None  # computed on first use
+        if item_stamps is None:  # rows from whole arrays: one new write for all of them
+            item_stamps = np.full(n_items, next(_WRITES), dtype=np.int64)
+        self._item_stamps = _frozen(item_stamps)
         self._init_neighbours(neighbours, blend_weight)
 
     def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
@@ -280,6 +286,10 @@ class ScoringView:
         if delta.popularity_decay != 1.0:
             popularity[: self._n_items] *= delta.popularity_decay
         popularity[delta.popularity_rows] = delta.popularity_values
+        item_stamps = _grown(self._item_stamps, n_items)
+        written = next(_WRITES)
+        item_stamps[delta.item_rows] = written
+        item_stamps[self._n_items :] = written
         rows = delta.user_rows
         return self._from_parts(
             version=delta.version,
@@ -297,6 +307,7 @@ class ScoringView:
             popularity_ts=delta.popularity_ts,
             neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
             blend_weight=self._blend_weight,
+            item_stamps=item_stamps,
         )
 
     def with_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> ScoringView:
@@ -581,6 +592,13 @@ class ScoringView:
             items = self._product_items = _frozen(items)
         return items
 
+    def item_stamps(self) -> np.ndarray:
+        """Per item row, the write that last set it (read-only int64): rows of two views
+        with equal stamps are equal. Every :meth:`with_delta` is a new write of the rows it
+        changes or adds; a view made from whole arrays, a new write of all its rows. What
+        an approximate index compares instead of the rows (:mod:`models.ann`)."""
+        return self._item_stamps
+
     def sample_queries(self, count: int, seed: int = 0) -> np.ndarray:
         """Up to ``count`` warm users drawn at random, as rows :meth:`product_items` is
         multiplied with (embedding, then 1 for the item bias): what an approximate index
@@ -635,6 +653,7 @@ class ScoringView:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_WRITES = itertools.count(1)  # item stamps: one number per write, never reused in a process
 _NEG_INF = float("-inf")
 
 
