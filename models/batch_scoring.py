@@ -41,7 +41,7 @@ def top_k_products(
     ``offsets[row]`` (a per-user constant: it changes no ranking). The products are
     computed a tile of items at a time; each tile's k best are kept and merged. A NaN
     score (a NaN or infinite value in a user or item row) is left out, as an excluded one
-    is."""
+    is (:func:`top_k_arrays`)."""
     rows, n = users.shape[0], items.shape[0]
     kk = min(k, n)
     if not rows or not kk:
@@ -51,20 +51,11 @@ def top_k_products(
         raise ValueError(f"{len(exclude)} exclusions for {rows} rows")
     excluding = any(len(e) for e in exclude)
     masked = _exclusions(exclude) if excluding and tile < n else None
-    hostile = (
-        np.arange(rows)
-        if not np.isfinite(items).all()  # one pass over the items: ~1/rows of the products
-        else np.flatnonzero(~np.isfinite(users).all(axis=1))
-    )
     found_items: list[np.ndarray] = []
     found_values: list[np.ndarray] = []
     for start in range(0, n, tile):
         stop = min(n, start + tile)
         scores = users @ items[start:stop].T
-        if len(hostile):
-            some = scores[hostile]
-            some[np.isnan(some)] = -np.inf
-            scores[hostile] = some
         if excluding and masked is None:  # one tile: the flat positions at once
             flat = np.concatenate(
                 [np.asarray(e, dtype=np.int64) + r * n for r, e in enumerate(exclude)]
@@ -113,7 +104,9 @@ def sorted_top_k(scores: np.ndarray, k: int) -> list[TopK]:
 
 def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`block_top_k` as two (rows x min(k, n)) arrays, items and values; a row with
-    fewer finite scores is padded with ``-inf`` (at item indices from ``n`` on).
+    fewer finite scores is padded with ``-inf`` (at item indices from ``n`` on). A NaN
+    score is never among them (a row with one is found again with its NaNs as ``-inf``:
+    its block maxima say so, at no cost to the others).
 
     The blocks are strided (block ``j`` of ``m`` holds items ``j, j + m, j + 2m, ...``), so
     their maxima are element-wise maxima of ``BLOCK`` contiguous strips (SIMD). Why only
@@ -136,9 +129,11 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     reaching = np.count_nonzero(maxima >= bar[:, None], axis=1)
     clean = (reaching == kk) & (bar > _NEG_INF)
     strips = np.arange(BLOCK + 1) * m
+    nan_rows = np.flatnonzero(np.isnan(bar))  # NaN is the largest to argpartition
+    clean[nan_rows] = True  # not sorted below: found again after
     out_items = np.empty((rows, kk), dtype=np.int64)
     out_values = np.empty((rows, kk), dtype=scores.dtype)
-    picked = np.flatnonzero(clean)
+    picked = np.flatnonzero(clean & ~np.isnan(bar))
     if len(picked):
         items = (top_blocks[picked][:, :, None] + strips).reshape(len(picked), -1)
         outside = items >= n  # the tail holds fewer than m items
@@ -155,6 +150,10 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         width = found_items.shape[1]
         out_items[r, :width], out_values[r, :width] = found_items[0], found_values[0]
         out_items[r, width:], out_values[r, width:] = n + np.arange(kk - width), _NEG_INF
+    if len(nan_rows):
+        masked = scores[nan_rows]
+        masked[np.isnan(masked)] = _NEG_INF
+        out_items[nan_rows], out_values[nan_rows] = top_k_arrays(masked, k)
     return out_items, out_values
 
 
@@ -165,6 +164,8 @@ def _best(values: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np
     values, so the lower items win the tie."""
     rows, width = values.shape
     k = min(k, width)
+    if np.isnan(values).any():  # never served: as excluded
+        values = np.where(np.isnan(values), values.dtype.type(_NEG_INF), values)
     if not k:
         return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=values.dtype)
     if k < width:

@@ -230,3 +230,22 @@ def test_item_stamps_find_the_rows_a_delta_changed_as_comparing_the_values_does(
     )
     other = FreshIndex.of(index, whole.product_items(), whole.item_stamps())
     assert other.stale.tolist() == by_values.stale.tolist()
+
+
+@pytest.mark.parametrize("n", [3000, 20_000])  # rows partitioned whole; rows by blocks
+def test_nan_scores_are_never_served_by_the_exact_path_either(n) -> None:
+    rng = np.random.default_rng(4)
+    items = rng.standard_normal((n, 9)).astype(np.float32)
+    items[7, 0] = np.nan  # one item scores NaN for everyone
+    users = rng.standard_normal((6, 9)).astype(np.float32)
+    users[2, 3], users[4, 0] = np.nan, np.inf  # a user scores NaN (or +-inf) everywhere
+    exclude = [np.arange(r, n, 50) for r in range(6)]
+    with np.errstate(invalid="ignore"):
+        found = top_k_products(users, items, 10, exclude)
+        scores = users @ items.T
+    scores[np.isnan(scores)] = -np.inf
+    for r in range(6):
+        scores[r, exclude[r]] = -np.inf
+        order = [i for i in np.argsort(-scores[r], kind="stable")[:10] if scores[r, i] > -np.inf]
+        assert found[r][0] == order
+        assert_same(found[r], (order, scores[r, order].tolist()))
