@@ -324,6 +324,12 @@ class Settings(BaseSettings):
     request_batch_max: int = Field(
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
+    ann_min_items: int = Field(
+        50_000,
+        ge=0,
+        description="Catalogs of this many items or more are scored through an approximate "
+        "index (candidates re-ranked exactly, changed items always exact); 0: always exact",
+    )
     ingest_batch_max: int = Field(
         1000,
         ge=1,

@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from agents.ann_index import AnnIndex
 from agents.bulk import PartitionedReader
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
@@ -102,6 +103,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
         experiments=runtime.experiments.serving if runtime.experiments else None,
+        ann=AnnIndex(s.ann_min_items) if s.ann_min_items else None,
     )
 
     # Ratings and requests are read in bulk, outside Faust's streams (agents/bulk.py), from
@@ -142,6 +144,8 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
             await readers[0].run()
         finally:
             scorer.scoring.close()
+            if scorer.ann is not None:
+                scorer.ann.close()
             await known_topics.close()
             await replies.stop()
 
