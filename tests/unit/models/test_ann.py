@@ -35,6 +35,7 @@ def assert_exactly_scored(found, queries, items, exclude, offsets=None) -> None:
         assert vals == sorted(vals, reverse=True)
 
 
+@pytest.mark.long  # 15-30 s; the LightFM-factor recall tests below stay in the default suite
 def test_recall_at_200k_items_is_at_least_098_of_exact() -> None:
     items, queries = clustered(200_000, 756, seed=7)
     index = ItemIndex(items, queries[:256], seed=0)  # calibrated on other users than measured
