@@ -47,6 +47,11 @@ class DeltaPublisher:
     max_bytes: int
     keys: Keyring = field(default_factory=Keyring.dev, repr=False)
     """Every delta is signed with ``keys.signing`` (scorers refuse what is not)."""
+    send_timeout: float = 30.0
+    """How long a delta's delivery may take: past it the publish counts as failed (scorers
+    resync from the next snapshot) and training goes on. An idempotent producer retries a
+    record for ever, and the trainer awaits each delta: a broker that came back without
+    answering it must not stop training."""
 
     async def publish(self, model: IncrementalModel, view: ScoringView) -> PublishedDelta | None:
         """Publish the delta that made ``view``; returns what ``/model/`` shows about it, with
@@ -87,7 +92,7 @@ class DeltaPublisher:
                 delta.rows_touched,
             )
         try:
-            offset = await self._send(delta, raw)
+            offset = await asyncio.wait_for(self._send(delta, raw), self.send_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # scorers see a gap and resync from the next snapshot

@@ -69,6 +69,9 @@ from models.wire import DeadLetter, SnapshotRequest
 
 log = logging.getLogger(__name__)
 
+COMMIT_TIMEOUT = 30.0
+"""How long the trainer waits for the group to take a snapshot's offsets."""
+
 #: Positives of one batch scored for the prequential hit-rate (a sample, so the test step
 #: costs the same for a batch of 20 and of 20,000).
 EVAL_SAMPLE = 64
@@ -537,10 +540,13 @@ class Trainer:
                 commit[tp] = offset
         if not commit:
             return
-        try:
-            await self.consumer.commit(commit)
-        except KafkaError as exc:  # a rebalance in progress: the next snapshot commits
-            log.warning("Committing snapshot offsets failed (%s); will retry", exc)
+        try:  # for monitoring only: never wait on it for long (the next snapshot commits)
+            await asyncio.wait_for(self.consumer.commit(commit), COMMIT_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:  # a rebalance in progress, a lost broker
+            log.warning(
+                "Committing snapshot offsets failed (%s); will retry",
+                exc or type(exc).__name__,
+            )
 
     # --- rebalances ----------------------------------------------------------------------
     async def on_assigned(self, partitions: set[TopicPartition]) -> None:

@@ -58,6 +58,26 @@ WORKER_SETTINGS: dict[str, object] = {
 }
 
 
+def stacks(worker: WorkerProcess) -> str:
+    """What ``worker`` is doing: py-spy's dump of its threads and asyncio tasks' frames."""
+    import subprocess
+    import sys
+
+    if worker.proc is None:
+        return "(not running)"
+    spy = Path(sys.executable).parent / "py-spy"
+    try:
+        done = subprocess.run(
+            [str(spy), "dump", "--pid", str(worker.proc.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(py-spy failed: {exc})"
+    return (done.stdout + done.stderr)[-8000:]
+
+
 def wait_for(
     predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.25
 ) -> Any:
@@ -249,7 +269,7 @@ class Cluster:
                 raise
             pytest.fail(
                 f"{exc}\ntrainer /model/: {self.info(trainer)}\n"
-                f"trainer log:\n{trainer.log_tail(80)}"
+                f"trainer's stacks:\n{stacks(trainer)}\ntrainer log:\n{trainer.log_tail(80)}"
             )
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,7 @@ class ListSink:
 
     sent: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
     fail: bool = False
+    never_delivered: bool = False  # an idempotent producer retrying for ever
 
     async def send(
         self,
@@ -44,6 +46,8 @@ class ListSink:
         self.sent.append((key, value))
 
         async def delivered() -> Sent:
+            if self.never_delivered:
+                await asyncio.Event().wait()
             return Sent(offset=len(self.sent) - 1)
 
         return delivered()
@@ -80,6 +84,17 @@ async def test_a_failed_send_asks_for_a_snapshot_and_does_not_raise() -> None:
     model = trained_model()
     info = await DeltaPublisher(ListSink(fail=True), max_bytes=1 << 20).publish(model, model.view())
     assert info["snapshot_needed"] and "broker gone" in info["error"]
+    assert model.delta_offset is None
+
+
+async def test_a_delivery_that_never_comes_times_out_and_asks_for_a_snapshot() -> None:
+    """CI once saw the trainer stop training for good after a broker restart, silently,
+    with a delta's delivery outstanding: a publish now gives up after ``send_timeout``."""
+    model = trained_model()
+    publisher = DeltaPublisher(ListSink(never_delivered=True), max_bytes=1 << 20)
+    publisher.send_timeout = 0.05
+    info = await asyncio.wait_for(publisher.publish(model, model.view()), 5)
+    assert info is not None and info["snapshot_needed"] and "error" in info
     assert model.delta_offset is None
 
 
