@@ -34,6 +34,7 @@ from models.errors import SnapshotError
 from models.fitter import PARTS
 from models.idmap import decode_strings, encode_strings
 from models.manifest import SEGMENT_FORMAT, ChainMark, Manifest
+from models.ownership import Share
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import (
@@ -473,9 +474,12 @@ def decode_chain(
 
 
 def load_chain_view(
-    chain: Sequence[tuple[bytes, Mapping[str, Any]]], keys: Keyring | None = None
+    chain: Sequence[tuple[bytes, Mapping[str, Any]]],
+    keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> tuple[ScoringView, ChainMark | None]:
-    """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``."""
+    """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``
+    (with ``share``: only that share's users)."""
     if len(chain) == 1:
-        return load_scoring_view(*chain[0], keys)
-    return scoring_view_of(decode_chain(chain, keys, training=False))
+        return load_scoring_view(*chain[0], keys, share)
+    return scoring_view_of(decode_chain(chain, keys, training=False), share)

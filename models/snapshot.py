@@ -39,6 +39,7 @@ from models.errors import UntrustedSnapshot as UntrustedSnapshot
 from models.fitter import PARTS, SIDES, STATE_ARRAYS
 from models.idmap import IdMap, decode_strings, encode_strings
 from models.manifest import FORMAT, ChainMark, Manifest, parse_manifest
+from models.ownership import Share
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError, check_fields, sign_fields
 
@@ -276,27 +277,38 @@ def decode_scoring(
 
 
 def load_scoring_view(
-    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
+    payload: bytes,
+    manifest: Mapping[str, Any],
+    keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> tuple[ScoringView, ChainMark | None]:
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
     ``delta_chain`` (where deltas continue from it; None if it does not say). With
-    ``keys``, the manifest's signature is checked first."""
-    return scoring_view_of(decode_scoring(payload, manifest, keys))
+    ``keys``, the manifest's signature is checked first; with ``share``, the view holds
+    only that share's users (every item)."""
+    return scoring_view_of(decode_scoring(payload, manifest, keys), share)
 
 
 def scoring_view_of(
-    state: ScoringSnapshot | SnapshotState,
+    state: ScoringSnapshot | SnapshotState, share: Share | None = None
 ) -> tuple[ScoringView, ChainMark | None]:
     """A decoded snapshot (or a checkpoint chain's state) as a :class:`ScoringView`, and
-    its ``delta_chain``."""
+    its ``delta_chain``; with ``share``, holding only that share's users."""
+    user_ids, held = state.user_ids, None
+    if share is not None:
+        held = np.flatnonzero(share.held(user_ids))
+        user_ids = [user_ids[i] for i in held.tolist()]
     view = ScoringView.from_arrays(
         version=state.version,
-        users=IdMap(state.user_ids),
+        users=IdMap(user_ids),
         items=IdMap(state.item_ids),
         arrays=state.arrays,
         popularity_ts=state.popularity_ts,
         neighbours=state.neighbours,
         blend_weight=state.config.blend_weight,
+        share=share,
+        held_rows=held,
+        n_global=len(state.user_ids),
     )
     return view, state.chain
 
