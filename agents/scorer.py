@@ -17,6 +17,7 @@ requests only after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import time
 from collections import Counter
@@ -145,6 +146,14 @@ def reply_for(
     return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
+def loading_marked(holder: ModelHolder, reply: Reply | None) -> Reply | None:
+    """``reply`` marked ``loading`` if it is a popularity reply for a user whose partition
+    is still loading (issue 19): the model may know the user, this scorer not yet."""
+    if reply is None or reply.source != "popularity" or not holder.is_loading(reply.user):
+        return reply
+    return dataclasses.replace(reply, loading=True)
+
+
 class ExperimentHook(Protocol):
     """:func:`replies_for` with the running experiments in: users in one get their
     variant's reply (:class:`agents.experiment_serving.ExperimentServing`)."""
@@ -184,6 +193,9 @@ class Scorer:
     max_undelivered: int = 5000  # replies on their way before handle waits for them
     experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
     scoring: ScoreThread = field(default_factory=ScoreThread)  # large batches off the loop
+    loading_wait: float = 5.0
+    """How long a batch with users of a partition still loading (issue 19) waits for it;
+    after that they are answered from popularity with ``"loading": true``."""
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
     _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
@@ -257,6 +269,9 @@ class Scorer:
             received.append(received_at(message))
         if not requests:
             return
+        holder = self.holder
+        if holder.loading and any(holder.is_loading(r.user) for r in requests):
+            await holder.until_loaded(self.loading_wait)
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
             replies: Sequence[Reply | None] = await self._replies(requests, seen, received)
@@ -265,6 +280,8 @@ class Scorer:
                 await self._reply_alone(*args)
                 for args in zip(requests, seen, received, sources_of, strict=True)
             ]
+        if holder.loading:
+            replies = [loading_marked(holder, reply) for reply in replies]
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
         for reply, target, message in zip(replies, targets, sources_of, strict=True):

@@ -149,6 +149,7 @@ class ModelStatus(TypedDict, total=False):
     deltas: DeltaChain
     refused: Refusals
     last_refused: LastRefused
+    loading_partitions: str  # issue 19: owned partitions whose users are loading ("1,3")
     # added when rendered
     snapshot_age_seconds: float
     role: str

@@ -1,0 +1,158 @@
+"""A scorer holding its share (issue 19): the follower keeps only the owned partitions'
+users, narrows on a revocation, loads a new partition's users from the checkpoint and the
+deltas since beside the served view, and the scorer marks replies of loading partitions.
+Kafka is a list of records (tests/unit/agents/test_follower.py's fakes); the store is real."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiokafka import TopicPartition
+
+from agents.follower import ModelFollower
+from agents.scorer import loading_marked
+from agents.share_loader import ShareLoader
+from agents.state import ModelHolder
+from models.ownership import Share
+from models.scoring import ScoringView
+from models.wire import Reply
+from storage import SnapshotStore, open_store
+from tests.unit.agents.test_follower import DELTAS, UPDATES, FakeConsumer, Record, Trainer
+
+FIRST, BOTH, SECOND = Share.of(2, {0}), Share.of(2, {0, 1}), Share.of(2, {1})
+
+
+def holds_share_of(view: ScoringView | None, trainer: Trainer, share: Share) -> bool:
+    """``view`` is the trainer's model with only ``share``'s users."""
+    full = trainer.model.full_view()
+    if view is None or view.version != full.version or view.share != share:
+        return False
+    held = [u for u in full.user_ids() if share.holds(u)]
+    if view.user_ids() != held or view.item_ids() != full.item_ids():
+        return False
+    rows = [full.user_ids().index(u) for u in held]
+    ours, theirs = view.scoring_arrays(), full.scoring_arrays()
+    return all(
+        np.array_equal(theirs[n][rows] if n.startswith("user") else theirs[n], ours[n])
+        for n in theirs
+    )
+
+
+class ListConsumer:
+    """The delta topic from an offset, as a consumer of the loader's."""
+
+    def __init__(self, records: list[Record], offset: int) -> None:
+        self.records, self.position = records, offset
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[Any, list[Record]]:
+        batch, self.position = self.records[self.position :], len(self.records)
+        return {TopicPartition(DELTAS, 0): batch} if batch else {}
+
+    async def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SnapshotStore]:
+    async with open_store(f"file://{tmp_path}") as store:
+        yield store
+
+
+@pytest.fixture
+def follower(store: SnapshotStore) -> ModelFollower:
+    follower = ModelFollower(ModelHolder(), store, {}, UPDATES, deltas_topic=DELTAS)
+    follower._consumer = FakeConsumer()  # type: ignore[assignment]
+    return follower
+
+
+@pytest.fixture
+def topic(monkeypatch: pytest.MonkeyPatch) -> list[Record]:
+    records: list[Record] = []
+
+    async def _open(self: ShareLoader, offset: int) -> ListConsumer:
+        return ListConsumer(records, offset)
+
+    monkeypatch.setattr(ShareLoader, "_open", _open)
+    return records
+
+
+async def test_a_share_follows_the_deltas_with_only_its_users(follower: ModelFollower) -> None:
+    follower.set_share(FIRST)
+    trainer = Trainer()
+    for seed in range(4):
+        await follower.on_delta(trainer.batch(seed))
+    assert holds_share_of(follower.holder.view, trainer, FIRST)
+    assert follower.holder.view.model_users == trainer.model.n_users
+
+
+async def test_revoked_users_are_dropped_and_new_ones_loaded_beside_the_served_view(
+    follower: ModelFollower, store: SnapshotStore, topic: list[Record]
+) -> None:
+    trainer = Trainer()
+    trainer.records = topic
+    follower.set_share(BOTH)
+    await follower.on_delta(trainer.batch(0))
+    await follower.on_delta(trainer.batch(1))
+    assert holds_share_of(follower.holder.view, trainer, BOTH)
+    # Partition 0 revoked: the view narrows at once, nothing is loading.
+    follower.set_share(SECOND)
+    await follower.settle_share()
+    assert holds_share_of(follower.holder.view, trainer, SECOND)
+    assert not follower.holder.loading
+    # A checkpoint, deltas after it, then partition 0 comes back.
+    await trainer.snapshot(store)
+    for seed in (2, 3):
+        await follower.on_delta(trainer.batch(seed))
+    follower.set_share(BOTH)
+    holder = follower.holder
+    assert holder.loading == {0}
+    user0 = next(u for u in trainer.model.full_view().user_ids() if FIRST.holds(u))
+    assert holder.is_loading(user0) and not holder.is_loading(next(iter(second_users(trainer))))
+    served = holder.view
+    await follower.settle_share()  # starts the loader in the background
+    assert follower._share_task is not None and holder.view is served
+    await follower._share_task  # the checkpoint and deltas 2, 3 replayed
+    await follower.on_delta(trainer.batch(4))  # the served view moves on meanwhile
+    await follower.settle_share()  # the rest replayed, then swapped in
+    assert holds_share_of(holder.view, trainer, BOTH)
+    assert not holder.loading and await holder.until_loaded(0.0)
+    assert follower._share_task is None
+    await follower.on_delta(trainer.batch(5))  # and the deltas go on
+    assert holds_share_of(holder.view, trainer, BOTH)
+
+
+def second_users(trainer: Trainer) -> list[str]:
+    return [u for u in trainer.model.full_view().user_ids() if SECOND.holds(u)]
+
+
+async def test_a_load_serves_only_the_share(follower: ModelFollower, store: SnapshotStore) -> None:
+    trainer = Trainer()
+    trainer.batch(0)
+    trainer.batch(1)
+    update = await trainer.snapshot(store)
+    follower.set_share(SECOND)
+    await follower.on_update(update)
+    assert holds_share_of(follower.holder.view, trainer, SECOND)
+    assert not follower.holder.loading
+
+
+def test_popularity_replies_of_a_loading_partition_say_so() -> None:
+    holder = ModelHolder()
+    holder.set_loading(4, frozenset({1}))
+    users = [f"u{i}" for i in range(40)]
+    loading = next(u for u in users if Share.of(4, {1}).holds(u))
+    other = next(u for u in users if not Share.of(4, {1}).holds(u))
+    cold = Reply("r1", loading, [], 3, "popularity")
+    marked = loading_marked(holder, cold)
+    assert marked is not None and marked.loading
+    assert Reply.parse(marked.encode()[1]).loading  # on the wire, read back
+    assert not Reply.parse(cold.encode()[1]).loading
+    assert b"loading" not in cold.encode()[1]  # absent unless true: old readers unchanged
+    assert loading_marked(holder, Reply("r2", other, [], 3, "popularity")).loading is False
+    assert loading_marked(holder, Reply("r3", loading, [], 3, "model")).loading is False
+    holder.set_loading(4, frozenset())
+    assert loading_marked(holder, cold) is cold
