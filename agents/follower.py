@@ -53,7 +53,7 @@ from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
 from agents.resync import SnapshotAsker
-from agents.share_loader import ShareLoader
+from agents.share_loader import ShareLoader, delta_reader
 from agents.state import ModelHolder
 from agents.status import DeltaChain, RefusedMessage, announcement
 from models.delta import FRESH, Chain, next_step
@@ -115,14 +115,7 @@ class ModelFollower:
         await retry_forever("follower", self.follow, retry_seconds, health=self.health)
 
     async def follow(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **self.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=self.max_delta_bytes + (1 << 20),
-            fetch_max_bytes=2 * self.max_delta_bytes + (1 << 20),
-        )
+        consumer = delta_reader(self.kafka, self.max_delta_bytes)
         await consumer.start()
         self._consumer = consumer
         try:

@@ -26,6 +26,18 @@ from models.wire import ModelDelta, open_delta
 log = logging.getLogger(__name__)
 
 
+def delta_reader(kafka: KafkaOptions, max_delta_bytes: int) -> AIOKafkaConsumer:
+    """A consumer (no group: it only reads) able to fetch the largest delta allowed."""
+    return AIOKafkaConsumer(
+        **kafka,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max_delta_bytes + (1 << 20),
+        fetch_max_bytes=2 * max_delta_bytes + (1 << 20),
+    )
+
+
 class ShareLoadFailed(Exception):
     """The loaded checkpoint and its deltas cannot reach the served chain (another trainer
     run, a gap, a marker): the follower starts again from a newer checkpoint."""
@@ -60,14 +72,7 @@ class ShareLoader:
 
     async def _open(self, offset: int) -> AIOKafkaConsumer:
         """A consumer of the delta topic from ``offset`` (no group: it only reads)."""
-        consumer = AIOKafkaConsumer(
-            **self.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=self.max_delta_bytes + (1 << 20),
-            fetch_max_bytes=2 * self.max_delta_bytes + (1 << 20),
-        )
+        consumer = delta_reader(self.kafka, self.max_delta_bytes)
         await consumer.start()
         tp = TopicPartition(self.deltas_topic, 0)
         consumer.assign([tp])

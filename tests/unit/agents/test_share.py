@@ -5,8 +5,6 @@ Kafka is a list of records (tests/unit/agents/test_follower.py's fakes); the sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,8 +18,9 @@ from agents.state import ModelHolder
 from models.ownership import Share
 from models.scoring import ScoringView
 from models.wire import Reply
-from storage import SnapshotStore, open_store
-from tests.unit.agents.test_follower import DELTAS, UPDATES, FakeConsumer, Record, Trainer
+from storage import SnapshotStore
+from tests.unit.agents import test_follower
+from tests.unit.agents.test_follower import DELTAS, Record, Trainer
 
 FIRST, BOTH, SECOND = Share.of(2, {0}), Share.of(2, {0, 1}), Share.of(2, {1})
 
@@ -56,17 +55,7 @@ class ListConsumer:
         pass
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SnapshotStore]:
-    async with open_store(f"file://{tmp_path}") as store:
-        yield store
-
-
-@pytest.fixture
-def follower(store: SnapshotStore) -> ModelFollower:
-    follower = ModelFollower(ModelHolder(), store, {}, UPDATES, deltas_topic=DELTAS)
-    follower._consumer = FakeConsumer()  # type: ignore[assignment]
-    return follower
+store, follower = test_follower.store, test_follower.follower  # the same fixtures
 
 
 @pytest.fixture
