@@ -240,7 +240,8 @@ class ModelFollower:
         if version is None:
             version = await self.store.latest()
         if version is None or not self.deltas_topic:
-            raise RuntimeError("no checkpoint to load the new partitions from")
+            await self._ask("share")  # the trainer writes one at once
+            raise RuntimeError("no checkpoint to load the new partitions from yet")
         loader = ShareLoader(
             self.store,
             self.kafka,

@@ -34,6 +34,9 @@ class ModelHolder:
     def publish(self, view: ScoringView, **info: Unpack[ModelStatus]) -> None:
         self.view = view
         self.info = {**self.info, **info, "version": view.version}
+        if view.share is not None:  # a share's view (issue 19): what it holds
+            self.info["held_partitions"] = ",".join(map(str, sorted(view.share.owned)))
+            self.info["held_users"] = view.n_users
         self.loaded_at = time.time()
 
     def set_loading(self, n_partitions: int, partitions: frozenset[int]) -> None:
