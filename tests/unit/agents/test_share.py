@@ -5,6 +5,8 @@ Kafka is a list of records (tests/unit/agents/test_follower.py's fakes); the sto
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -15,12 +17,13 @@ from agents.follower import ModelFollower
 from agents.scorer import loading_marked
 from agents.share_loader import ShareLoader
 from agents.state import ModelHolder
-from models.ownership import Share
+from models.ownership import Share, partition_of
 from models.scoring import ScoringView
 from models.wire import Reply
 from storage import SnapshotStore
-from tests.unit.agents import test_follower
+from tests.unit.agents import test_follower, test_scorer
 from tests.unit.agents.test_follower import DELTAS, Record, Trainer
+from tests.unit.models.conftest import tiny_view as test_scorer_view
 
 FIRST, BOTH, SECOND = Share.of(2, {0}), Share.of(2, {0, 1}), Share.of(2, {1})
 
@@ -145,3 +148,28 @@ def test_popularity_replies_of_a_loading_partition_say_so() -> None:
     assert loading_marked(holder, Reply("r3", loading, [], 3, "model")).loading is False
     holder.set_loading(4, frozenset())
     assert loading_marked(holder, cold) is cold
+
+
+setup, tiny_view = test_scorer.setup, test_scorer_view  # the scorer's fakes and tiny view
+
+
+async def test_requests_of_a_loading_partition_wait_then_get_popularity_saying_so(setup):
+    scorer, _, replies, _, _ = setup
+    holder = scorer.holder
+    carol = partition_of("carol", 2)  # a cold user: popularity whatever is loaded
+    holder.set_loading(2, frozenset({carol}))
+    scorer.loading_wait = 0.2
+    started = time.monotonic()
+    await scorer.handle([test_scorer.request_message("carol", "r1", 0)])
+    assert time.monotonic() - started >= 0.2  # it waited for the load
+    (got,) = test_scorer.replies_of(replies)
+    assert got.source == "popularity" and got.loading
+    # The load ends while a request waits: it is answered then, not marked.
+    scorer.loading_wait = 30.0
+    waiting = asyncio.create_task(scorer.handle([test_scorer.request_message("carol", "r2", 1)]))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    holder.set_loading(2, frozenset())
+    await asyncio.wait_for(waiting, 5)
+    last = test_scorer.replies_of(replies)[-1]
+    assert last.request_id == "r2" and last.source == "popularity" and not last.loading
