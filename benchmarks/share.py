@@ -17,6 +17,10 @@ or the share of partitions {0, 1} of 4. Figures, each a ratio within the run:
   whole join end to end).
 
 ``--quick`` (``run_all --quick``): 200k users; the full run: 1M users (~2 GB transient).
+
+Measured (2 cores, session of issue 19): at 1M users RSS 510 -> 315 MiB (0.62: the ~94 MiB
+of a scorer's imports do not halve), the view's own memory 416 -> 222 MiB (0.53), a share's
+load 2.7 s against 6.4 s for every user; at 200k users 0.78, 0.56 and 0.97 s vs 1.35 s.
 """
 
 from __future__ import annotations
@@ -185,9 +189,16 @@ def main() -> None:
     args = parser.parse_args()
     figs = figures(args.quick)
     if args.json:
-        print(json.dumps({"benchmark": "share", "machine": machine(), "figures": [
-            {**f.__dict__, "ratio": f.ratio} for f in figs
-        ]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "benchmark": "share",
+                    "machine": machine(),
+                    "figures": [{**f.__dict__, "ratio": f.ratio} for f in figs],
+                },
+                indent=2,
+            )
+        )
         return
     print(
         table(
