@@ -6,12 +6,15 @@ Kafka is a list of records (tests/unit/agents/test_follower.py's fakes); the sto
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.follower import ModelFollower
 from agents.scorer import loading_marked
@@ -173,3 +176,21 @@ async def test_requests_of_a_loading_partition_wait_then_get_popularity_saying_s
     await asyncio.wait_for(waiting, 5)
     last = test_scorer.replies_of(replies)[-1]
     assert last.request_id == "r2" and last.source == "popularity" and not last.loading
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False),
+        st.text(),
+        st.lists(st.booleans()),
+    )
+)
+def test_a_replys_loading_is_true_only_when_it_says_true(value) -> None:
+    body = json.loads(Reply("r", "u", [], 1, "popularity").encode()[1])
+    got = Reply.parse(json.dumps({**body, "loading": value}).encode())
+    assert got.loading is (value is True)
+    assert Reply.parse(got.encode()[1]) == got  # encode after decode
