@@ -53,7 +53,7 @@ from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
 from agents.resync import SnapshotAsker
-from agents.share_loader import ShareLoader, delta_reader
+from agents.share_loader import ShareLoader, ShareLoadFailed, delta_reader
 from agents.state import ModelHolder
 from agents.status import DeltaChain, RefusedMessage, announcement
 from models.delta import FRESH, Chain, next_step
@@ -241,7 +241,7 @@ class ModelFollower:
             version = await self.store.latest()
         if version is None or not self.deltas_topic:
             await self._ask("share")  # the trainer writes one at once
-            raise RuntimeError("no checkpoint to load the new partitions from yet")
+            raise ShareLoadFailed("no checkpoint to load the new partitions from yet")
         loader = ShareLoader(
             self.store,
             self.kafka,

@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.checkpoints import load_view
+from agents.errors import AgentError
 from agents.kafka import KafkaOptions
 from agents.ports import SnapshotStore
 from models.delta import Chain, next_step
@@ -38,9 +39,12 @@ def delta_reader(kafka: KafkaOptions, max_delta_bytes: int) -> AIOKafkaConsumer:
     )
 
 
-class ShareLoadFailed(Exception):
+class ShareLoadFailed(AgentError):
     """The loaded checkpoint and its deltas cannot reach the served chain (another trainer
-    run, a gap, a marker): the follower starts again from a newer checkpoint."""
+    run, a gap, a marker), or there is no checkpoint yet: the follower starts again from
+    the newest checkpoint."""
+
+    retriable = True
 
 
 @dataclass
