@@ -72,7 +72,10 @@ def replies_for(
     Items carry a ``title`` when the catalog knows one."""
     batch = scoring_batch(requests, holder, seen)
     recs = None if batch is None else batch.score()
-    return built_replies(requests, recs, received, catalog=catalog)
+    replies = built_replies(requests, recs, received, catalog=catalog)
+    if holder.loading:  # e.g. /users/{id}/ while the user's partition loads (issue 19)
+        return [loading_marked(holder, r) or r for r in replies]
+    return replies
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.follower import ModelFollower
-from agents.scorer import loading_marked
+from agents.scorer import loading_marked, reply_for
 from agents.share_loader import ShareLoader
 from agents.state import ModelHolder
+from models.events import RecRequest
 from models.ownership import Share, partition_of
 from models.scoring import ScoringView
 from models.wire import Reply
@@ -194,3 +195,13 @@ def test_a_replys_loading_is_true_only_when_it_says_true(value) -> None:
     got = Reply.parse(json.dumps({**body, "loading": value}).encode())
     assert got.loading is (value is True)
     assert Reply.parse(got.encode()[1]) == got  # encode after decode
+
+
+def test_a_web_reply_of_a_loading_partition_says_so_too(tiny_view) -> None:
+    holder = ModelHolder()
+    holder.publish(tiny_view)
+    holder.set_loading(2, frozenset({partition_of("carol", 2)}))
+    request = RecRequest("r1", "carol", 3)
+    assert reply_for(request, holder, np.zeros(0, dtype=np.uint64)).loading
+    holder.set_loading(2, frozenset())
+    assert not reply_for(request, holder, np.zeros(0, dtype=np.uint64)).loading
