@@ -105,7 +105,11 @@ class ModelFollower:
     _neighbour_fetch: asyncio.Task[tuple[int, ScoringView] | None] | None = None
     share: Share | None = None
     """The users to hold: those of these partitions (None: every user, the default)."""
+    first_share_wait: float = 0.0
+    """At start, how long to wait for a share that owns partitions before the first load
+    (one load of the share's users instead of a load of none, then of the share)."""
     _share_task: asyncio.Task[ShareLoader] | None = None
+    _share_owned: asyncio.Event = field(default_factory=asyncio.Event)
     _share_failures: int = 0
     _share_retry_at: float = 0.0
     _share_started: float = 0.0
@@ -124,6 +128,7 @@ class ModelFollower:
             consumer.assign(updates + deltas)
             await consumer.seek_to_beginning(*updates)
             latest = await self._read_until(consumer, await consumer.end_offsets(updates))
+            await self._await_first_share()
             self.chain = Chain()
             if latest is not None:
                 pinned = latest.reason in OPERATOR_REASONS
@@ -151,6 +156,16 @@ class ModelFollower:
             await consumer.stop()
 
     # --- the share (issue 19) ------------------------------------------------------------
+    async def _await_first_share(self) -> None:
+        """Before the first load, give the group a moment to assign this worker partitions
+        (at most :attr:`first_share_wait`): their users are then loaded at once."""
+        if self.share is None or self.share.owned or self.first_share_wait <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._share_owned.wait(), self.first_share_wait)
+        except TimeoutError:
+            log.info("No partitions assigned yet: loading the items only")
+
     def set_share(self, share: Share) -> None:
         """Hold the users of ``share`` from now on (app/ calls this on every assignment):
         the holder says which partitions are loading until the view holds them."""
@@ -159,6 +174,8 @@ class ModelFollower:
         log.info("Holding the users of partitions %s", share.describe())
         self.share = share
         self._share_failures = 0
+        if share.owned:
+            self._share_owned.set()
         self._mark_loading()
 
     def _mark_loading(self) -> None:

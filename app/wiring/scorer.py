@@ -214,6 +214,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
                     keys=keys,
                 )
                 if s.scorer_share:
+                    follower.first_share_wait = s.session_timeout
                     follower.set_share(owned[0])
                     followers.append(follower)
                 await follower.run()

@@ -205,3 +205,17 @@ def test_a_web_reply_of_a_loading_partition_says_so_too(tiny_view) -> None:
     assert reply_for(request, holder, np.zeros(0, dtype=np.uint64)).loading
     holder.set_loading(2, frozenset())
     assert not reply_for(request, holder, np.zeros(0, dtype=np.uint64)).loading
+
+
+async def test_the_first_load_waits_a_moment_for_owned_partitions(follower: ModelFollower) -> None:
+    follower.set_share(Share.of(2, ()))  # before the group assigned anything
+    follower.first_share_wait = 30.0
+    waiting = asyncio.create_task(follower._await_first_share())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    follower.set_share(FIRST)
+    await asyncio.wait_for(waiting, 5)  # released by the assignment, not the bound
+    lonely = ModelFollower(ModelHolder(), follower.store, {}, "u", deltas_topic=DELTAS)
+    lonely.set_share(Share.of(2, ()))
+    lonely.first_share_wait = 0.05
+    await asyncio.wait_for(lonely._await_first_share(), 5)  # no partitions: the bound
