@@ -99,6 +99,9 @@ class SnapshotState:
     chain: ChainMark | None = None
     """Where the state sits in the delta chain (the lineage's last delta version and the
     delta topic's next offset), None if unknown."""
+    held_rows: np.ndarray | None = None
+    """A scorer's share (issue 19): ``user_ids`` are only the users at these rows (the
+    arrays still have every row); None: every user."""
 
 
 def library_versions() -> dict[str, str]:
@@ -250,7 +253,6 @@ class ScoringSnapshot:
     neighbours: sp.csr_matrix | None = None  # for blending
     held_rows: np.ndarray | None = None
     """With a share: the rows of the users in ``user_ids`` (only those were decoded)."""
-    n_users: int = 0  # the snapshot's users (``user_ids`` are only the held ones with a share)
 
 
 def decode_scoring(
@@ -283,7 +285,6 @@ def decode_scoring(
         chain=extra["chain"],
         neighbours=extra["neighbours"],
         held_rows=extra.get("held_rows"),
-        n_users=meta["n_users"],
     )
 
 
@@ -306,8 +307,8 @@ def scoring_view_of(
     """A decoded snapshot (or a checkpoint chain's state) as a :class:`ScoringView`, and
     its ``delta_chain``; with ``share``, holding only that share's users."""
     user_ids, held, n_users = state.user_ids, None, len(state.user_ids)
-    if isinstance(state, ScoringSnapshot) and state.held_rows is not None:
-        held, n_users = state.held_rows, state.n_users  # decoded for this share already
+    if state.held_rows is not None:  # decoded for this share already
+        held, n_users = state.held_rows, len(state.arrays["user_biases"])
     elif share is not None:
         held = np.flatnonzero(share.held(user_ids))
         user_ids = [user_ids[i] for i in held.tolist()]

@@ -10,11 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.delta import ModelDelta
+from models.errors import SnapshotError
 from models.idmap import encode_strings
+from models.incremental import IncrementalModel
 from models.ownership import Share, key_hashes, murmur2, partition_of, partitions_of
 from models.scoring import ScoringView
+from models.segment import assemble, decode_chain, decode_segment, load_chain_view
 from models.snapshot import load_scoring_view
+from tests.unit.models import test_segment as segment_tests
 from tests.unit.models.test_delta import assert_same_view, trained
+from tests.unit.models.test_incremental import ratings
 
 
 @settings(max_examples=300, deadline=None)
@@ -124,3 +129,23 @@ def test_the_empty_share_holds_no_user_but_every_item():
     assert view.n_users == 0 and view.model_users == model.n_users
     assert view.item_ids() == model.full_view().item_ids()
     assert view.recommend("u1").source == "popularity"
+
+
+def test_a_checkpoint_chain_loads_only_the_shares_users():
+    """A base and its segments (new users in both): the base's other ids are never
+    decoded, the segments' new ones are filtered, and the rows are the full chain's."""
+    model = IncrementalModel(segment_tests.CONFIG)
+    model.train_batch(ratings(6, 12, 60, seed=3, prefix="base-"))  # u0..u5; then u6..
+    model.view()
+    written = segment_tests.chain(model, 6)
+    assert len(written) > 2
+    assert len(decode_chain(written[:1]).user_ids) < len(decode_chain(written).user_ids)
+    full, mark = load_chain_view(written)
+    part, share_mark = load_chain_view(written, None, SHARE)
+    assert share_mark == mark
+    _same_for_share(full, part, SHARE)
+    state = decode_chain(written, training=False, share=SHARE)
+    assert state.user_ids == part.user_ids()  # only the share's ids were kept
+    base = decode_chain(written[:1], training=False, share=SHARE)
+    with pytest.raises(SnapshotError, match="needs the share"):  # a share's base, no share
+        assemble(base, [decode_segment(*written[1])], training=False)
