@@ -10,13 +10,16 @@ running experiment and returns the ones to stop: the mSPRT on the two hit-rates
 :class:`HitReader` runs it on one worker (the trainer role: every partition, no group),
 publishes each experiment's tally to the compacted results topic with the offsets it
 covers, and restarts from them (the impressions of the last window are read again, to
-match ratings, but not counted twice).
+match ratings, but not counted twice). A rating is matched ``rating_grace`` seconds after
+it is read, so the impressions shown before it (scorers send them a moment after the reply)
+are in.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +42,11 @@ from models.signing import Keyring
 from models.wire import Undecodable, decode_rating
 
 log = logging.getLogger(__name__)
+
+RATING_GRACE = 1.0
+"""The service's ``rating_grace``: seconds a rating waits, once read, before it is matched.
+Scorers send a reply's impressions up to ``agents.experiment_serving.IMPRESSIONS_LINGER``
+(0.25 s) after the reply; a user who rated at once would otherwise find nothing shown."""
 
 
 @dataclass
@@ -187,12 +195,17 @@ class HitReader:
     health: ReaderHealth | None = None
     results: dict[str, Result] = field(default_factory=dict)
     """The newest result of each experiment (the web view)."""
+    rating_grace: float = 0.0
+    """Seconds a rating read waits before it is matched (0: at once)."""
     _counted_from: dict[TopicPartition, int] = field(default_factory=dict)
+    _held: deque[tuple[float, TopicPartition, int, Rating]] = field(default_factory=deque)
+    """Ratings read and not yet matched: when read, where from, and the rating."""
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         await retry_forever("experiment-hits", self.follow, retry_seconds, health=self.health)
 
     async def follow(self) -> None:
+        self._held.clear()  # read again from the positions published (they stop before them)
         consumer = await open_consumer(self.kafka)
         try:
             await self._restore(consumer)
@@ -216,14 +229,19 @@ class HitReader:
         finally:
             await consumer.stop()
 
-    def _handle(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> None:
+    def _handle(
+        self, batch: Mapping[TopicPartition, Sequence[Any]], wall: float | None = None
+    ) -> None:
         """Impressions first, then ratings: a rating is matched after what was shown.
 
         Both are judged by the trainer's event-time rule (:func:`models.events.
         check_event_time` against the record's :func:`agents.ports.reference_time`): the
         counter's clock is the latest event time it saw, and one record stamped far ahead
-        (anyone can write these topics) would otherwise close every open list at once."""
-        wall = time.time()
+        (anyone can write these topics) would otherwise close every open list at once.
+        With a ``rating_grace``, ratings are held that long after they are read (also
+        through empty batches: the reader calls this after every fetch). ``wall``: the
+        time read (default now)."""
+        wall = time.time() if wall is None else wall
         for tp, records in batch.items():
             if tp.topic != self.impressions_topic:
                 continue
@@ -251,7 +269,13 @@ class HitReader:
                     )
                 except Undecodable:
                     continue  # the trainer dead-letters it
-                self.counter.rate(rating)
+                if self.rating_grace > 0:
+                    self._held.append((wall, tp, record.offset, rating))
+                else:
+                    self.counter.rate(rating)
+        held = self._held
+        while held and held[0][0] + self.rating_grace <= wall:
+            self.counter.rate(held.popleft()[3])
 
     async def _restore(self, consumer: AIOKafkaConsumer) -> None:
         """The tallies and positions last published (a restart goes on from them)."""
@@ -291,7 +315,18 @@ class HitReader:
     async def _positions(
         self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
     ) -> dict[str, int]:
-        return {f"{tp.topic}:{tp.partition}": await consumer.position(tp) for tp in partitions}
+        """Where the counted records end: a partition's position, or its first rating
+        still held (a restart reads it again)."""
+        positions = {tp: await consumer.position(tp) for tp in partitions}
+        return {f"{tp.topic}:{tp.partition}": n for tp, n in self.counted(positions).items()}
+
+    def counted(self, positions: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """``positions`` (the consumer's) less the ratings still held."""
+        out = dict(positions)
+        for _, tp, offset, _ in self._held:
+            if tp in out:
+                out[tp] = min(out[tp], offset)
+        return out
 
     async def publish(self, positions: dict[str, int]) -> None:
         """Judge, stop what the guardrail stops, and publish every running tally."""

@@ -128,6 +128,8 @@ class ModelFollower:
             consumer.assign(updates + deltas)
             await consumer.seek_to_beginning(*updates)
             latest = await self._read_until(consumer, await consumer.end_offsets(updates))
+            if latest is not None and not await self._still_current(latest):
+                latest = None  # a replayed operator's announcement: the pointer rules
             await self._await_first_share()
             self.chain = Chain()
             if latest is not None:
@@ -321,7 +323,8 @@ class ModelFollower:
         """An announcement on ``model-updates``: operators' ones win; the trainer's are
         loaded when the deltas have not already brought the view there."""
         if update.reason in OPERATOR_REASONS:
-            await self.load(update.version, update, seek=False, pinned=True)
+            if await self._still_current(update):
+                await self.load(update.version, update, seek=False, pinned=True)
             return
         if self.chain.pinned or self._waiting or self.holder.view is None or not self.deltas_topic:
             if update.version != self._version() or self._waiting or self.chain.pinned:
@@ -334,6 +337,26 @@ class ModelFollower:
             await self.load(update.version, update, seek=True)  # deltas will bring it
         else:
             self._announced = (update, time.monotonic())
+
+    async def _still_current(self, update: ModelUpdate) -> bool:
+        """Whether an operator's announcement (promote, rollback) names the store's current
+        version. Operators move the pointer before they announce, and the trainer moves it
+        with every snapshot, so a genuinely signed but old announcement written again (a
+        replay) names a version the pointer has left: refused, no pin. The trainer's own
+        announcements are not asked (the chain rule orders them)."""
+        if update.reason not in OPERATOR_REASONS:
+            return True
+        current = await self.store.current()  # a store that fails: the reader starts over
+        if current == update.version:
+            return True
+        self._untrusted(
+            "update",
+            "stale",
+            f"an operator's {update.reason} of v{update.version}, but the store's current "
+            f"version is v{current} (an old announcement written again?)",
+            version=update.version,
+        )
+        return False
 
     def _note_snapshot(self, update: ModelUpdate) -> None:
         self.holder.info["snapshot"] = {

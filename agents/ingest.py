@@ -16,6 +16,7 @@ them exactly once (agents/trainer.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from agents.ports import Message, SeenTable, Sink, dead_letter, reference_time
 from models.events import MAX_FUTURE_SKEW_SECONDS
 from models.seen import remember
 from models.wire import Undecodable, decode_rating, decode_ratings
+
+log = logging.getLogger(__name__)
 
 
 async def send_dead_letter(dlq: Sink, message: Message, exc: Undecodable) -> Any:
@@ -76,7 +79,12 @@ class Ingest:
     max_bytes: int
     seen_limit: int
     max_future_skew: float = MAX_FUTURE_SKEW_SECONDS  # the trainer's, for the same verdicts
+    max_users: int | None = None
+    """The model's bound (STREAMREC_MAX_USERS): a table already holding that many users
+    records no new one (a flood of fake ids would otherwise grow every scorer for ever; the
+    trainer refuses such users the same way). Known users' rows still grow."""
     recorded: int = 0  # valid ratings recorded so far (the SEEN_RATINGS counter, cheap to read)
+    full: int = 0  # ratings of new users not recorded because the table was full
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Record one slice of ``ratings`` messages: decoded and merged in a worker thread
@@ -91,11 +99,26 @@ class Ingest:
         metrics.EVENTS_IN.labels(messages[0].topic).inc(len(messages))
         metrics.AGENT_BATCH.labels("ingest").observe(len(messages))
         by_user, bad = rated_by_user(messages, self.max_bytes, self.max_future_skew)
-        seen, limit = self.seen, self.seen_limit
+        seen, limit, bound = self.seen, self.seen_limit, self.max_users
+        full = 0
         for user, (partition, items) in by_user.items():
-            seen.put(user, remember(seen.get(user), items, limit), partition)
-        metrics.SEEN_RATINGS.inc(len(messages) - len(bad))
+            row = seen.get(user)
+            if row is None and bound is not None and len(seen) >= bound:
+                full += len(items)
+                continue
+            seen.put(user, remember(row, items, limit), partition)
+        if full:
+            if not self.full:
+                log.warning(
+                    "seen-items holds %d users (STREAMREC_MAX_USERS): new users' ratings are "
+                    "not recorded (counted in streamrec_skipped_messages_total{kind=capacity})",
+                    bound,
+                )
+            self.full += full
+            metrics.SKIPPED_MESSAGES.labels(messages[0].topic, "capacity").inc(full)
+        recorded = len(messages) - len(bad) - full
+        metrics.SEEN_RATINGS.inc(recorded)
         for message, exc in bad:  # skipped here, dead-lettered by the trainer
             metrics.SKIPPED_MESSAGES.labels(message.topic, exc.kind).inc()
-        self.recorded += len(messages) - len(bad)
+        self.recorded += recorded
         return bad

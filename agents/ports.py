@@ -99,6 +99,9 @@ class SeenTable(Protocol):
 
     async def flush(self) -> None: ...
 
+    def __len__(self) -> int:  # the users it holds
+        ...
+
 
 def dead_letter(message: Message, exc: Undecodable) -> DeadLetter:
     """The dead letter of ``message`` (its original key and bytes), rejected with ``exc``."""

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agents import metrics
+from agents.ann_index import AnnIndex
 from agents.health import record_error
 from agents.ingest import send_dead_letter
 from agents.ports import BatchSink, Message, SeenTable, Sink, received_at
@@ -65,13 +66,15 @@ def replies_for(
     received: Sequence[float] | None = None,
     *,
     catalog: Catalog = NO_CATALOG,
+    ann: AnnIndex | None = None,
 ) -> list[Reply]:
     """The replies to ``requests`` from whatever view ``holder`` serves now: the one place a
     reply is built. ``seen[i]`` holds the item hashes of ``requests[i]``'s user
     (:mod:`models.seen`); ``received[i]``, if given, the request's unix time (→ latency).
-    Items carry a ``title`` when the catalog knows one."""
-    batch = scoring_batch(requests, holder, seen)
-    recs = None if batch is None else batch.score()
+    Items carry a ``title`` when the catalog knows one. ``ann``: searched when already made
+    right for the view (this runs on the loop)."""
+    batch = scoring_batch(requests, holder, seen, ann)
+    recs = None if batch is None else batch.score(prepare=False)
     replies = built_replies(requests, recs, received, catalog=catalog)
     if holder.loading:  # e.g. /users/{id}/ while the user's partition loads (issue 19)
         return [loading_marked(holder, r) or r for r in replies]
@@ -88,14 +91,23 @@ class ScoringBatch:
     ks: list[int]
     exclude_rows: list[np.ndarray]
     history_rows: list[np.ndarray]
+    ann: AnnIndex | None = None  # large catalogs: the approximate index (agents.ann_index)
 
-    def score(self) -> list[Recommendation]:
-        """The batch's recommendations (pure numpy on immutable arrays: any thread)."""
-        return self.view.recommend_batch(self.users, self.ks, self.exclude_rows, self.history_rows)
+    def score(self, prepare: bool = True) -> list[Recommendation]:
+        """The batch's recommendations (pure numpy on immutable arrays: any thread).
+        ``prepare``: the index may be made right for the view here (see
+        :meth:`agents.ann_index.AnnIndex.search`; False on the loop)."""
+        search = None if self.ann is None else self.ann.search(self.view, prepare=prepare)
+        return self.view.recommend_batch(
+            self.users, self.ks, self.exclude_rows, self.history_rows, search
+        )
 
 
 def scoring_batch(
-    requests: Sequence[RecRequest], holder: ModelHolder, seen: Sequence[np.ndarray]
+    requests: Sequence[RecRequest],
+    holder: ModelHolder,
+    seen: Sequence[np.ndarray],
+    ann: AnnIndex | None = None,
 ) -> ScoringBatch | None:
     """The batch to score for ``requests`` (None while no view is served); on the loop,
     because the holder's item index is cached per view."""
@@ -107,7 +119,8 @@ def scoring_batch(
     rows = [
         found if r.exclude_seen else _NO_ROWS for r, found in zip(requests, seen_rows, strict=True)
     ]
-    return ScoringBatch(view, [r.user for r in requests], [r.k for r in requests], rows, seen_rows)
+    users, ks = [r.user for r in requests], [r.k for r in requests]
+    return ScoringBatch(view, users, ks, rows, seen_rows, ann)
 
 
 def built_replies(
@@ -196,6 +209,7 @@ class Scorer:
     max_undelivered: int = 5000  # replies on their way before handle waits for them
     experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
     scoring: ScoreThread = field(default_factory=ScoreThread)  # large batches off the loop
+    ann: AnnIndex | None = None  # large catalogs: STREAMREC_ANN_MIN_ITEMS
     loading_wait: float = 5.0
     """How long a batch with users of a partition still loading (issue 19) waits for it;
     after that they are answered from popularity with ``"loading": true``."""
@@ -332,8 +346,10 @@ class Scorer:
         # a new view's first batch also copies its item matrix (once per view)
         cells = 0 if view is None else len(requests) * view.n_items + view.product_cells
         if view is None or not self.scoring.offloads(cells):
-            return replies_for(requests, self.holder, seen, received, catalog=self.catalog)
-        batch = scoring_batch(requests, self.holder, seen)
+            return replies_for(
+                requests, self.holder, seen, received, catalog=self.catalog, ann=self.ann
+            )
+        batch = scoring_batch(requests, self.holder, seen, self.ann)
         recs = None if batch is None else await self.scoring.run(cells, batch.score)
         return built_replies(requests, recs, received, catalog=self.catalog)
 

@@ -71,6 +71,9 @@ class FaustSeenTable:
     def get(self, user: str) -> bytes | None:
         return self.rows.get(user)
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
     def put(self, user: str, row: bytes, partition: int) -> None:
         self.rows[user] = row
         with self._lock:

@@ -336,6 +336,12 @@ class Settings(BaseSettings):
         description="With scorer_share: how long a request for a user whose partition is "
         'still loading waits before a popularity reply marked "loading"',
     )
+    ann_min_items: int = Field(
+        50_000,
+        ge=0,
+        description="Catalogs of this many items or more are scored through an approximate "
+        "index (candidates re-ranked exactly, changed items always exact); 0: always exact",
+    )
     ingest_batch_max: int = Field(
         1000,
         ge=1,

@@ -8,7 +8,10 @@ the no-experiment baseline of the same run.
 
 ``benchmarks.experiments`` measures the scorer's own share in-process (no Kafka): there an
 interleaving doubles the product, since both views are scored; here that share is set
-beside the transport a client waits for.
+beside the transport a client waits for. Each setting also reports the CPU the trainer and
+the scorer spent per request (from ``/proc``, Linux; None elsewhere): an experiment's
+work outside the reply path (the impressions, the trainer's hit counter) competes for the
+same cores.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ def _cli(env: dict[str, str], *argv: str) -> None:
         raise RuntimeError(f"experiment {' '.join(argv)}: {done.stderr.strip()}")
 
 
+def _cpu_seconds(worker: WorkerProcess) -> float | None:
+    """User + system CPU seconds of ``worker`` so far (None without ``/proc``)."""
+    if worker.proc is None:
+        return None
+    try:
+        with open(f"/proc/{worker.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait_served(settings: Settings, users: list[str], name: str | None) -> None:
     """Until a reply says it is in experiment ``name`` (None: in none)."""
     deadline = time.monotonic() + 60
@@ -79,8 +94,10 @@ def run(requests: int = 200) -> dict[str, Any]:
     ]
     p50: dict[str, list[float]] = {"none": [], **{m: [] for m in METHODS}}
     p99: dict[str, list[float]] = {k: [] for k in p50}
+    cpu: dict[str, dict[str, list[float]]] = {w.role: {k: [] for k in p50} for w in workers}
 
     def measure(setting: str) -> None:
+        before = {w.role: _cpu_seconds(w) for w in workers}
         got = asyncio.run(
             round_trips(
                 settings,
@@ -93,6 +110,10 @@ def run(requests: int = 200) -> dict[str, Any]:
         )
         p50[setting].append(got["p50_ms"])
         p99[setting].append(got["p99_ms"])
+        for w in workers:
+            start, end = before[w.role], _cpu_seconds(w)
+            if start is not None and end is not None:
+                cpu[w.role][setting].append((end - start) / (requests + 1) * 1000)
 
     try:
         for w in workers:
@@ -117,6 +138,10 @@ def run(requests: int = 200) -> dict[str, Any]:
         "p99_ms": {k: statistics.mean(v) for k, v in p99.items()},
         "p50_ratio": {m: statistics.mean(p50[m]) / baseline for m in METHODS},
         "baseline_runs_ms": p50["none"],
+        "cpu_ms_per_request": {
+            role: {k: statistics.mean(v) if v else None for k, v in by.items()}
+            for role, by in cpu.items()
+        },
         "machine": machine(),
     }
 
@@ -132,9 +157,14 @@ def main(requests: int, as_json: bool) -> None:
         return
     for setting, ms in report["p50_ms"].items():
         ratio = report["p50_ratio"].get(setting, 1.0)
+        cpu = ", ".join(
+            f"{role} {by[setting]:.2f}"
+            for role, by in report["cpu_ms_per_request"].items()
+            if by[setting] is not None
+        )
         click.echo(
             f"{setting:>10}: p50 {ms:.2f} ms, p99 {report['p99_ms'][setting]:.2f} ms, "
-            f"p50 {ratio:.2f}x of none"
+            f"p50 {ratio:.2f}x of none; CPU ms per request: {cpu or 'not measured'}"
         )
 
 

@@ -39,7 +39,9 @@ def top_k_products(
     """Per row of ``users`` (B x d, float32): the top ``k`` items by ``users @ items.T``
     (``items``: N x d), never one of ``exclude[row]`` (item indices), each score plus
     ``offsets[row]`` (a per-user constant: it changes no ranking). The products are
-    computed a tile of items at a time; each tile's k best are kept and merged."""
+    computed a tile of items at a time; each tile's k best are kept and merged. A NaN
+    score (a NaN or infinite value in a user or item row) is left out, as an excluded one
+    is (:func:`top_k_arrays`)."""
     rows, n = users.shape[0], items.shape[0]
     kk = min(k, n)
     if not rows or not kk:
@@ -67,9 +69,20 @@ def top_k_products(
         found_items.append(idx + start)
         found_values.append(values)
     if len(found_items) == 1:
-        idx, values = found_items[0], found_values[0]
-    else:
-        idx, values = _best(np.hstack(found_values), np.hstack(found_items), kk)
+        return _listed(found_items[0], found_values[0], offsets)
+    return top_k_of(np.hstack(found_values), np.hstack(found_items), kk, offsets)
+
+
+def top_k_of(
+    values: np.ndarray, items: np.ndarray, k: int, offsets: np.ndarray | None = None
+) -> list[TopK]:
+    """Per row of ``values`` (scores of the item indices ``items``, same shape): its ``k``
+    best, best first, ties by lower item, ``-inf`` left out, each plus ``offsets[row]``."""
+    idx, best = _best(values, items, k)
+    return _listed(idx, best, offsets)
+
+
+def _listed(idx: np.ndarray, values: np.ndarray, offsets: np.ndarray | None) -> list[TopK]:
     if offsets is not None:
         values = values + offsets[:, None]
     return [_finite(i, v) for i, v in zip(idx.tolist(), values.tolist(), strict=True)]
@@ -91,7 +104,9 @@ def sorted_top_k(scores: np.ndarray, k: int) -> list[TopK]:
 
 def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`block_top_k` as two (rows x min(k, n)) arrays, items and values; a row with
-    fewer finite scores is padded with ``-inf`` (at item indices from ``n`` on).
+    fewer finite scores is padded with ``-inf`` (at item indices from ``n`` on). A NaN
+    score is never among them (a row with one is found again with its NaNs as ``-inf``:
+    its block maxima say so, at no cost to the others).
 
     The blocks are strided (block ``j`` of ``m`` holds items ``j, j + m, j + 2m, ...``), so
     their maxima are element-wise maxima of ``BLOCK`` contiguous strips (SIMD). Why only
@@ -114,9 +129,11 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     reaching = np.count_nonzero(maxima >= bar[:, None], axis=1)
     clean = (reaching == kk) & (bar > _NEG_INF)
     strips = np.arange(BLOCK + 1) * m
+    nan_rows = np.flatnonzero(np.isnan(bar))  # NaN is the largest to argpartition
+    clean[nan_rows] = True  # not sorted below: found again after
     out_items = np.empty((rows, kk), dtype=np.int64)
     out_values = np.empty((rows, kk), dtype=scores.dtype)
-    picked = np.flatnonzero(clean)
+    picked = np.flatnonzero(clean & ~np.isnan(bar))
     if len(picked):
         items = (top_blocks[picked][:, :, None] + strips).reshape(len(picked), -1)
         outside = items >= n  # the tail holds fewer than m items
@@ -133,6 +150,10 @@ def top_k_arrays(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         width = found_items.shape[1]
         out_items[r, :width], out_values[r, :width] = found_items[0], found_values[0]
         out_items[r, width:], out_values[r, width:] = n + np.arange(kk - width), _NEG_INF
+    if len(nan_rows):
+        masked = scores[nan_rows]
+        masked[np.isnan(masked)] = _NEG_INF
+        out_items[nan_rows], out_values[nan_rows] = top_k_arrays(masked, k)
     return out_items, out_values
 
 
@@ -143,6 +164,8 @@ def _best(values: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np
     values, so the lower items win the tie."""
     rows, width = values.shape
     k = min(k, width)
+    if np.isnan(values).any():  # never served: as excluded
+        values = np.where(np.isnan(values), values.dtype.type(_NEG_INF), values)
     if not k:
         return np.zeros((rows, 0), dtype=np.int64), np.zeros((rows, 0), dtype=values.dtype)
     if k < width:

@@ -38,6 +38,7 @@ def team_draft(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     rankings = (control, candidate)
+    ends = (len(control), len(candidate))
     cursors = [0, 0]
     counts = [0, 0]
     placed: list[Placed] = []
@@ -45,30 +46,26 @@ def team_draft(
     coins = hashlib.shake_256(seed).digest(k // 8 + 1)  # >= k fair coins, one a tie
     flips = 0
     while len(placed) < k:
-        available = [_advance(rankings[t], cursors, t, taken) for t in (0, 1)]
-        if not any(available):
+        for t in (0, 1):  # each cursor past the items already placed
+            ranking, n, end = rankings[t], cursors[t], ends[t]
+            while n < end and ranking[n] in taken:
+                n += 1
+            cursors[t] = n
+        has = (cursors[0] < ends[0], cursors[1] < ends[1])
+        if not (has[0] or has[1]):
             break
         if counts[0] != counts[1]:
             team = 0 if counts[0] < counts[1] else 1
         else:
             team = coins[flips // 8] >> (flips % 8) & 1  # SHAKE-256: never random or hash()
             flips += 1
-        if not available[team]:
+        if not has[team]:
             team = 1 - team
         item = rankings[team][cursors[team]]
         taken.add(item)
         counts[team] += 1
         placed.append(Placed(item, TEAMS[team]))
     return placed
-
-
-def _advance(ranking: Sequence[str], cursors: list[int], team: int, taken: set[str]) -> bool:
-    """Move ``team``'s cursor past items already placed; whether it has one left."""
-    n = cursors[team]
-    while n < len(ranking) and ranking[n] in taken:
-        n += 1
-    cursors[team] = n
-    return n < len(ranking)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,15 @@ trainer keeps mutating its own arrays, and the agent swaps in a newer view by as
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
-from models.batch_scoring import block_top_k, top_k_products
+from models.batch_scoring import TopK, block_top_k, top_k_products
 from models.blocks import RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
 from models.idmap import IdMap
@@ -22,6 +23,22 @@ from models.ownership import Share
 
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
 _USERS_PER_PRODUCT = 1024  # users scored together (models.batch_scoring tiles the items)
+
+
+class ItemSearch(Protocol):
+    """A faster way to :func:`models.batch_scoring.top_k_products` over one view's
+    :meth:`ScoringView.product_items` (``items``): :class:`models.ann.FreshIndex`."""
+
+    @property
+    def items(self) -> np.ndarray: ...
+
+    def top_k(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: Sequence[np.ndarray] = (),
+        offsets: np.ndarray | None = None,
+    ) -> list[TopK]: ...
 
 
 class ScoredItem(NamedTuple):
@@ -77,6 +94,7 @@ class ScoringView:
         "_global_n",
         "_item_biases",
         "_item_embeddings",
+        "_item_stamps",
         "_items",
         "_k",
         "_local",
@@ -158,6 +176,7 @@ class ScoringView:
         popularity_ts: float | None,
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
+        item_stamps: np.ndarray | None = None,
         share: Share | None = None,
         global_n: int | None = None,
         local: LocalRows | None = None,
@@ -178,6 +197,9 @@ class ScoringView:
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
         self._product_items: np.ndarray | None = None  # computed on first use
+        if item_stamps is None:  # rows from whole arrays: one new write for all of them
+            item_stamps = np.full(n_items, next(_WRITES), dtype=np.int64)
+        self._item_stamps = _frozen(item_stamps)
         self._init_neighbours(neighbours, blend_weight)
 
     def _init_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> None:
@@ -308,6 +330,10 @@ class ScoringView:
         if delta.popularity_decay != 1.0:
             popularity[: self._n_items] *= delta.popularity_decay
         popularity[delta.popularity_rows] = delta.popularity_values
+        item_stamps = _grown(self._item_stamps, n_items)
+        written = next(_WRITES)
+        item_stamps[delta.item_rows] = written
+        item_stamps[self._n_items :] = written
         return self._from_parts(
             version=delta.version,
             users=self._users,
@@ -322,6 +348,7 @@ class ScoringView:
             popularity_ts=delta.popularity_ts,
             neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
             blend_weight=self._blend_weight,
+            item_stamps=item_stamps,
             share=self._share,
             global_n=delta.n_users,
             local=local,
@@ -354,6 +381,7 @@ class ScoringView:
             popularity_ts=self.popularity_ts,
             neighbours=self._neighbours,
             blend_weight=self._blend_weight,
+            item_stamps=self._item_stamps,  # the same item rows
             share=share,
             global_n=self._global_n,
             local=LocalRows.of(self._global_n, kept),
@@ -533,13 +561,16 @@ class ScoringView:
         ks: Sequence[int],
         exclude_rows: Sequence[np.ndarray],
         history_rows: Sequence[np.ndarray] | None = None,
+        search: ItemSearch | None = None,
     ) -> list[Recommendation]:
         """:meth:`recommend` for a batch of requests, each with its own ``k`` and its own
         excluded item *rows* (dense indices of this view, e.g. from
         :meth:`models.seen.ItemHashIndex.rows`), and optionally the rows of each user's
         history to blend with (see the class docstring). Warm users without blending are
-        scored together by :func:`models.batch_scoring.top_k_products`; those who blend,
-        a chunk of whole rows at a time. Ties go to the lower item row."""
+        scored together by :func:`models.batch_scoring.top_k_products` (or ``search``'s
+        ``top_k`` when it searches this view's :meth:`product_items`: an approximate
+        index, :mod:`models.ann`); those who blend, a chunk of whole rows at a time. Ties
+        go to the lower item row."""
         if not len(users) == len(ks) == len(exclude_rows):
             raise ValueError(f"{len(users)} users, {len(ks)} ks, {len(exclude_rows)} excludes")
         if history_rows is not None and len(history_rows) != len(users):
@@ -563,7 +594,7 @@ class ScoringView:
             else:
                 warm.append(pos)
                 rows.append(row)
-        self._products(users, ks, exclude_rows, warm, rows, results)
+        self._products(users, ks, exclude_rows, warm, rows, results, search)
         if blends is not None:
             self._blended(users, ks, exclude_rows, blends, blended, blended_rows, results)
         return results  # type: ignore[return-value]
@@ -605,11 +636,13 @@ class ScoringView:
         warm: list[int],
         rows: list[int],
         results: list[Recommendation | None],
+        search: ItemSearch | None = None,
     ) -> None:
         """:meth:`recommend_batch`'s warm users without blending, into ``results``: the
         user rows (with a 1 for the item bias) against :meth:`product_items`, the user
         bias added to the k best (it ranks nothing)."""
         dim, items = self._k, self.product_items()
+        top_k = search.top_k if search is not None and search.items is items else None
         for start in range(0, len(warm), _USERS_PER_PRODUCT):
             positions = warm[start : start + _USERS_PER_PRODUCT]
             packed = self._user_rows.take(
@@ -618,12 +651,11 @@ class ScoringView:
             queries = np.empty((len(positions), dim + 1), dtype=np.float32)
             queries[:, :dim] = packed[:, :dim]
             queries[:, dim] = 1.0
-            tops = top_k_products(
-                queries,
-                items,
-                max(ks[pos] for pos in positions),
-                [exclude_rows[pos] for pos in positions],
-                offsets=packed[:, dim],
+            k, excluded = max(ks[pos] for pos in positions), [exclude_rows[p] for p in positions]
+            tops = (
+                top_k_products(queries, items, k, excluded, offsets=packed[:, dim])
+                if top_k is None
+                else top_k(queries, k, excluded, offsets=packed[:, dim])
             )
             for pos, (idx, vals) in zip(positions, tops, strict=True):
                 k = ks[pos]
@@ -646,6 +678,26 @@ class ScoringView:
             items[:, self._k] = self._item_biases
             items = self._product_items = _frozen(items)
         return items
+
+    def item_stamps(self) -> np.ndarray:
+        """Per item row, the write that last set it (read-only int64): rows of two views
+        with equal stamps are equal. Every :meth:`with_delta` is a new write of the rows it
+        changes or adds; a view made from whole arrays, a new write of all its rows. What
+        an approximate index compares instead of the rows (:mod:`models.ann`)."""
+        return self._item_stamps
+
+    def sample_queries(self, count: int, seed: int = 0) -> np.ndarray:
+        """Up to ``count`` warm users drawn at random, as rows :meth:`product_items` is
+        multiplied with (embedding, then 1 for the item bias): what an approximate index
+        is calibrated on (:mod:`models.ann`)."""
+        rng = np.random.default_rng(seed)
+        drawn = rng.choice(self._n_users, min(self._n_users, 4 * count), replace=False)
+        packed = self._user_rows.take(np.sort(drawn).astype(np.int64))
+        packed = packed[packed[:, self._k + 1] != 0][:count]
+        queries = np.empty((len(packed), self._k + 1), dtype=np.float32)
+        queries[:, : self._k] = packed[:, : self._k]
+        queries[:, self._k] = 1.0
+        return queries
 
     def popular(self, k: int = 10, exclude: Iterable[str] = ()) -> list[ScoredItem]:
         """The ``k`` most popular items (recency-decayed counts), skipping ``exclude``."""
@@ -688,6 +740,7 @@ class ScoringView:
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_WRITES = itertools.count(1)  # item stamps: one number per write, never reused in a process
 _NEG_INF = float("-inf")
 
 

@@ -199,3 +199,20 @@ def generate_ratings(
             zip(u.tolist(), item.tolist(), rating.tolist(), ts.tolist(), strict=True)
         )
     ]
+
+
+def clustered_factors(
+    n_items: int, n_users: int, dim: int = 64, clusters: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items (``n x (dim + 1)``: embedding, bias) and user queries (``embedding, 1``) with
+    the shape of trained factors: tastes around a few genre centres, Zipf-like biases."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 0.3
+    items = np.empty((n_items, dim + 1), dtype=np.float32)
+    items[:, :dim] = centres[rng.integers(clusters, size=n_items)]
+    items[:, :dim] += rng.standard_normal((n_items, dim), dtype=np.float32) * 0.15
+    items[:, dim] = -np.log1p(rng.permutation(n_items)) * 0.3
+    queries = np.ones((n_users, dim + 1), dtype=np.float32)
+    queries[:, :dim] = centres[rng.integers(clusters, size=n_users)]
+    queries[:, :dim] += rng.standard_normal((n_users, dim), dtype=np.float32) * 0.15
+    return items, queries

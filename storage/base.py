@@ -21,7 +21,7 @@ import builtins
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, Self, runtime_checkable
@@ -95,7 +95,9 @@ class SnapshotStore(Protocol):
     async def list(self) -> list[SnapshotInfo]: ...
     async def current(self) -> int | None: ...
     async def promote(self, version: int) -> None: ...
-    async def rollback(self, to: int | None = None) -> int: ...
+    async def rollback(
+        self, to: int | None = None, *, check: Callable[[int], Awaitable[object]] | None = None
+    ) -> int: ...
     async def prune(self, keep: int) -> builtins.list[int]: ...
     async def retain(self, keep_bases: int) -> builtins.list[int]: ...
     async def close(self) -> None: ...
@@ -494,14 +496,20 @@ class BaseStore(abc.ABC):
         async with self._pointer_lock:
             await self._replace(POINTER_NAME, promoted(await self._pointer(), version).encode())
 
-    async def rollback(self, to: int | None = None) -> int:
-        """Point ``current`` back at the previous promoted version (or ``to``); returns it."""
+    async def rollback(
+        self, to: int | None = None, *, check: Callable[[int], Awaitable[object]] | None = None
+    ) -> int:
+        """Point ``current`` back at the previous promoted version (or ``to``); returns it.
+        ``check`` is awaited with that version before the pointer moves: if it raises (the
+        target is not trusted, say), the pointer stays where it was."""
         self._check_open()
         if to is not None:
             check_version(to)
         async with self._pointer_lock:
             complete = {v for v, f in (await self._scan()).items() if f.complete}
             pointer = rolled_back(await self._pointer(), to, complete, self.uri(POINTER_NAME))
+            if check is not None:
+                await check(pointer.version)
             await self._replace(POINTER_NAME, pointer.encode())
         return pointer.version
 

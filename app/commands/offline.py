@@ -172,6 +172,7 @@ def train(
     ratings = read_ratings(ratings_file, fmt)
     if not ratings:
         raise click.ClickException(f"{ratings_file}: no ratings")
+    _check_like_the_trainer(ratings_file, ratings, settings)
     if test_fraction is not None:
         train_set, test_set = split_random(ratings, test_fraction, seed=config.seed)
         split = {"kind": "random", "test_fraction": test_fraction}
@@ -207,6 +208,37 @@ def train(
         click.echo(json.dumps(report, sort_keys=True))
     else:
         click.echo(_table(report, metrics, k))
+
+
+def _check_like_the_trainer(path: Path, ratings: list[Rating], settings: Settings) -> None:
+    """The streaming trainer's rules, applied to the whole file before any training: a
+    rating stamped past now + STREAMREC_MAX_FUTURE_SKEW_SECONDS (a timestamp in ms or µs)
+    or a model past STREAMREC_MAX_USERS/_ITEMS refuses the file with one line naming the
+    first offender and how many there are (nothing is written)."""
+    from models.bounds import Capacity, over_capacity
+    from models.events import EventInFuture, check_event_time
+
+    now, skew = time.time(), settings.max_future_skew_seconds
+    future: list[tuple[Rating, str]] = []
+    for rating in ratings:
+        try:
+            check_event_time(rating.ts, now, skew)
+        except EventInFuture as exc:
+            future.append((rating, str(exc)))
+    if future:
+        first, reason = future[0]
+        raise click.ClickException(
+            f"{path}: {len(future)} rating(s) stamped in the future; the first, "
+            f"{first.event_id}: {reason}"
+        )
+    capacity = Capacity(settings.max_users, settings.max_items)
+    refused = over_capacity(ratings, (), (), 0, 0, capacity)
+    if refused:
+        index, reason = refused[0]
+        raise click.ClickException(
+            f"{path}: {len(refused)} rating(s) past the model's bounds; the first, "
+            f"{ratings[index].event_id}: {reason}"
+        )
 
 
 def _model_config(

@@ -191,8 +191,13 @@ def rollback(url: str | None, announce: bool, to: int | None) -> None:
 
     async def action(store: SnapshotStore) -> tuple[int | None, int, ModelUpdate]:
         before = await store.current()
-        now = await store.rollback(to)
-        return before, now, await _announcement(store, now, "rollback")
+        updates: list[ModelUpdate] = []
+
+        async def verify(version: int) -> None:  # before the pointer moves
+            updates.append(await _announcement(store, version, "rollback"))
+
+        now = await store.rollback(to, check=verify)
+        return before, now, updates[0]
 
     before, now, update = _run(url, action)
     click.echo(f"current: {now} (was {before})")

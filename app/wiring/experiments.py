@@ -10,10 +10,10 @@ from typing import Any
 
 import faust
 
-from agents.experiment_hits import HitCounter, HitReader
+from agents.experiment_hits import RATING_GRACE, HitCounter, HitReader
 from agents.experiment_registry import ExperimentReader, ExperimentRegistry
 from agents.experiment_results import ResultBook
-from agents.experiment_serving import ExperimentServing
+from agents.experiment_serving import IMPRESSIONS_LINGER, ExperimentServing
 from agents.follower import ModelFollower
 from agents.health import ReaderHealth
 from agents.state import ModelHolder
@@ -72,6 +72,7 @@ def add_experiments(app: faust.App, runtime: Runtime) -> Experiments:
             registry,
             runtime.holder,
             impressions=BulkTopic(s.impressions_topic, producer),
+            impressions_linger=IMPRESSIONS_LINGER,
             load_version=load_version,
             lineages={name: ModelHolder() for name in s.experiment_lineages},
         )
@@ -113,6 +114,7 @@ def add_experiments(app: faust.App, runtime: Runtime) -> Experiments:
             catalog_size=catalog_size,
             publish_seconds=s.experiment_publish_seconds,
             health=runtime.health,
+            rating_grace=RATING_GRACE,
         )
         hits = parts.hits
 

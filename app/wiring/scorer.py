@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from agents.ann_index import AnnIndex
 from agents.bulk import PartitionedReader
 from agents.follower import ModelFollower
 from agents.ingest import Ingest
@@ -83,6 +84,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         max_bytes=s.max_message_bytes,
         seen_limit=s.seen_items_max,
         max_future_skew=s.max_future_skew_seconds,
+        max_users=s.max_users,
     )
     runtime.ingest = ingest
     scorer = Scorer(
@@ -102,6 +104,7 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         max_batch=s.request_batch_max,
         catalog=runtime.catalog_rows,
         experiments=runtime.experiments.serving if runtime.experiments else None,
+        ann=AnnIndex(s.ann_min_items) if s.ann_min_items else None,
         loading_wait=s.share_loading_wait_seconds,
     )
     # issue 19: the follower (started below) holds only the owned partitions' users
@@ -146,6 +149,8 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
             await readers[0].run()
         finally:
             scorer.scoring.close()
+            if scorer.ann is not None:
+                scorer.ann.close()
             await known_topics.close()
             await replies.stop()
 

@@ -28,6 +28,9 @@ from devtools.settings import DevSettings
 
 DEV_BUCKET = "streamrec"
 GRPC_OFFSET = 10000  # SeaweedFS's own convention for gRPC ports
+MAX_VOLUMES = 2000
+"""Volumes (one per bucket at least) the dev S3 server may hold, whatever the free disk."""
+
 ROLES = ("s3", "filer", "master", "volume", "admin")  # ports P, P+1, ... in this order
 
 
@@ -92,6 +95,11 @@ class SeaweedServer(ManagedProcess):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-s3.autoCreateBucket=false",
+            # Each bucket is a collection with a volume of its own, and weed's automatic limit
+            # is one volume per GiB of free disk: tests make a bucket each, so a long-running
+            # dev server (or a CI disk with little room) ran out ("No writable volumes and no
+            # free volumes left"). Volumes grow only as written (128 MB at most in mini).
+            f"-volume.max={MAX_VOLUMES}",
             f"-bucket={','.join(self.buckets)}",
         ]
         flags += [f"-{flag}={port}" for flag, port in self.port_flags().items()]

@@ -239,7 +239,18 @@ class Cluster:
                 pytest.fail(f"the snapshot trained {model.trained_events} events, sent {n}")
             return model if model is not None and model.trained_events == n else None
 
-        return wait_for(covered, timeout=timeout, what=f"a snapshot covering {n} events", every=1)
+        try:
+            return wait_for(
+                covered, timeout=timeout, what=f"a snapshot covering {n} events", every=1
+            )
+        except pytest.fail.Exception as exc:  # say what the trainer was doing
+            trainer = self.trainer
+            if trainer is None:
+                raise
+            pytest.fail(
+                f"{exc}\ntrainer /model/: {self.info(trainer)}\n"
+                f"trainer log:\n{trainer.log_tail(80)}"
+            )
 
     @staticmethod
     def metric(worker: WorkerProcess, name: str) -> dict[str, float]:

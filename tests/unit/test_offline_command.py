@@ -2,8 +2,10 @@
 
 import asyncio
 import json
+import time
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from app.cli import main
@@ -262,3 +264,70 @@ def test_operator_announcements_are_signed_and_unsigned_snapshots_refused(tmp_pa
     ModelUpdate.parse(update.encode()[1]).check(keys)
     assert update.reason == "rollback"
     assert "untrusted snapshot (unsigned)" in refused and "scorers would refuse it" in refused
+
+
+def test_rollback_to_an_untrusted_snapshot_leaves_the_pointer_where_it_was(tmp_path):
+    """The target is checked before the pointer moves: rolling back onto an unsigned (or
+    forged) snapshot is one ``Error:`` line, and scorers restarting later still load the
+    trusted current one."""
+    from models.config import ModelConfig
+    from models.snapshot import sign_manifest
+    from models.synthetic import generate_ratings
+
+    keys = model_keys(load_settings())
+    model = IncrementalModel(ModelConfig(no_components=4))
+    model.train_batch(generate_ratings(20, 20, 100, 2, seed=1))
+    url = f"file://{tmp_path / 'store'}"
+
+    async def setup() -> None:
+        async with store_from_url(url) as store:
+            model.version = 1
+            payload, manifest = model.to_bytes()
+            await store.put(1, payload, manifest)  # unsigned (an old store's, or forged)
+            model.version = 2
+            payload, manifest = model.to_bytes()
+            await store.put(2, payload, sign_manifest(manifest, keys))
+            await store.promote(1)
+            await store.promote(2)
+
+    async def current() -> int | None:
+        async with store_from_url(url) as store:
+            return await store.current()
+
+    asyncio.run(setup())
+    refused = CliRunner().invoke(main, ["models", "rollback", "--store", url])
+    assert refused.exit_code == 1, refused.output
+    assert "Error: v1: untrusted snapshot (unsigned)" in refused.output
+    assert asyncio.run(current()) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "line", "said"),
+    [
+        ({}, "u3,i1,5,{ms}", "1 rating(s) stamped in the future; the first, r.csv:4"),
+        ({"STREAMREC_MAX_USERS": "2"}, "u3,i1,5,880000000", "past the model's bounds"),
+        ({"STREAMREC_MAX_ITEMS": "2"}, "u1,i3,5,880000000", "STREAMREC_MAX_ITEMS"),
+    ],
+)
+def test_offline_training_applies_the_trainers_time_and_bounds(
+    tmp_path, monkeypatch, env, line, said
+):
+    """``streamrec train`` judges a file by the streaming trainer's rules: a timestamp in
+    milliseconds or past the model's bounds refuses the file, one line, nothing written."""
+    from app.settings import get_settings
+
+    data = tmp_path / "r.csv"
+    rows = ["user,item,rating,ts", "u1,i1,5,880000000", "u2,i2,4,880000100"]
+    data.write_text("\n".join([*rows, line.format(ms=int(time.time() * 1000))]) + "\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        store = tmp_path / "store"
+        refused = CliRunner().invoke(main, ["train", str(data), "--out", f"file://{store}"])
+    finally:
+        get_settings.cache_clear()
+    assert refused.exit_code == 1, refused.output
+    assert refused.output.startswith("Error: ") and refused.output.count("\n") == 1
+    assert said in refused.output, refused.output
+    assert not store.exists() or not any(store.rglob("manifest*"))

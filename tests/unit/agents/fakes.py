@@ -47,6 +47,9 @@ class FakeSeenTable:
     def get(self, user: str) -> bytes | None:
         return self.rows.get(user)
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
     def put(self, user: str, row: bytes, partition: int) -> None:
         self.rows[user] = row
         self.dirty[user] = partition

@@ -223,3 +223,46 @@ def test_a_rating_or_impression_stamped_far_ahead_does_not_close_the_open_lists(
     assert c.refused == 1  # the impression from the future
     assert c.wins("t").decided == 0  # the list is still open: its window has not passed
     assert c.counts("t")["control"].hits == 1
+
+
+def test_a_rating_read_before_its_impression_is_held_for_the_grace_and_still_a_hit():
+    """Scorers send impressions a moment after the reply (agents.experiment_serving's
+    linger): a rating read first waits ``rating_grace``, and a restart reads it again."""
+    from aiokafka import TopicPartition
+
+    c = counter()
+    reader = HitReader(
+        c, {}, "impressions", "ratings", "results", "experiments", KEYS, None, lambda: 10
+    )
+    reader.rating_grace = 1.0
+    now = 2000.0
+    rating = {"event_id": "e1", "user": "u1", "item": "a", "rating": 5, "ts": now + 2}
+    impressions, ratings = TopicPartition("impressions", 0), TopicPartition("ratings", 0)
+    stamp = int(now * 1000)
+    reader._handle({ratings: [Record(b"u1", json.dumps(rating).encode(), stamp, 7)]}, now)
+    assert reader.counted({ratings: 8, impressions: 0}) == {ratings: 7, impressions: 0}
+    shown = Impressions.of("g", "u1", now, [("a", "control")])
+    reader._handle({impressions: [Record(*shown.encode(), stamp)]}, now + 0.5)
+    assert c.counts("g")["control"] == Counts(1, 0)  # shown; the rating still held
+    reader._handle({}, now + 1.0)  # an empty fetch: the grace has passed
+    assert c.counts("g")["control"] == Counts(1, 1)
+    assert reader.counted({ratings: 8}) == {ratings: 8}
+
+
+def test_without_a_grace_a_rating_read_before_its_impression_is_no_hit():
+    """What the grace is for (and the default: matched at once)."""
+    from aiokafka import TopicPartition
+
+    c = counter()
+    reader = HitReader(
+        c, {}, "impressions", "ratings", "results", "experiments", KEYS, None, lambda: 10
+    )
+    now = 2000.0
+    rating = {"event_id": "e1", "user": "u1", "item": "a", "rating": 5, "ts": now + 2}
+    stamp = int(now * 1000)
+    reader._handle(
+        {TopicPartition("ratings", 0): [Record(b"u1", json.dumps(rating).encode(), stamp)]}, now
+    )
+    shown = Impressions.of("g", "u1", now, [("a", "control")])
+    reader._handle({TopicPartition("impressions", 0): [Record(*shown.encode(), stamp)]}, now)
+    assert c.counts("g")["control"] == Counts(1, 0)

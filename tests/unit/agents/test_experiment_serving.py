@@ -289,3 +289,73 @@ def test_any_items_and_experiment_fields_in_a_reply_are_refused_or_read(junk):
     except Undecodable:
         return
     assert Reply.parse(back.encode()[1]) == back  # what parses encodes back the same
+
+
+class CountingSink(FakeSink):
+    """A sink that counts its bulk sends (one produce request each), or fails them."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.sends, self.fail = 0, fail
+
+    async def send_many(self, messages):
+        self.sends += 1
+        if self.fail:
+            raise OSError("broker gone")
+        return await super().send_many(messages)
+
+
+def lingering(sink: FakeSink, linger: float) -> tuple[Scorer, FakeSink, ExperimentServing]:
+    """Every user in an ``ab`` experiment (share 1), its impressions to ``sink``."""
+    scorer, replies, _ = setup(Experiment("all", Variant(), Variant(model=9), "ab", 1.0, 1000.0))
+    serving = scorer.experiments
+    assert isinstance(serving, ExperimentServing)
+    serving.impressions, serving.impressions_linger = sink, linger
+    return scorer, replies, serving
+
+
+async def test_impressions_wait_the_linger_then_all_go_out_in_one_send():
+    sink = CountingSink()
+    scorer, replies, serving = lingering(sink, 0.2)
+    for n, user in enumerate(USERS[:30]):  # one request at a time, as lone requests come
+        await scorer.handle([message(user, f"r{n}", n)])
+    await asyncio.sleep(0.01)
+    assert len(replies.sent) == 30  # the replies went out; the impressions wait
+    assert sink.sent == [] and serving.waiting == 30
+    await asyncio.sleep(0.3)
+    assert sink.sends == 1 and serving.waiting == 0
+    assert sorted(s.user for s in shown_of(sink)) == sorted(USERS[:30])  # none lost
+    await scorer.handle([message("alice", "r-last", 99)])
+    await serving.flush()  # what a stopping scorer does: no waiting out the linger
+    assert sink.sends == 2 and [s.user for s in shown_of(sink)][-1] == "alice"
+
+
+async def test_impressions_past_the_most_waiting_go_out_at_once():
+    from agents import experiment_serving
+
+    sink = CountingSink()
+    scorer, _, serving = lingering(sink, 3600.0)
+    users = [f"w{n}" for n in range(experiment_serving.MAX_WAITING)]
+    await scorer.handle([message(u, f"r-{u}", n) for n, u in enumerate(users)])
+    await asyncio.sleep(0.01)
+    assert sink.sends == 1 and len(sink.sent) == len(users) and serving.waiting == 0
+
+
+async def test_impressions_that_fail_to_send_are_counted_lost_each():
+    sink = CountingSink(fail=True)
+    scorer, replies, serving = lingering(sink, 0.05)
+    await scorer.handle([message(u, f"r-{u}", n) for n, u in enumerate(USERS[:12])])
+    await serving.flush()
+    assert len(replies.sent) == 12 and serving.lost == 12
+
+
+async def test_an_impression_that_cannot_be_made_is_counted_lost_and_the_rest_go_out():
+    from models.wire import ReplyItem
+
+    sink = CountingSink()
+    _, _, serving = lingering(sink, 0.05)
+    good = ("all", "u1", 2000.0, [ReplyItem("a", 1.0)], ["control"])
+    bad = ("all", "u2", 2000.0, [ReplyItem("a", 1.0)], ["nobody"])  # no such team
+    serving._write([good, bad])
+    await serving.flush()
+    assert serving.lost == 1 and [s.user for s in shown_of(sink)] == ["u1"]

@@ -437,3 +437,27 @@ async def test_rotation_old_and_new_keys_verify_until_the_old_one_is_dropped(
     assert not await follower.on_delta(signed(old, 2))
     assert follower.holder.view.version == 2
     assert follower.holder.info["refused"]["last"]["kind"] == "unknown_key"
+
+
+async def test_a_replayed_rollback_does_not_pin(
+    follower: ModelFollower, store: SnapshotStore
+) -> None:
+    """A genuinely signed rollback, written again after the pointer moved on (a replay, or
+    an announcement that arrived late), names a version that is no longer current: refused
+    as stale, no pin. The operator's real rollback (the pointer there) still pins."""
+    trainer = Trainer()
+    await follower.on_delta(trainer.batch(0))
+    first = await trainer.snapshot(store)
+    await store.rollback(to=first.version)
+    rollback = replace(first, metrics={"reason": "rollback"}, signature=None).signed(KEYS)
+    for seed in (1, 2):
+        await follower.on_delta(trainer.batch(seed))
+    await trainer.snapshot(store)  # the trainer promotes v3: the old rollback is stale
+    before = refused("update", "stale")
+    await follower.on_update(rollback)
+    assert not follower.chain.pinned and follower.holder.view.version == 3
+    assert refused("update", "stale") == before + 1
+    assert follower.holder.info["refused"]["counts"]["update/stale"] == 1
+    await store.rollback(to=first.version)  # the operator rolls back for real
+    await follower.on_update(rollback)
+    assert follower.chain.pinned and follower.holder.view.version == first.version

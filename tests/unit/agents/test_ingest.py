@@ -67,3 +67,19 @@ async def test_invalid_ratings_are_skipped_the_trainer_dead_letters_them():
     await ingest(table).handle([good, bad, miskeyed])
     assert list(table.rows) == ["u1"]
     assert not hasattr(Ingest, "dlq")  # one owner of ratings' dead letters: the trainer
+
+
+async def test_a_flood_of_new_users_stops_at_the_models_bound():
+    """Past STREAMREC_MAX_USERS users the table records no new user (a flood of fake ids
+    would grow every scorer for ever); known users' rows still grow, and what was not
+    recorded is counted."""
+    table = FakeSeenTable()
+    agent = Ingest(seen=table, max_bytes=65536, seen_limit=100, max_users=3)
+    known = [rating_message(f"u{n}", "a", n) for n in range(3)]
+    flood = [rating_message(f"fake{n}", "a", 10 + n) for n in range(50)]
+    later = [rating_message("u1", "b", 100), rating_message("new", "c", 101)]
+    for batch in (known, flood, later):
+        await agent.handle(batch)
+    assert sorted(table.rows) == ["u0", "u1", "u2"]
+    assert decode_row(table.rows["u1"]).tolist() == item_hashes(["a", "b"]).tolist()
+    assert agent.full == 51 and agent.recorded == 4
