@@ -14,6 +14,7 @@ from typing import Any
 from models.errors import SnapshotError
 from models.incremental import IncrementalModel
 from models.manifest import ChainMark
+from models.ownership import Share
 from models.scoring import ScoringView
 from models.segment import ChainHead, decode_chain, load_chain_view
 from models.signing import Keyring
@@ -59,9 +60,10 @@ async def restore_version(
 
 
 async def load_view(
-    store: SnapshotStore, version: int, keys: Keyring | None = None
+    store: SnapshotStore, version: int, keys: Keyring | None = None, share: Share | None = None
 ) -> tuple[ScoringView, ChainMark | None, dict[str, Any]]:
-    """A scorer's view of ``version``, its delta chain and its manifest."""
+    """A scorer's view of ``version``, its delta chain and its manifest (with ``share``,
+    holding only that share's users)."""
     chain = await fetch_chain(store, version)
-    view, mark = await asyncio.to_thread(load_chain_view, chain, keys)
+    view, mark = await asyncio.to_thread(load_chain_view, chain, keys, share)
     return view, mark, chain[-1][1]

@@ -26,7 +26,13 @@ second or so. The chain rule (which delta applies to which view) is
   so is a delta that does not make exactly the next version (:func:`models.delta.next_step`);
 * a consolidation's delta (the rows it changed, ``replaces_neighbours``) is applied like any other;
   its new blending neighbours come with the trainer's next snapshot, fetched beside the
-  deltas and swapped into the view then served (the rows stay the deltas').
+  deltas and swapped into the view then served (the rows stay the deltas');
+* with a :class:`models.ownership.Share` (``STREAMREC_SCORER_SHARE``, issue 19) the view holds
+  only the users of the partitions this worker owns (and every item): loads and deltas keep
+  only their rows; a revocation narrows the view, an assignment loads the new partitions'
+  users from the latest checkpoint and the deltas since beside the served view
+  (:mod:`agents.share_loader`) and swaps it in once it has caught up; meanwhile the holder
+  says which partitions are loading.
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
 from agents.ports import Message, SnapshotStore, received_at
 from agents.resync import SnapshotAsker
+from agents.share_loader import ShareLoader, ShareLoadFailed, delta_reader
 from agents.state import ModelHolder
 from agents.status import DeltaChain, RefusedMessage, announcement
 from models.delta import FRESH, Chain, next_step
 from models.manifest import ChainMark, Manifest, parse_manifest
+from models.ownership import Share
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError
 from models.snapshot import UntrustedSnapshot
@@ -95,20 +103,23 @@ class ModelFollower:
     #: lacks; a snapshot of it or later brings them (fetched by ``_neighbour_fetch``).
     _neighbours_due: int | None = None
     _neighbour_fetch: asyncio.Task[tuple[int, ScoringView] | None] | None = None
+    share: Share | None = None
+    """The users to hold: those of these partitions (None: every user, the default)."""
+    first_share_wait: float = 0.0
+    """At start, how long to wait for a share that owns partitions before the first load
+    (one load of the share's users instead of a load of none, then of the share)."""
+    _share_task: asyncio.Task[ShareLoader] | None = None
+    _share_owned: asyncio.Event = field(default_factory=asyncio.Event)
+    _share_failures: int = 0
+    _share_retry_at: float = 0.0
+    _share_started: float = 0.0
 
     async def run(self, retry_seconds: float = 5.0) -> None:
         """Follow forever; a broken connection or store is logged and retried, never fatal."""
         await retry_forever("follower", self.follow, retry_seconds, health=self.health)
 
     async def follow(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **self.kafka,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=self.max_delta_bytes + (1 << 20),
-            fetch_max_bytes=2 * self.max_delta_bytes + (1 << 20),
-        )
+        consumer = delta_reader(self.kafka, self.max_delta_bytes)
         await consumer.start()
         self._consumer = consumer
         try:
@@ -119,6 +130,7 @@ class ModelFollower:
             latest = await self._read_until(consumer, await consumer.end_offsets(updates))
             if latest is not None and not await self._still_current(latest):
                 latest = None  # a replayed operator's announcement: the pointer rules
+            await self._await_first_share()
             self.chain = Chain()
             if latest is not None:
                 pinned = latest.reason in OPERATOR_REASONS
@@ -133,6 +145,7 @@ class ModelFollower:
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 await self._handle(batch)
+                await self.settle_share()
                 if self._waiting:  # until an announcement comes (a request may be lost)
                     await self._ask("waiting")
                 await self._load_overdue_announcement()
@@ -141,7 +154,155 @@ class ModelFollower:
                 self.health.ok("follower")
         finally:
             self._consumer = None
+            await self._drop_share_task()
             await consumer.stop()
+
+    # --- the share (issue 19) ------------------------------------------------------------
+    async def _await_first_share(self) -> None:
+        """Before the first load, give the group a moment to assign this worker partitions
+        (at most :attr:`first_share_wait`): their users are then loaded at once."""
+        if self.share is None or self.share.owned or self.first_share_wait <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._share_owned.wait(), self.first_share_wait)
+        except TimeoutError:
+            log.info("No partitions assigned yet: loading the items only")
+
+    def set_share(self, share: Share) -> None:
+        """Hold the users of ``share`` from now on (app/ calls this on every assignment):
+        the holder says which partitions are loading until the view holds them."""
+        if share == self.share:
+            return
+        log.info("Holding the users of partitions %s", share.describe())
+        self.share = share
+        self._share_failures = 0
+        if share.owned:
+            self._share_owned.set()
+        self._mark_loading()
+
+    def _mark_loading(self) -> None:
+        view, share = self.holder.view, self.share
+        if share is None:
+            self.holder.loading = frozenset()
+            return
+        held = None if view is None else view.share
+        if held is None and view is not None:
+            missing: frozenset[int] = frozenset()
+        elif held is None or held.n_partitions != share.n_partitions:
+            missing = share.owned
+        else:
+            missing = share.owned - held.owned
+        self.holder.set_loading(share.n_partitions, missing)
+
+    async def settle_share(self, within: float = 5.0) -> None:
+        """Bring the served view to :attr:`share`: narrowed at once when it holds more,
+        else a :class:`ShareLoader` in the background, swapped in (one reference
+        assignment, between deltas) once it stands where the served view does."""
+        share, view = self.share, self.holder.view
+        settled = view is not None and (
+            view.share == share or (view.share is None and share is not None and share.everything)
+        )
+        if share is None or view is None or settled:
+            await self._drop_share_task()
+            self._mark_loading()
+            return
+        if view.share is None or view.share.covers(share):
+            await self._drop_share_task()
+            narrowed = await asyncio.to_thread(view.restricted, share)
+            if self.holder.view is view:
+                self.holder.publish(narrowed)
+                log.info("Narrowed the view to partitions %s", share.describe())
+            self._mark_loading()
+            return
+        task = self._share_task
+        if task is None:
+            if time.monotonic() >= self._share_retry_at:
+                self._share_started = time.monotonic()
+                self._share_task = asyncio.create_task(self._load_share(share))
+            return
+        if not task.done():
+            return
+        try:
+            loader = task.result()
+        except Exception as exc:
+            self._share_task = None
+            await self._share_failed(exc)
+            return
+        if loader.share != share:
+            await self._drop_share_task()
+            return
+        try:
+            if not await loader.catch_up(self.chain, within):
+                return
+        except Exception as exc:
+            await self._drop_share_task()
+            await self._share_failed(exc)
+            return
+        assert loader.view is not None
+        neighbours, weight = view.blending()
+        self.holder.publish(loader.view.with_neighbours(neighbours, weight))
+        seconds = time.monotonic() - self._share_started
+        log.info(
+            "Serving partitions %s from the model (v%d, %d deltas replayed, %.1f s)",
+            share.describe(),
+            loader.chain.version,
+            loader.replayed,
+            seconds,
+        )
+        metrics.SHARE_LOAD_SECONDS.observe(seconds)
+        await self._drop_share_task()
+        self._mark_loading()
+
+    async def _load_share(self, share: Share) -> ShareLoader:
+        """The background part: the checkpoint for ``share`` and most of the deltas since."""
+        version = await self.store.current()
+        if version is None:
+            version = await self.store.latest()
+        if version is None or not self.deltas_topic:
+            await self._ask("share")  # the trainer writes one at once
+            raise ShareLoadFailed("no checkpoint to load the new partitions from yet")
+        loader = ShareLoader(
+            self.store,
+            self.kafka,
+            self.deltas_topic,
+            share,
+            version,
+            self.keys,
+            self.max_delta_bytes,
+            bad=self._bad,
+        )
+        try:
+            await loader.load()
+            while not await loader.catch_up(self.chain, 1.0):
+                if loader.ahead_of(self.chain):
+                    break
+        except BaseException:
+            await loader.close()
+            raise
+        return loader
+
+    async def _share_failed(self, exc: BaseException) -> None:
+        """A load of the new partitions failed: try again in a second, from the newest
+        checkpoint; the third failure in a row loads that checkpoint as the view."""
+        self._share_failures += 1
+        self._share_retry_at = time.monotonic() + 1.0
+        log.warning("Loading partitions' users failed (%s); trying again", exc)
+        if self._share_failures >= 3:
+            version = await self.store.current()
+            if version is not None and await self.load(version, None, seek=True):
+                self._share_failures = 0
+
+    async def _drop_share_task(self) -> None:
+        task, self._share_task = self._share_task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            loader = await task
+        except BaseException:  # cancelled or failed: it closed its own consumer
+            return
+        await loader.close()
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Announcements first (they may move the delta position), then deltas in order."""
@@ -262,6 +423,9 @@ class ModelFollower:
         self._waiting = False
         self._announced = None
         self.holder.publish(view, **announcement(update, created_at=manifest["created_at"]))
+        if view.share == self.share:  # it holds every partition owned: none loading
+            await self._drop_share_task()
+        self._mark_loading()
         self._chain_info()
         metrics.MODEL_LOADS.labels("ok").inc()
         metrics.MODEL_VERSION.set(view.version)
@@ -274,12 +438,17 @@ class ModelFollower:
             self._refresh_lag()
         return True
 
-    async def _fetch(self, version: int) -> tuple[ScoringView, ChainMark | None, Manifest]:
+    async def _fetch(
+        self, version: int, *, users: bool = True
+    ) -> tuple[ScoringView, ChainMark | None, Manifest]:
         """Snapshot ``version`` as a view, its delta chain and its manifest. The payload (as
         large as the whole training state) is dropped with this frame, before the view is
         published: a worker that reports ready no longer holds it (measured: 93 MiB for
         100k users x 10k items x 64 dims, held another second while the deltas seeked)."""
-        view, chain, manifest = await load_view(self.store, version, self.keys)
+        share = self.share
+        if not users and share is not None:  # e.g. only its neighbours: no user row needed
+            share = Share(share.n_partitions, frozenset())
+        view, chain, manifest = await load_view(self.store, version, self.keys, share)
         return view, chain, parse_manifest(manifest)  # verified: the typed record
 
     async def _seek_after(self, manifest: Manifest, chain: ChainMark | None) -> None:
@@ -360,7 +529,7 @@ class ModelFollower:
             return False
         base = self.holder.view
         if base is None or (step != "apply" and delta.origin == FRESH):
-            base = ScoringView.empty(_components(delta))  # a run that began from nothing
+            base = ScoringView.empty(_components(delta), share=self.share)  # from nothing
         try:
             work = len(message.value or b"") + base.n_items * base.no_components * 4
             if work > _OFF_LOOP_BYTES:
@@ -429,7 +598,7 @@ class ModelFollower:
 
     async def _neighbours_of(self, version: int, due: int) -> tuple[int, ScoringView] | None:
         try:
-            view, _, _ = await self._fetch(version)
+            view, _, _ = await self._fetch(version, users=False)
         except Exception as exc:  # kept blending with the old ones; a later snapshot retries
             log.error("Could not fetch the neighbours of snapshot v%d: %s", version, exc)
             return None

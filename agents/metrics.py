@@ -110,6 +110,12 @@ DELTA_LAG = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
+SHARE_LOAD_SECONDS = Histogram(
+    "streamrec_share_load_seconds",
+    "From a scorer being assigned partitions to it serving their users from the model",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 RESYNCS = Counter(
     "streamrec_resyncs_total",
     "Views reloaded from the snapshot store because the delta chain could not go on, by reason",

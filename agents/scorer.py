@@ -17,6 +17,7 @@ requests only after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import time
 from collections import Counter
@@ -74,7 +75,10 @@ def replies_for(
     right for the view (this runs on the loop)."""
     batch = scoring_batch(requests, holder, seen, ann)
     recs = None if batch is None else batch.score(prepare=False)
-    return built_replies(requests, recs, received, catalog=catalog)
+    replies = built_replies(requests, recs, received, catalog=catalog)
+    if holder.loading:  # e.g. /users/{id}/ while the user's partition loads (issue 19)
+        return [loading_marked(holder, r) or r for r in replies]
+    return replies
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,14 @@ def reply_for(
     return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
+def loading_marked(holder: ModelHolder, reply: Reply | None) -> Reply | None:
+    """``reply`` marked ``loading`` if it is a popularity reply for a user whose partition
+    is still loading (issue 19): the model may know the user, this scorer not yet."""
+    if reply is None or reply.source != "popularity" or not holder.is_loading(reply.user):
+        return reply
+    return dataclasses.replace(reply, loading=True)
+
+
 class ExperimentHook(Protocol):
     """:func:`replies_for` with the running experiments in: users in one get their
     variant's reply (:class:`agents.experiment_serving.ExperimentServing`)."""
@@ -198,6 +210,9 @@ class Scorer:
     experiments: ExperimentHook | None = None  # agents.experiment_serving (issue 20)
     scoring: ScoreThread = field(default_factory=ScoreThread)  # large batches off the loop
     ann: AnnIndex | None = None  # large catalogs: STREAMREC_ANN_MIN_ITEMS
+    loading_wait: float = 5.0
+    """How long a batch with users of a partition still loading (issue 19) waits for it;
+    after that they are answered from popularity with ``"loading": true``."""
     _answering: bool = field(default=False, init=False, repr=False)
     _last_request: float = field(default=float("-inf"), init=False, repr=False)
     _undelivered: list[asyncio.Future[Any]] = field(default_factory=list, init=False, repr=False)
@@ -271,6 +286,9 @@ class Scorer:
             received.append(received_at(message))
         if not requests:
             return
+        holder = self.holder
+        if holder.loading and any(holder.is_loading(r.user) for r in requests):
+            await holder.until_loaded(self.loading_wait)
         seen = [decode_row(self.seen.get(r.user)) for r in requests]
         try:
             replies: Sequence[Reply | None] = await self._replies(requests, seen, received)
@@ -279,6 +297,8 @@ class Scorer:
                 await self._reply_alone(*args)
                 for args in zip(requests, seen, received, sources_of, strict=True)
             ]
+        if holder.loading:
+            replies = [loading_marked(holder, reply) for reply in replies]
         sources: Counter[str] = Counter()
         by_target: dict[int, tuple[BatchSink, list[tuple[bytes | None, bytes | None]]]] = {}
         for reply, target, message in zip(replies, targets, sources_of, strict=True):

@@ -149,6 +149,9 @@ class ModelStatus(TypedDict, total=False):
     deltas: DeltaChain
     refused: Refusals
     last_refused: LastRefused
+    loading_partitions: str  # issue 19: owned partitions whose users are loading ("1,3")
+    held_partitions: str  # issue 19: the partitions whose users the view holds ("0,2")
+    held_users: int  # issue 19: the users the view holds (of the model's n_users)
     # added when rendered
     snapshot_age_seconds: float
     role: str

@@ -324,6 +324,18 @@ class Settings(BaseSettings):
     request_batch_max: int = Field(
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
+    scorer_share: bool = Field(
+        False,
+        description="A scorer holds the user rows of only the requests partitions it owns "
+        "(and every item); newly assigned partitions load from the latest checkpoint and "
+        "the deltas since (issue 19)",
+    )
+    share_loading_wait_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="With scorer_share: how long a request for a user whose partition is "
+        'still loading waits before a popularity reply marked "loading"',
+    )
     ann_min_items: int = Field(
         50_000,
         ge=0,

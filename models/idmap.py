@@ -111,17 +111,27 @@ def encode_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return blob, offsets
 
 
-def decode_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
-    """Unpack :func:`encode_strings`; raises ValueError if the arrays are inconsistent."""
+def check_strings(blob: np.ndarray, offsets: np.ndarray) -> None:
+    """Raise ValueError unless ``blob`` and ``offsets`` are :func:`encode_strings`' shapes."""
     if blob.dtype != np.uint8 or blob.ndim != 1:
         raise ValueError("id blob must be a 1-d uint8 array")
     if offsets.dtype != np.int64 or offsets.ndim != 1 or len(offsets) < 1:
         raise ValueError("id offsets must be a non-empty 1-d int64 array")
     if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
         raise ValueError("id offsets do not describe the blob")
+
+
+def decode_strings(
+    blob: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None
+) -> list[str]:
+    """Unpack :func:`encode_strings` (only the strings at ``rows``, if given: the others
+    are never decoded); raises ValueError if the arrays are inconsistent."""
+    check_strings(blob, offsets)
     data = blob.tobytes()
-    bounds = offsets.tolist()
     try:
-        return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)]
+        if rows is None:
+            return [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist())]
+        starts, ends = offsets[rows].tolist(), offsets[np.asarray(rows) + 1].tolist()
+        return [data[a:b].decode("utf-8") for a, b in zip(starts, ends, strict=True)]
     except UnicodeDecodeError as exc:
         raise ValueError(f"id blob is not valid UTF-8: {exc}") from None

@@ -19,6 +19,7 @@ from models.batch_scoring import TopK, block_top_k, top_k_products
 from models.blocks import RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
 from models.idmap import IdMap
+from models.ownership import Share
 
 _CHUNK_CELLS = 1 << 22  # scores computed per matmul chunk in recommend_many (16 MiB float32)
 _USERS_PER_PRODUCT = 1024  # users scored together (models.batch_scoring tiles the items)
@@ -90,17 +91,20 @@ class ScoringView:
 
     __slots__ = (
         "_blend_weight",
+        "_global_n",
         "_item_biases",
         "_item_embeddings",
         "_item_stamps",
         "_items",
         "_k",
+        "_local",
         "_n_items",
         "_n_users",
         "_neighbours",
         "_pop_order",
         "_popularity",
         "_product_items",
+        "_share",
         "_user_rows",
         "_users",
         "popularity_ts",
@@ -173,9 +177,17 @@ class ScoringView:
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
         item_stamps: np.ndarray | None = None,
+        share: Share | None = None,
+        global_n: int | None = None,
+        local: LocalRows | None = None,
     ) -> None:
         self.version = version
         self._users, self._n_users = users, n_users
+        # A share (issue 19): only the users of some partitions held; ``_users`` and the user
+        # rows are then local, ``_local`` maps the model's rows (deltas') to them.
+        self._share = share
+        self._global_n = n_users if global_n is None else global_n
+        self._local = local
         self._items, self._n_items = items, n_items
         self._k = k
         self._user_rows = user_rows  # per user: embedding (k), bias, positives (float32)
@@ -219,11 +231,24 @@ class ScoringView:
         popularity_ts: float | None,
         neighbours: sp.csr_matrix | None = None,
         blend_weight: float = 0.0,
+        share: Share | None = None,
+        held_rows: np.ndarray | None = None,
+        n_global: int | None = None,
     ) -> ScoringView:
         """A view over the first ``len(users)``/``len(items)`` rows of ``arrays``
         (embeddings, biases, popularity, user_positives); the maps are shared, not copied.
-        ``neighbours``/``blend_weight``: for blending (see the class docstring)."""
+        ``neighbours``/``blend_weight``: for blending (see the class docstring).
+
+        With a ``share``: ``users`` are only the held ones, the users at ``held_rows``
+        (increasing) of the ``n_global`` in ``arrays``; only their rows are kept."""
         n_users, n_items = len(users), len(items)
+        local = None
+        if share is None:
+            pick: slice | np.ndarray = slice(0, n_users)
+        else:
+            if held_rows is None or n_global is None or len(held_rows) != n_users:
+                raise ValueError("a share's view needs its held rows and the model's user count")
+            pick, local = held_rows, LocalRows.of(n_global, held_rows)
         return cls._from_parts(
             version=version,
             users=users,
@@ -232,9 +257,9 @@ class ScoringView:
             n_items=n_items,
             k=arrays["user_embeddings"].shape[1],
             user_rows=_packed_blocks(
-                arrays["user_embeddings"][:n_users],
-                arrays["user_biases"][:n_users],
-                arrays["user_positives"][:n_users],
+                arrays["user_embeddings"][pick],
+                arrays["user_biases"][pick],
+                arrays["user_positives"][pick],
             ),
             item_embeddings=np.array(arrays["item_embeddings"][:n_items]),
             item_biases=np.array(arrays["item_biases"][:n_items]),
@@ -242,11 +267,15 @@ class ScoringView:
             popularity_ts=popularity_ts,
             neighbours=neighbours,
             blend_weight=blend_weight,
+            share=share,
+            global_n=n_global,
+            local=local,
         )
 
     @classmethod
-    def empty(cls, no_components: int, version: int = 0) -> ScoringView:
-        """A view of no users and no items (the base of a fresh model's first delta)."""
+    def empty(cls, no_components: int, version: int = 0, share: Share | None = None) -> ScoringView:
+        """A view of no users and no items (the base of a fresh model's first delta);
+        with ``share``, one that holds only that share's users as deltas bring them."""
         f32 = np.dtype(np.float32)
         return cls._from_parts(
             version=version,
@@ -260,6 +289,9 @@ class ScoringView:
             item_biases=np.zeros(0, dtype=np.float32),
             popularity=np.zeros(0, dtype=np.float64),
             popularity_ts=None,
+            share=share,
+            global_n=0,
+            local=None if share is None else LocalRows.of(0, _EMPTY),
         )
 
     def with_delta(self, delta: ModelDelta, *, join: bool = False) -> ScoringView:
@@ -271,13 +303,25 @@ class ScoringView:
         state this view holds, whatever version number that lineage gave it.
         """
         base = delta.base_version if join else self.version
-        check_applies(delta, version=base, n_users=self._n_users, n_items=self._n_items, k=self._k)
+        check_applies(delta, version=base, n_users=self._global_n, n_items=self._n_items, k=self._k)
+        packed = _pack(delta.user_embeddings, delta.user_biases, delta.user_positives)
+        rows, new_ids = delta.user_rows, delta.new_user_ids
+        local = self._local
+        if self._share is not None and local is not None:  # only the held users' rows
+            held = self._share.held(new_ids) if new_ids else np.zeros(0, dtype=bool)
+            new_ids = [u for u, h in zip(new_ids, held.tolist(), strict=True) if h]
+            at = np.full(len(held), -1, dtype=np.int32)
+            at[held] = np.arange(self._n_users, self._n_users + len(new_ids), dtype=np.int32)
+            local.extend_at(self._global_n, at)
+            rows = local.get(rows)
+            keep = rows >= 0
+            rows, packed = rows[keep], packed[keep]
         try:
-            self._users.extend_at(self._n_users, delta.new_user_ids)
+            self._users.extend_at(self._n_users, new_ids)
             self._items.extend_at(self._n_items, delta.new_item_ids)
         except ValueError as exc:
             raise DeltaError(str(exc)) from None
-        n_users, n_items = delta.n_users, delta.n_items
+        n_users, n_items = self._n_users + len(new_ids), delta.n_items
         item_embeddings = _grown(self._item_embeddings, n_items)
         item_embeddings[delta.item_rows] = delta.item_embeddings
         item_biases = _grown(self._item_biases, n_items)
@@ -290,7 +334,6 @@ class ScoringView:
         written = next(_WRITES)
         item_stamps[delta.item_rows] = written
         item_stamps[self._n_items :] = written
-        rows = delta.user_rows
         return self._from_parts(
             version=delta.version,
             users=self._users,
@@ -298,9 +341,7 @@ class ScoringView:
             items=self._items,
             n_items=n_items,
             k=self._k,
-            user_rows=self._user_rows.updated(
-                rows, _pack(delta.user_embeddings, delta.user_biases, delta.user_positives), n_users
-            ),
+            user_rows=self._user_rows.updated(rows, packed, n_users),
             item_embeddings=item_embeddings,
             item_biases=item_biases,
             popularity=popularity,
@@ -308,6 +349,42 @@ class ScoringView:
             neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
             blend_weight=self._blend_weight,
             item_stamps=item_stamps,
+            share=self._share,
+            global_n=delta.n_users,
+            local=local,
+        )
+
+    def restricted(self, share: Share) -> ScoringView:
+        """This view holding only the users of ``share`` (a part of what it holds): what a
+        scorer keeps when partitions are revoked. Copies the kept rows once."""
+        if self._share is not None and not self._share.covers(share):
+            raise ValueError(f"a view of {self._share.describe()} cannot hold {share.describe()}")
+        ids = self._users.ids(self._n_users)
+        keep = np.flatnonzero(share.held(ids))
+        if self._local is None:
+            global_rows = np.arange(self._n_users, dtype=np.int64)
+        else:
+            global_rows = self._local.global_rows(self._global_n, self._n_users)
+        kept = global_rows[keep]
+        user_rows = self._user_rows.to_array()[keep]
+        return self._from_parts(
+            version=self.version,
+            users=IdMap([ids[i] for i in keep.tolist()]),
+            n_users=len(keep),
+            items=self._items,
+            n_items=self._n_items,
+            k=self._k,
+            user_rows=RowBlocks.from_array(user_rows),
+            item_embeddings=self._item_embeddings,
+            item_biases=self._item_biases,
+            popularity=self._popularity,
+            popularity_ts=self.popularity_ts,
+            neighbours=self._neighbours,
+            blend_weight=self._blend_weight,
+            item_stamps=self._item_stamps,  # the same item rows
+            share=share,
+            global_n=self._global_n,
+            local=LocalRows.of(self._global_n, kept),
         )
 
     def with_neighbours(self, neighbours: sp.csr_matrix | None, blend_weight: float) -> ScoringView:
@@ -346,6 +423,16 @@ class ScoringView:
     @property
     def n_items(self) -> int:
         return self._n_items
+
+    @property
+    def model_users(self) -> int:
+        """The model's users (a share's view holds only some: :attr:`n_users`)."""
+        return self._global_n
+
+    @property
+    def share(self) -> Share | None:
+        """The partitions whose users this view holds (None: every user)."""
+        return self._share
 
     @property
     def no_components(self) -> int:
@@ -679,6 +766,44 @@ def top_k_rows(scores: np.ndarray, k: int) -> list[tuple[list[int], list[float]]
             idx, vals = idx[:cut], vals[:cut]
         out.append((idx, vals))
     return out
+
+
+class LocalRows:
+    """A share's map from the model's user rows (the ones deltas name) to the rows it
+    holds (-1: not held): int32, append-only and shared by the views built from one
+    another like the id maps, each reading only its own first ``n`` entries."""
+
+    __slots__ = ("_array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+
+    @classmethod
+    def of(cls, n: int, held: np.ndarray) -> LocalRows:
+        """``n`` model rows of which the rows ``held`` (increasing) are held, in order."""
+        array = np.full(max(n, 16), -1, dtype=np.int32)
+        array[np.asarray(held, dtype=np.int64)] = np.arange(len(held), dtype=np.int32)
+        return cls(array)
+
+    def extend_at(self, start: int, values: np.ndarray) -> None:
+        """Set the entries from ``start`` on to ``values`` (growing the buffer if needed)."""
+        end = start + len(values)
+        if end > len(self._array):
+            grown = np.full(max(end, 2 * len(self._array)), -1, dtype=np.int32)
+            grown[:start] = self._array[:start]
+            self._array = grown
+        self._array[start:end] = values
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """The held row of each model row (int64; -1 where not held)."""
+        return self._array[np.asarray(rows, dtype=np.int64)].astype(np.int64)
+
+    def global_rows(self, n: int, held: int) -> np.ndarray:
+        """The model row of each of the ``held`` rows, among the first ``n`` model rows."""
+        where = np.flatnonzero(self._array[:n] >= 0)
+        out = np.empty(held, dtype=np.int64)
+        out[self._array[where]] = where
+        return out
 
 
 def _check_k(k: int) -> None:

@@ -34,6 +34,7 @@ from models.errors import SnapshotError
 from models.fitter import PARTS
 from models.idmap import decode_strings, encode_strings
 from models.manifest import SEGMENT_FORMAT, ChainMark, Manifest
+from models.ownership import Share
 from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import (
@@ -331,14 +332,23 @@ def _check_array(array: np.ndarray, name: str, count: int, k: int) -> None:
 
 
 def assemble(
-    base: SnapshotState, segments: Sequence[Segment], *, training: bool = True
+    base: SnapshotState,
+    segments: Sequence[Segment],
+    *,
+    training: bool = True,
+    share: Share | None = None,
 ) -> SnapshotState:
     """``base`` with ``segments`` applied in order (each continues the one before): the
     state of the last one. ``training`` False: only the arrays ``base`` holds, no event
-    ids or window (a scorer's load). Arrays are allocated once at the final sizes."""
+    ids or window (a scorer's load). Arrays are allocated once at the final sizes. A base
+    that holds a ``share``'s user ids (``held_rows``) keeps only that share's new ones."""
     if not segments:
         return base
-    sizes = (len(base.user_ids), len(base.item_ids))
+    held = base.held_rows
+    if held is not None and share is None:
+        raise SnapshotError("a share's base needs the share to assemble its segments")
+    base_users = len(base.user_ids) if held is None else len(base.arrays["user_biases"])
+    sizes = (base_users, len(base.item_ids))
     version = base.version
     for segment in segments:
         if segment.parent != version:
@@ -387,7 +397,13 @@ def assemble(
             for factor in segment.popularity_decays:
                 popularity[:parent_items] *= factor
             popularity[segment.item_rows] = segment.popularity
-        user_ids += segment.new_user_ids
+        if held is not None and share is not None:  # only the share's new users
+            keep = share.held(segment.new_user_ids) if segment.new_user_ids else _NONE
+            first = segment.n_users - len(segment.new_user_ids)
+            held = np.concatenate([held, first + np.flatnonzero(keep)])
+            user_ids += [u for u, k in zip(segment.new_user_ids, keep.tolist(), strict=True) if k]
+        else:
+            user_ids += segment.new_user_ids
         item_ids += segment.new_item_ids
         if training:
             recent = _fifo(recent + segment.recent_tail, segment.recent_size, "event ids")
@@ -419,7 +435,11 @@ def assemble(
         since_consolidation=last.since_consolidation,
         neighbours=neighbours,
         chain=last.chain,
+        held_rows=held,
     )
+
+
+_NONE = np.zeros(0, dtype=bool)
 
 
 def _fifo(values: _Fifo, size: int, what: str) -> _Fifo:
@@ -434,17 +454,19 @@ def decode_chain(
     keys: Keyring | None = None,
     *,
     training: bool = True,
+    share: Share | None = None,
 ) -> SnapshotState:
     """The state at the end of ``chain`` (a full snapshot, then its segments in order, as
     stored), every link verified (signatures with ``keys``, sha256s, each segment's parent
-    sha256). ``training`` False: only what a scorer needs."""
+    sha256). ``training`` False: only what a scorer needs; with ``share`` too, only that
+    share's user ids (the base's others are never decoded)."""
     if not chain:
         raise SnapshotError("an empty checkpoint chain")
     (payload, manifest), rest = chain[0], chain[1:]
     if training:
         base = decode(payload, manifest, keys)
     else:
-        snap = decode_scoring(payload, manifest, keys)
+        snap = decode_scoring(payload, manifest, keys, share)
         base = SnapshotState(
             config=snap.config,
             version=snap.version,
@@ -457,6 +479,7 @@ def decode_chain(
             arrays=snap.arrays,
             neighbours=snap.neighbours,
             chain=snap.chain,
+            held_rows=snap.held_rows,
         )
     segments = []
     parent_sha = manifest.get("sha256")
@@ -469,13 +492,16 @@ def decode_chain(
             )
         segments.append(segment)
         parent_sha = manifest["sha256"]
-    return assemble(base, segments, training=training)
+    return assemble(base, segments, training=training, share=share)
 
 
 def load_chain_view(
-    chain: Sequence[tuple[bytes, Mapping[str, Any]]], keys: Keyring | None = None
+    chain: Sequence[tuple[bytes, Mapping[str, Any]]],
+    keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> tuple[ScoringView, ChainMark | None]:
-    """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``."""
+    """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``
+    (with ``share``: only that share's users)."""
     if len(chain) == 1:
-        return load_scoring_view(*chain[0], keys)
-    return scoring_view_of(decode_chain(chain, keys, training=False))
+        return load_scoring_view(*chain[0], keys, share)
+    return scoring_view_of(decode_chain(chain, keys, training=False, share=share), share)

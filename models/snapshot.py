@@ -37,8 +37,9 @@ from models.consolidation import FIELDS as WINDOW_FIELDS
 from models.errors import SnapshotError as SnapshotError
 from models.errors import UntrustedSnapshot as UntrustedSnapshot
 from models.fitter import PARTS, SIDES, STATE_ARRAYS
-from models.idmap import IdMap, decode_strings, encode_strings
+from models.idmap import IdMap, check_strings, decode_strings, encode_strings
 from models.manifest import FORMAT, ChainMark, Manifest, parse_manifest
+from models.ownership import Share, key_hashes
 from models.scoring import ScoringView
 from models.signing import Keyring, SignatureError, check_fields, sign_fields
 
@@ -98,6 +99,9 @@ class SnapshotState:
     chain: ChainMark | None = None
     """Where the state sits in the delta chain (the lineage's last delta version and the
     delta topic's next offset), None if unknown."""
+    held_rows: np.ndarray | None = None
+    """A scorer's share (issue 19): ``user_ids`` are only the users at these rows (the
+    arrays still have every row); None: every user."""
 
 
 def library_versions() -> dict[str, str]:
@@ -247,13 +251,20 @@ class ScoringSnapshot:
     arrays: dict[str, np.ndarray]  # SCORING_ARRAYS
     chain: ChainMark | None
     neighbours: sp.csr_matrix | None = None  # for blending
+    held_rows: np.ndarray | None = None
+    """With a share: the rows of the users in ``user_ids`` (only those were decoded)."""
 
 
 def decode_scoring(
-    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
+    payload: bytes,
+    manifest: Mapping[str, Any],
+    keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
-    :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state."""
+    :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state. With
+    ``share``, only the user ids of that share are decoded (the others are hashed from the
+    stored bytes, :func:`models.ownership.key_hashes`, and skipped)."""
     meta, config, ids, arrays, extra = _decode(
         payload,
         manifest,
@@ -262,6 +273,7 @@ def decode_scoring(
         neighbours=True,
         views=True,
         keys=keys,
+        share=share,
     )
     return ScoringSnapshot(
         version=meta["version"],
@@ -272,31 +284,45 @@ def decode_scoring(
         arrays=arrays,
         chain=extra["chain"],
         neighbours=extra["neighbours"],
+        held_rows=extra.get("held_rows"),
     )
 
 
 def load_scoring_view(
-    payload: bytes, manifest: Mapping[str, Any], keys: Keyring | None = None
+    payload: bytes,
+    manifest: Mapping[str, Any],
+    keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> tuple[ScoringView, ChainMark | None]:
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
     ``delta_chain`` (where deltas continue from it; None if it does not say). With
-    ``keys``, the manifest's signature is checked first."""
-    return scoring_view_of(decode_scoring(payload, manifest, keys))
+    ``keys``, the manifest's signature is checked first; with ``share``, the view holds
+    only that share's users (every item)."""
+    return scoring_view_of(decode_scoring(payload, manifest, keys, share), share)
 
 
 def scoring_view_of(
-    state: ScoringSnapshot | SnapshotState,
+    state: ScoringSnapshot | SnapshotState, share: Share | None = None
 ) -> tuple[ScoringView, ChainMark | None]:
     """A decoded snapshot (or a checkpoint chain's state) as a :class:`ScoringView`, and
-    its ``delta_chain``."""
+    its ``delta_chain``; with ``share``, holding only that share's users."""
+    user_ids, held, n_users = state.user_ids, None, len(state.user_ids)
+    if state.held_rows is not None:  # decoded for this share already
+        held, n_users = state.held_rows, len(state.arrays["user_biases"])
+    elif share is not None:
+        held = np.flatnonzero(share.held(user_ids))
+        user_ids = [user_ids[i] for i in held.tolist()]
     view = ScoringView.from_arrays(
         version=state.version,
-        users=IdMap(state.user_ids),
+        users=IdMap(user_ids),
         items=IdMap(state.item_ids),
         arrays=state.arrays,
         popularity_ts=state.popularity_ts,
         neighbours=state.neighbours,
         blend_weight=state.config.blend_weight,
+        share=share,
+        held_rows=held,
+        n_global=n_users,
     )
     return view, state.chain
 
@@ -311,6 +337,7 @@ def _decode(
     neighbours: bool = False,
     views: bool = False,
     keys: Keyring | None = None,
+    share: Share | None = None,
 ) -> tuple[
     dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
 ]:
@@ -328,18 +355,27 @@ def _decode(
     entries = _read_entries(payload, wanted, views=views)
     meta, config = read_meta(entries.pop("meta"), manifest, _MIRRORED)
 
-    ids = {}
+    ids: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    extra: dict[str, Any] = {}
     for name in id_lists:
+        blob, offsets = entries[f"{name}_blob"], entries[f"{name}_offsets"]
         try:
-            ids[name] = decode_strings(entries[f"{name}_blob"], entries[f"{name}_offsets"])
+            rows = None
+            if share is not None and name == "user_ids":  # decode only the share's ids
+                check_strings(blob, offsets)
+                rows = np.flatnonzero(share.held_hashes(key_hashes(blob, offsets)))
+                extra["held_rows"] = rows
+            ids[name] = decode_strings(blob, offsets, rows)
         except ValueError as exc:
             raise SnapshotError(f"{name}: {exc}") from None
-        if len(set(ids[name])) != len(ids[name]):
+        counts[name] = len(offsets) - 1
+        if len(set(ids[name])) != len(ids[name]):  # a repeated id: the same share holds both
             raise SnapshotError(f"{name} contains duplicates")
     n = {"user": meta["n_users"], "item": meta["n_items"]}
     for side in SIDES:
-        if len(ids[f"{side}_ids"]) != n[side]:
-            raise SnapshotError(f"{side}_ids has {len(ids[f'{side}_ids'])} ids, expected {n[side]}")
+        if counts[f"{side}_ids"] != n[side]:
+            raise SnapshotError(f"{side}_ids has {counts[f'{side}_ids']} ids, expected {n[side]}")
 
     k = config.no_components
     expected: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
@@ -369,7 +405,7 @@ def _decode(
         raise SnapshotError("popularity and user_positives must be >= 0")
     if any((arrays[name] < 0).any() for name in EVENT_COUNTS if name in arrays):
         raise SnapshotError("user_events and item_events must be >= 0")
-    extra: dict[str, Any] = {"chain": manifest.get("delta_chain")}  # == meta's (mirrored)
+    extra["chain"] = manifest.get("delta_chain")  # == meta's (mirrored)
     if window:
         extra["window"] = check_window(entries, n)
         since = meta.get("since_consolidation", 0)

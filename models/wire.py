@@ -321,6 +321,9 @@ class Reply:
     variant: str | None = None
     teams: tuple[str, ...] | None = None
     note: str | None = None
+    loading: bool = False
+    """Issue 19: the user's partition was still loading on this scorer, so a popularity
+    reply may be one the model would not give (``"loading": true``, absent otherwise)."""
 
     def to_dict(self) -> dict[str, Any]:
         items = list(map(reply_item_body, self.items))
@@ -341,6 +344,8 @@ class Reply:
                     entry["team"] = team
             if self.note is not None:
                 body["experiment_note"] = self.note
+        if self.loading:
+            body["loading"] = True
         return body
 
     def encode(self) -> tuple[bytes, bytes]:
@@ -383,6 +388,7 @@ class Reply:
                 variant=_optional_text(obj.get("variant"), "variant") if experiment else None,
                 teams=teams,
                 note=_optional_text(obj.get("experiment_note"), "experiment_note"),
+                loading=obj.get("loading") is True,
             )
         except InvalidEvent as exc:
             raise Undecodable("invalid", f"not a reply: {exc.reason}") from None

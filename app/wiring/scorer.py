@@ -31,6 +31,7 @@ from app.kafka import kafka_client_options
 from app.runtime import Runtime, worker_model_keys
 from app.stores import store_from_settings
 from app.topics import SEEN_TABLE, bulk_group, delta_topic_max_bytes, seen_changelog, topic_specs
+from models.ownership import Share
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,11 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
         catalog=runtime.catalog_rows,
         experiments=runtime.experiments.serving if runtime.experiments else None,
         ann=AnnIndex(s.ann_min_items) if s.ann_min_items else None,
+        loading_wait=s.share_loading_wait_seconds,
     )
+    # issue 19: the follower (started below) holds only the owned partitions' users
+    followers: list[ModelFollower] = []
+    owned: list[Share] = [Share(s.topic_partitions, frozenset())]
 
     # Ratings and requests are read in bulk, outside Faust's streams (agents/bulk.py), from
     # the partitions Faust assigned this worker for requests and the table: the same
@@ -167,6 +172,9 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # no *args: none are sent
     async def own_partitions(sender: Any, **kwargs: Any) -> None:  # after table recovery
         mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.requests_topic}
+        owned[0] = Share(s.topic_partitions, frozenset(mine))
+        for follower in followers:
+            follower.set_share(owned[0])
         lease.renew()
         for reader in readers:
             reader.own(mine)
@@ -210,4 +218,8 @@ def add_scorer(app: faust.App, runtime: Runtime) -> None:
                     ),
                     keys=keys,
                 )
+                if s.scorer_share:
+                    follower.first_share_wait = s.session_timeout
+                    follower.set_share(owned[0])
+                    followers.append(follower)
                 await follower.run()
