@@ -426,16 +426,28 @@ class Traffic:
             self.errors.append(exc)
             self._ready.set()
 
-    async def _new_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **kafka_client_options(self.settings),
-            acks="all",
-            enable_idempotence=True,
-            request_timeout_ms=10_000,
-            linger_ms=5,
-        )
-        await producer.start()
-        return producer
+    async def _new_producer(self, patience: float = 0.0) -> AIOKafkaProducer:
+        """A started producer; with ``patience``, a broker that is still down is waited for
+        that long (a client replacing its producer mid-outage: CI saw the sender die of
+        "Unable to bootstrap" when the broker took 46 s to come back)."""
+        deadline = time.monotonic() + patience
+        while True:
+            producer = AIOKafkaProducer(
+                **kafka_client_options(self.settings),
+                acks="all",
+                enable_idempotence=True,
+                request_timeout_ms=10_000,
+                linger_ms=5,
+            )
+            try:
+                await producer.start()
+                return producer
+            except KafkaError:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(1.0)
 
     async def _replace_producer(self, stuck: AIOKafkaProducer) -> None:
         """A client's last resort: a producer that no longer answers is replaced (its
@@ -446,7 +458,7 @@ class Traffic:
             self.producer_restarts += 1
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(stuck.stop(), 5)
-            self._producer = await self._new_producer()
+            self._producer = await self._new_producer(patience=180)
 
     async def _run(self) -> None:
         self._replacing = asyncio.Lock()
