@@ -46,6 +46,34 @@ def trained_events(worker: WorkerProcess) -> int:
     return body.get("trained_events", 0) if status == 200 else 0
 
 
+def batch_counters(worker: WorkerProcess) -> dict[str, float]:
+    """The trainer's batch counters from ``/metrics``: batches, events in them, seconds
+    spent in them (differences between two reads describe the batches in between)."""
+    _, text = worker.get("/metrics")
+    wanted = {
+        "streamrec_batch_events_count": "batches",
+        "streamrec_batch_events_sum": "events",
+        "streamrec_batch_seconds_sum": "seconds",
+    }
+    out = dict.fromkeys(wanted.values(), 0.0)
+    for line in str(text).splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = float(value)
+    return out
+
+
+def batch_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Batches trained between two :func:`batch_counters` reads: how many, their mean size
+    and the mean seconds one took (the fit thread's wall time per batch)."""
+    batches = max(1.0, after["batches"] - before["batches"])
+    return {
+        "batches": after["batches"] - before["batches"],
+        "mean_events": round((after["events"] - before["events"]) / batches, 1),
+        "mean_seconds": round((after["seconds"] - before["seconds"]) / batches, 4),
+    }
+
+
 async def publish_until_trained(
     settings: Settings, worker: WorkerProcess, ratings: list[Any], wait: float = 600
 ) -> tuple[float, float]:
@@ -101,9 +129,12 @@ async def _raw_consume_once(settings: Settings, topic: str, count: int) -> float
     return seen / (time.perf_counter() - start)
 
 
-def run(n_ratings: int, profile: Path | None = None, **overrides: Any) -> dict[str, Any]:
+def run(
+    n_ratings: int, profile: Path | None = None, phase: str = "backlog", **overrides: Any
+) -> dict[str, Any]:
     """Both figures in one namespace: publish -> trained with the trainer running, then
-    backlog -> trained (a backlog published while the trainer was stopped: its capacity)."""
+    backlog -> trained (a backlog published while the trainer was stopped: its capacity).
+    ``profile`` records the trainer during ``phase`` (``publish`` or ``backlog``)."""
     ns = namespace("trainer", **overrides)
     settings = ns.settings
     data = generate_ratings(5000, 2000, 2 * n_ratings + 5000, 16, seed=3)
@@ -113,17 +144,22 @@ def run(n_ratings: int, profile: Path | None = None, **overrides: Any) -> dict[s
     try:
         worker.wait_ready(timeout=120, model=False)
         asyncio.run(publish_until_trained(settings, worker, warm))
+        if profile is not None and phase == "publish":
+            spy = start_profile(worker, profile)
+        counters = batch_counters(worker)
         trained_rate, publish_rate = asyncio.run(publish_until_trained(settings, worker, live))
+        publish_batches = batch_stats(counters, batch_counters(worker))
+        spy = stop_profile(spy)
         worker.stop()
         asyncio.run(publish_ratings(settings, backlog))
         worker = WorkerProcess("trainer", free_port(), ns.home / "trainer-2.log", ns.env).start()
         worker.wait_ready(timeout=120, model=True)
-        if profile is not None:
+        if profile is not None and phase == "backlog":
             spy = start_profile(worker, profile)
+        counters = batch_counters(worker)
         backlog_rate = asyncio.run(drain_rate(worker, len(warm) + len(live) + len(backlog)))
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-            spy.wait(60)
+        backlog_batches = batch_stats(counters, batch_counters(worker))
+        spy = stop_profile(spy)
         _, info = worker.get("/model/")
         worker.stop()  # the baseline gets the machine the trainer had (no consolidation left)
         raw_rate = asyncio.run(raw_consume_rate(settings, settings.ratings_topic, len(data)))
@@ -140,6 +176,8 @@ def run(n_ratings: int, profile: Path | None = None, **overrides: Any) -> dict[s
         "ratio": trained_rate / raw_rate,
         "backlog_ratio": backlog_rate / raw_rate,
         "last_batch": info.get("last_batch"),
+        "publish_batches": publish_batches,
+        "backlog_batches": backlog_batches,
         "machine": machine(),
     }
 
@@ -169,6 +207,14 @@ def start_profile(worker: WorkerProcess, out: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=sys.stderr,
     )
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> subprocess.Popen[bytes] | None:
+    """Stop a py-spy recording (it writes its output on SIGINT); None, what is left of it."""
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    return None
 
 
 def figures(quick: bool) -> list[Figure]:
@@ -203,12 +249,18 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, default=200_000)
     parser.add_argument("--profile", type=Path, help="py-spy output (.svg, or .txt: raw)")
     parser.add_argument(
+        "--profile-phase",
+        choices=("publish", "backlog"),
+        default="backlog",
+        help="The phase --profile records (default: the restarted trainer's backlog).",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="A trainer setting."
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
-    result = run(args.ratings, args.profile, **overrides)
+    result = run(args.ratings, args.profile, args.profile_phase, **overrides)
     if args.json:
         print(json.dumps(result))
         return
@@ -223,6 +275,8 @@ def main() -> None:
                 ("raw consume/s", f"{result['raw_consume_per_second']:,.0f}"),
                 ("ratio publish -> trained", f"{result['ratio']:.3f}"),
                 ("ratio backlog -> trained", f"{result['backlog_ratio']:.3f}"),
+                ("batches while publishing", result["publish_batches"]),
+                ("batches draining the backlog", result["backlog_batches"]),
             ],
         )
     )

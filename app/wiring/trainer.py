@@ -11,6 +11,7 @@ from typing import Any
 import faust
 import mode
 from aiokafka import AIOKafkaConsumer
+from threadpoolctl import threadpool_limits
 
 from agents.deltas import DeltaPublisher
 from agents.kafka import DeadLetterQueue, dead_letter_marks
@@ -47,6 +48,16 @@ def add_trainer(app: faust.App, runtime: Runtime, updates: Any) -> None:
             await runtime.trainer.tick()
 
 
+def single_threaded_blas() -> None:
+    """One BLAS thread for the whole process (what ``OPENBLAS_NUM_THREADS=1`` does for
+    the scorers). The trainer's only BLAS products are small (the prequential test step's
+    64 users x the items), which threads do not speed up; and after each call OpenBLAS's
+    idle threads spin for a while, taking a core from the fit thread, the decode and the
+    broker on a small machine: the trainer in process ran 2-2.5x slower with 2 BLAS
+    threads on 2 cores (docs/benchmarks.md, "One BLAS thread in the trainer")."""
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def trainer_service(
     runtime: Runtime, updates: Any, deltas: DeltaPublisher | None
 ) -> type[mode.Service]:
@@ -67,6 +78,7 @@ def trainer_service(
         _requests: asyncio.Task[None] | None = None  # scorers asking for a snapshot
 
         async def on_start(self) -> None:
+            single_threaded_blas()
             self._stack = contextlib.AsyncExitStack()
             store = await self._stack.enter_async_context(store_from_settings(s))
             keys = worker_model_keys(s)
