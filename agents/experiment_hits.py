@@ -104,6 +104,15 @@ class HitCounter:
             lists = self.lists[name] = ListOutcomes(self.matcher.window)
         return lists
 
+    def idle(self) -> bool:
+        """Whether no rating can change anything now: no experiment runs, no impression is
+        pending, no interleaved list is open (the reader then skips decoding ratings)."""
+        return (
+            not self.registry.running()
+            and not len(self.matcher)
+            and not any(len(lists) for lists in self.lists.values())
+        )
+
     def rate(self, rating: Rating) -> None:
         self.latest = max(self.latest, rating.ts)
         hit = self.matcher.match(rating)
@@ -256,8 +265,9 @@ class HitReader:
                     self.counter.refused += 1
                     continue
                 self.counter.show(shown, count=record.offset >= counted_from)
+        idle = not self._held and self.counter.idle()  # every rating would be a no-op
         for tp, records in batch.items():
-            if tp.topic != self.ratings_topic:
+            if idle or tp.topic != self.ratings_topic:
                 continue
             for record in records:
                 try:

@@ -266,3 +266,32 @@ def test_without_a_grace_a_rating_read_before_its_impression_is_no_hit():
     shown = Impressions.of("g", "u1", now, [("a", "control")])
     reader._handle({TopicPartition("impressions", 0): [Record(*shown.encode(), stamp)]}, now)
     assert c.counts("g")["control"] == Counts(1, 0)
+
+
+def test_ratings_are_not_decoded_while_no_experiment_runs(monkeypatch):
+    """The hit reader runs in the trainer and reads every rating: with no experiment
+    running, nothing pending and no list open, it decodes none of them (the trainer's
+    event loop spent up to a fifth of its time there)."""
+    from aiokafka import TopicPartition
+
+    import agents.experiment_hits as hits
+
+    decoded = []
+
+    def counting(*args, **kwargs):
+        decoded.append(1)
+        return decode(*args, **kwargs)
+
+    decode = hits.decode_rating
+    monkeypatch.setattr(hits, "decode_rating", counting)
+    idle = HitCounter(
+        ExperimentRegistry(KEYS), HitMatcher(3600, 4.0), SequentialTest(0.05, 0.05, 50)
+    )
+    rating = {"event_id": "e1", "user": "u1", "item": "a", "rating": 5, "ts": 2000.0}
+    batch = {TopicPartition("ratings", 0): [Record(b"u1", json.dumps(rating).encode(), 2_000_000)]}
+    for c, expected in ((idle, 0), (counter(), 1)):
+        decoded.clear()
+        HitReader(
+            c, {}, "impressions", "ratings", "results", "experiments", KEYS, None, lambda: 10
+        )._handle(batch)
+        assert len(decoded) == expected
