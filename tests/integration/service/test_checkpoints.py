@@ -49,6 +49,7 @@ async def verified_head(trainer: TrainerOnly) -> dict[str, Any]:
     return {"trained_events": state.trained_events, "links": len(chain)}
 
 
+@pytest.mark.long  # 20 s; the default suite's random trainer kills run on segments too
 @pytest.mark.parametrize(
     "trainer_only",
     [
