@@ -181,6 +181,8 @@ async def test_a_delta_the_scorers_would_refuse_goes_out_as_a_marker_and_a_snaps
         open_delta(sink.sent[-1][1], Keyring.dev())
     )  # what scorers get: valid, "load the snapshot"
     assert marker.snapshot_needed and marker.version == model.version
+    # The marker is on the wire before the trainer's publish returns and records it.
+    await until(lambda: "snapshot_due" in trainer.holder.info)
     due = trainer.holder.info["snapshot_due"]
     assert due["reason"] == "refused" and due["version"] == marker.version
     assert "popularity_decay" in trainer.holder.info["delta"]["refused"]
