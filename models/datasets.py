@@ -12,12 +12,16 @@ Formats:
 A bad line raises :class:`DatasetError` naming its line number, or — in lenient mode, when
 the caller passes an ``errors`` list — is appended to that list; it is never dropped
 silently. Blank lines are not data and are skipped. Every event gets the deterministic id
-``"<source>:<line>"``, so publishing the same file twice is deduplicated downstream.
+``"<source>:<line>:<digest>"`` (the digest: 8 hex digits of the line's content), so
+publishing the same file twice, or the same file with lines appended, is deduplicated
+downstream, while a different file of the same name (another directory, an edited line)
+is not taken for it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
 
@@ -102,7 +106,7 @@ def iter_ratings(
                     columns, width = header, len(fields)
                     continue
             first = False
-            yield _rating(fields, columns, width, f"{source}:{number}")
+            yield _rating(fields, columns, width, f"{source}:{number}:{_digest(line)}")
         except InvalidEvent as exc:
             error = DatasetError(number, f"{exc.reason}: {line[:80]!r}")
             if errors is None:
@@ -116,6 +120,12 @@ def _clean(raw: str, number: int) -> str:
     if number == 1:
         line = line.removeprefix("\ufeff")
     return line
+
+
+def _digest(line: str) -> str:
+    """8 hex digits of the line's content: the same line always, another line almost never."""
+    raw = line.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=4).hexdigest()
 
 
 def _split(line: str, separator: str) -> list[str]:

@@ -1,4 +1,5 @@
 import io
+from dataclasses import replace
 
 import pytest
 
@@ -10,31 +11,54 @@ def parse(text: str, fmt: str = "auto", **kwargs) -> list[Rating]:
     return list(iter_ratings(io.StringIO(text, newline=""), fmt, **kwargs))
 
 
+def located(text: str, fmt: str = "auto", **kwargs) -> list[Rating]:
+    """The ratings with their ids cut to ``<source>:<line>`` (the content digest dropped)."""
+    return [replace(r, event_id=r.event_id.rsplit(":", 1)[0]) for r in parse(text, fmt, **kwargs)]
+
+
 def test_ml100k_tab_separated():
-    ratings = parse("196\t242\t3\t881250949\n186\t302\t3\t891717742\n", source="u.data")
+    ratings = located("196\t242\t3\t881250949\n186\t302\t3\t891717742\n", source="u.data")
     assert ratings[0] == Rating("u.data:1", "196", "242", 3.0, 881250949.0)
     assert ratings[1].event_id == "u.data:2"
 
 
 def test_ml1m_double_colon():
-    assert parse("1::1193::5::978300760\n") == [Rating("ratings:1", "1", "1193", 5.0, 978300760.0)]
+    assert located("1::1193::5::978300760\n") == [
+        Rating("ratings:1", "1", "1193", 5.0, 978300760.0)
+    ]
 
 
 def test_mlcsv_with_header_and_crlf():
-    ratings = parse("userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n1,3,0.5,964981247\r\n")
+    ratings = located(
+        "userId,movieId,rating,timestamp\r\n1,1,4.0,964982703\r\n1,3,0.5,964981247\r\n"
+    )
     assert [(r.user, r.item, r.rating) for r in ratings] == [("1", "1", 4.0), ("1", "3", 0.5)]
     assert ratings[0].event_id == "ratings:2"  # line numbers count the header
 
 
 def test_plain_csv_with_and_without_header():
-    assert parse("a,b,5,10\n")[0] == Rating("ratings:1", "a", "b", 5.0, 10.0)
+    assert located("a,b,5,10\n")[0] == Rating("ratings:1", "a", "b", 5.0, 10.0)
     with_header = parse("user,item,rating,timestamp\na,b,5,10\n")
     assert [(r.user, r.item) for r in with_header] == [("a", "b")]
 
 
 def test_csv_header_columns_are_matched_by_name():
-    ratings = parse("timestamp,rating,movie_id,user_id,comment\n10,4.5,m1,u1,great\n")
+    ratings = located("timestamp,rating,movie_id,user_id,comment\n10,4.5,m1,u1,great\n")
     assert ratings == [Rating("ratings:2", "u1", "m1", 4.5, 10.0)]
+
+
+def test_an_id_is_the_line_and_its_content() -> None:
+    """Publishing a file again, or with lines appended, repeats its ids (deduplicated
+    downstream); another file of the same name, or an edited line, does not."""
+    first = parse("a,b,5,10\nc,d,1,11\n", source="r.csv")
+    assert [r.event_id for r in parse("a,b,5,10\nc,d,1,11\n", source="r.csv")] == [
+        r.event_id for r in first
+    ]
+    appended = parse("a,b,5,10\nc,d,1,11\ne,f,3,12\n", source="r.csv")
+    assert [r.event_id for r in appended[:2]] == [r.event_id for r in first]
+    other = parse("x,y,4,10\nc,d,2,11\n", source="r.csv")  # same name, same lines' numbers
+    assert not {r.event_id for r in other} & {r.event_id for r in first}
+    assert all(r.event_id.startswith(f"r.csv:{n}:") for n, r in enumerate(first, 1))
 
 
 def test_quoted_csv_fields_and_unicode_ids():
@@ -51,7 +75,7 @@ def test_latin1_text_decoded_by_the_caller():
 
 
 def test_bom_and_blank_lines():
-    ratings = parse("\ufeffuser,item,rating,timestamp\n\na,b,5,10\n\n\nc,d,1,11\n")
+    ratings = located("\ufeffuser,item,rating,timestamp\n\na,b,5,10\n\n\nc,d,1,11\n")
     assert [r.event_id for r in ratings] == ["ratings:3", "ratings:6"]
 
 
