@@ -197,20 +197,16 @@ def in_flight(
             size = min(batch, requests - at)
             after += [(t1 - t0) / size] * size
             done += [t1 - start] * size
-    ms = 1000.0
+    return {**_ms("before", before), **_ms("after", after), **_ms("done", done)}
+
+
+def _ms(name: str, seconds: list[float]) -> dict[str, float]:
+    """``{name}_p50_ms`` and ``{name}_p99_ms`` of ``seconds``."""
+    ordered = sorted(seconds)
     return {
-        "before_p50_ms": statistics.median(before) * ms,
-        "before_p99_ms": _p99(before) * ms,
-        "after_p50_ms": statistics.median(after) * ms,
-        "after_p99_ms": _p99(after) * ms,
-        "done_p50_ms": statistics.median(done) * ms,
-        "done_p99_ms": _p99(done) * ms,
+        f"{name}_p50_ms": statistics.median(ordered) * 1000.0,
+        f"{name}_p99_ms": ordered[int(0.99 * (len(ordered) - 1))] * 1000.0,
     }
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[int(0.99 * (len(ordered) - 1))]
 
 
 def large_catalog_figures(quick: bool) -> list[Figure]:
@@ -300,12 +296,9 @@ def ann_in_flight(
             total += len(a.items)
     ms = 1000.0
     return {
-        "exact_p50_ms": statistics.median(exact) * ms,
-        "exact_p99_ms": _p99(exact) * ms,
-        "ann_p50_ms": statistics.median(near) * ms,
-        "ann_p99_ms": _p99(near) * ms,
-        "stale_p50_ms": statistics.median(stale) * ms,
-        "stale_p99_ms": _p99(stale) * ms,
+        **_ms("exact", exact),
+        **_ms("ann", near),
+        **_ms("stale", stale),
         "recall": hits / total,
         "build_s": build,
         "probes": index.probes,

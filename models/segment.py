@@ -39,6 +39,7 @@ from models.scoring import ScoringView
 from models.signing import Keyring
 from models.snapshot import (
     EVENT_COUNTS,
+    MIRRORED,
     SnapshotState,
     check_accumulators,
     check_neighbours,
@@ -63,19 +64,8 @@ _DECAYS = "popularity_decays"
 _Fifo = TypeVar("_Fifo", list[str], np.ndarray)
 _STRING_LISTS = ("new_user_ids", "new_item_ids", "recent_tail")
 _NEIGHBOURS = ("neighbours_data", "neighbours_indices", "neighbours_indptr")
-_MIRRORED = (
-    "format",
-    "version",
-    "offsets",
-    "trained_events",
-    "n_users",
-    "n_items",
-    "config",
-    "delta_chain",
-    "parent",
-    "parent_sha256",
-    "base",
-)
+_MIRRORED = (*MIRRORED, "parent", "parent_sha256", "base")
+"""A segment's mirrored manifest fields: a snapshot's, and where its chain hangs."""
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,7 @@ EVENT_COUNTS = ("user_events", "item_events")
 """Exact applied-event counts per user and per item (int64). Optional on read: snapshots
 written before they existed load with the counts starting from zero."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-# Manifest fields that must equal the checksummed copy inside the payload.
-_MIRRORED = (
+MIRRORED = (
     "format",
     "version",
     "offsets",
@@ -67,6 +66,7 @@ _MIRRORED = (
     "config",
     "delta_chain",
 )
+"""Manifest fields that must equal the checksummed copy inside the payload."""
 SCORING_ARRAYS = (
     "user_embeddings",
     "user_biases",
@@ -353,7 +353,7 @@ def _decode(
     wanted |= set(_WINDOW_ENTRIES) if window else set()
     wanted |= set(_NEIGHBOUR_ENTRIES) if neighbours else set()
     entries = _read_entries(payload, wanted, views=views)
-    meta, config = read_meta(entries.pop("meta"), manifest, _MIRRORED)
+    meta, config = read_meta(entries.pop("meta"), manifest, MIRRORED)
 
     ids: dict[str, list[str]] = {}
     counts: dict[str, int] = {}
