@@ -87,6 +87,8 @@ class ModelFollower:
     """Asks the trainer for a snapshot when the chain breaks (None: wait for the next)."""
     keys: Keyring = field(default_factory=Keyring.dev, repr=False)
     """The keys deltas, announcements and snapshots must be signed with."""
+    served: bool = True
+    """False for a candidate lineage (issue 20): it leaves the model_version gauge alone."""
     chain: Chain = field(default_factory=Chain)
     _refused: dict[str, int] = field(default_factory=dict)  # "what/kind" -> count
     _consumer: AIOKafkaConsumer | None = None
@@ -428,7 +430,8 @@ class ModelFollower:
         self._mark_loading()
         self._chain_info()
         metrics.MODEL_LOADS.labels("ok").inc()
-        metrics.MODEL_VERSION.set(view.version)
+        if self.served:
+            metrics.MODEL_VERSION.set(view.version)
         log.info("Serving model v%d%s", view.version, " (pinned)" if pinned else "")
         if seek:
             await self._seek_after(manifest, chain)
@@ -550,7 +553,8 @@ class ModelFollower:
         metrics.DELTAS_APPLIED.inc()
         metrics.DELTA_APPLY_SECONDS.observe(time.perf_counter() - started)
         metrics.DELTA_LAG.observe(lag)
-        metrics.MODEL_VERSION.set(view.version)
+        if self.served:
+            metrics.MODEL_VERSION.set(view.version)
         self._chain_info(
             last_applied={
                 "version": delta.version,

@@ -147,5 +147,6 @@ def follow_lineage(app: faust.App, runtime: Runtime, holder: ModelHolder, source
                 max_delta_bytes=delta_topic_max_bytes(s),
                 health=ReaderHealth(),  # its own: a lineage down does not degrade /health/
                 keys=worker_model_keys(s),
+                served=False,
             )
             await follower.run()

@@ -132,6 +132,31 @@ async def test_a_fresh_chain_is_followed_from_its_first_delta(follower: ModelFol
     assert same(follower.holder.view, trainer.model)
 
 
+async def test_a_candidate_lineage_leaves_the_served_models_version_gauge(
+    store: SnapshotStore,
+) -> None:
+    def gauge() -> float | None:
+        return metrics.REGISTRY.get_sample_value("streamrec_model_version")
+
+    metrics.MODEL_VERSION.set(-7)  # the served model's
+    follower = ModelFollower(ModelHolder(), store, {}, UPDATES, deltas_topic=DELTAS, served=False)
+    follower._consumer = FakeConsumer()  # type: ignore[assignment]
+    old = Trainer()
+    await follower.on_delta(old.batch(0))
+    await old.snapshot(store)
+    payload, manifest = await store.get(await store.current())
+    trainer = Trainer(IncrementalModel.from_bytes(payload, manifest))  # a snapshot loaded
+    trainer.records = old.records
+    for seed in range(1, 4):
+        assert not await follower.on_delta(trainer.batch(seed))
+    assert same(follower.holder.view, trainer.model) and gauge() == -7
+    served = ModelFollower(ModelHolder(), store, {}, UPDATES, deltas_topic=DELTAS)
+    served._consumer = FakeConsumer()  # type: ignore[assignment]
+    for record in trainer.records:
+        await served.on_delta(record)
+    assert gauge() == trainer.model.version
+
+
 async def test_a_corrupt_delta_is_never_served_and_resyncs(
     follower: ModelFollower, store: SnapshotStore
 ) -> None:
