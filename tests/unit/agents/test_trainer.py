@@ -256,6 +256,8 @@ async def test_a_consolidations_delta_gets_its_snapshot_without_waiting_for_a_ti
     assert not delta.snapshot_needed
     assert 0 < delta.rows_touched <= delta.n_users + delta.n_items  # the rows it changed
     marker = delta.version
+    # The delta is on the wire before the trainer's publish returns and records it.
+    await until(lambda: "snapshot_due" in trainer.holder.info)
     due = trainer.holder.info["snapshot_due"]  # /model/ shows it
     assert due["version"] == marker and due["reason"] == "neighbours"
     await until(lambda: trainer.holder.info.get("snapshot", {}).get("version", -1) >= marker)
