@@ -325,10 +325,10 @@ class Settings(BaseSettings):
         500, ge=1, description="Most requests a scorer answers together (one matmul)"
     )
     scorer_share: bool = Field(
-        False,
+        True,
         description="A scorer holds the user rows of only the requests partitions it owns "
         "(and every item); newly assigned partitions load from the latest checkpoint and "
-        "the deltas since (issue 19)",
+        "the deltas since (issue 19); false: every scorer holds every user",
     )
     share_loading_wait_seconds: float = Field(
         5.0,
