@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.batch_scoring import TopK, block_top_k, top_k_products
-from models.blocks import RowBlocks
+from models.blocks import BLOCK_ROWS, RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
 from models.idmap import IdMap
 from models.ownership import Share
@@ -352,6 +352,14 @@ class ScoringView:
             global_n=delta.n_users,
             local=local,
         )
+
+    def delta_bytes(self, delta: ModelDelta) -> int:
+        """At most the bytes :meth:`with_delta` copies for ``delta``: the blocks its user
+        and item rows touch, and the per-item popularity and stamps (what decides whether
+        a scorer applies it off its event loop; the delta's own size is the caller's)."""
+        users = min(len(delta.user_rows) * BLOCK_ROWS, delta.n_users) * (self._k + 2)
+        items = min(len(delta.item_rows) * BLOCK_ROWS, delta.n_items) * (self._k + 1)
+        return 4 * (users + items) + 16 * delta.n_items
 
     def restricted(self, share: Share) -> ScoringView:
         """This view holding only the users of ``share`` (a part of what it holds): what a
