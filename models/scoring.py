@@ -839,14 +839,14 @@ def _packed_blocks(embeddings: np.ndarray, biases: np.ndarray, positives: np.nda
     return RowBlocks.adopt(whole, n)
 
 
-def _item_blocks(embeddings: np.ndarray, biases: np.ndarray) -> tuple[RowBlocks, np.ndarray]:
-    """Item rows (embedding, then bias: float32) written straight into the blocks' buffer,
-    and the same buffer's rows as :meth:`ScoringView.product_items` (no second copy)."""
+def _item_blocks(embeddings: np.ndarray, biases: np.ndarray) -> tuple[RowBlocks, None]:
+    """Item rows (embedding, then bias: float32) written straight into the blocks' buffer;
+    :meth:`ScoringView.product_items` is made from them when scoring first needs it."""
     n, k = len(embeddings), embeddings.shape[1]
     whole = RowBlocks.buffer(n, (k + 1,), np.dtype(np.float32))
     whole[:n, :k] = embeddings
     whole[:n, k] = biases
-    return RowBlocks.adopt(whole, n), whole[:n]
+    return RowBlocks.adopt(whole, n), None
 
 
 def _grown(array: np.ndarray, n: int) -> np.ndarray:
