@@ -354,9 +354,10 @@ class ScoringView:
         )
 
     def delta_bytes(self, delta: ModelDelta) -> int:
-        """At most the bytes :meth:`with_delta` copies for ``delta``: the blocks its user
-        and item rows touch, and the per-item popularity and stamps (what decides whether
-        a scorer applies it off its event loop; the delta's own size is the caller's)."""
+        """The bytes :meth:`with_delta` copies for ``delta``: the blocks its user and item
+        rows touch (or the whole arrays, when it touches most blocks), and the per-item
+        popularity and stamps. What decides whether a scorer applies it off its event
+        loop (the delta's own size is the caller's)."""
         users = min(len(delta.user_rows) * BLOCK_ROWS, delta.n_users) * (self._k + 2)
         items = min(len(delta.item_rows) * BLOCK_ROWS, delta.n_items) * (self._k + 1)
         return 4 * (users + items) + 16 * delta.n_items
