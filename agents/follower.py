@@ -41,8 +41,9 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Unpack
+from typing import Any, TypeVar, Unpack
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -65,10 +66,12 @@ from models.snapshot import UntrustedSnapshot
 from models.wire import DeltaError, ModelDelta, ModelUpdate, Undecodable, open_delta
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 OPERATOR_REASONS = frozenset({"promote", "rollback"})
 _OFF_LOOP_BYTES = 1 << 20
-"""Deltas whose work (message + item arrays copied) is larger than this apply in a thread."""
+"""Deltas whose work (message + what the apply copies: :meth:`ScoringView.delta_bytes`) is
+larger than this apply in a thread."""
 
 
 @dataclass
@@ -490,7 +493,7 @@ class ModelFollower:
             metrics.DELTAS_SKIPPED.labels("bad").inc()
             self._reflected, self._behind_since = message.offset, None
             return False
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _CpuClock()
         try:
             raw = open_delta(message.value, self.keys)
         except SignatureError as exc:  # not the trainer's: as if never read (no resync)
@@ -499,7 +502,7 @@ class ModelFollower:
             return False
         try:
             if len(raw) > _OFF_LOOP_BYTES:
-                delta = await asyncio.to_thread(ModelDelta.decode, raw)
+                delta = await cpu.off_loop(ModelDelta.decode, raw)
             else:
                 delta = ModelDelta.decode(raw)
         except DeltaError as exc:
@@ -534,9 +537,9 @@ class ModelFollower:
         if base is None or (step != "apply" and delta.origin == FRESH):
             base = ScoringView.empty(_components(delta), share=self.share)  # from nothing
         try:
-            work = len(message.value or b"") + base.n_items * base.no_components * 4
+            work = len(message.value or b"") + base.delta_bytes(delta)
             if work > _OFF_LOOP_BYTES:
-                view = await asyncio.to_thread(base.with_delta, delta, join=True)
+                view = await cpu.off_loop(base.with_delta, delta, join=True)
             else:
                 view = base.with_delta(delta, join=True)
         except DeltaError as exc:
@@ -552,6 +555,7 @@ class ModelFollower:
         self._applied += 1
         metrics.DELTAS_APPLIED.inc()
         metrics.DELTA_APPLY_SECONDS.observe(time.perf_counter() - started)
+        metrics.DELTA_APPLY_CPU_SECONDS.observe(cpu.seconds())
         metrics.DELTA_LAG.observe(lag)
         if self.served:
             metrics.MODEL_VERSION.set(view.version)
@@ -780,3 +784,31 @@ async def _short_of(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int])
         if await consumer.position(tp) < end:
             return True
     return False
+
+
+class _CpuClock:
+    """CPU seconds one delta costs: this thread's, without what other tasks run while it
+    awaits, plus a worker thread's own when part of the apply runs off the loop."""
+
+    __slots__ = ("_mark", "_spent")
+
+    def __init__(self) -> None:
+        self._spent, self._mark = 0.0, time.thread_time()
+
+    async def off_loop(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``fn(*args, **kwargs)`` in a worker thread, its CPU time counted."""
+        self._spent += time.thread_time() - self._mark
+
+        def timed() -> tuple[_T, float]:
+            start = time.thread_time()
+            return fn(*args, **kwargs), time.thread_time() - start
+
+        try:
+            out, spent = await asyncio.to_thread(timed)
+        finally:
+            self._mark = time.thread_time()
+        self._spent += spent
+        return out
+
+    def seconds(self) -> float:
+        return self._spent + time.thread_time() - self._mark

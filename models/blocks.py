@@ -19,6 +19,7 @@ BLOCK_ROWS = 1 << BLOCK_SHIFT
 """Rows per block (32): a batch of B users spread over many users copies at most B blocks
 (B x 32 rows), and the block list of 1M users is 31k references."""
 _MASK = BLOCK_ROWS - 1
+_FEW_ROWS = 64
 
 
 class RowBlocks:
@@ -121,7 +122,11 @@ class RowBlocks:
             raise IndexError(f"rows out of range for {n} rows")
         n_blocks = (n + _MASK) >> BLOCK_SHIFT
         which = rows >> BLOCK_SHIFT
-        touched, position = np.unique(which, return_inverse=True)
+        if len(rows) <= _FEW_ROWS:  # a small delta: a set of a few ints beats np.unique's sort
+            touched = np.array(sorted(set(which.tolist())), dtype=np.int64)
+            position = np.searchsorted(touched, which)
+        else:
+            touched, position = np.unique(which, return_inverse=True)
         new = np.arange(len(self._blocks), n_blocks)  # blocks that growth adds
         if 2 * (len(touched) + len(new)) > n_blocks:
             whole = np.zeros((n, *self.row_shape), dtype=self.dtype)

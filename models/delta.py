@@ -85,6 +85,7 @@ _ARRAYS: dict[str, tuple[str, int]] = {
     "new_item_ids_blob": ("|u1", 1),
     "new_item_ids_offsets": ("<i8", 1),
 }
+_DTYPES = {name: np.dtype(dtype) for name, (dtype, _) in _ARRAYS.items()}
 _ROW_GROUPS = {
     "user_rows": ("user_embeddings", "user_biases", "user_positives"),
     "item_rows": ("item_embeddings", "item_biases"),
@@ -264,7 +265,7 @@ def _read_arrays(layout: Any, data: memoryview) -> dict[str, np.ndarray]:
             raise DeltaError("delta array entry is malformed") from None
         if name not in _ARRAYS or name in out:
             raise DeltaError(f"unexpected delta array {name!r}")
-        dtype, ndim = _ARRAYS[name]
+        ndim = _ARRAYS[name][1]
         if (
             not isinstance(shape, list)
             or len(shape) != ndim
@@ -273,7 +274,7 @@ def _read_arrays(layout: Any, data: memoryview) -> dict[str, np.ndarray]:
             or offset < 0
         ):
             raise DeltaError(f"delta array {name!r} has a bad shape or offset")
-        dt = np.dtype(dtype)
+        dt = _DTYPES[name]
         size = math.prod(shape) * dt.itemsize
         if offset + size > len(data):
             raise DeltaError(f"delta array {name!r} runs past the message")
@@ -285,13 +286,15 @@ def _read_arrays(layout: Any, data: memoryview) -> dict[str, np.ndarray]:
 def _check_arrays(arrays: dict[str, np.ndarray]) -> None:
     """Every float finite at its wire dtype; the rows of each group agree; one width."""
     for name, array in arrays.items():
-        dtype, ndim = _ARRAYS[name]
+        ndim = _ARRAYS[name][1]
         if array.ndim != ndim:
             raise DeltaError(f"delta array {name!r} has {array.ndim} dimensions, not {ndim}")
-        if np.dtype(dtype).kind == "f" and array.size:
-            with np.errstate(over="ignore"):  # a float64 past float32's range: inf, refused
-                wire = array if array.dtype == np.dtype(dtype) else array.astype(dtype)
-            if not np.isfinite(wire).all():
+        wire = _DTYPES[name]
+        if wire.kind == "f" and array.size:
+            if array.dtype != wire:
+                with np.errstate(over="ignore"):  # a float64 past float32's range: inf, refused
+                    array = array.astype(wire)
+            if not np.isfinite(array).all():
                 raise DeltaError(f"delta array {name!r} has NaN or infinite values")
     k = arrays["user_embeddings"].shape[1]
     for rows_name, names in _ROW_GROUPS.items():

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from models.batch_scoring import TopK, block_top_k, top_k_products
-from models.blocks import RowBlocks
+from models.blocks import BLOCK_ROWS, RowBlocks
 from models.delta import DeltaError, ModelDelta, check_applies
 from models.idmap import IdMap
 from models.ownership import Share
@@ -83,17 +83,19 @@ class ScoringView:
     of that history (the sum of each history item's neighbour similarities) are each
     standardised over all items and added, the kNN side weighted by ``blend_weight``.
     Items newer than the neighbour matrix have no neighbours (kNN score 0).
-    User arrays (the big ones) are :class:`models.blocks.RowBlocks`, item arrays plain
-    read-only arrays; the id maps are append-only and shared with the views built from
-    this one, each reading only its own first ``n`` ids. :meth:`with_delta` makes the next
-    version's view by copying only what a :class:`models.delta.ModelDelta` touches.
+    User rows and item rows (embedding and bias) are :class:`models.blocks.RowBlocks`,
+    the item rows also one contiguous matrix (:meth:`product_items`) made once per view
+    when scoring first needs it; the id maps are append-only and shared with the views
+    built from this one, each reading only its own first ``n`` ids. :meth:`with_delta`
+    makes the next version's view by copying only the blocks a
+    :class:`models.delta.ModelDelta` touches (and the per-item popularity and stamps:
+    8 bytes an item each, the decay changes every popularity).
     """
 
     __slots__ = (
         "_blend_weight",
         "_global_n",
-        "_item_biases",
-        "_item_embeddings",
+        "_item_rows",
         "_item_stamps",
         "_items",
         "_k",
@@ -152,8 +154,7 @@ class ScoringView:
             n_items=n_items,
             k=user_embeddings.shape[1],
             user_rows=_packed_blocks(user_embeddings, user_biases, user_positives),
-            item_embeddings=item_embeddings,
-            item_biases=item_biases,
+            item_rows=_item_blocks(item_embeddings, item_biases),
             popularity=popularity,
             popularity_ts=popularity_ts,
             neighbours=neighbours,
@@ -170,8 +171,7 @@ class ScoringView:
         n_items: int,
         k: int,
         user_rows: RowBlocks,
-        item_embeddings: np.ndarray,
-        item_biases: np.ndarray,
+        item_rows: tuple[RowBlocks, np.ndarray | None],
         popularity: np.ndarray,
         popularity_ts: float | None,
         neighbours: sp.csr_matrix | None = None,
@@ -191,12 +191,11 @@ class ScoringView:
         self._items, self._n_items = items, n_items
         self._k = k
         self._user_rows = user_rows  # per user: embedding (k), bias, positives (float32)
-        self._item_embeddings = _frozen(item_embeddings)
-        self._item_biases = _frozen(item_biases)
+        # per item: embedding (k), bias (float32); and as one matrix if already made whole
+        self._item_rows, self._product_items = item_rows
         self._popularity = _frozen(popularity)
         self.popularity_ts = popularity_ts
         self._pop_order: np.ndarray | None = None  # computed on first use
-        self._product_items: np.ndarray | None = None  # computed on first use
         if item_stamps is None:  # rows from whole arrays: one new write for all of them
             item_stamps = np.full(n_items, next(_WRITES), dtype=np.int64)
         self._item_stamps = _frozen(item_stamps)
@@ -261,8 +260,9 @@ class ScoringView:
                 arrays["user_biases"][pick],
                 arrays["user_positives"][pick],
             ),
-            item_embeddings=np.array(arrays["item_embeddings"][:n_items]),
-            item_biases=np.array(arrays["item_biases"][:n_items]),
+            item_rows=_item_blocks(
+                arrays["item_embeddings"][:n_items], arrays["item_biases"][:n_items]
+            ),
             popularity=np.array(arrays["popularity"][:n_items]),
             popularity_ts=popularity_ts,
             neighbours=neighbours,
@@ -285,8 +285,7 @@ class ScoringView:
             n_items=0,
             k=no_components,
             user_rows=RowBlocks.empty((no_components + 2,), f32),
-            item_embeddings=np.zeros((0, no_components), dtype=np.float32),
-            item_biases=np.zeros(0, dtype=np.float32),
+            item_rows=(RowBlocks.empty((no_components + 1,), f32), None),
             popularity=np.zeros(0, dtype=np.float64),
             popularity_ts=None,
             share=share,
@@ -297,7 +296,8 @@ class ScoringView:
     def with_delta(self, delta: ModelDelta, *, join: bool = False) -> ScoringView:
         """The view of ``delta.version``: this one with the delta's rows, copy-on-write.
 
-        User rows copy only their blocks; item arrays are copied whole (items are few).
+        User and item rows copy only their blocks; popularity and item stamps are copied
+        whole (8 bytes an item each).
         Raises :class:`models.delta.DeltaError` (and changes nothing visible) if the delta
         does not fit this view exactly. ``join``: the delta starts a new lineage from the
         state this view holds, whatever version number that lineage gave it.
@@ -322,10 +322,10 @@ class ScoringView:
         except ValueError as exc:
             raise DeltaError(str(exc)) from None
         n_users, n_items = self._n_users + len(new_ids), delta.n_items
-        item_embeddings = _grown(self._item_embeddings, n_items)
-        item_embeddings[delta.item_rows] = delta.item_embeddings
-        item_biases = _grown(self._item_biases, n_items)
-        item_biases[delta.item_rows] = delta.item_biases
+        item_values = np.empty((len(delta.item_rows), self._k + 1), dtype=np.float32)
+        item_values[:, : self._k] = delta.item_embeddings
+        item_values[:, self._k] = delta.item_biases
+        item_rows = self._item_rows.updated(delta.item_rows, item_values, n_items)
         popularity = _grown(self._popularity, n_items)
         if delta.popularity_decay != 1.0:
             popularity[: self._n_items] *= delta.popularity_decay
@@ -342,8 +342,7 @@ class ScoringView:
             n_items=n_items,
             k=self._k,
             user_rows=self._user_rows.updated(rows, packed, n_users),
-            item_embeddings=item_embeddings,
-            item_biases=item_biases,
+            item_rows=(item_rows, None),
             popularity=popularity,
             popularity_ts=delta.popularity_ts,
             neighbours=self._neighbours,  # deltas carry rows; neighbours come with snapshots
@@ -353,6 +352,15 @@ class ScoringView:
             global_n=delta.n_users,
             local=local,
         )
+
+    def delta_bytes(self, delta: ModelDelta) -> int:
+        """The bytes :meth:`with_delta` copies for ``delta``: the blocks its user and item
+        rows touch (or the whole arrays, when it touches most blocks), and the per-item
+        popularity and stamps. What decides whether a scorer applies it off its event
+        loop (the delta's own size is the caller's)."""
+        users = min(len(delta.user_rows) * BLOCK_ROWS, delta.n_users) * (self._k + 2)
+        items = min(len(delta.item_rows) * BLOCK_ROWS, delta.n_items) * (self._k + 1)
+        return 4 * (users + items) + 16 * delta.n_items
 
     def restricted(self, share: Share) -> ScoringView:
         """This view holding only the users of ``share`` (a part of what it holds): what a
@@ -375,8 +383,7 @@ class ScoringView:
             n_items=self._n_items,
             k=self._k,
             user_rows=RowBlocks.from_array(user_rows),
-            item_embeddings=self._item_embeddings,
-            item_biases=self._item_biases,
+            item_rows=(self._item_rows, self._product_items),
             popularity=self._popularity,
             popularity_ts=self.popularity_ts,
             neighbours=self._neighbours,
@@ -405,13 +412,13 @@ class ScoringView:
 
     def scoring_arrays(self) -> dict[str, np.ndarray]:
         """The view's arrays as plain arrays (tests, benchmarks)."""
-        users, k = self._user_rows.to_array(), self._k
+        users, k, items = self._user_rows.to_array(), self._k, self.product_items()
         return {
             "user_embeddings": users[:, :k],
             "user_biases": users[:, k],
             "user_positives": users[:, k + 1].astype(np.int64),
-            "item_embeddings": self._item_embeddings,
-            "item_biases": self._item_biases,
+            "item_embeddings": items[:, :k],
+            "item_biases": items[:, k],
             "popularity": self._popularity,
         }
 
@@ -478,9 +485,9 @@ class ScoringView:
 
         Equal to ``LightFM.predict`` for the same pairs, computed as one matmul.
         """
-        users, dim = self._user_rows.take(rows), self._k
-        scores = users[:, :dim] @ self._item_embeddings.T
-        scores += self._item_biases
+        users, dim, items = self._user_rows.take(rows), self._k, self.product_items()
+        scores = users[:, :dim] @ items[:, :dim].T
+        scores += items[:, dim]
         scores += users[:, dim, None]
         return np.asarray(scores)
 
@@ -530,9 +537,9 @@ class ScoringView:
         )
         if row is None:
             return Recommendation(user, self._popular(k, excluded), self.version, "popularity")
-        vector, dim = self._user_rows.row(row), self._k
-        scores = self._item_embeddings @ vector[:dim]
-        scores += self._item_biases
+        vector, dim, items = self._user_rows.row(row), self._k, self.product_items()
+        scores = items[:, :dim] @ vector[:dim]
+        scores += items[:, dim]
         scores += vector[dim]
         if self._neighbours is not None:
             self.blend(scores, self.item_rows(history))
@@ -673,10 +680,7 @@ class ScoringView:
         read-only), made once per view: what a batch's user rows are multiplied with."""
         items = self._product_items
         if items is None:  # two threads may both make it: the same array either way
-            items = np.empty((self._n_items, self._k + 1), dtype=np.float32)
-            items[:, : self._k] = self._item_embeddings
-            items[:, self._k] = self._item_biases
-            items = self._product_items = _frozen(items)
+            items = self._product_items = _frozen(self._item_rows.to_array())
         return items
 
     def item_stamps(self) -> np.ndarray:
@@ -834,6 +838,16 @@ def _packed_blocks(embeddings: np.ndarray, biases: np.ndarray, positives: np.nda
     whole = RowBlocks.buffer(n, (embeddings.shape[1] + 2,), np.dtype(np.float32))
     _pack(embeddings, biases, positives, out=whole[:n])
     return RowBlocks.adopt(whole, n)
+
+
+def _item_blocks(embeddings: np.ndarray, biases: np.ndarray) -> tuple[RowBlocks, None]:
+    """Item rows (embedding, then bias: float32) written straight into the blocks' buffer;
+    :meth:`ScoringView.product_items` is made from them when scoring first needs it."""
+    n, k = len(embeddings), embeddings.shape[1]
+    whole = RowBlocks.buffer(n, (k + 1,), np.dtype(np.float32))
+    whole[:n, :k] = embeddings
+    whole[:n, k] = biases
+    return RowBlocks.adopt(whole, n), None
 
 
 def _grown(array: np.ndarray, n: int) -> np.ndarray:
