@@ -214,11 +214,12 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--join", action="store_true", help="a scorer joining, end to end")
     parser.add_argument("--users", type=int, help="with --join (default: 200k quick, 1M)")
+    parser.add_argument("--profile", type=Path, help="with --join: py-spy the joiner here")
     args = parser.parse_args()
     if args.join:
         from benchmarks.share_join import main as join
 
-        join(args.users or (QUICK_USERS if args.quick else FULL_USERS), args.json)
+        join(args.users or (QUICK_USERS if args.quick else FULL_USERS), args.json, args.profile)
         return
     figs = figures(args.quick)
     if args.json:

@@ -29,6 +29,8 @@ import datetime as dt
 import gc
 import json
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -270,7 +272,43 @@ def _wait(what: str, done: Callable[[], Any], timeout: float, status: Callable[[
     raise TimeoutError(f"{what}: not within {timeout:g} s ({status()})")
 
 
-def run(users: int) -> dict[str, Any]:
+class Spy:
+    """``py-spy record`` of one worker (raw collapsed stacks, idle threads too) while a step
+    runs: where a join's or a leave's wall time goes."""
+
+    def __init__(self, worker: WorkerProcess, out: Path | None) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if out is None or worker.proc is None:
+            return
+        beside = Path(sys.executable).parent / "py-spy"  # the venv's (a dev dependency)
+        spy = str(beside) if beside.exists() else "py-spy"
+        self.proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(worker.proc.pid),
+                "--rate",
+                "50",
+                "--idle",
+                "--threads",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(30)
+
+
+def run(users: int, profile: Path | None = None) -> dict[str, Any]:
     base = Settings()
     prefix = f"bench-join-{uuid.uuid4().hex[:8]}"
     home = PROJECT_ROOT / "var" / "bench" / prefix
@@ -317,6 +355,7 @@ def run(users: int) -> dict[str, Any]:
         # 2. B joins.
         b_start = time.time()
         b.start()
+        spy = Spy(b, profile and profile / "join-b.txt")
         say(f"scorer B started (pid {b.proc.pid if b.proc else '?'}, log {b.log_path})")
 
         def b_assigned() -> tuple[float, str] | None:
@@ -339,6 +378,7 @@ def run(users: int) -> dict[str, Any]:
             timeout,
             join_status,
         )
+        spy.stop()
         say(f"B serves its partitions' users {served - b_start:.1f} s after its start")
         narrowed = _wait(
             "A to narrow its view",
@@ -366,6 +406,7 @@ def run(users: int) -> dict[str, Any]:
         }
 
         # 3. B leaves.
+        spy = Spy(a, profile and profile / "leave-a.txt")
         left = time.time()
         b.stop()
         stopped = time.time()
@@ -391,6 +432,7 @@ def run(users: int) -> dict[str, Any]:
             timeout,
             leave_status,
         )
+        spy.stop()
         say(f"A serves B's partitions' users {back - left:.1f} s after B's stop")
         time.sleep(3.0)
         loaded = first_event(a.log_path, "Serving partitions", after=left)
@@ -463,8 +505,10 @@ def figures_of(r: dict[str, Any]) -> list[Figure]:
     ]
 
 
-def main(users: int, as_json: bool) -> None:
-    report = run(users)
+def main(users: int, as_json: bool, profile: Path | None = None) -> None:
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    report = run(users, profile)
     if as_json:
         print(json.dumps({**report, "figures": [f.to_dict() for f in figures_of(report)]}))
         return
