@@ -372,8 +372,11 @@ def _decode(
             rows = None
             if share is not None and name == "user_ids":  # decode only the share's ids
                 check_strings(blob, offsets)
-                rows = np.flatnonzero(share.held_hashes(key_hashes(blob, offsets)))
-                extra["held_rows"] = rows
+                if share.everything:  # every partition (a survivor's): no id to hash
+                    extra["held_rows"] = np.arange(len(offsets) - 1)
+                else:
+                    rows = np.flatnonzero(share.held_hashes(key_hashes(blob, offsets)))
+                    extra["held_rows"] = rows
             ids[name] = decode_strings(blob, offsets, rows)
         except ValueError as exc:
             raise SnapshotError(f"{name}: {exc}") from None
