@@ -257,6 +257,19 @@ def _publish_snapshot(settings: Settings, users: int, lineage: str, path: Path) 
     return len(payload)
 
 
+def _fetch_seconds(settings: Settings) -> float:
+    """One ``get`` of v1 from the store (the scorers' S3 fetch and its sha256 check), in
+    this process: the part of a load that is not the scorer's CPU."""
+
+    async def get() -> float:
+        async with store_from_settings(settings) as store:
+            start = time.perf_counter()
+            await store.get(1)
+            return time.perf_counter() - start
+
+    return asyncio.run(get())
+
+
 def _wait(what: str, done: Callable[[], Any], timeout: float, status: Callable[[], str]) -> Any:
     """Poll ``done`` until it returns something truthy, a progress line every 2 s."""
     start = time.monotonic()
@@ -333,6 +346,9 @@ def run(users: int, profile: Path | None = None) -> dict[str, Any]:
         gc.collect()
         say("the CPU of a share's load and of every user's (fresh processes)")
         report["cpu"] = load_cases(path)
+        report["s3_get_s"] = _fetch_seconds(settings)
+        gc.collect()
+        say(f"one S3 get of the payload (and its sha256): {report['s3_get_s']:.1f} s")
     probe = Probe(settings, _users_by_partition(users)).start()
     a = WorkerProcess("scorer", free_port(), home / "scorer-a.log", env)
     b = WorkerProcess("scorer", free_port(), home / "scorer-b.log", env)
