@@ -13,10 +13,11 @@ or the share of partitions {0, 1} of 4. Figures, each a ratio within the run:
 * **the view's own growth** (RSS after the load minus before it), the same ratio;
 * **a share's load, seconds** (decode + filter + view), against the full load: what a
   scorer joining a group spends on its CPU before it serves (the S3 fetch and the deltas
-  since the checkpoint come on top; tests/integration/service/test_share.py measures the
-  whole join end to end).
+  since the checkpoint come on top: ``--join`` measures the whole join end to end).
 
-``--quick`` (``run_all --quick``): 200k users; the full run: 1M users (~2 GB transient).
+``--quick`` (``run_all --quick``): 200k users; the full run: 1M users (~2 GB transient),
+and the join's figures too (:mod:`benchmarks.share_join`, ~3 min on the dev services: not
+in the quick run). ``--join [--quick | --users N] [--profile DIR]``: the join alone.
 
 Measured (2 cores, session of issue 19): at 1M users RSS 510 -> 315 MiB (0.62: the ~94 MiB
 of a scorer's imports do not halve), the view's own memory 416 -> 222 MiB (0.53), a share's
@@ -174,6 +175,21 @@ def measure(users: int) -> dict[str, Any]:
 
 
 def figures(quick: bool) -> list[Figure]:
+    return load_figures(quick) + ([] if quick else join_figures(FULL_USERS))
+
+
+def join_figures(users: int) -> list[Figure]:
+    """The join's figures (:mod:`benchmarks.share_join`), or one saying why it failed."""
+    from benchmarks.share_join import figures_of, run
+
+    try:
+        return figures_of(run(users))
+    except Exception as exc:  # the load figures stand on their own
+        note = f"{type(exc).__name__}: {exc}"[:500]
+        return [Figure("a scorer joining: not measured", None, None, 1.0, "lower", "s", note)]
+
+
+def load_figures(quick: bool) -> list[Figure]:
     r = measure(QUICK_USERS if quick else FULL_USERS)
     full, share = r["all"], r["share"]
     size = f"{r['users'] // 1000}k users x {ITEMS // 1000}k items"

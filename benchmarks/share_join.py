@@ -508,7 +508,7 @@ def figures_of(r: dict[str, Any]) -> list[Figure]:
             0.6,
             "lower",
             "MiB",
-            f"the one narrowed to 2 of 4: {join['a_rss_mib']:.0f} MiB",
+            f"the one narrowed to 2 of 4: {join['a_rss_mib'] or 0:.0f} MiB",
         ),
         Figure(
             f"a share's snapshot load / the full load, same snapshot ({size})",
