@@ -9,6 +9,7 @@ checks are :func:`models.segment.decode_chain`'s.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from models.errors import SnapshotError
@@ -64,6 +65,8 @@ async def load_view(
 ) -> tuple[ScoringView, ChainMark | None, dict[str, Any]]:
     """A scorer's view of ``version``, its delta chain and its manifest (with ``share``,
     holding only that share's users)."""
-    chain = await fetch_chain(store, version)
-    view, mark = await asyncio.to_thread(load_chain_view, chain, keys, share)
+    chain = await fetch_chain(store, version)  # each payload checked against its sha256
+    view, mark = await asyncio.to_thread(
+        functools.partial(load_chain_view, chain, keys, share, payload_checked=True)
+    )
     return view, mark, chain[-1][1]

@@ -13,10 +13,11 @@ or the share of partitions {0, 1} of 4. Figures, each a ratio within the run:
 * **the view's own growth** (RSS after the load minus before it), the same ratio;
 * **a share's load, seconds** (decode + filter + view), against the full load: what a
   scorer joining a group spends on its CPU before it serves (the S3 fetch and the deltas
-  since the checkpoint come on top; tests/integration/service/test_share.py measures the
-  whole join end to end).
+  since the checkpoint come on top: ``--join`` measures the whole join end to end).
 
-``--quick`` (``run_all --quick``): 200k users; the full run: 1M users (~2 GB transient).
+``--quick`` (``run_all --quick``): 200k users; the full run: 1M users (~2 GB transient),
+and the join's figures too (:mod:`benchmarks.share_join`, ~3 min on the dev services: not
+in the quick run). ``--join [--quick | --users N] [--profile DIR]``: the join alone.
 
 Measured (2 cores, session of issue 19): at 1M users RSS 510 -> 315 MiB (0.62: the ~94 MiB
 of a scorer's imports do not halve), the view's own memory 416 -> 222 MiB (0.53), a share's
@@ -47,8 +48,11 @@ SHARE = (0, 1)  # of 4
 RSS_GOAL = 0.6
 
 
-def write_snapshot(path: Path, users: int, items: int = ITEMS, k: int = COMPONENTS) -> None:
-    """A scorer-readable snapshot of random scoring arrays (and its manifest beside it)."""
+def snapshot_bytes(
+    users: int, items: int = ITEMS, k: int = COMPONENTS, chain: dict[str, Any] | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """A scorer-readable snapshot of random scoring arrays and its (unsigned) manifest;
+    ``chain``: the ``delta_chain`` mark a scorer needs to load a share beside its view."""
     from models.config import ModelConfig
     from models.idmap import encode_strings
     from models.manifest import FORMAT
@@ -69,13 +73,13 @@ def write_snapshot(path: Path, users: int, items: int = ITEMS, k: int = COMPONEN
         for part in ("bias_gradients", "bias_momentum"):
             entries[f"{side}_{part}"] = np.ones(n, dtype=np.float32)
     for name, ids in (
-        ("user_ids", [f"user-{n}" for n in range(users)]),
+        ("user_ids", [user_id(n) for n in range(users)]),
         ("item_ids", [f"item-{n}" for n in range(items)]),
         ("recent_event_ids", []),
     ):
         entries[f"{name}_blob"], entries[f"{name}_offsets"] = encode_strings(ids)
     config = ModelConfig(no_components=k).to_dict()
-    meta = {
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "version": 1,
         "offsets": {},
@@ -86,7 +90,10 @@ def write_snapshot(path: Path, users: int, items: int = ITEMS, k: int = COMPONEN
         "popularity_ts": None,
         "since_consolidation": 0,
     }
+    if chain is not None:
+        meta["delta_chain"] = chain
     payload = write_npz(entries, meta)
+    del entries
     import hashlib
 
     manifest = {
@@ -102,6 +109,19 @@ def write_snapshot(path: Path, users: int, items: int = ITEMS, k: int = COMPONEN
         "library_versions": {},
         "payload_bytes": len(payload),
     }
+    if chain is not None:
+        manifest["delta_chain"] = chain
+    return payload, manifest
+
+
+def user_id(n: int) -> str:
+    """The id of the snapshot's ``n``-th user."""
+    return f"user-{n}"
+
+
+def write_snapshot(path: Path, users: int, items: int = ITEMS, k: int = COMPONENTS) -> None:
+    """A scorer-readable snapshot of random scoring arrays (and its manifest beside it)."""
+    payload, manifest = snapshot_bytes(users, items, k)
     path.write_bytes(payload)
     path.with_suffix(".json").write_text(json.dumps(manifest))
 
@@ -128,26 +148,48 @@ def child(path: Path, share: str) -> dict[str, Any]:
     return {"rss_before": before, "rss_after": after, "seconds": seconds, "held": view.n_users}
 
 
+def load_cases(path: Path) -> dict[str, Any]:
+    """The snapshot at ``path`` loaded for every user and for the share, each in a fresh
+    process (:func:`child`)."""
+    runs = {}
+    for case in ("all", "share"):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.share", "--child", str(path), case],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
+        runs[case] = json.loads(out.stdout.strip().splitlines()[-1])
+    return runs
+
+
 def measure(users: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "snapshot.npz"
         write_snapshot(path, users)
         gc.collect()
-        runs = {}
-        for case in ("all", "share"):
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.share", "--child", str(path), case],
-                cwd=PROJECT_ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
-            )
-            runs[case] = json.loads(out.stdout.strip().splitlines()[-1])
+        runs = load_cases(path)
     return {"users": users, **runs}
 
 
 def figures(quick: bool) -> list[Figure]:
+    return load_figures(quick) + ([] if quick else join_figures(FULL_USERS))
+
+
+def join_figures(users: int) -> list[Figure]:
+    """The join's figures (:mod:`benchmarks.share_join`), or one saying why it failed."""
+    from benchmarks.share_join import figures_of, run
+
+    try:
+        return figures_of(run(users))
+    except Exception as exc:  # the load figures stand on their own
+        note = f"{type(exc).__name__}: {exc}"[:500]
+        return [Figure("a scorer joining: not measured", None, None, 1.0, "lower", "s", note)]
+
+
+def load_figures(quick: bool) -> list[Figure]:
     r = measure(QUICK_USERS if quick else FULL_USERS)
     full, share = r["all"], r["share"]
     size = f"{r['users'] // 1000}k users x {ITEMS // 1000}k items"
@@ -186,7 +228,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--join", action="store_true", help="a scorer joining, end to end")
+    parser.add_argument("--users", type=int, help="with --join (default: 200k quick, 1M)")
+    parser.add_argument("--profile", type=Path, help="with --join: py-spy the joiner here")
     args = parser.parse_args()
+    if args.join:
+        from benchmarks.share_join import main as join
+
+        join(args.users or (QUICK_USERS if args.quick else FULL_USERS), args.json, args.profile)
+        return
     figs = figures(args.quick)
     if args.json:
         print(

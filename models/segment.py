@@ -210,11 +210,17 @@ def encode_segment(
     return payload, manifest
 
 
-def decode_segment(payload: bytes, raw_manifest: Mapping[str, Any], keys: Any = None) -> Segment:
+def decode_segment(
+    payload: bytes,
+    raw_manifest: Mapping[str, Any],
+    keys: Any = None,
+    *,
+    payload_checked: bool = False,
+) -> Segment:
     """Verify (signature with ``keys``, sha256, manifest == payload) and read a segment;
     :class:`SnapshotError` with the reason for anything :func:`encode_segment` would not
-    have written."""
-    manifest = verify(payload, raw_manifest, keys)
+    have written. ``payload_checked``: :func:`models.snapshot.verify`'s."""
+    manifest = verify(payload, raw_manifest, keys, payload_checked=payload_checked)
     if manifest["format"] != SEGMENT_FORMAT:
         raise SnapshotError(f"v{manifest['version']} is not a segment ({manifest['format']})")
     expected = {"meta", "user_rows", "item_rows", "popularity", *USER_ARRAYS, *ITEM_ARRAYS}
@@ -445,18 +451,20 @@ def decode_chain(
     *,
     training: bool = True,
     share: Share | None = None,
+    payload_checked: bool = False,
 ) -> SnapshotState:
     """The state at the end of ``chain`` (a full snapshot, then its segments in order, as
     stored), every link verified (signatures with ``keys``, sha256s, each segment's parent
     sha256). ``training`` False: only what a scorer needs; with ``share`` too, only that
-    share's user ids (the base's others are never decoded)."""
+    share's user ids (the base's others are never decoded). ``payload_checked``: each
+    payload was checked against its manifest's sha256 already (a store's ``get``)."""
     if not chain:
         raise SnapshotError("an empty checkpoint chain")
     (payload, manifest), rest = chain[0], chain[1:]
     if training:
         base = decode(payload, manifest, keys)
     else:
-        snap = decode_scoring(payload, manifest, keys, share)
+        snap = decode_scoring(payload, manifest, keys, share, payload_checked=payload_checked)
         base = SnapshotState(
             config=snap.config,
             version=snap.version,
@@ -474,7 +482,7 @@ def decode_chain(
     segments = []
     parent_sha = manifest.get("sha256")
     for payload, manifest in rest:
-        segment = decode_segment(payload, manifest, keys)
+        segment = decode_segment(payload, manifest, keys, payload_checked=payload_checked)
         if manifest["parent_sha256"] != parent_sha:
             raise SnapshotError(
                 f"segment v{segment.version}'s parent v{segment.parent} is not the stored one "
@@ -489,9 +497,13 @@ def load_chain_view(
     chain: Sequence[tuple[bytes, Mapping[str, Any]]],
     keys: Keyring | None = None,
     share: Share | None = None,
+    *,
+    payload_checked: bool = False,
 ) -> tuple[ScoringView, ChainMark | None]:
     """:func:`models.snapshot.load_scoring_view` of the state at the end of ``chain``
-    (with ``share``: only that share's users)."""
+    (with ``share``: only that share's users); ``payload_checked``: every payload was
+    checked against its manifest's sha256 already (a store's ``get``: not hashed again)."""
     if len(chain) == 1:
-        return load_scoring_view(*chain[0], keys, share)
-    return scoring_view_of(decode_chain(chain, keys, training=False, share=share), share)
+        return load_scoring_view(*chain[0], keys, share, payload_checked=payload_checked)
+    state = decode_chain(chain, keys, training=False, share=share, payload_checked=payload_checked)
+    return scoring_view_of(state, share)

@@ -260,11 +260,14 @@ def decode_scoring(
     manifest: Mapping[str, Any],
     keys: Keyring | None = None,
     share: Share | None = None,
+    *,
+    payload_checked: bool = False,
 ) -> ScoringSnapshot:
     """Verify a snapshot (checksum over the whole payload, manifest) and read only the
     :data:`SCORING_ARRAYS` and id maps — a scorer never holds the training state. With
     ``share``, only the user ids of that share are decoded (the others are hashed from the
-    stored bytes, :func:`models.ownership.key_hashes`, and skipped)."""
+    stored bytes, :func:`models.ownership.key_hashes`, and skipped). ``payload_checked``:
+    see :func:`verify`."""
     meta, config, ids, arrays, extra = _decode(
         payload,
         manifest,
@@ -274,6 +277,7 @@ def decode_scoring(
         views=True,
         keys=keys,
         share=share,
+        payload_checked=payload_checked,
     )
     return ScoringSnapshot(
         version=meta["version"],
@@ -293,12 +297,15 @@ def load_scoring_view(
     manifest: Mapping[str, Any],
     keys: Keyring | None = None,
     share: Share | None = None,
+    *,
+    payload_checked: bool = False,
 ) -> tuple[ScoringView, ChainMark | None]:
     """A verified snapshot as a :class:`ScoringView` (scoring arrays only) and its
     ``delta_chain`` (where deltas continue from it; None if it does not say). With
     ``keys``, the manifest's signature is checked first; with ``share``, the view holds
-    only that share's users (every item)."""
-    return scoring_view_of(decode_scoring(payload, manifest, keys, share), share)
+    only that share's users (every item). ``payload_checked``: see :func:`verify`."""
+    state = decode_scoring(payload, manifest, keys, share, payload_checked=payload_checked)
+    return scoring_view_of(state, share)
 
 
 def scoring_view_of(
@@ -338,13 +345,14 @@ def _decode(
     views: bool = False,
     keys: Keyring | None = None,
     share: Share | None = None,
+    payload_checked: bool = False,
 ) -> tuple[
     dict[str, Any], ModelConfig, dict[str, list[str]], dict[str, np.ndarray], dict[str, Any]
 ]:
     """The checks every load shares, reading only the entries ``names`` and ``id_lists``,
     and (into the last dict) the consolidation ``window`` and the blending ``neighbours``.
     ``views``: the arrays are read-only views of ``payload`` instead of copies."""
-    manifest = verify(payload, raw_manifest, keys)
+    manifest = verify(payload, raw_manifest, keys, payload_checked=payload_checked)
     if manifest["format"] != FORMAT:
         raise SnapshotError(
             f"v{manifest['version']} is a {manifest['format']}, not a full snapshot"
@@ -364,8 +372,11 @@ def _decode(
             rows = None
             if share is not None and name == "user_ids":  # decode only the share's ids
                 check_strings(blob, offsets)
-                rows = np.flatnonzero(share.held_hashes(key_hashes(blob, offsets)))
-                extra["held_rows"] = rows
+                if share.everything:  # every partition (a survivor's): no id to hash
+                    extra["held_rows"] = np.arange(len(offsets) - 1)
+                else:
+                    rows = np.flatnonzero(share.held_hashes(key_hashes(blob, offsets)))
+                    extra["held_rows"] = rows
             ids[name] = decode_strings(blob, offsets, rows)
         except ValueError as exc:
             raise SnapshotError(f"{name}: {exc}") from None
@@ -417,12 +428,23 @@ def _decode(
     return meta, config, ids, arrays, extra
 
 
-def verify(payload: bytes, raw_manifest: Mapping[str, Any], keys: Keyring | None) -> Manifest:
+def verify(
+    payload: bytes,
+    raw_manifest: Mapping[str, Any],
+    keys: Keyring | None,
+    *,
+    payload_checked: bool = False,
+) -> Manifest:
     """The parsed manifest of ``payload`` once its signature (with ``keys``) and the
-    payload's sha256 check out; :class:`SnapshotError` otherwise."""
+    payload's sha256 check out; :class:`SnapshotError` otherwise. ``payload_checked``: the
+    caller has just checked the payload against this very manifest's sha256 (a store's
+    ``get`` does), so it is not hashed again: at 1M users that is 800 MB, about a second
+    of a scorer's load (issue 19, ``python -m benchmarks.share --join``)."""
     manifest = parse_manifest(raw_manifest)
     if keys is not None:
         check_signature(manifest, keys)
+    if payload_checked:
+        return manifest
     digest = hashlib.sha256(payload).hexdigest()
     if digest != manifest["sha256"]:
         raise SnapshotError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ from agents.state import ModelHolder
 from agents.trainer import Trainer, restore_model
 from models.errors import SnapshotError
 from models.incremental import IncrementalModel
+from models.ownership import Share
 from models.segment import Segment, decode_segment
 from models.synthetic import generate_ratings
 from storage import open_store
@@ -300,6 +302,30 @@ async def test_a_parent_rewritten_under_a_segment_is_refused(store, tmp_path) ->
     path.write_text(json.dumps(manifest))
     with pytest.raises(SnapshotError):
         await load_view(store, head)
+
+
+async def test_a_scorer_load_hashes_each_stored_payload_once(store, monkeypatch) -> None:
+    """Issue 19 (a scorer joining at 1M users): the store checks each payload against its
+    manifest's sha256 as it reads it; the scorer's load does not hash it again (800 MB at
+    1M users, a second or more of the join: ``python -m benchmarks.share --join``)."""
+    await trained(store, generate_ratings(150, 60, 1000, 4, seed=21))
+    found = await manifests(store)
+    head = max(v for v, m in found.items() if "parent" in m)  # a base and its segments
+    payloads = sorted(len(payload) for payload, _ in await fetch_chain(store, head))
+    assert len(payloads) >= 2
+    hashed: list[int] = []
+    sha256 = hashlib.sha256
+
+    def counting(data: bytes = b"", **kw: Any) -> Any:
+        hashed.append(len(data))
+        return sha256(data, **kw)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    for share in (None, Share.of(4, {1, 2})):
+        hashed.clear()
+        view, _, manifest = await load_view(store, head, share=share)
+        assert view.version == manifest["version"] == head
+        assert sorted(n for n in hashed if n in payloads) == payloads  # once each
 
 
 def test_retention_keeps_the_newest_bases_and_the_chain_current_needs() -> None:

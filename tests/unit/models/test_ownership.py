@@ -131,6 +131,29 @@ def test_the_empty_share_holds_no_user_but_every_item():
     assert view.recommend("u1").source == "popularity"
 
 
+def test_every_partitions_share_loads_every_user_without_hashing_an_id(monkeypatch):
+    """A survivor owning every partition (issue 19's leave at 1M users) holds every user:
+    no id is hashed to find them, and the view is the full load's, with deltas on top."""
+    import models.snapshot
+
+    model, _ = trained(2)
+    payload, manifest = model.to_bytes()
+    whole, _ = load_scoring_view(payload, manifest)
+
+    def no_hashing(*_: object) -> None:
+        raise AssertionError("hashed the ids of a share of every partition")
+
+    monkeypatch.setattr(models.snapshot, "key_hashes", no_hashing)
+    every = Share.of(4, range(4))
+    view, _ = load_scoring_view(payload, manifest, share=every)
+    assert view.share == every
+    assert_same_view(view, whole)
+    _, later = trained(2, model, seed=30)
+    for delta in later:
+        view = view.with_delta(delta)
+    assert_same_view(view, model.full_view())
+
+
 def test_a_checkpoint_chain_loads_only_the_shares_users():
     """A base and its segments (new users in both): the base's other ids are never
     decoded, the segments' new ones are filtered, and the rows are the full chain's."""

@@ -227,6 +227,25 @@ def test_any_byte_of_a_stored_manifest_tampered_is_refused(snapshot, data):
         load_scoring_view(payload, tampered, OLD)
 
 
+def test_a_payload_checked_by_the_store_is_not_hashed_again_but_its_manifest_is_verified(
+    snapshot,
+):
+    """``payload_checked`` (a store's ``get`` checked the payload's sha256) skips only the
+    hash: the manifest's signature (over its sha256 too) still decides."""
+    payload, manifest = snapshot
+    view, _ = load_scoring_view(payload[:-1] + b"?", manifest, OLD, payload_checked=True)
+    assert view.n_users > 0  # not hashed: the caller vouches for the payload
+    for change in (
+        lambda m: m.update(sha256="0" * 64),
+        lambda m: m.update(version=m["version"] + 1),
+        lambda m: m.pop("signature"),
+    ):
+        tampered = json.loads(json.dumps(manifest))
+        change(tampered)
+        with pytest.raises(UntrustedSnapshot):
+            load_scoring_view(payload, tampered, OLD, payload_checked=True)
+
+
 def test_a_tampered_payload_is_refused(snapshot):
     payload, manifest = snapshot
     with pytest.raises(SnapshotError, match="checksum"):
