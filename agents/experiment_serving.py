@@ -28,8 +28,7 @@ import numpy as np
 from agents import experiment_metrics as em
 from agents.experiment_registry import ExperimentRegistry
 from agents.ports import BatchSink
-from agents.scorer import NO_CATALOG, Catalog, finished_replies, replies_for, scoring_batch
-from agents.side_by_side import SideBySide
+from agents.scorer import NO_CATALOG, Catalog, replies_for
 from agents.state import ModelHolder
 from models.events import RecRequest
 from models.experiment import Experiment, Variant, assign, request_seed
@@ -84,8 +83,6 @@ class ExperimentServing:
     _pending: set[asyncio.Future[Any]] = field(default_factory=set)
     _waiting: list[Shown] = field(default_factory=list)
     _timer: asyncio.TimerHandle | None = None
-    side_by_side: SideBySide = field(default_factory=SideBySide)
-    """Scores an interleaving's candidate while the control is scored (small batches)."""
 
     # --- the variants' views ----------------------------------------------------------
     def missing(self, variant: Variant) -> str | None:
@@ -222,20 +219,11 @@ class ExperimentServing:
             for answering in self._holders_for(plan):
                 batches.setdefault(id(answering), (answering, []))[1].append(n)
         scored: list[dict[int, Reply]] = [{} for _ in requests]
-        groups = list(batches.values())
-        per_view = [
-            [requests[n] for n in indices] for _, indices in groups
-        ]  # one batch per view, prepared here (the holders' caches are the loop's)
-        jobs = [
-            scoring_batch(asked, answering, [seen[n] for n in indices])
-            for asked, (answering, indices) in zip(per_view, groups, strict=True)
-        ]
-        recs = self.side_by_side.score(jobs)
-        for asked, (answering, indices), rec in zip(per_view, groups, recs, strict=True):
-            answered = finished_replies(
-                asked,
+        for answering, indices in batches.values():
+            answered = replies_for(
+                [requests[n] for n in indices],
                 answering,
-                rec,
+                [seen[n] for n in indices],
                 None if received is None else [received[n] for n in indices],
                 catalog=catalog,
             )

@@ -75,19 +75,6 @@ def replies_for(
     right for the view (this runs on the loop)."""
     batch = scoring_batch(requests, holder, seen, ann)
     recs = None if batch is None else batch.score(prepare=False)
-    return finished_replies(requests, holder, recs, received, catalog=catalog)
-
-
-def finished_replies(
-    requests: Sequence[RecRequest],
-    holder: ModelHolder,
-    recs: Sequence[Recommendation] | None,
-    received: Sequence[float] | None = None,
-    *,
-    catalog: Catalog = NO_CATALOG,
-) -> list[Reply]:
-    """:func:`replies_for`'s replies from the recommendations ``recs`` of ``holder``'s view
-    (:func:`built_replies`, marked ``loading`` where the user's partition still loads)."""
     replies = built_replies(requests, recs, received, catalog=catalog)
     if holder.loading:  # e.g. /users/{id}/ while the user's partition loads (issue 19)
         return [loading_marked(holder, r) or r for r in replies]
