@@ -82,7 +82,7 @@ class ExperimentServing:
     """Impressions messages that could not be delivered."""
     _pending: set[asyncio.Future[Any]] = field(default_factory=set)
     _waiting: list[Shown] = field(default_factory=list)
-    _timer: asyncio.TimerHandle | None = None
+    _timer: asyncio.Handle | None = None
 
     # --- the variants' views ----------------------------------------------------------
     def missing(self, variant: Variant) -> str | None:
@@ -325,14 +325,18 @@ class ExperimentServing:
     # --- impressions --------------------------------------------------------------------
     def _write(self, shown: list[Shown]) -> None:
         """Queue what replies ``shown``: made into impressions messages and sent once they
-        have waited ``impressions_linger`` (with whatever joined them meanwhile), or at
-        once past :data:`MAX_WAITING`; never awaited by the reply path."""
+        have waited ``impressions_linger`` (with whatever joined them meanwhile; 0: as soon
+        as the scorer has sent the replies, at its next await), or at once past
+        :data:`MAX_WAITING`; never awaited by the reply path."""
         self._waiting += shown
-        if self.impressions_linger <= 0 or len(self._waiting) >= MAX_WAITING:
+        if len(self._waiting) >= MAX_WAITING:
             self._send_waiting()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.impressions_linger, self._send_waiting)
+            if self.impressions_linger <= 0:  # made after the replies, not before them
+                self._timer = loop.call_soon(self._send_waiting)
+            else:
+                self._timer = loop.call_later(self.impressions_linger, self._send_waiting)
 
     def _send_waiting(self) -> None:
         """Send every impression waiting now (its delivery checked by :meth:`_sent`)."""

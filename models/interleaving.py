@@ -37,34 +37,35 @@ def team_draft(
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    rankings = (control, candidate)
-    ends = (len(control), len(candidate))
-    cursors = [0, 0]
-    counts = [0, 0]
+    # >= k fair coins, one a tie: bit n of the SHAKE-256 digest (never random or hash())
+    coins = int.from_bytes(hashlib.shake_256(seed).digest(k // 8 + 1), "little")
     placed: list[Placed] = []
     taken: set[str] = set()
-    coins = hashlib.shake_256(seed).digest(k // 8 + 1)  # >= k fair coins, one a tie
-    flips = 0
-    while len(placed) < k:
-        for t in (0, 1):  # each cursor past the items already placed
-            ranking, n, end = rankings[t], cursors[t], ends[t]
-            while n < end and ranking[n] in taken:
-                n += 1
-            cursors[t] = n
-        has = (cursors[0] < ends[0], cursors[1] < ends[1])
-        if not (has[0] or has[1]):
+    at0 = at1 = picks0 = picks1 = flips = 0
+    end0, end1 = len(control), len(candidate)
+    for _ in range(k):
+        while at0 < end0 and control[at0] in taken:  # each cursor past the items placed
+            at0 += 1
+        while at1 < end1 and candidate[at1] in taken:
+            at1 += 1
+        if at0 == end0 and at1 == end1:
             break
-        if counts[0] != counts[1]:
-            team = 0 if counts[0] < counts[1] else 1
+        if picks0 != picks1:
+            second = picks1 < picks0
         else:
-            team = coins[flips // 8] >> (flips % 8) & 1  # SHAKE-256: never random or hash()
+            second = bool(coins >> flips & 1)
             flips += 1
-        if not has[team]:
-            team = 1 - team
-        item = rankings[team][cursors[team]]
+        if (at1 == end1) if second else (at0 == end0):  # nothing left: the other picks
+            second = not second
+        if second:
+            item = candidate[at1]
+            picks1 += 1
+            placed.append(Placed(item, "candidate"))
+        else:
+            item = control[at0]
+            picks0 += 1
+            placed.append(Placed(item, "control"))
         taken.add(item)
-        counts[team] += 1
-        placed.append(Placed(item, TEAMS[team]))
     return placed
 
 

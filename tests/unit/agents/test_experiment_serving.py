@@ -359,3 +359,19 @@ async def test_an_impression_that_cannot_be_made_is_counted_lost_and_the_rest_go
     serving._write([good, bad])
     await serving.flush()
     assert serving.lost == 1 and [s.user for s in shown_of(sink)] == ["u1"]
+
+
+async def test_with_no_linger_the_impressions_are_made_after_the_replies_are_sent():
+    sink = CountingSink()
+    scorer, replies, serving = lingering(sink, 0.0)
+    await scorer.handle([message("alice", "r-alone", 0)])
+    # the reply is on its way and the scorer has not yielded yet: nothing made before it
+    assert len(replies.sent) == 1 and sink.sent == [] and serving.waiting == 1
+    await asyncio.sleep(0)  # the loop's next turn (a scorer's next fetch): made and sent
+    await asyncio.sleep(0)
+    assert serving.waiting == 0 and sink.sends == 1
+    assert [s.user for s in shown_of(sink)] == ["alice"]
+    await scorer.handle([message("bob", "r-2", 1)])
+    await serving.flush()  # a stopping scorer: sent at once, the scheduled send finds none
+    await asyncio.sleep(0)
+    assert sink.sends == 2 and [s.user for s in shown_of(sink)] == ["alice", "bob"]

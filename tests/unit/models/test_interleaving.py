@@ -3,6 +3,7 @@ order, the same list for the same seed; and the credit rule."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.experiment import request_seed
-from models.interleaving import Credit, Placed, credit, team_draft
+from models.interleaving import TEAMS, Credit, Placed, credit, team_draft
 
 RANKING = st.lists(st.sampled_from("abcdefghijklmnop"), max_size=16)
 
@@ -35,6 +36,42 @@ def test_team_draft_properties(control: list[str], candidate: list[str], k: int,
         assert abs(counts["control"] - counts["candidate"]) <= 1
     # each prefix is the k-prefix interleaving: longer lists extend shorter ones
     assert team_draft(control, candidate, max(k - 1, 0), seed) == placed[: max(k - 1, 0)]
+
+
+def reference_draft(control: list[str], candidate: list[str], k: int, seed: bytes) -> list[Placed]:
+    """Team-draft as first written (a round per item, both cursors moved every round): the
+    lists and coin flips every later version keeps."""
+    rankings, cursors, counts = (control, candidate), [0, 0], [0, 0]
+    placed: list[Placed] = []
+    coins = hashlib.shake_256(seed).digest(k // 8 + 1)
+    flips = 0
+    while len(placed) < k:
+        for t in (0, 1):
+            while cursors[t] < len(rankings[t]) and rankings[t][cursors[t]] in {
+                p.item for p in placed
+            }:
+                cursors[t] += 1
+        has = [cursors[t] < len(rankings[t]) for t in (0, 1)]
+        if not any(has):
+            break
+        if counts[0] != counts[1]:
+            team = 0 if counts[0] < counts[1] else 1
+        else:
+            team = coins[flips // 8] >> (flips % 8) & 1
+            flips += 1
+        if not has[team]:
+            team = 1 - team
+        counts[team] += 1
+        placed.append(Placed(rankings[team][cursors[team]], TEAMS[team]))
+    return placed
+
+
+@settings(max_examples=500, deadline=None)
+@given(RANKING, RANKING, st.integers(0, 20), st.binary(max_size=16))
+def test_team_draft_is_the_reference_draft(
+    control: list[str], candidate: list[str], k: int, seed: bytes
+):
+    assert team_draft(control, candidate, k, seed) == reference_draft(control, candidate, k, seed)
 
 
 def test_a_known_draft_and_both_orders_over_seeds() -> None:
