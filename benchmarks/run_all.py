@@ -42,7 +42,7 @@ from benchmarks.common import PROJECT_ROOT, Figure, machine, table
 NOT_BENCHMARKS = frozenset({"common", "run_all"})
 #: Seconds the whole run may take (quick / full); each module gets what is left, at most
 #: its share below.
-BUDGET = {True: 580.0, False: 3600.0}  # quick: the modules declare 575 s
+BUDGET = {True: 600.0, False: 3600.0}  # quick: the modules declare 585 s
 MODULE_LIMIT = {True: 150.0, False: 1800.0}
 DOCS = PROJECT_ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
