@@ -162,10 +162,14 @@ def reply_for(
     return replies_for([request], holder, [seen], stamps, catalog=catalog)[0]
 
 
+_NOT_THE_MODEL = frozenset({"popularity", "none"})
+
+
 def loading_marked(holder: ModelHolder, reply: Reply | None) -> Reply | None:
-    """``reply`` marked ``loading`` if it is a popularity reply for a user whose partition
+    """``reply`` marked ``loading`` if it is a popularity reply (or, on a scorer that holds
+    no view yet, e.g. one joining a group, an empty ``none`` one) for a user whose partition
     is still loading (issue 19): the model may know the user, this scorer not yet."""
-    if reply is None or reply.source != "popularity" or not holder.is_loading(reply.user):
+    if reply is None or reply.source not in _NOT_THE_MODEL or not holder.is_loading(reply.user):
         return reply
     return dataclasses.replace(reply, loading=True)
 

@@ -150,6 +150,9 @@ def test_popularity_replies_of_a_loading_partition_say_so() -> None:
     assert b"loading" not in cold.encode()[1]  # absent unless true: old readers unchanged
     assert loading_marked(holder, Reply("r2", other, [], 3, "popularity")).loading is False
     assert loading_marked(holder, Reply("r3", loading, [], 3, "model")).loading is False
+    # A scorer that holds no view yet (one joining a group) says so on its empty replies.
+    empty = loading_marked(holder, Reply("r4", loading, [], None, "none"))
+    assert empty is not None and empty.loading and Reply.parse(empty.encode()[1]).loading
     holder.set_loading(4, frozenset())
     assert loading_marked(holder, cold) is cold
 
