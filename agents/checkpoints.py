@@ -65,14 +65,7 @@ async def load_view(
 ) -> tuple[ScoringView, ChainMark | None, dict[str, Any]]:
     """A scorer's view of ``version``, its delta chain and its manifest (with ``share``,
     holding only that share's users)."""
-    return await view_of_chain(await fetch_chain(store, version), keys, share)
-
-
-async def view_of_chain(
-    chain: Chain, keys: Keyring | None = None, share: Share | None = None
-) -> tuple[ScoringView, ChainMark | None, dict[str, Any]]:
-    """:func:`load_view` of a chain already fetched (:func:`fetch_chain`: each payload
-    checked against its sha256 by the store), decoded in a thread."""
+    chain = await fetch_chain(store, version)  # each payload checked against its sha256
     view, mark = await asyncio.to_thread(
         functools.partial(load_chain_view, chain, keys, share, payload_checked=True)
     )

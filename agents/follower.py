@@ -48,8 +48,7 @@ from typing import Any, TypeVar, Unpack
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents import metrics
-from agents.checkpoints import Chain as StoredChain
-from agents.checkpoints import fetch_chain, load_view, view_of_chain
+from agents.checkpoints import load_view
 from agents.errors import is_refusal
 from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
@@ -136,7 +135,18 @@ class ModelFollower:
             latest = await self._read_until(consumer, await consumer.end_offsets(updates))
             if latest is not None and not await self._still_current(latest):
                 latest = None  # a replayed operator's announcement: the pointer rules
-            await self._first_load(consumer, latest, deltas)
+            await self._await_first_share()
+            self.chain = Chain()
+            if latest is not None:
+                pinned = latest.reason in OPERATOR_REASONS
+                await self.load(latest.version, latest, seek=True, pinned=pinned)
+            else:
+                # Nothing announced yet (e.g. only an offline bootstrap): the promoted one.
+                current = await self.store.current()
+                if current is not None:
+                    await self.load(current, None, seek=True)
+                elif deltas:  # a fresh deployment: the chain starts at the first delta
+                    await consumer.seek_to_beginning(*deltas)
             while True:
                 batch = await consumer.getmany(timeout_ms=1000)
                 await self._handle(batch)
@@ -152,45 +162,11 @@ class ModelFollower:
             await self._drop_share_task()
             await consumer.stop()
 
-    async def _first_load(
-        self,
-        consumer: AIOKafkaConsumer,
-        latest: ModelUpdate | None,
-        deltas: list[TopicPartition],
-    ) -> None:
-        """Serve the newest announced snapshot (none announced, e.g. only an offline
-        bootstrap: the promoted one; none at all: the deltas from their first). With a share
-        and no partition yet, its chain is fetched while the group assigns partitions (the
-        fetch does not depend on them; the decode does): a joining scorer's fetch then
-        overlaps its rebalance."""
-        version = latest.version if latest is not None else await self.store.current()
-        prefetched = None
-        if version is not None and self._awaits_first_share():
-            prefetched = asyncio.create_task(fetch_chain(self.store, version))
-        try:
-            await self._await_first_share()
-            self.chain = Chain()
-            if latest is not None:
-                pinned = latest.reason in OPERATOR_REASONS
-                await self.load(
-                    latest.version, latest, seek=True, pinned=pinned, fetched=prefetched
-                )
-            elif version is not None:
-                await self.load(version, None, seek=True, fetched=prefetched)
-            elif deltas:  # a fresh deployment: the chain starts at the first delta
-                await consumer.seek_to_beginning(*deltas)
-        finally:
-            if prefetched is not None:  # not awaited if the load failed first
-                prefetched.cancel()
-
     # --- the share (issue 19) ------------------------------------------------------------
-    def _awaits_first_share(self) -> bool:
-        return self.share is not None and not self.share.owned and self.first_share_wait > 0
-
     async def _await_first_share(self) -> None:
         """Before the first load, give the group a moment to assign this worker partitions
         (at most :attr:`first_share_wait`): their users are then loaded at once."""
-        if not self._awaits_first_share():
+        if self.share is None or self.share.owned or self.first_share_wait <= 0:
             return
         try:
             await asyncio.wait_for(self._share_owned.wait(), self.first_share_wait)
@@ -423,13 +399,11 @@ class ModelFollower:
         seek: bool,
         pinned: bool = False,
         target: str | None = None,
-        fetched: asyncio.Task[StoredChain] | None = None,
     ) -> bool:
         """Load, verify and serve snapshot ``version`` (``update`` announced it, if any);
-        with ``seek``, read deltas on from where the snapshot ends. ``fetched``: its chain,
-        being fetched already."""
+        with ``seek``, read deltas on from where the snapshot ends."""
         try:
-            view, chain, manifest = await self._fetch(version, fetched=fetched)
+            view, chain, manifest = await self._fetch(version)
         except Exception as exc:
             if not is_refusal(exc):  # any other failure (store down): keep serving the current view
                 metrics.MODEL_LOADS.labels("failed").inc()
@@ -471,11 +445,7 @@ class ModelFollower:
         return True
 
     async def _fetch(
-        self,
-        version: int,
-        *,
-        users: bool = True,
-        fetched: asyncio.Task[StoredChain] | None = None,
+        self, version: int, *, users: bool = True
     ) -> tuple[ScoringView, ChainMark | None, Manifest]:
         """Snapshot ``version`` as a view, its delta chain and its manifest. The payload (as
         large as the whole training state) is dropped with this frame, before the view is
@@ -484,10 +454,7 @@ class ModelFollower:
         share = self.share
         if not users and share is not None:  # e.g. only its neighbours: no user row needed
             share = Share(share.n_partitions, frozenset())
-        if fetched is None:
-            view, chain, manifest = await load_view(self.store, version, self.keys, share)
-        else:
-            view, chain, manifest = await view_of_chain(await fetched, self.keys, share)
+        view, chain, manifest = await load_view(self.store, version, self.keys, share)
         return view, chain, parse_manifest(manifest)  # verified: the typed record
 
     async def _seek_after(self, manifest: Manifest, chain: ChainMark | None) -> None:

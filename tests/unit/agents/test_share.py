@@ -136,35 +136,6 @@ async def test_a_load_serves_only_the_share(follower: ModelFollower, store: Snap
     assert not follower.holder.loading
 
 
-async def test_a_joiner_fetches_the_snapshot_while_the_group_assigns_its_partitions(
-    follower: ModelFollower, store: SnapshotStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trainer = Trainer()
-    await follower.on_delta(trainer.batch(0))
-    await trainer.snapshot(store)
-    follower.holder = ModelHolder()  # a new scorer: nothing held, no partition yet
-    follower.set_share(Share(2, frozenset()))
-    follower.first_share_wait = 30.0
-    gets: list[int] = []
-    get = store.get
-
-    async def counted(version: int) -> Any:
-        gets.append(version)
-        return await get(version)
-
-    monkeypatch.setattr(store, "get", counted)
-    first = asyncio.create_task(follower._first_load(test_follower.FakeConsumer(), None, []))
-    deadline = time.monotonic() + 10
-    while not gets:  # fetched before any partition is assigned
-        assert time.monotonic() < deadline, "the snapshot was not fetched before the share"
-        await asyncio.sleep(0.01)
-    assert follower.holder.view is None and not first.done()
-    follower.set_share(SECOND)  # assigned: decoded for this share, not fetched again
-    await asyncio.wait_for(first, 10)
-    assert holds_share_of(follower.holder.view, trainer, SECOND)
-    assert gets == [trainer.model.version]
-
-
 def test_popularity_replies_of_a_loading_partition_say_so() -> None:
     holder = ModelHolder()
     holder.set_loading(4, frozenset({1}))
