@@ -52,6 +52,7 @@ from agents.checkpoints import load_view
 from agents.errors import is_refusal
 from agents.health import ReaderHealth, record_error
 from agents.kafka import KafkaOptions, partitions_of, retry_forever
+from agents.memory import released_freed_memory
 from agents.ports import Message, SnapshotStore, received_at
 from agents.resync import SnapshotAsker
 from agents.share_loader import ShareLoader, ShareLoadFailed, delta_reader
@@ -217,7 +218,9 @@ class ModelFollower:
             if self.holder.view is view:
                 self.holder.publish(narrowed)
                 log.info("Narrowed the view to partitions %s", share.describe())
+            del view, narrowed  # the wider view's rows: freed, then given back
             self._mark_loading()
+            await released_freed_memory()
             return
         task = self._share_task
         if task is None:
@@ -257,6 +260,8 @@ class ModelFollower:
         metrics.SHARE_LOAD_SECONDS.observe(seconds)
         await self._drop_share_task()
         self._mark_loading()
+        del view, loader  # the old view's rows and the loader's: freed, then given back
+        await released_freed_memory()
 
     async def _load_share(self, share: Share) -> ShareLoader:
         """The background part: the checkpoint for ``share`` and most of the deltas since."""
@@ -442,6 +447,7 @@ class ModelFollower:
             self._reflected = None if offset is None else offset - 1
             self._behind_since, self._lag = None, 0.0
             self._refresh_lag()
+        await released_freed_memory()  # the payload's pages and the view replaced
         return True
 
     async def _fetch(
