@@ -172,3 +172,21 @@ def namespace(name: str, **overrides: Any) -> Namespace:
     ns = Namespace(prefix, home, env)
     asyncio.run(ensure_topics(ns.settings))
     return ns
+
+
+def figures_table(found: Sequence[Figure]) -> str:
+    """``found`` as a :func:`table`: figure, baseline, value, ratio, goal, pass."""
+    return table(
+        ["figure", "baseline", "value", "ratio", "goal", "pass"],
+        [
+            (
+                f.figure,
+                f.baseline,
+                f.value,
+                f.ratio,
+                f.to_dict()["goal"],
+                "yes" if f.passed else "NO",
+            )
+            for f in found
+        ],
+    )

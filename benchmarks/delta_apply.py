@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.common import Figure, machine, table
+from benchmarks.common import Figure, figures_table, machine
 
 QUICK_SECONDS = 10
 COMPONENTS = 64
@@ -181,22 +181,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"result": result, "figures": [f.to_dict() for f in found]}))
         return
-    print(
-        table(
-            ["figure", "baseline", "value", "ratio", "goal", "pass"],
-            [
-                (
-                    f.figure,
-                    f.baseline,
-                    f.value,
-                    f.ratio,
-                    f.to_dict()["goal"],
-                    "yes" if f.passed else "NO",
-                )
-                for f in found
-            ],
-        )
-    )
+    print(figures_table(found))
     for f in found:
         print(f"- {f.figure}: {f.note}")
 

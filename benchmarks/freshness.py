@@ -45,7 +45,7 @@ from app.kafka import kafka_client_options
 from app.settings import PROJECT_ROOT, Settings, model_config_of
 from app.stores import store_from_settings, write_current_snapshot
 from app.topics import ensure_topics
-from benchmarks.common import Figure, machine, table
+from benchmarks.common import Figure, figures_table, machine
 from devtools.workers import WorkerProcess, create_bucket, free_port, isolated_env, settings_for
 from models.config import ModelConfig
 from models.events import Rating, RecRequest
@@ -498,22 +498,7 @@ def main() -> None:
     if args.json:
         print(json.dumps({"result": result, "figures": [f.to_dict() for f in found]}))
         return
-    print(
-        table(
-            ["figure", "baseline", "value", "ratio", "goal", "pass"],
-            [
-                (
-                    f.figure,
-                    f.baseline,
-                    f.value,
-                    f.ratio,
-                    f.to_dict()["goal"],
-                    "yes" if f.passed else "NO",
-                )
-                for f in found
-            ],
-        )
-    )
+    print(figures_table(found))
     for shape in ("production", "all"):
         print(f"{shape}: median stages from publish {result[shape]['stages_p50']}")
 
