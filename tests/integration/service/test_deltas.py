@@ -173,6 +173,7 @@ def test_scorers_dashboards_show_their_delta_lag(deployment: Deployment) -> None
         )
 
     wait_for(settled, timeout=60, what="scorers to follow the deltas of every rating")
+    settled_at = trainer_version(deployment)
     scorer = deployment.scorers[0]
     lag = info(scorer)["deltas"]["lag_seconds"]
     assert 0 <= lag < FRESH_BOUND
@@ -182,7 +183,8 @@ def test_scorers_dashboards_show_their_delta_lag(deployment: Deployment) -> None
         return points and points[-1]["freshness_seconds"] == lag and points[-1]
 
     last = wait_for(sampled, timeout=10, what=lambda: f"the scorer's series to show {lag}")
-    assert last["model_version"] == trainer_version(deployment)
+    # A snapshot may make a version of moved offsets alone meanwhile (CI stop 27: 3 == 4).
+    assert settled_at <= last["model_version"] <= trainer_version(deployment)
     _, trainer = deployment.trainer.get("/dashboard/series/")
     assert all(p["freshness_seconds"] is None for p in trainer["points"])  # it applies none
 
